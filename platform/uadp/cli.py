@@ -1,0 +1,315 @@
+"""The ``uadp`` command.
+
+A user error (bad path, config value, plugin name, image) prints one ``uadp: error: ...``
+line and exits with code 2; Ctrl-C exits with 130 after marking the MLflow run KILLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UadpError
+
+KIND_ALIASES = {
+    "backbone": "backbones",
+    "reconstructor": "reconstructors",
+    "synthesizer": "synthesizers",
+    "aligner": "aligners",
+    "metric": "metrics",
+    "dataset": "datasets",
+}
+
+
+def _registry(args: argparse.Namespace):
+    from .registry import get_registry
+
+    registry = get_registry()
+    if getattr(args, "plugins_dir", None):
+        registry.add_plugins_dir(args.plugins_dir)
+    return registry
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dedicated flags of ``uadp run`` as a nested config override."""
+    out: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+
+    if args.data is not None:
+        out["dataset"] = {"name": "mvtec", "root": args.data}
+    if args.classes is not None:
+        put("data", "classes", [c.strip() for c in args.classes.split(",") if c.strip()])
+    put("data", "image_size", args.image_size)
+    put("data", "workers", args.workers)
+    for section in ("backbone", "reconstructor"):
+        name = getattr(args, section)
+        if name is not None:
+            out[section] = {"name": name}
+    for section in ("synthesizer", "aligner"):
+        name = getattr(args, section)
+        if name is not None:
+            out[section] = None if name == "none" and section == "synthesizer" else {"name": name}
+    put("train", "epochs", args.epochs)
+    put("train", "batch_size", args.batch_size)
+    put("train", "lr", args.lr)
+    put("train", "device", args.device)
+    put("train", "precision", args.precision)
+    put("train", "seed", args.seed)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import build_config, resolve
+    from .engine.run import run
+    from .report import format_table
+
+    registry = _registry(args)
+    config = build_config(args.config, _flag_overrides(args), args.set)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(resolve(config, registry).to_dict(), sort_keys=False), end="")
+        return 0
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+    result = run(config, registry, resume=args.resume, log=lambda text: print(text, flush=True))
+    print()
+    print(format_table(result.report, title=f"Results ({len(result.report.per_class)} classes, one model)"))
+    timing = result.timing
+    print(
+        f"\ntiming: features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
+        f"({timing.get('train_s_per_epoch', 0):.1f} s/epoch), inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
+        f"peak RSS {timing.get('peak_rss_mb', 0):.0f} MB"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"model bundle: {result.bundle}")
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"MLflow run {result.run_id} at {os.environ['MLFLOW_TRACKING_URI']}")
+    else:
+        print(f"MLflow run {result.run_id}: run `uadp ui` and open {result.ui_url}")
+    if args.output_json:
+        path = Path(args.output_json)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(result.summary(), indent=2))
+        os.replace(tmp, path)
+    return 0
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    rows = [
+        {"name": p.name, "package": p.package, "version": p.version, "hooks": list(p.hooks)}
+        for p in registry.plugins()
+    ]
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import KINDS
+
+    registry = _registry(args)
+    kinds = KINDS
+    if args.kind:
+        kind = KIND_ALIASES.get(args.kind, args.kind)
+        if kind not in KINDS:
+            raise UadpError(f"unknown kind {args.kind!r}; kinds: {', '.join(KINDS)}")
+        kinds = (kind,)
+    for kind in kinds:
+        print(f"{kind}:")
+        for name in registry.names(kind):
+            registration = registry.get(kind, name)
+            traits = "".join(f" [{k}={v}]" for k, v in registration.traits.items())
+            print(f"  {name:<18} {registration.help}{traits}")
+    return 0
+
+
+def _schema_lines(model) -> list[str]:
+    lines = []
+    for field_name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        text = f"  {field_name}: {annotation} = {default!r}"
+        if field.description:
+            text += f"  # {field.description}"
+        lines.append(text)
+    return lines or ["  (no options)"]
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import difflib
+
+    from .registry import KINDS
+
+    registry = _registry(args)
+    found = registry.find(args.name)
+    if not found:
+        known = sorted({n for kind in KINDS for n in registry.names(kind)})
+        close = difflib.get_close_matches(args.name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UadpError(f"no component named {args.name!r}{hint} See `uadp list`.")
+    for registration in found:
+        print(f"{registration.singular} {registration.name} (plugin {registration.plugin})")
+        if registration.help:
+            print(f"  {registration.help}")
+        for key, value in registration.traits.items():
+            print(f"  {key}: {value}")
+        print("options:")
+        print("\n".join(_schema_lines(registration.config)))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import artifact_root, embedded_uri
+
+    root = Path(args.root)
+    if not (root / "mlflow.db").is_file():
+        raise UadpError(f"no embedded MLflow store at {root}/mlflow.db; run `uadp run` first (or pass --root)")
+    command = [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", embedded_uri(root),
+        "--default-artifact-root", artifact_root(root),
+        "--host", args.host, "--port", str(args.port),
+    ]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    return subprocess.call(command)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .data.images import read_image
+    from .data.transforms import geometry, normalise
+    from .engine.detector import load_bundle
+
+    detector = load_bundle(args.bundle, _registry(args), device=args.device)
+    size = detector.config.data.size_hw
+    resize = geometry(size)
+    mean, std = detector.normalisation
+    rows = []
+    for start in range(0, len(args.images), 16):
+        paths = args.images[start : start + 16]
+        images = torch.stack([
+            torch.from_numpy(normalise(resize(image=read_image(p))["image"].astype(np.float32) / 255, mean, std))
+            for p in paths
+        ])
+        maps, scores = detector.predict_images(images)
+        for path, heat, score in zip(paths, maps, scores):
+            rows.append({"path": str(path), "score": float(score), "map_max": float(heat.max())})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['score']:.6f}  {row['path']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uadp", description="Unified visual anomaly detection: one model for many product classes.")
+    parser.add_argument("--version", action="version", version=f"uadp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train one model on every class, evaluate it, track it in MLflow")
+    p.add_argument("--config", help="YAML file or preset name in configs/ (e.g. uniad)")
+    p.add_argument("--data", help="MVTec-layout folder with one sub-folder per class (default: the embedded demo)")
+    p.add_argument("--classes", help="comma-separated subset of classes")
+    p.add_argument("--backbone", help="backbone plugin (see `uadp list backbones`)")
+    p.add_argument("--reconstructor", help="reconstructor plugin, e.g. uniad")
+    p.add_argument("--synthesizer", help="synthesizer plugin, or none")
+    p.add_argument("--aligner", help="aligner plugin")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value (repeatable)")
+    p.add_argument("--resume", metavar="RUN_ID|PATH", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--plugins-dir", help="also load every *.py plugin file in this folder")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("plugins", help="loaded plugins, their versions and hooks (JSON)")
+    p.add_argument("--plugins-dir")
+    p.set_defaults(handler=cmd_plugins)
+
+    p = sub.add_parser("list", help="registered components, by kind")
+    p.add_argument("kind", nargs="?", help="backbones, reconstructors, synthesizers, aligners, metrics, datasets")
+    p.add_argument("--plugins-dir")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("show", help="a component's help and config schema with defaults")
+    p.add_argument("name")
+    p.add_argument("--plugins-dir")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the embedded store")
+    p.add_argument("--root", default="uadp-runs")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(handler=cmd_ui)
+
+    p = sub.add_parser("predict", help="score images with a saved model bundle (model.pt)")
+    p.add_argument("bundle")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plugins-dir")
+    p.set_defaults(handler=cmd_predict)
+
+    if registry_for_commands is not None:
+        registry_for_commands.commands(sub)
+    return parser
+
+
+def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        from .registry import get_registry
+
+        parser = build_parser(get_registry())
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        return int(args.handler(args) or 0)
+    except UadpError as exc:
+        print(f"uadp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("uadp: interrupted; the MLflow run is marked KILLED and the last epoch's checkpoint is kept "
+              "(continue with `uadp run --resume RUN_ID` and the same options)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

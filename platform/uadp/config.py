@@ -1,0 +1,330 @@
+"""The configuration of a run: pydantic models, YAML presets and command-line overrides.
+
+The defaults of :class:`RunConfig` *are* the CPU preset that a bare ``uadp run`` uses
+(``configs/cpu.yaml`` spells them out, and a test keeps the two equal). A run's config is
+built in layers — defaults, then ``--config FILE``, then CLI flags, then ``--set key=value`` —
+and then *resolved*: every component section is validated against the config model its plugin
+registered, and its defaults are filled in, so the saved config says everything the run used.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .registry import Registry
+
+# --------------------------------------------------------------------------- models
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentSpec(BaseModel):
+    """A plugin choice: ``name`` plus the options its registered config model accepts."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(_Section):
+    """How samples become tensors (the same for every dataset plugin)."""
+
+    classes: list[str] | None = Field(None, description="subset of classes; default all")
+    image_size: int | tuple[int, int] = Field(224, description="model input and map size")
+    augment: list[Literal["hflip", "vflip", "rotate90", "color_jitter"]] = Field(
+        default_factory=list, description="random training augmentations (disable the feature cache)"
+    )
+    workers: int = Field(2, ge=0, description="DataLoader worker processes for decoding")
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        sizes = (value,) if isinstance(value, int) else value
+        if any(size < 32 for size in sizes):
+            raise ValueError("image size must be at least 32 pixels")
+        return value
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+
+
+class TrainConfig(_Section):
+    """Optimisation of the reconstructor; the backbone stays frozen."""
+
+    epochs: int = Field(12, ge=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length, in epochs")
+    lr_steps: list[int] = Field(default_factory=list, description="'step' schedule: epochs after which lr *= 0.1")
+    grad_clip: float | None = Field(0.1, gt=0, description="max gradient norm; null disables")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp16 AMP on CUDA; on CPU bf16 only where the CPU has native bf16, else fp32"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    seed: int = 0
+    feature_cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: cache frozen-backbone features when no random input change"
+    )
+    cache_dtype: Literal["float16", "float32"] = "float16"
+
+
+class ImageScoreConfig(_Section):
+    """How an anomaly map becomes one image score."""
+
+    name: Literal["max", "max_avgpool", "topk_mean", "mean"] = "max_avgpool"
+    kernel: int = Field(16, ge=1, description="max_avgpool: averaging window in pixels")
+    topk: float = Field(0.01, gt=0, le=1, description="topk_mean: fraction of pixels")
+
+
+ALL_METRICS = [
+    "image_auroc",
+    "image_ap",
+    "image_f1max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_f1max",
+    "pixel_aupro",
+]
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(16, ge=1)
+    image_score: ImageScoreConfig = Field(default_factory=ImageScoreConfig)
+    metrics: list[str] = Field(default_factory=lambda: list(ALL_METRICS))
+    overlays_per_class: int = Field(4, ge=0, description="test images per class in the overlay PNG")
+
+
+class TrackingConfig(_Section):
+    experiment: str | None = Field(None, description="default: the dataset's name")
+    run_name: str | None = Field(None, description="default: the component combination")
+    root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
+
+
+class RunConfig(_Section):
+    """Everything one ``uadp run`` does."""
+
+    dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="demo"))
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="timm", model="tf_efficientnet_lite0")
+    )
+    reconstructor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="uniad"))
+    synthesizer: ComponentSpec | None = None
+    aligner: ComponentSpec | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+COMPONENT_SECTIONS = {
+    "dataset": "datasets",
+    "backbone": "backbones",
+    "reconstructor": "reconstructors",
+    "synthesizer": "synthesizers",
+    "aligner": "aligners",
+}
+
+# Sections that do not change what the model computes: a checkpoint may be resumed across them.
+NOT_MODEL_DEFINING = ("eval", "tracking", "data.workers", "train.epochs", "train.device")
+
+# --------------------------------------------------------------------------- building
+
+
+def find_preset(name_or_path: str) -> Path:
+    """A YAML file path, or the name of a preset in ``configs/`` (``uniad`` -> configs/uniad.yaml)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--config {name_or_path}: file not found")
+        return path
+    for folder in preset_folders():
+        candidate = folder / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for folder in preset_folders() for p in folder.glob("*.yaml")})
+    raise ConfigError(f"--config {name_or_path}: no such file or preset; presets: {', '.join(known) or 'none found'}")
+
+
+def preset_folders() -> list[Path]:
+    """``./configs`` and the ``configs/`` of the source checkout this package runs from."""
+    here = Path(__file__).resolve().parents[2] / "configs"
+    return [p for p in (Path.cwd() / "configs", here) if p.is_dir()]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not readable YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=3e-4`` -> (["train", "lr"], 0.0003); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text}: value is not valid YAML") from exc
+    return parts, value
+
+
+def set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts)}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; a component section whose ``name`` changes drops the old plugin's options."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key in COMPONENT_SECTIONS and "name" in value and value["name"] != out[key].get("name"):
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_validation_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+    if err["type"] == "extra_forbidden":
+        hint = ""
+        if model is not None:
+            siblings = _field_names(model, [str(p) for p in err["loc"][:-1]])
+            close = difflib.get_close_matches(str(err["loc"][-1]), siblings, n=1)
+            hint = f"; did you mean {'.'.join([*loc.split('.')[:-1], close[0]])}?" if close else ""
+            if siblings and not close:
+                hint = f"; known keys: {', '.join(sorted(siblings))}"
+        return f"unknown config key {loc}{hint}"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {err['msg']}{shown}"
+
+
+def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, model=RunConfig)) from None
+
+
+def resolve(config: RunConfig, registry: Registry) -> RunConfig:
+    """Check every component name and option against its plugin; fill in the plugin defaults."""
+    data = config.to_dict()
+    for section, kind in COMPONENT_SECTIONS.items():
+        spec = getattr(config, section)
+        if spec is None:
+            continue
+        registration = registry.get(kind, spec.name)
+        try:
+            options = registration.config.model_validate(spec.options())
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, prefix=section, model=registration.config)) from None
+        data[section] = {"name": spec.name, **options.model_dump(mode="json")}
+    return validate(data)
+
+
+def build_config(
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Defaults, then a preset file, then flag overrides (a nested dict), then ``--set`` pairs."""
+    data = RunConfig().to_dict()
+    if preset:
+        data = merge(data, load_yaml(find_preset(preset)))
+    if overrides:
+        data = merge(data, overrides)
+    for text in sets or []:
+        parts, value = parse_override(text)
+        if parts[0] in COMPONENT_SECTIONS and parts[1:] == ["name"]:
+            data = merge(data, {parts[0]: {"name": value}})
+        else:
+            set_path(data, parts, value)
+    return validate(data)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to scalar values (lists become comma-joined strings), for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ",".join(str(v) for v in value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def model_fingerprint(config: RunConfig) -> dict[str, Any]:
+    """The flattened config minus what may change between a checkpoint and its resumption."""
+    flat = flatten(config.to_dict())
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NOT_MODEL_DEFINING)}
+
+
+def fingerprint_hash(config: RunConfig) -> str:
+    text = json.dumps(model_fingerprint(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_name(config: RunConfig) -> str:
+    """``uniad-timm`` style name from the component combination."""
+    parts = [config.reconstructor.name, f"{config.backbone.name}"]
+    model = (config.backbone.model_extra or {}).get("model")
+    if model:
+        parts[-1] = str(model)
+    if config.synthesizer:
+        parts.append(config.synthesizer.name)
+    if config.aligner and config.aligner.name != "none":
+        parts.append(config.aligner.name)
+    return "+".join(parts)

@@ -1,0 +1,198 @@
+"""What each kind of component looks like: the types the core and the plugins exchange.
+
+The core owns the run; a component only ever sees these records, never another component.
+The contract is shaped so that all four bundled methods fit without special cases:
+
+* UniAD: a reconstructor with ``inputs="features"`` that ``adapt``s the frozen backbone's
+  stages onto one grid (cached once), and reconstructs them.
+* UniAS: the same, keeping every stage at its own resolution (``adapt`` returns a list).
+* OmniAL: ``inputs="images"`` with ``synthesizer="required"``: it receives the corrupted image
+  and the synthesizer's named targets (clean image, level masks, extra maps).
+* CADA: an :class:`Aligner`, a second stage fitted on the frozen model's maps and embeddings
+  of the normal training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    ``class_name`` travels with the sample for evaluation only (grouping per class); the
+    model never receives it. ``mask_path`` is None for normal images.
+    """
+
+    path: str
+    class_name: str
+    label: int  # 0 normal, 1 anomalous
+    defect: str = "good"
+    mask_path: str | None = None
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A dataset reader, built by a ``register_datasets`` factory from its config."""
+
+    name: str  # names the MLflow experiment, e.g. "demo" or the folder name
+
+    def class_names(self) -> list[str]:
+        """Every class the source holds, sorted."""
+
+    def samples(self, class_name: str, split: str) -> list[Sample]:
+        """Samples of one class; ``split`` is "train" (normal only) or "test"."""
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a backbone declares about its output, before any image is seen."""
+
+    channels: tuple[int, ...]  # channels of each returned stage
+    strides: tuple[int, ...]  # input pixels per feature cell, per stage
+    mean: tuple[float, float, float]  # input normalisation the weights expect
+    std: tuple[float, float, float]
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor: images [B,3,H,W] -> one tensor [B,C_i,H/s_i,W/s_i] per stage."""
+
+    spec: FeatureSpec
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- reconstructor
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a reconstructor or aligner factory is told about the run it is built for."""
+
+    image_size: tuple[int, int]  # (H, W) of the model input and of the anomaly maps
+    features: FeatureSpec | None  # None for reconstructors that take raw images
+
+
+@dataclass
+class Batch:
+    """What a reconstructor receives in training and at inference.
+
+    ``images`` is always the model input (normalised for the backbone; a synthesizer's
+    corrupted image when one is used). ``features`` is the reconstructor's ``adapt`` applied to
+    the backbone's output for ``images``; ``target_features`` the same for the clean image
+    (identical to ``features`` unless a synthesizer corrupted the input). ``targets`` holds a
+    synthesizer's named targets (``clean_image``, ``mask``, any extra maps).
+    """
+
+    images: torch.Tensor | None = None
+    features: Any = None
+    target_features: Any = None
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """A reconstructor's output at inference.
+
+    ``anomaly_map`` is [B,H,W] at the model input size, higher meaning more anomalous.
+    ``embedding`` is a per-image feature tensor an aligner may use (e.g. CADA's regressor).
+    """
+
+    anomaly_map: torch.Tensor
+    embedding: torch.Tensor | None = None
+
+
+class Reconstructor(nn.Module):
+    """Base class of anomaly models. Subclasses implement ``training_step`` and ``predict``.
+
+    How the core feeds it is declared at registration (``inputs=``, ``synthesizer=``), so the
+    core can build the data path before the model exists.
+    """
+
+    def adapt(self, features: list[torch.Tensor]) -> Any:
+        """Parameter-free, deterministic transform of the backbone's stages.
+
+        Its output is what the feature cache stores, so it should be as small as the method
+        allows (UniAD resizes every stage onto the stride-16 grid here). Default: unchanged.
+        """
+        return features
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """Return a dict with a scalar ``"loss"``; other entries are logged as they are."""
+        raise NotImplementedError
+
+    def predict(self, batch: Batch) -> Prediction:  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- synthesizer
+
+
+@dataclass
+class Synthesis:
+    """A synthesizer's output for one image: the corrupted image and its named targets.
+
+    ``image`` is float32 [H,W,3] in [0,1]; each target is a float32 array [H,W] or [H,W,C]
+    (``mask`` at least). The core adds the clean image as ``clean_image``.
+    """
+
+    image: np.ndarray
+    targets: dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Synthesizer(Protocol):
+    """Image-space anomaly synthesizer; runs in the DataLoader workers, before normalisation."""
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> Synthesis: ...
+
+
+# --------------------------------------------------------------------------- aligner
+
+
+class Aligner(nn.Module):
+    """Post-hoc score calibration, fitted after the reconstructor is trained and frozen.
+
+    ``fit`` sees the maps and embeddings of the normal training images (and their class
+    names only if the aligner was registered with ``uses_class_labels=True``); ``align``
+    calibrates test maps from each image alone. State lives in buffers/parameters so that it
+    is saved in the model bundle.
+    """
+
+    def fit(
+        self,
+        maps: torch.Tensor,
+        embeddings: torch.Tensor | None,
+        class_names: list[str] | None,
+    ) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def align(
+        self,
+        maps: torch.Tensor,
+        embeddings: torch.Tensor | None,
+        class_names: list[str] | None = None,
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- metric
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """One named number computed from an evaluation view (see ``uadp.metrics.view``)."""
+
+    def __call__(self, view: Any) -> float: ...

@@ -1,0 +1,127 @@
+"""Samples -> batches of tensors, decoded in DataLoader worker processes.
+
+A worker never raises a user error itself (torch would wrap it in a multi-line traceback):
+it returns the message, and :func:`check_batch` raises it as one clean :class:`DataError` in
+the main process. A synthesizer, when the run has one, corrupts training images here, in the
+workers, with a generator seeded by (seed, epoch, index) so that runs are reproducible
+whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..contract import Sample, Synthesizer
+from ..errors import DataError, UadpError
+from .images import read_image, read_mask
+from .transforms import geometry, normalise
+
+
+class SampleDataset(Dataset):
+    """Decodes, resizes, optionally augments and synthesises, and normalises samples."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        size_hw: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: list[str] = (),
+        synthesizer: Synthesizer | None = None,
+        seed: int = 0,
+        with_masks: bool = True,
+    ) -> None:
+        self.samples = samples
+        self.size_hw = size_hw
+        self.mean, self.std = mean, std
+        self.augment = list(augment)
+        self.synthesizer = synthesizer
+        self.seed = seed
+        self.with_masks = with_masks
+        self.epoch = 0
+        self._geometry = geometry(size_hw, self.augment, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed augmentation/synthesis for a new epoch (workers copy the dataset per epoch)."""
+        self.epoch = epoch
+        self._geometry = geometry(self.size_hw, self.augment, seed=self.seed * 100_003 + epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self._load(index)
+        except UadpError as exc:
+            return {"error": str(exc)}
+
+    def _load(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image = read_image(sample.path)
+        out: dict[str, Any] = {"index": index, "label": sample.label}
+        if self.with_masks:
+            if sample.mask_path:
+                mask = read_mask(sample.mask_path, image.shape[:2])
+            else:
+                mask = np.zeros(image.shape[:2], dtype=bool)
+            result = self._geometry(image=image, mask=mask.astype(np.uint8))
+            out["mask"] = torch.from_numpy(result["mask"] > 0)
+        else:
+            result = self._geometry(image=image)
+        pixels = result["image"].astype(np.float32) / 255.0
+        if self.synthesizer is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            synthesis = self.synthesizer(pixels, rng)
+            out["targets"] = {
+                "clean_image": torch.from_numpy(normalise(pixels, self.mean, self.std)),
+                **{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in synthesis.targets.items()},
+            }
+            pixels = synthesis.image
+        out["image"] = torch.from_numpy(normalise(pixels, self.mean, self.std))
+        return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default collation, except that one failed sample turns the batch into its error."""
+    for item in items:
+        if "error" in item:
+            return {"error": item["error"]}
+    return torch.utils.data.default_collate(items)
+
+
+def check_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    if "error" in batch:
+        raise DataError(batch["error"])
+    return batch
+
+
+def make_loader(
+    dataset: SampleDataset,
+    batch_size: int,
+    workers: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """Iterate a loader, raising a worker's data error as a clean :class:`DataError`."""
+    for batch in loader:
+        yield check_batch(batch)

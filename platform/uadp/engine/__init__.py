@@ -1,0 +1,1 @@
+"""The engine: components, feature cache, training loop, checkpoints, inference and the run itself."""

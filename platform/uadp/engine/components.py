@@ -1,0 +1,99 @@
+"""Building a run's components from its resolved config.
+
+Factories are called with their validated options; reconstructors and aligners also get a
+:class:`~uadp.contract.BuildContext` (image size, the backbone's declared features). Plugins
+never build each other: the core decides from the registrations' traits what to build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import RunConfig
+from ..contract import Aligner, Backbone, BuildContext, Dataset, Reconstructor, Synthesizer
+from ..errors import ConfigError
+from ..registry import Registration, Registry
+
+
+@dataclass
+class Components:
+    dataset: Dataset
+    backbone: Backbone | None
+    reconstructor: Reconstructor
+    synthesizer: Synthesizer | None
+    aligner: Aligner | None
+    metrics: dict[str, Any]
+    registrations: dict[str, Registration]
+
+    @property
+    def uses_features(self) -> bool:
+        return self.registrations["reconstructor"].traits["inputs"] == "features"
+
+    @property
+    def aligner_uses_class_labels(self) -> bool:
+        reg = self.registrations.get("aligner")
+        return bool(reg and reg.traits.get("uses_class_labels"))
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.backbone is not None:
+            return self.backbone.spec.mean, self.backbone.spec.std
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def _options(registration: Registration, spec) -> Any:
+    values = {k: v for k, v in spec.model_dump().items() if k != "name"}
+    return registration.config.model_validate(values)
+
+
+def build_dataset(config: RunConfig, registry: Registry) -> tuple[Dataset, Registration]:
+    registration = registry.get("datasets", config.dataset.name)
+    return registration.factory(_options(registration, config.dataset)), registration
+
+
+def build_model(config: RunConfig, registry: Registry) -> tuple[Backbone | None, Reconstructor, dict[str, Registration]]:
+    """Backbone (if the reconstructor consumes features) and a freshly initialised reconstructor."""
+    regs: dict[str, Registration] = {}
+    regs["reconstructor"] = registry.get("reconstructors", config.reconstructor.name)
+    backbone = None
+    if regs["reconstructor"].traits["inputs"] == "features":
+        regs["backbone"] = registry.get("backbones", config.backbone.name)
+        backbone = regs["backbone"].factory(_options(regs["backbone"], config.backbone))
+    context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None)
+    torch.manual_seed(config.train.seed)
+    reconstructor = regs["reconstructor"].factory(_options(regs["reconstructor"], config.reconstructor), context)
+    return backbone, reconstructor, regs
+
+
+def build_aligner(config: RunConfig, registry: Registry, backbone: Backbone | None) -> tuple[Aligner | None, Registration | None]:
+    if config.aligner is None:
+        return None, None
+    registration = registry.get("aligners", config.aligner.name)
+    context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None)
+    return registration.factory(_options(registration, config.aligner), context), registration
+
+
+def build_components(config: RunConfig, registry: Registry) -> Components:
+    dataset, dataset_reg = build_dataset(config, registry)
+    backbone, reconstructor, regs = build_model(config, registry)
+    regs["dataset"] = dataset_reg
+    wants = regs["reconstructor"].traits["synthesizer"]
+    synthesizer = None
+    if config.synthesizer is not None:
+        if wants == "none":
+            raise ConfigError(f"synthesizer: reconstructor {config.reconstructor.name!r} does not train on synthesized anomalies")
+        regs["synthesizer"] = registry.get("synthesizers", config.synthesizer.name)
+        synthesizer = regs["synthesizer"].factory(_options(regs["synthesizer"], config.synthesizer))
+    elif wants == "required":
+        raise ConfigError(f"synthesizer: reconstructor {config.reconstructor.name!r} needs one; see `uadp list synthesizers`")
+    aligner, aligner_reg = build_aligner(config, registry, backbone)
+    if aligner_reg is not None:
+        regs["aligner"] = aligner_reg
+    metrics = {}
+    for name in config.eval.metrics:
+        registration = registry.get("metrics", name)
+        metrics[name] = registration.factory(registration.config())
+    return Components(dataset, backbone, reconstructor, synthesizer, aligner, metrics, regs)

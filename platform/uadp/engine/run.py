@@ -1,0 +1,327 @@
+"""One ``uadp run``: data -> [feature cache] -> train -> [fit aligner] -> evaluate -> track.
+
+Stages, in order (DESIGN §2):
+
+1. resolve the config and build the components; gather the chosen classes' samples
+   (bad input fails here, before an MLflow run exists);
+2. train the reconstructor, from cached features when the input never changes, with a
+   checkpoint after every epoch; ``--resume`` continues from one;
+3. fit the aligner, if any, on the frozen model's maps of the normal *training* images;
+4. predict the test split, score it per class / mean / pooled;
+5. log everything to MLflow and save the model bundle. The test split is only ever used in
+   step 4: it chooses no checkpoint, threshold or hyper-parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import RunConfig, fingerprint_hash, flatten, model_fingerprint, resolve, run_name
+from ..contract import Batch
+from ..data.loader import SampleDataset, batches, make_loader
+from ..data.splits import Splits, gather
+from ..errors import UadpError
+from ..metrics.protocols import MetricReport, evaluate
+from ..registry import Registry
+from ..report import format_table, write_class_csv, write_overlays
+from ..tracking import Tracker, metric_key
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import load_checkpoint, save_atomic
+from .components import Components, build_components
+from .detector import Detector
+from .device import precision_name, resolve_device, resolve_precision
+from .features import FeatureCache
+from .trainer import Trainer
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    report: MetricReport
+    timing: dict[str, float]
+    run_id: str
+    bundle: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    ui_url: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--output-json`` document (metric values as fractions in [0, 1])."""
+        return {**self.report.to_dict(), "timing": self.timing, "mlflow_run_id": self.run_id}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """Holds the state shared by the stages of one run."""
+
+    def __init__(self, config: RunConfig, registry: Registry, log: Log = print) -> None:
+        self.config = resolve(config, registry)
+        self.registry = registry
+        self.log = log
+        self.components: Components = build_components(self.config, registry)
+        self.splits: Splits = gather(self.components.dataset, self.config.data.classes)
+        self.device = resolve_device(self.config.train.device)
+        self.dtype = resolve_precision(self.config.train.precision, self.device)
+        self.root = Path(self.config.tracking.root)
+        self.notes: list[str] = []
+        self.timing: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ data
+
+    def dataset(self, samples, train: bool) -> SampleDataset:
+        mean, std = self.components.normalisation
+        return SampleDataset(
+            samples,
+            self.config.data.size_hw,
+            mean,
+            std,
+            augment=self.config.data.augment if train else [],
+            synthesizer=self.components.synthesizer if train else None,
+            seed=self.config.train.seed,
+            with_masks=not train,
+        )
+
+    def use_cache(self) -> bool:
+        cfg = self.config
+        return (
+            cfg.train.feature_cache == "auto"
+            and self.components.uses_features
+            and not cfg.data.augment
+            and self.components.synthesizer is None
+        )
+
+    def cache_reason(self) -> str:
+        if self.config.train.feature_cache == "off":
+            return "train.feature_cache=off"
+        if not self.components.uses_features:
+            return "the reconstructor takes raw images"
+        if self.config.data.augment:
+            return "random augmentation changes the input every epoch"
+        return "the synthesizer changes the input every epoch"
+
+    # ------------------------------------------------------------------ stages
+
+    def train(self, detector: Detector, tracker: Tracker, resume: dict[str, Any] | None, checkpoint_path: Path) -> list[dict[str, float]]:
+        cfg = self.config
+        train_set = self.dataset(self.splits.train, train=True)
+        steps = max(1, len(train_set) // cfg.train.batch_size) if len(train_set) >= cfg.train.batch_size else 1
+        trainer = Trainer(detector.reconstructor, cfg.train, steps, self.device, self.dtype)
+        history: list[dict[str, float]] = []
+        start_epoch = 0
+        if resume is not None:
+            detector.reconstructor.load_state_dict(resume["model"])
+            trainer.load_state_dict(resume["trainer"])
+            torch.set_rng_state(resume["rng"])
+            history = resume["history"]
+            start_epoch = resume["epoch"]
+            self.log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
+
+        cache = None
+        self.timing["feature_s"] = 0.0
+        if cfg.train.epochs > start_epoch and self.use_cache():
+            t0 = time.perf_counter()
+            loader = make_loader(self.dataset(self.splits.train, train=True), cfg.eval.batch_size, cfg.data.workers)
+            dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
+            cache = FeatureCache.build(batches(loader), len(train_set), detector.extract, dtype)
+            self.timing["feature_s"] = time.perf_counter() - t0
+            self.log(f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB, {self.timing['feature_s']:.1f} s")
+        elif cfg.train.epochs > start_epoch:
+            self.notes.append(f"feature cache off: {self.cache_reason()}")
+            self.log(f"feature cache off: {self.cache_reason()}")
+
+        t0 = time.perf_counter()
+        for epoch in range(start_epoch, cfg.train.epochs):
+            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+            if cache is not None:
+                source = cache.batches(cfg.train.batch_size, generator, self.device, drop_last=True)
+            else:
+                source = self._streamed(detector, train_set, epoch)
+            t_epoch = time.perf_counter()
+            losses = trainer.train_epoch(source, epoch)
+            seconds = time.perf_counter() - t_epoch
+            history.append({"epoch": epoch + 1, **losses, "seconds": seconds})
+            tracker.log_metrics({f"train/{k}": v for k, v in losses.items()} | {"train/epoch_s": seconds, "train/lr": trainer.scheduler.get_last_lr()[0]}, step=epoch + 1)
+            self.log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {losses['loss']:.5f}  {seconds:.1f} s")
+            save_atomic(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": model_fingerprint(cfg),
+                    "config": cfg.to_dict(),
+                    "epoch": epoch + 1,
+                    "model": detector.reconstructor.state_dict(),
+                    "trainer": trainer.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "history": history,
+                    "mlflow_run_id": tracker.run_id,
+                },
+                checkpoint_path,
+            )
+        trained = cfg.train.epochs - start_epoch
+        self.timing["train_s"] = time.perf_counter() - t0
+        self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
+        return history
+
+    def _streamed(self, detector: Detector, dataset: SampleDataset, epoch: int):
+        """Batches decoded and (if needed) featurised on the fly, for inputs that change per epoch."""
+        dataset.set_epoch(epoch)
+        loader = make_loader(dataset, self.config.train.batch_size, self.config.data.workers, shuffle=True,
+                             seed=self.config.train.seed * 1_000_003 + epoch, drop_last=len(dataset) >= self.config.train.batch_size)
+        for item in batches(loader):
+            images = item["image"].to(self.device)
+            targets = {k: v.to(self.device) for k, v in item.get("targets", {}).items()}
+            features = target = None
+            if detector.extract is not None:
+                features = detector.extract(images)
+                clean = targets.get("clean_image")
+                target = detector.extract(clean) if clean is not None else features
+            yield Batch(images=images, features=features, target_features=target, targets=targets)
+
+    def fit_aligner(self, detector: Detector) -> None:
+        """Stage 2: the aligner sees the frozen model's maps on the normal training images."""
+        aligner = detector.aligner
+        if aligner is None:
+            return
+        t0 = time.perf_counter()
+        maps, embeddings = [], []
+        loader = make_loader(self.dataset(self.splits.train, train=False), self.config.eval.batch_size, self.config.data.workers)
+        for item in batches(loader):
+            prediction = detector.raw(detector.batch_of(item["image"]))
+            maps.append(prediction.anomaly_map.cpu())
+            if prediction.embedding is not None:
+                embeddings.append(prediction.embedding.float().cpu())
+        class_names = [s.class_name for s in self.splits.train] if self.components.aligner_uses_class_labels else None
+        aligner.to("cpu").fit(torch.cat(maps), torch.cat(embeddings) if embeddings else None, class_names)
+        aligner.to(self.device)
+        self.timing["aligner_fit_s"] = time.perf_counter() - t0
+
+    def predict_test(self, detector: Detector):
+        test_set = self.dataset(self.splits.test, train=False)
+        loader = make_loader(test_set, self.config.eval.batch_size, self.config.data.workers)
+        predictions = detector.predict_split(batches(loader), len(test_set))
+        self.timing["infer_images_per_s"] = len(test_set) / max(predictions.seconds, 1e-9)
+        return predictions
+
+
+def run(
+    config: RunConfig,
+    registry: Registry,
+    resume: str | None = None,
+    log: Log = print,
+) -> RunResult:
+    """Do a whole run and return its result; see the module docstring for the stages."""
+    job = Run(config, registry, log)
+    cfg = job.config
+    root = job.root
+    resume_state = None
+    checkpoint_path = None
+    if resume:
+        checkpoint_path = _checkpoint_for(resume, root)
+        resume_state = load_checkpoint(checkpoint_path, cfg)
+
+    _seed_everything(cfg.train.seed)
+    components = job.components
+    detector = Detector(cfg, components.backbone, components.reconstructor, components.aligner, job.device, job.dtype)
+
+    tracker = Tracker(root)
+    if resume_state is not None and resume_state.get("mlflow_run_id"):
+        tracker.reopen(resume_state["mlflow_run_id"])
+    else:
+        tracker.start(
+            cfg.tracking.experiment or components.dataset.name,
+            cfg.tracking.run_name or run_name(cfg),
+            tags={
+                "uadp.reconstructor": cfg.reconstructor.name,
+                "uadp.backbone": cfg.backbone.name,
+                "uadp.aligner": cfg.aligner.name if cfg.aligner else "none",
+                "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
+                "uadp.classes": ",".join(job.splits.classes),
+                "uadp.config_hash": fingerprint_hash(cfg),
+            },
+        )
+    checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
+    log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
+        f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, {torch.get_num_threads()} threads")
+
+    with tracker.guard():
+        tracker.log_params(flatten(cfg.to_dict()))
+        tracker.set_tag("uadp.device", f"{job.device} {precision_name(job.dtype)}")
+        if components.aligner_uses_class_labels:
+            tracker.set_tag("uadp.aligner_uses_class_labels", "true (oracle: not class-agnostic)")
+        history = job.train(detector, tracker, resume_state, checkpoint_path)
+        job.fit_aligner(detector)
+        predictions = job.predict_test(detector)
+        class_names = [s.class_name for s in job.splits.test]
+        report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, components.metrics)
+        job.timing["peak_rss_mb"] = peak_rss_mb()
+        _log_report(tracker, report, job.timing)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            bundle = checkpoint_path.parent / "model.pt"
+            detector.save(bundle)
+            result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes)
+            (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
+            (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
+            write_class_csv(report, folder / "per_class.csv")
+            (folder / "table.txt").write_text(format_table(report) + "\n")
+            for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
+                tracker.log_artifact(folder / name)
+            if cfg.eval.overlays_per_class:
+                for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw, cfg.eval.overlays_per_class, folder / "overlays"):
+                    tracker.log_artifact(png, "overlays")
+            tracker.log_artifact(bundle, "model")
+    return result
+
+
+def _checkpoint_for(resume: str, root: Path) -> Path:
+    """``--resume`` takes a checkpoint file, a run's checkpoint folder, or an MLflow run id."""
+    path = Path(resume)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return path / "checkpoint.pt"
+    candidate = root / "checkpoints" / resume / "checkpoint.pt"
+    if candidate.is_file():
+        return candidate
+    raise UadpError(f"--resume {resume}: neither a checkpoint file nor a run id with a checkpoint under {root / 'checkpoints'}")
+
+
+def _log_report(tracker: Tracker, report: MetricReport, timing: dict[str, float]) -> None:
+    metrics: dict[str, float] = {}
+    for name, values in report.per_class.items():
+        metrics.update({metric_key("class", name, m): v for m, v in values.items()})
+    metrics.update({metric_key("mean", m): v for m, v in report.mean.items()})
+    metrics.update({metric_key("pooled", m): v for m, v in report.pooled.items()})
+    metrics.update({metric_key("timing", k): v for k, v in timing.items()})
+    tracker.log_metrics(metrics)
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,93 @@
+"""The optimisation loop of a reconstructor: AdamW, warm-up + schedule, clipping, AMP."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..contract import Batch, Reconstructor
+from .device import autocast
+
+
+def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (linear warm-up, then the schedule)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if config.schedule == "step":
+        epoch = step // steps_per_epoch
+        return 0.1 ** sum(epoch >= boundary for boundary in config.lr_steps)
+    return 1.0
+
+
+class Trainer:
+    """Trains the reconstructor's parameters; everything frozen stays out of the optimiser."""
+
+    def __init__(
+        self,
+        model: Reconstructor,
+        config: TrainConfig,
+        steps_per_epoch: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.steps_per_epoch = steps_per_epoch
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, config, steps_per_epoch)
+        )
+        use_scaler = device.type == "cuda" and dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    def train_epoch(self, batches: Iterable[Batch], epoch: int, on_step: Callable[[float], None] | None = None) -> dict[str, float]:
+        """One pass over ``batches``; returns the mean of every loss entry."""
+        self.model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", leave=False, disable=None)
+        for batch in bar:
+            with autocast(self.device, self.dtype):
+                losses = self.model.training_step(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch + 1}; lower train.lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.config.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        return {name: total / max(count, 1) for name, total in sums.items()}
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad path, a bad config value, an unknown plugin name, a corrupt
+image) raises :class:`UadpError`. The CLI prints its one-line message and exits with code 2,
+without a traceback; every other exception is a bug and keeps its traceback.
+"""
+
+
+class UadpError(Exception):
+    """An error in the user's input: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UadpError):
+    """A config key or value is wrong."""
+
+
+class DataError(UadpError):
+    """A dataset folder or file is missing, malformed or unreadable."""
+
+
+class UnknownComponentError(UadpError):
+    """A component name that no loaded plugin registers."""

@@ -1,0 +1,63 @@
+"""The three views of one set of predictions (SPEC §0.2, DESIGN §4).
+
+* per class — each metric within each class's test images;
+* mean — the macro mean of the per-class values (the "unified" protocol);
+* pooled — every test image of every class ranked together, no class information, one
+  threshold (CADA's "absolute-unified" protocol).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .view import EvalView
+
+MetricFn = Callable[[EvalView], float]
+
+
+@dataclass
+class MetricReport:
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean: dict[str, float] = field(default_factory=dict)
+    pooled: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"per_class": self.per_class, "mean": self.mean, "pooled": self.pooled}
+
+
+def _compute(view: EvalView, metrics: dict[str, MetricFn]) -> dict[str, float]:
+    return {name: float(metric(view)) for name, metric in metrics.items()}
+
+
+def evaluate(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    class_names: list[str],
+    metrics: dict[str, MetricFn],
+) -> MetricReport:
+    """Per-class, mean and pooled values of every metric. ``class_names`` is one per image."""
+    names = np.asarray(class_names)
+    report = MetricReport()
+    for name in dict.fromkeys(class_names):
+        index = np.flatnonzero(names == name)
+        view = EvalView(scores[index], labels[index], maps[index], masks[index])
+        report.per_class[name] = _compute(view, metrics)
+    for metric in metrics:
+        values = [report.per_class[c][metric] for c in report.per_class]
+        finite = [v for v in values if not math.isnan(v)]
+        if len(finite) < len(values):
+            missing = [c for c in report.per_class if math.isnan(report.per_class[c][metric])]
+            warnings.warn(f"{metric} is undefined for {', '.join(missing)}; the mean skips them", stacklevel=2)
+        report.mean[metric] = float(np.mean(finite)) if finite else float("nan")
+    report.pooled = _compute(EvalView(scores, labels, maps, masks), metrics)
+    for metric, value in report.pooled.items():
+        if "auroc" in metric and value < 0.5:
+            warnings.warn(f"pooled {metric} = {value:.3f} is below chance; scores may be inverted", stacklevel=2)
+    return report

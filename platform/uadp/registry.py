@@ -1,0 +1,237 @@
+"""Plugin loading and component lookup, on pluggy.
+
+Plugins come from the ``uadp`` entry-point group (bundled and third-party alike) or are added
+directly with :meth:`Registry.add_plugin` (tests, ``--plugins-dir``). Two environment variables
+restrict what loads, by entry-point name, comma-separated:
+
+* ``UADP_LOAD_PLUGINS``: load only these (an empty value loads none);
+* ``UADP_DISABLE_PLUGINS``: load everything except these.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from . import hookspecs
+from .errors import UadpError, UnknownComponentError
+
+ENTRY_POINT_GROUP = "uadp"
+KINDS = ("backbones", "reconstructors", "synthesizers", "aligners", "metrics", "datasets")
+
+# Keyword traits a registration of each kind may declare, with their allowed values and default.
+TRAITS: dict[str, dict[str, tuple[tuple[Any, ...], Any]]] = {
+    "reconstructors": {
+        # what the core feeds it: adapted backbone features, or raw images only
+        "inputs": (("features", "images"), "features"),
+        # whether it trains on synthesized anomalies
+        "synthesizer": (("none", "optional", "required"), "none"),
+    },
+    # an aligner that looks up class labels is an oracle; the run records it
+    "aligners": {"uses_class_labels": ((False, True), False)},
+}
+
+
+class NoOptions(BaseModel):
+    """Config model of a component that takes no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginError(Exception):
+    """A plugin breaks the contract (a programming error in the plugin, not user input)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One component as a plugin registered it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type[BaseModel]
+    help: str
+    plugin: str
+    traits: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def singular(self) -> str:
+        return self.kind[:-1]
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A loaded plugin, as ``uadp plugins`` shows it."""
+
+    name: str
+    hooks: tuple[str, ...]
+    package: str | None = None
+    version: str | None = None
+
+
+def _names_from_env(variable: str) -> set[str] | None:
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+class Registry:
+    """The loaded plugins and every component they register, looked up by (kind, name)."""
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager("uadp")
+        self.pm.add_hookspecs(hookspecs)
+        self._packages: dict[str, tuple[str, str]] = {}
+        self._components: dict[str, dict[str, Registration]] | None = None
+        if load_entry_points:
+            self._load_entry_points()
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_entry_points(self) -> None:
+        only = _names_from_env("UADP_LOAD_PLUGINS")
+        disabled = _names_from_env("UADP_DISABLE_PLUGINS") or set()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if (only is not None and ep.name not in only) or ep.name in disabled:
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue
+            module = ep.load()
+            self.add_plugin(module, ep.name)
+            if ep.dist is not None:
+                self._packages[ep.name] = (ep.dist.name, ep.dist.version)
+
+    def add_plugin(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object or module and check it implements only known hooks."""
+        self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
+            raise PluginError(str(exc)) from exc
+        self._components = None
+
+    def add_plugins_dir(self, directory: str | Path) -> None:
+        """Load every ``*.py`` file of a folder as a plugin (for local, uninstalled plugins)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UadpError(f"--plugins-dir {directory}: not a folder")
+        for path in sorted(directory.glob("*.py")):
+            module_name = f"uadp_local_plugin_{path.stem}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            self.add_plugin(module, path.stem)
+
+    # ------------------------------------------------------------------ components
+
+    def _collect(self) -> dict[str, dict[str, Registration]]:
+        if self._components is not None:
+            return self._components
+        components: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"register_{kind}")
+            for impl in hook.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+                register = self._make_register(kind, plugin_name, components[kind])
+                impl.function(register=register)
+        self._components = components
+        return components
+
+    def _make_register(
+        self, kind: str, plugin_name: str, into: dict[str, Registration]
+    ) -> Callable[..., None]:
+        allowed = TRAITS.get(kind, {})
+
+        def register(
+            name: str,
+            factory: Callable[..., Any],
+            config: type[BaseModel] | None = None,
+            help: str = "",
+            **traits: Any,
+        ) -> None:
+            if name in into:
+                raise PluginError(
+                    f"{kind[:-1]} {name!r} is registered by both "
+                    f"{into[name].plugin!r} and {plugin_name!r}"
+                )
+            resolved = {}
+            for trait, (values, default) in allowed.items():
+                value = traits.pop(trait, default)
+                if value not in values:
+                    raise PluginError(
+                        f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; "
+                        f"expected one of {list(values)}"
+                    )
+                resolved[trait] = value
+            if traits:
+                raise PluginError(
+                    f"{plugin_name}: {kind[:-1]} {name!r} declares unknown traits "
+                    f"{sorted(traits)}; {kind} accept {sorted(allowed) or 'none'}"
+                )
+            into[name] = Registration(
+                kind=kind,
+                name=name,
+                factory=factory,
+                config=config or NoOptions,
+                help=help.strip().splitlines()[0] if help.strip() else "",
+                plugin=plugin_name,
+                traits=resolved,
+            )
+
+        return register
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._collect()[kind])
+
+    def get(self, kind: str, name: str) -> Registration:
+        """The registration of ``name``; an unknown name lists the known ones and the closest."""
+        if kind not in KINDS:
+            raise UnknownComponentError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
+        found = self._collect()[kind].get(name)
+        if found is not None:
+            return found
+        known = self.names(kind)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = ", ".join(known) if known else "none (no plugin registers any)"
+        raise UnknownComponentError(f"unknown {kind[:-1]} {name!r}{hint} Known {kind}: {listing}")
+
+    def find(self, name: str) -> list[Registration]:
+        """Every registration called ``name``, across kinds (for ``uadp show``)."""
+        return [regs[name] for regs in self._collect().values() if name in regs]
+
+    def plugins(self) -> list[PluginInfo]:
+        infos = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: str(item[0])):
+            hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
+            package, version = self._packages.get(name, (None, None))
+            infos.append(PluginInfo(name=name, hooks=hooks, package=package, version=version))
+        return infos
+
+    def commands(self, cli: Any) -> None:
+        """Let plugins add subcommands to the argparse subparsers object ``cli``."""
+        self.pm.hook.register_commands(cli=cli)
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loading entry points on first use."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default

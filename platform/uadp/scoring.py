@@ -1,0 +1,30 @@
+"""Image-score reducers: how an anomaly map [B,H,W] becomes one score per image.
+
+* ``max`` — the highest pixel;
+* ``max_avgpool`` — the highest value of the map averaged over a kernel×kernel window
+  (UniAD: 16×16, stride 1), robust to single-pixel noise;
+* ``topk_mean`` — the mean of the top ``topk`` fraction of pixels (CADA: 1 %);
+* ``mean`` — the mean pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import ImageScoreConfig
+
+
+def image_scores(maps: torch.Tensor, config: ImageScoreConfig) -> torch.Tensor:
+    maps = maps.float()
+    flat = maps.flatten(1)
+    if config.name == "max":
+        return flat.amax(dim=1)
+    if config.name == "mean":
+        return flat.mean(dim=1)
+    if config.name == "topk_mean":
+        k = max(1, round(config.topk * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    kernel = min(config.kernel, maps.shape[-2], maps.shape[-1])
+    pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=kernel, stride=1)
+    return pooled.flatten(1).amax(dim=1)

@@ -1,0 +1,1 @@
+"""The bundled uadp plugins; each registers through the `uadp` entry-point group like any third-party plugin."""

@@ -1,0 +1,44 @@
+"""The standard metrics: image and pixel AUROC, AP, F1-max, and pixel AUPRO (FPR ≤ 0.3).
+
+All are exact (sort-based, no binning) and agree with scikit-learn; see ``uadp.metrics``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from uadp import hookimpl
+from uadp.metrics.aupro import aupro
+from uadp.metrics.curves import auroc, average_precision, f1_max
+from uadp.metrics.view import EvalView
+
+
+class AUPROConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fpr_limit: float = Field(0.3, gt=0, le=1, description="integrate PRO over FPR in [0, fpr_limit]")
+
+
+def _curve_metric(curve_name: str, fn):
+    def factory(config=None):
+        def metric(view: EvalView) -> float:
+            return fn(getattr(view, curve_name))
+
+        return metric
+
+    return factory
+
+
+def _aupro_factory(config: AUPROConfig):
+    def metric(view: EvalView) -> float:
+        return aupro(view.maps, view.masks, fpr_limit=config.fpr_limit)
+
+    return metric
+
+
+@hookimpl
+def register_metrics(register):
+    for level, curve in (("image", "image_curve"), ("pixel", "pixel_curve")):
+        register(f"{level}_auroc", _curve_metric(curve, auroc), help=f"{level}-level ROC AUC")
+        register(f"{level}_ap", _curve_metric(curve, average_precision), help=f"{level}-level average precision (step-wise)")
+        register(f"{level}_f1max", _curve_metric(curve, f1_max), help=f"{level}-level best F1 over thresholds")
+    register("pixel_aupro", _aupro_factory, config=AUPROConfig, help="area under the per-region overlap curve up to FPR 0.3, normalised")

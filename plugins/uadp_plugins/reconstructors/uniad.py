@@ -1,0 +1,279 @@
+"""Reconstructor ``uniad``: UniAD's feature-reconstruction transformer (SPEC.md §1).
+
+The frozen backbone's stages are resized onto the stride-16 grid and concatenated
+(``adapt``, cached once). A transformer reconstructs these tokens; three choices keep it
+from learning the identity shortcut:
+
+* a layer-wise query decoder: every decoder layer owns a learnable query, and its residual
+  stream starts from that query, so input features reach the output only through attention;
+* neighbour-masked attention: no token attends to itself or its n×n neighbours, in the
+  encoder and in both decoder attentions;
+* feature jittering: Gaussian noise of scale α·‖f‖/C on the input tokens while training,
+  which turns reconstruction into denoising. The target is always the clean feature.
+
+Anomaly map: the L2 distance between the feature and its reconstruction, per token,
+upsampled bilinearly to the image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from uadp import hookimpl
+from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
+from uadp.errors import ConfigError
+
+MaskPlace = Literal["encoder", "decoder1", "decoder2"]
+
+
+class UniADConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden_dim: int = Field(256, ge=8, description="transformer width C")
+    num_encoder_layers: int = Field(4, ge=0)
+    num_decoder_layers: int = Field(4, ge=1)
+    num_heads: int = Field(8, ge=1)
+    ffn_dim: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    neighbor_size: int = Field(7, ge=0, description="n of the n×n neighbour mask; 0 disables masking")
+    neighbor_mask_in: list[MaskPlace] = Field(
+        default_factory=lambda: ["encoder", "decoder1", "decoder2"], description="attentions that are masked"
+    )
+    jitter_scale: float = Field(20.0, ge=0, description="α: noise std = α·‖f‖/C")
+    jitter_prob: float = Field(1.0, ge=0, le=1, description="p: probability of jittering")
+    jitter_where: Literal["pre_proj", "post_proj"] = Field("pre_proj", description="[CODE-HINT] before the input projection")
+    jitter_granularity: Literal["batch", "token"] = Field("batch", description="[CODE-HINT] one coin flip per batch")
+    first_layer_kv: Literal["encoder", "self"] = Field(
+        "encoder", description="what decoder layer 1 integrates with: the encoder output [CODE-HINT] or itself [paper]"
+    )
+    grid_stride: int = Field(16, ge=1, description="token grid = the backbone map of this stride")
+
+
+def neighbor_mask(height: int, width: int, size: int) -> torch.Tensor:
+    """Bool [K,K] with True where query token i may attend key token j (SDPA's convention).
+
+    A token may not see any token within its size×size window, itself included; at borders
+    the window is clipped to the grid.
+    """
+    rows = torch.arange(height).repeat_interleave(width)
+    cols = torch.arange(width).repeat(height)
+    radius = size // 2
+    near = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
+    return ~near
+
+
+def feature_jitter(
+    tokens: torch.Tensor, scale: float, prob: float, per_token: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Add N(0, σ²) noise with σ = scale·‖token‖₂ / C, with probability ``prob``.
+
+    ``per_token`` draws the coin for every token, otherwise once for the whole batch.
+    """
+    if scale == 0 or prob == 0:
+        return tokens
+    channels = tokens.shape[-1]
+    sigma = scale * tokens.norm(dim=-1, keepdim=True) / channels
+    noise = torch.randn(tokens.shape, generator=generator, device=tokens.device, dtype=tokens.dtype) * sigma
+    if per_token:
+        keep = torch.rand(tokens.shape[:-1] + (1,), generator=generator, device=tokens.device) < prob
+        return tokens + noise * keep.to(tokens.dtype)
+    if prob >= 1 or torch.rand((), generator=generator).item() < prob:
+        return tokens + noise
+    return tokens
+
+
+class MaskedAttention(nn.Module):
+    """Multi-head attention with an optional boolean mask, on PyTorch's fused kernel."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"reconstructor.hidden_dim {dim} must be divisible by num_heads {heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        return x.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
+
+    def forward(self, query, key, value, mask: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        batch, _, tokens, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention layer; positions are added to queries and keys."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = MaskedAttention(dim, heads, dropout)
+        self.ffn = FeedForward(dim, ffn, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.drop1(self.attn(qk, qk, x, mask)))
+        return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+class QueryDecoderLayer(nn.Module):
+    """A layer-wise query decoder layer: its residual stream starts from its own query."""
+
+    def __init__(self, tokens: int, dim: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.empty(tokens, dim))
+        self.attn_encoder = MaskedAttention(dim, heads, dropout)
+        self.attn_previous = MaskedAttention(dim, heads, dropout)
+        self.ffn = FeedForward(dim, ffn, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, encoded, previous, pos, mask1, mask2) -> torch.Tensor:
+        t = self.query.unsqueeze(0).expand(encoded.shape[0], -1, -1)
+        t = self.norm1(t + self.drop1(self.attn_encoder(t + pos, encoded + pos, encoded, mask1)))
+        if previous is None:  # paper reading of the first layer: integrate with itself
+            previous = t
+        t = self.norm2(t + self.drop2(self.attn_previous(t + pos, previous + pos, previous, mask2)))
+        return self.norm3(t + self.drop3(self.ffn(t)))
+
+
+class UniAD(Reconstructor):
+    """UniAD: neighbour-masked encoder, layer-wise query decoder, feature jittering."""
+
+    def __init__(self, config: UniADConfig, context: BuildContext) -> None:
+        super().__init__()
+        if context.features is None:
+            raise ConfigError("reconstructor uniad needs a backbone (it reconstructs features)")
+        self.config = config
+        height, width = context.image_size
+        self.grid = (math.ceil(height / config.grid_stride), math.ceil(width / config.grid_stride))
+        self.image_size = context.image_size
+        self.in_channels = sum(context.features.channels)
+        tokens = self.grid[0] * self.grid[1]
+        dim = config.hidden_dim
+
+        self.input_proj = nn.Linear(self.in_channels, dim)
+        self.row_embed = nn.Parameter(torch.empty(self.grid[0], dim // 2))
+        self.col_embed = nn.Parameter(torch.empty(self.grid[1], dim - dim // 2))
+        self.encoder = nn.ModuleList(
+            EncoderLayer(dim, config.num_heads, config.ffn_dim, config.dropout) for _ in range(config.num_encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            QueryDecoderLayer(tokens, dim, config.num_heads, config.ffn_dim, config.dropout)
+            for _ in range(config.num_decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.output_proj = nn.Linear(dim, self.in_channels)
+
+        mask = None
+        if config.neighbor_size > 0:
+            mask = neighbor_mask(*self.grid, config.neighbor_size)
+            if not mask.any(dim=1).all():
+                raise ConfigError(
+                    f"reconstructor.neighbor_size {config.neighbor_size} hides every token of the "
+                    f"{self.grid[0]}×{self.grid[1]} grid; use a smaller neighbor_size or a larger data.image_size"
+                )
+        self.register_buffer("mask", mask, persistent=False)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+        nn.init.uniform_(self.row_embed)
+        nn.init.uniform_(self.col_embed)
+
+    # ------------------------------------------------------------------ features
+
+    def adapt(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Resize every stage onto the token grid (bilinear, align_corners) and concatenate."""
+        resized = [
+            F.interpolate(f.float(), size=self.grid, mode="bilinear", align_corners=True) for f in features
+        ]
+        return torch.cat(resized, dim=1)
+
+    def _masks(self) -> tuple[torch.Tensor | None, ...]:
+        places = self.config.neighbor_mask_in
+        return tuple(self.mask if place in places else None for place in ("encoder", "decoder1", "decoder2"))
+
+    def _position(self) -> torch.Tensor:
+        rows, cols = self.grid
+        pos = torch.cat(
+            [
+                self.col_embed.unsqueeze(0).expand(rows, -1, -1),
+                self.row_embed.unsqueeze(1).expand(-1, cols, -1),
+            ],
+            dim=-1,
+        )
+        return pos.reshape(1, rows * cols, -1)
+
+    def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B,K,C_in] -> reconstructed tokens [B,K,C_in], jittered while training."""
+        jitter = self.training and self.config.jitter_scale > 0
+        per_token = self.config.jitter_granularity == "token"
+        if jitter and self.config.jitter_where == "pre_proj":
+            tokens = feature_jitter(tokens, self.config.jitter_scale, self.config.jitter_prob, per_token)
+        x = self.input_proj(tokens)
+        if jitter and self.config.jitter_where == "post_proj":
+            x = feature_jitter(x, self.config.jitter_scale, self.config.jitter_prob, per_token)
+        pos = self._position()
+        mask_enc, mask_dec1, mask_dec2 = self._masks()
+        for layer in self.encoder:
+            x = layer(x, pos, mask_enc)
+        encoded = x
+        previous = encoded if self.config.first_layer_kv == "encoder" else None
+        for layer in self.decoder:
+            previous = layer(encoded, previous, pos, mask_dec1, mask_dec2)
+        return self.output_proj(self.decoder_norm(previous))
+
+    @staticmethod
+    def _tokens(features: torch.Tensor) -> torch.Tensor:
+        return features.flatten(2).transpose(1, 2)
+
+    # ------------------------------------------------------------------ contract
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        inputs = self._tokens(batch.features)
+        target = self._tokens(batch.target_features)
+        reconstruction = self.reconstruct(inputs)
+        return {"loss": F.mse_loss(reconstruction.float(), target.float())}
+
+    def predict(self, batch: Batch) -> Prediction:
+        features = batch.features
+        tokens = self._tokens(features)
+        reconstruction = self.reconstruct(tokens).float()
+        distance = (tokens.float() - reconstruction).pow(2).sum(-1).sqrt()
+        grid_map = distance.view(-1, 1, *self.grid)
+        anomaly_map = F.interpolate(grid_map, size=self.image_size, mode="bilinear", align_corners=True)
+        return Prediction(anomaly_map=anomaly_map[:, 0], embedding=features)
+
+
+@hookimpl
+def register_reconstructors(register):
+    register(
+        "uniad",
+        UniAD,
+        config=UniADConfig,
+        help="UniAD: layer-wise query transformer with neighbour-masked attention and feature jittering",
+        inputs="features",
+        synthesizer="optional",
+    )

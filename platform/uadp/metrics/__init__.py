@@ -1,0 +1,1 @@
+"""Metric engine: exact ranking metrics and the per-class / mean / pooled protocols."""

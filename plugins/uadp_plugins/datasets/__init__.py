@@ -1,0 +1,1 @@
+"""Bundled dataset plugins: MVTec AD reader and the embedded demo dataset."""

@@ -28,6 +28,8 @@ from torch import nn
 from uadp import hookimpl
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
+from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
+from uadp_plugins.layers.dropout import FastDropout
 
 MaskPlace = Literal["encoder", "decoder1", "decoder2"]
 
@@ -54,19 +56,6 @@ class UniADConfig(BaseModel):
     grid_stride: int = Field(16, ge=1, description="token grid = the backbone map of this stride")
 
 
-def neighbor_mask(height: int, width: int, size: int) -> torch.Tensor:
-    """Bool [K,K] with True where query token i may attend key token j (SDPA's convention).
-
-    A token may not see any token within its size×size window, itself included; at borders
-    the window is clipped to the grid.
-    """
-    rows = torch.arange(height).repeat_interleave(width)
-    cols = torch.arange(width).repeat(height)
-    radius = size // 2
-    near = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
-    return ~near
-
-
 def feature_jitter(
     tokens: torch.Tensor, scale: float, prob: float, per_token: bool, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -87,36 +76,9 @@ def feature_jitter(
     return tokens
 
 
-class MaskedAttention(nn.Module):
-    """Multi-head attention with an optional boolean mask, on PyTorch's fused kernel."""
-
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ConfigError(f"reconstructor.hidden_dim {dim} must be divisible by num_heads {heads}")
-        self.heads = heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        return x.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
-
-    def forward(self, query, key, value, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        batch, _, tokens, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
-
-
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), FastDropout(dropout), nn.Linear(hidden, dim))
 
 
 class EncoderLayer(nn.Module):
@@ -127,7 +89,7 @@ class EncoderLayer(nn.Module):
         self.attn = MaskedAttention(dim, heads, dropout)
         self.ffn = FeedForward(dim, ffn, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.drop1, self.drop2 = FastDropout(dropout), FastDropout(dropout)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         qk = x + pos
@@ -145,10 +107,10 @@ class QueryDecoderLayer(nn.Module):
         self.attn_previous = MaskedAttention(dim, heads, dropout)
         self.ffn = FeedForward(dim, ffn, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.drop1, self.drop2, self.drop3 = FastDropout(dropout), FastDropout(dropout), FastDropout(dropout)
 
     def forward(self, encoded, previous, pos, mask1, mask2) -> torch.Tensor:
-        t = self.query.unsqueeze(0).expand(encoded.shape[0], -1, -1)
+        t = self.query.unsqueeze(0)  # batch-independent: its projection is computed once
         t = self.norm1(t + self.drop1(self.attn_encoder(t + pos, encoded + pos, encoded, mask1)))
         if previous is None:  # paper reading of the first layer: integrate with itself
             previous = t

@@ -1,0 +1,1 @@
+"""Building blocks shared by the bundled models (attention with neighbour masks, dropout)."""

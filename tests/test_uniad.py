@@ -1,0 +1,175 @@
+"""UniAD (SPEC §1): neighbour mask, no identity path, feature jitter, token grid, and learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from uadp.contract import Batch, BuildContext, FeatureSpec
+from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
+from uadp_plugins.layers.dropout import FastDropout, keep_mask
+from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig, feature_jitter
+
+LITE0 = FeatureSpec((16, 24, 40, 112), (2, 4, 8, 16), (0.5,) * 3, (0.5,) * 3)
+
+
+def _brute_force_mask(height: int, width: int, size: int) -> torch.Tensor:
+    allowed = torch.ones(height * width, height * width, dtype=torch.bool)
+    r = size // 2
+    for i in range(height * width):
+        for j in range(height * width):
+            if abs(i // width - j // width) <= r and abs(i % width - j % width) <= r:
+                allowed[i, j] = False
+    return allowed
+
+
+@pytest.mark.parametrize("height,width,size", [(14, 14, 7), (8, 5, 3), (6, 6, 1), (16, 12, 5)])
+def test_neighbor_mask_matches_definition(height, width, size):
+    assert torch.equal(neighbor_mask(height, width, size), _brute_force_mask(height, width, size))
+
+
+def test_neighbor_mask_7x7_counts():
+    """Centre token loses its 49 neighbours (itself included); a corner, the clipped 4×4 window."""
+    mask = neighbor_mask(14, 14, 7)
+    centre, corner = 7 * 14 + 7, 0
+    assert (~mask[centre]).sum() == 49
+    assert (~mask[corner]).sum() == 16
+    assert not mask.diagonal().any()
+    assert torch.equal(mask, mask.T)
+
+
+def test_masked_attention_ignores_neighbours():
+    """Output token i has zero gradient w.r.t. every key/value token in its window."""
+    torch.manual_seed(0)
+    attention = MaskedAttention(dim=16, heads=4, dropout=0.0).eval()
+    mask = neighbor_mask(6, 6, 3)
+    query = torch.randn(1, 36, 16)
+    memory = torch.randn(1, 36, 16, requires_grad=True)
+    out = attention(query, memory, memory, mask)
+    i = 14
+    (grad,) = torch.autograd.grad(out[0, i].sum(), memory)
+    touched = grad[0].abs().sum(dim=1) > 0
+    assert torch.equal(touched, mask[i])
+
+
+def _uniad(**overrides) -> UniAD:
+    config = UniADConfig(**{"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "dropout": 0.0, **overrides})
+    return UniAD(config, BuildContext((224, 224), LITE0))
+
+
+def test_layerwise_query_decoder_has_no_identity_path():
+    """Decoder only (ablation '0, 1'): a reconstructed token never sees its own input or neighbours.
+
+    The decoder's residual stream starts from its query, and both masked attentions skip the
+    token's 7×7 window, so the input at position i cannot leak into the output at i.
+    """
+    torch.manual_seed(0)
+    model = _uniad(num_encoder_layers=0, num_decoder_layers=1).eval()
+    tokens = torch.randn(1, 196, 192, requires_grad=True)
+    out = model.reconstruct(tokens)
+    i = 5 * 14 + 6
+    (grad,) = torch.autograd.grad(out[0, i].sum(), tokens)
+    sees = grad[0].abs().sum(dim=1) > 0
+    assert torch.equal(sees, neighbor_mask(14, 14, 7)[i])
+
+
+def test_decoder_queries_are_per_layer():
+    model = _uniad(num_decoder_layers=3)
+    queries = [layer.query for layer in model.decoder]
+    assert len({id(q) for q in queries}) == 3
+    assert all(q.shape == (196, 32) for q in queries)
+
+
+def test_jitter_noise_scale_matches_alpha():
+    """Per-token noise std = α‖f‖/C, zero mean; always applied at p = 1."""
+    torch.manual_seed(0)
+    channels, alpha = 272, 20.0
+    norms = torch.tensor([1.0, 5.0, 20.0])
+    tokens = torch.randn(3, channels)
+    tokens = tokens / tokens.norm(dim=1, keepdim=True) * norms[:, None]
+    samples = torch.stack([feature_jitter(tokens, alpha, 1.0, per_token=False) - tokens for _ in range(400)])
+    expected = alpha * norms / channels
+    measured = samples.std(dim=(0, 2))
+    assert torch.allclose(measured, expected, rtol=0.03)
+    assert samples.mean().abs() < 0.02 * expected.min()
+
+
+def test_jitter_probability():
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 50, 16)
+    assert torch.equal(feature_jitter(tokens, 20.0, 0.0, per_token=False), tokens)
+    batch_hits = sum(not torch.equal(feature_jitter(tokens, 20.0, 0.3, per_token=False), tokens) for _ in range(2000))
+    assert abs(batch_hits / 2000 - 0.3) < 0.04
+    jittered = feature_jitter(tokens.repeat(40, 1, 1), 20.0, 0.3, per_token=True)
+    changed = (jittered != tokens.repeat(40, 1, 1)).any(dim=-1).float().mean()
+    assert abs(changed - 0.3) < 0.03
+
+
+def test_jitter_only_in_training():
+    torch.manual_seed(0)
+    model = _uniad()
+    features = torch.randn(2, 192, 14, 14)
+    batch = Batch(features=features, target_features=features)
+    model.eval()
+    first = model.predict(batch).anomaly_map
+    assert torch.equal(first, model.predict(batch).anomaly_map)
+    model.train()
+    torch.manual_seed(1)
+    noisy = model.training_step(batch)["loss"]
+    model.config = model.config.model_copy(update={"jitter_scale": 0.0})
+    torch.manual_seed(1)
+    clean = model.training_step(batch)["loss"]
+    assert not torch.isclose(noisy, clean)
+
+
+@pytest.mark.parametrize("size,grid", [((224, 224), (14, 14)), ((256, 256), (16, 16)), ((320, 256), (20, 16)), ((250, 250), (16, 16))])
+def test_token_grid_is_the_stride_16_map(size, grid):
+    model = UniAD(UniADConfig(hidden_dim=32, num_heads=4, ffn_dim=64), BuildContext(size, LITE0))
+    assert model.grid == grid
+    stages = [torch.randn(1, c, math.ceil(size[0] / s), math.ceil(size[1] / s)) for c, s in zip(LITE0.channels, LITE0.strides)]
+    features = model.adapt(stages)
+    assert features.shape == (1, 192, *grid)
+    prediction = model.eval().predict(Batch(features=features, target_features=features))
+    assert prediction.anomaly_map.shape == (1, *size)
+
+
+def test_fast_dropout_rate_and_scale():
+    torch.manual_seed(0)
+    mask = keep_mask((1000, 1000), 0.1)
+    assert abs(mask.float().mean().item() - 0.9) < 0.002
+    x = torch.ones(500, 1000)
+    dropout = FastDropout(0.1).train()
+    assert abs(dropout(x).mean().item() - 1.0) < 0.005
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_bf16_autocast_step_is_finite():
+    """The CPU mixed-precision path (used where the CPU has native bf16) trains."""
+    torch.manual_seed(0)
+    model = _uniad(dropout=0.1).train()
+    features = torch.randn(2, 192, 14, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step(Batch(features=features, target_features=features))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_uniad_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
+    """One model for four classes finds foreign-pattern patches; untrained it is far worse."""
+    from uadp.engine.run import run
+    from uadp.registry import get_registry
+    from uadp.testing import quick_config
+
+    def train(epochs: int):
+        config = quick_config(tiny_dataset, runs_root, train={"epochs": epochs, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1},
+                              eval={"overlays_per_class": 0})
+        return run(config, get_registry(), log=lambda _: None).report
+
+    untrained, trained = train(0), train(15)
+    assert trained.mean["image_auroc"] >= 0.9
+    assert trained.mean["pixel_auroc"] >= 0.9
+    assert trained.mean["image_auroc"] >= untrained.mean["image_auroc"] + 0.1
+    assert trained.pooled["image_auroc"] >= 0.85

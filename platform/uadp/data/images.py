@@ -32,7 +32,10 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 [H,W,3]."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        # 16-bit files scale by their bit depth, whatever their content; a 32-bit "I" image
+        # carries no bit depth, so values above 255 are taken as 16-bit
+        sixteen = image.mode.startswith("I;16") or array.max(initial=0) > 255
+        top = 65535.0 if sixteen else 255.0
         grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if image.mode == "F":
@@ -56,10 +59,23 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int]) -> np.ndarray:
             f"{path}: mask is {image.size[0]}×{image.size[1]} but its image is "
             f"{expected_hw[1]}×{expected_hw[0]} (width×height); expected the same size"
         )
+    if image.mode in ("RGBA", "LA", "PA", "P"):
+        image = image.convert("RGB")  # alpha is not a defect; palette indices are not colours
     array = np.asarray(image)
     if array.ndim == 3:
         array = array.max(axis=2)
     return array > 0
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
 def is_image_file(path: Path) -> bool:

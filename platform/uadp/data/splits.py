@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..contract import Dataset, Sample
 from ..errors import DataError
+from .images import image_size
 
 
 @dataclass
@@ -39,6 +40,20 @@ def gather(dataset: Dataset, classes: list[str] | None) -> Splits:
             raise DataError(f"class {name!r} of {dataset.name} has no training images")
         if not class_test:
             raise DataError(f"class {name!r} of {dataset.name} has no test images")
+        check_mask_sizes(class_test)
         train += class_train
         test += class_test
     return Splits(classes=chosen, train=train, test=test)
+
+
+def check_mask_sizes(samples: list[Sample]) -> None:
+    """Every mask has its image's size: checked from file headers, before any training."""
+    for sample in samples:
+        if sample.mask_path is None:
+            continue
+        image_hw, mask_hw = image_size(sample.path), image_size(sample.mask_path)
+        if image_hw != mask_hw:
+            raise DataError(
+                f"{sample.mask_path}: mask is {mask_hw[1]}×{mask_hw[0]} but its image {sample.path} is "
+                f"{image_hw[1]}×{image_hw[0]} (width×height); expected the same size"
+            )

@@ -56,7 +56,10 @@ class MVTecFolder:
     def samples(self, class_name: str, split: str) -> list[Sample]:
         folder = self.root / class_name
         if split == "train":
-            return [Sample(str(p), class_name, 0) for p in _images(folder / "train" / "good")]
+            train = [Sample(str(p), class_name, 0) for p in _images(folder / "train" / "good")]
+            if not train:
+                raise DataError(f"class {class_name!r} has no training images; expected {folder / 'train' / 'good'}/*.png")
+            return train
         samples = []
         test = folder / "test"
         defects = sorted(p.name for p in test.iterdir() if p.is_dir()) if test.is_dir() else []
@@ -66,6 +69,8 @@ class MVTecFolder:
                     samples.append(Sample(str(path), class_name, 0))
                     continue
                 samples.append(Sample(str(path), class_name, 1, defect, str(self._mask_of(folder, defect, path))))
+        if not samples:
+            raise DataError(f"class {class_name!r} has no test images; expected {test}/<defect>/*.png")
         return samples
 
     def _mask_of(self, folder: Path, defect: str, image: Path) -> Path:

@@ -54,6 +54,10 @@ class UniADConfig(BaseModel):
         "encoder", description="what decoder layer 1 integrates with: the encoder output [CODE-HINT] or itself [paper]"
     )
     grid_stride: int = Field(16, ge=1, description="token grid = the backbone map of this stride")
+    feature_resize: Literal["bilinear", "area"] = Field(
+        "bilinear",
+        description="stage -> grid resize: bilinear, align_corners [CODE-HINT]; area averages finer stages (no aliasing)",
+    )
 
 
 def feature_jitter(
@@ -167,10 +171,20 @@ class UniAD(Reconstructor):
     # ------------------------------------------------------------------ features
 
     def adapt(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Resize every stage onto the token grid (bilinear, align_corners) and concatenate."""
-        resized = [
-            F.interpolate(f.float(), size=self.grid, mode="bilinear", align_corners=True) for f in features
-        ]
+        """Resize every stage onto the token grid and concatenate.
+
+        ``bilinear`` (align_corners, as the official code) point-samples finer stages: the
+        stride-2 stage keeps one pixel in eight per axis. ``area`` averages them instead and
+        uses bilinear only for stages coarser than the grid.
+        """
+        resized = []
+        for f in features:
+            f = f.float()
+            finer = f.shape[-2] >= self.grid[0] and f.shape[-1] >= self.grid[1]
+            if self.config.feature_resize == "area" and finer:
+                resized.append(F.adaptive_avg_pool2d(f, self.grid))
+            else:
+                resized.append(F.interpolate(f, size=self.grid, mode="bilinear", align_corners=True))
         return torch.cat(resized, dim=1)
 
     def _masks(self) -> tuple[torch.Tensor | None, ...]:

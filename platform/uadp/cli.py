@@ -198,18 +198,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .data.images import read_image
-    from .data.transforms import geometry, normalise
+    from .data.transforms import Normaliser, geometry
     from .engine.detector import load_bundle
 
     detector = load_bundle(args.bundle, _registry(args), device=args.device)
     size = detector.config.data.size_hw
     resize = geometry(size)
-    mean, std = detector.normalisation
+    normalise = Normaliser(*detector.normalisation)
     rows = []
     for start in range(0, len(args.images), 16):
         paths = args.images[start : start + 16]
         images = torch.stack([
-            torch.from_numpy(normalise(resize(image=read_image(p))["image"].astype(np.float32) / 255, mean, std))
+            torch.from_numpy(normalise(resize(image=read_image(p))["image"].astype(np.float32) / 255))
             for p in paths
         ])
         maps, scores = detector.predict_images(images)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..contract import Sample, Synthesizer
 from ..errors import DataError, UadpError
 from .images import read_image, read_mask
-from .transforms import geometry, normalise
+from .transforms import Normaliser, geometry
 
 
 class SampleDataset(Dataset):
@@ -37,7 +37,7 @@ class SampleDataset(Dataset):
     ) -> None:
         self.samples = samples
         self.size_hw = size_hw
-        self.mean, self.std = mean, std
+        self.normalise = Normaliser(mean, std)
         self.augment = list(augment)
         self.synthesizer = synthesizer
         self.seed = seed
@@ -77,11 +77,11 @@ class SampleDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             synthesis = self.synthesizer(pixels, rng)
             out["targets"] = {
-                "clean_image": torch.from_numpy(normalise(pixels, self.mean, self.std)),
+                "clean_image": torch.from_numpy(self.normalise(pixels)),
                 **{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in synthesis.targets.items()},
             }
             pixels = synthesis.image
-        out["image"] = torch.from_numpy(normalise(pixels, self.mean, self.std))
+        out["image"] = torch.from_numpy(self.normalise(pixels))
         return out
 
 

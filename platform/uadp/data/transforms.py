@@ -33,7 +33,15 @@ def geometry(size_hw: tuple[int, int], augment: list[str] = (), seed: int | None
     return A.Compose(steps, seed=seed)
 
 
-def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """float [H,W,3] in [0,1] -> normalised float32 [3,H,W] (channels first, for torch)."""
-    out = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+class Normaliser:
+    """float [H,W,3] in [0,1] -> normalised float32 [3,H,W] (channels first, for torch).
+
+    Applied after any synthesizer, which works on [0,1] images, so it is a separate step.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self._normalize = A.Normalize(mean=mean, std=std, max_pixel_value=1.0, p=1.0)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = self._normalize(image=image.astype(np.float32))["image"]
+        return np.ascontiguousarray(out.transpose(2, 0, 1))

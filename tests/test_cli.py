@@ -557,3 +557,24 @@ def test_same_seed_gives_identical_losses_and_metrics(e2e, tiny_dataset: Path, t
     assert loss_history(e2e.runs, again["mlflow_run_id"]) == loss_history(e2e.runs, e2e.run_id)
     for key in ("per_class", "mean", "pooled"):
         assert again[key] == e2e.summary[key]
+
+
+def test_ui_without_a_store_is_a_clear_error(tmp_path, capsys):
+    assert main(["ui", "--root", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no embedded MLflow store" in err[0]
+
+
+def test_ui_starts_mlflow_on_the_embedded_store(tmp_path, monkeypatch):
+    import subprocess
+
+    root = tmp_path / "uadp-runs"
+    root.mkdir()
+    (root / "mlflow.db").touch()
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    assert main(["ui", "--root", str(root), "--port", "5123"]) == 0
+    command = calls[0]
+    assert command[1:4] == ["-m", "mlflow", "ui"]
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    assert command[command.index("--port") + 1] == "5123"

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .contract import Sample
-from .data.images import read_image
+from .data.images import read_image, read_mask
 from .data.transforms import geometry
 from .metrics.protocols import MetricReport
 
@@ -88,13 +88,15 @@ def overlay_grid(
     resize = geometry(size_hw)
     tiles = []
     for sample, heat_map, _score in zip(samples, maps, scores):
-        image = resize(image=read_image(sample.path))["image"]
-        with_gt = image.copy()
+        raw = read_image(sample.path)
         if sample.mask_path:
-            from .data.images import read_mask
-
-            raw_mask = read_mask(sample.mask_path, read_image(sample.path).shape[:2]).astype(np.uint8)
-            mask = resize(image=read_image(sample.path), mask=raw_mask)["mask"] > 0
+            raw_mask = read_mask(sample.mask_path, raw.shape[:2]).astype(np.uint8)
+            resized = resize(image=raw, mask=raw_mask)
+            image, mask = resized["image"], resized["mask"] > 0
+        else:
+            image, mask = resize(image=raw)["image"], None
+        with_gt = image.copy()
+        if mask is not None:
             with_gt[_outline(mask)] = (0, 255, 0)
         heat = _heat((heat_map - low) / max(high - low, 1e-12))
         blended = (0.55 * image + 0.45 * heat).astype(np.uint8)

@@ -193,6 +193,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text}: value is not valid YAML") from exc
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string; people mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return parts, value
 
 

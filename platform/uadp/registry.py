@@ -113,10 +113,13 @@ class Registry:
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object or module and check it implements only known hooks."""
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # a hook with the wrong arguments
+            raise PluginError(str(exc)) from exc
         try:
             self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
+        except pluggy.PluginValidationError as exc:  # a hook no spec knows (e.g. a typo)
             self.pm.unregister(plugin)
             raise PluginError(str(exc)) from exc
         self._components = None
@@ -205,7 +208,7 @@ class Registry:
             return found
         known = self.names(kind)
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else "."
         listing = ", ".join(known) if known else "none (no plugin registers any)"
         raise UnknownComponentError(f"unknown {kind[:-1]} {name!r}{hint} Known {kind}: {listing}")
 

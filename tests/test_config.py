@@ -1,0 +1,390 @@
+"""Tests of run configuration (uadp.config): presets, layering, errors, resolution, fingerprints.
+
+A bare ``uadp run`` uses the defaults of ``RunConfig``, and ``configs/cpu.yaml`` claims to
+spell them out: the first test keeps the two from drifting apart. A user error in a config
+must come back as one line naming the dotted field, never as a pydantic dump.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from uadp.config import (
+    RunConfig,
+    build_config,
+    fingerprint_hash,
+    flatten,
+    merge,
+    model_fingerprint,
+    parse_override,
+    resolve,
+)
+from uadp.errors import ConfigError, UnknownComponentError
+from uadp.registry import Registry
+from uadp_plugins.reconstructors.uniad import UniADConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = sorted(CONFIGS.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry()
+
+
+def _config_error(**kwargs) -> str:
+    """The message of the ConfigError that ``build_config(**kwargs)`` raises."""
+    with pytest.raises(ConfigError) as info:
+        build_config(**kwargs)
+    return str(info.value)
+
+
+def _one_line(message: str) -> str:
+    assert "\n" not in message, f"not one line: {message!r}"
+    return message
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_presets_exist():
+    assert {p.stem for p in PRESETS} >= {"cpu", "uniad", "uniad-lite0"}
+
+
+def test_defaults_equal_the_cpu_preset_exactly():
+    """configs/cpu.yaml must be the RunConfig defaults, key for key and value for value."""
+    preset = yaml.safe_load((CONFIGS / "cpu.yaml").read_text())
+    assert preset == RunConfig().to_dict()
+
+
+def test_building_the_cpu_preset_changes_nothing():
+    assert build_config(preset=str(CONFIGS / "cpu.yaml")) == RunConfig()
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_validates_and_resolves(path: Path, registry: Registry):
+    """Resolution checks every plugin option but builds nothing: uniad.yaml's B4 backbone
+    (a download) resolves offline."""
+    config = build_config(preset=str(path))
+    resolved = resolve(config, registry)
+    raw = yaml.safe_load(path.read_text())
+    for section in ("backbone", "reconstructor"):
+        for key, value in raw.get(section, {}).items():
+            assert resolved.to_dict()[section][key] == value, f"{path.name}: {section}.{key}"
+
+
+def test_preset_by_name(monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    assert build_config(preset="uniad-lite0") == build_config(preset=str(CONFIGS / "uniad-lite0.yaml"))
+
+
+def test_uniad_preset_is_the_paper_setting(registry: Registry):
+    config = resolve(build_config(preset=str(CONFIGS / "uniad.yaml")), registry)
+    assert config.backbone.options()["model"] == "tf_efficientnet_b4"
+    assert config.reconstructor.options()["neighbor_size"] == 7
+    assert config.train.lr == pytest.approx(1e-4)
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_layers_apply_in_order(tmp_path: Path):
+    """defaults < --config file < flag overrides < --set pairs."""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(yaml.safe_dump({"train": {"epochs": 5, "lr": 0.01, "batch_size": 4}}))
+    config = build_config(
+        preset=str(preset),
+        overrides={"train": {"lr": 0.02, "batch_size": 2}},
+        sets=["train.batch_size=3"],
+    )
+    assert config.train.epochs == 5  # file over default
+    assert config.train.lr == 0.02  # flag over file
+    assert config.train.batch_size == 3  # --set over flag
+    assert config.train.weight_decay == RunConfig().train.weight_decay  # untouched default
+
+
+def test_file_merges_into_sections_instead_of_replacing_them(tmp_path: Path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("data:\n  image_size: 128\n")
+    config = build_config(preset=str(preset))
+    assert config.data.image_size == 128
+    assert config.data.workers == RunConfig().data.workers
+
+
+def test_set_parses_floats():
+    config = build_config(sets=["train.lr=3e-4"])
+    assert isinstance(config.train.lr, float) and config.train.lr == pytest.approx(3e-4)
+
+
+def test_parse_override_reads_exponent_floats():
+    assert parse_override("train.lr=3e-4") == (["train", "lr"], 0.0003)
+
+
+def test_set_plugin_option_exponent_is_a_float():
+    config = build_config(sets=["reconstructor.jitter_scale=1e-3"])
+    assert config.reconstructor.options()["jitter_scale"] == pytest.approx(1e-3)
+
+
+def test_set_parses_lists_ints_and_null():
+    config = build_config(sets=["data.classes=[a,b]", "train.epochs=3", "train.grad_clip=null"])
+    assert config.data.classes == ["a", "b"]
+    assert config.train.epochs == 3
+    assert config.train.grad_clip is None
+
+
+def test_set_parses_nested_sections():
+    config = build_config(sets=["eval.image_score.name=topk_mean", "eval.image_score.topk=0.05"])
+    assert config.eval.image_score.name == "topk_mean"
+    assert config.eval.image_score.topk == pytest.approx(0.05)
+
+
+def test_set_reconstructor_name_drops_the_old_plugins_options():
+    config = build_config(
+        overrides={"reconstructor": {"name": "uniad", "hidden_dim": 64}},
+        sets=["reconstructor.name=other"],
+    )
+    assert config.reconstructor.name == "other"
+    assert config.reconstructor.options() == {}
+
+
+def test_set_same_reconstructor_name_keeps_its_options():
+    config = build_config(
+        overrides={"reconstructor": {"name": "uniad", "hidden_dim": 64}},
+        sets=["reconstructor.name=uniad", "reconstructor.num_heads=2"],
+    )
+    assert config.reconstructor.options() == {"hidden_dim": 64, "num_heads": 2}
+
+
+def test_flag_override_swapping_the_backbone_drops_its_options():
+    config = build_config(overrides={"backbone": {"name": "other"}})
+    assert config.backbone.name == "other"
+    assert config.backbone.options() == {}
+
+
+def test_merge_does_not_modify_its_inputs():
+    base = {"train": {"lr": 1.0}, "reconstructor": {"name": "a", "x": 1}}
+    override = {"train": {"epochs": 2}, "reconstructor": {"name": "b"}}
+    merged = merge(base, override)
+    assert merged == {"train": {"lr": 1.0, "epochs": 2}, "reconstructor": {"name": "b"}}
+    assert base == {"train": {"lr": 1.0}, "reconstructor": {"name": "a", "x": 1}}
+
+
+def test_synthesizer_and_aligner_sections_can_be_set():
+    config = build_config(sets=["aligner.name=none"])
+    assert config.aligner is not None and config.aligner.name == "none"
+    assert config.synthesizer is None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_negative_lr_names_the_field():
+    message = _one_line(_config_error(sets=["train.lr=-1"]))
+    assert message.startswith("train.lr:")
+    assert "-1" in message
+
+
+def test_non_integer_epochs_names_the_field():
+    message = _one_line(_config_error(sets=["train.epochs=abc"]))
+    assert message.startswith("train.epochs:")
+    assert "'abc'" in message
+
+
+def test_unknown_key_suggests_the_closest():
+    message = _one_line(_config_error(sets=["train.epoch=3"]))
+    assert "unknown config key train.epoch" in message
+    assert "did you mean train.epochs?" in message
+
+
+def test_unknown_nested_key_suggests_the_closest():
+    message = _one_line(_config_error(sets=["eval.image_score.kernal=8"]))
+    assert "eval.image_score.kernal" in message
+    assert "eval.image_score.kernel" in message
+
+
+def test_unknown_section():
+    message = _one_line(_config_error(sets=["trian.lr=1"]))
+    assert "unknown config key trian" in message
+    assert "did you mean train" in message
+
+
+def test_unknown_plugin_option_after_resolve(registry: Registry):
+    config = build_config(sets=["reconstructor.hidden=3"])  # plugin options are checked by resolve
+    with pytest.raises(ConfigError) as info:
+        resolve(config, registry)
+    message = _one_line(str(info.value))
+    assert "unknown config key reconstructor.hidden" in message
+    assert "reconstructor.hidden_dim" in message
+
+
+def test_bad_plugin_value_after_resolve(registry: Registry):
+    config = build_config(sets=["reconstructor.neighbor_size=-1"])
+    with pytest.raises(ConfigError) as info:
+        resolve(config, registry)
+    message = _one_line(str(info.value))
+    assert message.startswith("reconstructor.neighbor_size:")
+    assert "-1" in message
+
+
+def test_bad_backbone_option_after_resolve(registry: Registry):
+    config = build_config(sets=["backbone.stages=abc"])
+    with pytest.raises(ConfigError, match=r"^backbone\.stages:"):
+        resolve(config, registry)
+
+
+def test_unknown_plugin_name_after_resolve(registry: Registry):
+    config = build_config(sets=["reconstructor.name=unad"])
+    with pytest.raises(UnknownComponentError, match="did you mean 'uniad'"):
+        resolve(config, registry)
+
+
+def test_missing_preset_file(tmp_path: Path):
+    message = _one_line(_config_error(preset=str(tmp_path / "missing.yaml")))
+    assert "missing.yaml" in message and "not found" in message
+
+
+def test_missing_preset_name_lists_presets(monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    message = _one_line(_config_error(preset="no-such-preset"))
+    assert "no-such-preset" in message and "uniad-lite0" in message
+
+
+def test_preset_that_is_not_a_mapping(tmp_path: Path):
+    preset = tmp_path / "list.yaml"
+    preset.write_text("- 1\n- 2\n")
+    assert "mapping" in _one_line(_config_error(preset=str(preset)))
+
+
+def test_preset_with_broken_yaml(tmp_path: Path):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("train: {lr: [1\n")
+    assert "broken.yaml" in _one_line(_config_error(preset=str(preset)))
+
+
+def test_bad_value_in_preset_names_the_field(tmp_path: Path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("data:\n  image_size: 8\n")
+    assert _one_line(_config_error(preset=str(preset))).startswith("data.image_size:")
+
+
+@pytest.mark.parametrize("text", ["train.lr", "=3", "train.lr=[1"])
+def test_malformed_set_pairs(text: str):
+    message = _one_line(_config_error(sets=[text]))
+    assert text in message
+
+
+def test_set_below_a_value_is_an_error():
+    message = _one_line(_config_error(sets=["train.lr.x=3"]))
+    assert "train.lr.x" in message
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_resolve_fills_every_plugin_default(registry: Registry):
+    config = resolve(build_config(), registry)
+    options = config.reconstructor.options()
+    assert set(options) == set(UniADConfig.model_fields)
+    assert options == UniADConfig().model_dump(mode="json")
+
+
+def test_resolve_keeps_given_options_and_coerces_them(registry: Registry):
+    config = resolve(build_config(sets=["reconstructor.hidden_dim=64", "reconstructor.jitter_scale=1e-3"]), registry)
+    options = config.reconstructor.options()
+    assert options["hidden_dim"] == 64
+    assert options["jitter_scale"] == pytest.approx(1e-3) and isinstance(options["jitter_scale"], float)
+
+
+def test_resolve_fills_backbone_and_dataset_sections(registry: Registry):
+    config = resolve(build_config(), registry)
+    assert set(config.backbone.options()) == {"model", "stages", "weights"}
+    assert config.dataset.name == "demo"
+
+
+def test_resolve_is_idempotent(registry: Registry):
+    once = resolve(build_config(sets=["reconstructor.hidden_dim=64"]), registry)
+    assert resolve(once, registry) == once
+
+
+def test_resolve_does_not_modify_its_input(registry: Registry):
+    config = build_config()
+    before = config.to_dict()
+    resolve(config, registry)
+    assert config.to_dict() == before
+
+
+def test_resolved_config_round_trips_through_yaml(registry: Registry, tmp_path: Path):
+    """The saved config of a run rebuilds the same run."""
+    config = resolve(build_config(sets=["train.lr=0.002", "data.classes=[a,b]"]), registry)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    assert resolve(build_config(preset=str(saved)), registry) == config
+
+
+# --------------------------------------------------------------------------- flatten
+
+
+def test_flatten_gives_scalars_only(registry: Registry):
+    config = resolve(build_config(sets=["data.classes=[a,b]"]), registry)
+    flat = flatten(config.to_dict())
+    assert all(value is None or isinstance(value, (str, int, float, bool)) for value in flat.values())
+    assert flat["data.classes"] == "a,b"
+    assert flat["train.betas"] == "0.9,0.999"
+    assert flat["eval.metrics"].split(",")[0] == "image_auroc"
+    assert flat["eval.image_score.kernel"] == 16
+    assert flat["reconstructor.name"] == "uniad"
+    assert flat["reconstructor.neighbor_mask_in"] == "encoder,decoder1,decoder2"
+
+
+def test_flatten_keys_are_dotted_paths():
+    assert flatten({"a": {"b": {"c": 1}, "d": [1, 2]}, "e": None}) == {"a.b.c": 1, "a.d": "1,2", "e": None}
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "train.epochs=30",
+        "eval.batch_size=4",
+        "eval.image_score.name=max",
+        "eval.metrics=[image_auroc]",
+        "eval.overlays_per_class=0",
+        "tracking.root=elsewhere",
+        "tracking.experiment=other",
+        "tracking.run_name=x",
+        "data.workers=0",
+        "train.device=cpu",
+    ],
+)
+def test_fingerprint_ignores_what_does_not_define_the_model(change: str):
+    assert model_fingerprint(build_config(sets=[change])) == model_fingerprint(build_config())
+    assert fingerprint_hash(build_config(sets=[change])) == fingerprint_hash(build_config())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "train.lr=0.0003",
+        "train.seed=1",
+        "train.batch_size=4",
+        "reconstructor.hidden_dim=64",
+        "backbone.model=tf_efficientnet_lite1",
+        "data.image_size=128",
+        "data.classes=[a]",
+    ],
+)
+def test_fingerprint_changes_with_what_defines_the_model(change: str):
+    assert model_fingerprint(build_config(sets=[change])) != model_fingerprint(build_config())
+    assert fingerprint_hash(build_config(sets=[change])) != fingerprint_hash(build_config())
+
+
+def test_fingerprint_of_a_resolved_config_sees_plugin_options(registry: Registry):
+    base = resolve(build_config(), registry)
+    changed = resolve(build_config(sets=["reconstructor.neighbor_size=5"]), registry)
+    assert model_fingerprint(changed) != model_fingerprint(base)
+    assert "reconstructor.neighbor_size" in model_fingerprint(base)

@@ -113,3 +113,16 @@ def test_position_mapping_checks_every_shape():
         map_by_position({"x": torch.ones(3, 2), "y": torch.ones(4)}, target)
     with pytest.raises(ValueError, match="tensors"):
         map_by_position({"x": torch.ones(2, 3)}, target)
+
+
+def test_unused_blocks_are_dropped_without_changing_features():
+    """Only blocks up to the last requested stage run; the stage maps are unchanged."""
+    backbone = TimmBackbone(TimmBackboneConfig(stages=[1, 2, 3, 4]))
+    full = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(0, 1, 2, 3))
+    missing, _ = full.load_state_dict(backbone.net.state_dict(), strict=False)
+    assert len(backbone.net.blocks) == 5 and len(full.blocks) == 7
+    assert all(name.startswith(("blocks.5", "blocks.6")) for name in missing)
+    image = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        for ours, reference in zip(backbone(image), full.eval()(image)):
+            assert torch.allclose(ours, reference)

@@ -126,6 +126,7 @@ class TimmBackbone(Backbone):
             missing, _unused = self.net.load_state_dict(state, strict=False)
             if missing:
                 raise ConfigError(f"backbone.weights: the weights lack {len(missing)} tensors, e.g. {missing[0]}")
+        self._drop_unused_blocks()
         info = self.net.feature_info
         cfg = self.net.pretrained_cfg
         self.spec = FeatureSpec(
@@ -137,6 +138,20 @@ class TimmBackbone(Backbone):
         for parameter in self.net.parameters():
             parameter.requires_grad_(False)
         self.net.eval()
+
+    def _drop_unused_blocks(self) -> None:
+        """Cut blocks after the last requested stage.
+
+        timm truncates most ``features_only`` models itself, but its EfficientNet/MobileNet
+        feature model still runs every block: for lite0 stages 1-4 the unused stride-32 blocks
+        are ~30 % of the compute.
+        """
+        blocks = getattr(self.net, "blocks", None)
+        modules = [entry["module"] for entry in self.net.feature_info.get_dicts()]
+        if not isinstance(blocks, torch.nn.Sequential) or not all(m.startswith("blocks.") for m in modules):
+            return
+        last = max(int(m.split(".")[1]) for m in modules)
+        self.net.blocks = blocks[: last + 1]
 
     def train(self, mode: bool = True) -> "TimmBackbone":
         """Stay in eval mode: the backbone is frozen, BatchNorm statistics included."""

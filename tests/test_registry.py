@@ -19,6 +19,8 @@ import textwrap
 
 import pluggy
 import pytest
+
+from uadp.config import ALL_METRICS
 from pydantic import BaseModel, ConfigDict
 
 import uadp
@@ -34,15 +36,7 @@ BUNDLED_ENTRY_POINTS = {
     for ep in importlib.metadata.entry_points(group=uadp.registry.ENTRY_POINT_GROUP)
     if ep.dist is not None and ep.dist.name == "uadp"
 }
-STANDARD_METRICS = {
-    "image_auroc",
-    "image_ap",
-    "image_f1max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1max",
-    "pixel_aupro",
-}
+STANDARD_METRICS = set(ALL_METRICS)
 
 
 def _spec_names() -> set[str]:

@@ -173,3 +173,18 @@ def test_uniad_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
     assert trained.mean["pixel_auroc"] >= 0.9
     assert trained.mean["image_auroc"] >= untrained.mean["image_auroc"] + 0.1
     assert trained.pooled["image_auroc"] >= 0.85
+
+
+def test_standardize_estimates_channel_statistics_from_training_images():
+    """Statistics come from the first `standardize_images` clean training images, then freeze."""
+    torch.manual_seed(0)
+    model = _uniad(standardize=True, standardize_images=4).train()
+    scale = torch.linspace(0.1, 50, 192).view(1, 192, 1, 1)
+    first = torch.randn(4, 192, 14, 14) * scale + 3.0
+    model.training_step(Batch(features=first, target_features=first))
+    later = torch.randn(4, 192, 14, 14) * 1000
+    model.training_step(Batch(features=later, target_features=later))  # past the limit: ignored
+    standardized = model._standardized(model._tokens(first)).reshape(-1, 192)
+    assert torch.allclose(standardized.mean(0), torch.zeros(192), atol=1e-4)
+    assert torch.allclose(standardized.std(0, unbiased=False), torch.ones(192), atol=1e-3)
+    assert {"stat_count", "stat_sum", "stat_sumsq"} <= set(model.state_dict())

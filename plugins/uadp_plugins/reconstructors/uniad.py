@@ -54,6 +54,12 @@ class UniADConfig(BaseModel):
         "encoder", description="what decoder layer 1 integrates with: the encoder output [CODE-HINT] or itself [paper]"
     )
     grid_stride: int = Field(16, ge=1, description="token grid = the backbone map of this stride")
+    standardize: bool = Field(
+        False,
+        description="[uadp, not in the paper] standardise each feature channel by its mean/std over the "
+        "training features (estimated while training sees its first standardize_images images)",
+    )
+    standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
     feature_resize: Literal["bilinear", "area"] = Field(
         "bilinear",
         description="stage -> grid resize: bilinear, align_corners [CODE-HINT]; area averages finer stages (no aliasing)",
@@ -159,6 +165,10 @@ class UniAD(Reconstructor):
                     f"{self.grid[0]}×{self.grid[1]} grid; use a smaller neighbor_size or a larger data.image_size"
                 )
         self.register_buffer("mask", mask, persistent=False)
+        # channel statistics for `standardize`, accumulated in float64, saved with the model
+        self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("stat_sum", torch.zeros(self.in_channels, dtype=torch.float64))
+        self.register_buffer("stat_sumsq", torch.zeros(self.in_channels, dtype=torch.float64))
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -225,17 +235,39 @@ class UniAD(Reconstructor):
     def _tokens(features: torch.Tensor) -> torch.Tensor:
         return features.flatten(2).transpose(1, 2)
 
+    def _observe(self, tokens: torch.Tensor) -> None:
+        """Accumulate channel statistics from clean training tokens until enough images are seen."""
+        images_seen = self.stat_count / (self.grid[0] * self.grid[1])
+        if images_seen >= self.config.standardize_images:
+            return
+        flat = tokens.detach().reshape(-1, tokens.shape[-1]).double()
+        self.stat_count += flat.shape[0]
+        self.stat_sum += flat.sum(0)
+        self.stat_sumsq += flat.pow(2).sum(0)
+
+    def _standardized(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.config.standardize:
+            return tokens
+        count = self.stat_count.clamp(min=1)
+        mean = self.stat_sum / count
+        std = (self.stat_sumsq / count - mean.pow(2)).clamp(min=0).sqrt()
+        std = std.clamp(min=1e-3 * float(std.max().clamp(min=1e-12)))  # dead channels stay finite
+        return (tokens - mean.to(tokens.dtype)) / std.to(tokens.dtype)
+
     # ------------------------------------------------------------------ contract
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        inputs = self._tokens(batch.features)
         target = self._tokens(batch.target_features)
+        if self.config.standardize:
+            self._observe(target)
+        inputs = self._standardized(self._tokens(batch.features))
+        target = self._standardized(target)
         reconstruction = self.reconstruct(inputs)
         return {"loss": F.mse_loss(reconstruction.float(), target.float())}
 
     def predict(self, batch: Batch) -> Prediction:
         features = batch.features
-        tokens = self._tokens(features)
+        tokens = self._standardized(self._tokens(features))
         reconstruction = self.reconstruct(tokens).float()
         distance = (tokens.float() - reconstruction).pow(2).sum(-1).sqrt()
         grid_map = distance.view(-1, 1, *self.grid)

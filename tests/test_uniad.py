@@ -55,7 +55,7 @@ def test_masked_attention_ignores_neighbours():
 
 
 def _uniad(**overrides) -> UniAD:
-    config = UniADConfig(**{"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "dropout": 0.0, **overrides})
+    config = UniADConfig(**{"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "dropout": 0.0, "attention_dropout": 0.0, **overrides})
     return UniAD(config, BuildContext((224, 224), LITE0))
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from uadp.config import (
+    CPU_UNIAD,
     RunConfig,
     build_config,
     fingerprint_hash,
@@ -155,7 +156,8 @@ def test_set_same_reconstructor_name_keeps_its_options():
         overrides={"reconstructor": {"name": "uniad", "hidden_dim": 64}},
         sets=["reconstructor.name=uniad", "reconstructor.num_heads=2"],
     )
-    assert config.reconstructor.options() == {"hidden_dim": 64, "num_heads": 2}
+    preset = {k: v for k, v in CPU_UNIAD.items() if k != "name"}
+    assert config.reconstructor.options() == {**preset, "hidden_dim": 64, "num_heads": 2}
 
 
 def test_flag_override_swapping_the_backbone_drops_its_options():
@@ -288,7 +290,8 @@ def test_resolve_fills_every_plugin_default(registry: Registry):
     config = resolve(build_config(), registry)
     options = config.reconstructor.options()
     assert set(options) == set(UniADConfig.model_fields)
-    assert options == UniADConfig().model_dump(mode="json")
+    preset = {k: v for k, v in CPU_UNIAD.items() if k != "name"}
+    assert options == UniADConfig(**preset).model_dump(mode="json")
 
 
 def test_resolve_keeps_given_options_and_coerces_them(registry: Registry):

@@ -65,7 +65,7 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation of the reconstructor; the backbone stays frozen."""
 
-    epochs: int = Field(12, ge=0)
+    epochs: int = Field(15, ge=0)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -117,6 +117,21 @@ class TrackingConfig(_Section):
     root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
 
 
+# The CPU preset's UniAD (see README, "Choosing the CPU preset"): narrower than the paper
+# (128 wide, FFN 512), channel-standardised features averaged onto the grid, and no dropout on
+# attention weights so the fused attention kernel runs. Found on the demo data, confirmed on
+# realmix-dev.
+CPU_UNIAD = {
+    "name": "uniad",
+    "hidden_dim": 128,
+    "num_heads": 4,
+    "ffn_dim": 512,
+    "attention_dropout": 0.0,
+    "standardize": True,
+    "feature_resize": "area",
+}
+
+
 class RunConfig(_Section):
     """Everything one ``uadp run`` does."""
 
@@ -125,7 +140,7 @@ class RunConfig(_Section):
     backbone: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="timm", model="tf_efficientnet_lite0")
     )
-    reconstructor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="uniad"))
+    reconstructor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**CPU_UNIAD))
     synthesizer: ComponentSpec | None = None
     aligner: ComponentSpec | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -391,3 +391,13 @@ def test_fingerprint_of_a_resolved_config_sees_plugin_options(registry: Registry
     changed = resolve(build_config(sets=["reconstructor.neighbor_size=5"]), registry)
     assert model_fingerprint(changed) != model_fingerprint(base)
     assert "reconstructor.neighbor_size" in model_fingerprint(base)
+
+
+def test_preset_component_section_replaces_the_default_options(tmp_path):
+    """A preset that names uniad gets only its own options, not the CPU preset's (e.g. standardize)."""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("reconstructor:\n  name: uniad\n  hidden_dim: 256\n")
+    config = build_config(preset=str(preset), sets=["reconstructor.num_heads=8"])
+    assert config.reconstructor.options() == {"hidden_dim": 256, "num_heads": 8}
+    paper = build_config(preset="uniad-lite0")
+    assert "standardize" not in paper.reconstructor.options()

@@ -300,7 +300,11 @@ def build_config(
     """Defaults, then a preset file, then flag overrides (a nested dict), then ``--set`` pairs."""
     data = RunConfig().to_dict()
     if preset:
-        data = merge(data, load_yaml(find_preset(preset)))
+        loaded = load_yaml(find_preset(preset))
+        for section in COMPONENT_SECTIONS:
+            if isinstance(loaded.get(section), dict):
+                data[section] = None  # a preset's component section is complete: no default options leak in
+        data = merge(data, loaded)
     if overrides:
         data = merge(data, overrides)
     for text in sets or []:

@@ -39,9 +39,14 @@ class Components:
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        if self.backbone is not None:
-            return self.backbone.spec.mean, self.backbone.spec.std
-        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        return input_normalisation(self.backbone)
+
+
+def input_normalisation(backbone: Backbone | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the model input: the backbone's, or none for raw-image reconstructors."""
+    if backbone is not None:
+        return backbone.spec.mean, backbone.spec.std
+    return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
 
 def _options(registration: Registration, spec) -> Any:

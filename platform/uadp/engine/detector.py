@@ -22,7 +22,7 @@ from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
 from ..errors import UadpError
 from ..registry import Registry, get_registry
 from ..scoring import image_scores
-from .components import build_aligner, build_model
+from .components import build_aligner, build_model, input_normalisation
 from .device import autocast, resolve_device, resolve_precision
 from .features import FeatureExtractor
 
@@ -60,9 +60,7 @@ class Detector:
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        if self.backbone is not None:
-            return self.backbone.spec.mean, self.backbone.spec.std
-        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        return input_normalisation(self.backbone)
 
     def batch_of(self, images: torch.Tensor) -> Batch:
         images = images.to(self.device, non_blocking=True)

@@ -44,9 +44,8 @@ class FeatureExtractor:
 class FeatureCache:
     """Adapted features of every training image, held in memory in sample order."""
 
-    def __init__(self, features: Any, dtype: torch.dtype) -> None:
+    def __init__(self, features: Any) -> None:
         self.features = features
-        self.dtype = dtype
 
     @classmethod
     def build(cls, batches: Iterator[dict], total: int, extract: FeatureExtractor, dtype: torch.dtype) -> "FeatureCache":
@@ -59,7 +58,7 @@ class FeatureCache:
             stacked = type(chunks[0])(torch.cat(level) for level in zip(*chunks))
         else:
             stacked = torch.cat(chunks)
-        return cls(stacked, dtype)
+        return cls(stacked)
 
     def __len__(self) -> int:
         first = self.features[0] if isinstance(self.features, (list, tuple)) else self.features

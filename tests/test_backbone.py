@@ -77,7 +77,7 @@ def test_backbone_features_match_the_classifier_trunk(lite0_classifier):
         x = lite0_classifier.bn1(lite0_classifier.conv_stem(image))
         for stage in lite0_classifier.blocks[:5]:
             x = stage(x)
-        assert torch.allclose(backbone(image)[0], x, atol=1e-5)
+        assert torch.allclose(backbone(image)[0], x, rtol=1e-5, atol=1e-4)  # NHWC kernels round differently
 
 
 def test_weights_from_a_local_file(tmp_path):
@@ -125,4 +125,4 @@ def test_unused_blocks_are_dropped_without_changing_features():
     image = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         for ours, reference in zip(backbone(image), full.eval()(image)):
-            assert torch.allclose(ours, reference)
+            assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-5)  # NHWC rounds differently

@@ -26,5 +26,7 @@ def image_scores(maps: torch.Tensor, config: ImageScoreConfig) -> torch.Tensor:
         k = max(1, round(config.topk * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(dim=1)
     kernel = min(config.kernel, maps.shape[-2], maps.shape[-1])
-    pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=kernel, stride=1)
+    # the k×k box filter as a k×1 then a 1×k pass: same values, 2k instead of k² adds per pixel
+    pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=(kernel, 1), stride=1)
+    pooled = F.avg_pool2d(pooled, kernel_size=(1, kernel), stride=1)
     return pooled.flatten(1).amax(dim=1)

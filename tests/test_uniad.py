@@ -9,7 +9,7 @@ import torch
 
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
-from uadp_plugins.layers.dropout import FastDropout, keep_mask
+from uadp_plugins.layers.dropout import FastDropout, drop_mask
 from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig, feature_jitter
 
 LITE0 = FeatureSpec((16, 24, 40, 112), (2, 4, 8, 16), (0.5,) * 3, (0.5,) * 3)
@@ -137,8 +137,8 @@ def test_token_grid_is_the_stride_16_map(size, grid):
 
 def test_fast_dropout_rate_and_scale():
     torch.manual_seed(0)
-    mask = keep_mask((1000, 1000), 0.1)
-    assert abs(mask.float().mean().item() - 0.9) < 0.002
+    mask = drop_mask((1000, 1000), 0.1)
+    assert abs(mask.float().mean().item() - 0.1) < 0.002
     x = torch.ones(500, 1000)
     dropout = FastDropout(0.1).train()
     assert abs(dropout(x).mean().item() - 1.0) < 0.005

@@ -1,0 +1,100 @@
+"""Benchmark: seconds per training epoch of a preset, uadp's path against a plain eager path.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_step.py --config uniad-lite0 --images 687
+
+``uadp`` is what ``uadp run`` does after the first epoch: cached features in, fused AdamW,
+the cheap CPU dropout masks. ``eager`` runs the *same model* the way the official UniAD code
+runs it: the frozen backbone on every step (NCHW), ``torch.nn.functional.dropout`` (one Bernoulli
+draw per element, attention weights included) and the per-tensor AdamW loop. Both are timed
+in alternation in one process, so that load from elsewhere hits both alike; inputs are random
+images of the preset's size (timing does not depend on pixel values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="preset name or YAML file (default: the CPU preset)")
+    parser.add_argument("--images", type=int, default=687, help="training images per epoch (realmix-dev: 687)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    from uadp.config import build_config
+    from uadp.contract import Batch
+    from uadp.engine.components import build_model
+    from uadp.registry import get_registry
+    from uadp_plugins.layers.attention import MaskedAttention
+    from uadp_plugins.layers.dropout import FastDropout
+
+    cfg = build_config(args.config, {}, [])
+    backbone, model, _ = build_model(cfg, get_registry())
+    batch_size, (height, width) = cfg.train.batch_size, cfg.data.size_hw
+    images = torch.randn(batch_size, 3, height, width)
+    with torch.no_grad():
+        cached = model.adapt([s.float() for s in backbone(images)])
+    model.train()
+
+    def eager_dropout(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def eager_attention(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout)
+
+    fast = (FastDropout.forward, MaskedAttention._attend_with_weight_dropout)
+    slow = (eager_dropout, eager_attention)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizers = {
+        "uadp": torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True),
+        "eager": torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=False),
+    }
+
+    def step(variant: str) -> None:
+        FastDropout.forward, MaskedAttention._attend_with_weight_dropout = fast if variant == "uadp" else slow
+        if variant == "eager":
+            with torch.no_grad():
+                features = model.adapt([s.float() for s in backbone.net(images)])  # NCHW, every step
+        else:
+            features = cached
+        loss = model.training_step(Batch(features=features, target_features=features))["loss"]
+        optimizer = optimizers[variant]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)
+        optimizer.step()
+
+    steps_per_epoch = args.images // batch_size
+    print(f"{cfg.reconstructor.name} hidden {getattr(cfg.reconstructor, 'hidden_dim', '?')}, batch {batch_size}, "
+          f"{height}x{width}, {torch.get_num_threads()} threads, {steps_per_epoch} steps/epoch", flush=True)
+    for variant in ("uadp", "eager"):
+        step(variant)  # warm-up
+    results: dict[str, list[float]] = {"uadp": [], "eager": []}
+    for _ in range(args.rounds):
+        for variant in results:
+            backbone.net.to(memory_format=torch.contiguous_format if variant == "eager" else torch.channels_last)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(variant)
+            results[variant].append((time.perf_counter() - start) / args.steps)
+    for variant, times in results.items():
+        best = min(times)
+        print(f"{variant:6s} {best:.3f} s/step  {best * steps_per_epoch:6.1f} s/epoch  "
+              f"(rounds: {', '.join(f'{t:.3f}' for t in times)})")
+    FastDropout.forward, MaskedAttention._attend_with_weight_dropout = fast
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -334,7 +334,7 @@ def test_print_config_shows_resolved_yaml(tiny_dataset: Path, runs_root: Path, c
     assert config["dataset"] == {"name": "mvtec", "root": str(tiny_dataset), "mask_suffix": "_mask"}
     assert config["reconstructor"]["hidden_dim"] == 64 and config["reconstructor"]["neighbor_size"] == 3
     assert config["reconstructor"]["jitter_scale"] == 20.0  # a plugin default, filled in
-    assert config["backbone"]["weights"] == "auto" and config["backbone"]["stages"] == [1, 2, 3, 4]
+    assert config["backbone"]["weights"] == "auto" and config["backbone"]["stages"] == [1, 2, 3, 4, 5]
     assert config["train"]["epochs"] == 2 and config["data"]["image_size"] == 128
     assert config["tracking"]["root"] == str(runs_root)
     assert not runs_root.exists()  # printing the config starts no run

@@ -117,19 +117,24 @@ class TrackingConfig(_Section):
     root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
 
 
-# The CPU preset's UniAD (see README, "Choosing the CPU preset"): narrower than the paper
-# (128 wide, FFN 512), channel-standardised features averaged onto the grid, and no dropout on
-# attention weights so the fused attention kernel runs. Found on the demo data, confirmed on
-# realmix-dev.
+# The CPU preset's UniAD (see README, "Choosing the CPU preset"): shallower and narrower than
+# the paper (2 + 2 layers, 128 wide, FFN 512), channel-standardised features averaged onto the
+# grid, and no dropout on attention weights so the fused attention kernel runs. Found on the demo
+# data and on a validation set built from realmix-dev's *training* images with synthetic defects.
 CPU_UNIAD = {
     "name": "uniad",
     "hidden_dim": 128,
     "num_heads": 4,
     "ffn_dim": 512,
+    "num_encoder_layers": 2,
+    "num_decoder_layers": 2,
     "attention_dropout": 0.0,
     "standardize": True,
     "feature_resize": "area",
 }
+# lite0's stride-32 stage (320 channels) joins the four finer ones: its context is what tells a
+# rotated plate from a damaged one (validation I-AUROC 0.83 -> 0.90 with 4 + 4 layers).
+CPU_BACKBONE = {"name": "timm", "model": "tf_efficientnet_lite0", "stages": [1, 2, 3, 4, 5]}
 
 
 class RunConfig(_Section):
@@ -137,9 +142,7 @@ class RunConfig(_Section):
 
     dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="demo"))
     data: DataConfig = Field(default_factory=DataConfig)
-    backbone: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="timm", model="tf_efficientnet_lite0")
-    )
+    backbone: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**CPU_BACKBONE))
     reconstructor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**CPU_UNIAD))
     synthesizer: ComponentSpec | None = None
     aligner: ComponentSpec | None = None

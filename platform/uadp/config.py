@@ -65,7 +65,7 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation of the reconstructor; the backbone stays frozen."""
 
-    epochs: int = Field(20, ge=0)
+    epochs: int = Field(30, ge=0)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

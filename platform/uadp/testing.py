@@ -120,6 +120,9 @@ def quick_config(data_root: str | Path, runs_root: str | Path, **sections: Any) 
     overrides: dict[str, Any] = {
         "dataset": {"name": "mvtec", "root": str(data_root)},
         "data": {"image_size": 128, "workers": 0},
+        # stages 1-4, not the CPU preset's 1-5: with the stride-32 stage even an untrained
+        # UniAD separates these generated patterns, which would hide whether training works
+        "backbone": {"name": "timm", "model": "tf_efficientnet_lite0", "stages": [1, 2, 3, 4]},
         "reconstructor": {
             "name": "uniad",
             "hidden_dim": 64,

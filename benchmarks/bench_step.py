@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=687, help="training images per epoch (realmix-dev: 687)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also print the top operators of uadp's step (torch.profiler)")
     args = parser.parse_args()
 
     import torch
@@ -93,6 +94,14 @@ def main() -> int:
         print(f"{variant:6s} {best:.3f} s/step  {best * steps_per_epoch:6.1f} s/epoch  "
               f"(rounds: {', '.join(f'{t:.3f}' for t in times)})")
     FastDropout.forward, MaskedAttention._attend_with_weight_dropout = fast
+    if args.profile:
+        from torch.profiler import profile
+
+        backbone.net.to(memory_format=torch.channels_last)
+        with profile() as trace:
+            for _ in range(args.steps):
+                step("uadp")
+        print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     return 0
 
 

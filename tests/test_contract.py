@@ -98,8 +98,8 @@ class MultiLevelAE(Reconstructor):
             F.interpolate(e.float(), size=self.image_size, mode="bilinear", align_corners=False)
             for e in self._errors(batch.features)
         ]
-        embedding = torch.cat([f.mean((2, 3)) for f in batch.features], dim=1)
-        return Prediction(anomaly_map=torch.stack(upsampled).sum(0)[:, 0], embedding=embedding)
+        embedding = torch.cat([f.mean((2, 3), keepdim=True) for f in batch.features], dim=1)
+        return Prediction(anomaly_map=torch.stack(upsampled).sum(0)[:, 0], embeddings={"features": embedding})
 
 
 class UniASShapePlugin:
@@ -229,6 +229,8 @@ class StandardiseConfig(BaseModel):
 class Standardise(Aligner):
     """Per-pixel standardisation by the mean and std of the normal training maps."""
 
+    embedding = "features"
+
     def __init__(self, config: StandardiseConfig, context: BuildContext) -> None:
         super().__init__()
         self.eps = config.eps
@@ -265,7 +267,7 @@ class CADAShapePlugin:
     def register_aligners(self, register):
         register("standardise", self._factory, config=StandardiseConfig, help="test: per-pixel standardisation")
         register("standardise_oracle", self._factory, config=StandardiseConfig,
-                 help="test: the same, told the class labels", uses_class_labels=True)
+                 help="test: the same, told the class labels", class_labels="train+test")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -553,7 +555,7 @@ def test_aligner_fit_maps_are_the_frozen_models_training_maps(cada: Completed, r
 
 def test_class_agnostic_aligner_gets_no_class_names(cada: Completed, runs_dir):
     assert cada.detector.aligner.fit_args["class_names"] is None
-    assert "uadp.aligner_uses_class_labels" not in _mlflow_tags(runs_dir, cada.result.run_id)
+    assert "uadp.aligner_class_labels" not in _mlflow_tags(runs_dir, cada.result.run_id)
 
 
 def test_aligner_is_applied_to_every_test_map(cada: Completed):
@@ -572,7 +574,7 @@ def test_oracle_aligner_gets_the_training_class_names(cada_oracle: Completed, ti
 
 def test_oracle_aligner_is_recorded_on_the_mlflow_run(cada_oracle: Completed, runs_dir):
     tags = _mlflow_tags(runs_dir, cada_oracle.result.run_id)
-    assert "uadp.aligner_uses_class_labels" in tags
+    assert "uadp.aligner_class_labels" in tags
     assert tags["uadp.aligner"] == "standardise_oracle"
 
 

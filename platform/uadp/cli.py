@@ -77,6 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     registry = _registry(args)
     config = build_config(args.config, _flag_overrides(args), args.set)
+    if args.from_run:
+        from .engine.run import config_for_base_run
+
+        base = config_for_base_run(args.from_run, config.tracking.root)
+        base["tracking"] = config.tracking.model_dump()  # where this run is recorded, not where the base was
+        config = build_config(args.config, _flag_overrides(args), args.set, base=base)
     if args.print_config:
         import yaml
 
@@ -84,9 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-    result = run(config, registry, resume=args.resume, log=lambda text: print(text, flush=True))
+    result = run(config, registry, resume=args.resume, log=lambda text: print(text, flush=True), from_run=args.from_run)
     print()
-    print(format_table(result.report, title=f"Results ({len(result.report.per_class)} classes, one model)"))
+    title = f"Results ({len(result.report.per_class)} classes, one model)"
+    if result.base_report is not None:
+        print(format_table(result.base_report, title=f"{title}, base: the reconstructor's own maps"))
+        print()
+        title = f"{title}, aligned by {result.config.aligner.name}"
+    print(format_table(result.report, title=title))
     timing = result.timing
     print(
         f"\ntiming: features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
@@ -212,7 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             torch.from_numpy(normalise(resize(image=read_image(p))["image"].astype(np.float32) / 255))
             for p in paths
         ])
-        maps, scores = detector.predict_images(images)
+        maps, scores = detector.predict_images(images, [args.class_name] * len(paths) if args.class_name else None)
         for path, heat, score in zip(paths, maps, scores):
             rows.append({"path": str(path), "score": float(score), "map_max": float(heat.max())})
     if args.json:
@@ -249,6 +260,8 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value (repeatable)")
     p.add_argument("--resume", metavar="RUN_ID|PATH", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--from-run", metavar="RUN_ID|PATH",
+                   help="skip training: take a finished run's model (its config, then your flags) and fit --aligner on it")
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--plugins-dir", help="also load every *.py plugin file in this folder")
@@ -279,6 +292,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--class-name", help="the images' class, for a model whose aligner is an oracle (class-stats)")
     p.add_argument("--plugins-dir")
     p.set_defaults(handler=cmd_predict)
 

@@ -299,9 +299,11 @@ def build_config(
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults, then a preset file, then flag overrides (a nested dict), then ``--set`` pairs."""
-    data = RunConfig().to_dict()
+    """Defaults (or ``base``, an earlier run's config), then a preset file, then flag
+    overrides (a nested dict), then ``--set`` pairs."""
+    data = RunConfig().to_dict() if base is None else validate(base).to_dict()
     if preset:
         loaded = load_yaml(find_preset(preset))
         for section in COMPONENT_SECTIONS:

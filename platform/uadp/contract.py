@@ -107,11 +107,14 @@ class Prediction:
     """A reconstructor's output at inference.
 
     ``anomaly_map`` is [B,H,W] at the model input size, higher meaning more anomalous.
-    ``embedding`` is a per-image feature tensor an aligner may use (e.g. CADA's regressor).
+    ``embeddings`` names the per-image feature maps [B,C,h,w] an aligner may learn from (e.g.
+    CADA's regressor): by convention ``"features"`` for the frozen encoder's features as the
+    reconstructor sees them and ``"bottleneck"`` for the reconstructor's own compressed
+    representation. Which one an aligner uses is the aligner's config choice.
     """
 
     anomaly_map: torch.Tensor
-    embedding: torch.Tensor | None = None
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Reconstructor(nn.Module):
@@ -165,11 +168,16 @@ class Synthesizer(Protocol):
 class Aligner(nn.Module):
     """Post-hoc score calibration, fitted after the reconstructor is trained and frozen.
 
-    ``fit`` sees the maps and embeddings of the normal training images (and their class
-    names only if the aligner was registered with ``uses_class_labels=True``); ``align``
-    calibrates test maps from each image alone. State lives in buffers/parameters so that it
-    is saved in the model bundle.
+    ``fit`` sees the maps of the normal training images and, if ``embedding`` names one, the
+    reconstructor's embedding of that name (``Prediction.embeddings``; the core fails clearly
+    when the reconstructor has none of that name). ``align`` calibrates test maps from each
+    image alone. Class names are passed only as the registration's ``class_labels`` trait
+    allows: ``"train"`` gives ``fit`` the training images' classes, ``"train+test"`` (an
+    oracle, recorded on the run) also gives ``align`` each test image's class. State lives in
+    buffers, parameters or ``get_extra_state`` so that the model bundle saves it.
     """
+
+    embedding: str | None = None
 
     def fit(
         self,

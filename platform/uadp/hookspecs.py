@@ -12,7 +12,7 @@ use. Each hook receives a ``register`` callable and calls it once per component:
                  inputs="features")
 
 What each kind's factory must build is described in :mod:`uadp.contract`; the keyword traits a
-kind accepts (``inputs=``, ``synthesizer=``, ``uses_class_labels=``) in :mod:`uadp.registry`.
+kind accepts (``inputs=``, ``synthesizer=``, ``class_labels=``) in :mod:`uadp.registry`.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...], Any]]] = {
         # whether it trains on synthesized anomalies
         "synthesizer": (("none", "optional", "required"), "none"),
     },
-    # an aligner that looks up class labels is an oracle; the run records it
-    "aligners": {"uses_class_labels": ((False, True), False)},
+    # which class labels an aligner is told: none (class-agnostic), those of the training
+    # images only (it learns to recognise the class), or also each test image's (an oracle)
+    "aligners": {"class_labels": (("none", "train", "train+test"), "none")},
 }
 
 

@@ -33,13 +33,17 @@ class Components:
         return self.registrations["reconstructor"].traits["inputs"] == "features"
 
     @property
-    def aligner_uses_class_labels(self) -> bool:
-        reg = self.registrations.get("aligner")
-        return bool(reg and reg.traits.get("uses_class_labels"))
+    def aligner_class_labels(self) -> str:
+        """"none", "train" or "train+test": the class labels the aligner is given."""
+        return aligner_class_labels(self.registrations.get("aligner"))
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return input_normalisation(self.backbone)
+
+
+def aligner_class_labels(registration: Registration | None) -> str:
+    return registration.traits["class_labels"] if registration is not None else "none"
 
 
 def input_normalisation(backbone: Backbone | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

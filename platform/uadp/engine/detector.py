@@ -1,7 +1,9 @@
 """A trained model ready for prediction, and the model bundle that stores it.
 
 A :class:`Detector` chains what the run trained: frozen backbone (when the reconstructor
-consumes features) -> reconstructor -> aligner (when the run fitted one) -> image score. The
+consumes features) -> reconstructor -> aligner (when the run fitted one) -> image score.
+With an aligner, predictions keep the reconstructor's own ("base") maps and scores beside the
+aligned ones, so one pass over the test split reports both. The
 bundle (``model.pt``) holds the resolved config and every component's state, so
 ``load_bundle`` rebuilds the same detector anywhere, with no access to the run that made it.
 """
@@ -19,10 +21,10 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import RunConfig, validate
 from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
-from ..errors import UadpError
+from ..errors import ConfigError, UadpError
 from ..registry import Registry, get_registry
 from ..scoring import image_scores
-from .components import build_aligner, build_model, input_normalisation
+from .components import aligner_class_labels, build_aligner, build_model, input_normalisation
 from .device import autocast, resolve_device, resolve_precision
 from .features import FeatureExtractor
 
@@ -38,6 +40,8 @@ class SplitPredictions:
     labels: np.ndarray  # int [N]
     masks: np.ndarray | None  # bool [N,H,W]
     seconds: float
+    base_maps: np.ndarray | None = None  # the reconstructor's maps before the aligner, if any
+    base_scores: np.ndarray | None = None
 
 
 class Detector:
@@ -49,8 +53,10 @@ class Detector:
         aligner: Aligner | None,
         device: torch.device,
         dtype: torch.dtype | None,
+        aligner_class_labels: str = "none",
     ) -> None:
         self.config = config
+        self.aligner_class_labels = aligner_class_labels
         self.device = device
         self.dtype = dtype
         self.backbone = backbone
@@ -76,34 +82,72 @@ class Detector:
         prediction.anomaly_map = prediction.anomaly_map.float()
         return prediction
 
+    def aligner_embedding(self, prediction: Prediction) -> torch.Tensor | None:
+        """The reconstructor's embedding the aligner asked for by name (None if it wants none)."""
+        name = self.aligner.embedding if self.aligner is not None else None
+        if name is None:
+            return None
+        if name not in prediction.embeddings:
+            offered = ", ".join(sorted(prediction.embeddings)) or "none"
+            raise ConfigError(
+                f"aligner {self.config.aligner.name}: needs the reconstructor's {name!r} embedding; "
+                f"reconstructor {self.config.reconstructor.name} provides: {offered}"
+            )
+        return prediction.embeddings[name]
+
     @torch.no_grad()
-    def maps_and_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        prediction = self.raw(batch)
-        maps = prediction.anomaly_map
-        if self.aligner is not None:
-            self.aligner.eval()
-            maps = self.aligner.align(maps, prediction.embedding).float()
+    def align(self, prediction: Prediction, class_names: list[str] | None = None) -> torch.Tensor:
+        """The aligner applied to one batch's raw prediction; class names reach only an oracle."""
+        if self.aligner_class_labels != "train+test":
+            class_names = None
+        elif class_names is None:
+            raise UadpError(
+                f"aligner {self.config.aligner.name} looks up each image's true class (an oracle); "
+                "it needs the class name of every image it scores"
+            )
+        self.aligner.eval()
+        return self.aligner.align(prediction.anomaly_map, self.aligner_embedding(prediction), class_names).float()
+
+    @torch.no_grad()
+    def maps_and_scores(self, batch: Batch, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final maps and image scores of one batch: aligned when the detector has an aligner."""
+        maps = self._both(batch, class_names)[0]
         return maps, image_scores(maps, self.config.eval.image_score)
 
-    def predict_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images [B,3,H,W] -> (maps [B,H,W], scores [B]) on the CPU."""
-        maps, scores = self.maps_and_scores(self.batch_of(images))
+    def _both(self, batch: Batch, class_names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final maps, base maps): identical tensors when there is no aligner."""
+        prediction = self.raw(batch)
+        base = prediction.anomaly_map
+        return (self.align(prediction, class_names) if self.aligner is not None else base), base
+
+    def predict_images(self, images: torch.Tensor, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images [B,3,H,W] -> (maps [B,H,W], scores [B]) on the CPU.
+
+        ``class_names`` (one per image) is needed only by an oracle aligner (``class-stats``).
+        """
+        maps, scores = self.maps_and_scores(self.batch_of(images), class_names)
         return maps.cpu(), scores.cpu()
 
-    def predict_split(self, batches: Iterator[dict], total: int, desc: str = "test") -> SplitPredictions:
+    def predict_split(self, batches: Iterator[dict], total: int, class_names: list[str] | None = None,
+                      desc: str = "test") -> SplitPredictions:
+        """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only)."""
         import time
 
-        maps, scores, labels, masks = [], [], [], []
+        maps, scores, labels, masks, base_maps, base_scores = [], [], [], [], [], []
         start = time.perf_counter()
         with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
             for batch in batches:
-                batch_maps, batch_scores = self.predict_images(batch["image"])
-                maps.append(batch_maps.numpy())
-                scores.append(batch_scores.numpy())
+                names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
+                final, base = self._both(self.batch_of(batch["image"]), names)
+                maps.append(final.cpu().numpy())
+                scores.append(image_scores(final, self.config.eval.image_score).cpu().numpy())
+                if self.aligner is not None:
+                    base_maps.append(base.cpu().numpy())
+                    base_scores.append(image_scores(base, self.config.eval.image_score).cpu().numpy())
                 labels.append(batch["label"].numpy())
                 if "mask" in batch:
                     masks.append(batch["mask"].numpy())
-                bar.update(len(batch_scores))
+                bar.update(len(batch["label"]))
         seconds = time.perf_counter() - start
         return SplitPredictions(
             maps=np.concatenate(maps),
@@ -111,6 +155,8 @@ class Detector:
             labels=np.concatenate(labels),
             masks=np.concatenate(masks) if masks else None,
             seconds=seconds,
+            base_maps=np.concatenate(base_maps) if base_maps else None,
+            base_scores=np.concatenate(base_scores) if base_scores else None,
         )
 
     # ------------------------------------------------------------------ bundle
@@ -131,8 +177,8 @@ class Detector:
         )
 
 
-def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto") -> Detector:
-    """Rebuild the detector a run saved as ``model.pt``."""
+def read_bundle(path: str | Path) -> dict[str, Any]:
+    """The saved state of a model bundle, checked to be one."""
     path = Path(path)
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
@@ -142,14 +188,21 @@ def load_bundle(path: str | Path, registry: Registry | None = None, device: str 
         raise UadpError(f"{path}: not a readable uadp model bundle ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
         raise UadpError(f"{path}: not a uadp model bundle")
+    return state
+
+
+def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto") -> Detector:
+    """Rebuild the detector a run saved as ``model.pt``."""
+    state = read_bundle(path)
     registry = registry or get_registry()
     config = validate(state["config"])
     backbone, reconstructor, _ = build_model(config, registry)
     if backbone is not None and state["backbone"] is not None:
         backbone.load_state_dict(state["backbone"])
     reconstructor.load_state_dict(state["reconstructor"])
-    aligner, _ = build_aligner(config, registry, backbone)
+    aligner, registration = build_aligner(config, registry, backbone)
     if aligner is not None and state["aligner"] is not None:
         aligner.load_state_dict(state["aligner"])
     torch_device = resolve_device(device)
-    return Detector(config, backbone, reconstructor, aligner, torch_device, resolve_precision(config.train.precision, torch_device))
+    return Detector(config, backbone, reconstructor, aligner, torch_device,
+                    resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration))

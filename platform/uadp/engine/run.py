@@ -6,8 +6,10 @@ Stages, in order (DESIGN §2):
    (bad input fails here, before an MLflow run exists);
 2. train the reconstructor, from cached features when the input never changes, with a
    checkpoint after every epoch; ``--resume`` continues from one;
+   (``--from-run`` instead loads an earlier run's trained model and skips this stage);
 3. fit the aligner, if any, on the frozen model's maps of the normal *training* images;
-4. predict the test split, score it per class / mean / pooled;
+4. predict the test split, score it per class / mean / pooled; with an aligner, both the
+   base (the reconstructor's own maps) and the aligned result;
 5. log everything to MLflow and save the model bundle. The test split is only ever used in
    step 4: it chooses no checkpoint, threshold or hyper-parameter.
 """
@@ -24,8 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..config import RunConfig, fingerprint_hash, flatten, model_fingerprint, resolve, run_name
+from ..config import RunConfig, fingerprint_hash, flatten, model_fingerprint, resolve, run_name, validate
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
 from ..data.splits import Splits, gather
@@ -37,7 +40,7 @@ from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_atomic
 from .components import Components, build_components
-from .detector import Detector
+from .detector import Detector, read_bundle
 from .device import precision_name, resolve_device, resolve_precision
 from .features import FeatureCache
 from .trainer import Trainer
@@ -55,10 +58,19 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     ui_url: str = ""
     notes: list[str] = field(default_factory=list)
+    base_report: MetricReport | None = None  # the reconstructor's own maps, when an aligner ran
 
     def summary(self) -> dict[str, Any]:
-        """The ``--output-json`` document (metric values as fractions in [0, 1])."""
-        return {**self.report.to_dict(), "timing": self.timing, "mlflow_run_id": self.run_id}
+        """The ``--output-json`` document (metric values as fractions in [0, 1]).
+
+        The top-level ``per_class`` / ``mean`` / ``pooled`` are the final result (aligned when an
+        aligner ran); with an aligner, ``base`` and ``aligned`` carry both side by side.
+        """
+        document = {**self.report.to_dict(), "timing": self.timing, "mlflow_run_id": self.run_id}
+        if self.base_report is not None:
+            document["base"] = self.base_report.to_dict()
+            document["aligned"] = self.report.to_dict()
+        return document
 
 
 def peak_rss_mb() -> float:
@@ -210,20 +222,28 @@ class Run:
         t0 = time.perf_counter()
         maps, embeddings = [], []
         loader = make_loader(self.dataset(self.splits.train, train=False), self.config.eval.batch_size, self.config.data.workers)
-        for item in batches(loader):
+        for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
             prediction = detector.raw(detector.batch_of(item["image"]))
             maps.append(prediction.anomaly_map.cpu())
-            if prediction.embedding is not None:
-                embeddings.append(prediction.embedding.float().cpu())
-        class_names = [s.class_name for s in self.splits.train] if self.components.aligner_uses_class_labels else None
-        aligner.to("cpu").fit(torch.cat(maps), torch.cat(embeddings) if embeddings else None, class_names)
-        aligner.to(self.device)
-        self.timing["aligner_fit_s"] = time.perf_counter() - t0
+            embedding = detector.aligner_embedding(prediction)
+            if embedding is not None:
+                embeddings.append(embedding.float().cpu())
+        labels = self.components.aligner_class_labels
+        class_names = [s.class_name for s in self.splits.train] if labels != "none" else None
+        t_fit = time.perf_counter()
+        inputs = torch.cat(embeddings).to(self.device) if embeddings else None
+        aligner.to(self.device).fit(torch.cat(maps).to(self.device), inputs, class_names)
+        aligner.to(self.device)  # parts an aligner sized in fit join the rest
+        self.timing["aligner_fit_s"] = time.perf_counter() - t_fit
+        self.timing["aligner_total_s"] = time.perf_counter() - t0
+        self.log(f"aligner {self.config.aligner.name}: fitted on {len(self.splits.train)} training maps in "
+                 f"{self.timing['aligner_fit_s']:.1f} s ({self.timing['aligner_total_s']:.1f} s with the maps)")
 
     def predict_test(self, detector: Detector):
         test_set = self.dataset(self.splits.test, train=False)
         loader = make_loader(test_set, self.config.eval.batch_size, self.config.data.workers)
-        predictions = detector.predict_split(batches(loader), len(test_set))
+        class_names = [s.class_name for s in self.splits.test]
+        predictions = detector.predict_split(batches(loader), len(test_set), class_names)
         self.timing["infer_images_per_s"] = len(test_set) / max(predictions.seconds, 1e-9)
         return predictions
 
@@ -233,20 +253,33 @@ def run(
     registry: Registry,
     resume: str | None = None,
     log: Log = print,
+    from_run: str | None = None,
 ) -> RunResult:
-    """Do a whole run and return its result; see the module docstring for the stages."""
+    """Do a whole run and return its result; see the module docstring for the stages.
+
+    ``from_run`` (a run id or a ``model.pt`` path) takes the trained model of an earlier run
+    instead of training one: the run then fits its aligner and evaluates. ``config`` must
+    describe the same model (see :func:`config_for_base_run`).
+    """
+    if resume and from_run:
+        raise UadpError("--resume and --from-run exclude each other: one continues training, the other skips it")
     job = Run(config, registry, log)
     cfg = job.config
     root = job.root
     resume_state = None
     checkpoint_path = None
+    base_bundle = None
     if resume:
         checkpoint_path = _checkpoint_for(resume, root)
         resume_state = load_checkpoint(checkpoint_path, cfg)
+    if from_run:
+        base_bundle = bundle_for(from_run, root)
+        _load_base_model(job, base_bundle)
 
     _seed_everything(cfg.train.seed)
     components = job.components
-    detector = Detector(cfg, components.backbone, components.reconstructor, components.aligner, job.device, job.dtype)
+    detector = Detector(cfg, components.backbone, components.reconstructor, components.aligner, job.device, job.dtype,
+                        components.aligner_class_labels)
 
     tracker = Tracker(root)
     if resume_state is not None and resume_state.get("mlflow_run_id"):
@@ -262,6 +295,7 @@ def run(
                 "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
                 "uadp.classes": ",".join(job.splits.classes),
                 "uadp.config_hash": fingerprint_hash(cfg),
+                **({"uadp.base_bundle": str(base_bundle)} if base_bundle else {}),
             },
         )
     checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
@@ -271,24 +305,40 @@ def run(
     with tracker.guard():
         tracker.log_params(flatten(cfg.to_dict()))
         tracker.set_tag("uadp.device", f"{job.device} {precision_name(job.dtype)}")
-        if components.aligner_uses_class_labels:
-            tracker.set_tag("uadp.aligner_uses_class_labels", "true (oracle: not class-agnostic)")
-        history = job.train(detector, tracker, resume_state, checkpoint_path)
+        labels = components.aligner_class_labels
+        if labels != "none":
+            meaning = "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"
+            tracker.set_tag("uadp.aligner_class_labels", f"{labels} ({meaning}; not class-agnostic)")
+        if base_bundle is None:
+            history = job.train(detector, tracker, resume_state, checkpoint_path)
+        else:
+            history = []
+            job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
+            job.notes.append(f"model not trained here: loaded from {base_bundle}")
         job.fit_aligner(detector)
         predictions = job.predict_test(detector)
         class_names = [s.class_name for s in job.splits.test]
         report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, components.metrics)
+        base_report = None
+        if predictions.base_maps is not None:
+            base_report = evaluate(predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks,
+                                   class_names, components.metrics)
         job.timing["peak_rss_mb"] = peak_rss_mb()
-        _log_report(tracker, report, job.timing)
+        _log_report(tracker, report, job.timing, base_report)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             bundle = checkpoint_path.parent / "model.pt"
             detector.save(bundle)
-            result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes)
+            result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes,
+                               base_report)
             (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
             (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
             write_class_csv(report, folder / "per_class.csv")
-            (folder / "table.txt").write_text(format_table(report) + "\n")
+            tables = [format_table(report)] if base_report is None else [
+                format_table(base_report, title="base (the reconstructor's own maps)"),
+                format_table(report, title=f"aligned ({cfg.aligner.name})"),
+            ]
+            (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
             for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
                 tracker.log_artifact(folder / name)
             if cfg.eval.overlays_per_class:
@@ -311,14 +361,55 @@ def _checkpoint_for(resume: str, root: Path) -> Path:
     raise UadpError(f"--resume {resume}: neither a checkpoint file nor a run id with a checkpoint under {root / 'checkpoints'}")
 
 
-def _log_report(tracker: Tracker, report: MetricReport, timing: dict[str, float]) -> None:
+def _report_metrics(report: MetricReport, *prefix: str) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, values in report.per_class.items():
-        metrics.update({metric_key("class", name, m): v for m, v in values.items()})
-    metrics.update({metric_key("mean", m): v for m, v in report.mean.items()})
-    metrics.update({metric_key("pooled", m): v for m, v in report.pooled.items()})
+        metrics.update({metric_key(*prefix, "class", name, m): v for m, v in values.items()})
+    metrics.update({metric_key(*prefix, "mean", m): v for m, v in report.mean.items()})
+    metrics.update({metric_key(*prefix, "pooled", m): v for m, v in report.pooled.items()})
+    return metrics
+
+
+def _log_report(tracker: Tracker, report: MetricReport, timing: dict[str, float], base_report: MetricReport | None) -> None:
+    """Final metrics under ``class/``, ``mean/``, ``pooled/``; with an aligner also ``base/...``
+    and ``aligned/...``, so runs with and without an aligner compare on the same keys."""
+    metrics = _report_metrics(report)
+    if base_report is not None:
+        metrics |= _report_metrics(base_report, "base") | _report_metrics(report, "aligned")
     metrics.update({metric_key("timing", k): v for k, v in timing.items()})
     tracker.log_metrics(metrics)
+
+
+def bundle_for(run: str, root: Path) -> Path:
+    """``--from-run`` takes a ``model.pt`` path or an MLflow run id with a bundle under ``root``."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    candidate = root / "checkpoints" / run / "model.pt"
+    if candidate.is_file():
+        return candidate
+    raise UadpError(f"--from-run {run}: neither a model.pt file nor a finished run with a model under {root / 'checkpoints'}")
+
+
+def config_for_base_run(run: str, root: str | Path) -> dict[str, Any]:
+    """The resolved config an earlier run saved in its bundle: what ``--from-run`` starts from."""
+    return read_bundle(bundle_for(run, Path(root)))["config"]
+
+
+def _load_base_model(job: Run, path: Path) -> None:
+    """Put a finished run's trained backbone and reconstructor into this run's components."""
+    state = read_bundle(path)
+    saved = validate(state["config"])
+    ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)
+    ours = {k: v for k, v in ours.items() if not k.startswith("aligner")}
+    theirs = {k: v for k, v in theirs.items() if not k.startswith("aligner")}
+    changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k) and not k.startswith(("train.", "dataset.", "data.classes")))
+    if changed:
+        shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:4])
+        raise UadpError(f"--from-run {path}: the config describes another model than the run's: {shown}")
+    if job.components.backbone is not None and state["backbone"] is not None:
+        job.components.backbone.load_state_dict(state["backbone"])
+    job.components.reconstructor.load_state_dict(state["reconstructor"])
 
 
 def _yaml(data: dict) -> str:

@@ -219,6 +219,10 @@ class UniAD(Reconstructor):
 
     def reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens [B,K,C_in] -> reconstructed tokens [B,K,C_in], jittered while training."""
+        return self._encode_decode(tokens)[0]
+
+    def _encode_decode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstructed tokens [B,K,C_in], encoder output [B,K,hidden]: the bottleneck)."""
         jitter = self.training and self.config.jitter_scale > 0
         per_token = self.config.jitter_granularity == "token"
         if jitter and self.config.jitter_where == "pre_proj":
@@ -234,7 +238,7 @@ class UniAD(Reconstructor):
         previous = encoded if self.config.first_layer_kv == "encoder" else None
         for layer in self.decoder:
             previous = layer(encoded, previous, pos, mask_dec1, mask_dec2)
-        return self.output_proj(self.decoder_norm(previous))
+        return self.output_proj(self.decoder_norm(previous)), encoded
 
     @staticmethod
     def _tokens(features: torch.Tensor) -> torch.Tensor:
@@ -273,11 +277,12 @@ class UniAD(Reconstructor):
     def predict(self, batch: Batch) -> Prediction:
         features = batch.features
         tokens = self._standardized(self._tokens(features))
-        reconstruction = self.reconstruct(tokens).float()
-        distance = (tokens.float() - reconstruction).pow(2).sum(-1).sqrt()
+        reconstruction, encoded = self._encode_decode(tokens)
+        distance = (tokens.float() - reconstruction.float()).pow(2).sum(-1).sqrt()
         grid_map = distance.view(-1, 1, *self.grid)
         anomaly_map = F.interpolate(grid_map, size=self.image_size, mode="bilinear", align_corners=True)
-        return Prediction(anomaly_map=anomaly_map[:, 0], embedding=features)
+        bottleneck = encoded.transpose(1, 2).reshape(encoded.shape[0], -1, *self.grid)
+        return Prediction(anomaly_map=anomaly_map[:, 0], embeddings={"features": features, "bottleneck": bottleneck})
 
 
 @hookimpl

@@ -1,0 +1,118 @@
+"""Class-aware references for CADA (SPEC §2.3): the same mean-max normalisation, but with
+each class's stored statistics (u_c, gamma_c) of its normal training maps.
+
+* ``class-stats`` (CaDA-A) looks them up with the test image's **true** class: an oracle that
+  a line with unknown parts cannot have. It bounds what a perfect class-agnostic aligner
+  could reach with per-class statistics, and a run using it is tagged as not class-agnostic.
+* ``class-classifier`` (CaDA-B) learns the class from the training labels with the CADA head
+  (k-way output, cross-entropy) and looks up the predicted class's statistics; no label is
+  needed at test time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from uadp import hookimpl
+from uadp.contract import Aligner, BuildContext
+from uadp.errors import UadpError
+from uadp.registry import NoOptions
+
+from .mean_max import class_statistics, normalise
+from .regressor import HeadConfig, StatsHead, fit_head
+
+EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
+
+
+class _ClassTable(Aligner):
+    """Stores the sorted class names and their [C,2] (u_c, gamma_c) table.
+
+    Both live in the module's extra state (not a buffer): their size is known only after
+    ``fit``, and extra state is what a bundle restores before anything is loaded into it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classes: list[str] = []
+        self.table = torch.zeros(0, 2)
+
+    def get_extra_state(self) -> dict:
+        return {"classes": list(self.classes), "table": self.table.cpu()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.classes = list(state["classes"])
+        self.table = state["table"].clone()
+
+    def _fit_table(self, maps: torch.Tensor, class_names: list[str] | None) -> None:
+        if class_names is None:
+            raise ValueError(f"{type(self).__name__} needs the training images' class names")
+        self.classes, self.table = class_statistics(maps.cpu(), class_names)
+
+    def _normalise(self, maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        table = self.table.to(maps.device)
+        u, gamma = table[index.to(maps.device), 0], table[index.to(maps.device), 1]
+        return normalise(maps, u, gamma, EPS * float(self.table[:, 1].abs().max().clamp(min=1e-12)))
+
+
+class ClassStats(_ClassTable):
+    def __init__(self, config=None, context: BuildContext | None = None) -> None:
+        super().__init__()
+
+    def fit(self, maps, embeddings, class_names) -> None:
+        self._fit_table(maps, class_names)
+
+    def align(self, maps: torch.Tensor, embeddings, class_names=None) -> torch.Tensor:
+        unknown = sorted({name for name in class_names or []} - set(self.classes))
+        if class_names is None or unknown:
+            raise UadpError(f"class-stats: no training statistics for class {', '.join(unknown) or '(none given)'}; "
+                            f"fitted classes: {', '.join(self.classes)}")
+        index = torch.tensor([self.classes.index(name) for name in class_names], device=maps.device)
+        return self._normalise(maps, index)
+
+
+class ClassClassifier(_ClassTable):
+    def __init__(self, config: HeadConfig, context: BuildContext | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = config.embedding
+        self.head: StatsHead | None = None
+        self.losses: list[float] = []
+
+    def get_extra_state(self) -> dict:
+        return super().get_extra_state() | {"channels": None if self.head is None else self.head.conv.in_channels}
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        if state["channels"] is not None:
+            self._build_head(state["channels"])
+
+    def _build_head(self, channels: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self.head = StatsHead(channels, len(self.classes), self.config)
+        return self.head
+
+    def fit(self, maps, embeddings, class_names) -> None:
+        if embeddings is None:
+            raise ValueError("class-classifier needs an embedding of every training image")
+        self._fit_table(maps, class_names)
+        labels = torch.tensor([self.classes.index(name) for name in class_names], device=embeddings.device)
+        self._build_head(embeddings.shape[1]).to(embeddings.device)
+        self.losses = fit_head(self.head, embeddings, labels, F.cross_entropy, self.config)
+
+    @torch.no_grad()
+    def predict_class(self, embeddings: torch.Tensor) -> torch.Tensor:
+        self.head.eval()
+        return self.head(embeddings).argmax(1)
+
+    def align(self, maps: torch.Tensor, embeddings, class_names=None) -> torch.Tensor:
+        return self._normalise(maps, self.predict_class(embeddings))
+
+
+@hookimpl
+def register_aligners(register):
+    register("class-stats", ClassStats, config=NoOptions, class_labels="train+test",
+             help="CaDA-A oracle: each test image's TRUE class's normal (mean, max); a reference, not class-agnostic")
+    register("class-classifier", ClassClassifier, config=HeadConfig, class_labels="train",
+             help="CaDA-B: a head learns the class from the training labels, then its stored normal (mean, max)")

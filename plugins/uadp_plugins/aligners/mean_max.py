@@ -1,0 +1,54 @@
+"""Mean-max normalisation (CADA, SPEC §2.2), shared by every statistics-based aligner.
+
+A class's normal maps are summarised by ``u`` (the mean pixel score) and ``gamma`` (the mean
+over images of each image's maximum: a robust "typical max"). The calibrated map
+``(M - u) / (gamma - u)`` puts normal pixels of every class near 0 and their typical maximum
+near 1, so one threshold can serve all classes. The aligners differ only in how they obtain
+``(u, gamma)`` for a test image: looked up by its true class, by a predicted class, or
+regressed from the image itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+def image_statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image mean, max and standard deviation of maps [N,H,W] (the regression targets)."""
+    flat = maps.flatten(1).float()
+    return {"mean": flat.mean(1), "max": flat.amax(1), "std": flat.std(1, unbiased=False)}
+
+
+def class_statistics(maps: torch.Tensor, class_names: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Sorted class names and their (u_c, gamma_c) as a [C,2] tensor.
+
+    u_c is the mean over all of the class's pixels (every map has the same size, so it is the
+    mean of the per-image means); gamma_c is the mean of the per-image maxima.
+    """
+    if len(class_names) != len(maps):
+        raise ValueError(f"{len(class_names)} class names for {len(maps)} maps")
+    stats = image_statistics(maps)
+    classes = sorted(set(class_names))
+    index = torch.tensor([classes.index(name) for name in class_names])
+    table = torch.zeros(len(classes), 2)
+    for c in range(len(classes)):
+        chosen = index == c
+        table[c, 0] = stats["mean"][chosen].mean()
+        table[c, 1] = stats["max"][chosen].mean()
+    return classes, table
+
+
+def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+    """(M - u) / (gamma - u) per image, the denominator kept >= eps.
+
+    ``u`` and ``gamma`` are [B]. A regressor can predict gamma <= u; such images are scaled by
+    1/eps instead of flipping sign, and a warning counts them (SPEC §2.4, output safety).
+    """
+    spread = gamma - u
+    clamped = int((spread < eps).sum())
+    if clamped:
+        warnings.warn(f"mean-max normalisation: {clamped} of {len(spread)} images had gamma - u < {eps:.3g}; clamped", stacklevel=2)
+    spread = spread.clamp(min=eps)
+    return (maps - u.view(-1, 1, 1)) / spread.view(-1, 1, 1)

@@ -1,0 +1,119 @@
+"""CADA's small head on a frozen embedding, and the SGD loop that fits it (SPEC §2.4-2.5).
+
+The head is "1 conv + 2 linear": Conv(C->C) -> activation -> global average pool ->
+Dropout -> Linear(C->hidden) -> activation -> Dropout -> Linear(hidden->outputs). Dropout is
+its only regulariser, and it matters: the head is fitted on normal images but must still
+output *normal* statistics for a defective one.
+
+Two choices the paper leaves open, made here for a stable fit with SGD at lr 5e-2:
+
+* the embedding is standardised per channel with its training mean and std (stored in the
+  head), because backbone channels differ in scale by orders of magnitude;
+* the caller expresses targets in units of their own scale (see ``cada.py``), so the same
+  learning rate and SmoothL1 width work for a base whose scores are ~0.1 and one whose are ~50.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class HeadConfig(BaseModel):
+    """Options of the regressor / classifier head and of its fit."""
+
+    model_config = ConfigDict(extra="forbid")
+    embedding: Literal["bottleneck", "features"] = Field(
+        "bottleneck",
+        description="the reconstructor's embedding the head reads: its bottleneck (UniAD: encoder output) "
+        "or the frozen backbone features it reconstructs",
+    )
+    hidden: int = Field(256, ge=1, description="width of the hidden linear layer")
+    dropout: float = Field(0.25, ge=0, lt=1, description="dropout before each linear layer")
+    conv_kernel: int = Field(3, ge=1, description="kernel of the C->C convolution (odd)")
+    activation: Literal["relu", "gelu"] = "relu"
+    iterations: int = Field(1000, ge=1, description="SGD steps (paper: 5,000 on RevDist, 20,000 on UniAD)")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.GELU() if name == "gelu" else nn.ReLU(inplace=True)
+
+
+class StatsHead(nn.Module):
+    """Embedding [B,C,h,w] -> [B,outputs]; standardises its input with stored channel statistics."""
+
+    def __init__(self, channels: int, outputs: int, config: HeadConfig) -> None:
+        super().__init__()
+        if config.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd, got {config.conv_kernel}")
+        self.register_buffer("in_mean", torch.zeros(channels))
+        self.register_buffer("in_std", torch.ones(channels))
+        self.conv = nn.Conv2d(channels, channels, config.conv_kernel, padding=config.conv_kernel // 2)
+        self.act = _activation(config.activation)
+        self.mlp = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(channels, config.hidden),
+            _activation(config.activation),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, outputs),
+        )
+
+    @torch.no_grad()
+    def observe(self, embeddings: torch.Tensor) -> None:
+        """Store the per-channel mean and std of the training embeddings [N,C,h,w]."""
+        flat = embeddings.float().transpose(0, 1).flatten(1)
+        self.in_mean.copy_(flat.mean(1))
+        self.in_std.copy_(flat.std(1).clamp(min=1e-6 * float(flat.std(1).max().clamp(min=1e-12))))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        x = (embeddings.float() - self.in_mean.view(1, -1, 1, 1)) / self.in_std.view(1, -1, 1, 1)
+        x = self.act(self.conv(x)).mean((2, 3))
+        return self.mlp(x)
+
+
+def fit_head(
+    head: StatsHead,
+    embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    config: HeadConfig,
+) -> list[float]:
+    """Fit ``head`` to map embeddings [N,C,h,w] to targets [N,...] with SGD; returns the loss curve.
+
+    Batches are drawn with replacement-free shuffles, epoch after epoch, until
+    ``config.iterations`` steps are done. Runs on the head's device; the inputs stay where
+    they are and only each batch moves.
+    """
+    with torch.random.fork_rng(devices=[embeddings.device] if embeddings.is_cuda else []):
+        torch.manual_seed(config.seed)  # dropout draws too: the same fit every time
+        return _sgd(head, embeddings, targets, loss_fn, config)
+
+
+def _sgd(head, embeddings, targets, loss_fn, config: HeadConfig) -> list[float]:
+    device = next(head.parameters()).device
+    head.observe(embeddings)
+    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch_size = min(config.batch_size, len(embeddings))
+    losses: list[float] = []
+    order = torch.empty(0, dtype=torch.long)
+    head.train()
+    for _ in range(config.iterations):
+        if len(order) < batch_size:
+            order = torch.randperm(len(embeddings), generator=generator)
+        index, order = order[:batch_size], order[batch_size:]
+        loss = loss_fn(head(embeddings[index].to(device)), targets[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    head.eval()
+    return losses

@@ -1,0 +1,177 @@
+"""Score aligners (SPEC §2): mean-max statistics, the class-aware references, and CADA learning
+to remove per-class score scales from generated multi-class maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from uadp.errors import UadpError
+from uadp.registry import NoOptions
+from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
+from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
+from uadp_plugins.aligners.mean_max import class_statistics, image_statistics, normalise
+from uadp_plugins.aligners.regressor import HeadConfig, StatsHead
+
+SIZE = 16  # map side
+CLASSES = ("flat", "textured", "glossy")
+SCALES = (1.0, 3.0, 9.0)  # normal score scale of each class: far apart, as between real products
+
+
+def _maps_and_embeddings(per_class: int, anomalous: bool, seed: int):
+    """Maps [N,S,S] whose normal level depends on the class, and embeddings [N,8,4,4] that
+    reveal the class (a class-specific pattern plus noise); anomalous maps get a bright 4×4
+    patch of twice their class's typical maximum."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(len(CLASSES), 8, 4, 4, generator=torch.Generator().manual_seed(99))
+    maps, embeddings, names, labels = [], [], [], []
+    for c, (name, scale) in enumerate(zip(CLASSES, SCALES)):
+        for i in range(per_class):
+            level = scale * (1 + 0.1 * torch.randn((), generator=g))
+            m = level * torch.rand(SIZE, SIZE, generator=g)
+            is_bad = anomalous and i % 2 == 1
+            if is_bad:
+                y, x = torch.randint(0, SIZE - 4, (2,), generator=g)
+                m[y : y + 4, x : x + 4] += level
+            maps.append(m)
+            embeddings.append(prototypes[c] + 0.3 * torch.randn(8, 4, 4, generator=g))
+            names.append(name)
+            labels.append(int(is_bad))
+    return torch.stack(maps), torch.stack(embeddings), names, np.array(labels)
+
+
+def _top1(maps: torch.Tensor) -> np.ndarray:
+    flat = maps.flatten(1)
+    return flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(1).numpy()
+
+
+# --------------------------------------------------------------------------- mean-max
+
+
+def test_image_statistics_match_numpy():
+    maps = torch.rand(5, 7, 9) * torch.arange(1, 6).view(5, 1, 1)
+    stats = image_statistics(maps)
+    flat = maps.flatten(1).numpy()
+    np.testing.assert_allclose(stats["mean"], flat.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(stats["max"], flat.max(1), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"], flat.std(1), rtol=1e-5)
+
+
+def test_class_statistics_are_mean_pixel_and_mean_of_maxima():
+    maps = torch.tensor([[[0.0, 2.0]], [[1.0, 5.0]], [[10.0, 30.0]]])
+    classes, table = class_statistics(maps, ["b", "b", "a"])
+    assert classes == ["a", "b"]
+    torch.testing.assert_close(table, torch.tensor([[20.0, 30.0], [2.0, 3.5]]))
+
+
+def test_normalise_maps_mean_to_zero_and_gamma_to_one_and_guards_the_denominator():
+    maps = torch.tensor([[[2.0, 6.0]], [[1.0, 3.0]]])
+    out = normalise(maps, torch.tensor([2.0, 1.0]), torch.tensor([6.0, 3.0]), eps=1e-6)
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]]]))
+    with pytest.warns(UserWarning, match="1 of 1 images"):
+        guarded = normalise(maps[:1], torch.tensor([5.0]), torch.tensor([4.0]), eps=0.5)
+    torch.testing.assert_close(guarded, (maps[:1] - 5.0) / 0.5)
+
+
+# --------------------------------------------------------------------------- class-aware references
+
+
+def test_class_stats_oracle_normalises_each_class_by_its_own_statistics():
+    maps, _, names, _ = _maps_and_embeddings(20, anomalous=False, seed=0)
+    aligner = ClassStats(NoOptions())
+    aligner.fit(maps, None, names)
+    aligned = aligner.align(maps, None, names)
+    for name in CLASSES:
+        chosen = [i for i, n in enumerate(names) if n == name]
+        assert abs(float(aligned[chosen].mean())) < 1e-4
+        assert abs(float(aligned[chosen].flatten(1).amax(1).mean()) - 1) < 1e-4
+    with pytest.raises(UadpError, match="no training statistics for class shiny"):
+        aligner.align(maps[:1], None, ["shiny"])
+
+
+def test_class_stats_survive_a_state_dict_round_trip():
+    maps, _, names, _ = _maps_and_embeddings(5, anomalous=False, seed=1)
+    fitted = ClassStats(NoOptions())
+    fitted.fit(maps, None, names)
+    fresh = ClassStats(NoOptions())
+    fresh.load_state_dict(fitted.state_dict())
+    assert fresh.classes == sorted(CLASSES)
+    torch.testing.assert_close(fresh.align(maps, None, names), fitted.align(maps, None, names))
+
+
+def test_stats_head_standardises_its_input_and_has_one_conv_two_linear():
+    head = StatsHead(8, 2, HeadConfig(hidden=32))
+    x = 1000 + 50 * torch.randn(20, 8, 4, 4)
+    head.observe(x)
+    torch.testing.assert_close(head.in_mean, x.transpose(0, 1).flatten(1).mean(1))
+    assert [type(m).__name__ for m in head.mlp] == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert head.conv.weight.shape == (8, 8, 3, 3)
+    assert head.eval()(x).shape == (20, 2)
+
+
+def test_class_classifier_learns_the_class_then_uses_its_statistics():
+    maps, embeddings, names, _ = _maps_and_embeddings(24, anomalous=False, seed=2)
+    aligner = ClassClassifier(HeadConfig(iterations=150, seed=0))
+    aligner.fit(maps, embeddings, names)
+    test_maps, test_embeddings, test_names, _ = _maps_and_embeddings(10, anomalous=False, seed=3)
+    predicted = [aligner.classes[i] for i in aligner.predict_class(test_embeddings).tolist()]
+    assert np.mean([p == t for p, t in zip(predicted, test_names)]) >= 0.95
+    oracle = ClassStats(NoOptions())
+    oracle.fit(maps, None, names)
+    right = [i for i, (p, t) in enumerate(zip(predicted, test_names)) if p == t]
+    torch.testing.assert_close(aligner.align(test_maps, test_embeddings)[right], oracle.align(test_maps, None, test_names)[right])
+
+
+# --------------------------------------------------------------------------- CADA
+
+
+@pytest.fixture(scope="module")
+def scaled_data():
+    train = _maps_and_embeddings(40, anomalous=False, seed=10)
+    test = _maps_and_embeddings(20, anomalous=True, seed=11)
+    return train, test
+
+
+@pytest.mark.parametrize("config", [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400)], ids=["cada", "cada-sigma"])
+def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, config):
+    """Without alignment the glossy class's normal images outscore the flat class's defects,
+    so the pooled image AUROC is poor; CADA, with no class label, recovers it."""
+    (train_maps, train_embeddings, _, _), (maps, embeddings, _, labels) = scaled_data
+    base = roc_auc_score(labels, _top1(maps))
+    aligner = Cada(config)
+    aligner.fit(train_maps, train_embeddings, None)
+    assert aligner.losses[-20:] < aligner.losses[:20] or np.mean(aligner.losses[-20:]) < np.mean(aligner.losses[:20])
+    aligned = roc_auc_score(labels, _top1(aligner.align(maps, embeddings)))
+    assert base < 0.8
+    assert aligned > 0.95 and aligned > base + 0.15
+
+
+def test_cada_predicts_each_class_statistics_from_the_image(scaled_data):
+    (train_maps, train_embeddings, train_names, _), _ = scaled_data
+    aligner = Cada(CadaConfig(iterations=400))
+    aligner.fit(train_maps, train_embeddings, None)
+    _, table = class_statistics(train_maps, train_names)
+    u, gamma = aligner.statistics(train_embeddings)
+    # dropout (0.25, the paper's) biases a regressor's eval-mode output by up to ~20 % here, so
+    # the check is that each class's predictions land nearest its own statistics (3x apart)
+    for c, name in enumerate(sorted(CLASSES)):
+        chosen = torch.tensor([n == name for n in train_names])
+        for k, predicted in enumerate((u, gamma)):
+            distance = (table[:, k].log() - predicted[chosen].mean().log()).abs()
+            assert int(distance.argmin()) == c and float(distance[c]) < 0.3
+
+
+def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data):
+    (train_maps, train_embeddings, _, _), (maps, embeddings, _, _) = scaled_data
+    fitted = Cada(CadaConfig(iterations=20))
+    fitted.fit(train_maps, train_embeddings, None)
+    fresh = Cada(CadaConfig(iterations=20))
+    fresh.load_state_dict(fitted.state_dict())
+    torch.testing.assert_close(fresh.align(maps, embeddings), fitted.align(maps, embeddings))
+
+
+def test_cada_needs_an_embedding():
+    with pytest.raises(ValueError, match="embedding"):
+        Cada(CadaConfig()).fit(torch.rand(4, 8, 8), None, None)

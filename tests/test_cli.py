@@ -579,3 +579,81 @@ def test_ui_starts_mlflow_on_the_embedded_store(tmp_path, monkeypatch):
     assert command[1:4] == ["-m", "mlflow", "ui"]
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{(root / 'mlflow.db').resolve()}"
     assert command[command.index("--port") + 1] == "5123"
+
+
+# --------------------------------------------------------------------------- aligners on a finished run
+
+
+def _from_run(e2e, runs_root: Path, *extra: object) -> tuple[int, str, str]:
+    return call_captured(["run", "--from-run", e2e.run_id, "--set", f"tracking.root={e2e.runs}", "--workers", "0",
+                          "--device", "cpu", *[str(x) for x in extra]])
+
+
+@pytest.fixture(scope="module")
+def aligned(e2e, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """``--from-run`` with cada on the e2e run's model: no training, base and aligned reported."""
+    out = tmp_path_factory.mktemp("aligned") / "out.json"
+    code, stdout, stderr = _from_run(e2e, e2e.runs, "--aligner", "cada", "--set", "aligner.iterations=100", "--output-json", out)
+    assert code == 0, stderr
+    summary = json.loads(out.read_text())
+    return SimpleNamespace(stdout=stdout, summary=summary, run_id=summary["mlflow_run_id"])
+
+
+def test_from_run_reports_base_and_aligned_side_by_side(aligned, e2e) -> None:
+    summary = aligned.summary
+    for part in ("base", "aligned"):
+        assert set(summary[part]) == {"per_class", "mean", "pooled"}
+    assert summary["per_class"] == summary["aligned"]["per_class"]  # top level = the final (aligned) result
+    # the base is the e2e run's model, untouched: its metrics are that run's, to float precision
+    for scope in ("mean", "pooled"):
+        for metric in ("pixel_auroc", "pixel_ap"):
+            assert summary["base"][scope][metric] == pytest.approx(e2e.summary[scope][metric], abs=1e-6)
+    assert summary["timing"]["train_s"] == 0 and summary["timing"]["aligner_fit_s"] > 0
+    assert "base: the reconstructor's own maps" in aligned.stdout and "aligned by cada" in aligned.stdout
+    assert "model not trained here" in aligned.stdout
+
+
+def test_from_run_logs_base_and_aligned_metrics_to_mlflow(aligned, e2e) -> None:
+    run = client_for(e2e.runs).get_run(aligned.run_id)
+    metrics = run.data.metrics
+    assert metrics["base/pooled/image_auroc"] == pytest.approx(aligned.summary["base"]["pooled"]["image_auroc"])
+    assert metrics["aligned/pooled/image_auroc"] == pytest.approx(aligned.summary["aligned"]["pooled"]["image_auroc"])
+    assert metrics["pooled/image_auroc"] == metrics["aligned/pooled/image_auroc"]
+    assert run.data.tags["uadp.aligner"] == "cada" and "uadp.aligner_class_labels" not in run.data.tags
+    assert run.info.status == "FINISHED"
+
+
+def test_aligned_bundle_applies_the_aligner_to_later_predictions(aligned, e2e, tiny_dataset: Path) -> None:
+    from uadp.engine.detector import load_bundle
+
+    detector = load_bundle(e2e.runs / "checkpoints" / aligned.run_id / "model.pt", device="cpu")
+    assert type(detector.aligner).__name__ == "Cada" and detector.aligner.head is not None
+    images = torch.randn(2, 3, 128, 128)
+    maps, _ = detector.predict_images(images)
+    raw = detector.raw(detector.batch_of(images))
+    torch.testing.assert_close(maps, detector.align(raw).cpu())
+    assert not torch.allclose(maps, raw.anomaly_map.cpu())
+
+
+def test_oracle_aligner_is_tagged_and_needs_class_names_to_predict(e2e, tiny_dataset: Path, capsys) -> None:
+    code, _, stderr = _from_run(e2e, e2e.runs, "--aligner", "class-stats", "--set", "eval.overlays_per_class=0")
+    assert code == 0, stderr
+    run = max(all_runs(e2e.runs), key=lambda r: r.info.start_time)
+    assert run.data.tags["uadp.aligner_class_labels"].startswith("train+test (oracle")
+    bundle = e2e.runs / "checkpoints" / run.info.run_id / "model.pt"
+    image = next((tiny_dataset / "dots" / "test").rglob("*.png"))
+    assert call(["predict", bundle, image, "--device", "cpu"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "class-stats", "class name")
+    assert call(["predict", bundle, image, "--device", "cpu", "--class-name", "dots"]) == 0
+
+
+def test_from_run_with_another_model_config_names_the_key(e2e, capsys) -> None:
+    code, _, stderr = _from_run(e2e, e2e.runs, "--aligner", "cada", "--set", "reconstructor.hidden_dim=32")
+    assert code == 2
+    assert_one_error_line(stderr, "--from-run", "reconstructor.hidden_dim")
+
+
+def test_from_run_unknown_run(e2e, capsys) -> None:
+    code, _, stderr = call_captured(["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"])
+    assert code == 2
+    assert_one_error_line(stderr, "--from-run no-such-run")

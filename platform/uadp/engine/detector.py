@@ -129,8 +129,11 @@ class Detector:
         return maps.cpu(), scores.cpu()
 
     def predict_split(self, batches: Iterator[dict], total: int, class_names: list[str] | None = None,
-                      desc: str = "test") -> SplitPredictions:
-        """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only)."""
+                      desc: str = "test", keep_base: bool = True) -> SplitPredictions:
+        """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only).
+
+        With an aligner and ``keep_base``, the reconstructor's own maps and scores are kept too.
+        """
         import time
 
         maps, scores, labels, masks, base_maps, base_scores = [], [], [], [], [], []
@@ -141,7 +144,7 @@ class Detector:
                 final, base = self._both(self.batch_of(batch["image"]), names)
                 maps.append(final.cpu().numpy())
                 scores.append(image_scores(final, self.config.eval.image_score).cpu().numpy())
-                if self.aligner is not None:
+                if self.aligner is not None and keep_base:
                     base_maps.append(base.cpu().numpy())
                     base_scores.append(image_scores(base, self.config.eval.image_score).cpu().numpy())
                 labels.append(batch["label"].numpy())

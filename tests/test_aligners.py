@@ -9,10 +9,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from uadp.errors import UadpError
-from uadp.registry import NoOptions
 from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
 from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
-from uadp_plugins.aligners.mean_max import class_statistics, image_statistics, normalise
+from uadp_plugins.aligners.mean_max import CalibrationConfig, class_statistics, image_statistics, normalise
 from uadp_plugins.aligners.regressor import HeadConfig, StatsHead
 
 SIZE = 16  # map side
@@ -80,7 +79,7 @@ def test_normalise_maps_mean_to_zero_and_gamma_to_one_and_guards_the_denominator
 
 def test_class_stats_oracle_normalises_each_class_by_its_own_statistics():
     maps, _, names, _ = _maps_and_embeddings(20, anomalous=False, seed=0)
-    aligner = ClassStats(NoOptions())
+    aligner = ClassStats(CalibrationConfig())
     aligner.fit(maps, None, names)
     aligned = aligner.align(maps, None, names)
     for name in CLASSES:
@@ -91,11 +90,29 @@ def test_class_stats_oracle_normalises_each_class_by_its_own_statistics():
         aligner.align(maps[:1], None, ["shiny"])
 
 
+def test_shift_calibration_moves_each_class_to_zero_mean_but_keeps_its_spread():
+    maps, _, names, _ = _maps_and_embeddings(20, anomalous=False, seed=0)
+    aligner = ClassStats(CalibrationConfig(calibration="shift"))
+    aligner.fit(maps, None, names)
+    aligned = aligner.align(maps, None, names)
+    index = torch.tensor([aligner.classes.index(n) for n in names])
+    torch.testing.assert_close(aligned, maps - aligner.table[index, 0].view(-1, 1, 1))
+    spreads = {}
+    for name, scale in zip(CLASSES, SCALES):
+        chosen = [i for i, n in enumerate(names) if n == name]
+        assert abs(float(aligned[chosen].mean())) < 1e-4
+        spreads[name] = float(aligned[chosen].flatten(1).amax(1).mean()) / scale
+    # the typical max above the mean still grows with the class's scale (about scale / 2)
+    assert all(abs(v - 0.5) < 0.1 for v in spreads.values())
+    with pytest.raises(ValueError):
+        CalibrationConfig(calibration="divide")
+
+
 def test_class_stats_survive_a_state_dict_round_trip():
     maps, _, names, _ = _maps_and_embeddings(5, anomalous=False, seed=1)
-    fitted = ClassStats(NoOptions())
+    fitted = ClassStats(CalibrationConfig())
     fitted.fit(maps, None, names)
-    fresh = ClassStats(NoOptions())
+    fresh = ClassStats(CalibrationConfig())
     fresh.load_state_dict(fitted.state_dict())
     assert fresh.classes == sorted(CLASSES)
     torch.testing.assert_close(fresh.align(maps, None, names), fitted.align(maps, None, names))
@@ -118,7 +135,7 @@ def test_class_classifier_learns_the_class_then_uses_its_statistics():
     test_maps, test_embeddings, test_names, _ = _maps_and_embeddings(10, anomalous=False, seed=3)
     predicted = [aligner.classes[i] for i in aligner.predict_class(test_embeddings).tolist()]
     assert np.mean([p == t for p, t in zip(predicted, test_names)]) >= 0.95
-    oracle = ClassStats(NoOptions())
+    oracle = ClassStats(CalibrationConfig())
     oracle.fit(maps, None, names)
     right = [i for i, (p, t) in enumerate(zip(predicted, test_names)) if p == t]
     torch.testing.assert_close(aligner.align(test_maps, test_embeddings)[right], oracle.align(test_maps, None, test_names)[right])
@@ -175,3 +192,11 @@ def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data):
 def test_cada_needs_an_embedding():
     with pytest.raises(ValueError, match="embedding"):
         Cada(CadaConfig()).fit(torch.rand(4, 8, 8), None, None)
+
+
+def test_cada_shift_calibration_subtracts_only_the_predicted_mean():
+    maps, embeddings, _, _ = _maps_and_embeddings(8, anomalous=False, seed=4)
+    aligner = Cada(CadaConfig(calibration="shift", iterations=20))
+    aligner.fit(maps, embeddings, None)
+    u, _ = aligner.statistics(embeddings)
+    torch.testing.assert_close(aligner.align(maps, embeddings), maps - u.view(-1, 1, 1))

@@ -23,7 +23,7 @@ from pydantic import Field
 from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 
-from .mean_max import image_statistics, normalise
+from .mean_max import calibrate, image_statistics
 from .regressor import HeadConfig, StatsHead, fit_head
 
 
@@ -83,7 +83,7 @@ class Cada(Aligner):
         if embeddings is None:
             raise ValueError("cada needs each test image's embedding")
         u, gamma = self.statistics(embeddings)
-        return normalise(maps, u, gamma, self.config.eps * float(self.scale))
+        return calibrate(maps, u, gamma, self.config.eps * float(self.scale), self.config.calibration)
 
 
 class CadaSigmaConfig(CadaConfig):

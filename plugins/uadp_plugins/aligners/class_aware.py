@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 from uadp.errors import UadpError
-from uadp.registry import NoOptions
 
-from .mean_max import class_statistics, normalise
+from .mean_max import CalibrationConfig, calibrate, class_statistics
 from .regressor import HeadConfig, StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
@@ -32,8 +31,9 @@ class _ClassTable(Aligner):
     ``fit``, and extra state is what a bundle restores before anything is loaded into it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, calibration: str = "mean-max") -> None:
         super().__init__()
+        self.calibration = calibration
         self.classes: list[str] = []
         self.table = torch.zeros(0, 2)
 
@@ -52,12 +52,13 @@ class _ClassTable(Aligner):
     def _normalise(self, maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         table = self.table.to(maps.device)
         u, gamma = table[index.to(maps.device), 0], table[index.to(maps.device), 1]
-        return normalise(maps, u, gamma, EPS * float(self.table[:, 1].abs().max().clamp(min=1e-12)))
+        eps = EPS * float(self.table[:, 1].abs().max().clamp(min=1e-12))
+        return calibrate(maps, u, gamma, eps, self.calibration)
 
 
 class ClassStats(_ClassTable):
-    def __init__(self, config=None, context: BuildContext | None = None) -> None:
-        super().__init__()
+    def __init__(self, config: CalibrationConfig, context: BuildContext | None = None) -> None:
+        super().__init__(config.calibration)
 
     def fit(self, maps, embeddings, class_names) -> None:
         self._fit_table(maps, class_names)
@@ -73,7 +74,7 @@ class ClassStats(_ClassTable):
 
 class ClassClassifier(_ClassTable):
     def __init__(self, config: HeadConfig, context: BuildContext | None = None) -> None:
-        super().__init__()
+        super().__init__(config.calibration)
         self.config = config
         self.embedding = config.embedding
         self.head: StatsHead | None = None
@@ -112,7 +113,7 @@ class ClassClassifier(_ClassTable):
 
 @hookimpl
 def register_aligners(register):
-    register("class-stats", ClassStats, config=NoOptions, class_labels="train+test",
+    register("class-stats", ClassStats, config=CalibrationConfig, class_labels="train+test",
              help="CaDA-A oracle: each test image's TRUE class's normal (mean, max); a reference, not class-agnostic")
     register("class-classifier", ClassClassifier, config=HeadConfig, class_labels="train",
              help="CaDA-B: a head learns the class from the training labels, then its stored normal (mean, max)")

@@ -6,13 +6,31 @@ over images of each image's maximum: a robust "typical max"). The calibrated map
 near 1, so one threshold can serve all classes. The aligners differ only in how they obtain
 ``(u, gamma)`` for a test image: looked up by its true class, by a predicted class, or
 regressed from the image itself.
+
+``calibration: shift`` is this project's option, not the paper's: it only subtracts ``u``
+(``M - u``), aligning where each class's normal scores sit but not their spread. Dividing by
+``gamma - u`` also dims the anomalies of a class whose normal maps are noisy; where such a
+class has the clearest defects, pooled pixel AP pays for it (see the README's aligner table).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+Calibration = Literal["mean-max", "shift"]
+
+
+class CalibrationConfig(BaseModel):
+    """The option every statistics-based aligner shares: how (u, gamma) calibrate a map."""
+
+    model_config = ConfigDict(extra="forbid")
+    calibration: Calibration = Field(
+        "mean-max", description="mean-max: (M - u) / (gamma - u), the paper's; shift: M - u (keeps each class's spread)"
+    )
 
 
 def image_statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,3 +70,10 @@ def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: flo
         warnings.warn(f"mean-max normalisation: {clamped} of {len(spread)} images had gamma - u < {eps:.3g}; clamped", stacklevel=2)
     spread = spread.clamp(min=eps)
     return (maps - u.view(-1, 1, 1)) / spread.view(-1, 1, 1)
+
+
+def calibrate(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float, mode: Calibration) -> torch.Tensor:
+    """The calibrated maps: mean-max normalised, or only shifted by ``u`` (``mode`` "shift")."""
+    if mode == "shift":
+        return maps - u.view(-1, 1, 1)
+    return normalise(maps, u, gamma, eps)

@@ -18,14 +18,15 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from .mean_max import CalibrationConfig
 
-class HeadConfig(BaseModel):
-    """Options of the regressor / classifier head and of its fit."""
 
-    model_config = ConfigDict(extra="forbid")
+class HeadConfig(CalibrationConfig):
+    """Options of the regressor / classifier head and of its fit (and the calibration it feeds)."""
+
     embedding: Literal["bottleneck", "features"] = Field(
         "bottleneck",
         description="the reconstructor's embedding the head reads: its bottleneck (UniAD: encoder output) "

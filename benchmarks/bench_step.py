@@ -3,7 +3,9 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_step.py --config uniad-lite0 --images 687
 
 ``uadp`` is what ``uadp run`` does after the first epoch: cached features in, fused AdamW,
-the cheap CPU dropout masks. ``eager`` runs the *same model* the way the official UniAD code
+the cheap CPU dropout masks, and the autocast precision that ``train.precision`` resolves to on
+this machine (``--precision`` overrides it; when that is not fp32, ``uadp fp32`` is timed beside
+it, so the precision's own share shows). ``eager`` runs the *same model* the way the official UniAD code
 runs it: the frozen backbone on every step (NCHW), ``torch.nn.functional.dropout`` (one Bernoulli
 draw per element, attention weights included) and the per-tensor AdamW loop. Both are timed
 in alternation in one process, so that load from elsewhere hits both alike; inputs are random
@@ -26,6 +28,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=687, help="training images per epoch (realmix-dev: 687)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="autocast precision of uadp's step (default: the preset's train.precision)")
     parser.add_argument("--profile", action="store_true", help="also print the top operators of uadp's step (torch.profiler)")
     args = parser.parse_args()
 
@@ -35,11 +39,14 @@ def main() -> int:
     from uadp.config import build_config
     from uadp.contract import Batch
     from uadp.engine.components import build_model
+    from uadp.engine.device import autocast, precision_name, resolve_precision
     from uadp.registry import get_registry
     from uadp_plugins.layers.attention import MaskedAttention
     from uadp_plugins.layers.dropout import FastDropout
 
     cfg = build_config(args.config, {}, [])
+    cpu = torch.device("cpu")
+    dtype = resolve_precision(args.precision or cfg.train.precision, cpu)
     backbone, model, _ = build_model(cfg, get_registry())
     batch_size, (height, width) = cfg.train.batch_size, cfg.data.size_hw
     images = torch.randn(batch_size, 3, height, width)
@@ -56,20 +63,22 @@ def main() -> int:
     fast = (FastDropout.forward, MaskedAttention._attend_with_weight_dropout)
     slow = (eager_dropout, eager_attention)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizers = {
-        "uadp": torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True),
-        "eager": torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=False),
-    }
+    uadp = f"uadp {precision_name(dtype)}"
+    variants = {uadp: dtype, **({"uadp fp32": None} if dtype is not None else {}), "eager fp32": None}
+    fused = torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
+    looped = torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=False)
 
     def step(variant: str) -> None:
-        FastDropout.forward, MaskedAttention._attend_with_weight_dropout = fast if variant == "uadp" else slow
-        if variant == "eager":
+        eager = variant.startswith("eager")
+        FastDropout.forward, MaskedAttention._attend_with_weight_dropout = slow if eager else fast
+        if eager:
             with torch.no_grad():
                 features = model.adapt([s.float() for s in backbone.net(images)])  # NCHW, every step
         else:
             features = cached
-        loss = model.training_step(Batch(features=features, target_features=features))["loss"]
-        optimizer = optimizers[variant]
+        with autocast(cpu, variants[variant]):
+            loss = model.training_step(Batch(features=features, target_features=features))["loss"]
+        optimizer = looped if eager else fused
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip is not None:
@@ -79,19 +88,19 @@ def main() -> int:
     steps_per_epoch = args.images // batch_size
     print(f"{cfg.reconstructor.name} hidden {getattr(cfg.reconstructor, 'hidden_dim', '?')}, batch {batch_size}, "
           f"{height}x{width}, {torch.get_num_threads()} threads, {steps_per_epoch} steps/epoch", flush=True)
-    for variant in ("uadp", "eager"):
+    for variant in variants:
         step(variant)  # warm-up
-    results: dict[str, list[float]] = {"uadp": [], "eager": []}
+    results: dict[str, list[float]] = {variant: [] for variant in variants}
     for _ in range(args.rounds):
         for variant in results:
-            backbone.net.to(memory_format=torch.contiguous_format if variant == "eager" else torch.channels_last)
+            backbone.net.to(memory_format=torch.contiguous_format if variant.startswith("eager") else torch.channels_last)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step(variant)
             results[variant].append((time.perf_counter() - start) / args.steps)
     for variant, times in results.items():
         best = min(times)
-        print(f"{variant:6s} {best:.3f} s/step  {best * steps_per_epoch:6.1f} s/epoch  "
+        print(f"{variant:10s} {best:.3f} s/step  {best * steps_per_epoch:6.1f} s/epoch  "
               f"(rounds: {', '.join(f'{t:.3f}' for t in times)})")
     FastDropout.forward, MaskedAttention._attend_with_weight_dropout = fast
     if args.profile:
@@ -100,7 +109,7 @@ def main() -> int:
         backbone.net.to(memory_format=torch.channels_last)
         with profile() as trace:
             for _ in range(args.steps):
-                step("uadp")
+                step(uadp)
         print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     return 0
 

@@ -9,7 +9,7 @@ import torch
 
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
-from uadp_plugins.layers.dropout import FastDropout, drop_mask
+from uadp_plugins.layers.dropout import FastDropout, keep_mask
 from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig, feature_jitter
 
 LITE0 = FeatureSpec((16, 24, 40, 112), (2, 4, 8, 16), (0.5,) * 3, (0.5,) * 3)
@@ -137,8 +137,14 @@ def test_token_grid_is_the_stride_16_map(size, grid):
 
 def test_fast_dropout_rate_and_scale():
     torch.manual_seed(0)
-    mask = drop_mask((1000, 1000), 0.1)
+    mask = keep_mask((1000, 1000), 0.1) == 0  # dropped
     assert abs(mask.float().mean().item() - 0.1) < 0.002
+    # every 16-bit lane of a random word drops at the same rate (a lane with fewer random bits would not)
+    per_lane = mask.view(-1, 4).float().mean(0)
+    assert (per_lane - 0.1).abs().max().item() < 0.003, per_lane
+    odd = keep_mask((7, 13, 11), 0.3, torch.bfloat16)  # a size that is no multiple of the lanes
+    assert odd.shape == (7, 13, 11) and odd.dtype == torch.bfloat16
+    assert set(odd.unique().tolist()) == {0.0, 1.0} and abs(1 - odd.float().mean().item() - 0.3) < 0.05
     x = torch.ones(500, 1000)
     dropout = FastDropout(0.1).train()
     assert abs(dropout(x).mean().item() - 1.0) < 0.005

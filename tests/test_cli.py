@@ -34,7 +34,7 @@ from uadp.engine.trainer import Trainer
 from uadp.tracking import embedded_uri
 
 CLASSES = ["blobs", "checker", "dots", "stripes"]
-TIMING_KEYS = {"feature_s", "train_s", "train_s_per_epoch", "infer_images_per_s", "peak_rss_mb"}
+TIMING_KEYS = {"feature_s", "train_s", "train_s_per_epoch", "infer_images_per_s", "infer_s", "peak_rss_mb"}
 QUICK_SETS = (
     "reconstructor.hidden_dim=64",
     "reconstructor.num_encoder_layers=1",

@@ -391,6 +391,26 @@ def test_uniad_bundle_reloads_with_identical_scores(uniad: Completed, registry):
     assert reloaded.config == uniad.result.config
 
 
+def test_inference_rate_is_the_steady_state_after_the_first_batch(uniad: Completed, registry):
+    """A slow first batch (workers starting, first-call set-up) counts in the pass, not in the rate."""
+    import time
+
+    detector, samples = uniad.detector, _test_samples(uniad.result.config, registry)
+    mean, std = detector.normalisation
+    data = SampleDataset(samples, detector.config.data.size_hw, mean, std, with_masks=True)
+
+    def slow_start():
+        time.sleep(1.0)
+        yield from batches(make_loader(data, 4, 0))
+
+    predictions = detector.predict_split(slow_start(), len(data))
+    assert predictions.seconds > 1.0
+    assert predictions.warm_images == len(data) - 4
+    assert predictions.warm_seconds < predictions.seconds - 1.0
+    assert predictions.images_per_s == pytest.approx(predictions.warm_images / predictions.warm_seconds)
+    assert predictions.images_per_s > len(data) / predictions.seconds
+
+
 # --------------------------------------------------------------------------- 2. UniAS
 
 

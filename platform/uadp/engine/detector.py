@@ -39,9 +39,18 @@ class SplitPredictions:
     scores: np.ndarray  # float32 [N]
     labels: np.ndarray  # int [N]
     masks: np.ndarray | None  # bool [N,H,W]
-    seconds: float
+    seconds: float  # the whole pass, first batch included
     base_maps: np.ndarray | None = None  # the reconstructor's maps before the aligner, if any
     base_scores: np.ndarray | None = None
+    warm_images: int = 0  # images after the first batch, and the seconds they took: the
+    warm_seconds: float = 0.0  # steady-state rate, without worker start-up and first-call set-up
+
+    @property
+    def images_per_s(self) -> float:
+        """Steady-state throughput: the pass after its first batch (all of it for one batch)."""
+        if self.warm_images and self.warm_seconds > 0:
+            return self.warm_images / self.warm_seconds
+        return len(self.labels) / max(self.seconds, 1e-9)
 
 
 class Detector:
@@ -138,6 +147,7 @@ class Detector:
 
         maps, scores, labels, masks, base_maps, base_scores = [], [], [], [], [], []
         start = time.perf_counter()
+        first_done, first_size = None, 0
         with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
             for batch in batches:
                 names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
@@ -151,7 +161,11 @@ class Detector:
                 if "mask" in batch:
                     masks.append(batch["mask"].numpy())
                 bar.update(len(batch["label"]))
-        seconds = time.perf_counter() - start
+                if first_done is None:
+                    first_done, first_size = time.perf_counter(), len(batch["label"])
+        end = time.perf_counter()
+        seconds = end - start
+        count = sum(len(chunk) for chunk in labels)
         return SplitPredictions(
             maps=np.concatenate(maps),
             scores=np.concatenate(scores),
@@ -160,6 +174,8 @@ class Detector:
             seconds=seconds,
             base_maps=np.concatenate(base_maps) if base_maps else None,
             base_scores=np.concatenate(base_scores) if base_scores else None,
+            warm_images=count - first_size,
+            warm_seconds=end - first_done if first_done is not None else 0.0,
         )
 
     # ------------------------------------------------------------------ bundle

@@ -101,6 +101,8 @@ ALL_METRICS = [
     "pixel_ap",
     "pixel_f1max",
     "pixel_aupro",
+    "pixel_dsc",
+    "pixel_dsc_pooled",
 ]
 
 

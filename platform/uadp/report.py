@@ -23,6 +23,8 @@ SHORT = {
     "pixel_ap": "P-AP",
     "pixel_f1max": "P-F1max",
     "pixel_aupro": "AUPRO",
+    "pixel_dsc": "DSC",
+    "pixel_dsc_pooled": "DSC-px",
 }
 
 

@@ -1,6 +1,9 @@
-"""The standard metrics: image and pixel AUROC, AP, F1-max, and pixel AUPRO (FPR ≤ 0.3).
+"""The standard metrics: image and pixel AUROC, AP, F1-max, pixel AUPRO (FPR ≤ 0.3) and Dice.
 
 All are exact (sort-based, no binning) and agree with scikit-learn; see ``uadp.metrics``.
+Dice follows UniAS (SPEC §0.3): the maps are thresholded where precision + recall peaks on
+the unit's pixel PR curve; ``pixel_dsc`` averages the Dice of each image (UniAS's own
+protocol), ``pixel_dsc_pooled`` is one Dice over all pixels.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from uadp import hookimpl
 from uadp.metrics.aupro import aupro
 from uadp.metrics.curves import auroc, average_precision, f1_max
+from uadp.metrics.dice import dice_per_image, dice_pooled
 from uadp.metrics.view import EvalView
 
 
@@ -22,6 +26,16 @@ def _curve_metric(curve_name: str, fn):
     def factory(config=None):
         def metric(view: EvalView) -> float:
             return fn(getattr(view, curve_name))
+
+        return metric
+
+    return factory
+
+
+def _dice_metric(fn):
+    def factory(config=None):
+        def metric(view: EvalView) -> float:
+            return fn(view.maps, view.masks, view.pixel_curve)
 
         return metric
 
@@ -42,3 +56,7 @@ def register_metrics(register):
         register(f"{level}_ap", _curve_metric(curve, average_precision), help=f"{level}-level average precision (step-wise)")
         register(f"{level}_f1max", _curve_metric(curve, f1_max), help=f"{level}-level best F1 over thresholds")
     register("pixel_aupro", _aupro_factory, config=AUPROConfig, help="area under the per-region overlap curve up to FPR 0.3, normalised")
+    register("pixel_dsc", _dice_metric(dice_per_image),
+             help="Dice per image, averaged (UniAS), at the threshold of maximal precision + recall")
+    register("pixel_dsc_pooled", _dice_metric(dice_pooled),
+             help="Dice over all pixels at the threshold of maximal precision + recall")

@@ -10,7 +10,8 @@ import torch
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
 from uadp_plugins.layers.dropout import FastDropout, keep_mask
-from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig, feature_jitter
+from uadp_plugins.layers.jitter import feature_jitter
+from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig
 
 LITE0 = FeatureSpec((16, 24, 40, 112), (2, 4, 8, 16), (0.5,) * 3, (0.5,) * 3)
 
@@ -190,10 +191,10 @@ def test_standardize_estimates_channel_statistics_from_training_images():
     model.training_step(Batch(features=first, target_features=first))
     later = torch.randn(4, 192, 14, 14) * 1000
     model.training_step(Batch(features=later, target_features=later))  # past the limit: ignored
-    standardized = model._standardized(model._tokens(first)).reshape(-1, 192)
+    standardized = model._tokens(model._standardized(first)).reshape(-1, 192)
     assert torch.allclose(standardized.mean(0), torch.zeros(192), atol=1e-4)
     assert torch.allclose(standardized.std(0, unbiased=False), torch.ones(192), atol=1e-3)
-    assert {"stat_count", "stat_sum", "stat_sumsq"} <= set(model.state_dict())
+    assert {"standardizer.count", "standardizer.total", "standardizer.total_sq"} <= set(model.state_dict())
 
 
 def test_attention_weight_dropout_path_matches_fused_attention_when_nothing_is_dropped():

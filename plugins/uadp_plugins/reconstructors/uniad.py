@@ -30,6 +30,8 @@ from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
 from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
 from uadp_plugins.layers.dropout import FastDropout
+from uadp_plugins.layers.jitter import feature_jitter
+from uadp_plugins.layers.standardize import ChannelStandardizer
 
 MaskPlace = Literal["encoder", "decoder1", "decoder2"]
 
@@ -68,26 +70,6 @@ class UniADConfig(BaseModel):
         "bilinear",
         description="stage -> grid resize: bilinear, align_corners [CODE-HINT]; area averages finer stages (no aliasing)",
     )
-
-
-def feature_jitter(
-    tokens: torch.Tensor, scale: float, prob: float, per_token: bool, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Add N(0, σ²) noise with σ = scale·‖token‖₂ / C, with probability ``prob``.
-
-    ``per_token`` draws the coin for every token, otherwise once for the whole batch.
-    """
-    if scale == 0 or prob == 0:
-        return tokens
-    channels = tokens.shape[-1]
-    sigma = scale * tokens.norm(dim=-1, keepdim=True) / channels
-    noise = torch.randn(tokens.shape, generator=generator, device=tokens.device, dtype=tokens.dtype) * sigma
-    if per_token:
-        keep = torch.rand(tokens.shape[:-1] + (1,), generator=generator, device=tokens.device) < prob
-        return tokens + noise * keep.to(tokens.dtype)
-    if prob >= 1 or torch.rand((), generator=generator).item() < prob:
-        return tokens + noise
-    return tokens
 
 
 class FeedForward(nn.Sequential):
@@ -170,10 +152,7 @@ class UniAD(Reconstructor):
                     f"{self.grid[0]}×{self.grid[1]} grid; use a smaller neighbor_size or a larger data.image_size"
                 )
         self.register_buffer("mask", mask, persistent=False)
-        # channel statistics for `standardize`, accumulated in float64, saved with the model
-        self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("stat_sum", torch.zeros(self.in_channels, dtype=torch.float64))
-        self.register_buffer("stat_sumsq", torch.zeros(self.in_channels, dtype=torch.float64))
+        self.standardizer = ChannelStandardizer(self.in_channels, config.standardize_images)  # used if `standardize`
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -244,39 +223,22 @@ class UniAD(Reconstructor):
     def _tokens(features: torch.Tensor) -> torch.Tensor:
         return features.flatten(2).transpose(1, 2)
 
-    def _observe(self, tokens: torch.Tensor) -> None:
-        """Accumulate channel statistics from clean training tokens until enough images are seen."""
-        images_seen = self.stat_count / (self.grid[0] * self.grid[1])
-        if images_seen >= self.config.standardize_images:
-            return
-        flat = tokens.detach().reshape(-1, tokens.shape[-1]).double()
-        self.stat_count += flat.shape[0]
-        self.stat_sum += flat.sum(0)
-        self.stat_sumsq += flat.pow(2).sum(0)
-
-    def _standardized(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self.config.standardize:
-            return tokens
-        count = self.stat_count.clamp(min=1)
-        mean = self.stat_sum / count
-        std = (self.stat_sumsq / count - mean.pow(2)).clamp(min=0).sqrt()
-        std = std.clamp(min=1e-3 * float(std.max().clamp(min=1e-12)))  # dead channels stay finite
-        return (tokens - mean.to(tokens.dtype)) / std.to(tokens.dtype)
+    def _standardized(self, features: torch.Tensor) -> torch.Tensor:
+        return self.standardizer(features) if self.config.standardize else features
 
     # ------------------------------------------------------------------ contract
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        target = self._tokens(batch.target_features)
         if self.config.standardize:
-            self._observe(target)
-        inputs = self._standardized(self._tokens(batch.features))
-        target = self._standardized(target)
+            self.standardizer.observe(batch.target_features)
+        inputs = self._tokens(self._standardized(batch.features))
+        target = self._tokens(self._standardized(batch.target_features))
         reconstruction = self.reconstruct(inputs)
         return {"loss": F.mse_loss(reconstruction.float(), target.float())}
 
     def predict(self, batch: Batch) -> Prediction:
         features = batch.features
-        tokens = self._standardized(self._tokens(features))
+        tokens = self._tokens(self._standardized(features))
         reconstruction, encoded = self._encode_decode(tokens)
         distance = (tokens.float() - reconstruction.float()).pow(2).sum(-1).sqrt()
         grid_map = distance.view(-1, 1, *self.grid)

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp.errors import ConfigError
-from uadp_plugins.reconstructors.revdist import RevDist, RevDistConfig, decoder_depths, gaussian_blur
+from uadp_plugins.layers.smoothing import gaussian_blur
+from uadp_plugins.reconstructors.revdist import RevDist, RevDistConfig, decoder_depths
 
 LITE0 = FeatureSpec((24, 40, 112), (4, 8, 16), (0.5,) * 3, (0.5,) * 3)  # tf_efficientnet_lite0 stages 2-4
 WRN50 = FeatureSpec((256, 512, 1024), (4, 8, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # layer1-3

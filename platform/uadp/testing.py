@@ -58,7 +58,9 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 1)
 
 
-def _anomaly(image: np.ndarray, foreign: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _anomaly(
+    image: np.ndarray, foreign: np.ndarray, rng: np.random.Generator, radius: tuple[float, float] = (0.1, 0.2)
+) -> tuple[np.ndarray, np.ndarray]:
     """Blend in an elliptic patch of another class's pattern; return the image and its mask.
 
     The foreign pattern is recoloured to this image's mean colour and feathered in, so neither
@@ -70,7 +72,7 @@ def _anomaly(image: np.ndarray, foreign: np.ndarray, rng: np.random.Generator) -
     size = image.shape[0]
     yy, xx = np.mgrid[0:size, 0:size]
     cy, cx = rng.integers(size // 5, size - size // 5, size=2)
-    ry, rx = rng.integers(size // 10, size // 5, size=2)
+    ry, rx = rng.integers(max(1, int(size * radius[0])), max(2, int(size * radius[1])), size=2)
     inside = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.float32)
     alpha = gaussian_filter(inside, sigma=2.0)[..., None]
     pattern = foreign.mean(axis=2, keepdims=True)
@@ -92,8 +94,13 @@ def make_mvtec_dataset(
     n_bad: int = 6,
     size: int = 96,
     seed: int = 0,
+    defect_radius: tuple[float, float] = (0.1, 0.2),
 ) -> Path:
-    """Write a small MVTec-layout dataset with ``classes`` and return its root."""
+    """Write a small MVTec-layout dataset with ``classes`` and return its root.
+
+    ``defect_radius`` bounds the radii of the elliptic defects, as fractions of the image size
+    (small ones test localisation finer than a coarse token grid).
+    """
     root = Path(root)
     for class_index, kind in enumerate(classes):
         rng = np.random.default_rng([seed, class_index])
@@ -105,7 +112,7 @@ def make_mvtec_dataset(
         others = [c for c in CLASSES if c != kind]
         for i in range(n_bad):
             foreign = _texture(others[i % len(others)], size, rng)
-            image, mask = _anomaly(_texture(kind, size, rng), foreign, rng)
+            image, mask = _anomaly(_texture(kind, size, rng), foreign, rng, defect_radius)
             _save(folder / "test" / "patch" / f"{i:03d}.png", image)
             _save(folder / "ground_truth" / "patch" / f"{i:03d}_mask.png", mask.astype(np.float32))
     return root

@@ -54,6 +54,7 @@ from torch import nn
 from uadp import hookimpl
 from uadp.contract import Batch, BuildContext, FeatureSpec, Prediction, Reconstructor
 from uadp.errors import ConfigError
+from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
 
 Activation = Literal["relu", "gelu"]
 Count = Annotated[int, Field(ge=1)]
@@ -221,25 +222,6 @@ class Decoder(nn.Module):
             x = resize_to(stage(x), size)
             outputs.append(x)
         return outputs[::-1]
-
-
-def full_precision(reference: torch.Tensor):
-    """Autocast off: cosines near 1 and the smoothing need float32, not bf16/fp16."""
-    return torch.autocast(device_type=reference.device.type, enabled=False)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of [B,H,W] maps, truncated at 4σ, reflection-padded."""
-    radius = min(int(4.0 * sigma + 0.5), maps.shape[-2] - 1, maps.shape[-1] - 1)
-    if sigma <= 0 or radius < 1:
-        return maps
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x[:, 0]
 
 
 # --------------------------------------------------------------------------- the model

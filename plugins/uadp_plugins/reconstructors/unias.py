@@ -1,0 +1,378 @@
+"""Reconstructor ``unias``: UniAS's multi-level hybrid reconstruction (SPEC.md §3).
+
+UniAD rebuilds every stage on one coarse grid, so a defect smaller than a grid cell blurs
+into its neighbours. UniAS keeps each backbone stage (a *level*) at its own resolution and
+rebuilds the levels one after another, coarse to fine, with one decoder block per level:
+
+* **input**: each level's features z are smoothed per channel by a small Gaussian, z° = G∗z;
+  the model sees the residual-augmented concat(z°, z° − z) and reconstructs z°;
+* **patchify**: each level is cut into patches of (coarsest stride / its stride) pixels and
+  embedded to C′ channels, so every level becomes the same grid of tokens (14×14 at 224 px
+  with stages of strides 2–16: patch sizes 8, 4, 2, 1);
+* **SAR query**: a learnable query grid, reweighted per image by CBAM-style channel and
+  spatial weights computed from the coarsest level's tokens;
+* **hybrid decoder**: per level, coarse to fine, cross-attention from the query to that
+  level's tokens → self-attention → FFN (post-norm, Mask2Former style); a local module
+  (MGG-CNN) turns the result into the next query, and a per-level head (transposed conv,
+  kernel = stride = patch size) maps it back to the level's channels and resolution;
+* **loss**: Σ over levels of MSE(ẑ, z°) + mean over positions of (1 − cos(ẑ, z°));
+* **map**: per level 1 − cos(ẑ, z°) per position, upsampled bilinearly to the image, and
+  multiplied over the levels (a pixel must be anomalous at every scale).
+
+Every point the paper leaves open ([UNSPEC]) and every extra found only in the authors' code
+([CODE-HINT]) is an option below, defaulting to SPEC's choice; ``uadp show unias`` lists them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from uadp import hookimpl
+from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
+from uadp.errors import ConfigError
+from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
+from uadp_plugins.layers.dropout import FastDropout
+from uadp_plugins.layers.jitter import feature_jitter
+from uadp_plugins.layers.mgg_cnn import LocalModule, build_local_module
+from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
+from uadp_plugins.layers.standardize import ChannelStandardizer
+
+
+class UniASConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden_dim: int = Field(256, ge=8, description="C′, the token width of every level")
+    num_heads: int = Field(8, ge=1, description="[UNSPEC] 8 (as UniAD); [CODE-HINT] 4")
+    ffn_dim: int = Field(1024, ge=1, description="[UNSPEC] 1024 (as UniAD); [CODE-HINT] 2048")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on residual branches and inside the FFN [UNSPEC]")
+    attention_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on attention weights [UNSPEC]; 0 keeps PyTorch's fused attention kernel"
+    )
+    smooth_kernel: int = Field(3, ge=1, description="z° = G∗z: Gaussian kernel size, odd [UNSPEC]; 1 = no smoothing")
+    smooth_sigma: float = Field(1.0, gt=0, description="σ of the feature smoothing [UNSPEC]")
+    input_features: Literal["cat", "smoothed"] = Field(
+        "cat", description="what is patch-embedded [UNSPEC]: concat(z°, z° − z) or z° alone"
+    )
+    position: Literal["sine", "none"] = Field("sine", description="2-D sine encoding added to queries and keys [UNSPEC]")
+    level_embedding: bool = Field(True, description="a learnable per-level embedding added to each level's tokens [UNSPEC]")
+    sar_query: bool = Field(True, description="sample-aware reweighted query; false = a plain learnable query (ablation)")
+    sar_combine: Literal["product", "sum"] = Field(
+        "product", description="q⊙w_c⊙w_s [UNSPEC default]; or q⊙w_c + q⊙w_s [CODE-HINT]"
+    )
+    sar_reduction: int = Field(16, ge=1, description="CBAM channel-MLP reduction ratio [UNSPEC]")
+    sar_kernel: int = Field(7, ge=1, description="CBAM spatial-attention conv size")
+    local_module: LocalModule = Field("mgg_cnn", description="query refinement after each block: mgg_cnn, mg_cnn, conv3 or none")
+    deepest_level_mode: Literal["cross", "self"] = Field(
+        "cross",
+        description="coarsest level's first attention: cross-attention from the query (eq. 4) or self-attention "
+        "over query + tokens (the ablation baseline's reading)",
+    )
+    head: Literal["tconv", "upsample_conv"] = Field(
+        "tconv",
+        description="per-level reconstruction head: transposed conv, kernel = stride = patch [UNSPEC default]; or "
+        "LayerNorm, bilinear upsampling and three 3×3 convs [CODE-HINT]",
+    )
+    mse_weight: float = Field(1.0, ge=0, description="loss = scale · Σ_levels (mse_weight·MSE + cos_weight·(1 − cos))")
+    cos_weight: float = Field(1.0, ge=0)
+    loss_scale: float = Field(1.0, gt=0, description="[CODE-HINT] 10")
+    inference_levels: list[int] | None = Field(
+        None, description="levels multiplied into the map, 1 = finest (SPEC §3.10); default: all"
+    )
+    post_gaussian: bool = Field(
+        False, description="[CODE-HINT] blur each level's map before the product: kernel 3/5/7/9 coarse to fine, σ = k/3"
+    )
+    jitter_scale: float = Field(0.0, ge=0, description="[CODE-HINT] 20: UniAD-style feature jitter on the input; 0 = off")
+    jitter_prob: float = Field(0.5, ge=0, le=1, description="[CODE-HINT] 0.5")
+    neighbor_size: int = Field(0, ge=0, description="[CODE-HINT] 7: n×n neighbour mask in the decoder's attentions; 0 = off")
+    standardize: bool = Field(
+        False,
+        description="[uadp, not in the paper] standardise each feature channel by its training mean/std "
+        "(estimated while training sees its first standardize_images images)",
+    )
+    standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
+
+
+def sine_position(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Normalised 2-D sine encoding [rows·cols, dim] (DETR / Mask2Former convention).
+
+    The first half of the channels encodes the row, the second half the column; within a
+    half, channels alternate sin and cos over geometrically spaced frequencies.
+    """
+
+    def encode(count: int, width: int) -> torch.Tensor:
+        positions = (torch.arange(count, dtype=torch.float32) + 0.5) / count * 2 * math.pi
+        index = torch.arange(width)
+        frequencies = temperature ** (2 * torch.div(index, 2, rounding_mode="floor").float() / width)
+        angles = positions[:, None] / frequencies[None, :]
+        return torch.where(index % 2 == 0, angles.sin(), angles.cos())
+
+    by_row, by_col = encode(rows, dim // 2), encode(cols, dim - dim // 2)
+    grid = torch.cat([by_row[:, None, :].expand(rows, cols, -1), by_col[None, :, :].expand(rows, cols, -1)], dim=-1)
+    return grid.reshape(rows * cols, dim)
+
+
+class SampleAwareQuery(nn.Module):
+    """SAR query (SPEC §3.4): a learnable query grid reweighted by CBAM weights of the coarsest level."""
+
+    def __init__(self, tokens: int, dim: int, reduction: int, kernel: int, combine: str, enabled: bool) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.empty(tokens, dim))
+        nn.init.xavier_uniform_(self.query)
+        self.enabled, self.combine = enabled, combine
+        if enabled:
+            hidden = max(1, dim // reduction)
+            self.channel_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+            self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+
+    def weights(self, coarsest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(channel weights [B,1,C], spatial weights [B,N,1]) from the coarsest tokens [B,C,h,w]."""
+        channel = torch.sigmoid(self.channel_mlp(coarsest.mean((2, 3))) + self.channel_mlp(coarsest.amax((2, 3))))
+        pooled = torch.cat([coarsest.mean(1, keepdim=True), coarsest.amax(1, keepdim=True)], dim=1)
+        spatial = torch.sigmoid(self.spatial(pooled))
+        return channel.unsqueeze(1), spatial.flatten(2).transpose(1, 2)
+
+    def forward(self, coarsest: torch.Tensor) -> torch.Tensor:
+        query = self.query.unsqueeze(0)
+        if not self.enabled:
+            return query.expand(coarsest.shape[0], -1, -1)
+        channel, spatial = self.weights(coarsest)
+        if self.combine == "sum":
+            return query * channel + query * spatial
+        return query * channel * spatial
+
+
+class HybridBlock(nn.Module):
+    """Cross-attention to one level → self-attention → FFN, each post-norm with a residual."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention_dropout: float) -> None:
+        super().__init__()
+        self.cross = MaskedAttention(dim, heads, attention_dropout)
+        self.self_attn = MaskedAttention(dim, heads, attention_dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), FastDropout(dropout), nn.Linear(ffn, dim))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2, self.drop3 = FastDropout(dropout), FastDropout(dropout), FastDropout(dropout)
+
+    def forward(self, query, memory, pos, mask, cross: bool = True) -> torch.Tensor:
+        if cross:
+            attended = self.cross(query + pos, memory + pos, memory, mask)
+        else:  # the coarsest level read by self-attention over query + tokens
+            both = query + memory
+            attended = self.cross(both + pos, both + pos, both, mask)
+        d = self.norm1(query + self.drop1(attended))
+        d = self.norm2(d + self.drop2(self.self_attn(d + pos, d + pos, d, mask)))
+        return self.norm3(d + self.drop3(self.ffn(d)))
+
+
+class ReconstructionHead(nn.Module):
+    """Token grid [B,C′,h,w] -> one level's features [B,C_ℓ,h·p,w·p]."""
+
+    def __init__(self, dim: int, channels: int, patch: int, kind: str) -> None:
+        super().__init__()
+        self.kind, self.patch = kind, patch
+        if kind == "tconv":
+            self.net = nn.ConvTranspose2d(dim, channels, patch, stride=patch) if patch > 1 else nn.Conv2d(dim, channels, 1)
+        else:
+            self.norm = nn.LayerNorm(dim)
+            self.net = nn.Sequential(
+                nn.Conv2d(dim, channels, 3, padding=1), nn.GELU(),
+                nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+                nn.Conv2d(channels, channels, 3, padding=1),
+            )
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        if self.kind == "tconv":
+            return self.net(grid)
+        x = self.norm(grid.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if self.patch > 1:
+            x = F.interpolate(x, scale_factor=self.patch, mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def patch_sizes(strides: tuple[int, ...]) -> list[int]:
+    """Per level, the patch that maps it onto the coarsest level's grid (stride ratio)."""
+    coarsest = strides[-1]
+    sizes = []
+    for stride in strides:
+        if coarsest % stride:
+            raise ConfigError(
+                f"reconstructor unias: backbone strides {list(strides)} must each divide the coarsest stride {coarsest}"
+            )
+        sizes.append(coarsest // stride)
+    return sizes
+
+
+class UniAS(Reconstructor):
+    """Multi-level hybrid reconstruction: one decoder block per level, coarse to fine."""
+
+    def __init__(self, config: UniASConfig, context: BuildContext) -> None:
+        super().__init__()
+        spec = context.features
+        if spec is None:
+            raise ConfigError("reconstructor unias needs a backbone (it reconstructs features)")
+        if list(spec.strides) != sorted(spec.strides) or len(set(spec.strides)) != len(spec.strides):
+            raise ConfigError(f"reconstructor unias: backbone stages must go from fine to coarse (strides {list(spec.strides)})")
+        if config.smooth_kernel % 2 == 0:
+            raise ConfigError(f"reconstructor.smooth_kernel {config.smooth_kernel}: must be odd")
+        levels = len(spec.channels)
+        chosen = config.inference_levels or list(range(1, levels + 1))
+        if not chosen or any(level < 1 or level > levels for level in chosen):
+            raise ConfigError(f"reconstructor.inference_levels {config.inference_levels}: levels are 1 (finest) to {levels}")
+        self.inference_levels = sorted(set(chosen))
+        self.config = config
+        self.image_size = context.image_size
+        self.channels = list(spec.channels)
+        self.patches = patch_sizes(spec.strides)
+        height, width = context.image_size
+        self.grid = (math.ceil(height / spec.strides[-1]), math.ceil(width / spec.strides[-1]))
+        tokens, dim = self.grid[0] * self.grid[1], config.hidden_dim
+
+        factor = 2 if config.input_features == "cat" else 1
+        self.embed = nn.ModuleList(nn.Conv2d(factor * c, dim, p, stride=p) for c, p in zip(self.channels, self.patches))
+        self.level_embed = nn.Parameter(torch.zeros(levels, dim)) if config.level_embedding else None
+        self.query = SampleAwareQuery(tokens, dim, config.sar_reduction, config.sar_kernel, config.sar_combine, config.sar_query)
+        self.blocks = nn.ModuleList(
+            HybridBlock(dim, config.num_heads, config.ffn_dim, config.dropout, config.attention_dropout) for _ in range(levels)
+        )
+        self.local = nn.ModuleList(build_local_module(config.local_module, dim) for _ in range(levels))
+        self.heads = nn.ModuleList(ReconstructionHead(dim, c, p, config.head) for c, p in zip(self.channels, self.patches))
+        self.standardizers = nn.ModuleList(ChannelStandardizer(c, config.standardize_images) for c in self.channels)
+        position = sine_position(*self.grid, dim) if config.position == "sine" else torch.zeros(tokens, dim)
+        self.register_buffer("position", position.unsqueeze(0), persistent=False)
+        mask = neighbor_mask(*self.grid, config.neighbor_size) if config.neighbor_size > 0 else None
+        if mask is not None and not mask.any(dim=1).all():
+            raise ConfigError(
+                f"reconstructor.neighbor_size {config.neighbor_size} hides every token of the {self.grid[0]}×{self.grid[1]} grid"
+            )
+        self.register_buffer("mask", mask, persistent=False)
+        for name, parameter in self.named_parameters():
+            if parameter.dim() > 1 and not name.startswith(("local.", "query.query")):
+                nn.init.xavier_uniform_(parameter)
+        if self.level_embed is not None:
+            nn.init.normal_(self.level_embed, std=0.02)
+
+    # ------------------------------------------------------------------ features
+
+    def adapt(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every stage at its own resolution (float): what the feature cache keeps."""
+        return [f.float() for f in features]
+
+    def _prepare(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(model inputs per level, reconstruction targets z° per level), standardised if asked."""
+        inputs, targets = [], []
+        radius = self.config.smooth_kernel // 2
+        for level, z in enumerate(features):
+            z = z.float()
+            if self.config.standardize:
+                z = self.standardizers[level](z)
+            smoothed = gaussian_blur(z, self.config.smooth_sigma, radius) if radius else z
+            targets.append(smoothed)
+            inputs.append(torch.cat([smoothed, smoothed - z], dim=1) if self.config.input_features == "cat" else smoothed)
+        return inputs, targets
+
+    def _pad(self, x: torch.Tensor, patch: int) -> torch.Tensor:
+        """Replicate-pad a level to exactly grid × patch (sizes not divisible by the strides)."""
+        height, width = self.grid[0] * patch, self.grid[1] * patch
+        if x.shape[-2:] == (height, width):
+            return x
+        x = x[..., :height, :width]
+        return F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]), mode="replicate")
+
+    def _tokens(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level, the patch-embedded tokens [B,N,C′]."""
+        tokens = []
+        for level, (x, embed, patch) in enumerate(zip(inputs, self.embed, self.patches)):
+            if self.training and self.config.jitter_scale > 0:
+                jittered = feature_jitter(x.permute(0, 2, 3, 1), self.config.jitter_scale, self.config.jitter_prob, False)
+                x = jittered.permute(0, 3, 1, 2)
+            t = embed(self._pad(x, patch)).flatten(2).transpose(1, 2)
+            if self.level_embed is not None:
+                t = t + self.level_embed[level]
+            tokens.append(t)
+        return tokens
+
+    def reconstruct(self, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(reconstruction of every level, fine to coarse; the coarsest level's tokens as a grid)."""
+        tokens = self._tokens(inputs)
+        rows, cols = self.grid
+        coarsest = tokens[-1].transpose(1, 2).reshape(-1, tokens[-1].shape[-1], rows, cols)
+        query = self.query(coarsest)
+        pos = self.position.to(query.dtype)
+        outputs: list[torch.Tensor | None] = [None] * len(tokens)
+        for step, level in enumerate(reversed(range(len(tokens)))):
+            cross = step > 0 or self.config.deepest_level_mode == "cross"
+            d = self.blocks[level](query, tokens[level], pos, self.mask, cross=cross)
+            grid = self.local[level](d.transpose(1, 2).reshape(d.shape[0], -1, rows, cols))
+            query = grid.flatten(2).transpose(1, 2)
+            outputs[level] = self.heads[level](grid)
+        return outputs, coarsest
+
+    @staticmethod
+    def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return x[..., : like.shape[-2], : like.shape[-1]]
+
+    # ------------------------------------------------------------------ contract
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.config.standardize:
+            for standardizer, z in zip(self.standardizers, batch.target_features):
+                standardizer.observe(z.float())
+        inputs, _ = self._prepare(batch.features)
+        _, targets = self._prepare(batch.target_features)
+        outputs, _ = self.reconstruct(inputs)
+        losses: dict[str, torch.Tensor] = {}
+        with full_precision(targets[0]):
+            total = targets[0].new_zeros(())
+            for level, (output, target) in enumerate(zip(outputs, targets), start=1):
+                output = self._crop(output.float(), target)
+                mse = F.mse_loss(output, target)
+                cosine = 1 - F.cosine_similarity(output, target, dim=1).mean()
+                total = total + self.config.mse_weight * mse + self.config.cos_weight * cosine
+                losses[f"level{level}"] = (mse + cosine).detach()
+        return {"loss": self.config.loss_scale * total, **losses}
+
+    def level_maps(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level, 1 − cos(ẑ, z°) per position [B,h_ℓ,w_ℓ] (float32)."""
+        with full_precision(targets[0]):
+            return [
+                1 - F.cosine_similarity(self._crop(o.float(), t), t.float(), dim=1) for o, t in zip(outputs, targets)
+            ]
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Product over the inference levels of each level's map, upsampled to the image [B,H,W]."""
+        combined = None
+        levels = len(maps)
+        with full_precision(maps[0]):
+            for level in self.inference_levels:
+                m = maps[level - 1]
+                if self.config.post_gaussian:  # [CODE-HINT] kernels 3, 5, 7, 9 in decoder order (coarse first)
+                    kernel = 3 + 2 * (levels - level)
+                    m = gaussian_blur(m, kernel / 3, kernel // 2)
+                m = F.interpolate(m.unsqueeze(1), size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+                combined = m if combined is None else combined * m
+        return combined
+
+    def predict(self, batch: Batch) -> Prediction:
+        inputs, targets = self._prepare(batch.features)
+        outputs, coarsest = self.reconstruct(inputs)
+        anomaly_map = self.combine(self.level_maps(outputs, targets))
+        return Prediction(
+            anomaly_map=anomaly_map,
+            embeddings={"features": targets[-1].float(), "bottleneck": coarsest.float()},
+        )
+
+
+@hookimpl
+def register_reconstructors(register):
+    register(
+        "unias",
+        UniAS,
+        config=UniASConfig,
+        help="UniAS: multi-level hybrid reconstruction, coarse to fine, with a SAR query and MGG-CNN",
+        inputs="features",
+        synthesizer="optional",
+    )

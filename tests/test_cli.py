@@ -340,6 +340,28 @@ def test_print_config_shows_resolved_yaml(tiny_dataset: Path, runs_root: Path, c
     assert not runs_root.exists()  # printing the config starts no run
 
 
+@pytest.mark.parametrize("reconstructor,preset", [("revdist", "revdist-lite0"), ("unias", "unias-cpu")])
+def test_reconstructor_flag_starts_from_the_methods_own_preset(reconstructor, preset, capsys) -> None:
+    from uadp.config import build_config, resolve
+    from uadp.registry import get_registry
+
+    assert main(["run", "--reconstructor", reconstructor, "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out) == resolve(build_config(preset), get_registry()).to_dict()
+    assert preset in err  # says which preset it took
+    assert main(["run", "--reconstructor", reconstructor, "--config", "cpu", "--print-config"]) == 0
+    explicit = yaml.safe_load(capsys.readouterr().out)  # --config wins
+    assert explicit["backbone"]["stages"] == [1, 2, 3, 4, 5] and explicit["reconstructor"]["name"] == reconstructor
+
+
+def test_reconstructor_without_a_preset_keeps_the_defaults(capsys) -> None:
+    from uadp.config import build_config, resolve
+    from uadp.registry import get_registry
+
+    assert main(["run", "--reconstructor", "uniad", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == resolve(build_config(), get_registry()).to_dict()
+
+
 # --------------------------------------------------------------------------- user errors
 
 

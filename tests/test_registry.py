@@ -291,8 +291,13 @@ def test_registration_without_config_takes_no_options(every_kind: Registry):
 
 
 def test_reconstructor_trait_defaults(every_kind: Registry):
-    assert every_kind.get("reconstructors", "test_recon_default").traits == {"inputs": "features", "synthesizer": "none"}
-    assert every_kind.get("reconstructors", "test_recon_images").traits == {"inputs": "images", "synthesizer": "required"}
+    assert every_kind.get("reconstructors", "test_recon_default").traits == {"inputs": "features", "synthesizer": "none", "preset": None}
+    assert every_kind.get("reconstructors", "test_recon_images").traits == {"inputs": "images", "synthesizer": "required", "preset": None}
+
+
+def test_reconstructor_may_name_its_preset(empty_registry: Registry):
+    empty_registry.add_plugin(_single("reconstructors", "mynet", preset="/plugins/mynet-cpu.yaml"), "mynet_plugin")
+    assert empty_registry.get("reconstructors", "mynet").traits["preset"] == "/plugins/mynet-cpu.yaml"
 
 
 def test_aligner_trait_default(every_kind: Registry):
@@ -306,6 +311,7 @@ def test_aligner_trait_default(every_kind: Registry):
         ("reconstructors", {"inputs": "pixels"}),
         ("reconstructors", {"synthesizer": "always"}),
         ("aligners", {"class_labels": "yes"}),
+        ("reconstructors", {"preset": 3}),
     ],
 )
 def test_bad_trait_value_is_a_plugin_error(empty_registry: Registry, kind, traits):

@@ -70,13 +70,28 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _reconstructor_preset(args: argparse.Namespace, registry) -> str | None:
+    """``--reconstructor NAME`` without ``--config`` starts from NAME's own preset, if it names one.
+
+    The defaults (the CPU preset) are tuned for UniAD; another method's recipe differs (its
+    backbone stages, widths, learning rate), so its plugin may name the preset to use instead.
+    """
+    if args.reconstructor is None or args.from_run:
+        return None
+    preset = registry.get("reconstructors", args.reconstructor).traits.get("preset")
+    if preset:
+        print(f"reconstructor {args.reconstructor}: starting from its preset {preset} (--config overrides)", file=sys.stderr)
+    return preset
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import build_config, resolve
     from .engine.run import run
     from .report import format_table
 
     registry = _registry(args)
-    config = build_config(args.config, _flag_overrides(args), args.set)
+    preset = args.config or _reconstructor_preset(args, registry)
+    config = build_config(preset, _flag_overrides(args), args.set)
     if args.from_run:
         from .engine.run import config_for_base_run
 

@@ -28,13 +28,17 @@ from .errors import UadpError, UnknownComponentError
 ENTRY_POINT_GROUP = "uadp"
 KINDS = ("backbones", "reconstructors", "synthesizers", "aligners", "metrics", "datasets")
 
-# Keyword traits a registration of each kind may declare, with their allowed values and default.
-TRAITS: dict[str, dict[str, tuple[tuple[Any, ...], Any]]] = {
+# Keyword traits a registration of each kind may declare, with their allowed values (a tuple,
+# or ``str`` for any text) and default.
+TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
     "reconstructors": {
         # what the core feeds it: adapted backbone features, or raw images only
         "inputs": (("features", "images"), "features"),
         # whether it trains on synthesized anomalies
         "synthesizer": (("none", "optional", "required"), "none"),
+        # the preset (a name in configs/ or a YAML path) that `uadp run --reconstructor NAME`
+        # starts from when no --config is given: the method's own CPU recipe
+        "preset": (str, None),
     },
     # which class labels an aligner is told: none (class-agnostic), those of the training
     # images only (it learns to recognise the class), or also each test image's (an oracle)
@@ -174,7 +178,10 @@ class Registry:
             resolved = {}
             for trait, (values, default) in allowed.items():
                 value = traits.pop(trait, default)
-                if value not in values:
+                if values is str:
+                    if value is not None and not isinstance(value, str):
+                        raise PluginError(f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected text")
+                elif value not in values:
                     raise PluginError(
                         f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; "
                         f"expected one of {list(values)}"

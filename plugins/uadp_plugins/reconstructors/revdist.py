@@ -337,4 +337,5 @@ def register_reconstructors(register):
         help="Reverse Distillation: a decoder rebuilds the frozen encoder's stages from a one-class embedding",
         inputs="features",
         synthesizer="optional",
+        preset="revdist-lite0",
     )

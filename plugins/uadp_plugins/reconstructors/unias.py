@@ -375,4 +375,5 @@ def register_reconstructors(register):
         help="UniAS: multi-level hybrid reconstruction, coarse to fine, with a SAR query and MGG-CNN",
         inputs="features",
         synthesizer="optional",
+        preset="unias-cpu",
     )

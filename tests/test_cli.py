@@ -679,3 +679,20 @@ def test_from_run_unknown_run(e2e, capsys) -> None:
     code, _, stderr = call_captured(["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"])
     assert code == 2
     assert_one_error_line(stderr, "--from-run no-such-run")
+
+
+def test_unias_runs_end_to_end_with_an_aligner(tiny_dataset: Path, runs_root: Path) -> None:
+    """`uadp run --reconstructor unias --aligner cada`: its preset, a CADA fit on its embedding, both tables."""
+    out = runs_root.parent / "unias.json"
+    code, stdout, stderr = call_captured([
+        "run", "--data", tiny_dataset, "--reconstructor", "unias", "--aligner", "cada", "--image-size", "64",
+        "--epochs", "1", "--workers", "0", "--device", "cpu", "--set", f"tracking.root={runs_root}",
+        "--set", "reconstructor.hidden_dim=32", "--set", "reconstructor.ffn_dim=64", "--set", "aligner.iterations=20",
+        "--set", "eval.overlays_per_class=0", "--output-json", out,
+    ])
+    assert code == 0, stderr
+    assert "unias-cpu" in stderr
+    summary = json.loads(out.read_text())
+    assert set(summary["base"]) == set(summary["aligned"]) == {"per_class", "mean", "pooled"}
+    assert {"pixel_ap", "pixel_dsc", "pixel_dsc_pooled"} <= set(summary["aligned"]["mean"])
+    assert "aligned (cada)" in stdout or "aligned by cada" in stdout

@@ -9,6 +9,7 @@ development machine), so auto stays fp32 there.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16 if cpu_has_native_bf16() else None
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA device; on a CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("train.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); "
+                      "emulated bf16 is several times slower than fp32", stacklevel=2)
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 

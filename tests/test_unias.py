@@ -257,3 +257,16 @@ def test_unias_segments_better_than_uniad_on_the_same_data_and_budget(small_defe
     assert unias.mean["pixel_ap"] >= uniad.mean["pixel_ap"] + 0.15, (unias.mean, uniad.mean)
     assert unias.mean["pixel_dsc"] >= uniad.mean["pixel_dsc"] + 0.15
     assert unias.mean["pixel_auroc"] >= max(0.95, uniad.mean["pixel_auroc"])
+
+
+def test_registered_through_the_entry_point_with_its_cpu_preset():
+    from uadp.config import build_config
+    from uadp.registry import get_registry
+
+    registration = get_registry().get("reconstructors", "unias")
+    assert registration.factory is UniAS and registration.config is UniASConfig
+    assert registration.traits == {"inputs": "features", "synthesizer": "optional", "preset": "unias-cpu"}
+    preset = build_config("unias-cpu")
+    assert preset.reconstructor.name == "unias" and preset.backbone.stages == [1, 2, 3, 4]
+    paper = build_config("unias")
+    assert paper.backbone.model == "tf_efficientnet_b4" and paper.train.epochs == 1000 and paper.train.batch_size == 64

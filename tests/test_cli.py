@@ -696,3 +696,11 @@ def test_unias_runs_end_to_end_with_an_aligner(tiny_dataset: Path, runs_root: Pa
     assert set(summary["base"]) == set(summary["aligned"]) == {"per_class", "mean", "pooled"}
     assert {"pixel_ap", "pixel_dsc", "pixel_dsc_pooled"} <= set(summary["aligned"]["mean"])
     assert "aligned (cada)" in stdout or "aligned by cada" in stdout
+
+
+def test_a_large_feature_cache_goes_to_files_that_are_removed_after_training(tiny_dataset: Path, runs_root: Path) -> None:
+    code, stdout, stderr = call_captured(quick_args(tiny_dataset, runs_root, "--set", "train.cache_memory_gb=0.000001",
+                                                    "--set", "eval.overlays_per_class=0", epochs=1))
+    assert code == 0, stderr
+    assert "in files under" in stdout
+    assert not list(runs_root.rglob("feature-cache"))

@@ -83,6 +83,9 @@ class TrainConfig(_Section):
         "auto", description="auto: cache frozen-backbone features when no random input change"
     )
     cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_memory_gb: float = Field(
+        4.0, gt=0, description="a feature cache larger than this is kept in files in the run's folder instead of memory"
+    )
 
 
 class ImageScoreConfig(_Section):
@@ -165,7 +168,7 @@ COMPONENT_SECTIONS = {
 }
 
 # Sections that do not change what the model computes: a checkpoint may be resumed across them.
-NOT_MODEL_DEFINING = ("eval", "tracking", "data.workers", "train.epochs", "train.device")
+NOT_MODEL_DEFINING = ("eval", "tracking", "data.workers", "train.epochs", "train.device", "train.cache_memory_gb")
 
 # --------------------------------------------------------------------------- building
 

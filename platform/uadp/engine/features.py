@@ -2,15 +2,23 @@
 
 When the backbone is frozen and no random augmentation or synthesizer touches the input, the
 features of a training image are the same in every epoch: the cache computes
-``reconstructor.adapt(backbone(image))`` once and every epoch after reads it from memory
+``reconstructor.adapt(backbone(image))`` once and every epoch after reads it back
 (float16 by default, half the memory; the reconstruction error it adds is ~1e-3 relative,
 far below the errors the model learns to detect). Epochs then cost the reconstructor only.
+
+The cache is allocated once, from the first batch's shapes, so building it never holds two
+copies. A cache larger than ``train.cache_memory_gb`` (multi-level features of a large
+dataset: UniAS keeps every level at its own resolution) lives in memory-mapped files in a
+folder of the run instead, read back through the page cache, and is deleted after training.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -41,24 +49,55 @@ class FeatureExtractor:
         return self.reconstructor.adapt([s.float() for s in stages])
 
 
-class FeatureCache:
-    """Adapted features of every training image, held in memory in sample order."""
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None, name: str) -> torch.Tensor:
+    """An uninitialised tensor in memory, or backed by a file in ``folder``."""
+    if folder is None:
+        return torch.empty(shape, dtype=dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
+    return torch.from_numpy(np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=numpy_dtype, shape=shape))
 
-    def __init__(self, features: Any) -> None:
+
+class FeatureCache:
+    """Adapted features of every training image, in sample order, in memory or in files."""
+
+    def __init__(self, features: Any, folder: Path | None = None) -> None:
         self.features = features
+        self.folder = folder  # set when the cache lives in files there
 
     @classmethod
-    def build(cls, batches: Iterator[dict], total: int, extract: FeatureExtractor, dtype: torch.dtype) -> "FeatureCache":
-        chunks: list[Any] = []
-        with tqdm(total=total, desc="features", unit="img", leave=False, disable=None) as bar:
-            for batch in batches:
-                chunks.append(tree_map(lambda f: f.to("cpu", dtype), extract(batch["image"])))
-                bar.update(len(batch["image"]))
-        if isinstance(chunks[0], (list, tuple)):
-            stacked = type(chunks[0])(torch.cat(level) for level in zip(*chunks))
-        else:
-            stacked = torch.cat(chunks)
-        return cls(stacked)
+    def build(cls, batches: Iterator[dict], total: int, extract: FeatureExtractor, dtype: torch.dtype,
+              memory_limit_bytes: float = float("inf"), folder: Path | None = None) -> "FeatureCache":
+        """Features of ``total`` images; in files under ``folder`` if they exceed ``memory_limit_bytes``."""
+        store: list[torch.Tensor] | None = None
+        is_list, filled, on_disk = False, 0, None
+        try:
+            with tqdm(total=total, desc="features", unit="img", leave=False, disable=None) as bar:
+                for batch in batches:
+                    features = extract(batch["image"])
+                    is_list = isinstance(features, (list, tuple))
+                    levels = list(features) if is_list else [features]
+                    if store is None:
+                        per_image = sum(f[0].numel() for f in levels) * torch.finfo(dtype).bits // 8
+                        on_disk = folder if per_image * total > memory_limit_bytes and folder is not None else None
+                        store = [_allocate((total, *f.shape[1:]), dtype, on_disk, f"level{i}") for i, f in enumerate(levels)]
+                    count = len(levels[0])
+                    for target, level in zip(store, levels):
+                        target[filled : filled + count] = level.to("cpu", dtype)
+                    filled += count
+                    bar.update(count)
+        except BaseException:  # a bad image or Ctrl-C: leave no half-written cache files behind
+            if on_disk is not None:
+                shutil.rmtree(on_disk, ignore_errors=True)
+            raise
+        assert store is not None and filled == total, f"feature cache: {filled} of {total} images"
+        return cls(store if is_list else store[0], on_disk)
+
+    def close(self) -> None:
+        """Drop the features; a file-backed cache deletes its files."""
+        self.features = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def __len__(self) -> int:
         first = self.features[0] if isinstance(self.features, (list, tuple)) else self.features
@@ -75,5 +114,7 @@ class FeatureCache:
         stop = count - count % batch_size if drop_last and count >= batch_size else count
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
+            if self.folder is not None:
+                index = index.sort().values  # ascending reads from the files; the batch's order does not matter
             features = tree_map(lambda f: f[index].to(device, torch.float32), self.features)
             yield Batch(features=features, target_features=features)

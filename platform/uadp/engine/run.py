@@ -160,13 +160,25 @@ class Run:
             t0 = time.perf_counter()
             loader = make_loader(self.dataset(self.splits.train, train=True), cfg.eval.batch_size, cfg.data.workers)
             dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
-            cache = FeatureCache.build(batches(loader), len(train_set), detector.extract, dtype)
+            cache = FeatureCache.build(batches(loader), len(train_set), detector.extract, dtype,
+                                       cfg.train.cache_memory_gb * 2**30, checkpoint_path.parent / "feature-cache")
             self.timing["feature_s"] = time.perf_counter() - t0
-            self.log(f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB, {self.timing['feature_s']:.1f} s")
+            where = f"in files under {cache.folder}" if cache.folder is not None else "in memory"
+            self.log(f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB {where}, {self.timing['feature_s']:.1f} s")
         elif cfg.train.epochs > start_epoch:
             self.notes.append(f"feature cache off: {self.cache_reason()}")
             self.log(f"feature cache off: {self.cache_reason()}")
 
+        try:
+            self._epochs(detector, tracker, trainer, cache, train_set, history, start_epoch, checkpoint_path)
+        finally:
+            if cache is not None:
+                cache.close()
+        return history
+
+    def _epochs(self, detector: Detector, tracker: Tracker, trainer: Trainer, cache: FeatureCache | None,
+                train_set: SampleDataset, history: list[dict[str, float]], start_epoch: int, checkpoint_path: Path) -> None:
+        cfg = self.config
         t0 = time.perf_counter()
         for epoch in range(start_epoch, cfg.train.epochs):
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
@@ -197,7 +209,6 @@ class Run:
         trained = cfg.train.epochs - start_epoch
         self.timing["train_s"] = time.perf_counter() - t0
         self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
-        return history
 
     def _streamed(self, detector: Detector, dataset: SampleDataset, epoch: int):
         """Batches decoded and (if needed) featurised on the fly, for inputs that change per epoch."""

@@ -13,7 +13,19 @@ of clean features, then stay fixed; they are saved with the model.
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, Field
 from torch import nn
+
+
+class StandardizeOptions(BaseModel):
+    """The config fields of a reconstructor that offers channel standardisation."""
+
+    standardize: bool = Field(
+        False,
+        description="[uadp, not in the paper] standardise each feature channel by its training mean/std "
+        "(estimated while training sees its first standardize_images images)",
+    )
+    standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
 
 
 class ChannelStandardizer(nn.Module):

@@ -31,12 +31,12 @@ from uadp.errors import ConfigError
 from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
 from uadp_plugins.layers.dropout import FastDropout
 from uadp_plugins.layers.jitter import feature_jitter
-from uadp_plugins.layers.standardize import ChannelStandardizer
+from uadp_plugins.layers.standardize import ChannelStandardizer, StandardizeOptions
 
 MaskPlace = Literal["encoder", "decoder1", "decoder2"]
 
 
-class UniADConfig(BaseModel):
+class UniADConfig(StandardizeOptions):
     model_config = ConfigDict(extra="forbid")
     hidden_dim: int = Field(256, ge=8, description="transformer width C")
     num_encoder_layers: int = Field(4, ge=0)
@@ -60,12 +60,6 @@ class UniADConfig(BaseModel):
         "encoder", description="what decoder layer 1 integrates with: the encoder output [CODE-HINT] or itself [paper]"
     )
     grid_stride: int = Field(16, ge=1, description="token grid = the backbone map of this stride")
-    standardize: bool = Field(
-        False,
-        description="[uadp, not in the paper] standardise each feature channel by its mean/std over the "
-        "training features (estimated while training sees its first standardize_images images)",
-    )
-    standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
     feature_resize: Literal["bilinear", "area"] = Field(
         "bilinear",
         description="stage -> grid resize: bilinear, align_corners [CODE-HINT]; area averages finer stages (no aliasing)",

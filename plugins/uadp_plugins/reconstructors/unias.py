@@ -41,10 +41,10 @@ from uadp_plugins.layers.dropout import FastDropout
 from uadp_plugins.layers.jitter import feature_jitter
 from uadp_plugins.layers.mgg_cnn import LocalModule, build_local_module
 from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
-from uadp_plugins.layers.standardize import ChannelStandardizer
+from uadp_plugins.layers.standardize import ChannelStandardizer, StandardizeOptions
 
 
-class UniASConfig(BaseModel):
+class UniASConfig(StandardizeOptions):
     model_config = ConfigDict(extra="forbid")
     hidden_dim: int = Field(256, ge=8, description="C′, the token width of every level")
     num_heads: int = Field(8, ge=1, description="[UNSPEC] 8 (as UniAD); [CODE-HINT] 4")
@@ -89,12 +89,6 @@ class UniASConfig(BaseModel):
     jitter_scale: float = Field(0.0, ge=0, description="[CODE-HINT] 20: UniAD-style feature jitter on the input; 0 = off")
     jitter_prob: float = Field(0.5, ge=0, le=1, description="[CODE-HINT] 0.5")
     neighbor_size: int = Field(0, ge=0, description="[CODE-HINT] 7: n×n neighbour mask in the decoder's attentions; 0 = off")
-    standardize: bool = Field(
-        False,
-        description="[uadp, not in the paper] standardise each feature channel by its training mean/std "
-        "(estimated while training sees its first standardize_images images)",
-    )
-    standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
 
 
 def sine_position(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:

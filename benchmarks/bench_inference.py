@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is predicted")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the bundle's eval.batch_size")
     parser.add_argument("--workers", type=int, default=None, help="default: the bundle's data.workers")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="autocast precision of the pass (default: the bundle's train.precision)")
     parser.add_argument("--repeats", type=int, default=2, help="end-to-end passes over the test split (per variant); best and median are reported")
     args = parser.parse_args()
 
@@ -47,12 +49,17 @@ def main() -> int:
     from uadp.data.splits import gather
     from uadp.engine.components import build_dataset
     from uadp.engine.detector import load_bundle
+    from uadp.engine.device import precision_name, resolve_precision
     from uadp.registry import get_registry
     from uadp.scoring import image_scores
 
     registry = get_registry()
     detector = load_bundle(args.model, registry)
     cfg = detector.config
+    if args.precision is not None:
+        detector.dtype = resolve_precision(args.precision, detector.device)
+        if detector.extract is not None:
+            detector.extract.dtype = detector.dtype
     batch_size = args.batch_size or cfg.eval.batch_size
     workers = cfg.data.workers if args.workers is None else args.workers
     dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": args.data}}), registry)
@@ -60,7 +67,7 @@ def main() -> int:
     mean, std = detector.normalisation
     test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
     print(f"threads {torch.get_num_threads()}  workers {workers}  batch {batch_size}  {len(test_set)} test images  "
-          f"{cfg.reconstructor.name} on {cfg.backbone.model}", flush=True)
+          f"{cfg.reconstructor.name} on {cfg.backbone.model}  {precision_name(detector.dtype)}", flush=True)
 
     aligner = detector.aligner
     names = [s.class_name for s in test]

@@ -75,7 +75,7 @@ class TrainConfig(_Section):
     lr_steps: list[int] = Field(default_factory=list, description="'step' schedule: epochs after which lr *= 0.1")
     grad_clip: float | None = Field(0.1, gt=0, description="max gradient norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: fp16 AMP on CUDA; on CPU bf16 only where the CPU has native bf16, else fp32"
+        "auto", description="auto: fp16 AMP on CUDA, fp32 on a CPU; bf16: bf16 autocast (on a CPU, fast only with native bf16)"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     seed: int = 0

@@ -1,9 +1,11 @@
 """Device and numeric precision.
 
-``precision: auto`` picks fp16 autocast (with gradient scaling) on CUDA, and on a CPU bf16
-autocast only where the CPU computes bf16 natively (AVX512-BF16 / AMX): elsewhere bf16 is
-emulated and much slower than fp32 (measured 10× slower for a 256-wide matmul on the AVX2-only
-development machine), so auto stays fp32 there.
+``precision: auto`` picks fp16 autocast (with gradient scaling) on CUDA and plain fp32 on a CPU.
+bf16 autocast on a CPU is a choice to make per model, so it is never automatic: on a CPU with
+native bf16 (AVX512-BF16 / AMX) it halved the paper-size UniAD's training step at the same
+accuracy, but left the 128-wide CPU preset's step as it was and cost it pixel AP, and slowed
+UniAS's convolution-heavy step (README, "Hardware"). Without native bf16 it is emulated and
+several times slower than fp32 (a 256-wide matmul: 10×), so asking for it there warns.
 """
 
 from __future__ import annotations
@@ -45,9 +47,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp32":
         return None
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.float16 if device.type == "cuda" else None
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA device; on a CPU use bf16 or fp32")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():

@@ -315,8 +315,9 @@ class UniAS(Reconstructor):
         if self.config.standardize:
             for standardizer, z in zip(self.standardizers, batch.target_features):
                 standardizer.observe(z.float())
-        inputs, _ = self._prepare(batch.features)
-        _, targets = self._prepare(batch.target_features)
+        inputs, targets = self._prepare(batch.features)
+        if batch.target_features is not batch.features:  # a synthesizer corrupted the input: clean targets
+            _, targets = self._prepare(batch.target_features)
         outputs, _ = self.reconstruct(inputs)
         losses: dict[str, torch.Tensor] = {}
         with full_precision(targets[0]):

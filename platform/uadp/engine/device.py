@@ -3,8 +3,8 @@
 ``precision: auto`` picks fp16 autocast (with gradient scaling) on CUDA and plain fp32 on a CPU.
 bf16 autocast on a CPU is a choice to make per model, so it is never automatic: on a CPU with
 native bf16 (AVX512-BF16 / AMX) it halved the paper-size UniAD's training step at the same
-accuracy, but left the 128-wide CPU preset's step as it was and cost it pixel AP, and slowed
-UniAS's convolution-heavy step (README, "Hardware"). Without native bf16 it is emulated and
+accuracy, but left the 128-wide CPU preset's step as it was and cost it pixel AP (README,
+"Hardware"). Without native bf16 it is emulated and
 several times slower than fp32 (a 256-wide matmul: 10×), so asking for it there warns.
 """
 

@@ -44,7 +44,7 @@ def main() -> int:
 
     import torch
 
-    from uadp.data.loader import SampleDataset, batches, make_loader
+    from uadp.data.loader import SampleDataset, batches, make_loader, worker_count
     from uadp.config import validate
     from uadp.data.splits import gather
     from uadp.engine.components import build_dataset
@@ -61,7 +61,7 @@ def main() -> int:
         if detector.extract is not None:
             detector.extract.dtype = detector.dtype
     batch_size = args.batch_size or cfg.eval.batch_size
-    workers = cfg.data.workers if args.workers is None else args.workers
+    workers = worker_count(cfg.data.workers if args.workers is None else args.workers)
     dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": args.data}}), registry)
     test = gather(dataset, cfg.data.classes).test
     mean, std = detector.normalisation

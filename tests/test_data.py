@@ -395,3 +395,21 @@ def test_demo_samples_carry_class_names(demo_dataset) -> None:
             assert sample.mask_path and Path(sample.mask_path).is_file()
     image = read_image(splits.train[0].path)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+def test_auto_workers_leave_one_core_to_the_model(monkeypatch):
+    from uadp.data.loader import worker_count
+
+    for cores, expected in ((1, 1), (2, 1), (4, 3), (32, 8)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert worker_count("auto") == expected
+    assert worker_count(0) == 0 and worker_count(3) == 3
+
+
+def test_workers_must_be_a_count_or_auto():
+    from uadp.config import build_config
+    from uadp.errors import ConfigError
+
+    assert build_config(overrides={"data": {"workers": "auto"}}).data.workers == "auto"
+    with pytest.raises(ConfigError, match="data.workers"):
+        build_config(overrides={"data": {"workers": -1}})

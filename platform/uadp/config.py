@@ -14,7 +14,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -47,7 +47,9 @@ class DataConfig(_Section):
     augment: list[Literal["hflip", "vflip", "rotate90", "color_jitter"]] = Field(
         default_factory=list, description="random training augmentations (disable the feature cache)"
     )
-    workers: int = Field(2, ge=0, description="DataLoader worker processes for decoding")
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes for decoding; auto: one per core beyond the first (at most 8)"
+    )
 
     @field_validator("image_size")
     @classmethod

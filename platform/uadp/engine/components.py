@@ -85,6 +85,11 @@ def build_aligner(config: RunConfig, registry: Registry, backbone: Backbone | No
     return registration.factory(_options(registration, config.aligner), context), registration
 
 
+def build_synthesizer(config: RunConfig, registry: Registry) -> tuple[Synthesizer, Registration]:
+    registration = registry.get("synthesizers", config.synthesizer.name)
+    return registration.factory(_options(registration, config.synthesizer)), registration
+
+
 def build_components(config: RunConfig, registry: Registry) -> Components:
     dataset, dataset_reg = build_dataset(config, registry)
     backbone, reconstructor, regs = build_model(config, registry)
@@ -94,8 +99,7 @@ def build_components(config: RunConfig, registry: Registry) -> Components:
     if config.synthesizer is not None:
         if wants == "none":
             raise ConfigError(f"synthesizer: reconstructor {config.reconstructor.name!r} does not train on synthesized anomalies")
-        regs["synthesizer"] = registry.get("synthesizers", config.synthesizer.name)
-        synthesizer = regs["synthesizer"].factory(_options(regs["synthesizer"], config.synthesizer))
+        synthesizer, regs["synthesizer"] = build_synthesizer(config, registry)
     elif wants == "required":
         raise ConfigError(f"synthesizer: reconstructor {config.reconstructor.name!r} needs one; see `uadp list synthesizers`")
     aligner, aligner_reg = build_aligner(config, registry, backbone)

@@ -2,10 +2,13 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_compare.py --data ../shared/data/realmix-dev \\
         --config cpu --config unias-cpu
+    python benchmarks/bench_compare.py --data DATA --config omnial-cpu \
+        --config "omnial-cpu+synthesizer.panels=[all]"          # an ablation: a recipe with its own --set
     python benchmarks/bench_compare.py --summaries uniad.json unias.json   # tables of finished runs
 
-Each ``--config`` (a preset name or YAML file) is one ``uadp run --data DATA --config C``, in its
-own process (so each peak RSS is its own), with ``--set`` options applied to every run. It
+Each ``--config`` (a preset name or YAML file, optionally followed by ``+KEY=VALUE`` overrides of
+its own) is one ``uadp run --data DATA --config C [--set KEY=VALUE ...]``, in its own process
+(so each peak RSS is its own), with ``--set`` options applied to every run. It
 prints, per class, mean and pooled, I-AUROC / P-AUROC / P-AP / DSC of every run, then each run's
 timings. ``--summaries`` renders the same tables from ``--output-json`` files instead.
 """
@@ -27,10 +30,22 @@ TIMINGS = (("feature_s", "features s"), ("train_s", "train s"), ("train_s_per_ep
            ("infer_images_per_s", "infer img/s"), ("peak_rss_mb", "peak RSS MB"))
 
 
-def train(data: str, config: str, sets: list[str], out: Path) -> dict:
+def split_recipe(recipe: str) -> tuple[str, list[str]]:
+    """"preset+key=value+key=value" -> ("preset", ["key=value", "key=value"])."""
+    config, *overrides = recipe.split("+")
+    return config, overrides
+
+
+def recipe_label(recipe: str) -> str:
+    config, overrides = split_recipe(recipe)
+    return "+".join([Path(config).stem, *overrides])
+
+
+def train(data: str, recipe: str, sets: list[str], out: Path) -> dict:
     script = Path(__file__).with_name("bench_uniad.py")  # `uadp run` with the thread count printed
+    config, overrides = split_recipe(recipe)
     command = [sys.executable, str(script), "--data", data, "--config", config, "--output-json", str(out)]
-    for item in sets:
+    for item in [*sets, *overrides]:
         command += ["--set", item]
     print(f"$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True)
@@ -65,7 +80,7 @@ def table(labels: list[str], summaries: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="MVTec-layout root that every recipe trains and tests on")
-    parser.add_argument("--config", action="append", default=[], help="a recipe (preset name or YAML file); repeat")
+    parser.add_argument("--config", action="append", default=[], help="a recipe: preset name or YAML file, then optional +KEY=VALUE overrides; repeat")
     parser.add_argument("--set", action="append", default=[], help="a --set applied to every run")
     parser.add_argument("--summaries", nargs="+", help="--output-json files of finished runs, instead of training")
     parser.add_argument("--out", help="folder for the runs' summaries (default: a temporary folder)")
@@ -78,8 +93,8 @@ def main() -> int:
             parser.error("give --data and at least one --config, or --summaries")
         folder = Path(args.out or tempfile.mkdtemp(prefix="bench-compare-"))
         folder.mkdir(parents=True, exist_ok=True)
-        labels = [Path(c).stem for c in args.config]
-        summaries = [train(args.data, c, args.set, folder / f"{label}.json") for c, label in zip(args.config, labels)]
+        labels = [recipe_label(c) for c in args.config]
+        summaries = [train(args.data, c, args.set, folder / f"run{i}.json") for i, c in enumerate(args.config)]
     print()
     print(table(labels, summaries))
     return 0

@@ -74,7 +74,8 @@ class TrainConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length, in epochs")
-    lr_steps: list[int] = Field(default_factory=list, description="'step' schedule: epochs after which lr *= 0.1")
+    lr_steps: list[int] = Field(default_factory=list, description="'step' schedule: epochs after which lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: multiplier at each of lr_steps")
     grad_clip: float | None = Field(0.1, gt=0, description="max gradient norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: fp16 AMP on CUDA, fp32 on a CPU; bf16: bf16 autocast (on a CPU, fast only with native bf16)"

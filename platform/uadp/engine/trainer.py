@@ -24,7 +24,7 @@ def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     if config.schedule == "step":
         epoch = step // steps_per_epoch
-        return 0.1 ** sum(epoch >= boundary for boundary in config.lr_steps)
+        return config.lr_gamma ** sum(epoch >= boundary for boundary in config.lr_steps)
     return 1.0
 
 

@@ -1,0 +1,227 @@
+"""Reconstructor ``omnial``: OmniAL (SPEC §4.3–4.7), image-space, trained on synthetic anomalies.
+
+No ImageNet backbone: the model sees raw pixels in [0, 1]. Three parts, trained end to end:
+
+* the **reconstruction network** maps the corrupted image A back to the clean image I_r and
+  to the clean image's JND map J_r (one 4-channel 1×1 head with a sigmoid, split 3 + 1). An
+  encoder–decoder of basic blocks and DCSA blocks with InstanceNorm, max-pool down, bilinear
+  up and *no* skip connections (a skip would let the anomaly through unchanged). Scales ≥ 3
+  use dilation 2^{s−2};
+* **DiffNeck** turns (I_r, J_r, A) into a difference descriptor:
+  D = BB_u([I_r, J_r, A]) + 0.1 · (BB_r([I_r, A]) + BB_j([J_r, A]));
+* the **localisation network** (BatchNorm, skips at matching scales, downsampling through
+  scale 4 and dilated convs 2, 4, 8, 16 at encoder scales 3–6) segments four classes:
+  normal, hard, medium, easy — the synthesizer's ``levels`` target.
+
+Loss: L2 + (1 − SSIM) on the image and on the JND map, plus a multi-class focal loss (γ = 2).
+Anomaly map: softmax → each anomaly level's probability smoothed → summed over the three
+levels. Widths and depths are options so that a CPU preset trains in tens of minutes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from uadp import hookimpl
+from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
+
+from ..layers.dcsa import DCSA, BasicBlock, Norm
+from ..layers.smoothing import full_precision, gaussian_blur
+from ..layers.ssim import ssim
+
+
+class OmniALConfig(BaseModel):
+    """Every [UNSPEC] of SPEC §4.3–4.7 is an option with SPEC's default (the paper's sizes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rec_width: int = Field(128, ge=4, description="[UNSPEC] reconstruction net width at scale 1, doubling per scale")
+    rec_max_width: int = Field(512, ge=4, description="[UNSPEC] width cap")
+    rec_scales: int = Field(5, ge=2, le=7, description="[UNSPEC] scales of the reconstruction net")
+    rec_norm: Norm = Field("instance", description="InstanceNorm (paper) or BatchNorm (its ablation row 2)")
+    rec_dilation: bool = Field(True, description="[UNSPEC] scales >= 3 dilate by 2^(s-2), like the localisation net")
+    loc_width: int = Field(64, ge=4, description="[UNSPEC] localisation net width at scale 1: 64 * 2^(s-1)")
+    loc_max_width: int = Field(512, ge=4)
+    loc_scales: int = Field(6, ge=2, le=8, description="scales of the localisation net (paper: 6)")
+    loc_down_scales: int = Field(4, ge=1, description="[UNSPEC] scales that downsample: through scale 4, then constant")
+    loc_dilation: bool = Field(True, description="encoder scales >= 3 use dilation 2, 4, 8, 16")
+    channel_attention: bool = Field(True, description="DCSA channel attention (CA)")
+    dilated_spatial: bool = Field(True, description="DCSA dilated spatial path (DSA)")
+    dcsa_reduction: int = Field(16, ge=1, description="[UNSPEC] channel-attention reduction")
+    diffneck: bool = Field(True, description="DiffNeck; off: the localisation net takes [I_r, A] (DRAEM)")
+    diffneck_width: int = Field(64, ge=4, description="[UNSPEC] DiffNeck output width")
+    diffneck_side_weight: float = Field(0.1, ge=0, description="weight of the separate (Rec, Inp) and (JND, Inp) paths")
+    focal_gamma: float = Field(2.0, ge=0, description="[UNSPEC] focal loss γ (no α-balancing)")
+    ssim_window: int = Field(11, ge=3, description="[UNSPEC] SSIM loss window")
+    map_smoothing: Literal["mean3", "gaussian2", "none"] = Field(
+        "mean3", description="[UNSPEC] smoothing of each level's probability: 3×3 mean or Gaussian σ = 2"
+    )
+
+
+def widths(base: int, cap: int, scales: int) -> list[int]:
+    return [min(base * 2**s, cap) for s in range(scales)]
+
+
+class ReconstructionNet(nn.Module):
+    """Encoder–decoder without skips: corrupted image -> (clean image, clean JND map)."""
+
+    def __init__(self, cfg: OmniALConfig) -> None:
+        super().__init__()
+        chans = widths(cfg.rec_width, cfg.rec_max_width, cfg.rec_scales)
+        dil = [2 ** (s - 2) if cfg.rec_dilation and s >= 3 else 1 for s in range(1, cfg.rec_scales + 1)]
+
+        def stage(cin: int, cout: int, d: int) -> nn.Sequential:
+            return nn.Sequential(
+                BasicBlock(cin, cout, cfg.rec_norm, d),
+                DCSA(cout, cfg.rec_norm, max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial),
+            )
+
+        self.encoder = nn.ModuleList(stage(cin, cout, d) for cin, cout, d in zip([3] + chans[:-1], chans, dil))
+        self.decoder = nn.ModuleList(stage(chans[s + 1], chans[s], dil[s]) for s in reversed(range(cfg.rec_scales - 1)))
+        self.head = nn.Conv2d(chans[0], 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes = []
+        for index, stage in enumerate(self.encoder):
+            if index:
+                sizes.append(x.shape[-2:])
+                x = F.max_pool2d(x, 2)
+            x = stage(x)
+        for stage in self.decoder:
+            x = F.interpolate(x, size=sizes.pop(), mode="bilinear", align_corners=False)
+            x = stage(x)
+        out = torch.sigmoid(self.head(x))
+        return out[:, :3], out[:, 3]
+
+
+class DiffNeck(nn.Module):
+    """D = BB_u([Rec, JND, Inp]) + w · (BB_r([Rec, Inp]) + BB_j([JND, Inp]))."""
+
+    def __init__(self, width: int, side_weight: float) -> None:
+        super().__init__()
+        self.rec = BasicBlock(6, width, "batch")
+        self.jnd = BasicBlock(4, width, "batch")
+        self.union = BasicBlock(7, width, "batch")
+        self.side_weight = side_weight
+
+    def forward(self, rec: torch.Tensor, jnd: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        jnd = jnd.unsqueeze(1)
+        union = self.union(torch.cat([rec, jnd, inp], dim=1))
+        sides = self.rec(torch.cat([rec, inp], dim=1)) + self.jnd(torch.cat([jnd, inp], dim=1))
+        return union + self.side_weight * sides
+
+
+class LocalisationNet(nn.Module):
+    """U-Net-like segmenter with BatchNorm and dilated deep scales: descriptor -> 4-class logits."""
+
+    def __init__(self, cfg: OmniALConfig, in_channels: int) -> None:
+        super().__init__()
+        chans = widths(cfg.loc_width, cfg.loc_max_width, cfg.loc_scales)
+        dil = [2 ** (s - 2) if cfg.loc_dilation and s >= 3 else 1 for s in range(1, cfg.loc_scales + 1)]
+        self.down = [1 <= s < cfg.loc_down_scales for s in range(cfg.loc_scales)]  # pool before scale s+1
+
+        def stage(cin: int, cout: int, d: int) -> nn.Sequential:
+            return nn.Sequential(
+                BasicBlock(cin, cout, "batch", d),
+                DCSA(cout, "batch", max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial),
+            )
+
+        self.encoder = nn.ModuleList(stage(cin, cout, d) for cin, cout, d in zip([in_channels] + chans[:-1], chans, dil))
+        self.decoder = nn.ModuleList(
+            BasicBlock(chans[s + 1] + chans[s], chans[s], "batch") for s in reversed(range(cfg.loc_scales - 1))
+        )
+        self.head = nn.Conv2d(chans[0], 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(4-class logits, the deepest encoder features)."""
+        skips = []
+        for index, stage in enumerate(self.encoder):
+            if self.down[index]:
+                x = F.max_pool2d(x, 2)
+            x = stage(x)
+            skips.append(x)
+        deepest = x = skips.pop()
+        for stage in self.decoder:
+            skip = skips.pop()
+            if x.shape[-2:] != skip.shape[-2:]:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, skip], dim=1))
+        return self.head(x), deepest
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Multi-class focal loss, mean over pixels: −(1 − p_t)^γ log p_t."""
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    return (-((1 - log_p.exp()) ** gamma) * log_p).mean()
+
+
+class OmniAL(Reconstructor):
+    """Reconstruction net + DiffNeck + localisation net, on raw images (see the module docstring)."""
+
+    def __init__(self, config: OmniALConfig, context: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = context.image_size
+        self.reconstruction = ReconstructionNet(config)
+        if config.diffneck:
+            self.neck = DiffNeck(config.diffneck_width, config.diffneck_side_weight)
+            loc_in = config.diffneck_width
+        else:
+            self.neck = None
+            loc_in = 6
+        self.localisation = LocalisationNet(config, loc_in)
+
+    def forward_parts(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstructed image, reconstructed JND map, 4-class logits, deepest localisation features)."""
+        rec, jnd = self.reconstruction(images)
+        descriptor = self.neck(rec, jnd, images) if self.neck is not None else torch.cat([rec, images], dim=1)
+        logits, deepest = self.localisation(descriptor)
+        return rec, jnd, logits, deepest
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        targets = batch.targets
+        clean, clean_jnd, levels = targets["clean_image"], targets["jnd"], targets["levels"]
+        rec, jnd, logits, _ = self.forward_parts(batch.images)
+        window = self.config.ssim_window
+        with full_precision(rec):
+            image_loss = F.mse_loss(rec.float(), clean) + (1 - ssim(rec, clean, window))
+            jnd_loss = F.mse_loss(jnd.float(), clean_jnd) + (1 - ssim(jnd.unsqueeze(1), clean_jnd.unsqueeze(1), window))
+            segmentation = focal_loss(logits, levels.round().long(), self.config.focal_gamma)
+        loss = image_loss + jnd_loss + segmentation
+        return {"loss": loss, "image": image_loss.detach(), "jnd": jnd_loss.detach(), "focal": segmentation.detach()}
+
+    def anomaly_map(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax -> each anomaly level smoothed -> summed over the three levels [B,H,W]."""
+        with full_precision(logits):
+            levels = F.softmax(logits.float(), dim=1)[:, 1:]
+            if self.config.map_smoothing == "mean3":
+                levels = F.avg_pool2d(F.pad(levels, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+            elif self.config.map_smoothing == "gaussian2":
+                levels = gaussian_blur(levels, 2.0)
+            out = levels.sum(dim=1)
+            if out.shape[-2:] != tuple(self.image_size):
+                out = F.interpolate(out.unsqueeze(1), size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+            return out
+
+    def predict(self, batch: Batch) -> Prediction:
+        _, _, logits, deepest = self.forward_parts(batch.images)
+        # for aligners (CADA): the localisation net's deepest features play the bottleneck's part
+        return Prediction(anomaly_map=self.anomaly_map(logits), embeddings={"bottleneck": deepest.float()})
+
+
+@hookimpl
+def register_reconstructors(register):
+    register(
+        "omnial",
+        OmniAL,
+        config=OmniALConfig,
+        help="OmniAL: DCSA reconstruction of image and JND, DiffNeck, 4-level localisation; needs a synthesizer",
+        inputs="images",
+        synthesizer="required",
+        preset="omnial-cpu",
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -203,3 +205,43 @@ def test_uadp_synthesize_writes_a_grid(tiny_dataset, tmp_path):
 def test_uadp_synthesize_without_a_synthesizer_is_a_clean_error(tiny_dataset, tmp_path, capsys):
     assert main(["synthesize", "--data", str(tiny_dataset), "--out", str(tmp_path / "x.png")]) == 2
     assert "--synthesizer" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- feeding a feature reconstructor
+
+
+def test_panel_jnd_feeds_uniad_corrupted_input_and_clean_targets(tiny_dataset, runs_root, monkeypatch):
+    """SPEC §7.4 item 9: the corrupted image goes in, the clean image's features are the target."""
+    import torch
+
+    from uadp.engine.run import run
+    from uadp.registry import get_registry
+    from uadp.testing import quick_config
+    from uadp_plugins.reconstructors.uniad import UniAD
+
+    seen = []
+    original = UniAD.training_step
+
+    def spy(self, batch):
+        seen.append((batch.images.clone(), batch.targets["clean_image"].clone(), batch.features.clone(),
+                     batch.target_features.clone()))
+        return original(self, batch)
+
+    monkeypatch.setattr(UniAD, "training_step", spy)
+    config = quick_config(tiny_dataset, runs_root, synthesizer={"name": "panel-jnd"},
+                          train={"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0})
+    result = run(config, get_registry(), log=lambda _: None)
+    assert any(note == "feature cache off: the synthesizer changes the input every epoch" for note in result.notes)
+    assert len(seen) == 64 // 8
+    from uadp.engine.components import build_model
+
+    backbone, model, _ = build_model(result.config, get_registry())
+    backbone.eval()
+    images, clean, features, target = seen[0]
+    assert not torch.equal(images, clean)  # the input was corrupted...
+    with torch.no_grad():
+        assert torch.allclose(target, model.adapt(backbone(clean)), atol=1e-4)  # ...the target is the clean image's
+        assert torch.allclose(features, model.adapt(backbone(images)), atol=1e-4)
+    assert not torch.allclose(features, target)
+    artifacts = Path(runs_root) / "artifacts"
+    assert list(artifacts.rglob("synthesis.png")), "a run with a synthesizer logs a grid of its samples"

@@ -36,6 +36,7 @@ from ..errors import UadpError
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
+from .synthesis_preview import spread_over_classes, synthesis_grid
 from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_atomic
@@ -353,6 +354,11 @@ def run(
             (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
             for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
                 tracker.log_artifact(folder / name)
+            if components.synthesizer is not None:  # what the model was trained on, to judge by eye
+                grid = synthesis_grid(spread_over_classes(job.splits.train, 8), components.synthesizer, cfg.data.size_hw,
+                                      seed=cfg.train.seed)
+                grid.save(folder / "synthesis.png")
+                tracker.log_artifact(folder / "synthesis.png")
             if cfg.eval.overlays_per_class:
                 for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw, cfg.eval.overlays_per_class, folder / "overlays"):
                     tracker.log_artifact(png, "overlays")

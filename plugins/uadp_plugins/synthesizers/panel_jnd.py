@@ -61,6 +61,9 @@ class PanelJNDConfig(BaseModel):
     textures: list[str] = Field(
         list(TEXTURES), description="scikit-image data photos used as textures (DTD is not available offline)"
     )
+    jnd_model: Literal["namm"] = Field(
+        "namm", description="[UNSPEC] our choice: classic pixel NAMM, LA + CM − 0.3·min(LA, CM) (Chou & Li terms)"
+    )
     level_sigmas: tuple[float, float, float] = Field(
         (1.0, 3.0, 5.0), description="[UNSPEC] Gaussian σ (px) of k_i for easy, medium, hard"
     )

@@ -171,3 +171,26 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
     result = run(config, get_registry(), log=lambda _: None)
     assert any("feature cache off" in note for note in result.notes)
     assert result.report.mean["image_auroc"] >= 0.9, result.report.mean
+
+
+def test_uadp_run_reconstructor_omnial_end_to_end(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """`uadp run --reconstructor omnial` starts from its preset, brings panel-jnd, reports every metric."""
+    import json
+
+    from uadp.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sets = [f"reconstructor.{k}={v}" for k, v in SMALL.items()] + ["data.workers=0", "eval.overlays_per_class=1"]
+    argv = ["run", "--data", str(tiny_dataset), "--reconstructor", "omnial", "--epochs", "1", "--image-size", "32",
+            "--output-json", "summary.json"]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "starting from its preset omnial-cpu" in captured.err
+    assert "feature cache off: the reconstructor takes raw images" in captured.out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"pixel_ap", "pixel_dsc", "image_auroc"} <= set(summary["mean"])
+    assert all(0 <= v <= 1 for v in summary["pooled"].values())
+    assert list((tmp_path / "uadp-runs").rglob("synthesis.png"))

@@ -21,7 +21,7 @@ from uadp_plugins.synthesizers.jnd import (
     normalised_jnd,
 )
 from uadp_plugins.synthesizers.noise import perlin_mask, perlin_noise
-from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig, panel_box
+from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig, compose, panel_box
 from uadp_plugins.synthesizers.similarity import ssim_map
 
 
@@ -128,6 +128,27 @@ def test_pixels_outside_the_panel_are_untouched(kind):
         assert not out.targets["levels"][~panel].any()
         changed_somewhere |= bool((out.image != image).any())
     assert changed_somewhere
+
+
+def test_every_pixel_outside_every_weighted_region_is_untouched():
+    synthesizer = PanelJND(PanelJNDConfig(panels=["left"]))
+    image = photo()
+    rng = np.random.default_rng(5)
+    jnd = normalised_jnd(image)
+    panel = np.zeros(image.shape[:2], bool)
+    panel[:, :80] = True
+    weights = synthesizer.weights(jnd, panel, rng)
+    assert len(weights) == 3 and all(((0 <= w) & (w <= 1)).all() for w in weights)
+    assert all(not w[~panel].any() for w in weights)  # the regions stay inside the panel
+    support = np.any([w > 0 for w in weights], axis=0)
+    assert 0 < support.mean() < panel.mean()
+    texture = synthesizer.source(image, rng)
+    out = compose(image, texture, weights)
+    assert np.array_equal(out[~support], image[~support])
+    assert (np.abs(out - image).max(axis=2)[support] > 0).mean() > 0.5
+    # sequential composition: the last level wins where it is fully opaque
+    full = [np.zeros_like(weights[0]), np.zeros_like(weights[0]), np.ones_like(weights[0])]
+    assert np.allclose(compose(image, texture, full), texture)
 
 
 def test_ground_truth_agrees_with_where_the_image_changed():

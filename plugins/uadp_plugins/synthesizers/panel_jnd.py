@@ -158,6 +158,15 @@ def random_view(source: np.ndarray, shape: tuple[int, int], crop: tuple[float, f
     return cv2.resize(np.ascontiguousarray(view), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def compose(image: np.ndarray, texture: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """A ← W_i ⊙ T + (1 − W_i) ⊙ A for each level in turn, from A = I (SPEC's normalised reading)."""
+    corrupted = image.copy()
+    for weight in weights:
+        w = weight[..., None]
+        corrupted = w * texture + (1.0 - w) * corrupted
+    return corrupted.astype(np.float32)
+
+
 class PanelJND:
     """The ``panel-jnd`` synthesizer (see the module docstring)."""
 
@@ -212,11 +221,7 @@ class PanelJND:
         panel = np.zeros(shape, np.float32)
         panel[top:bottom, left:right] = 1.0
         texture = self.source(image, rng)
-        corrupted = image.copy()
-        for weight in self.weights(jnd, panel.astype(bool), rng):
-            w = weight[..., None]
-            corrupted = w * texture + (1.0 - w) * corrupted
-        corrupted = corrupted.astype(np.float32)
+        corrupted = compose(image, texture, self.weights(jnd, panel.astype(bool), rng))
         levels = self.ground_truth(image, corrupted)
         return Synthesis(
             image=corrupted,

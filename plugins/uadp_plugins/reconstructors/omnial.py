@@ -58,9 +58,10 @@ class OmniALConfig(BaseModel):
     diffneck_side_weight: float = Field(0.1, ge=0, description="weight of the separate (Rec, Inp) and (JND, Inp) paths")
     focal_gamma: float = Field(2.0, ge=0, description="[UNSPEC] focal loss γ (no α-balancing)")
     ssim_window: int = Field(11, ge=3, description="[UNSPEC] SSIM loss window")
-    map_smoothing: Literal["mean3", "gaussian2", "none"] = Field(
-        "mean3", description="[UNSPEC] smoothing of each level's probability: 3×3 mean or Gaussian σ = 2"
+    map_smoothing: Literal["mean3", "gaussian", "none"] = Field(
+        "mean3", description="[UNSPEC] smoothing of each level's probability: 3×3 mean, or Gaussian of σ = map_sigma"
     )
+    map_sigma: float = Field(2.0, gt=0, description="σ (px) of the 'gaussian' map smoothing (SPEC's alternative: 2)")
 
 
 def widths(base: int, cap: int, scales: int) -> list[int]:
@@ -201,8 +202,8 @@ class OmniAL(Reconstructor):
             levels = F.softmax(logits.float(), dim=1)[:, 1:]
             if self.config.map_smoothing == "mean3":
                 levels = F.avg_pool2d(F.pad(levels, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-            elif self.config.map_smoothing == "gaussian2":
-                levels = gaussian_blur(levels, 2.0)
+            elif self.config.map_smoothing == "gaussian":
+                levels = gaussian_blur(levels, self.config.map_sigma)
             out = levels.sum(dim=1)
             if out.shape[-2:] != tuple(self.image_size):
                 out = F.interpolate(out.unsqueeze(1), size=self.image_size, mode="bilinear", align_corners=False)[:, 0]

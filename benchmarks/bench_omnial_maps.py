@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is scored")
     parser.add_argument("--variants", nargs="+", default=["none", "mean3", "gaussian:2", "gaussian:4", "gaussian:8"],
                         help="map_smoothing values; gaussian:SIGMA sets map_sigma")
+    parser.add_argument("--per-class", action="store_true", help="also print each variant's per-class rows")
     args = parser.parse_args()
 
     import numpy as np
@@ -78,6 +79,10 @@ def main() -> int:
         result = evaluate(scores, labels, maps.numpy(), masks, names, metrics)
         print(f"{variant:<16}" + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS)
               + f"{result.pooled['image_auroc']:>16.3f}{result.pooled['pixel_ap']:>12.3f}", flush=True)
+        if args.per_class:
+            rows = [*result.per_class.items(), ("pooled", result.pooled)]
+            for name, values in rows:
+                print(f"  {name:<14}" + "".join(f"{values[m]:>9.3f}" for m in METRICS), flush=True)
     model.config = trained
     return 0
 

@@ -401,3 +401,13 @@ def test_preset_component_section_replaces_the_default_options(tmp_path):
     assert config.reconstructor.options() == {"hidden_dim": 256, "num_heads": 8}
     paper = build_config(preset="uniad-lite0")
     assert "standardize" not in paper.reconstructor.options()
+
+
+def test_step_schedule_multiplies_by_lr_gamma_at_each_step():
+    from uadp.config import TrainConfig
+    from uadp.engine.trainer import lr_factor
+
+    config = TrainConfig(schedule="step", lr_steps=[2, 3], lr_gamma=0.2, warmup_epochs=0, epochs=4)
+    factors = [lr_factor(epoch * 10, config, steps_per_epoch=10) for epoch in range(4)]
+    assert factors == pytest.approx([1.0, 1.0, 0.2, 0.04])
+    assert TrainConfig().lr_gamma == 0.1  # the UniAD paper's step (×0.1) stays the default

@@ -18,8 +18,6 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,50 +31,28 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from uadp.config import validate
-    from uadp.data.loader import SampleDataset, batches, make_loader
-    from uadp.data.splits import gather
-    from uadp.engine.components import build_dataset
-    from uadp.engine.detector import load_bundle
-    from uadp.metrics.protocols import evaluate
-    from uadp.registry import get_registry
-    from uadp.scoring import image_scores
+    from rescoring import METRICS, evaluate_maps, header, load_test_split, split_batches
 
-    registry = get_registry()
-    detector = load_bundle(args.model, registry)
-    cfg = detector.config
-    if cfg.reconstructor.name != "omnial":
-        parser.error(f"{args.model} is a {cfg.reconstructor.name} model, not omnial")
-    dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": args.data}}), registry)
-    test = gather(dataset, cfg.data.classes).test
-    mean, std = detector.normalisation
-    test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
+    split = load_test_split(args.model, args.data, "omnial", parser.error)
+    detector = split.detector
     model = detector.reconstructor.eval()
 
     logits, labels, masks = [], [], []
     with torch.no_grad():
-        for item in batches(make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)):
+        for item in split_batches(split):
             logits.append(model.forward_parts(item["image"].to(detector.device))[2].float().cpu())
             labels.append(item["label"].numpy())
             masks.append(item["mask"].numpy())
     logits = torch.cat(logits)
     labels, masks = np.concatenate(labels), np.concatenate(masks)
-    names = [s.class_name for s in test]
-    metrics = {}
-    for name in METRICS:
-        registration = registry.get("metrics", name)
-        metrics[name] = registration.factory(registration.config())
 
-    print(f"{len(test_set)} test images; trained with map_smoothing={model.config.map_smoothing}; mean over classes")
-    print(f"{'variant':<16}" + "".join(f"{m.replace('image_', 'I-').replace('pixel_', 'P-'):>9}" for m in METRICS)
-          + f"{'pooled I-AUROC':>16}{'pooled P-AP':>12}")
+    print(f"{len(split.names)} test images; trained with map_smoothing={model.config.map_smoothing}; mean over classes")
+    print(header("variant", 16, f"{'pooled I-AUROC':>16}{'pooled P-AP':>12}"))
     trained = model.config
     for variant in args.variants:
         kind, _, sigma = variant.partition(":")
         model.config = trained.model_copy(update={"map_smoothing": kind, **({"map_sigma": float(sigma)} if sigma else {})})
-        maps = model.anomaly_map(logits)
-        scores = image_scores(maps, cfg.eval.image_score).numpy()
-        result = evaluate(scores, labels, maps.numpy(), masks, names, metrics)
+        result = evaluate_maps(split, model.anomaly_map(logits), labels, masks)
         print(f"{variant:<16}" + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS)
               + f"{result.pooled['image_auroc']:>16.3f}{result.pooled['pixel_ap']:>12.3f}", flush=True)
         if args.per_class:

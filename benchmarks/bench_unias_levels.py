@@ -18,8 +18,6 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,29 +31,15 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from uadp.config import validate
-    from uadp.data.loader import SampleDataset, batches, make_loader
-    from uadp.data.splits import gather
-    from uadp.engine.components import build_dataset
-    from uadp.engine.detector import load_bundle
-    from uadp.metrics.protocols import evaluate
-    from uadp.registry import get_registry
-    from uadp.scoring import image_scores
+    from rescoring import METRICS, evaluate_maps, header, load_test_split, split_batches
 
-    registry = get_registry()
-    detector = load_bundle(args.model, registry)
-    cfg = detector.config
-    if cfg.reconstructor.name != "unias":
-        parser.error(f"{args.model} is a {cfg.reconstructor.name} model, not unias")
-    dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": args.data}}), registry)
-    test = gather(dataset, cfg.data.classes).test
-    mean, std = detector.normalisation
-    test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
+    split = load_test_split(args.model, args.data, "unias", parser.error)
+    detector, cfg = split.detector, split.config
     model = detector.reconstructor.eval()
 
     chunks, labels, masks = [], [], []
     with torch.no_grad():
-        for item in batches(make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)):
+        for item in split_batches(split):
             batch = detector.batch_of(item["image"])
             inputs, targets = model._prepare(batch.features)
             outputs, _ = model.reconstruct(inputs)
@@ -64,19 +48,13 @@ def main() -> int:
             masks.append(item["mask"].numpy())
     per_level = [torch.cat([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
     labels, masks = np.concatenate(labels), np.concatenate(masks)
-    names = [s.class_name for s in test]
-    metrics = {}
-    for name in METRICS:
-        registration = registry.get("metrics", name)
-        metrics[name] = registration.factory(registration.config())
 
     def report(label: str, maps: torch.Tensor) -> None:
-        scores = image_scores(maps, cfg.eval.image_score).numpy()
-        result = evaluate(scores, labels, maps.numpy(), masks, names, metrics)
+        result = evaluate_maps(split, maps, labels, masks)
         print(f"{label:<24}" + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS) + f"{result.pooled['pixel_ap']:>12.3f}", flush=True)
 
-    print(f"{len(test_set)} test images; trained levels {len(per_level)}; mean over classes (and pooled P-AP)")
-    print(f"{'variant':<24}" + "".join(f"{m.replace('image_', 'I-').replace('pixel_', 'P-'):>9}" for m in METRICS) + f"{'pooled P-AP':>12}")
+    print(f"{len(split.names)} test images; trained levels {len(per_level)}; mean over classes (and pooled P-AP)")
+    print(header("variant", 24, f"{'pooled P-AP':>12}"))
     for subset in args.levels:
         variant = copy.copy(model)
         variant.inference_levels = sorted(int(level) for level in subset.split(","))

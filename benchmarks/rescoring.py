@@ -1,0 +1,66 @@
+"""Shared by the re-scoring benchmarks (bench_unias_levels.py, bench_omnial_maps.py).
+
+They load a trained model bundle, run it once over a root's test split, and score variants of
+its map without retraining; this module holds that common part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")
+
+
+@dataclass
+class TestSplit:
+    detector: Any
+    config: Any
+    names: list[str]  # class of every test image, in order
+    loader: Any
+    metrics: dict[str, Any]
+
+
+def load_test_split(model_path: str, data: str, reconstructor: str, error: Callable[[str], None]) -> TestSplit:
+    """The bundle (which must be of ``reconstructor``) and a loader over ``data``'s test split."""
+    from uadp.config import validate
+    from uadp.data.loader import SampleDataset, make_loader
+    from uadp.data.splits import gather
+    from uadp.engine.components import build_dataset
+    from uadp.engine.detector import load_bundle
+    from uadp.registry import get_registry
+
+    registry = get_registry()
+    detector = load_bundle(model_path, registry)
+    cfg = detector.config
+    if cfg.reconstructor.name != reconstructor:
+        error(f"{model_path} is a {cfg.reconstructor.name} model, not {reconstructor}")
+    dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": data}}), registry)
+    test = gather(dataset, cfg.data.classes).test
+    mean, std = detector.normalisation
+    test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
+    metrics = {}
+    for name in METRICS:
+        registration = registry.get("metrics", name)
+        metrics[name] = registration.factory(registration.config())
+    loader = make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)
+    return TestSplit(detector, cfg, [s.class_name for s in test], loader, metrics)
+
+
+def split_batches(split: TestSplit) -> Iterator[dict]:
+    from uadp.data.loader import batches
+
+    yield from batches(split.loader)
+
+
+def evaluate_maps(split: TestSplit, maps, labels, masks):
+    """The metric report of one variant's maps [N,H,W] (image scores by the run's reducer)."""
+    from uadp.metrics.protocols import evaluate
+    from uadp.scoring import image_scores
+
+    scores = image_scores(maps, split.config.eval.image_score).numpy()
+    return evaluate(scores, labels, maps.numpy(), masks, split.names, split.metrics)
+
+
+def header(first: str, width: int, extra: str = "") -> str:
+    return f"{first:<{width}}" + "".join(f"{m.replace('image_', 'I-').replace('pixel_', 'P-'):>9}" for m in METRICS) + extra

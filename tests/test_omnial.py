@@ -63,6 +63,14 @@ def test_reconstruction_net_outputs_an_image_and_a_jnd_map_without_skips():
     assert all(not isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
 
 
+def test_reconstruction_net_skip_option_and_dcsa_sigmoid():
+    net = ReconstructionNet(OmniALConfig(**SMALL, rec_skips=True, dcsa_sigmoid=True))
+    rec, jnd = net(torch.rand(1, 3, 48, 48))  # also a size that is not a multiple of 16
+    assert rec.shape == (1, 3, 48, 48) and jnd.shape == (1, 48, 48)
+    assert net.decoder[-1][0][0].in_channels == 16 + 8  # upsampled scale 2 + the scale-1 skip
+    assert isinstance(net.encoder[0][1].channel[-1], torch.nn.Sigmoid)
+
+
 def test_localisation_net_downsamples_through_scale_4_and_dilates_deeper():
     cfg = OmniALConfig(**SMALL)
     net = LocalisationNet(cfg, 8)

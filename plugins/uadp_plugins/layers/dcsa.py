@@ -52,6 +52,7 @@ class DCSA(nn.Module):
         channel_attention: bool = True,
         dilated_spatial: bool = True,
         dilated_weight: float = 0.1,
+        sigmoid: bool = False,
     ) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
@@ -61,6 +62,7 @@ class DCSA(nn.Module):
                 nn.Conv2d(channels, hidden, 1),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(hidden, channels, 1),
+                *([nn.Sigmoid()] if sigmoid else []),
             )
             if channel_attention
             else None

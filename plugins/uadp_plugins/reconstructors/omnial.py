@@ -45,6 +45,7 @@ class OmniALConfig(BaseModel):
     rec_scales: int = Field(5, ge=2, le=7, description="[UNSPEC] scales of the reconstruction net")
     rec_norm: Norm = Field("instance", description="InstanceNorm (paper) or BatchNorm (its ablation row 2)")
     rec_dilation: bool = Field(True, description="[UNSPEC] scales >= 3 dilate by 2^(s-2), like the localisation net")
+    rec_skips: bool = Field(False, description="[UNSPEC] skip connections in the reconstruction net (off: no identity path)")
     loc_width: int = Field(64, ge=4, description="[UNSPEC] localisation net width at scale 1: 64 * 2^(s-1)")
     loc_max_width: int = Field(512, ge=4)
     loc_scales: int = Field(6, ge=2, le=8, description="scales of the localisation net (paper: 6)")
@@ -53,6 +54,7 @@ class OmniALConfig(BaseModel):
     channel_attention: bool = Field(True, description="DCSA channel attention (CA)")
     dilated_spatial: bool = Field(True, description="DCSA dilated spatial path (DSA)")
     dcsa_reduction: int = Field(16, ge=1, description="[UNSPEC] channel-attention reduction")
+    dcsa_sigmoid: bool = Field(False, description="[UNSPEC] sigmoid on the channel attention (the text has none)")
     diffneck: bool = Field(True, description="DiffNeck; off: the localisation net takes [I_r, A] (DRAEM)")
     diffneck_width: int = Field(64, ge=4, description="[UNSPEC] DiffNeck output width")
     diffneck_side_weight: float = Field(0.1, ge=0, description="weight of the separate (Rec, Inp) and (JND, Inp) paths")
@@ -79,23 +81,29 @@ class ReconstructionNet(nn.Module):
         def stage(cin: int, cout: int, d: int) -> nn.Sequential:
             return nn.Sequential(
                 BasicBlock(cin, cout, cfg.rec_norm, d),
-                DCSA(cout, cfg.rec_norm, max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial),
+                DCSA(cout, cfg.rec_norm, max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial,
+                     sigmoid=cfg.dcsa_sigmoid),
             )
 
+        self.skips = cfg.rec_skips
         self.encoder = nn.ModuleList(stage(cin, cout, d) for cin, cout, d in zip([3] + chans[:-1], chans, dil))
-        self.decoder = nn.ModuleList(stage(chans[s + 1], chans[s], dil[s]) for s in reversed(range(cfg.rec_scales - 1)))
+        self.decoder = nn.ModuleList(
+            stage(chans[s + 1] + (chans[s] if self.skips else 0), chans[s], dil[s]) for s in reversed(range(cfg.rec_scales - 1))
+        )
         self.head = nn.Conv2d(chans[0], 4, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sizes = []
+        skips = []
         for index, stage in enumerate(self.encoder):
             if index:
-                sizes.append(x.shape[-2:])
                 x = F.max_pool2d(x, 2)
             x = stage(x)
+            skips.append(x)
+        skips.pop()
         for stage in self.decoder:
-            x = F.interpolate(x, size=sizes.pop(), mode="bilinear", align_corners=False)
-            x = stage(x)
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, skip], dim=1) if self.skips else x)
         out = torch.sigmoid(self.head(x))
         return out[:, :3], out[:, 3]
 
@@ -129,7 +137,8 @@ class LocalisationNet(nn.Module):
         def stage(cin: int, cout: int, d: int) -> nn.Sequential:
             return nn.Sequential(
                 BasicBlock(cin, cout, "batch", d),
-                DCSA(cout, "batch", max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial),
+                DCSA(cout, "batch", max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial,
+                     sigmoid=cfg.dcsa_sigmoid),
             )
 
         self.encoder = nn.ModuleList(stage(cin, cout, d) for cin, cout, d in zip([in_channels] + chans[:-1], chans, dil))

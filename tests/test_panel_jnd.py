@@ -266,3 +266,15 @@ def test_panel_jnd_feeds_uniad_corrupted_input_and_clean_targets(tiny_dataset, r
     assert not torch.allclose(features, target)
     artifacts = Path(runs_root) / "artifacts"
     assert list(artifacts.rglob("synthesis.png")), "a run with a synthesizer logs a grid of its samples"
+
+
+def test_uadp_synthesize_names_a_corrupt_image(tmp_path, capsys):
+    from uadp.testing import make_mvtec_dataset
+
+    root = make_mvtec_dataset(tmp_path / "data", classes=("blobs",), n_train=2, n_good=1, n_bad=1, size=32)
+    victim = sorted((root / "blobs" / "train" / "good").iterdir())[0]
+    victim.write_bytes(b"not a png")
+    assert main(["synthesize", "--synthesizer", "panel-jnd", "--data", str(root), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert victim.name in err and "Traceback" not in err
+    assert not (tmp_path / "g.png").exists()

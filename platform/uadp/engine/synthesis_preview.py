@@ -14,6 +14,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..contract import Sample, Synthesizer
+from ..errors import DataError
 from ..data.loader import SampleDataset
 
 LEVEL_COLOURS = np.array([[0, 0, 0], [40, 120, 255], [255, 210, 0], [255, 40, 40]], np.float32)
@@ -51,7 +52,9 @@ def synthesis_grid(samples: list[Sample], synthesizer: Synthesizer, size_hw: tup
                             seed=seed, with_masks=False)
     columns = []
     for index in range(len(dataset)):
-        item = dataset._load(index)
+        item = dataset[index]
+        if "error" in item:  # a corrupt or unreadable image: the loader's one-line message
+            raise DataError(item["error"])
         to_rgb = lambda chw: (np.clip(chw.numpy().transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)  # noqa: E731
         clean, corrupted = to_rgb(item["targets"]["clean_image"]), to_rgb(item["image"])
         targets = {k: v.numpy() for k, v in item["targets"].items() if v.ndim == 2}

@@ -178,6 +178,7 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
     )
     result = run(config, get_registry(), log=lambda _: None)
     assert any("feature cache off" in note for note in result.notes)
+    # measured: mean image AUROC 0.927 (this seed, 0), 1.000 with seeds 1 and 2; chance is 0.5
     assert result.report.mean["image_auroc"] >= 0.9, result.report.mean
 
 

@@ -411,3 +411,15 @@ def test_step_schedule_multiplies_by_lr_gamma_at_each_step():
     factors = [lr_factor(epoch * 10, config, steps_per_epoch=10) for epoch in range(4)]
     assert factors == pytest.approx([1.0, 1.0, 0.2, 0.04])
     assert TrainConfig().lr_gamma == 0.1  # the UniAD paper's step (×0.1) stays the default
+
+
+def test_inference_only_options_are_marked_per_plugin():
+    from uadp.config import inference_only_fields
+    from uadp_plugins.reconstructors.omnial import OmniALConfig
+    from uadp_plugins.reconstructors.revdist import RevDistConfig
+    from uadp_plugins.reconstructors.unias import UniASConfig
+
+    assert inference_only_fields(OmniALConfig) == {"map_smoothing", "map_sigma"}
+    assert inference_only_fields(UniASConfig) == {"inference_levels", "post_gaussian"}
+    assert inference_only_fields(RevDistConfig) == {"map_combine", "smoothing_sigma"}
+    assert inference_only_fields(UniADConfig) == set()

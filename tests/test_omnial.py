@@ -203,3 +203,24 @@ def test_uadp_run_reconstructor_omnial_end_to_end(tiny_dataset, tmp_path, monkey
     assert {"pixel_ap", "pixel_dsc", "image_auroc"} <= set(summary["mean"])
     assert all(0 <= v <= 1 for v in summary["pooled"].values())
     assert list((tmp_path / "uadp-runs").rglob("synthesis.png"))
+
+    # an inference-only option (the map smoothing) re-scores the trained model without retraining...
+    run_id = summary["mlflow_run_id"]
+    rescored = ["run", "--from-run", run_id, "--set", "data.workers=0", "--output-json", "rescored.json"]
+    assert main(rescored + ["--set", "reconstructor.map_smoothing=none"]) == 0
+    again = json.loads((tmp_path / "rescored.json").read_text())
+    assert again["timing"]["train_s"] == 0
+    assert again["mean"]["pixel_ap"] != summary["mean"]["pixel_ap"]  # 3x3 mean vs no smoothing
+    capsys.readouterr()
+    # ...an option that defines the model does not
+    assert main(rescored + ["--set", "reconstructor.rec_width=4"]) == 2
+    assert "reconstructor.rec_width" in capsys.readouterr().err
+
+
+def test_uadp_show_marks_the_inference_only_options(capsys):
+    from uadp.cli import main
+
+    assert main(["show", "omnial"]) == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines() if ":" in line}
+    assert "[inference only" in lines["map_sigma"] and "[inference only" in lines["map_smoothing"]
+    assert "[inference only" not in lines["rec_width"]

@@ -198,6 +198,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _schema_lines(model) -> list[str]:
+    from .config import inference_only_fields
+
+    free = inference_only_fields(model)
     lines = []
     for field_name, field in model.model_fields.items():
         default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
@@ -205,6 +208,8 @@ def _schema_lines(model) -> list[str]:
         text = f"  {field_name}: {annotation} = {default!r}"
         if field.description:
             text += f"  # {field.description}"
+        if field_name in free:
+            text += "  [inference only: may change with --from-run]"
         lines.append(text)
     return lines or ["  (no options)"]
 

@@ -173,6 +173,20 @@ COMPONENT_SECTIONS = {
 # Sections that do not change what the model computes: a checkpoint may be resumed across them.
 NOT_MODEL_DEFINING = ("eval", "tracking", "data.workers", "train.epochs", "train.device", "train.cache_memory_gb")
 
+# Marks a plugin option that only changes how a trained model's output is post-processed (its
+# map smoothing, the levels it combines), never its training: `uadp run --from-run RUN --set
+# reconstructor.OPTION=...` may change it and re-scores the run's model without retraining.
+# Use as ``Field(..., json_schema_extra=INFERENCE_ONLY)``.
+INFERENCE_ONLY = {"inference_only": True}
+
+
+def inference_only_fields(model: type[BaseModel]) -> set[str]:
+    """The options of a plugin config marked with :data:`INFERENCE_ONLY`."""
+    return {
+        name for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("inference_only")
+    }
+
 # --------------------------------------------------------------------------- building
 
 

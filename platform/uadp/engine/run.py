@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, fingerprint_hash, flatten, model_fingerprint, resolve, run_name, validate
+from ..config import (RunConfig, fingerprint_hash, flatten, inference_only_fields, model_fingerprint, resolve, run_name,
+                      validate)
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
 from ..data.splits import Splits, gather
@@ -421,7 +422,9 @@ def _load_base_model(job: Run, path: Path) -> None:
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)
     ours = {k: v for k, v in ours.items() if not k.startswith("aligner")}
     theirs = {k: v for k, v in theirs.items() if not k.startswith("aligner")}
-    changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k) and not k.startswith(("train.", "dataset.", "data.classes")))
+    free = tuple(f"reconstructor.{name}" for name in inference_only_fields(job.components.registrations["reconstructor"].config))
+    changed = sorted(k for k in ours.keys() | theirs.keys()
+                     if ours.get(k) != theirs.get(k) and not k.startswith(("train.", "dataset.", "data.classes")) and k not in free)
     if changed:
         shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:4])
         raise UadpError(f"--from-run {path}: the config describes another model than the run's: {shown}")

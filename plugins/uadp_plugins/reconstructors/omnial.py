@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from uadp import hookimpl
+from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 
 from ..layers.dcsa import DCSA, BasicBlock, Norm
@@ -61,9 +62,12 @@ class OmniALConfig(BaseModel):
     focal_gamma: float = Field(2.0, ge=0, description="[UNSPEC] focal loss γ (no α-balancing)")
     ssim_window: int = Field(11, ge=3, description="[UNSPEC] SSIM loss window")
     map_smoothing: Literal["mean3", "gaussian", "none"] = Field(
-        "mean3", description="[UNSPEC] smoothing of each level's probability: 3×3 mean, or Gaussian of σ = map_sigma"
+        "mean3", description="[UNSPEC] smoothing of each level's probability: 3×3 mean, or Gaussian of σ = map_sigma",
+        json_schema_extra=INFERENCE_ONLY,
     )
-    map_sigma: float = Field(2.0, gt=0, description="σ (px) of the 'gaussian' map smoothing (SPEC's alternative: 2)")
+    map_sigma: float = Field(
+        2.0, gt=0, description="σ (px) of the 'gaussian' map smoothing (SPEC's alternative: 2)", json_schema_extra=INFERENCE_ONLY
+    )
 
 
 def widths(base: int, cap: int, scales: int) -> list[int]:

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from uadp import hookimpl
+from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, FeatureSpec, Prediction, Reconstructor
 from uadp.errors import ConfigError
 from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
@@ -81,8 +82,12 @@ class RevDistConfig(BaseModel):
     loss: Literal["flat", "pixel"] = Field(
         "flat", description="flat: 1 − cos of each stage flattened per image (paper); pixel: mean per-position 1 − cos"
     )
-    map_combine: Literal["sum", "product"] = Field("sum", description="how the per-stage maps combine")
-    smoothing_sigma: float = Field(4.0, ge=0, description="Gaussian σ in pixels on the anomaly map; 0 disables")
+    map_combine: Literal["sum", "product"] = Field(
+        "sum", description="how the per-stage maps combine", json_schema_extra=INFERENCE_ONLY
+    )
+    smoothing_sigma: float = Field(
+        4.0, ge=0, description="Gaussian σ in pixels on the anomaly map; 0 disables", json_schema_extra=INFERENCE_ONLY
+    )
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from uadp import hookimpl
+from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
 from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
@@ -81,10 +82,12 @@ class UniASConfig(StandardizeOptions):
     cos_weight: float = Field(1.0, ge=0)
     loss_scale: float = Field(1.0, gt=0, description="[CODE-HINT] 10")
     inference_levels: list[int] | None = Field(
-        None, description="levels multiplied into the map, 1 = finest (SPEC §3.10); default: all"
+        None, description="levels multiplied into the map, 1 = finest (SPEC §3.10); default: all",
+        json_schema_extra=INFERENCE_ONLY,
     )
     post_gaussian: bool = Field(
-        False, description="[CODE-HINT] blur each level's map before the product: kernel 3/5/7/9 coarse to fine, σ = k/3"
+        False, description="[CODE-HINT] blur each level's map before the product: kernel 3/5/7/9 coarse to fine, σ = k/3",
+        json_schema_extra=INFERENCE_ONLY,
     )
     jitter_scale: float = Field(0.0, ge=0, description="[CODE-HINT] 20: UniAD-style feature jitter on the input; 0 = off")
     jitter_prob: float = Field(0.5, ge=0, le=1, description="[CODE-HINT] 0.5")

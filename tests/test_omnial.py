@@ -215,6 +215,11 @@ def test_uadp_run_reconstructor_omnial_end_to_end(tiny_dataset, tmp_path, monkey
     # ...an option that defines the model does not
     assert main(rescored + ["--set", "reconstructor.rec_width=4"]) == 2
     assert "reconstructor.rec_width" in capsys.readouterr().err
+    # a bundle saved before an option existed still serves --from-run: the option takes its default
+    state = torch.load(tmp_path / "uadp-runs" / "checkpoints" / run_id / "model.pt", weights_only=False)
+    del state["config"]["reconstructor"]["rec_skips"], state["config"]["synthesizer"]["jnd_model"]
+    torch.save(state, tmp_path / "older.pt")
+    assert main(["run", "--from-run", str(tmp_path / "older.pt"), "--set", "data.workers=0"]) == 0, capsys.readouterr().err
 
 
 def test_uadp_show_marks_the_inference_only_options(capsys):

@@ -418,13 +418,15 @@ def config_for_base_run(run: str, root: str | Path) -> dict[str, Any]:
 def _load_base_model(job: Run, path: Path) -> None:
     """Put a finished run's trained backbone and reconstructor into this run's components."""
     state = read_bundle(path)
-    saved = validate(state["config"])
+    # resolved through today's plugin configs, so options added since the run take their defaults
+    saved = resolve(validate(state["config"]), job.registry)
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)
     ours = {k: v for k, v in ours.items() if not k.startswith("aligner")}
     theirs = {k: v for k, v in theirs.items() if not k.startswith("aligner")}
     free = tuple(f"reconstructor.{name}" for name in inference_only_fields(job.components.registrations["reconstructor"].config))
     changed = sorted(k for k in ours.keys() | theirs.keys()
-                     if ours.get(k) != theirs.get(k) and not k.startswith(("train.", "dataset.", "data.classes")) and k not in free)
+                     if ours.get(k) != theirs.get(k) and not k.startswith(("train.", "synthesizer.", "dataset.", "data.classes"))
+                     and k not in free)
     if changed:
         shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:4])
         raise UadpError(f"--from-run {path}: the config describes another model than the run's: {shown}")

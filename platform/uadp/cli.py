@@ -40,33 +40,35 @@ def _registry(args: argparse.Namespace):
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The dedicated flags of ``uadp run`` as a nested config override."""
+    """The dedicated flags of ``uadp run`` (or the subset another command has) as a nested override."""
     out: dict[str, Any] = {}
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
 
     def put(section: str, key: str, value: Any) -> None:
         if value is not None:
             out.setdefault(section, {})[key] = value
 
-    if args.data is not None:
+    if flag("data") is not None:
         out["dataset"] = {"name": "mvtec", "root": args.data}
-    if args.classes is not None:
+    if flag("classes") is not None:
         put("data", "classes", [c.strip() for c in args.classes.split(",") if c.strip()])
-    put("data", "image_size", args.image_size)
-    put("data", "workers", args.workers)
+    put("data", "image_size", flag("image_size"))
+    put("data", "workers", flag("workers"))
     for section in ("backbone", "reconstructor"):
-        name = getattr(args, section)
-        if name is not None:
-            out[section] = {"name": name}
+        if flag(section) is not None:
+            out[section] = {"name": flag(section)}
     for section in ("synthesizer", "aligner"):
-        name = getattr(args, section)
+        name = flag(section)
         if name is not None:
             out[section] = None if name == "none" and section == "synthesizer" else {"name": name}
-    put("train", "epochs", args.epochs)
-    put("train", "batch_size", args.batch_size)
-    put("train", "lr", args.lr)
-    put("train", "device", args.device)
-    put("train", "precision", args.precision)
-    put("train", "seed", args.seed)
+    put("train", "epochs", flag("epochs"))
+    put("train", "batch_size", flag("batch_size"))
+    put("train", "lr", flag("lr"))
+    put("train", "device", flag("device"))
+    put("train", "precision", flag("precision"))
+    put("train", "seed", flag("seed"))
     return out
 
 
@@ -141,16 +143,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from .engine.synthesis_preview import spread_over_classes, synthesis_grid
 
     registry = _registry(args)
-    overrides: dict[str, Any] = {}
-    if args.data is not None:
-        overrides["dataset"] = {"name": "mvtec", "root": args.data}
-    if args.classes is not None:
-        overrides["data"] = {"classes": [c.strip() for c in args.classes.split(",") if c.strip()]}
-    if args.image_size is not None:
-        overrides.setdefault("data", {})["image_size"] = args.image_size
-    if args.synthesizer is not None:
-        overrides["synthesizer"] = {"name": args.synthesizer}
-    config = build_config(args.config, overrides, args.set)
+    config = build_config(args.config, _flag_overrides(args), args.set)
     if config.synthesizer is None:
         raise UadpError("no synthesizer: pass --synthesizer NAME (see `uadp list synthesizers`) or a --config that has one")
     synthesizer, _ = build_synthesizer(config, registry)
@@ -159,7 +152,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial.png")
-    synthesis_grid(samples, synthesizer, config.data.size_hw, seed=args.seed).save(tmp)
+    synthesis_grid(samples, synthesizer, config.data.size_hw, seed=config.train.seed).save(tmp)
     os.replace(tmp, out)
     print(f"{len(samples)} samples of {config.synthesizer.name} (rows: clean, synthesised, with its ground truth): {out}")
     return 0
@@ -325,7 +318,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated subset of classes")
     p.add_argument("--image-size", type=int)
     p.add_argument("--count", type=int, default=12, help="number of samples, spread over the classes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="the run seed the samples are drawn with (default: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--out", default="synthesis.png")
     p.add_argument("--plugins-dir")

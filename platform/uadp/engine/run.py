@@ -37,10 +37,10 @@ from ..errors import UadpError
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
-from .synthesis_preview import spread_over_classes, synthesis_grid
 from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_atomic
+from .synthesis_preview import spread_over_classes, synthesis_grid
 from .components import Components, build_components
 from .detector import Detector, read_bundle
 from .device import precision_name, resolve_device, resolve_precision

@@ -46,6 +46,11 @@ def _paint(image: np.ndarray, targets: dict[str, np.ndarray]) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def _to_rgb(chw) -> np.ndarray:
+    """A [3,H,W] tensor in [0,1] as uint8 RGB [H,W,3]."""
+    return (np.clip(chw.numpy().transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
+
+
 def synthesis_grid(samples: list[Sample], synthesizer: Synthesizer, size_hw: tuple[int, int], seed: int = 0) -> Image.Image:
     """Clean / synthesised / synthesised with its ground truth, one column per sample."""
     dataset = SampleDataset(samples, size_hw, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), synthesizer=synthesizer,
@@ -55,8 +60,7 @@ def synthesis_grid(samples: list[Sample], synthesizer: Synthesizer, size_hw: tup
         item = dataset[index]
         if "error" in item:  # a corrupt or unreadable image: the loader's one-line message
             raise DataError(item["error"])
-        to_rgb = lambda chw: (np.clip(chw.numpy().transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)  # noqa: E731
-        clean, corrupted = to_rgb(item["targets"]["clean_image"]), to_rgb(item["image"])
+        clean, corrupted = _to_rgb(item["targets"]["clean_image"]), _to_rgb(item["image"])
         targets = {k: v.numpy() for k, v in item["targets"].items() if v.ndim == 2}
         columns.append(np.concatenate([clean, corrupted, _paint(corrupted, targets)], axis=0))
     gap = np.full((columns[0].shape[0], 4, 3), 255, np.uint8)

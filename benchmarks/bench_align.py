@@ -3,6 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_align.py --data ../shared/data/realmix-dev
     python benchmarks/bench_align.py --data ../shared/data/realmix-dev --config revdist-lite0
     python benchmarks/bench_align.py --from-run <run id or model.pt> --aligners cada,class-stats
+    python benchmarks/bench_align.py --from-run <run> --data /tmp/realmix-val-faint   # the same model, other test images
 
 It trains the base once (``uadp run`` with ``--config`` and any ``--set``), then for every
 aligner runs ``uadp run --from-run`` on that model: the aligner is fitted on the frozen base's
@@ -32,7 +33,8 @@ COLUMNS = [("mean", "image_auroc"), ("pooled", "image_auroc"), ("mean", "pixel_a
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="MVTec-layout dataset root (for training the base)")
+    parser.add_argument("--data", help="MVTec-layout dataset root: trains the base; with --from-run, the aligner "
+                        "is fitted and the model scored on it instead of the run's own data")
     parser.add_argument("--config", default=None, help="preset of the base (default: the CPU preset)")
     parser.add_argument("--from-run", help="skip training: an earlier run's id or model.pt")
     parser.add_argument("--aligners", default="cada,cada-sigma,class-stats", help="comma-separated")
@@ -62,7 +64,8 @@ def main() -> int:
             base = rows["none"]["mlflow_run_id"]
         for aligner in [a for a in args.aligners.split(",") if a]:
             out = Path(tmp) / f"{aligner}.json"
-            argv = ["run", "--from-run", base, "--aligner", aligner, *common,
+            data = ["--data", args.data] if args.data and args.from_run else []
+            argv = ["run", "--from-run", base, "--aligner", aligner, *data, *common,
                     *sum((["--set", s] for s in args.aligner_set), []), "--output-json", str(out)]
             if uadp_main(argv) != 0:
                 return 1

@@ -675,6 +675,23 @@ def test_from_run_with_another_model_config_names_the_key(e2e, capsys) -> None:
     assert_one_error_line(stderr, "--from-run", "reconstructor.hidden_dim")
 
 
+def test_a_bundle_whose_weights_no_longer_fit_the_plugin_is_one_error_line(e2e, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    """A model saved before a plugin renamed its buffers: the file and the keys, not a state_dict traceback."""
+    state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "model.pt", map_location="cpu", weights_only=False)
+    key = next(iter(state["reconstructor"]))
+    state["reconstructor"]["old_" + key] = state["reconstructor"].pop(key)
+    stale = tmp_path / "stale" / "model.pt"
+    stale.parent.mkdir()
+    torch.save(state, stale)
+    image = next((tiny_dataset / "dots" / "test" / "good").glob("*.png"))
+    assert call(["predict", stale, image, "--device", "cpu"]) == 2
+    assert_one_error_line(capsys.readouterr().err, stale, f"missing {key}", f"unexpected old_{key}", "retrain")
+    code, _, stderr = call_captured(["run", "--from-run", stale, "--aligner", "cada", "--set", f"tracking.root={tmp_path}",
+                                     "--device", "cpu"])
+    assert code == 2
+    assert_one_error_line(stderr, stale, f"missing {key}")
+
+
 def test_from_run_unknown_run(e2e, capsys) -> None:
     code, _, stderr = call_captured(["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"])
     assert code == 2

@@ -210,6 +210,29 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def load_weights(module: torch.nn.Module, saved: dict[str, Any], part: str, path: str | Path,
+                 state: dict[str, Any]) -> None:
+    """Load one component's saved weights, or say which bundle and part no longer fit and why.
+
+    A bundle saved by an older uadp (or with an edited plugin) can hold weights under names
+    or shapes today's plugin does not build; PyTorch's own message is a traceback about
+    ``state_dict`` keys, which tells a user neither which file nor what to do.
+    """
+    try:
+        module.load_state_dict(saved)
+    except RuntimeError as exc:
+        expected, found = set(module.state_dict()), set(saved)
+        missing, unexpected = sorted(expected - found), sorted(found - expected)
+        if missing or unexpected:
+            detail = "; ".join(f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                               for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
+        else:
+            detail = str(exc).strip().splitlines()[-1].strip()
+        raise UadpError(f"{path}: the saved {part} does not fit the installed plugin ({detail}); it was "
+                        f"saved by uadp {state.get('uadp_version', '?')} with another version of the plugin: "
+                        f"retrain the model") from None
+
+
 def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto") -> Detector:
     """Rebuild the detector a run saved as ``model.pt``."""
     state = read_bundle(path)
@@ -217,11 +240,11 @@ def load_bundle(path: str | Path, registry: Registry | None = None, device: str 
     config = validate(state["config"])
     backbone, reconstructor, _ = build_model(config, registry)
     if backbone is not None and state["backbone"] is not None:
-        backbone.load_state_dict(state["backbone"])
-    reconstructor.load_state_dict(state["reconstructor"])
+        load_weights(backbone, state["backbone"], f"backbone {config.backbone.name!r}", path, state)
+    load_weights(reconstructor, state["reconstructor"], f"reconstructor {config.reconstructor.name!r}", path, state)
     aligner, registration = build_aligner(config, registry, backbone)
     if aligner is not None and state["aligner"] is not None:
-        aligner.load_state_dict(state["aligner"])
+        load_weights(aligner, state["aligner"], f"aligner {config.aligner.name!r}", path, state)
     torch_device = resolve_device(device)
     return Detector(config, backbone, reconstructor, aligner, torch_device,
                     resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration))

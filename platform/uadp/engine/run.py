@@ -42,7 +42,7 @@ from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_atomic
 from .synthesis_preview import spread_over_classes, synthesis_grid
 from .components import Components, build_components
-from .detector import Detector, read_bundle
+from .detector import Detector, load_weights, read_bundle
 from .device import precision_name, resolve_device, resolve_precision
 from .features import FeatureCache
 from .trainer import Trainer
@@ -149,7 +149,8 @@ class Run:
         history: list[dict[str, float]] = []
         start_epoch = 0
         if resume is not None:
-            detector.reconstructor.load_state_dict(resume["model"])
+            load_weights(detector.reconstructor, resume["model"], f"reconstructor {cfg.reconstructor.name!r}",
+                         checkpoint_path, resume)
             trainer.load_state_dict(resume["trainer"])
             torch.set_rng_state(resume["rng"])
             history = resume["history"]
@@ -431,8 +432,9 @@ def _load_base_model(job: Run, path: Path) -> None:
         shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:4])
         raise UadpError(f"--from-run {path}: the config describes another model than the run's: {shown}")
     if job.components.backbone is not None and state["backbone"] is not None:
-        job.components.backbone.load_state_dict(state["backbone"])
-    job.components.reconstructor.load_state_dict(state["reconstructor"])
+        load_weights(job.components.backbone, state["backbone"], f"backbone {saved.backbone.name!r}", path, state)
+    load_weights(job.components.reconstructor, state["reconstructor"], f"reconstructor {saved.reconstructor.name!r}",
+                 path, state)
 
 
 def _yaml(data: dict) -> str:

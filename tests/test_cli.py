@@ -474,6 +474,19 @@ def test_resume_with_another_config_names_the_key(e2e, tiny_dataset: Path, runs_
     assert client_for(e2e.runs).get_run(e2e.run_id).info.status == "FINISHED"  # not reopened
 
 
+def test_resume_from_a_checkpoint_whose_weights_no_longer_fit_is_one_error_line(e2e, tiny_dataset: Path, runs_root: Path,
+                                                                                 tmp_path: Path, capsys) -> None:
+    state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "checkpoint.pt", map_location="cpu", weights_only=False)
+    key = next(iter(state["model"]))
+    state["model"]["old_" + key] = state["model"].pop(key)
+    state["mlflow_run_id"] = None  # a fresh run here, not e2e's reopened
+    stale = tmp_path / "checkpoint.pt"
+    torch.save(state, stale)
+    assert call(quick_args(tiny_dataset, runs_root, "--resume", stale)) == 2
+    assert_one_error_line(capsys.readouterr().err, stale, f"missing {key}", "retrain")
+    assert [run.info.status for run in all_runs(runs_root)] == ["FAILED"]  # not left looking finished
+
+
 def test_real_process_bad_data_path(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["OMP_WAIT_POLICY"] = "PASSIVE"

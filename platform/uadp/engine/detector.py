@@ -228,9 +228,9 @@ def load_weights(module: torch.nn.Module, saved: dict[str, Any], part: str, path
                                for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
         else:
             detail = str(exc).strip().splitlines()[-1].strip()
-        raise UadpError(f"{path}: the saved {part} does not fit the installed plugin ({detail}); it was "
-                        f"saved by uadp {state.get('uadp_version', '?')} with another version of the plugin: "
-                        f"retrain the model") from None
+        saved_by = f" by uadp {state['uadp_version']}" if "uadp_version" in state else ""
+        raise UadpError(f"{path}: the saved {part} does not fit the installed plugin ({detail}); it was saved"
+                        f"{saved_by} with another version of the plugin: retrain the model") from None
 
 
 def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto") -> Detector:

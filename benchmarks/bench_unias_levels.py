@@ -5,8 +5,9 @@
 
 The per-level maps 1 − cos(ẑ_ℓ, z°_ℓ) of every test image are computed once; each variant then
 combines them differently, as ``reconstructor.inference_levels`` / ``post_gaussian`` would:
-every subset of levels listed by ``--levels`` (1 = finest), the code's per-level blur, and a
-sum instead of the product. It prints mean I-AUROC, P-AUROC, P-AP and DSC per variant.
+every subset of levels listed by ``--levels`` (1 = finest), the code's per-level blur, a
+sum instead of the product, and the product map blurred by a Gaussian of each ``--blur`` σ
+(image pixels). It prints mean I-AUROC, P-AUROC, P-AP and DSC per variant.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is scored")
     parser.add_argument("--levels", nargs="+", default=["1,2,3,4", "2,3,4", "3,4", "1,2,3", "4", "3", "2", "1"],
                         help="level subsets to score, e.g. 2,3,4")
+    parser.add_argument("--blur", default="", help="comma-separated σ (image pixels) of a Gaussian blur of the product map, e.g. 2,4,8")
     args = parser.parse_args()
 
     import numpy as np
     import torch
     import torch.nn.functional as F
+
+    from uadp_plugins.layers.smoothing import gaussian_blur
 
     from rescoring import METRICS, evaluate_maps, header, load_test_split, split_batches
 
@@ -64,6 +68,9 @@ def main() -> int:
     report("post_gaussian", blurred.combine(per_level))
     upsampled = [F.interpolate(m.unsqueeze(1), size=cfg.data.size_hw, mode="bilinear", align_corners=False)[:, 0] for m in per_level]
     report("sum instead of product", torch.stack(upsampled).sum(0))
+    product = model.combine(per_level)
+    for sigma in [float(s) for s in args.blur.split(",") if s]:
+        report(f"product, blur σ {sigma:g}", gaussian_blur(product, sigma))
     return 0
 
 

@@ -200,3 +200,31 @@ def test_cada_shift_calibration_subtracts_only_the_predicted_mean():
     aligner.fit(maps, embeddings, None)
     u, _ = aligner.statistics(embeddings)
     torch.testing.assert_close(aligner.align(maps, embeddings), maps - u.view(-1, 1, 1))
+
+
+@pytest.mark.parametrize("statistic", ["max", "sigma"])
+def test_cada_training_min_floor_bounds_the_scaling_of_an_image_whose_gamma_falls_below_u(statistic, monkeypatch):
+    """A head that predicts gamma <= u for an unfamiliar image: SPEC's eps guard scales that
+    image by 1/eps and makes it the most anomalous of the set; ``training_min`` divides by the
+    smallest spread of the normal training images instead, and keeps it after a reload."""
+    maps, embeddings, _, _ = _maps_and_embeddings(8, anomalous=False, seed=5)
+    stats = image_statistics(maps)
+    spreads = stats["max"] - stats["mean"] if statistic == "max" else 3 * stats["std"]
+    test_maps = maps[:3]
+    u = torch.tensor([0.5, 0.5, 0.5]) * stats["mean"][:3]
+    gamma = torch.stack([u[0] + spreads.max(), u[1] - 1.0, u[2]])  # one sound prediction, two broken
+    guarded = {}
+    for floor in ("eps", "training_min"):
+        aligner = Cada(CadaConfig(statistic=statistic, spread_floor=floor, iterations=5))
+        aligner.fit(maps, embeddings, None)
+        assert aligner.min_spread == pytest.approx(float(spreads.min()), rel=1e-5)
+        reloaded = Cada(CadaConfig(statistic=statistic, spread_floor=floor, iterations=5))
+        reloaded.load_state_dict(aligner.state_dict())
+        monkeypatch.setattr(reloaded, "statistics", lambda _: (u, gamma))
+        with pytest.warns(UserWarning, match="2 of 3 images"):
+            guarded[floor] = reloaded.align(test_maps, embeddings[:3])
+    sound = (test_maps[0] - u[0]) / spreads.max()
+    for floor in guarded:
+        torch.testing.assert_close(guarded[floor][0], sound)  # a prediction above the floor is untouched
+    torch.testing.assert_close(guarded["training_min"][1:], (test_maps[1:] - u[1:].view(-1, 1, 1)) / spreads.min())
+    assert float(guarded["eps"][1:].amax()) > 1e3 * float(guarded["training_min"][1:].amax())

@@ -10,6 +10,13 @@ Targets are divided by ``scale`` (the mean training gamma) before the fit and mu
 after, and SmoothL1's width is ``smooth_l1`` in those units. The paper sets the width per base
 instead (0.1 for RevDist, 10 for UniAD's larger scores); a relative width keeps one default
 right for any base's score range.
+
+Nothing stops the head from predicting gamma <= u for an image unlike the training ones, and
+dividing by a near-zero spread turns a normal image into the most anomalous of the test set
+(seen on a UniAS base whose bottle images got gamma below u: that class's image AUROC fell to
+0.44). SPEC's guard clamps the spread at eps; ``spread_floor: training_min`` clamps it at
+the smallest spread (gamma - u) of any normal training image instead, so no image is scaled
+up more than the most tightly spread training image was.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ class CadaConfig(HeadConfig):
     smooth_l1: float = Field(0.1, gt=0, description="SmoothL1 width, in units of the mean training gamma")
     statistic: Literal["max", "sigma"] = Field("max", description="max: regress (u, gamma); sigma: (u, sigma), gamma = u + 3 sigma")
     eps: float = Field(1e-6, gt=0, description="smallest gamma - u, in units of the mean training gamma")
+    spread_floor: Literal["eps", "training_min"] = Field(
+        "eps", description="[UNSPEC] guard for gamma <= u: clamp gamma - u at eps (SPEC's default) or at the "
+        "smallest spread of the normal training images",
+    )
 
 
 class Cada(Aligner):
@@ -39,6 +50,7 @@ class Cada(Aligner):
         self.config = config
         self.embedding = config.embedding
         self.register_buffer("scale", torch.ones(()))
+        self.min_spread = 0.0  # smallest training gamma - u, in base units (saved in the extra state)
         self.head: StatsHead | None = None
         self.losses: list[float] = []
 
@@ -49,13 +61,14 @@ class Cada(Aligner):
         return self.head
 
     def get_extra_state(self) -> dict:
-        return {"channels": None if self.head is None else self.head.conv.in_channels}
+        return {"channels": None if self.head is None else self.head.conv.in_channels, "min_spread": self.min_spread}
 
     def set_extra_state(self, state: dict) -> None:
         # runs before the head's own weights load (parents load before children), so a
         # reloaded bundle gets a head of the fitted width to load them into
         if state["channels"] is not None:
             self._build_head(state["channels"])
+        self.min_spread = float(state.get("min_spread", 0.0))  # bundles saved before the option: eps only
 
     def fit(self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names: list[str] | None) -> None:
         if embeddings is None:
@@ -63,6 +76,8 @@ class Cada(Aligner):
         stats = image_statistics(maps)
         second = stats["max"] if self.config.statistic == "max" else stats["std"]
         self.scale.fill_(float(stats["max"].mean().clamp(min=1e-12)))
+        spread = stats["max"] - stats["mean"] if self.config.statistic == "max" else 3 * stats["std"]
+        self.min_spread = float(spread.min())
         targets = torch.stack([stats["mean"], second], dim=1) / self.scale.to(maps.device)
         self._build_head(embeddings.shape[1]).to(embeddings.device)
         beta = self.config.smooth_l1
@@ -83,7 +98,10 @@ class Cada(Aligner):
         if embeddings is None:
             raise ValueError("cada needs each test image's embedding")
         u, gamma = self.statistics(embeddings)
-        return calibrate(maps, u, gamma, self.config.eps * float(self.scale), self.config.calibration)
+        floor = self.config.eps * float(self.scale)
+        if self.config.spread_floor == "training_min":
+            floor = max(floor, self.min_spread)
+        return calibrate(maps, u, gamma, floor, self.config.calibration)
 
 
 class CadaSigmaConfig(CadaConfig):

@@ -13,8 +13,7 @@ right for any base's score range.
 
 Nothing stops the head from predicting gamma <= u for an image unlike the training ones, and
 dividing by a near-zero spread turns a normal image into the most anomalous of the test set
-(seen on a UniAS base whose bottle images got gamma below u: that class's image AUROC fell to
-0.44). SPEC's guard clamps the spread at eps; ``spread_floor: training_min`` clamps it at
+(seen on a UniAS base: 10 test images clamped, and bottle's image AUROC fell from 1.0 to 0.44). SPEC's guard clamps the spread at eps; ``spread_floor: training_min`` clamps it at
 the smallest spread (gamma - u) of any normal training image instead, so no image is scaled
 up more than the most tightly spread training image was.
 """

@@ -19,10 +19,11 @@ class TestSplit:
     names: list[str]  # class of every test image, in order
     loader: Any
     metrics: dict[str, Any]
+    train: list[Any]  # the root's normal training samples (see ``train_maps``)
 
 
-def load_test_split(model_path: str, data: str, reconstructor: str, error: Callable[[str], None]) -> TestSplit:
-    """The bundle (which must be of ``reconstructor``) and a loader over ``data``'s test split."""
+def load_test_split(model_path: str, data: str, reconstructor: str | None, error: Callable[[str], None]) -> TestSplit:
+    """The bundle (of ``reconstructor``, if named) and a loader over ``data``'s test split."""
     from uadp.config import validate
     from uadp.data.loader import SampleDataset, make_loader
     from uadp.data.splits import gather
@@ -33,10 +34,11 @@ def load_test_split(model_path: str, data: str, reconstructor: str, error: Calla
     registry = get_registry()
     detector = load_bundle(model_path, registry)
     cfg = detector.config
-    if cfg.reconstructor.name != reconstructor:
+    if reconstructor is not None and cfg.reconstructor.name != reconstructor:
         error(f"{model_path} is a {cfg.reconstructor.name} model, not {reconstructor}")
     dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": data}}), registry)
-    test = gather(dataset, cfg.data.classes).test
+    splits = gather(dataset, cfg.data.classes)
+    test = splits.test
     mean, std = detector.normalisation
     test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
     metrics = {}
@@ -44,7 +46,22 @@ def load_test_split(model_path: str, data: str, reconstructor: str, error: Calla
         registration = registry.get("metrics", name)
         metrics[name] = registration.factory(registration.config())
     loader = make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)
-    return TestSplit(detector, cfg, [s.class_name for s in test], loader, metrics)
+    return TestSplit(detector, cfg, [s.class_name for s in test], loader, metrics, splits.train)
+
+
+def train_maps(split: TestSplit):
+    """The base's maps [N,H,W] of the root's normal training images, and their class names."""
+    import torch
+
+    from uadp.data.loader import SampleDataset, batches, make_loader
+
+    mean, std = split.detector.normalisation
+    train_set = SampleDataset(split.train, split.config.data.size_hw, mean, std)
+    maps = []
+    with torch.no_grad():
+        for item in batches(make_loader(train_set, split.config.eval.batch_size, split.config.data.workers)):
+            maps.append(split.detector.raw(split.detector.batch_of(item["image"])).anomaly_map.cpu())
+    return torch.cat(maps), [s.class_name for s in split.train]
 
 
 def split_batches(split: TestSplit) -> Iterator[dict]:

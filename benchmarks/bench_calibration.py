@@ -1,0 +1,107 @@
+"""Benchmark: what per-class score calibrations can do to pooled metrics, with the true classes.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_calibration.py --model <run>/model.pt \\
+        --data ../shared/data/realmix-dev
+
+A class-agnostic aligner (``cada``) estimates each image's class statistics; this benchmark
+skips the estimate and uses each class's *true* statistics of its normal training maps (the
+``class-stats`` oracle), for several calibrations a statistics-based aligner could apply. It
+separates what a calibration costs or gains from how well a regressor predicts its inputs:
+if even the oracle of every calibration loses pooled pixel AP, no regressor of those
+statistics can keep it.
+
+Statistics per class c, from the base's maps of its normal training images: u (mean pixel
+score), gamma (mean of the per-image maxima), sigma (mean of the per-image standard
+deviations), q (mean of the per-image 99.9 % quantiles). Calibrations of a map M:
+
+* ``mean-max``  (M − u) / (gamma − u)      CADA's (SPEC §2.2), ``calibration: mean-max``
+* ``shift``     M − u                      ``calibration: shift``
+* ``mean-3sigma`` (M − u) / 3 sigma        CADA-σ's spread with the class's sigma
+* ``mean-q999`` (M − u) / (q − u)          a tail quantile instead of the maximum
+* ``mean-max^0.5`` (M − u) / sqrt(gamma − u)  half-way between shift and mean-max (in log scale)
+
+Image scores are the mean of the top ``--topk`` pixels (CADA's reducer), for every row.
+Prints, per calibration: pooled and mean image AUROC, pooled pixel AUROC, pooled pixel AP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+CALIBRATIONS = {
+    "none": lambda m, s: m,
+    "mean-max": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]),
+    "shift": lambda m, s: m - s["u"],
+    "mean-3sigma": lambda m, s: (m - s["u"]) / (3 * s["sigma"]),
+    "mean-q999": lambda m, s: (m - s["u"]) / (s["q"] - s["u"]),
+    "mean-max^0.5": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]) ** 0.5,
+}
+
+
+def class_table(maps, names: list[str]) -> dict[str, dict[str, float]]:
+    """Each class's u, gamma, sigma and q (see the module docstring) from its training maps."""
+    import numpy as np
+
+    names = np.asarray(names)
+    table = {}
+    for name in sorted(set(names)):
+        flat = maps[names == name].flatten(1).double()
+        table[name] = {
+            "u": float(flat.mean()),
+            "gamma": float(flat.amax(1).mean()),
+            "sigma": float(flat.std(1, unbiased=False).mean()),
+            "q": float(flat.quantile(0.999, dim=1).mean()),
+        }
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model bundle (model.pt) of any base run")
+    parser.add_argument("--data", required=True, help="MVTec-layout root: statistics from its training split, "
+                        "its test split is scored")
+    parser.add_argument("--topk", type=float, default=0.01, help="image score: mean of this fraction of top pixels")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from rescoring import evaluate_maps, load_test_split, split_batches, train_maps
+
+    split = load_test_split(args.model, args.data, None, parser.error)
+    split.metrics = {name: split.metrics[name] for name in ("image_auroc", "pixel_auroc", "pixel_ap")}
+    split.config = split.config.model_copy(deep=True)
+    split.config.eval.image_score.name, split.config.eval.image_score.topk = "topk_mean", args.topk
+    detector = split.detector
+
+    table = class_table(*train_maps(split))
+    maps, labels, masks = [], [], []
+    with torch.no_grad():
+        for item in split_batches(split):
+            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
+            labels.append(item["label"].numpy())
+            masks.append(item["mask"].numpy())
+    maps, labels, masks = torch.cat(maps), np.concatenate(labels), np.concatenate(masks)
+    names = np.asarray(split.names)
+
+    print(f"{len(names)} test images; class statistics of the normal training maps:")
+    for name, stats in table.items():
+        print(f"  {name:<16}" + "  ".join(f"{key} {value:.4g}" for key, value in stats.items()))
+    print(f"{'calibration':<14}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
+    for label, calibrate in CALIBRATIONS.items():
+        calibrated = torch.empty_like(maps)
+        for name, stats in table.items():
+            chosen = torch.from_numpy(names == name)
+            calibrated[chosen] = calibrate(maps[chosen], stats)
+        result = evaluate_maps(split, calibrated, labels, masks)
+        print(f"{label:<14}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
+              f"{result.pooled['pixel_auroc']:>16.3f}{result.pooled['pixel_ap']:>13.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

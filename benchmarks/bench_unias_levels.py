@@ -7,7 +7,8 @@ The per-level maps 1 − cos(ẑ_ℓ, z°_ℓ) of every test image are computed 
 combines them differently, as ``reconstructor.inference_levels`` / ``post_gaussian`` would:
 every subset of levels listed by ``--levels`` (1 = finest), the code's per-level blur, a
 sum instead of the product, and the product map blurred by a Gaussian of each ``--blur`` σ
-(image pixels). It prints mean I-AUROC, P-AUROC, P-AP and DSC per variant.
+(image pixels, as ``reconstructor.map_sigma``; 0 = unblurred). The level subsets keep the
+model's own ``map_sigma``; the sum is unblurred. It prints mean I-AUROC, P-AUROC, P-AP and DSC per variant.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ def main() -> int:
     import numpy as np
     import torch
     import torch.nn.functional as F
-
-    from uadp_plugins.layers.smoothing import gaussian_blur
 
     from rescoring import METRICS, evaluate_maps, header, load_test_split, split_batches
 
@@ -68,9 +67,10 @@ def main() -> int:
     report("post_gaussian", blurred.combine(per_level))
     upsampled = [F.interpolate(m.unsqueeze(1), size=cfg.data.size_hw, mode="bilinear", align_corners=False)[:, 0] for m in per_level]
     report("sum instead of product", torch.stack(upsampled).sum(0))
-    product = model.combine(per_level)
     for sigma in [float(s) for s in args.blur.split(",") if s]:
-        report(f"product, blur σ {sigma:g}", gaussian_blur(product, sigma))
+        variant = copy.copy(model)
+        variant.config = model.config.model_copy(update={"map_sigma": sigma})
+        report(f"product, blur σ {sigma:g}", variant.combine(per_level))
     return 0
 
 

@@ -177,6 +177,15 @@ def test_map_is_the_product_of_the_upsampled_level_maps_and_levels_are_selectabl
     assert torch.equal(model.combine(maps), torch.zeros(2, 64, 64))  # a pixel must be anomalous at every level
 
 
+def test_map_sigma_blurs_the_product_map_once():
+    maps = [torch.rand(2, 64 // s, 64 // s) + 0.1 for s in LITE0.strides]
+    plain = _unias((64, 64)).eval().combine(maps)
+    blurred = _unias((64, 64), map_sigma=3.0).eval().combine(maps)
+    assert torch.allclose(blurred, gaussian_blur(plain, 3.0), atol=1e-6)
+    assert blurred.std() < plain.std()  # smoother, not merely rescaled
+    assert blurred.mean().item() == pytest.approx(plain.mean().item(), rel=0.02)
+
+
 def test_level_map_is_one_minus_cosine_per_position():
     model = _unias((64, 64))
     target = [torch.randn(2, 8, 5, 5)]
@@ -193,7 +202,7 @@ def test_bad_inference_levels_and_even_kernels_are_config_errors():
 
 @pytest.mark.parametrize("overrides", [
     dict(local_module="conv3"), dict(local_module="mg_cnn"), dict(sar_query=False), dict(sar_combine="sum"),
-    dict(deepest_level_mode="self"), dict(head="upsample_conv"), dict(post_gaussian=True),
+    dict(deepest_level_mode="self"), dict(head="upsample_conv"), dict(post_gaussian=True, map_sigma=2.0),
     dict(jitter_scale=20.0, jitter_prob=1.0, neighbor_size=3), dict(standardize=True), dict(position="none", level_embedding=False),
 ])
 def test_every_option_trains_and_predicts(overrides):
@@ -268,6 +277,6 @@ def test_registered_through_the_entry_point_with_its_cpu_preset():
     assert registration.traits == {"inputs": "features", "synthesizer": "optional", "preset": "unias-cpu"}
     preset = build_config("unias-cpu")
     assert preset.reconstructor.name == "unias" and preset.backbone.stages == [2, 3, 4, 5]
-    assert preset.reconstructor.inference_levels == [2, 3, 4]
+    assert preset.reconstructor.inference_levels == [2, 3, 4] and preset.reconstructor.map_sigma == 6
     paper = build_config("unias")
     assert paper.backbone.model == "tf_efficientnet_b4" and paper.train.epochs == 1000 and paper.train.batch_size == 64

@@ -420,6 +420,6 @@ def test_inference_only_options_are_marked_per_plugin():
     from uadp_plugins.reconstructors.unias import UniASConfig
 
     assert inference_only_fields(OmniALConfig) == {"map_smoothing", "map_sigma"}
-    assert inference_only_fields(UniASConfig) == {"inference_levels", "post_gaussian"}
+    assert inference_only_fields(UniASConfig) == {"inference_levels", "post_gaussian", "map_sigma"}
     assert inference_only_fields(RevDistConfig) == {"map_combine", "smoothing_sigma"}
     assert inference_only_fields(UniADConfig) == set()

@@ -43,18 +43,25 @@ CALIBRATIONS = {
 
 
 def class_table(maps, names: list[str]) -> dict[str, dict[str, float]]:
-    """Each class's u, gamma, sigma and q (see the module docstring) from its training maps."""
+    """Each class's u, gamma, sigma and q (see the module docstring) from its training maps.
+
+    u, gamma and sigma average the per-image statistics the aligners fit on (every map has
+    the same size, so the mean of the per-image means is the class's pixel mean).
+    """
     import numpy as np
+
+    from uadp_plugins.aligners.mean_max import image_statistics
 
     names = np.asarray(names)
     table = {}
     for name in sorted(set(names)):
-        flat = maps[names == name].flatten(1).double()
+        chosen = maps[names == name]
+        stats = image_statistics(chosen)
         table[name] = {
-            "u": float(flat.mean()),
-            "gamma": float(flat.amax(1).mean()),
-            "sigma": float(flat.std(1, unbiased=False).mean()),
-            "q": float(flat.quantile(0.999, dim=1).mean()),
+            "u": float(stats["mean"].mean()),
+            "gamma": float(stats["max"].mean()),
+            "sigma": float(stats["std"].mean()),
+            "q": float(chosen.flatten(1).float().quantile(0.999, dim=1).mean()),
         }
     return table
 

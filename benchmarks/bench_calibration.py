@@ -19,6 +19,11 @@ deviations), q (mean of the per-image 99.9 % quantiles). Calibrations of a map M
 * ``mean-3sigma`` (M − u) / 3 sigma        CADA-σ's spread with the class's sigma
 * ``mean-q999`` (M − u) / (q − u)          a tail quantile instead of the maximum
 * ``mean-max^0.5`` (M − u) / sqrt(gamma − u)  half-way between shift and mean-max (in log scale)
+* ``max-shift`` M − gamma                  each class's typical normal maximum moved to 0
+* ``mean-max-excess`` (M − u) / (gamma − u) up to gamma, then 1 + (M − gamma) / S, with S the
+  mean spread (max − mean) of all normal training maps: the normal range is aligned per class,
+  but how far a pixel rises above its class's normal maximum is kept in the base's own units
+  (``calibration: mean-max-excess``)
 
 Image scores are the mean of the top ``--topk`` pixels (CADA's reducer), for every row.
 Prints, per calibration: pooled and mean image AUROC, pooled pixel AUROC, pooled pixel AP.
@@ -32,6 +37,10 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import torch  # noqa: E402
+
+from uadp_plugins.aligners.mean_max import calibrate, image_statistics, mean_spread  # noqa: E402
+
 CALIBRATIONS = {
     "none": lambda m, s: m,
     "mean-max": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]),
@@ -39,6 +48,9 @@ CALIBRATIONS = {
     "mean-3sigma": lambda m, s: (m - s["u"]) / (3 * s["sigma"]),
     "mean-q999": lambda m, s: (m - s["u"]) / (s["q"] - s["u"]),
     "mean-max^0.5": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]) ** 0.5,
+    "max-shift": lambda m, s: m - s["gamma"],
+    "mean-max-excess": lambda m, s: calibrate(
+        m, torch.full((len(m),), s["u"]), torch.full((len(m),), s["gamma"]), 1e-12, "mean-max-excess", s["S"]),
 }
 
 
@@ -50,9 +62,8 @@ def class_table(maps, names: list[str]) -> dict[str, dict[str, float]]:
     """
     import numpy as np
 
-    from uadp_plugins.aligners.mean_max import image_statistics
-
     names = np.asarray(names)
+    spread = mean_spread(maps)
     table = {}
     for name in sorted(set(names)):
         chosen = maps[names == name]
@@ -62,6 +73,7 @@ def class_table(maps, names: list[str]) -> dict[str, dict[str, float]]:
             "gamma": float(stats["max"].mean()),
             "sigma": float(stats["std"].mean()),
             "q": float(chosen.flatten(1).float().quantile(0.999, dim=1).mean()),
+            "S": spread,
         }
     return table
 
@@ -75,7 +87,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import numpy as np
-    import torch
 
     from rescoring import evaluate_maps, load_test_split, split_batches, train_maps
 

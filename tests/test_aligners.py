@@ -11,7 +11,14 @@ from sklearn.metrics import roc_auc_score
 from uadp.errors import UadpError
 from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
 from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
-from uadp_plugins.aligners.mean_max import CalibrationConfig, class_statistics, image_statistics, normalise
+from uadp_plugins.aligners.mean_max import (
+    CalibrationConfig,
+    calibrate,
+    class_statistics,
+    image_statistics,
+    mean_spread,
+    normalise,
+)
 from uadp_plugins.aligners.regressor import HeadConfig, StatsHead
 
 SIZE = 16  # map side
@@ -74,6 +81,29 @@ def test_normalise_maps_mean_to_zero_and_gamma_to_one_and_guards_the_denominator
     torch.testing.assert_close(guarded, (maps[:1] - 5.0) / 0.5)
 
 
+def test_mean_max_excess_normalises_up_to_gamma_then_keeps_the_excess_in_base_units():
+    maps = torch.tensor([[[1.0, 3.0, 5.0, 9.0]], [[10.0, 20.0, 30.0, 50.0]]])
+    u, gamma = torch.tensor([1.0, 10.0]), torch.tensor([5.0, 30.0])
+    out = calibrate(maps, u, gamma, 1e-6, "mean-max-excess", excess_unit=4.0)
+    # at and below gamma: (M - u) / (gamma - u); above: 1 + (M - gamma) / 4, the same unit for both images
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 0.5, 1.0, 2.0]], [[0.0, 0.5, 1.0, 6.0]]]))
+    mean_max = calibrate(maps, u, gamma, 1e-6, "mean-max")
+    assert float(mean_max[1, 0, 3]) == pytest.approx(2.0)  # mean-max would rank the two excesses alike
+
+
+def test_mean_max_excess_stays_increasing_when_the_spread_is_clamped():
+    maps = torch.linspace(0, 10, 41).view(1, 1, -1)
+    with pytest.warns(UserWarning, match="clamped"):
+        out = calibrate(maps, torch.tensor([5.0]), torch.tensor([4.0]), 0.5, "mean-max-excess", excess_unit=2.0)
+    assert bool((out.flatten().diff() > 0).all())
+
+
+def test_mean_spread_is_the_mean_of_each_maps_max_minus_mean():
+    maps = torch.rand(6, 5, 7)
+    flat = maps.flatten(1).numpy()
+    assert mean_spread(maps) == pytest.approx(float((flat.max(1) - flat.mean(1)).mean()), rel=1e-5)
+
+
 # --------------------------------------------------------------------------- class-aware references
 
 
@@ -108,13 +138,15 @@ def test_shift_calibration_moves_each_class_to_zero_mean_but_keeps_its_spread():
         CalibrationConfig(calibration="divide")
 
 
-def test_class_stats_survive_a_state_dict_round_trip():
+@pytest.mark.parametrize("calibration", ["mean-max", "mean-max-excess"])
+def test_class_stats_survive_a_state_dict_round_trip(calibration):
     maps, _, names, _ = _maps_and_embeddings(5, anomalous=False, seed=1)
-    fitted = ClassStats(CalibrationConfig())
+    fitted = ClassStats(CalibrationConfig(calibration=calibration))
     fitted.fit(maps, None, names)
-    fresh = ClassStats(CalibrationConfig())
+    assert fitted.excess_unit == pytest.approx(mean_spread(maps))
+    fresh = ClassStats(CalibrationConfig(calibration=calibration))
     fresh.load_state_dict(fitted.state_dict())
-    assert fresh.classes == sorted(CLASSES)
+    assert fresh.classes == sorted(CLASSES) and fresh.excess_unit == fitted.excess_unit
     torch.testing.assert_close(fresh.align(maps, None, names), fitted.align(maps, None, names))
 
 
@@ -180,12 +212,14 @@ def test_cada_predicts_each_class_statistics_from_the_image(scaled_data):
             assert int(distance.argmin()) == c and float(distance[c]) < 0.3
 
 
-def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data):
+@pytest.mark.parametrize("calibration", ["mean-max", "mean-max-excess"])
+def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data, calibration):
     (train_maps, train_embeddings, _, _), (maps, embeddings, _, _) = scaled_data
-    fitted = Cada(CadaConfig(iterations=20))
+    fitted = Cada(CadaConfig(iterations=20, calibration=calibration))
     fitted.fit(train_maps, train_embeddings, None)
-    fresh = Cada(CadaConfig(iterations=20))
+    fresh = Cada(CadaConfig(iterations=20, calibration=calibration))
     fresh.load_state_dict(fitted.state_dict())
+    assert fresh.excess_unit == pytest.approx(mean_spread(train_maps))
     torch.testing.assert_close(fresh.align(maps, embeddings), fitted.align(maps, embeddings))
 
 

@@ -29,7 +29,7 @@ from pydantic import Field
 from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 
-from .mean_max import calibrate, image_statistics
+from .mean_max import calibrate, image_statistics, mean_spread
 from .regressor import HeadConfig, StatsHead, fit_head
 
 
@@ -50,6 +50,7 @@ class Cada(Aligner):
         self.embedding = config.embedding
         self.register_buffer("scale", torch.ones(()))
         self.min_spread = 0.0  # smallest training gamma - u, in base units (saved in the extra state)
+        self.excess_unit = 1.0  # mean training max - mean, for calibration mean-max-excess (likewise)
         self.head: StatsHead | None = None
         self.losses: list[float] = []
 
@@ -60,7 +61,8 @@ class Cada(Aligner):
         return self.head
 
     def get_extra_state(self) -> dict:
-        return {"channels": None if self.head is None else self.head.conv.in_channels, "min_spread": self.min_spread}
+        return {"channels": None if self.head is None else self.head.conv.in_channels, "min_spread": self.min_spread,
+                "excess_unit": self.excess_unit}
 
     def set_extra_state(self, state: dict) -> None:
         # runs before the head's own weights load (parents load before children), so a
@@ -68,6 +70,7 @@ class Cada(Aligner):
         if state["channels"] is not None:
             self._build_head(state["channels"])
         self.min_spread = float(state.get("min_spread", 0.0))  # bundles saved before the option: eps only
+        self.excess_unit = float(state.get("excess_unit", 1.0))  # ... and calibrated by mean-max or shift
 
     def fit(self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names: list[str] | None) -> None:
         if embeddings is None:
@@ -77,6 +80,7 @@ class Cada(Aligner):
         self.scale.fill_(float(stats["max"].mean().clamp(min=1e-12)))
         spread = stats["max"] - stats["mean"] if self.config.statistic == "max" else 3 * stats["std"]
         self.min_spread = float(spread.min())
+        self.excess_unit = mean_spread(maps)
         targets = torch.stack([stats["mean"], second], dim=1) / self.scale.to(maps.device)
         self._build_head(embeddings.shape[1]).to(embeddings.device)
         beta = self.config.smooth_l1
@@ -100,7 +104,7 @@ class Cada(Aligner):
         floor = self.config.eps * float(self.scale)
         if self.config.spread_floor == "training_min":
             floor = max(floor, self.min_spread)
-        return calibrate(maps, u, gamma, floor, self.config.calibration)
+        return calibrate(maps, u, gamma, floor, self.config.calibration, self.excess_unit)
 
 
 class CadaSigmaConfig(CadaConfig):

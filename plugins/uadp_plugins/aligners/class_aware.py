@@ -18,7 +18,7 @@ from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 from uadp.errors import UadpError
 
-from .mean_max import CalibrationConfig, calibrate, class_statistics
+from .mean_max import CalibrationConfig, calibrate, class_statistics, mean_spread
 from .regressor import HeadConfig, StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
@@ -36,24 +36,27 @@ class _ClassTable(Aligner):
         self.calibration = calibration
         self.classes: list[str] = []
         self.table = torch.zeros(0, 2)
+        self.excess_unit = 1.0  # mean max - mean of all training maps (calibration mean-max-excess)
 
     def get_extra_state(self) -> dict:
-        return {"classes": list(self.classes), "table": self.table.cpu()}
+        return {"classes": list(self.classes), "table": self.table.cpu(), "excess_unit": self.excess_unit}
 
     def set_extra_state(self, state: dict) -> None:
         self.classes = list(state["classes"])
         self.table = state["table"].clone()
+        self.excess_unit = float(state.get("excess_unit", 1.0))  # bundles saved before the option
 
     def _fit_table(self, maps: torch.Tensor, class_names: list[str] | None) -> None:
         if class_names is None:
             raise ValueError(f"{type(self).__name__} needs the training images' class names")
         self.classes, self.table = class_statistics(maps.cpu(), class_names)
+        self.excess_unit = mean_spread(maps)
 
     def _normalise(self, maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         table = self.table.to(maps.device)
         u, gamma = table[index.to(maps.device), 0], table[index.to(maps.device), 1]
         eps = EPS * float(self.table[:, 1].abs().max().clamp(min=1e-12))
-        return calibrate(maps, u, gamma, eps, self.calibration)
+        return calibrate(maps, u, gamma, eps, self.calibration, self.excess_unit)
 
 
 class ClassStats(_ClassTable):

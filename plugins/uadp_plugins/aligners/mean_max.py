@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-Calibration = Literal["mean-max", "shift"]
+Calibration = Literal["mean-max", "shift", "mean-max-excess"]
 
 
 class CalibrationConfig(BaseModel):
@@ -29,7 +29,9 @@ class CalibrationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     calibration: Calibration = Field(
-        "mean-max", description="mean-max: (M - u) / (gamma - u), the paper's; shift: M - u (keeps each class's spread)"
+        "mean-max",
+        description="mean-max: (M - u) / (gamma - u), the paper's; shift: M - u (keeps each class's spread); "
+        "mean-max-excess: mean-max up to gamma, then 1 + (M - gamma) / (the mean spread of all training maps)",
     )
 
 
@@ -72,8 +74,30 @@ def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: flo
     return (maps - u.view(-1, 1, 1)) / spread.view(-1, 1, 1)
 
 
-def calibrate(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float, mode: Calibration) -> torch.Tensor:
-    """The calibrated maps: mean-max normalised, or only shifted by ``u`` (``mode`` "shift")."""
+def mean_spread(maps: torch.Tensor) -> float:
+    """The mean over maps [N,H,W] of each map's max - mean: one class-agnostic unit of score excess."""
+    stats = image_statistics(maps)
+    return float((stats["max"] - stats["mean"]).mean())
+
+
+def calibrate(
+    maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float, mode: Calibration, excess_unit: float = 1.0
+) -> torch.Tensor:
+    """The calibrated maps [B,H,W] for per-image ``u`` and ``gamma`` [B].
+
+    ``mean-max`` normalises; ``shift`` only subtracts ``u``; ``mean-max-excess`` normalises
+    the normal range (up to ``gamma``, which maps to 1) and continues above it as
+    ``1 + (M - gamma) / excess_unit``: how far a pixel rises above its class's normal maximum
+    stays in the base's own units (``excess_unit`` is ``mean_spread`` of the training maps, the
+    same for every class), so a noisy class's clear defects are not dimmed by its spread.
+    The result is continuous and increasing in M, so each image's pixel order is kept.
+    """
     if mode == "shift":
         return maps - u.view(-1, 1, 1)
-    return normalise(maps, u, gamma, eps)
+    normalised = normalise(maps, u, gamma, eps)
+    if mode == "mean-max-excess":
+        # below gamma the normalised map is at most 1 (at most (gamma - u) / spread, and the
+        # clamped spread is never smaller than gamma - u), so the whole map stays increasing
+        gamma = gamma.view(-1, 1, 1)
+        return torch.where(maps > gamma, 1 + (maps - gamma) / excess_unit, normalised)
+    return normalised

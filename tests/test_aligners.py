@@ -109,7 +109,7 @@ def test_mean_spread_is_the_mean_of_each_maps_max_minus_mean():
 
 def test_class_stats_oracle_normalises_each_class_by_its_own_statistics():
     maps, _, names, _ = _maps_and_embeddings(20, anomalous=False, seed=0)
-    aligner = ClassStats(CalibrationConfig())
+    aligner = ClassStats(CalibrationConfig(calibration="mean-max"))
     aligner.fit(maps, None, names)
     aligned = aligner.align(maps, None, names)
     for name in CLASSES:
@@ -183,10 +183,17 @@ def scaled_data():
     return train, test
 
 
-@pytest.mark.parametrize("config", [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400)], ids=["cada", "cada-sigma"])
+@pytest.mark.parametrize("config", [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400),
+                                    CadaConfig(iterations=400, calibration="mean-max")],
+                         ids=["cada", "cada-sigma", "cada-paper-mean-max"])
 def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, config):
     """Without alignment the glossy class's normal images outscore the flat class's defects,
-    so the pooled image AUROC is poor; CADA, with no class label, recovers it."""
+    so the pooled image AUROC is poor; CADA, with no class label, recovers it.
+
+    Here a defect's contrast grows with its class's scale, the paper's premise, so the paper's
+    mean-max ranks perfectly; the default mean-max-excess measures the rise above each class's
+    normal maximum in one unit for all classes, and ranks some of the flat class's defects
+    below the glossy class's noisiest normal images (0.91 with cada; 0.67 without an aligner)."""
     (train_maps, train_embeddings, _, _), (maps, embeddings, _, labels) = scaled_data
     base = roc_auc_score(labels, _top1(maps))
     aligner = Cada(config)
@@ -194,7 +201,9 @@ def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, co
     assert aligner.losses[-20:] < aligner.losses[:20] or np.mean(aligner.losses[-20:]) < np.mean(aligner.losses[:20])
     aligned = roc_auc_score(labels, _top1(aligner.align(maps, embeddings)))
     assert base < 0.8
-    assert aligned > 0.95 and aligned > base + 0.15
+    assert aligned > base + 0.15
+    if config.calibration == "mean-max":
+        assert aligned > 0.95
 
 
 def test_cada_predicts_each_class_statistics_from_the_image(scaled_data):
@@ -249,10 +258,11 @@ def test_cada_training_min_floor_bounds_the_scaling_of_an_image_whose_gamma_fall
     gamma = torch.stack([u[0] + spreads.max(), u[1] - 1.0, u[2]])  # one sound prediction, two broken
     guarded = {}
     for floor in ("eps", "training_min"):
-        aligner = Cada(CadaConfig(statistic=statistic, spread_floor=floor, iterations=5))
+        config = CadaConfig(statistic=statistic, spread_floor=floor, iterations=5, calibration="mean-max")
+        aligner = Cada(config)
         aligner.fit(maps, embeddings, None)
         assert aligner.min_spread == pytest.approx(float(spreads.min()), rel=1e-5)
-        reloaded = Cada(CadaConfig(statistic=statistic, spread_floor=floor, iterations=5))
+        reloaded = Cada(config)
         reloaded.load_state_dict(aligner.state_dict())
         monkeypatch.setattr(reloaded, "statistics", lambda _: (u, gamma))
         with pytest.warns(UserWarning, match="2 of 3 images"):

@@ -2,9 +2,11 @@
 
 A small head regresses, from one test image's embedding, the statistics of its class's
 normal maps: ``cada`` predicts (u, gamma) and ``cada-sigma`` predicts (u, sigma) with
-gamma = u + 3 sigma. The map is then mean-max normalised with them. The head is fitted on the
-frozen base's maps of the normal training images, each image's own (mean, max) or
-(mean, std) standing in for its unknown class's statistics; no class label is used anywhere.
+gamma = u + 3 sigma. The map is then calibrated with them (``mean_max.calibrate``: by
+default mean-max normalised up to gamma, the excess above it in one training-wide unit). The
+head is fitted on the frozen base's maps of the normal training images, each image's own
+(mean, max) or (mean, std) standing in for its unknown class's statistics; no class label is
+used anywhere.
 
 Targets are divided by ``scale`` (the mean training gamma) before the fit and multiplied back
 after, and SmoothL1's width is ``smooth_l1`` in those units. The paper sets the width per base
@@ -114,6 +116,6 @@ class CadaSigmaConfig(CadaConfig):
 @hookimpl
 def register_aligners(register):
     register("cada", Cada, config=CadaConfig,
-             help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are mean-max normalised")
+             help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are calibrated with them (mean-max, see aligner.calibration)")
     register("cada-sigma", Cada, config=CadaSigmaConfig,
              help="CADA-sigma: regresses (mean, std) and uses max = mean + 3 std; more robust to anomalies in training")

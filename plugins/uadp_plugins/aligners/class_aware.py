@@ -31,7 +31,7 @@ class _ClassTable(Aligner):
     ``fit``, and extra state is what a bundle restores before anything is loaded into it.
     """
 
-    def __init__(self, calibration: str = "mean-max") -> None:
+    def __init__(self, calibration: str) -> None:
         super().__init__()
         self.calibration = calibration
         self.classes: list[str] = []

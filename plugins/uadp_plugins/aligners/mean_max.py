@@ -7,10 +7,20 @@ near 1, so one threshold can serve all classes. The aligners differ only in how 
 ``(u, gamma)`` for a test image: looked up by its true class, by a predicted class, or
 regressed from the image itself.
 
-``calibration: shift`` is this project's option, not the paper's: it only subtracts ``u``
-(``M - u``), aligning where each class's normal scores sit but not their spread. Dividing by
-``gamma - u`` also dims the anomalies of a class whose normal maps are noisy; where such a
-class has the clearest defects, pooled pixel AP pays for it (see the README's aligner table).
+Dividing by ``gamma - u`` also divides how far a defect rises above the normal maximum, so
+a class whose normal maps are noisy has its defects dimmed; where such a class has the
+clearest defects, pooled pixel AP pays for it (see the README's aligner table). Two options of
+this project, not the paper's, address that:
+
+* ``mean-max-excess`` (the default) is mean-max up to ``gamma`` and ``1 + (M - gamma) / S``
+  above it, with ``S`` one unit for every class (the mean max - mean of all normal training
+  maps). The normal range, where a threshold is set, is aligned as in the paper; the excess
+  of a defect over its class's normal maximum keeps the base's own scale. It was chosen over
+  ``mean-max`` on the validation sets (README, "Score aligners").
+* ``shift`` only subtracts ``u`` (``M - u``): it aligns where each class's normal scores sit
+  but not their spread.
+
+``mean-max`` is the paper's formula exactly.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ class CalibrationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     calibration: Calibration = Field(
-        "mean-max",
-        description="mean-max: (M - u) / (gamma - u), the paper's; shift: M - u (keeps each class's spread); "
-        "mean-max-excess: mean-max up to gamma, then 1 + (M - gamma) / (the mean spread of all training maps)",
+        "mean-max-excess",
+        description="mean-max-excess: (M - u) / (gamma - u) up to gamma, then 1 + (M - gamma) / (the mean "
+        "max - mean of all training maps); mean-max: (M - u) / (gamma - u) everywhere, the paper's; "
+        "shift: M - u (keeps each class's spread)",
     )
 
 

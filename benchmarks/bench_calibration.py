@@ -26,7 +26,8 @@ deviations), q (mean of the per-image 99.9 % quantiles). Calibrations of a map M
   (``calibration: mean-max-excess``)
 
 Image scores are the mean of the top ``--topk`` pixels (CADA's reducer), for every row.
-Prints, per calibration: pooled and mean image AUROC, pooled pixel AUROC, pooled pixel AP.
+Prints each class's statistics and how far its test defects rise above its gamma, then, per
+calibration: pooled and mean image AUROC, pooled pixel AUROC, pooled pixel AP.
 """
 
 from __future__ import annotations
@@ -106,9 +107,15 @@ def main() -> int:
     maps, labels, masks = torch.cat(maps), np.concatenate(labels), np.concatenate(masks)
     names = np.asarray(split.names)
 
-    print(f"{len(names)} test images; class statistics of the normal training maps:")
+    print(f"{len(names)} test images; class statistics of the normal training maps, and where each class's "
+          "test defect pixels sit (their share of all defect pixels; their median score minus gamma):")
+    defect = torch.from_numpy(masks > 0.5).reshape(maps.shape)
     for name, stats in table.items():
-        print(f"  {name:<16}" + "  ".join(f"{key} {value:.4g}" for key, value in stats.items()))
+        chosen = torch.from_numpy(names == name)
+        pixels = maps[chosen][defect[chosen]]
+        print(f"  {name:<16}" + "  ".join(f"{key} {value:.4g}" for key, value in stats.items())
+              + f"  defects: share {len(pixels) / max(int(defect.sum()), 1):.2f}, median - gamma "
+              + (f"{float(pixels.median()) - stats['gamma']:.3g}" if len(pixels) else "-"))
     print(f"{'calibration':<14}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
     for label, calibrate in CALIBRATIONS.items():
         calibrated = torch.empty_like(maps)

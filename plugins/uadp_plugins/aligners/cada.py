@@ -116,6 +116,6 @@ class CadaSigmaConfig(CadaConfig):
 @hookimpl
 def register_aligners(register):
     register("cada", Cada, config=CadaConfig,
-             help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are calibrated with them (mean-max, see aligner.calibration)")
+             help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are calibrated with them (see aligner.calibration)")
     register("cada-sigma", Cada, config=CadaSigmaConfig,
              help="CADA-sigma: regresses (mean, std) and uses max = mean + 3 std; more robust to anomalies in training")

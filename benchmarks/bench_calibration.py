@@ -64,7 +64,7 @@ def class_table(maps, names: list[str]) -> dict[str, dict[str, float]]:
     import numpy as np
 
     names = np.asarray(names)
-    spread = mean_spread(maps)
+    spread = mean_spread(image_statistics(maps))
     table = {}
     for name in sorted(set(names)):
         chosen = maps[names == name]

@@ -101,7 +101,7 @@ def test_mean_max_excess_stays_increasing_when_the_spread_is_clamped():
 def test_mean_spread_is_the_mean_of_each_maps_max_minus_mean():
     maps = torch.rand(6, 5, 7)
     flat = maps.flatten(1).numpy()
-    assert mean_spread(maps) == pytest.approx(float((flat.max(1) - flat.mean(1)).mean()), rel=1e-5)
+    assert mean_spread(image_statistics(maps)) == pytest.approx(float((flat.max(1) - flat.mean(1)).mean()), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- class-aware references
@@ -143,7 +143,7 @@ def test_class_stats_survive_a_state_dict_round_trip(calibration):
     maps, _, names, _ = _maps_and_embeddings(5, anomalous=False, seed=1)
     fitted = ClassStats(CalibrationConfig(calibration=calibration))
     fitted.fit(maps, None, names)
-    assert fitted.excess_unit == pytest.approx(mean_spread(maps))
+    assert fitted.excess_unit == pytest.approx(mean_spread(image_statistics(maps)))
     fresh = ClassStats(CalibrationConfig(calibration=calibration))
     fresh.load_state_dict(fitted.state_dict())
     assert fresh.classes == sorted(CLASSES) and fresh.excess_unit == fitted.excess_unit
@@ -228,8 +228,24 @@ def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data, calibratio
     fitted.fit(train_maps, train_embeddings, None)
     fresh = Cada(CadaConfig(iterations=20, calibration=calibration))
     fresh.load_state_dict(fitted.state_dict())
-    assert fresh.excess_unit == pytest.approx(mean_spread(train_maps))
+    assert fresh.excess_unit == pytest.approx(mean_spread(image_statistics(train_maps)))
     torch.testing.assert_close(fresh.align(maps, embeddings), fitted.align(maps, embeddings))
+
+
+def test_a_bundle_saved_before_mean_max_excess_keeps_the_mean_max_it_was_fitted_with(scaled_data):
+    """Such a bundle has no ``excess_unit``; if its config also predates the calibration option,
+    today's default names mean-max-excess, and loading must not silently switch calibration."""
+    (train_maps, train_embeddings, train_names, _), (maps, embeddings, names, _) = scaled_data
+    assert CalibrationConfig().calibration == "mean-max-excess"
+    for old, new, args in [
+        (Cada(CadaConfig(iterations=20, calibration="mean-max")), Cada(CadaConfig(iterations=20)), (maps, embeddings)),
+        (ClassStats(CalibrationConfig(calibration="mean-max")), ClassStats(CalibrationConfig()), (maps, None, names)),
+    ]:
+        old.fit(train_maps, train_embeddings, train_names)
+        state = old.state_dict()
+        state["_extra_state"] = {k: v for k, v in state["_extra_state"].items() if k != "excess_unit"}
+        new.load_state_dict(state)
+        torch.testing.assert_close(new.align(*args), old.align(*args))
 
 
 def test_cada_needs_an_embedding():

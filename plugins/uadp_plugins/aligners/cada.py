@@ -31,7 +31,7 @@ from pydantic import Field
 from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 
-from .mean_max import calibrate, image_statistics, mean_spread
+from .mean_max import calibrate, image_statistics, mean_spread, saved_calibration
 from .regressor import HeadConfig, StatsHead, fit_head
 
 
@@ -72,7 +72,10 @@ class Cada(Aligner):
         if state["channels"] is not None:
             self._build_head(state["channels"])
         self.min_spread = float(state.get("min_spread", 0.0))  # bundles saved before the option: eps only
-        self.excess_unit = float(state.get("excess_unit", 1.0))  # ... and calibrated by mean-max or shift
+        self.excess_unit = float(state.get("excess_unit", 1.0))  # ... and fitted with mean-max or shift
+        calibration = saved_calibration(self.config.calibration, state)
+        if calibration != self.config.calibration:
+            self.config = self.config.model_copy(update={"calibration": calibration})
 
     def fit(self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names: list[str] | None) -> None:
         if embeddings is None:
@@ -82,7 +85,7 @@ class Cada(Aligner):
         self.scale.fill_(float(stats["max"].mean().clamp(min=1e-12)))
         spread = stats["max"] - stats["mean"] if self.config.statistic == "max" else 3 * stats["std"]
         self.min_spread = float(spread.min())
-        self.excess_unit = mean_spread(maps)
+        self.excess_unit = mean_spread(stats)
         targets = torch.stack([stats["mean"], second], dim=1) / self.scale.to(maps.device)
         self._build_head(embeddings.shape[1]).to(embeddings.device)
         beta = self.config.smooth_l1

@@ -18,7 +18,7 @@ from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 from uadp.errors import UadpError
 
-from .mean_max import CalibrationConfig, calibrate, class_statistics, mean_spread
+from .mean_max import CalibrationConfig, calibrate, class_statistics, image_statistics, mean_spread, saved_calibration
 from .regressor import HeadConfig, StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
@@ -44,13 +44,14 @@ class _ClassTable(Aligner):
     def set_extra_state(self, state: dict) -> None:
         self.classes = list(state["classes"])
         self.table = state["table"].clone()
-        self.excess_unit = float(state.get("excess_unit", 1.0))  # bundles saved before the option
+        self.excess_unit = float(state.get("excess_unit", 1.0))  # bundles saved before the option ...
+        self.calibration = saved_calibration(self.calibration, state)  # ... were fitted with mean-max or shift
 
     def _fit_table(self, maps: torch.Tensor, class_names: list[str] | None) -> None:
         if class_names is None:
             raise ValueError(f"{type(self).__name__} needs the training images' class names")
         self.classes, self.table = class_statistics(maps.cpu(), class_names)
-        self.excess_unit = mean_spread(maps)
+        self.excess_unit = mean_spread(image_statistics(maps))
 
     def _normalise(self, maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         table = self.table.to(maps.device)

@@ -85,10 +85,21 @@ def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: flo
     return (maps - u.view(-1, 1, 1)) / spread.view(-1, 1, 1)
 
 
-def mean_spread(maps: torch.Tensor) -> float:
-    """The mean over maps [N,H,W] of each map's max - mean: one class-agnostic unit of score excess."""
-    stats = image_statistics(maps)
+def mean_spread(stats: dict[str, torch.Tensor]) -> float:
+    """The mean of each map's max - mean, from ``image_statistics``: one class-agnostic unit of score excess."""
     return float((stats["max"] - stats["mean"]).mean())
+
+
+def saved_calibration(calibration: Calibration, state: dict) -> Calibration:
+    """The calibration a saved aligner was fitted with, given its config and its extra state.
+
+    A bundle saved before ``mean-max-excess`` existed holds no ``excess_unit``; if it also
+    predates the calibration option, its config has no ``calibration`` and today's default
+    (``mean-max-excess``) fills the gap. Such a bundle was fitted and measured with ``mean-max``.
+    """
+    if calibration == "mean-max-excess" and "excess_unit" not in state:
+        return "mean-max"
+    return calibration
 
 
 def calibrate(

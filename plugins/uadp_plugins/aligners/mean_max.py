@@ -80,7 +80,10 @@ def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: flo
     spread = gamma - u
     clamped = int((spread < eps).sum())
     if clamped:
-        warnings.warn(f"mean-max normalisation: {clamped} of {len(spread)} images had gamma - u < {eps:.3g}; clamped", stacklevel=2)
+        warnings.warn(
+            f"score calibration: {clamped} of {len(spread)} images had gamma - u < {eps:.3g}; their spread was clamped to it",
+            stacklevel=2,
+        )
     spread = spread.clamp(min=eps)
     return (maps - u.view(-1, 1, 1)) / spread.view(-1, 1, 1)
 

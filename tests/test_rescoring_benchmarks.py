@@ -1,7 +1,8 @@
 """The re-scoring benchmarks reproduce the run they load.
 
-``bench_unias_levels.py``, ``bench_omnial_maps.py`` and ``bench_calibration.py`` score variants
-of a trained model's map without retraining, and the README quotes their rows beside those of
+``bench_unias_levels.py``, ``bench_omnial_maps.py``, ``bench_calibration.py`` and
+``bench_defect_types.py`` score a trained model's maps again without retraining (variants of
+the map, or subsets of the test images), and the README quotes their rows beside those of
 ``uadp run``. Each test here trains a small model, runs the benchmark on it as a user would,
 and checks that the row for the model's own setting is the run's own result: if the benchmark
 built its maps, its test split or its metrics differently, the rows would disagree.
@@ -76,11 +77,31 @@ def test_omnial_maps_row_of_the_models_smoothing_is_the_run(tiny_dataset: Path, 
     assert _row(lines, "none") != own
 
 
-def test_calibration_benchmarks_uncalibrated_row_is_the_runs_pooled_pixels(tiny_dataset: Path, runs_root: Path) -> None:
-    result = _train(tiny_dataset, runs_root)
+@pytest.fixture(scope="module")
+def uniad_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return _train(tiny_dataset, tmp_path_factory.mktemp("uniad") / "uadp-runs")
+
+
+def test_calibration_benchmarks_uncalibrated_row_is_the_runs_pooled_pixels(tiny_dataset: Path, uniad_run) -> None:
+    result = uniad_run
     lines = _bench("bench_calibration.py", "--model", result.bundle, "--data", tiny_dataset)
     none = _row(lines, "none")  # pooled I-AUROC, mean I-AUROC, pooled P-AUROC, pooled P-AP
     # the image score is the benchmark's own (top-1 % mean); the pixel metrics are the run's
     assert none[2:] == pytest.approx(_expected(result.report.pooled, ("pixel_auroc", "pixel_ap")), abs=1.5e-3)
     # a per-class calibration rescales each class's maps, so the pooled pixel ranking moves
     assert _row(lines, "mean-max")[2:] != none[2:]
+
+
+def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(tiny_dataset: Path, uniad_run) -> None:
+    """Each generated class has one defect type ("patch"), so its row is the whole class."""
+    lines = _bench("bench_defect_types.py", "--model", uniad_run.bundle, "--data", tiny_dataset)
+    for name, values in uniad_run.report.per_class.items():
+        at = lines.index(name)
+        label, *numbers = lines[at + 1].split()
+        assert label == "patch"
+        images, share, p_auroc, p_ap, i_auroc = map(float, numbers)
+        assert images == 6 and share == 1.0
+        assert [p_auroc, p_ap, i_auroc] == pytest.approx(
+            _expected(values, ("pixel_auroc", "pixel_ap", "image_auroc")), abs=1.5e-3)

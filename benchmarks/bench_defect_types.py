@@ -1,0 +1,74 @@
+"""Benchmark: which defect types a trained model outlines, per class, without retraining.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_defect_types.py --model <run>/model.pt \\
+        --data ../shared/data/realmix-dev --classes magnetic_tile
+
+A class's pixel AUROC pools every defect pixel of its test images, so a type with large
+masks decides it. For each defect type (the test sub-folder), this prints the type's share of
+the class's defect pixels, its pixel AUROC and pixel AP against all of the class's normal
+pixels (those of good images and those outside masks), and its images' I-AUROC against the
+class's good images. Works with any reconstructor's bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model bundle (model.pt) of any run")
+    parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is scored")
+    parser.add_argument("--classes", default="", help="comma-separated classes (default: all)")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from rescoring import load_test_split, split_batches
+    from uadp.metrics.curves import auroc, average_precision, binary_curve
+    from uadp.scoring import image_scores
+
+    split = load_test_split(args.model, args.data, None, parser.error)
+    detector = split.detector
+    maps, masks = [], []
+    with torch.no_grad():
+        for item in split_batches(split):
+            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
+            masks.append(item["mask"].numpy())
+    maps = torch.cat(maps)
+    scores = image_scores(maps, split.config.eval.image_score).numpy()
+    maps = maps.numpy()
+    masks = np.concatenate(masks).reshape(maps.shape) > 0.5
+    names = np.asarray(split.names)
+    types = np.asarray([Path(sample.path).parent.name for sample in split.loader.dataset.samples])
+    wanted = [c for c in args.classes.split(",") if c] or sorted(set(names))
+
+    print(f"{'class / type':<28}{'images':>7}{'px share':>10}{'P-AUROC':>9}{'P-AP':>8}{'I-AUROC':>9}")
+    for name in wanted:
+        in_class = names == name
+        if not in_class.any():
+            parser.error(f"class {name!r} has no test images under {args.data}")
+        normal_px = maps[in_class][~masks[in_class]]
+        good = in_class & (types == "good")
+        total = int(masks[in_class].sum())
+        print(name)
+        for kind in sorted(set(types[in_class]) - {"good"}):
+            chosen = in_class & (types == kind)
+            defect_px = maps[chosen][masks[chosen]]
+            pixels = binary_curve(np.concatenate([defect_px, normal_px]),
+                                  np.r_[np.ones(len(defect_px), bool), np.zeros(len(normal_px), bool)])
+            images = binary_curve(np.concatenate([scores[chosen], scores[good]]),
+                                  np.r_[np.ones(int(chosen.sum()), bool), np.zeros(int(good.sum()), bool)])
+            print(f"  {kind:<26}{int(chosen.sum()):>7}{len(defect_px) / max(total, 1):>10.2f}"
+                  f"{auroc(pixels):>9.3f}{average_precision(pixels):>8.3f}{auroc(images):>9.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -89,22 +89,15 @@ def main() -> int:
 
     import numpy as np
 
-    from rescoring import evaluate_maps, load_test_split, split_batches, train_maps
+    from rescoring import evaluate_maps, load_test_split, maps_of_test_split, train_maps
 
     split = load_test_split(args.model, args.data, None, parser.error)
     split.metrics = {name: split.metrics[name] for name in ("image_auroc", "pixel_auroc", "pixel_ap")}
     split.config = split.config.model_copy(deep=True)
     split.config.eval.image_score.name, split.config.eval.image_score.topk = "topk_mean", args.topk
-    detector = split.detector
 
     table = class_table(*train_maps(split))
-    maps, labels, masks = [], [], []
-    with torch.no_grad():
-        for item in split_batches(split):
-            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
-            labels.append(item["label"].numpy())
-            masks.append(item["mask"].numpy())
-    maps, labels, masks = torch.cat(maps), np.concatenate(labels), np.concatenate(masks)
+    maps, labels, masks = maps_of_test_split(split)
     names = np.asarray(split.names)
 
     print(f"{len(names)} test images; class statistics of the normal training maps, and where each class's "
@@ -116,14 +109,14 @@ def main() -> int:
         print(f"  {name:<16}" + "  ".join(f"{key} {value:.4g}" for key, value in stats.items())
               + f"  defects: share {len(pixels) / max(int(defect.sum()), 1):.2f}, median - gamma "
               + (f"{float(pixels.median()) - stats['gamma']:.3g}" if len(pixels) else "-"))
-    print(f"{'calibration':<14}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
+    print(f"{'calibration':<16}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
     for label, calibrate in CALIBRATIONS.items():
         calibrated = torch.empty_like(maps)
         for name, stats in table.items():
             chosen = torch.from_numpy(names == name)
             calibrated[chosen] = calibrate(maps[chosen], stats)
         result = evaluate_maps(split, calibrated, labels, masks)
-        print(f"{label:<14}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
+        print(f"{label:<16}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
               f"{result.pooled['pixel_auroc']:>16.3f}{result.pooled['pixel_ap']:>13.3f}", flush=True)
     return 0
 

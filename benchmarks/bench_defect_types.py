@@ -4,7 +4,7 @@
         --data ../shared/data/realmix-dev --classes magnetic_tile
 
 A class's pixel AUROC pools every defect pixel of its test images, so a type with large
-masks decides it. For each defect type (the test sub-folder), this prints the type's share of
+masks decides it. For each defect type (the test sub-folder, in the MVTec layout), this prints the type's share of
 the class's defect pixels, its pixel AUROC and pixel AP against all of the class's normal
 pixels (those of good images and those outside masks), and its images' I-AUROC against the
 class's good images. Works with any reconstructor's bundle.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -28,25 +27,17 @@ def main() -> int:
     args = parser.parse_args()
 
     import numpy as np
-    import torch
 
-    from rescoring import load_test_split, split_batches
+    from rescoring import load_test_split, maps_of_test_split
     from uadp.metrics.curves import auroc, average_precision, binary_curve
     from uadp.scoring import image_scores
 
     split = load_test_split(args.model, args.data, None, parser.error)
-    detector = split.detector
-    maps, masks = [], []
-    with torch.no_grad():
-        for item in split_batches(split):
-            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
-            masks.append(item["mask"].numpy())
-    maps = torch.cat(maps)
+    maps, _, masks = maps_of_test_split(split)
     scores = image_scores(maps, split.config.eval.image_score).numpy()
     maps = maps.numpy()
-    masks = np.concatenate(masks).reshape(maps.shape) > 0.5
-    names = np.asarray(split.names)
-    types = np.asarray([Path(sample.path).parent.name for sample in split.loader.dataset.samples])
+    masks = masks.reshape(maps.shape) > 0.5
+    names, types = np.asarray(split.names), np.asarray(split.defects)
     wanted = [c for c in args.classes.split(",") if c] or sorted(set(names))
 
     print(f"{'class / type':<28}{'images':>7}{'px share':>10}{'P-AUROC':>9}{'P-AP':>8}{'I-AUROC':>9}")

@@ -1,4 +1,5 @@
-"""Shared by the re-scoring benchmarks (bench_unias_levels.py, bench_omnial_maps.py).
+"""Shared by the re-scoring benchmarks (bench_unias_levels.py, bench_omnial_maps.py,
+bench_calibration.py, bench_defect_types.py).
 
 They load a trained model bundle, run it once over a root's test split, and score variants of
 its map without retraining; this module holds that common part.
@@ -17,6 +18,7 @@ class TestSplit:
     detector: Any
     config: Any
     names: list[str]  # class of every test image, in order
+    defects: list[str]  # defect type of every test image ("good" for normal ones), in order
     loader: Any
     metrics: dict[str, Any]
     train: list[Any]  # the root's normal training samples (see ``train_maps``)
@@ -46,7 +48,7 @@ def load_test_split(model_path: str, data: str, reconstructor: str | None, error
         registration = registry.get("metrics", name)
         metrics[name] = registration.factory(registration.config())
     loader = make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)
-    return TestSplit(detector, cfg, [s.class_name for s in test], loader, metrics, splits.train)
+    return TestSplit(detector, cfg, [s.class_name for s in test], [s.defect for s in test], loader, metrics, splits.train)
 
 
 def train_maps(split: TestSplit):
@@ -62,6 +64,21 @@ def train_maps(split: TestSplit):
         for item in batches(make_loader(train_set, split.config.eval.batch_size, split.config.data.workers)):
             maps.append(split.detector.raw(split.detector.batch_of(item["image"])).anomaly_map.cpu())
     return torch.cat(maps), [s.class_name for s in split.train]
+
+
+def maps_of_test_split(split: TestSplit):
+    """The base's maps [N,H,W] of the test split, with its image labels [N] and masks (numpy)."""
+    import numpy as np
+    import torch
+
+    detector = split.detector
+    maps, labels, masks = [], [], []
+    with torch.no_grad():
+        for item in split_batches(split):
+            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
+            labels.append(item["label"].numpy())
+            masks.append(item["mask"].numpy())
+    return torch.cat(maps), np.concatenate(labels), np.concatenate(masks)
 
 
 def split_batches(split: TestSplit) -> Iterator[dict]:

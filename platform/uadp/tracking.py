@@ -6,6 +6,10 @@ With no ``MLFLOW_TRACKING_URI`` a run goes to an embedded store in the working d
 
 A run is marked FINISHED only after everything was logged; an exception marks it FAILED and
 Ctrl-C marks it KILLED, so a half-done run never looks finished in the UI.
+
+Several runs may start at once on one embedded store (one per GPU, or a benchmark's runs side
+by side): MLflow creates the SQLite tables on first use and two processes doing that together
+crash, so opening the store and creating the experiment happen under a file lock beside it.
 """
 
 from __future__ import annotations
@@ -56,17 +60,29 @@ class Tracker:
         self.uri = tracking_uri(root)
         if self.uri.startswith("sqlite:///"):
             self.root.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with self._store_lock():
+            self.client = MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:///"):
+                self.client.search_experiments(max_results=1)  # creates the tables, once
         self.run_id: str | None = None
         self.experiment_id: str | None = None
 
+    def _store_lock(self) -> contextlib.AbstractContextManager:
+        """Excludes other processes while the embedded store is created or an experiment added."""
+        if not self.uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        from filelock import FileLock
+
+        return FileLock(str(self.root / "mlflow.db.lock"), timeout=300)
+
     def start(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = artifact_root(self.root) if self.uri.startswith("sqlite:///") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            self.experiment_id = found.experiment_id
+        with self._store_lock():
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                location = artifact_root(self.root) if self.uri.startswith("sqlite:///") else None
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                self.experiment_id = found.experiment_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id
         return self.run_id
@@ -74,7 +90,8 @@ class Tracker:
     def reopen(self, run_id: str) -> str:
         """Continue an existing run (``--resume``): it is RUNNING again until it ends."""
         try:
-            run = self.client.get_run(run_id)
+            with self._store_lock():
+                run = self.client.get_run(run_id)
         except Exception:
             raise UadpError(f"--resume: no MLflow run {run_id} in {self.uri}") from None
         self.run_id = run_id

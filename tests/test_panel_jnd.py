@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
+import torch
 from skimage.metrics import structural_similarity
 
 from uadp.cli import main
 from uadp.contract import Synthesizer
+from uadp.data.loader import check_batch, collate
+from uadp.errors import DataError
 from uadp_plugins.synthesizers.jnd import (
     background_luminance,
     contrast_masking,
@@ -192,6 +195,17 @@ def test_texture_source_and_clean_fraction():
     assert textured.targets["mask"].any()
     clean = PanelJND(PanelJNDConfig(clean_fraction=0.999))(image, np.random.default_rng(0))
     assert np.array_equal(clean.image, image) and not clean.targets["mask"].any()
+    # a batch mixing clean and corrupted samples stacks their targets
+    assert set(clean.targets) == set(textured.targets)
+    items = [{"image": torch.zeros(1), "targets": {k: torch.from_numpy(v) for k, v in s.targets.items()}} for s in (textured, clean)]
+    assert collate(items)["targets"]["panel"].shape == (2, 64, 64)
+
+
+def test_a_batch_with_mismatched_target_names_is_a_clear_error():
+    items = [{"image": torch.zeros(1), "targets": {"mask": torch.zeros(2)}},
+             {"image": torch.zeros(1), "targets": {"mask": torch.zeros(2), "panel": torch.zeros(2)}}]
+    with pytest.raises(DataError, match="same names"):
+        check_batch(collate(items))
 
 
 @pytest.mark.parametrize(

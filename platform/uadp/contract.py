@@ -148,7 +148,8 @@ class Synthesis:
     """A synthesizer's output for one image: the corrupted image and its named targets.
 
     ``image`` is float32 [H,W,3] in [0,1]; each target is a float32 array [H,W] or [H,W,C]
-    (``mask`` at least). The core adds the clean image as ``clean_image``.
+    (``mask`` at least), with the same names for every sample, clean or not, because a batch
+    stacks them. The core adds the clean image as ``clean_image``.
     """
 
     image: np.ndarray

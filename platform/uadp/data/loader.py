@@ -92,6 +92,12 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     for item in items:
         if "error" in item:
             return {"error": item["error"]}
+    names = {tuple(sorted(item["targets"])) for item in items if "targets" in item}
+    if len(names) > 1:
+        return {
+            "error": f"the synthesizer returned different target names within one batch: {sorted(names)}; "
+            "every sample must return the same names (the batch stacks them)"
+        }
     return torch.utils.data.default_collate(items)
 
 

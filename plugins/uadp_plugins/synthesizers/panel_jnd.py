@@ -215,7 +215,8 @@ class PanelJND:
         jnd = normalised_jnd(image)
         if rng.random() < cfg.clean_fraction:
             zeros = np.zeros(shape, np.float32)
-            return Synthesis(image=image.copy(), targets={"levels": zeros, "mask": zeros, "jnd": jnd})
+            # the same target names as a corrupted sample: a batch stacks them
+            return Synthesis(image=image.copy(), targets={"levels": zeros, "mask": zeros, "jnd": jnd, "panel": zeros})
         kind = cfg.panels[int(rng.integers(len(cfg.panels)))]
         top, bottom, left, right = panel_box(kind, shape, cfg.panel_size, cfg.panel_both_extents, rng)
         panel = np.zeros(shape, np.float32)

@@ -253,6 +253,7 @@ def test_mlflow_run_is_finished_in_dataset_experiment(e2e, tiny_dataset: Path) -
     run = client.get_run(e2e.run_id)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == tiny_dataset.name
+    assert int(run.data.tags["uadp.threads"]) >= 1
     assert [r.info.run_id for r in all_runs(e2e.runs)].count(e2e.run_id) == 1
 
 

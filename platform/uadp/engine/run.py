@@ -320,6 +320,8 @@ def run(
     with tracker.guard():
         tracker.log_params(flatten(cfg.to_dict()))
         tracker.set_tag("uadp.device", f"{job.device} {precision_name(job.dtype)}")
+        # a seed repeats a run exactly only with the same thread count (and CPU): recorded to match runs
+        tracker.set_tag("uadp.threads", str(torch.get_num_threads()))
         labels = components.aligner_class_labels
         if labels != "none":
             meaning = "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
-import torch
 from skimage.metrics import structural_similarity
+import torch
 
 from uadp.cli import main
 from uadp.contract import Synthesizer

@@ -105,3 +105,18 @@ def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(tiny_datase
         assert images == 6 and share == 1.0
         assert [p_auroc, p_ap, i_auroc] == pytest.approx(
             _expected(values, ("pixel_auroc", "pixel_ap", "image_auroc")), abs=1.5e-3)
+
+
+def test_bench_gt_floor_a_lower_floor_labels_fewer_changed_pixels_normal(tiny_dataset: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from bench_gt_floor import unlabelled_share
+
+    from uadp.data.splits import gather
+    from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
+
+    train = gather(MVTecFolder(MVTecConfig(root=str(tiny_dataset))), None).train
+    paths, classes = [s.path for s in train], [s.class_name for s in train]
+    high = unlabelled_share(paths, classes, 0.1, 64, 0.05)["all"]
+    low = unlabelled_share(paths, classes, 0.001, 64, 0.05)["all"]
+    assert 0 < high <= 1  # some visible changes lose less than 0.1 SSIM
+    assert low < high

@@ -58,18 +58,19 @@ class Tracker:
 
         self.root = Path(root)
         self.uri = tracking_uri(root)
-        if self.uri.startswith("sqlite:///"):
+        self.embedded = self.uri.startswith("sqlite:///")
+        if self.embedded:
             self.root.mkdir(parents=True, exist_ok=True)
         with self._store_lock():
             self.client = MlflowClient(tracking_uri=self.uri)
-            if self.uri.startswith("sqlite:///"):
+            if self.embedded:
                 self.client.search_experiments(max_results=1)  # creates the tables, once
         self.run_id: str | None = None
         self.experiment_id: str | None = None
 
     def _store_lock(self) -> contextlib.AbstractContextManager:
         """Excludes other processes while the embedded store is created or an experiment added."""
-        if not self.uri.startswith("sqlite:///"):
+        if not self.embedded:
             return contextlib.nullcontext()
         from filelock import FileLock
 
@@ -79,7 +80,7 @@ class Tracker:
         with self._store_lock():
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
-                location = artifact_root(self.root) if self.uri.startswith("sqlite:///") else None
+                location = artifact_root(self.root) if self.embedded else None
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 self.experiment_id = found.experiment_id
@@ -90,8 +91,7 @@ class Tracker:
     def reopen(self, run_id: str) -> str:
         """Continue an existing run (``--resume``): it is RUNNING again until it ends."""
         try:
-            with self._store_lock():
-                run = self.client.get_run(run_id)
+            run = self.client.get_run(run_id)
         except Exception:
             raise UadpError(f"--resume: no MLflow run {run_id} in {self.uri}") from None
         self.run_id = run_id

@@ -1,5 +1,6 @@
-"""Tests of the ``uadp`` command: inspection commands, a whole run tracked in MLflow, user
-errors (exit code 2, one clean line), interruption/resumption and determinism.
+"""Tests of the ``uadp`` command: inspection commands, a whole run tracked in MLflow,
+determinism and aligners on a finished run (bad input, faults and resumption are in
+test_reliability.py).
 
 Runs are in-process ``uadp.cli.main([...])`` calls with a tiny UniAD on the tiny dataset
 (128 px, 2-3 epochs, no worker processes): a few seconds each on a CPU.
@@ -7,16 +8,9 @@ Runs are in-process ``uadp.cli.main([...])`` calls with a tiny UniAD on the tiny
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
-import os
-import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,117 +18,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import uadp
+from helpers import all_runs, assert_one_error_line, call, call_captured, client_for, loss_history, quick_args
 from uadp.cli import main
 from uadp.config import ALL_METRICS, flatten
-from uadp.engine.trainer import Trainer
-from uadp.tracking import embedded_uri
 
 CLASSES = ["blobs", "checker", "dots", "stripes"]
 TIMING_KEYS = {"feature_s", "train_s", "train_s_per_epoch", "infer_images_per_s", "infer_s", "peak_rss_mb"}
-QUICK_SETS = (
-    "reconstructor.hidden_dim=64",
-    "reconstructor.num_encoder_layers=1",
-    "reconstructor.num_decoder_layers=1",
-    "reconstructor.num_heads=4",
-    "reconstructor.ffn_dim=128",
-    "reconstructor.neighbor_size=3",
-)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def quick_args(data: Path, runs_root: Path, *extra: object, epochs: int = 2) -> list[str]:
-    """``uadp run`` arguments for a run of a few seconds on the tiny dataset, on the CPU."""
-    args = [
-        "run", "--data", str(data), "--image-size", "128", "--epochs", str(epochs), "--workers", "0",
-        "--device", "cpu", "--set", f"tracking.root={runs_root}",
-    ]
-    for item in QUICK_SETS:
-        args += ["--set", item]
-    return args + [str(e) for e in extra]
-
-
-def call(argv: list[str]) -> int:
-    """``main(argv)``; a KeyboardInterrupt escaping it would stop pytest itself, so fail instead."""
-    try:
-        return main([str(a) for a in argv])
-    except KeyboardInterrupt:  # pragma: no cover - only when the CLI is broken
-        pytest.fail("KeyboardInterrupt escaped uadp.cli.main")
-
-
-def call_captured(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` with stdout/stderr captured (usable in module-scoped fixtures)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = call(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def client_for(runs_root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=embedded_uri(runs_root))
-
-
-def all_runs(runs_root: Path) -> list:
-    """Every MLflow run of the embedded store under ``runs_root`` (none if there is no store)."""
-    if not (runs_root / "mlflow.db").is_file():
-        return []
-    client = client_for(runs_root)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return list(client.search_runs(experiments)) if experiments else []
-
-
-def loss_history(runs_root: Path, run_id: str) -> list[tuple[int, float]]:
-    history = client_for(runs_root).get_metric_history(run_id, "train/loss")
-    return sorted((m.step, m.value) for m in history)
-
-
-def assert_one_error_line(err: str, *needles: object) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    line = lines[0]
-    assert line.startswith("uadp: error: "), line
-    assert "Traceback" not in err
-    for needle in needles:
-        assert str(needle) in line, (needle, line)
-    return line
-
-
-@pytest.fixture(autouse=True)
-def _restore_sigterm():
-    """``main`` installs a SIGTERM handler; give pytest its own back."""
-    previous = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-
-
-@pytest.fixture
-def data_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny dataset that a test may break."""
-    return Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
-
-
-@pytest.fixture(scope="module")
-def e2e(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """One quick run on the tiny dataset, shared by the tests that inspect its results."""
-    root = tmp_path_factory.mktemp("e2e")
-    runs = root / "uadp-runs"
-    out_json = root / "results" / "out.json"  # parent does not exist yet: the CLI creates it
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        code, stdout, stderr = call_captured(quick_args(tiny_dataset, runs, "--output-json", out_json))
-    signal.signal(signal.SIGTERM, previous)
-    assert code == 0, stderr
-    summary = json.loads(out_json.read_text())
-    return SimpleNamespace(
-        runs=runs, stdout=stdout, stderr=stderr, summary=summary, run_id=summary["mlflow_run_id"], out_json=out_json
-    )
-
 
 # --------------------------------------------------------------------------- inspection commands
 
@@ -363,225 +255,6 @@ def test_reconstructor_without_a_preset_keeps_the_defaults(capsys) -> None:
     assert yaml.safe_load(capsys.readouterr().out) == resolve(build_config(), get_registry()).to_dict()
 
 
-# --------------------------------------------------------------------------- user errors
-
-
-def _missing_folder(tmp_path: Path, data: Path):
-    return tmp_path / "no-such-folder", [], [tmp_path / "no-such-folder"]
-
-
-def _no_class_layout(tmp_path: Path, data: Path):
-    flat = tmp_path / "flat"
-    (flat / "images").mkdir(parents=True)
-    shutil.copy(data / "dots" / "train" / "good" / "000.png", flat / "images" / "000.png")
-    return flat, [], [flat, "MVTec"]
-
-
-def _no_training_images(tmp_path: Path, data: Path):
-    for path in (data / "stripes" / "train" / "good").iterdir():
-        path.unlink()
-    return data, [], ["'stripes'", "no training images"]
-
-
-def _anomaly_without_mask(tmp_path: Path, data: Path):
-    (data / "checker" / "ground_truth" / "patch" / "002_mask.png").unlink()
-    return data, [], [data / "checker" / "test" / "patch" / "002.png"]
-
-
-def _mask_of_other_size(tmp_path: Path, data: Path):
-    mask = data / "dots" / "ground_truth" / "patch" / "001_mask.png"
-    Image.new("L", (50, 40)).save(mask)
-    return data, [], [mask, "50×40", "96×96"]
-
-
-def _truncated_image(tmp_path: Path, data: Path):
-    path = data / "blobs" / "train" / "good" / "005.png"
-    content = path.read_bytes()
-    path.write_bytes(content[: len(content) // 2])
-    return data, [], [path]
-
-
-def _unknown_plugin(tmp_path: Path, data: Path):
-    return data, ["--reconstructor", "unad"], ["'unad'", "did you mean 'uniad'"]
-
-
-def _negative_lr(tmp_path: Path, data: Path):
-    return data, ["--set", "train.lr=-1"], ["train.lr", "-1"]
-
-
-def _non_integer_epochs(tmp_path: Path, data: Path):
-    return data, ["--set", "train.epochs=abc"], ["train.epochs", "abc"]
-
-
-def _unknown_key(tmp_path: Path, data: Path):
-    return data, ["--set", "train.lrr=0.1"], ["unknown config key train.lrr", "did you mean train.lr"]
-
-
-def _unknown_plugin_option(tmp_path: Path, data: Path):
-    return data, ["--set", "reconstructor.hidden=3"], ["reconstructor.hidden", "reconstructor.hidden_dim"]
-
-
-def _unknown_class(tmp_path: Path, data: Path):
-    return data, ["--classes", "dots,stirpes"], ["'stirpes'", "did you mean 'stripes'"]
-
-
-def _resume_unknown_run(tmp_path: Path, data: Path):
-    return data, ["--resume", "0123456789abcdef"], ["--resume 0123456789abcdef"]
-
-
-BAD_INPUTS = {
-    "missing-folder": _missing_folder,
-    "no-class-layout": _no_class_layout,
-    "no-training-images": _no_training_images,
-    "anomaly-without-mask": _anomaly_without_mask,
-    "unknown-plugin": _unknown_plugin,
-    "negative-lr": _negative_lr,
-    "non-integer-epochs": _non_integer_epochs,
-    "unknown-key": _unknown_key,
-    "unknown-plugin-option": _unknown_plugin_option,
-    "unknown-class": _unknown_class,
-    "resume-unknown-run": _resume_unknown_run,
-    "mask-of-other-size": _mask_of_other_size,  # mask sizes are read from file headers up front
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_error_line_and_no_run(case: str, data_copy: Path, tmp_path: Path, runs_root: Path, capsys) -> None:
-    data, extra, needles = BAD_INPUTS[case](tmp_path, data_copy)
-    assert call(quick_args(data, runs_root, *extra)) == 2
-    assert_one_error_line(capsys.readouterr().err, *needles)
-    assert all_runs(runs_root) == []  # rejected before an MLflow run was started
-
-
-LATE_BAD_INPUTS = {"truncated-image": _truncated_image}
-
-
-@pytest.mark.parametrize("case", list(LATE_BAD_INPUTS))
-def test_bad_file_found_during_the_run_marks_it_failed(case: str, data_copy: Path, tmp_path: Path, runs_root: Path, capsys) -> None:
-    """A file only decoded during the run fails it cleanly: exit 2, one line, run FAILED."""
-    data, extra, needles = LATE_BAD_INPUTS[case](tmp_path, data_copy)
-    assert call(quick_args(data, runs_root, *extra)) == 2
-    assert_one_error_line(capsys.readouterr().err, *needles)
-    runs = all_runs(runs_root)
-    assert [r.info.status for r in runs] == ["FAILED"]
-
-
-def test_resume_with_another_config_names_the_key(e2e, tiny_dataset: Path, runs_root: Path, capsys) -> None:
-    checkpoint = e2e.runs / "checkpoints" / e2e.run_id / "checkpoint.pt"
-    argv = quick_args(tiny_dataset, runs_root, "--set", "reconstructor.hidden_dim=32", "--resume", checkpoint)
-    assert call(argv) == 2
-    assert_one_error_line(capsys.readouterr().err, checkpoint, "reconstructor.hidden_dim", "64", "32")
-    assert all_runs(runs_root) == []
-    assert client_for(e2e.runs).get_run(e2e.run_id).info.status == "FINISHED"  # not reopened
-
-
-def test_resume_from_a_checkpoint_whose_weights_no_longer_fit_is_one_error_line(e2e, tiny_dataset: Path, runs_root: Path,
-                                                                                 tmp_path: Path, capsys) -> None:
-    state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "checkpoint.pt", map_location="cpu", weights_only=False)
-    key = next(iter(state["model"]))
-    state["model"]["old_" + key] = state["model"].pop(key)
-    state["mlflow_run_id"] = None  # a fresh run here, not e2e's reopened
-    stale = tmp_path / "checkpoint.pt"
-    torch.save(state, stale)
-    assert call(quick_args(tiny_dataset, runs_root, "--resume", stale)) == 2
-    assert_one_error_line(capsys.readouterr().err, stale, f"missing {key}", "retrain")
-    assert [run.info.status for run in all_runs(runs_root)] == ["FAILED"]  # not left looking finished
-
-
-def test_real_process_bad_data_path(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    proc = subprocess.run(
-        [sys.executable, "-m", "uadp.cli", "run", "--data", "/nonexistent"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert_one_error_line(proc.stderr, "/nonexistent")
-    assert not (tmp_path / "uadp-runs").exists()
-
-
-# --------------------------------------------------------------------------- interruption, failure, resumption
-
-
-@pytest.fixture(scope="module")
-def interrupted_then_resumed(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A 3-epoch run stopped by Ctrl-C in epoch 2 (state recorded), then resumed to the end."""
-    runs = tmp_path_factory.mktemp("interrupt") / "uadp-runs"
-    argv = quick_args(tiny_dataset, runs, epochs=3)
-    real = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def interrupted_in_second_epoch(self, batches, epoch, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, batches, epoch, *args, **kwargs)
-
-    facts = SimpleNamespace(runs=runs)
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setattr(Trainer, "train_epoch", interrupted_in_second_epoch)
-        facts.code, _, facts.err = call_captured(argv)
-        facts.runs_after_interrupt = [(r.info.run_id, r.info.status) for r in all_runs(runs)]
-        facts.run_id = facts.runs_after_interrupt[0][0] if facts.runs_after_interrupt else None
-        checkpoint = runs / "checkpoints" / str(facts.run_id) / "checkpoint.pt"
-        facts.checkpoint_exists = checkpoint.is_file()
-        facts.checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False) if checkpoint.is_file() else None
-        facts.partials = list(runs.rglob("*.partial"))
-        facts.losses_after_interrupt = loss_history(runs, facts.run_id) if facts.run_id else []
-
-        mp.setattr(Trainer, "train_epoch", real)
-        facts.resume_code, facts.resume_out, facts.resume_err = call_captured([*argv, "--resume", facts.run_id])
-        facts.runs_after_resume = [(r.info.run_id, r.info.status) for r in all_runs(runs)]
-        facts.losses_after_resume = loss_history(runs, facts.run_id)
-        facts.final_checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    signal.signal(signal.SIGTERM, previous)
-    return facts
-
-
-def test_ctrl_c_exits_130_and_marks_run_killed(interrupted_then_resumed) -> None:
-    facts = interrupted_then_resumed
-    assert facts.code == 130
-    assert "interrupted" in facts.err and "--resume" in facts.err and "Traceback" not in facts.err
-    assert facts.runs_after_interrupt == [(facts.run_id, "KILLED")]
-
-
-def test_ctrl_c_keeps_last_complete_checkpoint(interrupted_then_resumed) -> None:
-    facts = interrupted_then_resumed
-    assert facts.checkpoint_exists
-    assert facts.checkpoint["epoch"] == 1 and facts.checkpoint["mlflow_run_id"] == facts.run_id
-    assert facts.partials == []
-    assert [step for step, _ in facts.losses_after_interrupt] == [1]
-
-
-def test_resume_continues_the_same_run_to_finished(interrupted_then_resumed) -> None:
-    facts = interrupted_then_resumed
-    assert facts.resume_code == 0, facts.resume_err
-    assert "resuming after epoch 1" in facts.resume_out
-    assert facts.runs_after_resume == [(facts.run_id, "FINISHED")]
-    assert [step for step, _ in facts.losses_after_resume] == [1, 2, 3]
-    assert facts.losses_after_resume[0] == facts.losses_after_interrupt[0]
-    assert facts.final_checkpoint["epoch"] == 3
-    assert [h["epoch"] for h in facts.final_checkpoint["history"]] == [1, 2, 3]
-
-
-def test_resumed_run_matches_an_uninterrupted_run(interrupted_then_resumed, tiny_dataset: Path, runs_root: Path, capsys) -> None:
-    assert call(quick_args(tiny_dataset, runs_root, epochs=3)) == 0
-    (reference,) = all_runs(runs_root)
-    assert loss_history(runs_root, reference.info.run_id) == interrupted_then_resumed.losses_after_resume
-
-
-def test_exception_in_training_marks_run_failed_and_propagates(tiny_dataset: Path, runs_root: Path, monkeypatch, capsys) -> None:
-    def broken(self, batches, epoch, *args, **kwargs):
-        raise RuntimeError("simulated bug in training")
-
-    monkeypatch.setattr(Trainer, "train_epoch", broken)
-    with pytest.raises(RuntimeError, match="simulated bug in training"):
-        call(quick_args(tiny_dataset, runs_root))
-    assert [r.info.status for r in all_runs(runs_root)] == ["FAILED"]
-
-
 # --------------------------------------------------------------------------- determinism
 
 
@@ -609,12 +282,21 @@ def test_ui_starts_mlflow_on_the_embedded_store(tmp_path, monkeypatch):
     root.mkdir()
     (root / "mlflow.db").touch()
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+
+    class Server:
+        def __init__(self, command, **kwargs):
+            calls.append((command, kwargs))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Server)
     assert main(["ui", "--root", str(root), "--port", "5123"]) == 0
-    command = calls[0]
+    command, kwargs = calls[0]
     assert command[1:4] == ["-m", "mlflow", "ui"]
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{(root / 'mlflow.db').resolve()}"
     assert command[command.index("--port") + 1] == "5123"
+    assert kwargs == {"start_new_session": True}  # its own process group, stopped as a whole
 
 
 # --------------------------------------------------------------------------- aligners on a finished run

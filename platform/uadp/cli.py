@@ -1,7 +1,8 @@
 """The ``uadp`` command.
 
-A user error (bad path, config value, plugin name, image) prints one ``uadp: error: ...``
-line and exits with code 2; Ctrl-C exits with 130 after marking the MLflow run KILLED.
+A user error (bad path, config value, plugin name, image, unreachable tracking store) prints
+one ``uadp: error: ...`` line and exits with code 2. Ctrl-C exits with 130 and SIGTERM with
+143, after marking the MLflow run KILLED; the line printed then says what was kept.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import signal
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +56,10 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if flag("data") is not None:
         out["dataset"] = {"name": "mvtec", "root": args.data}
     if flag("classes") is not None:
-        put("data", "classes", [c.strip() for c in args.classes.split(",") if c.strip()])
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if not classes:
+            raise UadpError("--classes: no class name given; name classes separated by commas, or leave the flag out for every class")
+        put("data", "classes", classes)
     put("data", "image_size", flag("image_size"))
     put("data", "workers", flag("workers"))
     for section in ("backbone", "reconstructor"):
@@ -78,7 +84,7 @@ def _reconstructor_preset(args: argparse.Namespace, registry) -> str | None:
     The defaults (the CPU preset) are tuned for UniAD; another method's recipe differs (its
     backbone stages, widths, learning rate), so its plugin may name the preset to use instead.
     """
-    if args.reconstructor is None or args.from_run:
+    if args.reconstructor is None or args.from_run or args.resume:
         return None
     preset = registry.get("reconstructors", args.reconstructor).traits.get("preset")
     if preset:
@@ -86,28 +92,50 @@ def _reconstructor_preset(args: argparse.Namespace, registry) -> str | None:
     return preset
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .config import build_config, resolve
-    from .engine.run import run
-    from .report import format_table
+def _config_for_run(args: argparse.Namespace, registry):
+    """The run's config: defaults or a preset, then flags; on top of the recorded run's config
+    for ``--resume`` (it continues as recorded) and ``--from-run`` (the same model)."""
+    from .config import build_config
 
-    registry = _registry(args)
     preset = args.config or _reconstructor_preset(args, registry)
     config = build_config(preset, _flag_overrides(args), args.set)
     if args.from_run:
         from .engine.run import config_for_base_run
 
-        base = config_for_base_run(args.from_run, config.tracking.root)
+        base = config_for_base_run(args.from_run, config.tracking.root, args.trust_model_file)
         base["tracking"] = config.tracking.model_dump()  # where this run is recorded, not where the base was
         config = build_config(args.config, _flag_overrides(args), args.set, base=base)
+    elif args.resume:
+        from .engine.run import config_for_resume
+
+        base = config_for_resume(args.resume, config.tracking.root, args.trust_model_file)
+        base["tracking"]["root"] = config.tracking.root  # where the run's store is now
+        config = build_config(args.config, _flag_overrides(args), args.set, base=base)
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import resolve
+    from .engine.run import run
+    from .filesystem import check_writable_file, write_text_atomic
+    from .report import format_table
+
+    registry = _registry(args)
+    config = _config_for_run(args, registry)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(resolve(config, registry).to_dict(), sort_keys=False), end="")
         return 0
     if args.output_json:
-        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-    result = run(config, registry, resume=args.resume, log=lambda text: print(text, flush=True), from_run=args.from_run)
+        check_writable_file(Path(args.output_json), "--output-json", "choose another path")
+    try:
+        result = run(config, registry, resume=args.resume, log=lambda text: print(text, flush=True),
+                     from_run=args.from_run, trust_model_file=args.trust_model_file)
+    except KeyboardInterrupt as exc:
+        if not hasattr(exc, "aftermath"):
+            exc.aftermath = "the run had not started, nothing was recorded"
+        raise
     print()
     title = f"Results ({len(result.report.per_class)} classes, one model)"
     if result.base_report is not None:
@@ -129,10 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"MLflow run {result.run_id}: run `uadp ui` and open {result.ui_url}")
     if args.output_json:
-        path = Path(args.output_json)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(result.summary(), indent=2))
-        os.replace(tmp, path)
+        write_text_atomic(Path(args.output_json), json.dumps(result.summary(), indent=2))
     return 0
 
 
@@ -245,7 +270,40 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--host", args.host, "--port", str(args.port),
     ]
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    return subprocess.call(command)
+    # the server and its workers get a process group of their own, so that however uadp is
+    # stopped (Ctrl-C, SIGTERM from a service manager) it stops all of them and frees the port
+    server = subprocess.Popen(command, start_new_session=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt as exc:
+        _stop_process_group(server)
+        exc.aftermath = "the MLflow UI server is stopped"
+        raise
+
+
+def _stop_process_group(process, grace_s: float = 10.0) -> None:
+    """SIGTERM to the process's whole group, SIGKILL to what is left after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader: a zombie still counts as a member of its group
+            if not _group_alive(process.pid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -256,7 +314,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data.transforms import Normaliser, geometry
     from .engine.detector import load_bundle
 
-    detector = load_bundle(args.bundle, _registry(args), device=args.device)
+    detector = load_bundle(args.bundle, _registry(args), device=args.device, trust=args.trust_model_file)
+    if args.class_name is not None:
+        if detector.classes is not None and args.class_name not in detector.classes:
+            raise UadpError(f"--class-name {args.class_name}: the model was trained on {', '.join(detector.classes)}")
+        if detector.aligner_class_labels != "train+test":
+            print(f"note: --class-name does not change this model's scores (its aligner is "
+                  f"{detector.config.aligner.name if detector.aligner is not None else 'none'}, which is class-agnostic)",
+                  file=sys.stderr)
     size = detector.config.data.size_hw
     resize = geometry(size)
     normalise = Normaliser(*detector.normalisation)
@@ -279,6 +344,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+
+TRUST_HELP = ("also load a model file that holds Python objects besides tensors and plain data: unpickling "
+              "those runs code, so use it only for a file from someone you trust (e.g. an older uadp's bundle)")
 
 
 def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
@@ -303,10 +371,12 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value (repeatable)")
-    p.add_argument("--resume", metavar="RUN_ID|PATH", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_ID|PATH",
+                   help="continue an interrupted run from its last checkpoint, exactly as it was recorded (no other options needed)")
     p.add_argument("--from-run", metavar="RUN_ID|PATH",
                    help="skip training: take a finished run's model (its config, then your flags) and fit --aligner on it")
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
+    p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--plugins-dir", help="also load every *.py plugin file in this folder")
     p.set_defaults(handler=cmd_run)
@@ -350,6 +420,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.add_argument("--class-name", help="the images' class, for a model whose aligner is an oracle (class-stats)")
+    p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
     p.add_argument("--plugins-dir")
     p.set_defaults(handler=cmd_predict)
 
@@ -358,28 +429,40 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `timeout`, `kill`): handled as Ctrl-C is, exit code 143."""
+
+
 def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM
-    raise KeyboardInterrupt
+    raise Terminated
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``uadp: warning:`` line, without Python's file name and source line."""
+    print(f"uadp: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    try:
-        from .registry import get_registry
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            from .registry import get_registry
 
-        parser = build_parser(get_registry())
-        args = parser.parse_args(argv)
-        if not getattr(args, "handler", None):
-            parser.print_help()
-            return 2
-        return int(args.handler(args) or 0)
-    except UadpError as exc:
-        print(f"uadp: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("uadp: interrupted; the MLflow run is marked KILLED and the last epoch's checkpoint is kept "
-              "(continue with `uadp run --resume RUN_ID` and the same options)", file=sys.stderr)
-        return 130
+            parser = build_parser(get_registry())
+            args = parser.parse_args(argv)
+            if not getattr(args, "handler", None):
+                parser.print_help()
+                return 2
+            return int(args.handler(args) or 0)
+        except UadpError as exc:
+            print(f"uadp: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt as exc:
+            stopped = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+            aftermath = getattr(exc, "aftermath", None)
+            print(f"uadp: {stopped}" + (f"; {aftermath}" if aftermath else ""), file=sys.stderr)
+            return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ import copy
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,11 +40,18 @@ class ComponentSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+# Every test map is kept at the input size until evaluation: at 1024 px one map is 4 MiB, and a
+# thousand test images already hold 4 GiB; the backbones were trained on 224-300 px.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
+
+
 class DataConfig(_Section):
     """How samples become tensors (the same for every dataset plugin)."""
 
-    classes: list[str] | None = Field(None, description="subset of classes; default all")
-    image_size: int | tuple[int, int] = Field(224, description="model input and map size")
+    classes: list[str] | None = Field(None, description="subset of classes; default (null) all")
+    image_size: int | tuple[int, int] = Field(
+        224, description=f"model input and map size, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels"
+    )
     augment: list[Literal["hflip", "vflip", "rotate90", "color_jitter"]] = Field(
         default_factory=list, description="random training augmentations (disable the feature cache)"
     )
@@ -53,10 +61,17 @@ class DataConfig(_Section):
 
     @field_validator("image_size")
     @classmethod
-    def _positive(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+    def _within_bounds(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
         sizes = (value,) if isinstance(value, int) else value
-        if any(size < 32 for size in sizes):
-            raise ValueError("image size must be at least 32 pixels")
+        if any(size < MIN_IMAGE_SIZE or size > MAX_IMAGE_SIZE for size in sizes):
+            raise ValueError(f"image size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list of classes; leave the key out (null) for every class")
         return value
 
     @property
@@ -170,7 +185,11 @@ COMPONENT_SECTIONS = {
     "aligner": "aligners",
 }
 
-# Sections that do not change what the model computes: a checkpoint may be resumed across them.
+# Where and how fast a run executes, never what it computes or records: the only keys that
+# ``uadp run --resume`` may change (the folder it runs in, the device, decoding processes).
+RUNTIME_ONLY = ("tracking.root", "data.workers", "train.device", "train.cache_memory_gb")
+
+# Keys that do not change the model a run trains: ``--from-run`` and the config hash ignore them.
 NOT_MODEL_DEFINING = ("eval", "tracking", "data.workers", "train.epochs", "train.device", "train.cache_memory_gb")
 
 # Marks a plugin option that only changes how a trained model's output is post-processed (its
@@ -268,9 +287,10 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format_validation_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+    errors = exc.errors()
+    err = errors[0]
     if err["type"] == "extra_forbidden":
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
         hint = ""
         if model is not None:
             siblings = _field_names(model, [str(p) for p in err["loc"][:-1]])
@@ -279,9 +299,39 @@ def _format_validation_error(exc: ValidationError, prefix: str = "", model: type
             if siblings and not close:
                 hint = f"; known keys: {', '.join(sorted(siblings))}"
         return f"unknown config key {loc}{hint}"
+    # a value that may take several types fails once per type, each under a tag such as
+    # 'constrained-int': the user sees the key once, with every way it could have been right
+    key = _field_path(model, err["loc"])
+    messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
+                                  if _field_path(model, e["loc"]) == key))
+    loc = ".".join(str(p) for p in (prefix, *key) if p != "")
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{loc}: {err['msg']}{shown}"
+    return f"{loc}: {', or '.join(messages)}{shown}"
+
+
+def _field_path(model: type[BaseModel] | None, loc: tuple) -> tuple:
+    """The config keys (and list positions) of an error location, without pydantic's type tags."""
+    if model is None:
+        return tuple(loc)
+    path, current = [], model
+    for part in loc:
+        if isinstance(part, int):
+            path.append(part)
+        elif current is not None and part in current.model_fields:
+            path.append(part)
+            current = _model_of(current.model_fields[part].annotation)
+        elif current is not None:  # a key the model does not declare (an extra option)
+            path.append(part)
+            current = None
+    return tuple(path)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds (also inside ``X | None``), or None for a plain value."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return models[0] if len(models) == 1 else None
 
 
 def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:

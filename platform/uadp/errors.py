@@ -22,3 +22,7 @@ class DataError(UadpError):
 
 class UnknownComponentError(UadpError):
     """A component name that no loaded plugin registers."""
+
+
+class TrackingError(UadpError):
+    """The MLflow store cannot be reached or written."""

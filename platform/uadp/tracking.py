@@ -7,6 +7,11 @@ With no ``MLFLOW_TRACKING_URI`` a run goes to an embedded store in the working d
 A run is marked FINISHED only after everything was logged; an exception marks it FAILED and
 Ctrl-C marks it KILLED, so a half-done run never looks finished in the UI.
 
+The store is checked before a run does any work (:meth:`Tracker.check`): a folder that cannot
+be written, a read-only ``mlflow.db`` or a server that does not answer within a few seconds is
+one clear error, not a traceback after minutes of retries. A store that fails later, in the
+middle of a run (a server that went away), raises :class:`~uadp.errors.TrackingError`, one line.
+
 Several runs may start at once on one embedded store (one per GPU, or a benchmark's runs side
 by side): MLflow creates the SQLite tables on first use and two processes doing that together
 crash, so opening the store and creating the experiment happen under a file lock beside it.
@@ -19,17 +24,30 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import UadpError
+from .errors import TrackingError, UadpError
+from .filesystem import check_writable_file, check_writable_folder
 
 _QUIET = ("alembic", "mlflow", "mlflow.store", "mlflow.tracking", "urllib3")
+
+# How long the check before a run waits for a tracking server: long enough for a server on the
+# other side of a plant network, short enough that a wrong address is reported at once.
+CHECK_TIMEOUT_S = 5
+# During a run, a server that stops answering is retried this often (MLflow's defaults, 7 retries
+# with a growing back-off, add up to four minutes of silence). A variable the user set wins.
+RUN_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+T = TypeVar("T")
 
 
 def _quiet_loggers() -> None:
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key, value in RUN_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def embedded_uri(root: str | Path) -> str:
@@ -49,24 +67,107 @@ def metric_key(*parts: str) -> str:
     return "/".join(re.sub(r"[^A-Za-z0-9_.\- ]", "_", part) for part in parts)
 
 
+# --------------------------------------------------------------------------- checks before a run
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One short phrase for what went wrong in a (chained) tracking exception."""
+    texts = []
+    while exc is not None and len(texts) < 10:
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    joined = " ".join(texts)
+    for pattern in (r"\[Errno -?\d+\] [^'\")\]]+", r"(?:Read|Connect) timed out", r"readonly database",
+                    r"unable to open database file", r"disk I/O error", r"Name or service not known"):
+        found = re.search(pattern, joined)
+        if found:
+            return found.group(0).strip()
+    first = texts[-1].strip().splitlines()[0] if texts and texts[-1].strip() else type(exc).__name__
+    return first[:160]
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """A failure to reach or write the store (as opposed to a bug in what was sent to it)."""
+    import requests
+    from sqlalchemy.exc import OperationalError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (requests.RequestException, OperationalError, OSError)):
+            return True
+        if "API request to" in str(exc) and ("failed" in str(exc) or "Max retries" in str(exc)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class Tracker:
-    """One MLflow run, driven through ``MlflowClient`` (no global active-run state)."""
+    """One MLflow run, driven through ``MlflowClient`` (no global active-run state).
+
+    Constructing a tracker touches nothing; :meth:`check` tests the store without changing it,
+    and the first call that needs the store opens it (creating the embedded one).
+    """
 
     def __init__(self, root: str | Path) -> None:
         _quiet_loggers()
-        from mlflow.tracking import MlflowClient
-
         self.root = Path(root)
         self.uri = tracking_uri(root)
-        self.embedded = self.uri.startswith("sqlite:///")
-        if self.embedded:
-            self.root.mkdir(parents=True, exist_ok=True)
-        with self._store_lock():
-            self.client = MlflowClient(tracking_uri=self.uri)
-            if self.embedded:
-                self.client.search_experiments(max_results=1)  # creates the tables, once
+        self.embedded = self.uri == embedded_uri(root)
+        self._client = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.final_status: str | None = None  # what the run was marked when it ended, if that worked
+        self.end_error: str | None = None  # why marking the run's end failed, if it did
+
+    # ------------------------------------------------------------------ store
+
+    def check(self) -> None:
+        """Before any work: the run folder and store can be written, a server answers quickly."""
+        hint = "run uadp in a writable folder, or choose one with --set tracking.root=DIR"
+        check_writable_folder(self.root, "run folder", hint)
+        for sub in ("checkpoints", "artifacts"):
+            if (self.root / sub).exists():
+                check_writable_folder(self.root / sub, "run folder", hint)
+        if self.embedded:
+            check_writable_file(self.root / "mlflow.db", "MLflow store", hint)
+            return
+        try:
+            self._with_quick_requests(lambda: self.client.search_experiments(max_results=1))
+        except Exception as exc:
+            raise TrackingError(
+                f"MLflow tracking server {self.uri} (MLFLOW_TRACKING_URI) did not answer: {failure_reason(exc)}; "
+                "start it or fix the address, or unset MLFLOW_TRACKING_URI to record runs in ./uadp-runs"
+            ) from None
+
+    @staticmethod
+    def _with_quick_requests(call: Callable[[], T]) -> T:
+        """One attempt with a short timeout, instead of MLflow's minutes of retries."""
+        saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CHECK_TIMEOUT_S)
+        try:
+            return call()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    @property
+    def client(self):
+        """The MLflow client, opening the store on first use (the embedded one is created then)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self.embedded:
+                self.root.mkdir(parents=True, exist_ok=True)
+            with self._store_lock():
+                client = MlflowClient(tracking_uri=self.uri)
+                if self.embedded:
+                    self._call("opening the store", lambda: client.search_experiments(max_results=1))  # creates the tables
+            self._client = client
+        return self._client
 
     def _store_lock(self) -> contextlib.AbstractContextManager:
         """Excludes other processes while the embedded store is created or an experiment added."""
@@ -76,36 +177,58 @@ class Tracker:
 
         return FileLock(str(self.root / "mlflow.db.lock"), timeout=300)
 
+    def _call(self, doing: str, call: Callable[[], T]) -> T:
+        """``call()``, with a store that cannot be reached or written turned into one line."""
+        try:
+            return call()
+        except Exception as exc:
+            if isinstance(exc, UadpError) or not _is_store_failure(exc):
+                raise
+            raise TrackingError(f"MLflow tracking at {self.uri} failed while {doing}: {failure_reason(exc)}") from None
+
+    # ------------------------------------------------------------------ runs
+
     def start(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+        client = self.client
         with self._store_lock():
-            found = self.client.get_experiment_by_name(experiment)
+            found = self._call("looking up the experiment", lambda: client.get_experiment_by_name(experiment))
             if found is None:
                 location = artifact_root(self.root) if self.embedded else None
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self._call(
+                    "creating the experiment", lambda: client.create_experiment(experiment, artifact_location=location))
             else:
                 self.experiment_id = found.experiment_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        run = self._call("starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {}))
         self.run_id = run.info.run_id
         return self.run_id
 
+    def status_of(self, run_id: str, flag: str = "--resume") -> str:
+        """The status of an existing run (RUNNING, FINISHED, FAILED, KILLED); an error if there is none."""
+        if self.embedded and not (self.root / "mlflow.db").is_file():
+            raise UadpError(f"{flag} {run_id}: no MLflow store at {self.root / 'mlflow.db'}")
+        try:
+            run = self._call("reading the run", lambda: self.client.get_run(run_id))
+        except TrackingError:
+            raise
+        except Exception:
+            raise UadpError(f"{flag}: no MLflow run {run_id} in {self.uri}") from None
+        return run.info.status
+
     def reopen(self, run_id: str) -> str:
         """Continue an existing run (``--resume``): it is RUNNING again until it ends."""
-        try:
-            run = self.client.get_run(run_id)
-        except Exception:
-            raise UadpError(f"--resume: no MLflow run {run_id} in {self.uri}") from None
+        run = self._call("reading the run", lambda: self.client.get_run(run_id))
         self.run_id = run_id
         self.experiment_id = run.info.experiment_id
-        self.client.update_run(run_id, status="RUNNING")
+        self._call("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
         return run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = self.client.get_run(self.run_id).data.params
+        existing = self._call("reading the run", lambda: self.client.get_run(self.run_id)).data.params
         items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            self._call("logging parameters", lambda: self.client.log_batch(self.run_id, params=items[start : start + 100]))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import math
@@ -120,17 +243,25 @@ class Tracker:
             if value is not None and not math.isnan(float(value))
         ]
         for start in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+            self._call("logging metrics", lambda: self.client.log_batch(self.run_id, metrics=items[start : start + 500]))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(f"storing the artifact {Path(path).name}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self._call("setting a tag", lambda: self.client.set_tag(self.run_id, key, value))
 
-    def end(self, status: str) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+    def end(self, status: str) -> bool:
+        """Mark the run ended; False (with :attr:`end_error` set) when the store does not take it."""
+        if self.run_id is None:
+            return False
+        try:
+            self._call(f"marking the run {status}", lambda: self.client.set_terminated(self.run_id, status=status))
+        except Exception as exc:  # the run is ending anyway: report, do not mask the first error
+            self.end_error = failure_reason(exc)
+            return False
+        self.final_status = status
+        return True
 
     @contextlib.contextmanager
     def guard(self) -> Iterator["Tracker"]:
@@ -143,7 +274,8 @@ class Tracker:
         except BaseException:
             self.end("FAILED")
             raise
-        self.end("FINISHED")
+        if not self.end("FINISHED"):
+            raise TrackingError(f"MLflow tracking at {self.uri} failed while marking the run FINISHED: {self.end_error}")
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{self.run_id}"

@@ -7,6 +7,7 @@ photographed, not composited). A file that cannot be decoded raises :class:`Data
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,63 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The largest image file read: Pillow's own guard against decompression bombs (about 9459 px
+# square). Larger files stop with an error naming them, before any decoding.
+MAX_IMAGE_PIXELS = 89_478_485
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _opened(path: str | Path) -> Image.Image:
+    """The file opened (header read, pixels not yet decoded) and checked against the size bound."""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, with a message that says what to do
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: more than twice the largest image uadp reads ({MAX_IMAGE_PIXELS:,} pixels); "
+                        "downscale it first") from None
+    except _UNREADABLE as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise DataError(f"{path}: {width}×{height} pixels is larger than the largest image uadp reads "
+                        f"({MAX_IMAGE_PIXELS:,} pixels); downscale it first")
+    return image
 
 
 def _open(path: str | Path) -> Image.Image:
+    image = _opened(path)
     try:
-        image = Image.open(path)
         image.load()  # decode now, so a truncated file fails here and not later
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except _UNREADABLE as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     return image
+
+
+def check_decodable(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file whose pixel data is complete, checked quickly.
+
+    PNG: every chunk's checksum (truncation or damage anywhere; 1.5 ms for a 1024 px image
+    against 16 ms to decode it). JPEG: decoded at 1/8 scale, which reads every block. Other
+    formats: decoded.
+    """
+    image = _opened(path)
+    try:
+        size = image.size[1], image.size[0]
+        if image.format == "PNG":
+            image.verify()
+        else:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, size[1] // 8), max(1, size[0] // 8)))
+            image.load()
+    except _UNREADABLE as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    finally:
+        image.close()
+    return size
 
 
 def to_rgb_uint8(image: Image.Image) -> np.ndarray:
@@ -51,31 +98,23 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_rgb_uint8(_open(path))
 
 
-def read_mask(path: str | Path, expected_hw: tuple[int, int]) -> np.ndarray:
+def read_mask(path: str | Path, expected_hw: tuple[int, int], image_path: str | Path | None = None) -> np.ndarray:
     """bool [H,W]: any non-zero pixel is anomalous. Must match the image's size."""
-    image = _open(path)
-    if image.size[::-1] != tuple(expected_hw):
+    with _opened(path) as header:
+        size = header.size
+    if size[::-1] != tuple(expected_hw):
+        its_image = f"its image {image_path}" if image_path is not None else "its image"
         raise DataError(
-            f"{path}: mask is {image.size[0]}×{image.size[1]} but its image is "
+            f"{path}: mask is {size[0]}×{size[1]} but {its_image} is "
             f"{expected_hw[1]}×{expected_hw[0]} (width×height); expected the same size"
         )
+    image = _open(path)
     if image.mode in ("RGBA", "LA", "PA", "P"):
         image = image.convert("RGB")  # alpha is not a defect; palette indices are not colours
     array = np.asarray(image)
     if array.ndim == 3:
         array = array.max(axis=2)
     return array > 0
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
 def is_image_file(path: Path) -> bool:

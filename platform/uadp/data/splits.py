@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..contract import Dataset, Sample
 from ..errors import DataError
-from .images import image_size
+from .images import check_decodable, read_mask
 
 
 @dataclass
@@ -40,20 +40,43 @@ def gather(dataset: Dataset, classes: list[str] | None) -> Splits:
             raise DataError(f"class {name!r} of {dataset.name} has no training images")
         if not class_test:
             raise DataError(f"class {name!r} of {dataset.name} has no test images")
-        check_mask_sizes(class_test)
         train += class_train
         test += class_test
     return Splits(classes=chosen, train=train, test=test)
 
 
-def check_mask_sizes(samples: list[Sample]) -> None:
-    """Every mask has its image's size: checked from file headers, before any training."""
-    for sample in samples:
+@dataclass
+class FileCheck:
+    """What :func:`check_files` read: counts, and the defective images whose mask is empty."""
+
+    images: int
+    masks: int
+    empty_masks: list[Sample]
+
+    def note(self) -> str | None:
+        """A warning about empty masks (they add no defect pixel to the pixel metrics)."""
+        if not self.empty_masks:
+            return None
+        first = self.empty_masks[0]
+        more = f" and {len(self.empty_masks) - 1} more" if len(self.empty_masks) > 1 else ""
+        return (f"{len(self.empty_masks)} defective test image(s) have an all-black mask ({first.mask_path}{more}): "
+                "they count as defective for the image metrics but add no defect pixel to the pixel metrics")
+
+
+def check_files(splits: Splits) -> FileCheck:
+    """Every image of both splits decodes, every mask decodes and has its image's size.
+
+    Run before any training, so a damaged file costs seconds, not a training run (about 2 ms
+    per 1024 px PNG image: see :func:`~uadp.data.images.check_decodable`).
+    """
+    empty: list[Sample] = []
+    masks = 0
+    for sample in splits.train + splits.test:
+        image_hw = check_decodable(sample.path)
         if sample.mask_path is None:
             continue
-        image_hw, mask_hw = image_size(sample.path), image_size(sample.mask_path)
-        if image_hw != mask_hw:
-            raise DataError(
-                f"{sample.mask_path}: mask is {mask_hw[1]}×{mask_hw[0]} but its image {sample.path} is "
-                f"{image_hw[1]}×{image_hw[0]} (width×height); expected the same size"
-            )
+        mask = read_mask(sample.mask_path, image_hw, image_path=sample.path)
+        masks += 1
+        if sample.label == 1 and not mask.any():
+            empty.append(sample)
+    return FileCheck(len(splits.train) + len(splits.test), masks, empty)

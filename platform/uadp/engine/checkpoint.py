@@ -1,46 +1,123 @@
-"""Checkpoints: written atomically every epoch, resumable only into the same model config.
+"""Checkpoints and model files: written atomically, read without running any code.
 
 A checkpoint is written to a temporary file and renamed into place, so a crash or Ctrl-C in
 the middle of a write leaves the previous checkpoint intact, never a truncated one.
+
+Model files travel between people (a plant downloads a bundle from a colleague's MLflow
+server), and unpickling a file can run any code it names. Checkpoints and bundles therefore
+hold tensors and plain data only (dicts, lists, strings, numbers) and are read with
+``torch.load(weights_only=True)``, which refuses anything else before it runs. A file that
+needs more (one written by other software, or tampered with) loads only when the user says
+they trust it (``--trust-model-file``).
+
+A checkpoint carries the run's whole resolved config, so ``uadp run --resume RUN`` continues
+exactly the recorded run; only the keys in :data:`~uadp.config.RUNTIME_ONLY` (where and how
+fast it runs) may differ.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import RunConfig, model_fingerprint
+from ..config import RUNTIME_ONLY, RunConfig, flatten
 from ..errors import ConfigError, UadpError
 
 FORMAT = "uadp-checkpoint/1"
+TRUST_FLAG = "--trust-model-file"
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
-    """Load a checkpoint and check it was made with the same model-defining config."""
+def load_model_file(path: str | Path, what: str, trust: bool = False) -> Any:
+    """The content of a checkpoint or bundle; Python objects beyond plain data only with ``trust``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch's notes on a foreign file's pickle protocol: the error says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except FileNotFoundError:
+        raise UadpError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UadpError(f"{path}: is a folder, expected a {what} file") from None
+    except pickle.UnpicklingError as exc:
+        objects = None if trust else python_objects_in(path)
+        if objects:
+            raise UadpError(
+                f"{path}: holds Python objects ({', '.join(objects[:3])}{' …' if len(objects) > 3 else ''}) besides "
+                f"tensors and plain data, and loading those can run any code; it was not loaded. If you trust who made "
+                f"it, pass {TRUST_FLAG}"
+            ) from None
+        raise UadpError(f"{path}: not a readable {what} (damaged, or not a model file)") from None
+    except Exception as exc:  # any other failure means the file is not ours or is damaged
+        raise UadpError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+
+
+def python_objects_in(path: Path) -> list[str] | None:
+    """The Python names (``module.name``) a pickled file would import, beyond torch's own and
+    plain containers, read from its opcodes without unpickling; None if it is not a pickle."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(argument.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+            elif isinstance(argument, str):
+                strings.append(argument)
+    except Exception:  # not a pickle (or a damaged one): nothing to name
+        return None
+    plain = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode")
+    return list(dict.fromkeys(n for n in names if not n.startswith(plain))) or None
+
+
+def read_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
+    """A checkpoint's saved state, checked to be one."""
     if not path.is_file():
         raise UadpError(f"--resume: no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling failure means the file is not ours or is damaged
-        raise UadpError(f"--resume: {path} is not a readable uadp checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    state = load_model_file(path, "uadp checkpoint", trust)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("config"), dict):
         raise UadpError(f"--resume: {path} is not a uadp checkpoint")
-    ours = model_fingerprint(config)
-    theirs = state["fingerprint"]
-    differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-    if differing:
-        shown = ", ".join(f"{k} (checkpoint {theirs.get(k)!r}, now {ours.get(k)!r})" for k in differing[:3])
-        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
-        raise ConfigError(f"--resume: {path} was made with another config: {shown}{more}")
     return state
+
+
+def differing_keys(recorded: RunConfig, now: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(key, recorded value, value now) for every config key that defines the run and differs."""
+    theirs, ours = flatten(recorded.to_dict()), flatten(now.to_dict())
+    keys = sorted(k for k in theirs.keys() | ours.keys()
+                  if theirs.get(k) != ours.get(k) and not any(k == p or k.startswith(p + ".") for p in RUNTIME_ONLY))
+    return [(k, theirs.get(k), ours.get(k)) for k in keys]
+
+
+def check_same_run(path: Path, recorded: RunConfig, config: RunConfig) -> None:
+    """A resumed run continues exactly as recorded: a differing key is an error naming it."""
+    differing = differing_keys(recorded, config)
+    if differing:
+        shown = ", ".join(f"{k} (recorded {theirs!r}, now {ours!r})" for k, theirs, ours in differing[:3])
+        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+        raise ConfigError(
+            f"--resume: {path} continues the run as it was recorded, but options differ: {shown}{more}; "
+            "drop those options (--resume RUN alone continues it), or start a new run"
+        )

@@ -63,8 +63,10 @@ class Detector:
         device: torch.device,
         dtype: torch.dtype | None,
         aligner_class_labels: str = "none",
+        classes: list[str] | None = None,
     ) -> None:
         self.config = config
+        self.classes = classes  # the classes it was trained on (None: not recorded, older bundle)
         self.aligner_class_labels = aligner_class_labels
         self.device = device
         self.dtype = dtype
@@ -188,6 +190,7 @@ class Detector:
                 "format": BUNDLE_FORMAT,
                 "uadp_version": __version__,
                 "config": self.config.to_dict(),
+                "classes": self.classes,
                 "backbone": self.backbone.state_dict() if self.backbone is not None else None,
                 "reconstructor": self.reconstructor.state_dict(),
                 "aligner": self.aligner.state_dict() if self.aligner is not None else None,
@@ -196,15 +199,12 @@ class Detector:
         )
 
 
-def read_bundle(path: str | Path) -> dict[str, Any]:
-    """The saved state of a model bundle, checked to be one."""
+def read_bundle(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The saved state of a model bundle, checked to be one; read as plain data unless ``trust``."""
+    from .checkpoint import load_model_file
+
     path = Path(path)
-    try:
-        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise UadpError(f"{path}: model bundle not found") from None
-    except Exception as exc:
-        raise UadpError(f"{path}: not a readable uadp model bundle ({type(exc).__name__})") from None
+    state = load_model_file(path, "uadp model bundle", trust)
     if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
         raise UadpError(f"{path}: not a uadp model bundle")
     return state
@@ -233,9 +233,9 @@ def load_weights(module: torch.nn.Module, saved: dict[str, Any], part: str, path
                         f"{saved_by} with another version of the plugin: retrain the model") from None
 
 
-def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto") -> Detector:
-    """Rebuild the detector a run saved as ``model.pt``."""
-    state = read_bundle(path)
+def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto", trust: bool = False) -> Detector:
+    """Rebuild the detector a run saved as ``model.pt`` (``trust``: see :func:`read_bundle`)."""
+    state = read_bundle(path, trust)
     registry = registry or get_registry()
     config = validate(state["config"])
     backbone, reconstructor, _ = build_model(config, registry)
@@ -247,4 +247,5 @@ def load_bundle(path: str | Path, registry: Registry | None = None, device: str 
         load_weights(aligner, state["aligner"], f"aligner {config.aligner.name!r}", path, state)
     torch_device = resolve_device(device)
     return Detector(config, backbone, reconstructor, aligner, torch_device,
-                    resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration))
+                    resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration),
+                    classes=state.get("classes") or config.data.classes)

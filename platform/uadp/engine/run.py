@@ -28,18 +28,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import (RunConfig, fingerprint_hash, flatten, inference_only_fields, model_fingerprint, resolve, run_name,
-                      validate)
+from ..config import (RUNTIME_ONLY, RunConfig, TrackingConfig, fingerprint_hash, flatten, inference_only_fields,
+                      model_fingerprint, resolve, run_name, validate)
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
-from ..data.splits import Splits, gather
-from ..errors import UadpError
+from ..data.splits import Splits, check_files, gather
+from ..errors import TrackingError, UadpError
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
 from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import check_same_run, differing_keys, read_checkpoint, save_atomic
 from .synthesis_preview import spread_over_classes, synthesis_grid
 from .components import Components, build_components
 from .detector import Detector, load_weights, read_bundle
@@ -105,6 +105,13 @@ class Run:
         self.root = Path(self.config.tracking.root)
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once there is one
+        t0 = time.perf_counter()
+        checked = check_files(self.splits)  # a damaged file stops the run here, not after training
+        log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")
+        if checked.note():
+            self.notes.append(checked.note())
+            log(f"note: {checked.note()}")
 
     # ------------------------------------------------------------------ data
 
@@ -154,7 +161,7 @@ class Run:
             trainer.load_state_dict(resume["trainer"])
             torch.set_rng_state(resume["rng"])
             history = resume["history"]
-            start_epoch = resume["epoch"]
+            start_epoch = self.saved_epoch = resume["epoch"]
             self.log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
 
         cache = None
@@ -198,7 +205,6 @@ class Run:
             save_atomic(
                 {
                     "format": CHECKPOINT_FORMAT,
-                    "fingerprint": model_fingerprint(cfg),
                     "config": cfg.to_dict(),
                     "epoch": epoch + 1,
                     "model": detector.reconstructor.state_dict(),
@@ -209,6 +215,7 @@ class Run:
                 },
                 checkpoint_path,
             )
+            self.saved_epoch = epoch + 1
         trained = cfg.train.epochs - start_epoch
         self.timing["train_s"] = time.perf_counter() - t0
         self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
@@ -269,105 +276,196 @@ def run(
     resume: str | None = None,
     log: Log = print,
     from_run: str | None = None,
+    trust_model_file: bool = False,
 ) -> RunResult:
     """Do a whole run and return its result; see the module docstring for the stages.
 
+    ``resume`` (a run id or checkpoint path) continues an interrupted run; ``config`` must be the
+    recorded one (see :func:`config_for_resume`) except for :data:`~uadp.config.RUNTIME_ONLY` keys.
     ``from_run`` (a run id or a ``model.pt`` path) takes the trained model of an earlier run
     instead of training one: the run then fits its aligner and evaluates. ``config`` must
-    describe the same model (see :func:`config_for_base_run`).
+    describe the same model (see :func:`config_for_base_run`). ``trust_model_file`` lets either
+    file hold Python objects beyond plain data (unpickling those can run code).
     """
     if resume and from_run:
         raise UadpError("--resume and --from-run exclude each other: one continues training, the other skips it")
-    job = Run(config, registry, log)
-    cfg = job.config
-    root = job.root
-    resume_state = None
-    checkpoint_path = None
-    base_bundle = None
+    root = Path(config.tracking.root)
+    tracker = Tracker(root)
+    tracker.check()  # before any work: a store that cannot be written or reached is one line now
+    resume_state = checkpoint_path = base_bundle = None
     if resume:
         checkpoint_path = _checkpoint_for(resume, root)
-        resume_state = load_checkpoint(checkpoint_path, cfg)
+        resume_state = read_checkpoint(checkpoint_path, trust_model_file)
+        recorded = resolve(validate(resume_state["config"]), registry)
+        check_same_run(checkpoint_path, recorded, resolve(config, registry))
+        _check_resumable(tracker, resume_state, resume)
     if from_run:
         base_bundle = bundle_for(from_run, root)
-        _load_base_model(job, base_bundle)
+    job = Run(config, registry, log)
+    if base_bundle is not None:
+        _load_base_model(job, base_bundle, trust_model_file)
 
-    _seed_everything(cfg.train.seed)
-    components = job.components
-    detector = Detector(cfg, components.backbone, components.reconstructor, components.aligner, job.device, job.dtype,
-                        components.aligner_class_labels)
-
-    tracker = Tracker(root)
+    _seed_everything(job.config.train.seed)
     if resume_state is not None and resume_state.get("mlflow_run_id"):
+        run_lock = _lock_run(checkpoint_path.parent, resume)
         tracker.reopen(resume_state["mlflow_run_id"])
+        tracker.set_tag("uadp.resumed", _resumed_tag(resume_state, recorded, job.config))
     else:
-        tracker.start(
-            cfg.tracking.experiment or components.dataset.name,
-            cfg.tracking.run_name or run_name(cfg),
-            tags={
-                "uadp.reconstructor": cfg.reconstructor.name,
-                "uadp.backbone": cfg.backbone.name,
-                "uadp.aligner": cfg.aligner.name if cfg.aligner else "none",
-                "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
-                "uadp.classes": ",".join(job.splits.classes),
-                "uadp.config_hash": fingerprint_hash(cfg),
-                **({"uadp.base_bundle": str(base_bundle)} if base_bundle else {}),
-            },
-        )
-    checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
+        _start_run(tracker, job, base_bundle)
+        checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
+        run_lock = _lock_run(checkpoint_path.parent, tracker.run_id)
     log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
         f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, {torch.get_num_threads()} threads")
+    if base_bundle is None and job.config.train.epochs > 0:
+        log(f"if it stops, `{resume_command(tracker.run_id, checkpoint_path, root)}` continues it")
+    try:
+        with tracker.guard():
+            return _train_evaluate_log(job, tracker, resume_state, checkpoint_path, base_bundle)
+    except KeyboardInterrupt as exc:
+        exc.aftermath = _aftermath(job, tracker, checkpoint_path, base_bundle)  # what the CLI tells the user
+        raise
+    except TrackingError as exc:
+        raise TrackingError(f"{exc}; {_aftermath(job, tracker, checkpoint_path, base_bundle)}") from None
+    finally:
+        run_lock.release()
 
-    with tracker.guard():
-        tracker.log_params(flatten(cfg.to_dict()))
-        tracker.set_tag("uadp.device", f"{job.device} {precision_name(job.dtype)}")
-        # a seed repeats a run exactly only with the same thread count (and CPU): recorded to match runs
-        tracker.set_tag("uadp.threads", str(torch.get_num_threads()))
-        labels = components.aligner_class_labels
-        if labels != "none":
-            meaning = "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"
-            tracker.set_tag("uadp.aligner_class_labels", f"{labels} ({meaning}; not class-agnostic)")
-        if base_bundle is None:
-            history = job.train(detector, tracker, resume_state, checkpoint_path)
-        else:
-            history = []
-            job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
-            job.notes.append(f"model not trained here: loaded from {base_bundle}")
-        job.fit_aligner(detector)
-        predictions = job.predict_test(detector)
-        class_names = [s.class_name for s in job.splits.test]
-        report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, components.metrics)
-        base_report = None
-        if predictions.base_maps is not None:
-            base_report = evaluate(predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks,
-                                   class_names, components.metrics)
-        job.timing["peak_rss_mb"] = peak_rss_mb()
-        _log_report(tracker, report, job.timing, base_report)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            bundle = checkpoint_path.parent / "model.pt"
-            detector.save(bundle)
-            result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes,
-                               base_report)
-            (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
-            (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
-            write_class_csv(report, folder / "per_class.csv")
-            tables = [format_table(report)] if base_report is None else [
-                format_table(base_report, title="base (the reconstructor's own maps)"),
-                format_table(report, title=f"aligned ({cfg.aligner.name})"),
-            ]
-            (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
-            for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
-                tracker.log_artifact(folder / name)
-            if components.synthesizer is not None:  # what the model was trained on, to judge by eye
-                grid = synthesis_grid(spread_over_classes(job.splits.train, 8), components.synthesizer, cfg.data.size_hw,
-                                      seed=cfg.train.seed)
-                grid.save(folder / "synthesis.png")
-                tracker.log_artifact(folder / "synthesis.png")
-            if cfg.eval.overlays_per_class:
-                for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw, cfg.eval.overlays_per_class, folder / "overlays"):
-                    tracker.log_artifact(png, "overlays")
-            tracker.log_artifact(bundle, "model")
+
+def _start_run(tracker: Tracker, job: Run, base_bundle: Path | None) -> None:
+    cfg = job.config
+    tracker.start(
+        cfg.tracking.experiment or job.components.dataset.name,
+        cfg.tracking.run_name or run_name(cfg),
+        tags={
+            "uadp.reconstructor": cfg.reconstructor.name,
+            "uadp.backbone": cfg.backbone.name,
+            "uadp.aligner": cfg.aligner.name if cfg.aligner else "none",
+            "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
+            "uadp.classes": ",".join(job.splits.classes),
+            "uadp.config_hash": fingerprint_hash(cfg),
+            **({"uadp.base_bundle": str(base_bundle)} if base_bundle else {}),
+        },
+    )
+
+
+def _train_evaluate_log(job: Run, tracker: Tracker, resume_state: dict[str, Any] | None, checkpoint_path: Path,
+                        base_bundle: Path | None) -> RunResult:
+    """Stages 2-5 inside the guarded MLflow run."""
+    cfg, components = job.config, job.components
+    detector = Detector(cfg, components.backbone, components.reconstructor, components.aligner, job.device, job.dtype,
+                        components.aligner_class_labels, classes=job.splits.classes)
+    tracker.log_params(flatten(cfg.to_dict()))
+    tracker.set_tag("uadp.device", f"{job.device} {precision_name(job.dtype)}")
+    # a seed repeats a run exactly only with the same thread count (and CPU): recorded to match runs
+    tracker.set_tag("uadp.threads", str(torch.get_num_threads()))
+    labels = components.aligner_class_labels
+    if labels != "none":
+        meaning = "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"
+        tracker.set_tag("uadp.aligner_class_labels", f"{labels} ({meaning}; not class-agnostic)")
+    if base_bundle is None:
+        history = job.train(detector, tracker, resume_state, checkpoint_path)
+    else:
+        history = []
+        job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
+        job.notes.append(f"model not trained here: loaded from {base_bundle}")
+    job.fit_aligner(detector)
+    predictions = job.predict_test(detector)
+    class_names = [s.class_name for s in job.splits.test]
+    report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, components.metrics)
+    base_report = None
+    if predictions.base_maps is not None:
+        base_report = evaluate(predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks,
+                               class_names, components.metrics)
+    job.timing["peak_rss_mb"] = peak_rss_mb()
+    _log_report(tracker, report, job.timing, base_report)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        bundle = checkpoint_path.parent / "model.pt"
+        detector.save(bundle)
+        result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes,
+                           base_report)
+        (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
+        write_class_csv(report, folder / "per_class.csv")
+        tables = [format_table(report)] if base_report is None else [
+            format_table(base_report, title="base (the reconstructor's own maps)"),
+            format_table(report, title=f"aligned ({cfg.aligner.name})"),
+        ]
+        (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
+        for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
+            tracker.log_artifact(folder / name)
+        if components.synthesizer is not None:  # what the model was trained on, to judge by eye
+            grid = synthesis_grid(spread_over_classes(job.splits.train, 8), components.synthesizer, cfg.data.size_hw,
+                                  seed=cfg.train.seed)
+            grid.save(folder / "synthesis.png")
+            tracker.log_artifact(folder / "synthesis.png")
+        if cfg.eval.overlays_per_class:
+            for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw, cfg.eval.overlays_per_class, folder / "overlays"):
+                tracker.log_artifact(png, "overlays")
+        tracker.log_artifact(bundle, "model")
     return result
+
+
+def config_for_resume(resume: str, root: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The config an interrupted run recorded in its checkpoint: what ``--resume`` continues."""
+    return read_checkpoint(_checkpoint_for(resume, Path(root)), trust)["config"]
+
+
+def resume_command(run_id: str, checkpoint_path: Path, root: Path) -> str:
+    """The command that continues a run: its id (and store folder when not the default)."""
+    if checkpoint_path != root / "checkpoints" / run_id / "checkpoint.pt":
+        return f"uadp run --resume {checkpoint_path}"
+    where = "" if str(root) == TrackingConfig().root else f" --set tracking.root={root}"
+    return f"uadp run --resume {run_id}{where}"
+
+
+def _check_resumable(tracker: Tracker, state: dict[str, Any], resume: str) -> None:
+    """A finished run is complete: resuming it would only log its metrics a second time."""
+    run_id = state.get("mlflow_run_id")
+    if run_id and tracker.status_of(run_id) == "FINISHED":
+        raise UadpError(f"--resume {resume}: MLflow run {run_id} is FINISHED, there is nothing to continue; "
+                        f"`uadp run --from-run {run_id}` scores its model again (with another aligner or metrics)")
+
+
+def _lock_run(folder: Path, run: str):
+    """Held while a run works on its checkpoint folder, so that a second ``--resume`` of the same
+    run cannot write beside it; the system releases it when the process ends, even by kill -9."""
+    from filelock import FileLock, Timeout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / "run.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UadpError(f"--resume {run}: another uadp process is working on this run now; let it end, or stop it first") from None
+    return lock
+
+
+def _resumed_tag(state: dict[str, Any], recorded: RunConfig, config: RunConfig) -> str:
+    """``after epoch N`` and the runtime options that differ from the recorded ones."""
+    changed = [f"{key}={ours}" for key, _, ours in _runtime_changes(recorded, config)]
+    return f"after epoch {state['epoch']}" + (f" ({', '.join(changed)})" if changed else "")
+
+
+def _runtime_changes(recorded: RunConfig, config: RunConfig) -> list[tuple[str, Any, Any]]:
+    theirs, ours = flatten(recorded.to_dict()), flatten(config.to_dict())
+    return [(k, theirs.get(k), ours.get(k)) for k in sorted(ours)
+            if any(k == p or k.startswith(p + ".") for p in RUNTIME_ONLY) and theirs.get(k) != ours.get(k)]
+
+
+def _aftermath(job: Run, tracker: Tracker, checkpoint_path: Path, base_bundle: Path | None) -> str:
+    """What a stopped run left behind, stated only as far as it is true."""
+    if tracker.run_id is None:
+        said = "no MLflow run was started"
+    elif tracker.final_status is not None:
+        said = f"MLflow run {tracker.run_id} is marked {tracker.final_status}"
+    else:
+        said = f"MLflow run {tracker.run_id} could not be marked ended ({tracker.end_error}) and may still show RUNNING"
+    if base_bundle is not None:
+        return f"{said}; nothing was trained, so run the same command again"
+    if job.saved_epoch is not None and checkpoint_path.is_file():
+        command = resume_command(tracker.run_id, checkpoint_path, job.root)
+        return f"{said}; its checkpoint after epoch {job.saved_epoch}/{job.config.train.epochs} is kept: `{command}` continues it"
+    return f"{said}; no epoch had finished, so there is no checkpoint: start the run again"
 
 
 def _checkpoint_for(resume: str, root: Path) -> Path:
@@ -413,14 +511,14 @@ def bundle_for(run: str, root: Path) -> Path:
     raise UadpError(f"--from-run {run}: neither a model.pt file nor a finished run with a model under {root / 'checkpoints'}")
 
 
-def config_for_base_run(run: str, root: str | Path) -> dict[str, Any]:
+def config_for_base_run(run: str, root: str | Path, trust: bool = False) -> dict[str, Any]:
     """The resolved config an earlier run saved in its bundle: what ``--from-run`` starts from."""
-    return read_bundle(bundle_for(run, Path(root)))["config"]
+    return read_bundle(bundle_for(run, Path(root)), trust)["config"]
 
 
-def _load_base_model(job: Run, path: Path) -> None:
+def _load_base_model(job: Run, path: Path, trust: bool) -> None:
     """Put a finished run's trained backbone and reconstructor into this run's components."""
-    state = read_bundle(path)
+    state = read_bundle(path, trust)
     # resolved through today's plugin configs, so options added since the run take their defaults
     saved = resolve(validate(state["config"]), job.registry)
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)

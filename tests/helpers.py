@@ -1,0 +1,83 @@
+"""Helpers for tests that call the ``uadp`` command in-process: quick run arguments, captured
+calls, and reading back the MLflow runs they recorded."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from uadp.cli import main
+from uadp.tracking import embedded_uri
+
+QUICK_SETS = (
+    "reconstructor.hidden_dim=64",
+    "reconstructor.num_encoder_layers=1",
+    "reconstructor.num_decoder_layers=1",
+    "reconstructor.num_heads=4",
+    "reconstructor.ffn_dim=128",
+    "reconstructor.neighbor_size=3",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def quick_args(data: Path, runs_root: Path, *extra: object, epochs: int = 2) -> list[str]:
+    """``uadp run`` arguments for a run of a few seconds on the tiny dataset, on the CPU."""
+    args = [
+        "run", "--data", str(data), "--image-size", "128", "--epochs", str(epochs), "--workers", "0",
+        "--device", "cpu", "--set", f"tracking.root={runs_root}",
+    ]
+    for item in QUICK_SETS:
+        args += ["--set", item]
+    return args + [str(e) for e in extra]
+
+
+def call(argv: list[str]) -> int:
+    """``main(argv)``; a KeyboardInterrupt escaping it would stop pytest itself, so fail instead."""
+    try:
+        return main([str(a) for a in argv])
+    except KeyboardInterrupt:  # pragma: no cover - only when the CLI is broken
+        pytest.fail("KeyboardInterrupt escaped uadp.cli.main")
+
+
+def call_captured(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` with stdout/stderr captured (usable in module-scoped fixtures)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = call(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def client_for(runs_root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=embedded_uri(runs_root))
+
+
+def all_runs(runs_root: Path) -> list:
+    """Every MLflow run of the embedded store under ``runs_root`` (none if there is no store)."""
+    if not (runs_root / "mlflow.db").is_file():
+        return []
+    client = client_for(runs_root)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(experiments)) if experiments else []
+
+
+def loss_history(runs_root: Path, run_id: str) -> list[tuple[int, float]]:
+    history = client_for(runs_root).get_metric_history(run_id, "train/loss")
+    return sorted((m.step, m.value) for m in history)
+
+
+def assert_one_error_line(err: str, *needles: object) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("uadp: error: "), line
+    assert "Traceback" not in err
+    for needle in needles:
+        assert str(needle) in line, (needle, line)
+    return line
+

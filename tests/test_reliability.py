@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import requests
 import torch

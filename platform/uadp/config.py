@@ -407,10 +407,20 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a dotted key is one of ``prefixes`` or inside one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_differences(before: RunConfig, after: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value before, value after) of every flattened key that differs."""
+    old, new = flatten(before.to_dict()), flatten(after.to_dict())
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
 def model_fingerprint(config: RunConfig) -> dict[str, Any]:
-    """The flattened config minus what may change between a checkpoint and its resumption."""
-    flat = flatten(config.to_dict())
-    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NOT_MODEL_DEFINING)}
+    """The flattened config minus what does not change the trained model."""
+    return {k: v for k, v in flatten(config.to_dict()).items() if not under(k, NOT_MODEL_DEFINING)}
 
 
 def fingerprint_hash(config: RunConfig) -> str:

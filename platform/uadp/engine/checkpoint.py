@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..config import RUNTIME_ONLY, RunConfig, flatten
+from ..config import RUNTIME_ONLY, RunConfig, config_differences, under
 from ..errors import ConfigError, UadpError
 
 FORMAT = "uadp-checkpoint/1"
@@ -54,7 +54,7 @@ def load_model_file(path: str | Path, what: str, trust: bool = False) -> Any:
         raise UadpError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise UadpError(f"{path}: is a folder, expected a {what} file") from None
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         objects = None if trust else python_objects_in(path)
         if objects:
             raise UadpError(
@@ -103,17 +103,9 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
     return state
 
 
-def differing_keys(recorded: RunConfig, now: RunConfig) -> list[tuple[str, Any, Any]]:
-    """(key, recorded value, value now) for every config key that defines the run and differs."""
-    theirs, ours = flatten(recorded.to_dict()), flatten(now.to_dict())
-    keys = sorted(k for k in theirs.keys() | ours.keys()
-                  if theirs.get(k) != ours.get(k) and not any(k == p or k.startswith(p + ".") for p in RUNTIME_ONLY))
-    return [(k, theirs.get(k), ours.get(k)) for k in keys]
-
-
 def check_same_run(path: Path, recorded: RunConfig, config: RunConfig) -> None:
     """A resumed run continues exactly as recorded: a differing key is an error naming it."""
-    differing = differing_keys(recorded, config)
+    differing = [d for d in config_differences(recorded, config) if not under(d[0], RUNTIME_ONLY)]
     if differing:
         shown = ", ".join(f"{k} (recorded {theirs!r}, now {ours!r})" for k, theirs, ours in differing[:3])
         more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import (RUNTIME_ONLY, RunConfig, TrackingConfig, fingerprint_hash, flatten, inference_only_fields,
-                      model_fingerprint, resolve, run_name, validate)
+from ..config import (RUNTIME_ONLY, RunConfig, TrackingConfig, config_differences, fingerprint_hash, flatten,
+                      inference_only_fields, model_fingerprint, resolve, run_name, under, validate)
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
 from ..data.splits import Splits, check_files, gather
@@ -39,7 +39,7 @@ from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
 from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import check_same_run, differing_keys, read_checkpoint, save_atomic
+from .checkpoint import check_same_run, read_checkpoint, save_atomic
 from .synthesis_preview import spread_over_classes, synthesis_grid
 from .components import Components, build_components
 from .detector import Detector, load_weights, read_bundle
@@ -442,14 +442,8 @@ def _lock_run(folder: Path, run: str):
 
 def _resumed_tag(state: dict[str, Any], recorded: RunConfig, config: RunConfig) -> str:
     """``after epoch N`` and the runtime options that differ from the recorded ones."""
-    changed = [f"{key}={ours}" for key, _, ours in _runtime_changes(recorded, config)]
+    changed = [f"{key}={ours}" for key, _, ours in config_differences(recorded, config) if under(key, RUNTIME_ONLY)]
     return f"after epoch {state['epoch']}" + (f" ({', '.join(changed)})" if changed else "")
-
-
-def _runtime_changes(recorded: RunConfig, config: RunConfig) -> list[tuple[str, Any, Any]]:
-    theirs, ours = flatten(recorded.to_dict()), flatten(config.to_dict())
-    return [(k, theirs.get(k), ours.get(k)) for k in sorted(ours)
-            if any(k == p or k.startswith(p + ".") for p in RUNTIME_ONLY) and theirs.get(k) != ours.get(k)]
 
 
 def _aftermath(job: Run, tracker: Tracker, checkpoint_path: Path, base_bundle: Path | None) -> str:

@@ -306,20 +306,23 @@ def run(
         _load_base_model(job, base_bundle, trust_model_file)
 
     _seed_everything(job.config.train.seed)
-    if resume_state is not None and resume_state.get("mlflow_run_id"):
-        run_lock = _lock_run(checkpoint_path.parent, resume)
-        tracker.reopen(resume_state["mlflow_run_id"])
-        tracker.set_tag("uadp.resumed", _resumed_tag(resume_state, recorded, job.config))
-    else:
-        _start_run(tracker, job, base_bundle)
-        checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
-        run_lock = _lock_run(checkpoint_path.parent, tracker.run_id)
-    log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
-        f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, {torch.get_num_threads()} threads")
-    if base_bundle is None and job.config.train.epochs > 0:
-        log(f"if it stops, `{resume_command(tracker.run_id, checkpoint_path, root)}` continues it")
+    resuming = resume_state is not None and resume_state.get("mlflow_run_id")
+    # taken before the run is reopened: a second --resume of a run in progress must change nothing
+    run_lock = _lock_run(checkpoint_path.parent, resume) if resuming else None
     try:
         with tracker.guard():
+            if resuming:
+                tracker.reopen(resume_state["mlflow_run_id"])
+                tracker.set_tag("uadp.resumed", _resumed_tag(resume_state, recorded, job.config))
+            else:
+                _start_run(tracker, job, base_bundle)
+                checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
+                run_lock = _lock_run(checkpoint_path.parent, tracker.run_id)
+            log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
+                f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
+                f"{torch.get_num_threads()} threads")
+            if base_bundle is None and job.config.train.epochs > 0:
+                log(f"if it stops, `{resume_command(tracker.run_id, checkpoint_path, root)}` continues it")
             return _train_evaluate_log(job, tracker, resume_state, checkpoint_path, base_bundle)
     except KeyboardInterrupt as exc:
         exc.aftermath = _aftermath(job, tracker, checkpoint_path, base_bundle)  # what the CLI tells the user
@@ -327,7 +330,8 @@ def run(
     except TrackingError as exc:
         raise TrackingError(f"{exc}; {_aftermath(job, tracker, checkpoint_path, base_bundle)}") from None
     finally:
-        run_lock.release()
+        if run_lock is not None:
+            run_lock.release()
 
 
 def _start_run(tracker: Tracker, job: Run, base_bundle: Path | None) -> None:
@@ -446,7 +450,7 @@ def _resumed_tag(state: dict[str, Any], recorded: RunConfig, config: RunConfig) 
     return f"after epoch {state['epoch']}" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def _aftermath(job: Run, tracker: Tracker, checkpoint_path: Path, base_bundle: Path | None) -> str:
+def _aftermath(job: Run, tracker: Tracker, checkpoint_path: Path | None, base_bundle: Path | None) -> str:
     """What a stopped run left behind, stated only as far as it is true."""
     if tracker.run_id is None:
         said = "no MLflow run was started"

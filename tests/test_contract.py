@@ -43,7 +43,7 @@ from uadp.contract import (
     Synthesizer,
 )
 from uadp.data.loader import SampleDataset, batches, make_loader
-from uadp.data.splits import gather
+from uadp.data.splits import calibration_count, gather, hold_out_calibration
 from uadp.engine.components import build_dataset
 from uadp.engine.detector import Detector, SplitPredictions, load_bundle
 from uadp.engine.run import RunResult, run
@@ -310,9 +310,10 @@ def _run(config, registry: Registry) -> Completed:
     seen: list[tuple[Detector, SplitPredictions]] = []
     original = Detector.predict_split
 
-    def spy(self, *args, **kwargs):
-        predictions = original(self, *args, **kwargs)
-        seen.append((self, predictions))
+    def spy(self, *args, desc: str = "test", **kwargs):
+        predictions = original(self, *args, desc=desc, **kwargs)
+        if desc == "test":  # not the calibration images' pass
+            seen.append((self, predictions))
         return predictions
 
     with pytest.MonkeyPatch.context() as patch:
@@ -328,8 +329,10 @@ def _test_samples(config, registry: Registry):
 
 
 def _train_samples(config, registry: Registry):
+    """The images the model and the aligner train on: each class's, less those kept apart for thresholds."""
     dataset, _ = build_dataset(config, registry)
-    return gather(dataset, config.data.classes).train
+    splits = gather(dataset, config.data.classes)
+    return hold_out_calibration(splits, config.eval.calibration_fraction, config.train.seed).train
 
 
 def _predict(detector: Detector, samples) -> SplitPredictions:
@@ -352,9 +355,11 @@ def _assert_bundle_reproduces(completed: Completed, registry: Registry, every: i
     return reloaded
 
 
-def _train_count(data_root: Path, classes: list[str] | None = None) -> int:
+def _train_count(data_root: Path, classes: list[str] | None = None, calibration_fraction: float = 0.1) -> int:
+    """Training images under ``data_root``, less the calibration images each class keeps apart."""
     folders = [data_root / c for c in classes] if classes else [p for p in data_root.iterdir() if p.is_dir()]
-    return sum(len(list((folder / "train" / "good").glob("*.png"))) for folder in folders)
+    counts = [len(list((folder / "train" / "good").glob("*.png"))) for folder in folders]
+    return sum(n - calibration_count(n, calibration_fraction) for n in counts)
 
 
 # --------------------------------------------------------------------------- 1. UniAD
@@ -380,7 +385,7 @@ def test_uniad_saves_a_bundle_and_uses_the_feature_cache(uniad: Completed, runs_
     assert result.bundle.is_file() and result.bundle.name == "model.pt"
     assert runs_dir in result.bundle.parents
     assert result.timing["feature_s"] > 0
-    assert not result.notes
+    assert not [note for note in result.notes if "feature cache" in note]
     assert [h["epoch"] for h in result.history] == [1, 2]
 
 
@@ -580,7 +585,8 @@ def test_class_agnostic_aligner_gets_no_class_names(cada: Completed, runs_dir):
 
 def test_aligner_is_applied_to_every_test_map(cada: Completed):
     aligner = cada.detector.aligner
-    assert aligner.aligned == len(cada.predictions.scores)
+    calibration = sum(cada.result.thresholds.calibration_images.values())  # aligned too, to set the thresholds
+    assert aligner.aligned == len(cada.predictions.scores) + calibration
     assert not torch.all(aligner.mean == 0) and not torch.all(aligner.std == 1)
 
 

@@ -75,6 +75,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("train", "device", flag("device"))
     put("train", "precision", flag("precision"))
     put("train", "seed", flag("seed"))
+    put("eval", "normal_dir", flag("normal_dir"))
     return out
 
 
@@ -119,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .engine.run import run
     from .filesystem import check_writable_file, write_text_atomic
     from .report import format_table
+    from .thresholds import format_threshold_table
 
     registry = _registry(args)
     config = _config_for_run(args, registry)
@@ -143,6 +145,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print()
         title = f"{title}, aligned by {result.config.aligner.name}"
     print(format_table(result.report, title=title))
+    if result.thresholds is not None:
+        print()
+        print(format_threshold_table(result.threshold_report, result.thresholds))
     timing = result.timing
     print(
         f"\ntiming: features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
@@ -368,6 +373,9 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int)
+    p.add_argument("--normal-dir", metavar="DIR",
+                   help="normal images (DIR/<class>/.../*.png) to set the OK / not-OK thresholds on, instead of "
+                        "keeping a share of the training images apart")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value (repeatable)")
     p.add_argument("--resume", metavar="RUN_ID|PATH",
                    help="continue an interrupted run from its last checkpoint, exactly as it was recorded (no other options needed)")

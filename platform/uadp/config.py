@@ -129,6 +129,23 @@ ALL_METRICS = [
 
 class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
+    calibration_fraction: float = Field(
+        0.1, ge=0, lt=1,
+        description="share of each class's normal training images kept apart (seeded; at least 3 of a class of 10 "
+        "or more) to set the OK / not-OK thresholds; the model never sees them. 0: none",
+    )
+    normal_dir: str | None = Field(
+        None, description="a folder of normal images (<class>/.../*.png) to set the thresholds on instead; "
+        "then no training image is kept apart",
+    )
+    false_alarm_rate: float = Field(0.01, gt=0, lt=1, description="share of normal parts the image threshold may flag")
+    pixel_false_alarm_rate: float = Field(
+        0.001, gt=0, lt=1, description="share of a normal part's pixels the predicted defect mask may mark"
+    )
+    threshold_scope: Literal["all", "per-class"] = Field(
+        "all", description="all: one threshold for every class (a line with one threshold); per-class: the "
+        "image's class's own (the station knows its product)",
+    )
     image_score: ImageScoreConfig = Field(default_factory=ImageScoreConfig)
     metrics: list[str] = Field(default_factory=lambda: list(ALL_METRICS))
     overlays_per_class: int = Field(4, ge=0, description="test images per class in the overlay PNG")
@@ -190,7 +207,9 @@ COMPONENT_SECTIONS = {
 RUNTIME_ONLY = ("tracking.root", "data.workers", "train.device", "train.cache_memory_gb")
 
 # Keys that do not change the model a run trains: ``--from-run`` and the config hash ignore them.
-NOT_MODEL_DEFINING = ("eval", "tracking", "data.workers", "train.epochs", "train.device", "train.cache_memory_gb")
+NOT_MODEL_DEFINING = ("eval.batch_size", "eval.image_score", "eval.metrics", "eval.overlays_per_class",
+                      "eval.false_alarm_rate", "eval.pixel_false_alarm_rate", "eval.threshold_scope", "tracking",
+                      "data.workers", "train.epochs", "train.device", "train.cache_memory_gb")
 
 # Marks a plugin option that only changes how a trained model's output is post-processed (its
 # map smoothing, the levels it combines), never its training: `uadp run --from-run RUN --set
@@ -405,6 +424,20 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def recorded_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by a run (checkpoint or bundle), read as that run meant it.
+
+    Runs from before calibration images were kept apart trained on every normal image: for
+    them ``eval.calibration_fraction`` is 0, not today's default, or thresholds would be set on
+    images the model saw.
+    """
+    data = copy.deepcopy(data)
+    evaluation = data.setdefault("eval", {})
+    if isinstance(evaluation, dict) and "calibration_fraction" not in evaluation:
+        evaluation["calibration_fraction"] = 0.0
+    return data
 
 
 def under(key: str, prefixes: tuple[str, ...]) -> bool:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
 
 from ..contract import Dataset, Sample
 from ..errors import DataError
-from .images import check_decodable, read_mask
+from .images import check_decodable, is_image_file, read_mask
 
 
 @dataclass
@@ -17,6 +21,7 @@ class Splits:
     classes: list[str]
     train: list[Sample]
     test: list[Sample]
+    calibration: list[Sample] = field(default_factory=list)  # normal images that set the thresholds
 
 
 def gather(dataset: Dataset, classes: list[str] | None) -> Splits:
@@ -45,6 +50,52 @@ def gather(dataset: Dataset, classes: list[str] | None) -> Splits:
     return Splits(classes=chosen, train=train, test=test)
 
 
+def calibration_count(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` training images are kept apart: ``fraction`` of them, at
+    least 3 when the class has 10 or more, and never the last one."""
+    if fraction <= 0 or n < 2:
+        return 0
+    count = round(fraction * n)
+    if n >= 10:
+        count = max(count, 3)
+    return min(count, n - 1)
+
+
+def hold_out_calibration(splits: Splits, fraction: float, seed: int) -> Splits:
+    """Move a seeded share of each class's training images to ``calibration``.
+
+    The draw depends on the seed and the class name only, so a resumed run, a ``--from-run``
+    and a rerun keep the same images apart.
+    """
+    train, calibration = [], []
+    for name in splits.classes:
+        samples = [s for s in splits.train if s.class_name == name]
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        kept = set(rng.permutation(len(samples))[: calibration_count(len(samples), fraction)].tolist())
+        calibration += [s for i, s in enumerate(samples) if i in kept]
+        train += [s for i, s in enumerate(samples) if i not in kept]
+    return replace(splits, train=train, calibration=calibration)
+
+
+def normal_folder(folder: str | Path, classes: list[str]) -> list[Sample]:
+    """Normal images for the thresholds, for each of ``classes``: the images in folders named
+    ``good`` under ``folder/<class>/`` (the MVTec layout), or, without such folders, every
+    image under it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--normal-dir {folder}: not a folder")
+    samples = []
+    for name in classes:
+        images = [p for p in (folder / name).rglob("*") if is_image_file(p) and "ground_truth" not in p.parts]
+        good = [p for p in images if p.parent.name == "good"]
+        found = sorted(good or images)
+        if not found:
+            raise DataError(f"--normal-dir {folder}: no images under {folder / name} (expected {folder}/<class>/.../*.png "
+                            f"for every class of the run: {', '.join(classes)})")
+        samples += [Sample(path=str(p), class_name=name, label=0) for p in found]
+    return samples
+
+
 @dataclass
 class FileCheck:
     """What :func:`check_files` read: counts, and the defective images whose mask is empty."""
@@ -71,7 +122,7 @@ def check_files(splits: Splits) -> FileCheck:
     """
     empty: list[Sample] = []
     masks = 0
-    for sample in splits.train + splits.test:
+    for sample in splits.train + splits.calibration + splits.test:
         image_hw = check_decodable(sample.path)
         if sample.mask_path is None:
             continue
@@ -79,4 +130,4 @@ def check_files(splits: Splits) -> FileCheck:
         masks += 1
         if sample.label == 1 and not mask.any():
             empty.append(sample)
-    return FileCheck(len(splits.train) + len(splits.test), masks, empty)
+    return FileCheck(len(splits.train) + len(splits.calibration) + len(splits.test), masks, empty)

@@ -19,11 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import RunConfig, validate
+from ..config import RunConfig, recorded_config, validate
 from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
 from ..errors import ConfigError, UadpError
 from ..registry import Registry, get_registry
 from ..scoring import image_scores
+from ..thresholds import Thresholds
 from .components import aligner_class_labels, build_aligner, build_model, input_normalisation
 from .device import autocast, resolve_device, resolve_precision
 from .features import FeatureExtractor
@@ -67,6 +68,7 @@ class Detector:
     ) -> None:
         self.config = config
         self.classes = classes  # the classes it was trained on (None: not recorded, older bundle)
+        self.thresholds: Thresholds | None = None  # OK / not-OK thresholds, once a run set them
         self.aligner_class_labels = aligner_class_labels
         self.device = device
         self.dtype = dtype
@@ -191,6 +193,7 @@ class Detector:
                 "uadp_version": __version__,
                 "config": self.config.to_dict(),
                 "classes": self.classes,
+                "thresholds": self.thresholds.to_dict() if self.thresholds is not None else None,
                 "backbone": self.backbone.state_dict() if self.backbone is not None else None,
                 "reconstructor": self.reconstructor.state_dict(),
                 "aligner": self.aligner.state_dict() if self.aligner is not None else None,
@@ -237,7 +240,7 @@ def load_bundle(path: str | Path, registry: Registry | None = None, device: str 
     """Rebuild the detector a run saved as ``model.pt`` (``trust``: see :func:`read_bundle`)."""
     state = read_bundle(path, trust)
     registry = registry or get_registry()
-    config = validate(state["config"])
+    config = validate(recorded_config(state["config"]))
     backbone, reconstructor, _ = build_model(config, registry)
     if backbone is not None and state["backbone"] is not None:
         load_weights(backbone, state["backbone"], f"backbone {config.backbone.name!r}", path, state)
@@ -246,6 +249,9 @@ def load_bundle(path: str | Path, registry: Registry | None = None, device: str 
     if aligner is not None and state["aligner"] is not None:
         load_weights(aligner, state["aligner"], f"aligner {config.aligner.name!r}", path, state)
     torch_device = resolve_device(device)
-    return Detector(config, backbone, reconstructor, aligner, torch_device,
-                    resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration),
-                    classes=state.get("classes") or config.data.classes)
+    detector = Detector(config, backbone, reconstructor, aligner, torch_device,
+                        resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration),
+                        classes=state.get("classes") or config.data.classes)
+    if state.get("thresholds"):
+        detector.thresholds = Thresholds.from_dict(state["thresholds"])
+    return detector

@@ -16,11 +16,12 @@ Stages, in order (DESIGN §2):
 
 from __future__ import annotations
 
+import csv
 import json
 import resource
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,14 +30,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import (RUNTIME_ONLY, RunConfig, TrackingConfig, config_differences, fingerprint_hash, flatten,
-                      inference_only_fields, model_fingerprint, resolve, run_name, under, validate)
+                      inference_only_fields, model_fingerprint, recorded_config, resolve, run_name, under, validate)
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
-from ..data.splits import Splits, check_files, gather
+from ..data.splits import Splits, check_files, gather, hold_out_calibration, normal_folder
 from ..errors import TrackingError, UadpError
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
+from ..thresholds import Thresholds, calibrate, threshold_report
 from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
@@ -61,17 +63,22 @@ class RunResult:
     ui_url: str = ""
     notes: list[str] = field(default_factory=list)
     base_report: MetricReport | None = None  # the reconstructor's own maps, when an aligner ran
+    thresholds: Thresholds | None = None  # set on the calibration images, when there were some
+    threshold_report: dict | None = None  # how they do on the test split (see uadp.thresholds)
 
     def summary(self) -> dict[str, Any]:
         """The ``--output-json`` document (metric values as fractions in [0, 1]).
 
         The top-level ``per_class`` / ``mean`` / ``pooled`` are the final result (aligned when an
         aligner ran); with an aligner, ``base`` and ``aligned`` carry both side by side.
+        ``threshold`` holds the thresholds and the decisions' rates on the test split.
         """
         document = {**self.report.to_dict(), "timing": self.timing, "mlflow_run_id": self.run_id}
         if self.base_report is not None:
             document["base"] = self.base_report.to_dict()
             document["aligned"] = self.report.to_dict()
+        if self.thresholds is not None:
+            document["threshold"] = {"thresholds": self.thresholds.to_dict(), **self.threshold_report}
         return document
 
 
@@ -100,6 +107,11 @@ class Run:
         self.log = log
         self.components: Components = build_components(self.config, registry)
         self.splits: Splits = gather(self.components.dataset, self.config.data.classes)
+        evaluation = self.config.eval
+        if evaluation.normal_dir:
+            self.splits = replace(self.splits, calibration=normal_folder(evaluation.normal_dir, self.splits.classes))
+        else:
+            self.splits = hold_out_calibration(self.splits, evaluation.calibration_fraction, self.config.train.seed)
         self.device = resolve_device(self.config.train.device)
         self.dtype = resolve_precision(self.config.train.precision, self.device)
         self.root = Path(self.config.tracking.root)
@@ -260,6 +272,28 @@ class Run:
         self.log(f"aligner {self.config.aligner.name}: fitted on {len(self.splits.train)} training maps in "
                  f"{self.timing['aligner_fit_s']:.1f} s ({self.timing['aligner_total_s']:.1f} s with the maps)")
 
+    def set_thresholds(self, detector: Detector) -> Thresholds | None:
+        """Stage 3b: OK / not-OK thresholds from the calibration images' scores and maps."""
+        samples, evaluation = self.splits.calibration, self.config.eval
+        if not samples:
+            note = "no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds"
+            self.notes.append(note)
+            self.log(f"note: {note}")
+            return None
+        loader = make_loader(self.dataset(samples, train=False), evaluation.batch_size, self.config.data.workers)
+        names = [s.class_name for s in samples]
+        predictions = detector.predict_split(batches(loader), len(samples), names, desc="calibration", keep_base=False)
+        thresholds = calibrate(predictions.scores, predictions.maps, names, self.splits.classes, evaluation.threshold_scope,
+                               evaluation.false_alarm_rate, evaluation.pixel_false_alarm_rate)
+        for note in thresholds.notes:
+            self.notes.append(f"thresholds: {note}")
+            self.log(f"note: thresholds: {note}")
+        self.log(f"thresholds from {len(samples)} calibration images: image {thresholds.image_threshold():.5g}, "
+                 f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
+                 f"pixels {evaluation.pixel_false_alarm_rate:g})")
+        detector.thresholds = thresholds
+        return thresholds
+
     def predict_test(self, detector: Detector):
         test_set = self.dataset(self.splits.test, train=False)
         loader = make_loader(test_set, self.config.eval.batch_size, self.config.data.workers)
@@ -296,7 +330,7 @@ def run(
     if resume:
         checkpoint_path = _checkpoint_for(resume, root)
         resume_state = read_checkpoint(checkpoint_path, trust_model_file)
-        recorded = resolve(validate(resume_state["config"]), registry)
+        recorded = resolve(validate(recorded_config(resume_state["config"])), registry)
         check_same_run(checkpoint_path, recorded, resolve(config, registry))
         _check_resumable(tracker, resume_state, resume)
     if from_run:
@@ -372,6 +406,7 @@ def _train_evaluate_log(job: Run, tracker: Tracker, resume_state: dict[str, Any]
         job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
         job.notes.append(f"model not trained here: loaded from {base_bundle}")
     job.fit_aligner(detector)
+    thresholds = job.set_thresholds(detector)
     predictions = job.predict_test(detector)
     class_names = [s.class_name for s in job.splits.test]
     report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, components.metrics)
@@ -379,14 +414,25 @@ def _train_evaluate_log(job: Run, tracker: Tracker, resume_state: dict[str, Any]
     if predictions.base_maps is not None:
         base_report = evaluate(predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks,
                                class_names, components.metrics)
+    decisions = None
+    if thresholds is not None:
+        decisions = threshold_report(predictions.scores, predictions.labels, predictions.maps, predictions.masks,
+                                     class_names, thresholds)
     job.timing["peak_rss_mb"] = peak_rss_mb()
     _log_report(tracker, report, job.timing, base_report)
+    if thresholds is not None:
+        tracker.log_metrics(_threshold_metrics(thresholds, decisions))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bundle = checkpoint_path.parent / "model.pt"
         detector.save(bundle)
         result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes,
-                           base_report)
+                           base_report, thresholds, decisions)
+        with open(folder / "calibration.csv", "w", newline="") as file:  # which images set the thresholds
+            writer = csv.writer(file)
+            writer.writerow(["path", "class"])
+            writer.writerows([s.path, s.class_name] for s in job.splits.calibration)
+        tracker.log_artifact(folder / "calibration.csv")
         (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
         (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
         write_class_csv(report, folder / "per_class.csv")
@@ -411,7 +457,7 @@ def _train_evaluate_log(job: Run, tracker: Tracker, resume_state: dict[str, Any]
 
 def config_for_resume(resume: str, root: str | Path, trust: bool = False) -> dict[str, Any]:
     """The config an interrupted run recorded in its checkpoint: what ``--resume`` continues."""
-    return read_checkpoint(_checkpoint_for(resume, Path(root)), trust)["config"]
+    return recorded_config(read_checkpoint(_checkpoint_for(resume, Path(root)), trust)["config"])
 
 
 def resume_command(run_id: str, checkpoint_path: Path, root: Path) -> str:
@@ -488,6 +534,20 @@ def _report_metrics(report: MetricReport, *prefix: str) -> dict[str, float]:
     return metrics
 
 
+def _threshold_metrics(thresholds: Thresholds, decisions: dict) -> dict[str, float]:
+    """``threshold/image``, ``threshold/pixel`` (every class), ``threshold/class/<c>/...``, and
+    the decisions' rates as ``threshold/<calibrated|f1_max_oracle>/<class|pooled>/<rate>``."""
+    metrics = {metric_key("threshold", "image"): thresholds.image_threshold(),
+               metric_key("threshold", "pixel"): thresholds.pixel_threshold()}
+    for name in thresholds.calibration_images:
+        metrics[metric_key("threshold", "class", name, "image")] = thresholds.image[name]
+        metrics[metric_key("threshold", "class", name, "pixel")] = thresholds.pixel[name]
+    for kind, units in decisions.items():
+        for unit, values in units.items():
+            metrics.update({metric_key("threshold", kind, unit, column): value for column, value in values.items()})
+    return metrics
+
+
 def _log_report(tracker: Tracker, report: MetricReport, timing: dict[str, float], base_report: MetricReport | None) -> None:
     """Final metrics under ``class/``, ``mean/``, ``pooled/``; with an aligner also ``base/...``
     and ``aligned/...``, so runs with and without an aligner compare on the same keys."""
@@ -511,14 +571,14 @@ def bundle_for(run: str, root: Path) -> Path:
 
 def config_for_base_run(run: str, root: str | Path, trust: bool = False) -> dict[str, Any]:
     """The resolved config an earlier run saved in its bundle: what ``--from-run`` starts from."""
-    return read_bundle(bundle_for(run, Path(root)), trust)["config"]
+    return recorded_config(read_bundle(bundle_for(run, Path(root)), trust)["config"])
 
 
 def _load_base_model(job: Run, path: Path, trust: bool) -> None:
     """Put a finished run's trained backbone and reconstructor into this run's components."""
     state = read_bundle(path, trust)
     # resolved through today's plugin configs, so options added since the run take their defaults
-    saved = resolve(validate(state["config"]), job.registry)
+    saved = resolve(validate(recorded_config(state["config"])), job.registry)
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)
     ours = {k: v for k, v in ours.items() if not k.startswith("aligner")}
     theirs = {k: v for k, v in theirs.items() if not k.startswith("aligner")}

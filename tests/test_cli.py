@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -200,26 +199,6 @@ def test_checkpoint_and_bundle_on_disk(e2e) -> None:
     assert (folder / "model.pt").is_file()
     assert f"model bundle: {folder / 'model.pt'}" in e2e.stdout
     assert not list(e2e.runs.rglob("*.partial"))
-
-
-def test_predict_scores_images_with_the_bundle(e2e, tiny_dataset: Path, capsys) -> None:
-    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
-    good = sorted((tiny_dataset / "blobs" / "test" / "good").glob("*.png"))
-    bad = sorted((tiny_dataset / "blobs" / "test" / "patch").glob("*.png"))
-    images = [*good, *bad]
-    assert main(["predict", str(bundle), *map(str, images), "--device", "cpu", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [row["path"] for row in rows] == [str(p) for p in images]
-    scores = np.array([row["score"] for row in rows])
-    assert np.isfinite(scores).all()
-    assert all(row["score"] <= row["map_max"] + 1e-6 for row in rows)
-    assert scores[len(good):].mean() > scores[: len(good)].mean()  # anomalies score higher
-
-
-def test_predict_missing_bundle(tmp_path: Path, tiny_dataset: Path, capsys) -> None:
-    image = next((tiny_dataset / "dots" / "test" / "good").glob("*.png"))
-    assert main(["predict", str(tmp_path / "model.pt"), str(image)]) == 2
-    assert_one_error_line(capsys.readouterr().err, tmp_path / "model.pt")
 
 
 def test_print_config_shows_resolved_yaml(tiny_dataset: Path, runs_root: Path, capsys) -> None:

@@ -120,6 +120,7 @@ class Case:
     argv: list
     needles: list
     env: dict = field(default_factory=dict)
+    absent: list = field(default_factory=list)  # paths that must not exist afterwards
 
 
 def _run(data: Path, runs: Path, *extra: object) -> list:
@@ -315,7 +316,7 @@ def _predict_unknown_class(tmp: Path, data: Path, runs: Path, e2e) -> Case:
 
 
 def _predict_missing_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
-    return Case(["predict", tmp / "model.pt", data / "dots" / "test" / "good" / "000.png"], [tmp / "model.pt", "not found"])
+    return Case(["predict", tmp / "model.pt", data / "dots" / "test" / "good" / "000.png"], [tmp / "model.pt", "no such model file"])
 
 
 def _predict_not_a_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -325,7 +326,50 @@ def _predict_not_a_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
 
 def _predict_missing_image(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
-    return Case(["predict", bundle, tmp / "part.png"], [tmp / "part.png", "not found"])
+    return Case(["predict", bundle, tmp / "part.png", "--out", tmp / "out"], [tmp / "part.png", "no such file or folder"],
+                absent=[tmp / "out"])
+
+
+def _predict_empty_folder(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    (tmp / "empty").mkdir()
+    return Case(["predict", bundle, tmp / "empty", "--out", tmp / "out"], [tmp / "empty", "no images"], absent=[tmp / "out"])
+
+
+def _predict_pattern_matches_nothing(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    return Case(["predict", bundle, str(data / "*" / "nothing-*.png")], ["nothing-*.png", "no image matches"])
+
+
+def _predict_unknown_model(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    image = data / "dots" / "test" / "good" / "000.png"
+    return Case(["predict", "0123456789abcdef0123456789abcdef", image, "--out", tmp / "out", "--root", tmp / "runs"],
+                ["runs:/0123456789abcdef0123456789abcdef", "no MLflow store"], absent=[tmp / "out", tmp / "runs"])
+
+
+def _predict_folder_without_a_model(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    return Case(["predict", tmp, data / "dots" / "test"], [tmp, "neither a model bundle"])
+
+
+def _predict_overlays_without_out(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    return Case(["predict", bundle, data / "dots" / "test", "--overlays"], ["--overlays", "--out DIR"])
+
+
+def _predict_out_is_a_file(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    (tmp / "file").write_text("x")
+    return Case(["predict", bundle, data / "dots" / "test", "--out", tmp / "file"], ["--out", "is a file"])
+
+
+def _predict_rate_without_calibration(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    import torch
+
+    state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "model.pt", weights_only=True)
+    state["thresholds"] = None  # a run that kept no normal images apart
+    torch.save(state, tmp / "model.pt")
+    return Case(["predict", tmp / "model.pt", data / "dots" / "test", "--false-alarm-rate", "0.05"],
+                ["no calibration scores", "--threshold"])
 
 
 BAD_INPUTS = {
@@ -371,6 +415,13 @@ BAD_INPUTS = {
     "predict-missing-bundle": _predict_missing_bundle,
     "predict-not-a-bundle": _predict_not_a_bundle,
     "predict-missing-image": _predict_missing_image,
+    "predict-empty-folder": _predict_empty_folder,
+    "predict-pattern-matches-nothing": _predict_pattern_matches_nothing,
+    "predict-unknown-model": _predict_unknown_model,
+    "predict-folder-without-a-model": _predict_folder_without_a_model,
+    "predict-overlays-without-out": _predict_overlays_without_out,
+    "predict-out-is-a-file": _predict_out_is_a_file,
+    "predict-rate-without-calibration": _predict_rate_without_calibration,
 }
 
 
@@ -386,6 +437,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case: str, e2e, 
     assert not any(tag in line for tag in PYDANTIC_TAGS), line  # config keys, not pydantic's type tags
     assert not runs_root.exists()  # found before the run folder or an MLflow run was made
     assert not list(tmp_path.rglob("*.partial"))
+    assert not [path for path in spec.absent if path.exists()]
     assert store_snapshot(e2e.runs) == before  # an existing run is neither reopened nor logged again
 
 

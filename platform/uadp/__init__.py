@@ -8,4 +8,15 @@ __version__ = "0.1.0"
 
 from .hookspecs import hookimpl  # noqa: E402  (what plugin modules import)
 
-__all__ = ["__version__", "hookimpl"]
+
+def load(model, device: str = "auto", trust: bool = False, root: str = "uadp-runs", registry=None):
+    """A trained model: ``uadp.load(MODEL).predict(images)``; see :func:`uadp.api.load`.
+
+    Imported on first use, so that ``import uadp`` stays light for plugin modules.
+    """
+    from .api import load as load_model
+
+    return load_model(model, device=device, trust=trust, root=root, registry=registry)
+
+
+__all__ = ["__version__", "hookimpl", "load"]

@@ -310,43 +310,77 @@ def _group_alive(pgid: int) -> bool:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    """Decide OK / not OK for every image named: one line each, or a table (and pictures) in --out."""
+    from .api import load
+    from .filesystem import check_writable_folder
+    from .predict_io import PredictionWriter, expand_inputs
 
-    from .data.images import read_image
-    from .data.transforms import Normaliser, geometry
-    from .engine.detector import load_bundle
-
-    detector = load_bundle(args.bundle, _registry(args), device=args.device, trust=args.trust_model_file)
+    inputs = expand_inputs(args.paths)  # bad paths, empty folders: before the model loads
+    model = load(args.model, device=args.device, trust=args.trust_model_file, root=args.root, registry=_registry(args))
     if args.class_name is not None:
-        if detector.classes is not None and args.class_name not in detector.classes:
-            raise UadpError(f"--class-name {args.class_name}: the model was trained on {', '.join(detector.classes)}")
-        if detector.aligner_class_labels != "train+test":
-            print(f"note: --class-name does not change this model's scores (its aligner is "
-                  f"{detector.config.aligner.name if detector.aligner is not None else 'none'}, which is class-agnostic)",
-                  file=sys.stderr)
-    size = detector.config.data.size_hw
-    resize = geometry(size)
-    normalise = Normaliser(*detector.normalisation)
-    rows = []
-    for start in range(0, len(args.images), 16):
-        paths = args.images[start : start + 16]
-        images = torch.stack([
-            torch.from_numpy(normalise(resize(image=read_image(p))["image"].astype(np.float32) / 255))
-            for p in paths
-        ])
-        maps, scores = detector.predict_images(images, [args.class_name] * len(paths) if args.class_name else None)
-        for path, heat, score in zip(paths, maps, scores):
-            rows.append({"path": str(path), "score": float(score), "map_max": float(heat.max())})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(f"{row['score']:.6f}  {row['path']}")
+        model.check_class_names([args.class_name], label="--class-name")
+        if not model.needs_class_names and (model.thresholds is None or model.thresholds.scope == "all"):
+            print("note: --class-name does not change this model's scores or thresholds (class-agnostic aligner, "
+                  "one threshold for every class)", file=sys.stderr)
+    thresholds = model.judged_by(args.threshold, args.false_alarm_rate)
+    if thresholds is None and args.threshold is None:
+        print(f"note: {model.source} has no thresholds (its run kept no normal images apart): scores only; "
+              "give --threshold for decisions", file=sys.stderr)
+    for note in thresholds.notes if thresholds is not None and args.false_alarm_rate is not None else []:
+        print(f"note: {note}", file=sys.stderr)
+    writer = None
+    if args.out:
+        check_writable_folder(Path(args.out), "--out", "choose another folder")
+        writer = PredictionWriter(Path(args.out), inputs, model.size_hw, args.class_name is not None, args.overlays,
+                                  args.masks)
+    elif args.overlays or args.masks:
+        raise UadpError("--overlays and --masks write files: give --out DIR")
+    counts = {"anomalous": 0, "ok": 0, "failed": 0}
+    complete = False
+    try:
+        for batch in model.predict_batches([str(item.path) for item in inputs], args.class_name,
+                                           threshold=args.threshold, false_alarm_rate=args.false_alarm_rate,
+                                           batch_size=args.batch_size, workers=args.workers, errors="keep",
+                                           progress=True):
+            for row in batch.rows():
+                if row["error"] or row["decision"]:
+                    counts["failed" if row["error"] else row["decision"]] += 1
+                if writer is None:
+                    _print_prediction(row, args.json)
+            if writer is not None:
+                writer.write(batch)
+        complete = True
+    finally:
+        if writer is not None:
+            writer.close(complete)
+    total = len(inputs)
+    decided = counts["anomalous"] + counts["ok"]
+    summary = f"{total} images: {counts['anomalous']} anomalous, {counts['ok']} ok" if decided else f"{total} images scored"
+    if writer is not None:
+        print(f"{summary}; table: {writer.table}", file=sys.stderr)
+    if counts["failed"]:
+        print(f"uadp: {counts['failed']} of {total} images could not be read (see their error)", file=sys.stderr)
+        return 1
     return 0
 
 
+def _print_prediction(row: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row), flush=True)
+    elif row["error"]:
+        print(f"{'error':<9}  {'-':>12}  {row['path']}: {row['error']}", flush=True)
+    else:
+        area = "" if row["defect_area"] is None else f"  defect {row['defect_area']:.2%}"
+        print(f"{row['decision'] or '-':<9}  {row['score']:12.6f}  {row['path']}{area}", flush=True)
+
+
 # --------------------------------------------------------------------------- parser
+
+def _workers(text: str) -> int | str:
+    if text == "auto" or (text.isdigit()):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"expected a number of processes or auto, got {text!r}")
+
 
 TRUST_HELP = ("also load a model file that holds Python objects besides tensors and plain data: unpickling "
               "those runs code, so use it only for a file from someone you trust (e.g. an older uadp's bundle)")
@@ -420,12 +454,23 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(handler=cmd_ui)
 
-    p = sub.add_parser("predict", help="score images with a saved model bundle (model.pt)")
-    p.add_argument("bundle")
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("predict", help="OK / not OK for images, files or folders, with a trained or exported model")
+    p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, or an "
+                                 "exported model folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--out", metavar="DIR", help="write DIR/predictions.csv (one row per image) instead of lines on stdout")
+    p.add_argument("--overlays", action="store_true", help="with --out: DIR/overlays/<name>.png, image, heat map, outline")
+    p.add_argument("--masks", action="store_true", help="with --out: DIR/masks/<name>.png, the predicted defect")
+    p.add_argument("--json", action="store_true", help="without --out: one JSON object per line")
+    limits = p.add_mutually_exclusive_group()
+    limits.add_argument("--false-alarm-rate", type=float, metavar="A",
+                        help="set the image threshold for this share of normal parts flagged (from the run's calibration images)")
+    limits.add_argument("--threshold", type=float, help="judge by this image score instead of the run's threshold")
+    p.add_argument("--class-name", help="the images' class: its own threshold (per-class models) and oracle aligners")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=_workers, default="auto", help="decoding processes: a number or auto (the default)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--class-name", help="the images' class, for a model whose aligner is an oracle (class-stats)")
+    p.add_argument("--root", default="uadp-runs", help="where runs are stored, for a run id (no MLFLOW_TRACKING_URI)")
     p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
     p.add_argument("--plugins-dir")
     p.set_defaults(handler=cmd_predict)
@@ -464,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         except UadpError as exc:
             print(f"uadp: error: {exc}", file=sys.stderr)
             return exc.exit_code
+        except BrokenPipeError:  # the reader went away (`uadp predict ... | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         except KeyboardInterrupt as exc:
             stopped = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
             aftermath = getattr(exc, "aftermath", None)

@@ -22,7 +22,7 @@ test split itself, an oracle that needs test labels, for reference only.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,8 @@ class Thresholds:
     pixel: dict[str, float]
     calibration_images: dict[str, int]  # per class
     notes: list[str] = field(default_factory=list)
+    # each class's calibration image scores, so that another false-alarm rate needs no rerun
+    calibration_scores: dict[str, list[float]] = field(default_factory=dict)
 
     def image_threshold(self, class_name: str | None = None) -> float:
         return self.image[self._key(class_name)]
@@ -74,6 +76,21 @@ class Thresholds:
         if class_name not in self.image:
             raise KeyError(class_name)
         return class_name
+
+    def at_false_alarm_rate(self, alpha: float) -> "Thresholds":
+        """The same calibration images' image thresholds for another false-alarm rate (pixels unchanged)."""
+        scores = {name: np.asarray(values, dtype=np.float64) for name, values in self.calibration_scores.items()}
+        pooled = np.concatenate(list(scores.values())) if scores else np.array([])
+        image, notes = {}, []
+        image[ALL], note = conformal_threshold(pooled, alpha)
+        notes += [f"every class: image threshold: {note}"] if note else []
+        for name in self.calibration_images:
+            if name in scores and scores[name].size:
+                image[name], note = conformal_threshold(scores[name], alpha)
+                notes += [f"{name}: image threshold: {note}"] if note and self.scope != ALL else []
+            else:
+                image[name] = image[ALL]
+        return replace(self, false_alarm_rate=alpha, image=image, notes=notes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,7 +124,8 @@ def calibrate(scores: np.ndarray, maps: np.ndarray, class_names: list[str], clas
         if note and (unit == ALL or scope != ALL):
             notes.append(f"{where}: pixel threshold: {note}")
     counts = {c: int((names == c).sum()) for c in classes}
-    return Thresholds(scope, alpha, pixel_alpha, image, pixel, counts, notes)
+    kept = {c: [float(v) for v in scores[names == c]] for c in classes if counts[c]}
+    return Thresholds(scope, alpha, pixel_alpha, image, pixel, counts, notes, kept)
 
 
 # --------------------------------------------------------------------------- how thresholds do on the test split

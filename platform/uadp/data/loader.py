@@ -87,6 +87,42 @@ class SampleDataset(Dataset):
         return out
 
 
+class ImageInputs(Dataset):
+    """Images to predict: file paths or uint8 RGB arrays [H,W,3], resized to the model's input
+    and scaled to [0, 1] (channels first); the model normalises them itself.
+
+    A file that cannot be read becomes an item with its error, not an exception: a folder with
+    one damaged image still gets every other image predicted.
+    """
+
+    def __init__(self, inputs: list[Any], size_hw: tuple[int, int]) -> None:
+        self.inputs = inputs
+        self._geometry = geometry(size_hw)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        source = self.inputs[index]
+        try:
+            image = source if isinstance(source, np.ndarray) else read_image(source)
+        except UadpError as exc:
+            return {"index": index, "error": str(exc)}
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            return {"index": index, "error": f"expected a uint8 RGB array [H,W,3], got {image.dtype} {list(image.shape)}"}
+        pixels = self._geometry(image=image)["image"].astype(np.float32) / 255.0
+        return {"index": index, "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+                "size": torch.tensor(image.shape[:2])}
+
+
+def collate_keeping_failures(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The readable items stacked, and ``failures``: (index, error) of the others."""
+    good = [item for item in items if "error" not in item]
+    batch = torch.utils.data.default_collate(good) if good else {"index": torch.zeros(0, dtype=torch.long)}
+    batch["failures"] = [(item["index"], item["error"]) for item in items if "error" in item]
+    return batch
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Default collation, except that one failed sample turns the batch into its error."""
     for item in items:
@@ -119,12 +155,13 @@ def worker_count(workers: int | str) -> int:
 
 
 def make_loader(
-    dataset: SampleDataset,
+    dataset: Dataset,
     batch_size: int,
     workers: int | str,
     shuffle: bool = False,
     seed: int = 0,
     drop_last: bool = False,
+    collate_fn=collate,
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -132,7 +169,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=worker_count(workers),
-        collate_fn=collate,
+        collate_fn=collate_fn,
         generator=generator,
         drop_last=drop_last,
         persistent_workers=False,

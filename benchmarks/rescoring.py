@@ -21,14 +21,15 @@ class TestSplit:
     defects: list[str]  # defect type of every test image ("good" for normal ones), in order
     loader: Any
     metrics: dict[str, Any]
-    train: list[Any]  # the root's normal training samples (see ``train_maps``)
+    train: list[Any]  # the normal samples the model and aligner trained on (see ``train_maps``)
+    calibration: list[Any]  # the normal samples the run kept apart to set its thresholds
 
 
 def load_test_split(model_path: str, data: str, reconstructor: str | None, error: Callable[[str], None]) -> TestSplit:
     """The bundle (of ``reconstructor``, if named) and a loader over ``data``'s test split."""
     from uadp.config import validate
     from uadp.data.loader import SampleDataset, make_loader
-    from uadp.data.splits import gather
+    from uadp.data.splits import gather, hold_out_calibration
     from uadp.engine.components import build_dataset
     from uadp.engine.detector import load_bundle
     from uadp.registry import get_registry
@@ -39,7 +40,8 @@ def load_test_split(model_path: str, data: str, reconstructor: str | None, error
     if reconstructor is not None and cfg.reconstructor.name != reconstructor:
         error(f"{model_path} is a {cfg.reconstructor.name} model, not {reconstructor}")
     dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": data}}), registry)
-    splits = gather(dataset, cfg.data.classes)
+    # the run's own hold-out (same fraction and seed): "train" is what the model really trained on
+    splits = hold_out_calibration(gather(dataset, cfg.data.classes), cfg.eval.calibration_fraction, cfg.train.seed)
     test = splits.test
     mean, std = detector.normalisation
     test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
@@ -48,7 +50,8 @@ def load_test_split(model_path: str, data: str, reconstructor: str | None, error
         registration = registry.get("metrics", name)
         metrics[name] = registration.factory(registration.config())
     loader = make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)
-    return TestSplit(detector, cfg, [s.class_name for s in test], [s.defect for s in test], loader, metrics, splits.train)
+    return TestSplit(detector, cfg, [s.class_name for s in test], [s.defect for s in test], loader, metrics, splits.train,
+                     splits.calibration)
 
 
 def train_maps(split: TestSplit):

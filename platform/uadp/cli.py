@@ -364,6 +364,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export.writer import export_model
+
+    export_model(args.model, args.format, Path(args.out), root=args.root, trust=args.trust_model_file,
+                 registry=_registry(args), log=lambda text: print(text, flush=True))
+    print(f"run it: uadp predict {args.out} IMAGES... (or uadp.load({str(args.out)!r}) in Python)")
+    return 0
+
+
 def _print_prediction(row: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(row), flush=True)
@@ -474,6 +483,15 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
     p.add_argument("--plugins-dir")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("export", help="a trained model as one ONNX or OpenVINO graph, for the line")
+    p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the model and its metadata.json")
+    p.add_argument("--root", default="uadp-runs", help="where runs are stored, for a run id (no MLFLOW_TRACKING_URI)")
+    p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
+    p.add_argument("--plugins-dir")
+    p.set_defaults(handler=cmd_export)
 
     if registry_for_commands is not None:
         registry_for_commands.commands(sub)

@@ -106,9 +106,9 @@ class Cada(Aligner):
         if embeddings is None:
             raise ValueError("cada needs each test image's embedding")
         u, gamma = self.statistics(embeddings)
-        floor = self.config.eps * float(self.scale)
+        floor = self.config.eps * self.scale  # a tensor, not a Python float: the ONNX export traces it
         if self.config.spread_floor == "training_min":
-            floor = max(floor, self.min_spread)
+            floor = floor.clamp(min=self.min_spread)
         return calibrate(maps, u, gamma, floor, self.config.calibration, self.excess_unit)
 
 

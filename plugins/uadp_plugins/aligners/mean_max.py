@@ -71,19 +71,22 @@ def class_statistics(maps: torch.Tensor, class_names: list[str]) -> tuple[list[s
     return classes, table
 
 
-def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     """(M - u) / (gamma - u) per image, the denominator kept >= eps.
 
     ``u`` and ``gamma`` are [B]. A regressor can predict gamma <= u; such images are scaled by
-    1/eps instead of flipping sign, and a warning counts them (SPEC §2.4, output safety).
+    1/eps instead of flipping sign, and a warning counts them (SPEC §2.4, output safety; not
+    while the model is being exported, where the count is not a Python number).
     """
     spread = gamma - u
-    clamped = int((spread < eps).sum())
-    if clamped:
-        warnings.warn(
-            f"score calibration: {clamped} of {len(spread)} images had gamma - u < {eps:.3g}; their spread was clamped to it",
-            stacklevel=2,
-        )
+    if not torch.compiler.is_compiling():
+        clamped = int((spread < eps).sum())
+        if clamped:
+            warnings.warn(
+                f"score calibration: {clamped} of {len(spread)} images had gamma - u < {float(eps):.3g}; their spread "
+                "was clamped to it",
+                stacklevel=2,
+            )
     spread = spread.clamp(min=eps)
     return (maps - u.view(-1, 1, 1)) / spread.view(-1, 1, 1)
 
@@ -106,7 +109,8 @@ def saved_calibration(calibration: Calibration, state: dict) -> Calibration:
 
 
 def calibrate(
-    maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float, mode: Calibration, excess_unit: float = 1.0
+    maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float | torch.Tensor, mode: Calibration,
+    excess_unit: float = 1.0
 ) -> torch.Tensor:
     """The calibrated maps [B,H,W] for per-image ``u`` and ``gamma`` [B].
 

@@ -155,3 +155,26 @@ def test_without_the_export_extra_one_line_says_what_to_install(trained, tmp_pat
     assert call(["export", trained["uniad", "none"], "--out", tmp_path / "x"]) == 2
     assert_one_error_line(capsys.readouterr().err, "onnxscript is not installed", "pip install 'uadp[export]'")
     assert not (tmp_path / "x").exists()
+
+
+def test_check_export_reports_the_parity_of_a_plugins_model(trained) -> None:
+    from uadp.testing import check_export
+
+    assert check_export(trained["revdist", "none"]) < PARITY
+
+
+def test_a_component_that_reads_a_tensor_value_is_named_in_one_line(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    from helpers import assert_one_error_line
+    from uadp_plugins.reconstructors.revdist import RevDist
+
+    real = RevDist.predict
+
+    def reads_a_value(self, batch):
+        prediction = real(self, batch)
+        if float(prediction.anomaly_map.max()) > 1e9:  # a tensor's value in Python: untraceable
+            prediction.anomaly_map = prediction.anomaly_map * 0
+        return prediction
+
+    monkeypatch.setattr(RevDist, "predict", reads_a_value)
+    assert call(["export", trained["revdist", "none"], "--out", tmp_path / "x"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "could not be traced for export", "test_export.py:", "CONTRIBUTING")

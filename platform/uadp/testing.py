@@ -145,3 +145,16 @@ def quick_config(data_root: str | Path, runs_root: str | Path, **sections: Any) 
     }
     overrides.update(sections)
     return build_config(overrides=overrides)
+
+
+def check_export(bundle: str | Path, registry=None) -> float:
+    """Export a trained bundle to ONNX in a temporary folder and return the largest difference
+    between its maps and PyTorch's on the export's check inputs, in units of the maps' range
+    (needs ``uadp[export]``). An error names what a plugin does that the export cannot trace."""
+    import tempfile
+
+    from .export.writer import export_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        metadata = export_model(bundle, "onnx", Path(folder) / "model", registry=registry, log=lambda text: None)
+    return metadata["parity"]["map_error_of_range"]

@@ -10,7 +10,10 @@ into place only when it agrees.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -96,10 +99,14 @@ def _write_graph(graph: InferenceGraph, size_hw: tuple[int, int], fmt: str, fold
 
     example = check_inputs(size_hw, count=2)
     onnx_path = folder / "model.onnx"
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_logs():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, (example,), input_names=[INPUT], output_names=list(OUTPUTS), dynamo=True,
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False)
+        try:
+            program = torch.onnx.export(graph, (example,), input_names=[INPUT], output_names=list(OUTPUTS), dynamo=True,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False)
+        except Exception as exc:
+            raise UadpError(f"the model could not be traced for export{_where(exc)}: a component uses a tensor's value "
+                            "in Python (float(), .item(), if); see 'Inference must export' in CONTRIBUTING.md") from None
     program.save(str(onnx_path))
     if fmt == "onnx":
         return [onnx_path.name]
@@ -108,6 +115,31 @@ def _write_graph(graph: InferenceGraph, size_hw: tuple[int, int], fmt: str, fold
     ov.save_model(ov.convert_model(str(onnx_path)), str(folder / "model.xml"), compress_to_fp16=False)
     onnx_path.unlink()
     return ["model.xml", "model.bin"]
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs its guards and, when it gives up, the whole graph: the error says enough."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _where(exc: BaseException) -> str:
+    """`` at FILE:LINE`` of the code torch.export stopped at, when its message names it."""
+    import re
+
+    text = ""
+    while exc is not None and len(text) < 200_000:
+        text += str(exc)
+        exc = exc.__cause__ or exc.__context__
+    found = re.search(r'following call raised this error:\s*File "([^"]+)", line (\d+)', text)
+    return f" at {found.group(1)}:{found.group(2)}" if found else ""
 
 
 def _check_parity(graph: InferenceGraph, folder: Path, fmt: str, size_hw: tuple[int, int]) -> dict[str, Any]:

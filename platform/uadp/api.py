@@ -99,7 +99,7 @@ class TorchRunner:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.inverse_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def __call__(self, images: torch.Tensor, class_names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: torch.Tensor, class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         normalised = (images - self.mean) * self.inverse_std  # as the run's loader normalised its images
         maps, scores = self.detector.predict_images(normalised, class_names)
         return maps.numpy(), scores.numpy()

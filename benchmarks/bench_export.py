@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_thresholds import cpu_name
 from rescoring import load_test_split
+from uadp.engine.device import cpu_name
 
 
 def throughput(runner, images: torch.Tensor, batch: int = 16) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,17 +23,8 @@ from PIL import Image
 
 from uadp.data.images import check_decodable, read_image, read_mask
 from uadp.data.splits import check_files, gather
+from uadp.engine.device import cpu_name
 from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def per_image_ms(paths: list[Path], read) -> float:

@@ -21,14 +21,7 @@ import numpy as np
 import torch
 
 from rescoring import load_test_split
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
+from uadp.engine.device import cpu_name
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from .api import Predictions
 from .data.images import IMAGE_SUFFIXES, is_image_file, read_image
 from .data.transforms import geometry
 from .errors import UadpError
+from .report import heat_colours, outline
 
 COLUMNS = ["path", "score", "threshold", "decision", "defect_area"]
 
@@ -68,13 +69,6 @@ def expand_inputs(patterns: list[str]) -> list[Input]:
     return list(found.values())
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
-    """[H,W] in [0,1] -> uint8 RGB, matplotlib's 'jet' colormap."""
-    from matplotlib import colormaps
-
-    return (colormaps["jet"](np.clip(values, 0, 1))[..., :3] * 255).astype(np.uint8)
-
-
 def overlay(image: np.ndarray, heat_map: np.ndarray, mask: np.ndarray | None, pixel_threshold: float | None) -> np.ndarray:
     """Three panels side by side: the image, its heat map over it, the predicted defect outlined in red.
 
@@ -82,17 +76,15 @@ def overlay(image: np.ndarray, heat_map: np.ndarray, mask: np.ndarray | None, pi
     distance from it, so a part with nothing above the threshold stays blue-green instead of
     being stretched to red.
     """
-    from scipy import ndimage
-
     low = float(heat_map.min())
     high = float(heat_map.max())
     if pixel_threshold is not None:
         high = max(high, low + 2 * (pixel_threshold - low))
-    heat = _heat((heat_map - low) / max(high - low, 1e-12))
+    heat = heat_colours((heat_map - low) / max(high - low, 1e-12))
     blended = (0.55 * image + 0.45 * heat).astype(np.uint8)
     outlined = image.copy()
     if mask is not None:
-        outlined[mask & ~ndimage.binary_erosion(mask, iterations=2)] = (255, 0, 0)
+        outlined[outline(mask)] = (255, 0, 0)
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([image, gap, blended, gap, outlined], axis=1)
 

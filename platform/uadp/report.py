@@ -64,14 +64,15 @@ def write_class_csv(report: MetricReport, path: Path) -> None:
         writer.writerow(["pooled", *(report.pooled[m] for m in metrics)])
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
+def heat_colours(values: np.ndarray) -> np.ndarray:
     """[H,W] in [0,1] -> uint8 RGB with matplotlib's 'jet' colormap."""
     from matplotlib import colormaps
 
     return (colormaps["jet"](np.clip(values, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a region's border, two pixels wide."""
     return mask & ~ndimage.binary_erosion(mask, iterations=2)
 
 
@@ -99,8 +100,8 @@ def overlay_grid(
             image, mask = resize(image=raw)["image"], None
         with_gt = image.copy()
         if mask is not None:
-            with_gt[_outline(mask)] = (0, 255, 0)
-        heat = _heat((heat_map - low) / max(high - low, 1e-12))
+            with_gt[outline(mask)] = (0, 255, 0)
+        heat = heat_colours((heat_map - low) / max(high - low, 1e-12))
         blended = (0.55 * image + 0.45 * heat).astype(np.uint8)
         tiles.append(np.concatenate([with_gt, blended], axis=0))
     gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)

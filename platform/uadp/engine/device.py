@@ -42,6 +42,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split(":", 1)[1].split())
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), for benchmark output."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown CPU")
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU advertises bf16 arithmetic (AVX512-BF16 or AMX)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())

@@ -13,6 +13,11 @@ from mlflow.tracking import MlflowClient
 from uadp.cli import main
 from uadp.tracking import embedded_uri
 
+# the bundled standard metrics, in the order the plugin registers them (the tables' columns)
+STANDARD_METRICS = [
+    "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro", "pixel_dsc",
+    "pixel_dsc_pooled",
+]
 QUICK_SETS = (
     "reconstructor.hidden_dim=64",
     "reconstructor.num_encoder_layers=1",

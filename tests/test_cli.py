@@ -20,9 +20,9 @@ import yaml
 from PIL import Image
 
 import uadp
-from helpers import all_runs, assert_one_error_line, call, call_captured, client_for, loss_history, quick_args
+from helpers import STANDARD_METRICS, all_runs, assert_one_error_line, call, call_captured, client_for, loss_history, quick_args
 from uadp.cli import main
-from uadp.config import ALL_METRICS, flatten
+from uadp.config import flatten
 
 CLASSES = ["blobs", "checker", "dots", "stripes"]
 TIMING_KEYS = {"feature_s", "train_s", "train_s_per_epoch", "infer_images_per_s", "infer_s", "peak_rss_mb"}
@@ -123,7 +123,7 @@ def test_output_json_schema(e2e) -> None:
     assert set(summary["threshold"]) == {"thresholds", "calibrated", "f1_max_oracle"}
     assert sorted(summary["per_class"]) == CLASSES
     for values in [*summary["per_class"].values(), summary["mean"], summary["pooled"]]:
-        assert list(values) == ALL_METRICS
+        assert list(values) == STANDARD_METRICS
         for value in values.values():
             assert isinstance(value, float) and 0.0 <= value <= 1.0
     assert set(summary["timing"]) == TIMING_KEYS
@@ -135,7 +135,7 @@ def test_output_json_schema(e2e) -> None:
 
 def test_mean_is_mean_of_classes(e2e) -> None:
     summary = e2e.summary
-    for metric in ALL_METRICS:
+    for metric in STANDARD_METRICS:
         values = [summary["per_class"][c][metric] for c in CLASSES]
         assert summary["mean"][metric] == pytest.approx(sum(values) / len(values))
 
@@ -185,7 +185,7 @@ def test_mlflow_artifacts(e2e, tmp_path: Path) -> None:
     assert metrics_json == e2e.summary
     with Path(client.download_artifacts(e2e.run_id, "per_class.csv", str(tmp_path))).open() as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["class", *ALL_METRICS]
+    assert rows[0] == ["class", *STANDARD_METRICS]
     assert [r[0] for r in rows[1:]] == [*CLASSES, "mean", "pooled"]
     overlay = Path(client.download_artifacts(e2e.run_id, "overlays/dots.png", str(tmp_path)))
     with Image.open(overlay) as image:

@@ -1,8 +1,8 @@
 """Tests of run configuration (uadp.config): presets, layering, errors, resolution, fingerprints.
 
-A bare ``uadp run`` uses the defaults of ``RunConfig``, and ``configs/cpu.yaml`` claims to
-spell them out: the first test keeps the two from drifting apart. A user error in a config
-must come back as one line naming the dotted field, never as a pydantic dump.
+A bare ``uadp run`` uses the core defaults of ``RunConfig`` and the ``cpu`` preset a plugin
+registers; every registered preset resolves. A user error in a config must come back as one
+line naming the dotted field, never as a pydantic dump.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from uadp.config import (
-    CPU_UNIAD,
+    DEFAULT_PRESET,
     RunConfig,
     build_config,
     fingerprint_hash,
@@ -27,8 +27,13 @@ from uadp.errors import ConfigError, UnknownComponentError
 from uadp.registry import Registry
 from uadp_plugins.reconstructors.uniad import UniADConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = sorted(CONFIGS.glob("*.yaml"))
+PRESETS = sorted(Registry().presets())
+
+
+def _preset_options(preset: str, section: str) -> dict:
+    """The options a registered preset file gives one component section (without its name)."""
+    data = yaml.safe_load(Registry().preset(preset).path.read_text())
+    return {k: v for k, v in data[section].items() if k != "name"}
 
 
 @pytest.fixture(scope="module")
@@ -51,42 +56,52 @@ def _one_line(message: str) -> str:
 # --------------------------------------------------------------------------- presets
 
 
-def test_presets_exist():
-    assert {p.stem for p in PRESETS} >= {"cpu", "uniad", "uniad-lite0"}
+def test_presets_are_registered_by_the_plugins_that_name_them():
+    presets = Registry().presets()
+    assert set(presets) >= {"cpu", "uniad", "uniad-lite0", "unias", "unias-cpu", "revdist", "revdist-lite0",
+                            "omnial", "omnial-cpu"}
+    assert presets["unias-cpu"].plugin == "unias" and presets["cpu"].plugin == "uniad"
+    assert all(p.path.is_file() for p in presets.values())
 
 
-def test_defaults_equal_the_cpu_preset_exactly():
-    """configs/cpu.yaml must be the RunConfig defaults, key for key and value for value."""
-    preset = yaml.safe_load((CONFIGS / "cpu.yaml").read_text())
-    assert preset == RunConfig().to_dict()
+def test_a_bare_config_is_the_core_defaults_and_the_default_preset():
+    config = build_config()
+    assert config == build_config(preset=DEFAULT_PRESET)
+    assert config.reconstructor.name == "uniad" and config.dataset.name == "demo"
+    assert config.train == RunConfig().train and config.eval == RunConfig().eval
 
 
-def test_building_the_cpu_preset_changes_nothing():
-    assert build_config(preset=str(CONFIGS / "cpu.yaml")) == RunConfig()
-
-
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
-def test_every_preset_validates_and_resolves(path: Path, registry: Registry):
-    """Resolution checks every plugin option but builds nothing: uniad.yaml's B4 backbone
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_validates_and_resolves(name: str, registry: Registry):
+    """Resolution checks every plugin option but builds nothing: uniad's B4 backbone
     (a download) resolves offline."""
-    config = build_config(preset=str(path))
-    resolved = resolve(config, registry)
-    raw = yaml.safe_load(path.read_text())
+    resolved = resolve(build_config(preset=name), registry)
+    raw = yaml.safe_load(registry.preset(name).path.read_text())
     for section in ("backbone", "reconstructor"):
-        for key, value in raw.get(section, {}).items():
-            assert resolved.to_dict()[section][key] == value, f"{path.name}: {section}.{key}"
+        for key, value in (raw.get(section) or {}).items():
+            assert resolved.to_dict()[section][key] == value, f"{name}: {section}.{key}"
 
 
-def test_preset_by_name(monkeypatch):
-    monkeypatch.chdir(CONFIGS.parent)
-    assert build_config(preset="uniad-lite0") == build_config(preset=str(CONFIGS / "uniad-lite0.yaml"))
+def test_preset_by_name_or_by_file():
+    path = Registry().preset("uniad-lite0").path
+    assert build_config(preset="uniad-lite0") == build_config(preset=str(path))
+
+
+def test_an_unknown_preset_lists_the_registered_ones():
+    message = _config_error(preset="unias-gpu")
+    assert "no preset 'unias-gpu'" in message and "did you mean 'unias-cpu'" in message and "revdist-lite0" in message
 
 
 def test_uniad_preset_is_the_paper_setting(registry: Registry):
-    config = resolve(build_config(preset=str(CONFIGS / "uniad.yaml")), registry)
+    config = resolve(build_config(preset="uniad"), registry)
     assert config.backbone.options()["model"] == "tf_efficientnet_b4"
     assert config.reconstructor.options()["neighbor_size"] == 7
     assert config.train.lr == pytest.approx(1e-4)
+
+
+def test_the_metrics_default_to_every_registered_metric(registry: Registry):
+    assert build_config().eval.metrics is None
+    assert resolve(build_config(), registry).eval.metrics == registry.registered("metrics")
 
 
 # --------------------------------------------------------------------------- layering
@@ -156,7 +171,7 @@ def test_set_same_reconstructor_name_keeps_its_options():
         overrides={"reconstructor": {"name": "uniad", "hidden_dim": 64}},
         sets=["reconstructor.name=uniad", "reconstructor.num_heads=2"],
     )
-    preset = {k: v for k, v in CPU_UNIAD.items() if k != "name"}
+    preset = _preset_options("cpu", "reconstructor")
     assert config.reconstructor.options() == {**preset, "hidden_dim": 64, "num_heads": 2}
 
 
@@ -248,8 +263,8 @@ def test_missing_preset_file(tmp_path: Path):
     assert "missing.yaml" in message and "not found" in message
 
 
-def test_missing_preset_name_lists_presets(monkeypatch):
-    monkeypatch.chdir(CONFIGS.parent)
+def test_missing_preset_name_lists_presets(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found from any folder: presets are package data
     message = _one_line(_config_error(preset="no-such-preset"))
     assert "no-such-preset" in message and "uniad-lite0" in message
 
@@ -290,7 +305,7 @@ def test_resolve_fills_every_plugin_default(registry: Registry):
     config = resolve(build_config(), registry)
     options = config.reconstructor.options()
     assert set(options) == set(UniADConfig.model_fields)
-    preset = {k: v for k, v in CPU_UNIAD.items() if k != "name"}
+    preset = _preset_options("cpu", "reconstructor")
     assert options == UniADConfig(**preset).model_dump(mode="json")
 
 

@@ -20,12 +20,12 @@ import textwrap
 import pluggy
 import pytest
 
-from uadp.config import ALL_METRICS
 from pydantic import BaseModel, ConfigDict
 
 import uadp
 import uadp.cli
 import uadp.registry
+from helpers import STANDARD_METRICS
 from uadp import hookimpl, hookspecs
 from uadp.errors import UadpError, UnknownComponentError
 from uadp.registry import KINDS, NoOptions, PluginError, Registry, get_registry
@@ -36,7 +36,7 @@ BUNDLED_ENTRY_POINTS = {
     for ep in importlib.metadata.entry_points(group=uadp.registry.ENTRY_POINT_GROUP)
     if ep.dist is not None and ep.dist.name == "uadp"
 }
-STANDARD_METRICS = set(ALL_METRICS)
+STANDARD = set(STANDARD_METRICS)
 
 
 def _spec_names() -> set[str]:
@@ -90,6 +90,10 @@ class EveryKindPlugin:
     @hookimpl
     def register_datasets(self, register):
         register("test_dataset", _factory, config=WidgetOptions, help="a test dataset")
+
+    @hookimpl
+    def register_presets(self, register):
+        register("test_preset", Path(__file__), help="a test preset (any file will do here)")
 
 
 class HelloCommandPlugin:
@@ -178,7 +182,7 @@ def test_default_registry_loads_bundled_plugins_through_entry_points():
     assert "uniad" in registry.names("reconstructors")
     assert "timm" in registry.names("backbones")
     assert {"mvtec", "demo"} <= set(registry.names("datasets"))
-    assert STANDARD_METRICS <= set(registry.names("metrics"))
+    assert STANDARD <= set(registry.names("metrics"))
     assert "none" in registry.names("aligners")
 
 
@@ -216,7 +220,7 @@ def test_added_plugin_has_no_package_but_lists_its_hooks(every_kind: Registry):
     (info,) = every_kind.plugins()
     assert info.name == "every_kind"
     assert info.package is None and info.version is None
-    assert set(info.hooks) == {f"register_{kind}" for kind in KINDS}
+    assert set(info.hooks) == {f"register_{kind}" for kind in KINDS} | {"register_presets"}
 
 
 def _plugin_of(kind: str, name: str) -> str:
@@ -249,7 +253,7 @@ def test_disable_plugins_env_skips_the_named_entry_points(monkeypatch):
     assert not {uniad, metrics} & names
     assert BUNDLED_ENTRY_POINTS - {uniad, metrics} <= names
     assert "uniad" not in registry.names("reconstructors")
-    assert not STANDARD_METRICS & set(registry.names("metrics"))
+    assert not STANDARD & set(registry.names("metrics"))
     assert "timm" in registry.names("backbones")
 
 
@@ -468,8 +472,30 @@ def test_add_plugins_dir_rejects_a_missing_folder(tmp_path, empty_registry: Regi
 # --------------------------------------------------------------------------- hookspecs
 
 
-def test_hookspecs_cover_every_kind_and_commands():
-    assert _spec_names() == {f"register_{kind}" for kind in KINDS} | {"register_commands"}
+def test_hookspecs_cover_every_kind_presets_and_commands():
+    assert _spec_names() == {f"register_{kind}" for kind in KINDS} | {"register_presets", "register_commands"}
+
+
+def test_a_plugin_registers_presets_and_a_duplicate_name_is_refused(tmp_path, empty_registry: Registry):
+    (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
+    (tmp_path / "mine_presets.py").write_text(
+        "from pathlib import Path\nfrom uadp import hookimpl\n\n@hookimpl\ndef register_presets(register):\n"
+        "    register('mine', Path(__file__).parent / 'mine.yaml', help='three epochs')\n"
+    )
+    empty_registry.add_plugins_dir(tmp_path)
+    preset = empty_registry.preset("mine")
+    assert preset.plugin == "mine_presets" and preset.help == "three epochs" and preset.path.is_file()
+    with pytest.raises(UadpError, match="did you mean 'mine'"):
+        empty_registry.preset("mien")
+
+    class Again:
+        @hookimpl
+        def register_presets(self, register):
+            register("mine", tmp_path / "mine.yaml")
+
+    empty_registry.add_plugin(Again(), "again")
+    with pytest.raises(PluginError, match="registered by both"):
+        empty_registry.presets()
 
 
 @pytest.mark.parametrize("name", sorted(_spec_names()))

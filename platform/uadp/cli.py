@@ -27,6 +27,7 @@ KIND_ALIASES = {
     "aligner": "aligners",
     "metric": "metrics",
     "dataset": "datasets",
+    "preset": "presets",
 }
 
 
@@ -205,18 +206,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .registry import KINDS
 
     registry = _registry(args)
-    kinds = KINDS
+    kinds = (*KINDS, "presets")
     if args.kind:
         kind = KIND_ALIASES.get(args.kind, args.kind)
-        if kind not in KINDS:
-            raise UadpError(f"unknown kind {args.kind!r}; kinds: {', '.join(KINDS)}")
+        if kind not in kinds:
+            raise UadpError(f"unknown kind {args.kind!r}; kinds: {', '.join(kinds)}")
         kinds = (kind,)
+    if "presets" in kinds:
+        presets = registry.presets()
+        kinds = tuple(k for k in kinds if k != "presets")
+    else:
+        presets = None
     for kind in kinds:
         print(f"{kind}:")
         for name in registry.names(kind):
             registration = registry.get(kind, name)
-            traits = "".join(f" [{k}={v}]" for k, v in registration.traits.items())
+            traits = "".join(f" [{k}={v}]" for k, v in registration.traits.items() if v is not None)
             print(f"  {name:<18} {registration.help}{traits}")
+    if presets is not None:
+        print("presets (--config NAME):")
+        for name, preset in presets.items():
+            print(f"  {name:<18} {preset.help} [plugin={preset.plugin}]")
     return 0
 
 
@@ -401,7 +411,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="train one model on every class, evaluate it, track it in MLflow")
-    p.add_argument("--config", help="YAML file or preset name in configs/ (e.g. uniad)")
+    p.add_argument("--config", help="a YAML file, or the name of a preset (see `uadp list presets`), e.g. unias-cpu")
     p.add_argument("--data", help="MVTec-layout folder with one sub-folder per class (default: the embedded demo)")
     p.add_argument("--classes", help="comma-separated subset of classes")
     p.add_argument("--backbone", help="backbone plugin (see `uadp list backbones`)")
@@ -448,7 +458,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_plugins)
 
     p = sub.add_parser("list", help="registered components, by kind")
-    p.add_argument("kind", nargs="?", help="backbones, reconstructors, synthesizers, aligners, metrics, datasets")
+    p.add_argument("kind", nargs="?", help="backbones, reconstructors, synthesizers, aligners, metrics, datasets, presets")
     p.add_argument("--plugins-dir")
     p.set_defaults(handler=cmd_list)
 

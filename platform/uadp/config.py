@@ -1,10 +1,12 @@
 """The configuration of a run: pydantic models, YAML presets and command-line overrides.
 
-The defaults of :class:`RunConfig` *are* the CPU preset that a bare ``uadp run`` uses
-(``configs/cpu.yaml`` spells them out, and a test keeps the two equal). A run's config is
-built in layers — defaults, then ``--config FILE``, then CLI flags, then ``--set key=value`` —
-and then *resolved*: every component section is validated against the config model its plugin
-registered, and its defaults are filled in, so the saved config says everything the run used.
+:class:`RunConfig` holds the core's defaults (image size, schedule, evaluation) and names no
+component: the components come from a preset, a YAML file a plugin registers (``uadp list
+presets``); a bare ``uadp run`` uses the one called ``cpu``. A run's config is built in
+layers — core defaults, then the preset or ``--config FILE``, then CLI flags, then ``--set
+key=value`` — and then *resolved*: every component section is validated against the config
+model its plugin registered, its defaults are filled in, and an unset metric list becomes every
+registered metric, so the saved config says everything the run used.
 """
 
 from __future__ import annotations
@@ -114,19 +116,6 @@ class ImageScoreConfig(_Section):
     topk: float = Field(0.01, gt=0, le=1, description="topk_mean: fraction of pixels")
 
 
-ALL_METRICS = [
-    "image_auroc",
-    "image_ap",
-    "image_f1max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1max",
-    "pixel_aupro",
-    "pixel_dsc",
-    "pixel_dsc_pooled",
-]
-
-
 class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
     calibration_fraction: float = Field(
@@ -147,7 +136,7 @@ class EvalConfig(_Section):
         "image's class's own (the station knows its product)",
     )
     image_score: ImageScoreConfig = Field(default_factory=ImageScoreConfig)
-    metrics: list[str] = Field(default_factory=lambda: list(ALL_METRICS))
+    metrics: list[str] | None = Field(None, description="the metrics to compute; default (null): every registered one")
     overlays_per_class: int = Field(4, ge=0, description="test images per class in the overlay PNG")
 
 
@@ -157,33 +146,17 @@ class TrackingConfig(_Section):
     root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
 
 
-# The CPU preset's UniAD (see README, "Choosing the CPU preset"): shallower and narrower than
-# the paper (2 + 2 layers, 128 wide, FFN 512), channel-standardised features averaged onto the
-# grid, and no dropout on attention weights so the fused attention kernel runs. Found on the demo
-# data and on a validation set built from realmix-dev's *training* images with synthetic defects.
-CPU_UNIAD = {
-    "name": "uniad",
-    "hidden_dim": 128,
-    "num_heads": 4,
-    "ffn_dim": 512,
-    "num_encoder_layers": 2,
-    "num_decoder_layers": 2,
-    "attention_dropout": 0.0,
-    "standardize": True,
-    "feature_resize": "area",
-}
-# lite0's stride-32 stage (320 channels) joins the four finer ones: its context is what tells a
-# rotated plate from a damaged one (validation I-AUROC 0.83 -> 0.90 with 4 + 4 layers).
-CPU_BACKBONE = {"name": "timm", "model": "tf_efficientnet_lite0", "stages": [1, 2, 3, 4, 5]}
+# The registered preset a bare ``uadp run`` starts from: the core names no component itself.
+DEFAULT_PRESET = "cpu"
 
 
 class RunConfig(_Section):
     """Everything one ``uadp run`` does."""
 
-    dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="demo"))
+    dataset: ComponentSpec | None = None
     data: DataConfig = Field(default_factory=DataConfig)
-    backbone: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**CPU_BACKBONE))
-    reconstructor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**CPU_UNIAD))
+    backbone: ComponentSpec | None = None  # needed by reconstructors that take features
+    reconstructor: ComponentSpec | None = None
     synthesizer: ComponentSpec | None = None
     aligner: ComponentSpec | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -228,25 +201,24 @@ def inference_only_fields(model: type[BaseModel]) -> set[str]:
 # --------------------------------------------------------------------------- building
 
 
-def find_preset(name_or_path: str) -> Path:
-    """A YAML file path, or the name of a preset in ``configs/`` (``uniad`` -> configs/uniad.yaml)."""
+def find_preset(name_or_path: str, registry: Registry | None = None) -> Path:
+    """A YAML file path, or the name of a preset a plugin registers (``unias-cpu``)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"--config {name_or_path}: file not found")
         return path
-    for folder in preset_folders():
-        candidate = folder / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            return candidate
-    known = sorted({p.stem for folder in preset_folders() for p in folder.glob("*.yaml")})
-    raise ConfigError(f"--config {name_or_path}: no such file or preset; presets: {', '.join(known) or 'none found'}")
+    from .errors import UnknownComponentError
+    from .registry import get_registry
 
-
-def preset_folders() -> list[Path]:
-    """``./configs`` and the ``configs/`` of the source checkout this package runs from."""
-    here = Path(__file__).resolve().parents[2] / "configs"
-    return [p for p in (Path.cwd() / "configs", here) if p.is_dir()]
+    try:
+        preset = (registry or get_registry()).preset(name_or_path)
+    except UnknownComponentError as exc:
+        raise ConfigError(f"--config {name_or_path}: not a YAML file, and {exc}") from None
+    if not preset.path.is_file():
+        raise ConfigError(f"preset {name_or_path} of plugin {preset.plugin}: its file {preset.path} is missing "
+                          "from the installed package")
+    return preset.path
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -372,7 +344,12 @@ def validate(data: dict[str, Any]) -> RunConfig:
 
 def resolve(config: RunConfig, registry: Registry) -> RunConfig:
     """Check every component name and option against its plugin; fill in the plugin defaults."""
+    if config.reconstructor is None:
+        raise ConfigError("reconstructor: none chosen; pass --reconstructor NAME or a --config preset "
+                          "(see `uadp list reconstructors` and `uadp list presets`)")
     data = config.to_dict()
+    if data["eval"]["metrics"] is None:
+        data["eval"]["metrics"] = registry.registered("metrics")
     for section, kind in COMPONENT_SECTIONS.items():
         spec = getattr(config, section)
         if spec is None:
@@ -391,16 +368,21 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    registry: Registry | None = None,
 ) -> RunConfig:
-    """Defaults (or ``base``, an earlier run's config), then a preset file, then flag
-    overrides (a nested dict), then ``--set`` pairs."""
-    data = RunConfig().to_dict() if base is None else validate(base).to_dict()
-    if preset:
-        loaded = load_yaml(find_preset(preset))
-        for section in COMPONENT_SECTIONS:
-            if isinstance(loaded.get(section), dict):
-                data[section] = None  # a preset's component section is complete: no default options leak in
-        data = merge(data, loaded)
+    """The layers of a run's config: the core defaults and the default preset (``cpu``, when a
+    plugin registers it), or ``base`` (an earlier run's config); then ``preset``; then flag
+    overrides (a nested dict); then ``--set`` pairs."""
+    if base is None:
+        data = RunConfig().to_dict()
+        from .registry import get_registry
+
+        if DEFAULT_PRESET in (registry or get_registry()).presets():
+            data = _apply_preset(data, DEFAULT_PRESET, registry)
+    else:
+        data = validate(base).to_dict()
+    if preset and not (base is None and preset == DEFAULT_PRESET):
+        data = _apply_preset(data, preset, registry)
     if overrides:
         data = merge(data, overrides)
     for text in sets or []:
@@ -410,6 +392,14 @@ def build_config(
         else:
             set_path(data, parts, value)
     return validate(data)
+
+
+def _apply_preset(data: dict[str, Any], preset: str, registry: Registry | None) -> dict[str, Any]:
+    loaded = load_yaml(find_preset(preset, registry))
+    for section in COMPONENT_SECTIONS:
+        if isinstance(loaded.get(section), dict):
+            data[section] = None  # a preset's component section is complete: no earlier options leak in
+    return merge(data, loaded)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -463,10 +453,9 @@ def fingerprint_hash(config: RunConfig) -> str:
 
 def run_name(config: RunConfig) -> str:
     """``uniad-timm`` style name from the component combination."""
-    parts = [config.reconstructor.name, f"{config.backbone.name}"]
-    model = (config.backbone.model_extra or {}).get("model")
-    if model:
-        parts[-1] = str(model)
+    parts = [config.reconstructor.name]
+    if config.backbone is not None:
+        parts.append(str((config.backbone.model_extra or {}).get("model") or config.backbone.name))
     if config.synthesizer:
         parts.append(config.synthesizer.name)
     if config.aligner and config.aligner.name != "none":

@@ -54,6 +54,18 @@ def register_datasets(register):
 
 
 @hookspec
+def register_presets(register):
+    """Register named run configs (YAML files shipped with the plugin)::
+
+        register("mynet-cpu", Path(__file__).parent / "presets" / "mynet-cpu.yaml", help="...")
+
+    ``uadp run --config mynet-cpu`` loads it by name after any kind of install; a reconstructor
+    whose ``preset=`` trait names it starts from it. The preset called ``cpu`` is what a bare
+    ``uadp run`` uses.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to ``uadp``; ``cli`` is the argparse subparsers object.
 

@@ -36,13 +36,15 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         "inputs": (("features", "images"), "features"),
         # whether it trains on synthesized anomalies
         "synthesizer": (("none", "optional", "required"), "none"),
-        # the preset (a name in configs/ or a YAML path) that `uadp run --reconstructor NAME`
-        # starts from when no --config is given: the method's own CPU recipe
+        # the registered preset that `uadp run --reconstructor NAME` starts from when no
+        # --config is given: the method's own CPU recipe
         "preset": (str, None),
     },
     # which class labels an aligner is told: none (class-agnostic), those of the training
     # images only (it learns to recognise the class), or also each test image's (an oracle)
     "aligners": {"class_labels": (("none", "train", "train+test"), "none")},
+    # the column heading of the metric in result tables (default: its name)
+    "metrics": {"short": (str, None)},
 }
 
 
@@ -74,6 +76,16 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named run config a plugin ships."""
+
+    name: str
+    path: Path
+    help: str
+    plugin: str
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     """A loaded plugin, as ``uadp plugins`` shows it."""
 
@@ -98,6 +110,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._packages: dict[str, tuple[str, str]] = {}
         self._components: dict[str, dict[str, Registration]] | None = None
+        self._presets: dict[str, Preset] | None = None
         if load_entry_points:
             self._load_entry_points()
 
@@ -128,6 +141,7 @@ class Registry:
             self.pm.unregister(plugin)
             raise PluginError(str(exc)) from exc
         self._components = None
+        self._presets = None
 
     def add_plugins_dir(self, directory: str | Path) -> None:
         """Load every ``*.py`` file of a folder as a plugin (for local, uninstalled plugins)."""
@@ -206,6 +220,37 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._collect()[kind])
+
+    def registered(self, kind: str) -> list[str]:
+        """The names of ``kind`` in the order plugins registered them (e.g. a table's columns)."""
+        return list(self._collect()[kind])
+
+    # ------------------------------------------------------------------ presets
+
+    def presets(self) -> dict[str, Preset]:
+        """Every preset a plugin registers, by name."""
+        if self._presets is None:
+            found: dict[str, Preset] = {}
+            for impl in self.pm.hook.register_presets.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+
+                def register(name: str, path: str | Path, help: str = "", _plugin: str = plugin_name) -> None:
+                    if name in found:
+                        raise PluginError(f"preset {name!r} is registered by both {found[name].plugin!r} and {_plugin!r}")
+                    found[name] = Preset(name, Path(path), help.strip().splitlines()[0] if help.strip() else "", _plugin)
+
+                impl.function(register=register)
+            self._presets = dict(sorted(found.items()))
+        return self._presets
+
+    def preset(self, name: str) -> Preset:
+        """A registered preset; an unknown name lists the known ones and the closest."""
+        presets = self.presets()
+        if name in presets:
+            return presets[name]
+        close = difflib.get_close_matches(name, list(presets), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownComponentError(f"no preset {name!r}{hint} Presets: {', '.join(presets) or 'none registered'}")
 
     def get(self, kind: str, name: str) -> Registration:
         """The registration of ``name``; an unknown name lists the known ones and the closest."""

@@ -15,17 +15,14 @@ from .data.images import read_image, read_mask
 from .data.transforms import geometry
 from .metrics.protocols import MetricReport
 
-SHORT = {
-    "image_auroc": "I-AUROC",
-    "image_ap": "I-AP",
-    "image_f1max": "I-F1max",
-    "pixel_auroc": "P-AUROC",
-    "pixel_ap": "P-AP",
-    "pixel_f1max": "P-F1max",
-    "pixel_aupro": "AUPRO",
-    "pixel_dsc": "DSC",
-    "pixel_dsc_pooled": "DSC-px",
-}
+def short_name(metric: str) -> str:
+    """A metric's column heading: the ``short=`` its plugin registered, else its name."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    if metric in registry.registered("metrics"):
+        return registry.get("metrics", metric).traits.get("short") or metric
+    return metric
 
 
 def _fmt(value: float) -> str:
@@ -36,7 +33,7 @@ def format_table(report: MetricReport, title: str | None = None) -> str:
     """Per-class rows, then the class mean and the pooled (one-threshold) row."""
     metrics = list(report.pooled)
     width = max([len(c) for c in report.per_class] + [14])
-    heads = [SHORT.get(m, m) for m in metrics]
+    heads = [short_name(m) for m in metrics]
     cols = [max(len(h), 7) for h in heads]
     lines = [title] if title else []
     lines.append(f"{'class':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, cols)))

@@ -59,6 +59,8 @@ def _options(registration: Registration, spec) -> Any:
 
 
 def build_dataset(config: RunConfig, registry: Registry) -> tuple[Dataset, Registration]:
+    if config.dataset is None:
+        raise ConfigError("dataset: none chosen; pass --data DIR (an MVTec-layout folder) or a preset that names one")
     registration = registry.get("datasets", config.dataset.name)
     return registration.factory(_options(registration, config.dataset)), registration
 
@@ -69,6 +71,9 @@ def build_model(config: RunConfig, registry: Registry) -> tuple[Backbone | None,
     regs["reconstructor"] = registry.get("reconstructors", config.reconstructor.name)
     backbone = None
     if regs["reconstructor"].traits["inputs"] == "features":
+        if config.backbone is None:
+            raise ConfigError(f"backbone: reconstructor {config.reconstructor.name!r} reconstructs backbone features; "
+                              "choose one with --backbone NAME (see `uadp list backbones`)")
         regs["backbone"] = registry.get("backbones", config.backbone.name)
         backbone = regs["backbone"].factory(_options(regs["backbone"], config.backbone))
     context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None)

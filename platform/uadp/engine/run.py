@@ -375,7 +375,7 @@ def _start_run(tracker: Tracker, job: Run, base_bundle: Path | None) -> None:
         cfg.tracking.run_name or run_name(cfg),
         tags={
             "uadp.reconstructor": cfg.reconstructor.name,
-            "uadp.backbone": cfg.backbone.name,
+            "uadp.backbone": cfg.backbone.name if cfg.backbone else "none",
             "uadp.aligner": cfg.aligner.name if cfg.aligner else "none",
             "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
             "uadp.classes": ",".join(job.splits.classes),

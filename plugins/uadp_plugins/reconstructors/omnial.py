@@ -20,6 +20,8 @@ levels. Widths and depths are options so that a CPU preset trains in tens of min
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Literal
 
 import torch
@@ -34,6 +36,8 @@ from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from ..layers.dcsa import DCSA, BasicBlock, Norm
 from ..layers.smoothing import full_precision, gaussian_blur
 from ..layers.ssim import ssim
+
+PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin ships
 
 
 class OmniALConfig(BaseModel):
@@ -239,3 +243,9 @@ def register_reconstructors(register):
         synthesizer="required",
         preset="omnial-cpu",
     )
+
+
+@hookimpl
+def register_presets(register):
+    register("omnial-cpu", PRESETS / "omnial-cpu.yaml", help="OmniAL at 128 px with every width divided by 8 and panel-jnd, for a CPU")
+    register("omnial", PRESETS / "omnial.yaml", help="OmniAL at the paper's sizes (256 px, batch 20, 700 epochs) with panel-jnd, for a GPU")

@@ -43,6 +43,8 @@ Choices where the paper is silent (or where this implementation generalises it):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from typing import Annotated, Literal
 
@@ -60,6 +62,8 @@ from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
 Activation = Literal["relu", "gelu"]
 Count = Annotated[int, Field(ge=1)]
 PAPER_DECODER_BLOCKS = (3, 4, 6)
+
+PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin ships
 
 
 class RevDistConfig(BaseModel):
@@ -344,3 +348,9 @@ def register_reconstructors(register):
         synthesizer="optional",
         preset="revdist-lite0",
     )
+
+
+@hookimpl
+def register_presets(register):
+    register("revdist-lite0", PRESETS / "revdist-lite0.yaml", help="Reverse Distillation on EfficientNet-Lite0 stages 2-4, for a CPU")
+    register("revdist", PRESETS / "revdist.yaml", help="Reverse Distillation as the CADA paper trained it: WideResNet-50-2, for a GPU")

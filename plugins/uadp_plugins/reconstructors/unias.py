@@ -25,6 +25,8 @@ Every point the paper leaves open ([UNSPEC]) and every extra found only in the a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from typing import Literal
 
@@ -43,6 +45,8 @@ from uadp_plugins.layers.jitter import feature_jitter
 from uadp_plugins.layers.mgg_cnn import LocalModule, build_local_module
 from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
 from uadp_plugins.layers.standardize import ChannelStandardizer, StandardizeOptions
+
+PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin ships
 
 
 class UniASConfig(StandardizeOptions):
@@ -386,3 +390,9 @@ def register_reconstructors(register):
         synthesizer="optional",
         preset="unias-cpu",
     )
+
+
+@hookimpl
+def register_presets(register):
+    register("unias-cpu", PRESETS / "unias-cpu.yaml", help="UniAS on EfficientNet-Lite0 stages 2-5, narrower, converging in minutes on a CPU")
+    register("unias", PRESETS / "unias.yaml", help="UniAS as published: EfficientNet-B4 stages 1-4, 1000 epochs, batch 64, for a GPU")

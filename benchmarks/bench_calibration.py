@@ -1,7 +1,7 @@
 """Benchmark: what per-class score calibrations can do to pooled metrics, with the true classes.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_calibration.py --model <run>/model.pt \\
-        --data ../shared/data/realmix-dev
+        --data PATH/TO/realmix-dev
 
 A class-agnostic aligner (``cada``) estimates each image's class statistics; this benchmark
 skips the estimate and uses each class's *true* statistics of its normal training maps (the
@@ -14,7 +14,7 @@ Statistics per class c, from the base's maps of its normal training images: u (m
 score), gamma (mean of the per-image maxima), sigma (mean of the per-image standard
 deviations), q (mean of the per-image 99.9 % quantiles). Calibrations of a map M:
 
-* ``mean-max``  (M − u) / (gamma − u)      CADA's (SPEC §2.2), ``calibration: mean-max``
+* ``mean-max``  (M − u) / (gamma − u)      CADA's formula, ``calibration: mean-max``
 * ``shift``     M − u                      ``calibration: shift``
 * ``mean-3sigma`` (M − u) / 3 sigma        CADA-σ's spread with the class's sigma
 * ``mean-q999`` (M − u) / (q − u)          a tail quantile instead of the maximum
@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from uadp_plugins.aligners.mean_max import calibrate, image_statistics, mean_spread  # noqa: E402
+from uadp_plugins.aligners._mean_max import calibrate, image_statistics, mean_spread  # noqa: E402
 
 CALIBRATIONS = {
     "none": lambda m, s: m,
@@ -110,11 +110,11 @@ def main() -> int:
               + f"  defects: share {len(pixels) / max(int(defect.sum()), 1):.2f}, median - gamma "
               + (f"{float(pixels.median()) - stats['gamma']:.3g}" if len(pixels) else "-"))
     print(f"{'calibration':<16}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
-    for label, calibrate in CALIBRATIONS.items():
+    for label, calibration in CALIBRATIONS.items():
         calibrated = torch.empty_like(maps)
         for name, stats in table.items():
             chosen = torch.from_numpy(names == name)
-            calibrated[chosen] = calibrate(maps[chosen], stats)
+            calibrated[chosen] = calibration(maps[chosen], stats)
         result = evaluate_maps(split, calibrated, labels, masks)
         print(f"{label:<16}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
               f"{result.pooled['pixel_auroc']:>16.3f}{result.pooled['pixel_ap']:>13.3f}", flush=True)

@@ -1,7 +1,7 @@
-"""Benchmark: OmniAL's anomaly-map smoothing (an [UNSPEC] of SPEC §4.6) on a trained model, no retraining.
+"""Benchmark: OmniAL's anomaly-map smoothing (the paper does not give it) on a trained model, no retraining.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_omnial_maps.py --model <omnial run>/model.pt \\
-        --data ../shared/data/realmix-dev
+        --data PATH/TO/realmix-dev
 
 The localisation network's 4-class logits for every test image are computed once; each variant
 then forms the map as ``reconstructor.map_smoothing`` / ``map_sigma`` would (softmax, each

@@ -45,8 +45,8 @@ def main() -> int:
     from uadp.engine.components import build_model
     from uadp.engine.device import autocast, precision_name, resolve_precision
     from uadp.registry import get_registry
-    from uadp_plugins.layers.attention import MaskedAttention
-    from uadp_plugins.layers.dropout import FastDropout
+    from uadp_plugins._layers.attention import MaskedAttention
+    from uadp_plugins._layers.dropout import FastDropout
 
     cfg = build_config(args.config, {}, [])
     cpu = torch.device("cpu")

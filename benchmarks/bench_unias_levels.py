@@ -1,7 +1,7 @@
-"""Benchmark: UniAS's levels ablation (SPEC §3.10) on a trained model, without retraining.
+"""Benchmark: UniAS's ablation of the levels used at inference, on a trained model, without retraining.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_unias_levels.py --model <unias run>/model.pt \\
-        --data ../shared/data/realmix-dev
+        --data PATH/TO/realmix-dev
 
 The per-level maps 1 − cos(ẑ_ℓ, z°_ℓ) of every test image are computed once; each variant then
 combines them differently, as ``reconstructor.inference_levels`` / ``post_gaussian`` would:

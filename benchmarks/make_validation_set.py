@@ -1,6 +1,6 @@
 """Build a validation set from a dataset's *training* images, for choosing recipes honestly.
 
-    python benchmarks/make_validation_set.py --source ../shared/data/realmix-dev --out /tmp/realmix-val
+    python benchmarks/make_validation_set.py --source PATH/TO/realmix-dev --out PATH/TO/realmix-val
 
 For each class, a fifth of the normal training images is held out: each becomes a test/good
 image, and a copy of it with one synthetic defect (scratch, crack, stain, missing or pasted
@@ -13,7 +13,7 @@ defects are easy to see, so recipes that differ only on faint defects (real ones
 alike on such a set; ``--strength 0.3`` makes a harder set with the same images, the same defect
 shapes and masks, and the same train/test split (the seed alone decides both):
 
-    python benchmarks/make_validation_set.py --source ../shared/data/realmix-dev --out /tmp/realmix-val-faint --strength 0.3
+    python benchmarks/make_validation_set.py --source PATH/TO/realmix-dev --out PATH/TO/realmix-val-faint --strength 0.3
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> int:
     if not 0.0 < args.strength <= 1.0:
         parser.error(f"--strength must be in (0, 1], got {args.strength}")
 
-    from uadp_plugins.datasets.demo_builder import DEFECT_KINDS, apply_defect
+    from uadp_plugins.datasets._demo_builder import DEFECT_KINDS, apply_defect
 
     source, out = Path(args.source).resolve(), Path(args.out)
     if out.exists():

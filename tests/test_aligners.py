@@ -1,4 +1,4 @@
-"""Score aligners (SPEC §2): mean-max statistics, the class-aware references, and CADA learning
+"""Score aligners (CADA and its class-aware variants): mean-max statistics, the class-aware references, and CADA learning
 to remove per-class score scales from generated multi-class maps."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from uadp.errors import UadpError
 from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
 from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
-from uadp_plugins.aligners.mean_max import (
+from uadp_plugins.aligners._mean_max import (
     CalibrationConfig,
     calibrate,
     class_statistics,
@@ -19,7 +19,7 @@ from uadp_plugins.aligners.mean_max import (
     mean_spread,
     normalise,
 )
-from uadp_plugins.aligners.regressor import HeadConfig, StatsHead
+from uadp_plugins.aligners._regressor import HeadConfig, StatsHead
 
 SIZE = 16  # map side
 CLASSES = ("flat", "textured", "glossy")
@@ -263,7 +263,7 @@ def test_cada_shift_calibration_subtracts_only_the_predicted_mean():
 
 @pytest.mark.parametrize("statistic", ["max", "sigma"])
 def test_cada_training_min_floor_bounds_the_scaling_of_an_image_whose_gamma_falls_below_u(statistic, monkeypatch):
-    """A head that predicts gamma <= u for an unfamiliar image: SPEC's eps guard scales that
+    """A head that predicts gamma <= u for an unfamiliar image: the default eps guard scales that
     image by 1/eps and makes it the most anomalous of the set; ``training_min`` divides by the
     smallest spread of the normal training images instead, and keeps it after a reload."""
     maps, embeddings, _, _ = _maps_and_embeddings(8, anomalous=False, seed=5)

@@ -1,4 +1,4 @@
-"""Tests of the embedded demo dataset (uadp_plugins.datasets.demo_builder).
+"""Tests of the embedded demo dataset (uadp_plugins.datasets._demo_builder).
 
 The dataset is what `uadp run` trains on when no dataset is given, so it must be a
 valid MVTec AD tree, reproducible to the bit, cached safely, and its masks must be
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uadp_plugins.datasets import demo_builder as db
+from uadp_plugins.datasets import _demo_builder as db
 
 EXPECTED_KINDS = {"scratch", "crack", "stain"}  # plus at least one of missing / pasted
 

@@ -1,4 +1,4 @@
-"""OmniAL (SPEC §4.3–4.7): DCSA, DiffNeck, the two networks, the losses, the map; a learning test."""
+"""OmniAL (Zhao, CVPR 2023): DCSA, DiffNeck, the two networks, the losses, the map; a learning test."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from uadp.contract import Batch, BuildContext
-from uadp_plugins.layers.dcsa import DCSA, BasicBlock
-from uadp_plugins.layers.ssim import ssim
+from uadp_plugins._layers.dcsa import DCSA, BasicBlock
+from uadp_plugins._layers.ssim import ssim
 from uadp_plugins.reconstructors.omnial import (
     DiffNeck,
     LocalisationNet,
@@ -164,7 +164,7 @@ def test_registered_with_its_presets_and_needs_a_synthesizer(tiny_dataset, runs_
 @pytest.mark.slow
 def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
     """One model for four generated classes, trained only on panel-JND anomalies: image AUROC >= 0.9."""
-    from uadp.engine.run import run
+    from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
 
@@ -177,7 +177,7 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
         # every training image trains (none kept apart for thresholds): the bar was measured so
         eval={"overlays_per_class": 0, "image_score": {"name": "max_avgpool", "kernel": 5}, "calibration_fraction": 0.0},
     )
-    result = run(config, get_registry(), log=lambda _: None)
+    result = train_and_evaluate(config, get_registry(), log=lambda _: None)
     assert any("feature cache off" in note for note in result.notes)
     # measured: mean image AUROC 0.927 (this seed, 0), 1.000 with seeds 1 and 2; chance is 0.5
     assert result.report.mean["image_auroc"] >= 0.9, result.report.mean

@@ -1,4 +1,4 @@
-"""The panel-jnd synthesizer (OmniAL, SPEC §4.2): JND formula, Perlin regions, panels, ground truth."""
+"""The panel-jnd synthesizer (OmniAL's synthesis, Zhao, CVPR 2023): JND formula, Perlin regions, panels, ground truth."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from uadp.cli import main
 from uadp.contract import Synthesizer
 from uadp.data.loader import check_batch, collate
 from uadp.errors import DataError
-from uadp_plugins.synthesizers.jnd import (
+from uadp_plugins.synthesizers._jnd import (
     background_luminance,
     contrast_masking,
     luminance_adaptation,
@@ -23,9 +23,9 @@ from uadp_plugins.synthesizers.jnd import (
     namm_jnd,
     normalised_jnd,
 )
-from uadp_plugins.synthesizers.noise import perlin_mask, perlin_noise
+from uadp_plugins.synthesizers._noise import perlin_mask, perlin_noise
 from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig, compose, panel_box
-from uadp_plugins.synthesizers.similarity import ssim_map
+from uadp_plugins.synthesizers._similarity import ssim_map
 
 
 def photo(size: int = 128) -> np.ndarray:
@@ -246,10 +246,10 @@ def test_uadp_synthesize_without_a_synthesizer_is_a_clean_error(tiny_dataset, tm
 
 
 def test_panel_jnd_feeds_uniad_corrupted_input_and_clean_targets(tiny_dataset, runs_root, monkeypatch):
-    """SPEC §7.4 item 9: the corrupted image goes in, the clean image's features are the target."""
+    """A combination no paper tried: the corrupted image goes in, the clean image's features are the target."""
     import torch
 
-    from uadp.engine.run import run
+    from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
     from uadp_plugins.reconstructors.uniad import UniAD
@@ -265,7 +265,7 @@ def test_panel_jnd_feeds_uniad_corrupted_input_and_clean_targets(tiny_dataset, r
     monkeypatch.setattr(UniAD, "training_step", spy)
     config = quick_config(tiny_dataset, runs_root, synthesizer={"name": "panel-jnd"},
                           train={"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0})
-    result = run(config, get_registry(), log=lambda _: None)
+    result = train_and_evaluate(config, get_registry(), log=lambda _: None)
     assert any(note == "feature cache off: the synthesizer changes the input every epoch" for note in result.notes)
     from uadp.data.splits import calibration_count
 

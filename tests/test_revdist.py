@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp.errors import ConfigError
-from uadp_plugins.layers.smoothing import gaussian_blur
+from uadp_plugins._layers.smoothing import gaussian_blur
 from uadp_plugins.reconstructors.revdist import RevDist, RevDistConfig, decoder_depths
 
 LITE0 = FeatureSpec((24, 40, 112), (4, 8, 16), (0.5,) * 3, (0.5,) * 3)  # tf_efficientnet_lite0 stages 2-4
@@ -194,7 +194,7 @@ def test_revdist_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
 
     Untrained, the random decoder's map is far from it (mean image AUROC ≈ 0.74).
     """
-    from uadp.engine.run import run
+    from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
 
@@ -208,7 +208,7 @@ def test_revdist_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
                    "warmup_epochs": 0, "grad_clip": None},
             eval={"overlays_per_class": 0, "image_score": {"name": "topk_mean", "topk": 0.01}},
         )
-        return run(config, get_registry(), log=lambda _: None).report
+        return train_and_evaluate(config, get_registry(), log=lambda _: None).report
 
     untrained, trained = train(0), train(8)
     assert trained.mean["image_auroc"] >= 0.9

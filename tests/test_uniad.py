@@ -1,4 +1,4 @@
-"""UniAD (SPEC §1): neighbour mask, no identity path, feature jitter, token grid, and learning."""
+"""UniAD (You et al., NeurIPS 2022): neighbour mask, no identity path, feature jitter, token grid, learning."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from uadp.contract import Batch, BuildContext, FeatureSpec
-from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
-from uadp_plugins.layers.dropout import FastDropout, keep_mask
-from uadp_plugins.layers.jitter import feature_jitter
+from uadp_plugins._layers.attention import MaskedAttention, neighbor_mask
+from uadp_plugins._layers.dropout import FastDropout, keep_mask
+from uadp_plugins._layers.jitter import feature_jitter
 from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig
 
 LITE0 = FeatureSpec((16, 24, 40, 112), (2, 4, 8, 16), (0.5,) * 3, (0.5,) * 3)
@@ -166,14 +166,14 @@ def test_bf16_autocast_step_is_finite():
 
 def test_uniad_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
     """One model for four classes finds foreign-pattern patches; untrained it is far worse."""
-    from uadp.engine.run import run
+    from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
 
     def train(epochs: int):
         config = quick_config(tiny_dataset, runs_root, train={"epochs": epochs, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1},
                               eval={"overlays_per_class": 0})
-        return run(config, get_registry(), log=lambda _: None).report
+        return train_and_evaluate(config, get_registry(), log=lambda _: None).report
 
     untrained, trained = train(0), train(15)
     assert trained.mean["image_auroc"] >= 0.9
@@ -199,7 +199,7 @@ def test_standardize_estimates_channel_statistics_from_training_images():
 
 def test_attention_weight_dropout_path_matches_fused_attention_when_nothing_is_dropped():
     """The CPU path used for attention-weight dropout computes the same attention as SDPA."""
-    from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
+    from uadp_plugins._layers.attention import MaskedAttention, neighbor_mask
 
     torch.manual_seed(0)
     attention = MaskedAttention(32, 4, dropout=1e-9)  # keep threshold rounds to 0: nothing dropped
@@ -211,7 +211,7 @@ def test_attention_weight_dropout_path_matches_fused_attention_when_nothing_is_d
 
 
 def test_attention_weight_dropout_drops_the_requested_fraction():
-    from uadp_plugins.layers.attention import MaskedAttention
+    from uadp_plugins._layers.attention import MaskedAttention
 
     torch.manual_seed(0)
     attention = MaskedAttention(32, 4, dropout=0.25)

@@ -1,4 +1,4 @@
-"""UniAS (SPEC §3): its modules, its map and loss, and that it learns to segment."""
+"""UniAS ("Towards Accurate Unified Anomaly Segmentation", WACV 2025): its modules, its map and loss, and that it learns to segment."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp.errors import ConfigError
-from uadp_plugins.layers.mgg_cnn import MultiGranularityCNN, build_local_module
-from uadp_plugins.layers.smoothing import gaussian_blur
+from uadp_plugins._layers.mgg_cnn import MultiGranularityCNN, build_local_module
+from uadp_plugins._layers.smoothing import gaussian_blur
 from uadp_plugins.reconstructors.unias import SampleAwareQuery, UniAS, UniASConfig, patch_sizes, sine_position
 
 LITE0 = FeatureSpec(channels=(16, 24, 40, 112), strides=(2, 4, 8, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -249,7 +249,7 @@ def small_defects(tmp_path_factory):
 @pytest.mark.slow
 def test_unias_segments_better_than_uniad_on_the_same_data_and_budget(small_defects, runs_root):
     """One model for four classes: UniAS's pixel AP and Dice are clearly above UniAD's, same training."""
-    from uadp.engine.run import run
+    from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
 
@@ -257,7 +257,7 @@ def test_unias_segments_better_than_uniad_on_the_same_data_and_budget(small_defe
 
     def fit(reconstructor: dict):
         config = quick_config(small_defects, runs_root, reconstructor=reconstructor, train=train, eval={"overlays_per_class": 0})
-        return run(config, get_registry(), log=lambda _: None).report
+        return train_and_evaluate(config, get_registry(), log=lambda _: None).report
 
     uniad = fit({"name": "uniad", "hidden_dim": 64, "num_encoder_layers": 1, "num_decoder_layers": 1,
                  "num_heads": 4, "ffn_dim": 128, "neighbor_size": 3})

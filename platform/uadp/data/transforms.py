@@ -1,7 +1,7 @@
 """Albumentations pipelines: resize (+ optional augmentation), then normalise for the backbone.
 
 Images are resized with area interpolation (anti-aliased downscaling); masks with
-nearest-neighbour, so they stay binary (SPEC §0.3). Normalisation uses the mean/std the
+nearest-neighbour, so they stay binary (none of the papers says how it resizes masks). Normalisation uses the mean/std the
 backbone's weights expect; image-space reconstructors get [0, 1] images (mean 0, std 1).
 """
 

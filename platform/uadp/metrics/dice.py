@@ -1,4 +1,6 @@
-"""Dice (DSC) of a thresholded anomaly map, with UniAS's threshold rule (SPEC §0.3).
+"""Dice (DSC) of a thresholded anomaly map, with UniAS's threshold rule.
+
+UniAS is "Towards Accurate Unified Anomaly Segmentation" (WACV 2025).
 
 UniAS binarises the maps of one evaluation unit (a class, or every class pooled) at the
 threshold that maximises **precision + recall** on the unit's pixel PR curve — not the F1

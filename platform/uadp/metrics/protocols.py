@@ -1,4 +1,4 @@
-"""The three views of one set of predictions (SPEC §0.2, DESIGN §4).
+"""The three views of one set of predictions; every run reports all three.
 
 * per class — each metric within each class's test images;
 * mean — the macro mean of the per-class values (the "unified" protocol);

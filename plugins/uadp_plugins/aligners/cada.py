@@ -1,8 +1,11 @@
-"""Aligners ``cada`` and ``cada-sigma``: class-agnostic distribution alignment (SPEC §2).
+"""Aligners ``cada`` and ``cada-sigma``: class-agnostic distribution alignment.
+
+From "Absolute-Unified Multi-Class Anomaly Detection via Class-Agnostic Distribution
+Alignment" (CADA).
 
 A small head regresses, from one test image's embedding, the statistics of its class's
 normal maps: ``cada`` predicts (u, gamma) and ``cada-sigma`` predicts (u, sigma) with
-gamma = u + 3 sigma. The map is then calibrated with them (``mean_max.calibrate``: by
+gamma = u + 3 sigma. The map is then calibrated with them (``_mean_max.calibrate``: by
 default mean-max normalised up to gamma, the excess above it in one training-wide unit). The
 head is fitted on the frozen base's maps of the normal training images, each image's own
 (mean, max) or (mean, std) standing in for its unknown class's statistics; no class label is
@@ -15,9 +18,10 @@ right for any base's score range.
 
 Nothing stops the head from predicting gamma <= u for an image unlike the training ones, and
 dividing by a near-zero spread turns a normal image into the most anomalous of the test set
-(seen on a UniAS base: 10 test images clamped, and bottle's image AUROC fell from 1.0 to 0.44). SPEC's guard clamps the spread at eps; ``spread_floor: training_min`` clamps it at
-the smallest spread (gamma - u) of any normal training image instead, so no image is scaled
-up more than the most tightly spread training image was.
+(seen on a UniAS base: 10 test images clamped, and bottle's image AUROC fell from 1.0 to
+0.44). The paper gives no guard. By default the spread is clamped at eps; ``spread_floor:
+training_min`` clamps it at the smallest spread (gamma - u) of any normal training image
+instead, so no image is scaled up more than the most tightly spread training image was.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from pydantic import Field
 from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 
-from .mean_max import calibrate, image_statistics, mean_spread, saved_calibration
-from .regressor import HeadConfig, StatsHead, fit_head
+from ._mean_max import calibrate, image_statistics, mean_spread, saved_calibration
+from ._regressor import HeadConfig, StatsHead, fit_head
 
 
 class CadaConfig(HeadConfig):
@@ -40,8 +44,8 @@ class CadaConfig(HeadConfig):
     statistic: Literal["max", "sigma"] = Field("max", description="max: regress (u, gamma); sigma: (u, sigma), gamma = u + 3 sigma")
     eps: float = Field(1e-6, gt=0, description="smallest gamma - u, in units of the mean training gamma")
     spread_floor: Literal["eps", "training_min"] = Field(
-        "eps", description="[UNSPEC] guard for gamma <= u: clamp gamma - u at eps (SPEC's default) or at the "
-        "smallest spread of the normal training images",
+        "eps", description="guard for gamma <= u, which the paper does not give: clamp gamma - u at eps (default) or at "
+        "the smallest spread of the normal training images",
     )
 
 

@@ -1,5 +1,7 @@
-"""Class-aware references for CADA (SPEC §2.3): the same mean-max normalisation, but with
-each class's stored statistics (u_c, gamma_c) of its normal training maps.
+"""Class-aware references for CADA: the same mean-max normalisation, but with each class's
+stored statistics (u_c, gamma_c) of its normal training maps. These are the CaDA-A and CaDA-B
+variants of the CADA paper ("Absolute-Unified Multi-Class Anomaly Detection via Class-Agnostic
+Distribution Alignment").
 
 * ``class-stats`` (CaDA-A) looks them up with the test image's **true** class: an oracle that
   a line with unknown parts cannot have. It bounds what a perfect class-agnostic aligner
@@ -18,8 +20,8 @@ from uadp import hookimpl
 from uadp.contract import Aligner, BuildContext
 from uadp.errors import UadpError
 
-from .mean_max import CalibrationConfig, calibrate, class_statistics, image_statistics, mean_spread, saved_calibration
-from .regressor import HeadConfig, StatsHead, fit_head
+from ._mean_max import CalibrationConfig, calibrate, class_statistics, image_statistics, mean_spread, saved_calibration
+from ._regressor import HeadConfig, StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
 

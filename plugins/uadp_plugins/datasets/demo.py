@@ -1,7 +1,7 @@
 """Dataset ``demo``: the embedded demo dataset that ``uadp run`` uses when given no data.
 
 Real photographs shipped inside scikit-image, turned into several product classes with
-synthetic defects and exact masks (see :mod:`uadp_plugins.datasets.demo_builder`). It is
+synthetic defects and exact masks (see :mod:`uadp_plugins.datasets._demo_builder`). It is
 written once in MVTec AD layout to a cache folder and read back like any MVTec folder.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from uadp import hookimpl
-from uadp_plugins.datasets.demo_builder import build_demo
+from uadp_plugins.datasets._demo_builder import build_demo
 from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
 
 

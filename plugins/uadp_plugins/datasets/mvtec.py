@@ -86,4 +86,5 @@ class MVTecFolder:
 
 @hookimpl
 def register_datasets(register):
-    register("mvtec", MVTecFolder, config=MVTecConfig, help="a folder in MVTec AD layout with any number of classes")
+    register("mvtec", MVTecFolder, config=MVTecConfig, help="a folder in MVTec AD layout with any number of classes",
+             folder=True)

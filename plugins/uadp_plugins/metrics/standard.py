@@ -1,9 +1,10 @@
 """The standard metrics: image and pixel AUROC, AP, F1-max, pixel AUPRO (FPR ≤ 0.3) and Dice.
 
 All are exact (sort-based, no binning) and agree with scikit-learn; see ``uadp.metrics``.
-Dice follows UniAS (SPEC §0.3): the maps are thresholded where precision + recall peaks on
-the unit's pixel PR curve; ``pixel_dsc`` averages the Dice of each image (UniAS's own
-protocol), ``pixel_dsc_pooled`` is one Dice over all pixels.
+Dice follows UniAS ("Towards Accurate Unified Anomaly Segmentation", WACV 2025): the maps
+are thresholded where precision + recall peaks on the unit's pixel PR curve; ``pixel_dsc``
+averages the Dice of each image (UniAS's own protocol), ``pixel_dsc_pooled`` is one Dice over
+all pixels.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Reconstructor ``omnial``: OmniAL (SPEC §4.3–4.7), image-space, trained on synthetic anomalies.
+"""Reconstructor ``omnial``: OmniAL, image-space, trained on synthetic anomalies.
+
+OmniAL is "OmniAL: A Unified CNN Framework for Unsupervised Anomaly Localization" (Zhao,
+CVPR 2023); this module is its reconstruction network, DiffNeck, localisation network, loss
+and anomaly map (the synthesis is the ``panel-jnd`` synthesizer).
 
 No ImageNet backbone: the model sees raw pixels in [0, 1]. Three parts, trained end to end:
 
@@ -33,44 +37,50 @@ from uadp import hookimpl
 from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 
-from ..layers.dcsa import DCSA, BasicBlock, Norm
-from ..layers.smoothing import full_precision, gaussian_blur
-from ..layers.ssim import ssim
+from .._layers.dcsa import DCSA, BasicBlock, Norm
+from .._layers.smoothing import full_precision, gaussian_blur
+from .._layers.ssim import ssim
 
 PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin ships
 
 
 class OmniALConfig(BaseModel):
-    """Every [UNSPEC] of SPEC §4.3–4.7 is an option with SPEC's default (the paper's sizes)."""
+    """Every choice the OmniAL paper leaves open is an option here.
+
+    Defaults follow the paper where it gives a value and our stated choice where it does not
+    (DRAEM-like sizes for the reconstruction network).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    rec_width: int = Field(128, ge=4, description="[UNSPEC] reconstruction net width at scale 1, doubling per scale")
-    rec_max_width: int = Field(512, ge=4, description="[UNSPEC] width cap")
-    rec_scales: int = Field(5, ge=2, le=7, description="[UNSPEC] scales of the reconstruction net")
+    rec_width: int = Field(128, ge=4, description="reconstruction net width at scale 1, doubling per scale (not given in the paper)")
+    rec_max_width: int = Field(512, ge=4, description="reconstruction net width cap (not given in the paper)")
+    rec_scales: int = Field(5, ge=2, le=7, description="scales of the reconstruction net (not given in the paper)")
     rec_norm: Norm = Field("instance", description="InstanceNorm (paper) or BatchNorm (its ablation row 2)")
-    rec_dilation: bool = Field(True, description="[UNSPEC] scales >= 3 dilate by 2^(s-2), like the localisation net")
-    rec_skips: bool = Field(False, description="[UNSPEC] skip connections in the reconstruction net (off: no identity path)")
-    loc_width: int = Field(64, ge=4, description="[UNSPEC] localisation net width at scale 1: 64 * 2^(s-1)")
+    rec_dilation: bool = Field(True, description="scales >= 3 dilate by 2^(s-2), like the localisation net (the paper does not say where)")
+    rec_skips: bool = Field(False, description="skip connections in the reconstruction net (the paper does not say; off: no identity path)")
+    loc_width: int = Field(64, ge=4, description="localisation net width at scale 1: 64 * 2^(s-1) (not given in the paper)")
     loc_max_width: int = Field(512, ge=4)
     loc_scales: int = Field(6, ge=2, le=8, description="scales of the localisation net (paper: 6)")
-    loc_down_scales: int = Field(4, ge=1, description="[UNSPEC] scales that downsample: through scale 4, then constant")
+    loc_down_scales: int = Field(4, ge=1, description="scales that downsample: through scale 4, then constant (the paper does not say)")
     loc_dilation: bool = Field(True, description="encoder scales >= 3 use dilation 2, 4, 8, 16")
     channel_attention: bool = Field(True, description="DCSA channel attention (CA)")
     dilated_spatial: bool = Field(True, description="DCSA dilated spatial path (DSA)")
-    dcsa_reduction: int = Field(16, ge=1, description="[UNSPEC] channel-attention reduction")
-    dcsa_sigmoid: bool = Field(False, description="[UNSPEC] sigmoid on the channel attention (the text has none)")
+    dcsa_reduction: int = Field(16, ge=1, description="channel-attention reduction (not given in the paper)")
+    dcsa_sigmoid: bool = Field(False, description="sigmoid on the channel attention (the paper's text has none)")
     diffneck: bool = Field(True, description="DiffNeck; off: the localisation net takes [I_r, A] (DRAEM)")
-    diffneck_width: int = Field(64, ge=4, description="[UNSPEC] DiffNeck output width")
+    diffneck_width: int = Field(64, ge=4, description="DiffNeck output width (not given in the paper)")
     diffneck_side_weight: float = Field(0.1, ge=0, description="weight of the separate (Rec, Inp) and (JND, Inp) paths")
-    focal_gamma: float = Field(2.0, ge=0, description="[UNSPEC] focal loss γ (no α-balancing)")
-    ssim_window: int = Field(11, ge=3, description="[UNSPEC] SSIM loss window")
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss γ, no α-balancing (not given in the paper)")
+    ssim_window: int = Field(11, ge=3, description="SSIM loss window (not given in the paper)")
     map_smoothing: Literal["mean3", "gaussian", "none"] = Field(
-        "mean3", description="[UNSPEC] smoothing of each level's probability: 3×3 mean, or Gaussian of σ = map_sigma",
+        "mean3",
+        description="smoothing of each level's probability, which the paper does not specify: 3×3 mean, or Gaussian "
+        "of σ = map_sigma",
         json_schema_extra=INFERENCE_ONLY,
     )
     map_sigma: float = Field(
-        2.0, gt=0, description="σ (px) of the 'gaussian' map smoothing (SPEC's alternative: 2)", json_schema_extra=INFERENCE_ONLY
+        2.0, gt=0, description="σ (px) of the 'gaussian' map smoothing", json_schema_extra=INFERENCE_ONLY
     )
 
 

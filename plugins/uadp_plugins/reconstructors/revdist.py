@@ -57,7 +57,7 @@ from uadp import hookimpl
 from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, FeatureSpec, Prediction, Reconstructor
 from uadp.errors import ConfigError
-from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
+from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
 
 Activation = Literal["relu", "gelu"]
 Count = Annotated[int, Field(ge=1)]

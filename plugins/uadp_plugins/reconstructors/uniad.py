@@ -1,4 +1,6 @@
-"""Reconstructor ``uniad``: UniAD's feature-reconstruction transformer (SPEC.md §1).
+"""Reconstructor ``uniad``: UniAD's feature-reconstruction transformer.
+
+UniAD is "A Unified Model for Multi-class Anomaly Detection" (You et al., NeurIPS 2022).
 
 The frozen backbone's stages are resized onto the stride-16 grid and concatenated
 (``adapt``, cached once). A transformer reconstructs these tokens; three choices keep it
@@ -30,10 +32,10 @@ from torch import nn
 from uadp import hookimpl
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
-from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
-from uadp_plugins.layers.dropout import FastDropout
-from uadp_plugins.layers.jitter import feature_jitter
-from uadp_plugins.layers.standardize import ChannelStandardizer, StandardizeOptions
+from uadp_plugins._layers.attention import MaskedAttention, neighbor_mask
+from uadp_plugins._layers.dropout import FastDropout
+from uadp_plugins._layers.jitter import feature_jitter
+from uadp_plugins._layers.standardize import ChannelStandardizer, StandardizeOptions
 
 MaskPlace = Literal["encoder", "decoder1", "decoder2"]
 
@@ -47,10 +49,14 @@ class UniADConfig(StandardizeOptions):
     num_decoder_layers: int = Field(4, ge=1)
     num_heads: int = Field(8, ge=1)
     ffn_dim: int = Field(1024, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on residual branches and inside the FFN [CODE-HINT]")
+    dropout: float = Field(
+        0.1, ge=0, lt=1,
+        description="dropout on residual branches and inside the FFN (not given in the paper; the authors' code uses 0.1)",
+    )
     attention_dropout: float = Field(
         0.1, ge=0, lt=1,
-        description="dropout on attention weights [CODE-HINT]; 0 lets PyTorch use its fused attention kernel (much faster on a CPU)",
+        description="dropout on attention weights (not given in the paper; the authors' code uses 0.1); 0 lets PyTorch "
+        "use its fused attention kernel (much faster on a CPU)",
     )
     neighbor_size: int = Field(7, ge=0, description="n of the n×n neighbour mask; 0 disables masking")
     neighbor_mask_in: list[MaskPlace] = Field(
@@ -58,15 +64,25 @@ class UniADConfig(StandardizeOptions):
     )
     jitter_scale: float = Field(20.0, ge=0, description="α: noise std = α·‖f‖/C")
     jitter_prob: float = Field(1.0, ge=0, le=1, description="p: probability of jittering")
-    jitter_where: Literal["pre_proj", "post_proj"] = Field("pre_proj", description="[CODE-HINT] before the input projection")
-    jitter_granularity: Literal["batch", "token"] = Field("batch", description="[CODE-HINT] one coin flip per batch")
+    jitter_where: Literal["pre_proj", "post_proj"] = Field(
+        "pre_proj",
+        description="where tokens are jittered, which the paper leaves open: before the input projection, as in the "
+        "authors' code, or after it",
+    )
+    jitter_granularity: Literal["batch", "token"] = Field(
+        "batch",
+        description="one coin flip of jitter_prob per batch, as in the authors' code, or one per token",
+    )
     first_layer_kv: Literal["encoder", "self"] = Field(
-        "encoder", description="what decoder layer 1 integrates with: the encoder output [CODE-HINT] or itself [paper]"
+        "encoder",
+        description="what decoder layer 1 integrates with: the encoder output (as in the authors' code, which "
+        "reproduces the published numbers) or itself (as the paper's text says)",
     )
     grid_stride: int = Field(16, ge=1, description="token grid = the backbone map of this stride")
     feature_resize: Literal["bilinear", "area"] = Field(
         "bilinear",
-        description="stage -> grid resize: bilinear, align_corners [CODE-HINT]; area averages finer stages (no aliasing)",
+        description="stage -> grid resize (not given in the paper): bilinear with align_corners, as in the authors' code; "
+        "area averages finer stages (no aliasing)",
     )
 
 

@@ -1,4 +1,6 @@
-"""Reconstructor ``unias``: UniAS's multi-level hybrid reconstruction (SPEC.md §3).
+"""Reconstructor ``unias``: UniAS's multi-level hybrid reconstruction.
+
+UniAS is "Towards Accurate Unified Anomaly Segmentation" (WACV 2025).
 
 UniAD rebuilds every stage on one coarse grid, so a defect smaller than a grid cell blurs
 into its neighbours. UniAS keeps each backbone stage (a *level*) at its own resolution and
@@ -19,8 +21,9 @@ rebuilds the levels one after another, coarse to fine, with one decoder block pe
 * **map**: per level 1 − cos(ẑ, z°) per position, upsampled bilinearly to the image, and
   multiplied over the levels (a pixel must be anomalous at every scale).
 
-Every point the paper leaves open ([UNSPEC]) and every extra found only in the authors' code
-([CODE-HINT]) is an option below, defaulting to SPEC's choice; ``uadp show unias`` lists them.
+Every point the paper leaves open, and every extra found only in the authors' released code,
+is an option below. Where the paper is silent the default is our stated choice; the code-only
+extras are off by default. ``uadp show unias`` lists them.
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ from uadp import hookimpl
 from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
-from uadp_plugins.layers.attention import MaskedAttention, neighbor_mask
-from uadp_plugins.layers.dropout import FastDropout
-from uadp_plugins.layers.jitter import feature_jitter
-from uadp_plugins.layers.mgg_cnn import LocalModule, build_local_module
-from uadp_plugins.layers.smoothing import full_precision, gaussian_blur
-from uadp_plugins.layers.standardize import ChannelStandardizer, StandardizeOptions
+from uadp_plugins._layers.attention import MaskedAttention, neighbor_mask
+from uadp_plugins._layers.dropout import FastDropout
+from uadp_plugins._layers.jitter import feature_jitter
+from uadp_plugins._layers.mgg_cnn import LocalModule, build_local_module
+from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
+from uadp_plugins._layers.standardize import ChannelStandardizer, StandardizeOptions
 
 PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin ships
 
@@ -52,54 +55,65 @@ PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin 
 class UniASConfig(StandardizeOptions):
     model_config = ConfigDict(extra="forbid")
     hidden_dim: int = Field(256, ge=8, description="C′, the token width of every level")
-    num_heads: int = Field(8, ge=1, description="[UNSPEC] 8 (as UniAD); [CODE-HINT] 4")
-    ffn_dim: int = Field(1024, ge=1, description="[UNSPEC] 1024 (as UniAD); [CODE-HINT] 2048")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on residual branches and inside the FFN [UNSPEC]")
+    num_heads: int = Field(8, ge=1, description="attention heads; not given in the paper, so 8 as in UniAD (the authors' code uses 4)")
+    ffn_dim: int = Field(1024, ge=1, description="FFN width; not given in the paper, so 1024 as in UniAD (the authors' code uses 2048)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on residual branches and inside the FFN (not given in the paper)")
     attention_dropout: float = Field(
-        0.0, ge=0, lt=1, description="dropout on attention weights [UNSPEC]; 0 keeps PyTorch's fused attention kernel"
+        0.0, ge=0, lt=1, description="dropout on attention weights (not given in the paper); 0 keeps PyTorch's fused attention kernel"
     )
-    smooth_kernel: int = Field(3, ge=1, description="z° = G∗z: Gaussian kernel size, odd [UNSPEC]; 1 = no smoothing")
-    smooth_sigma: float = Field(1.0, gt=0, description="σ of the feature smoothing [UNSPEC]")
+    smooth_kernel: int = Field(3, ge=1, description="z° = G∗z: Gaussian kernel size, odd (not given in the paper); 1 = no smoothing")
+    smooth_sigma: float = Field(1.0, gt=0, description="σ of the feature smoothing (not given in the paper)")
     input_features: Literal["cat", "smoothed"] = Field(
-        "cat", description="what is patch-embedded [UNSPEC]: concat(z°, z° − z) or z° alone"
+        "cat", description="what is patch-embedded (the paper does not say): concat(z°, z° − z) or z° alone"
     )
-    position: Literal["sine", "none"] = Field("sine", description="2-D sine encoding added to queries and keys [UNSPEC]")
-    level_embedding: bool = Field(True, description="a learnable per-level embedding added to each level's tokens [UNSPEC]")
+    position: Literal["sine", "none"] = Field("sine", description="2-D sine encoding added to queries and keys (the paper names none; Mask2Former's convention)")
+    level_embedding: bool = Field(True, description="a learnable per-level embedding added to each level's tokens (the paper does not say)")
     sar_query: bool = Field(True, description="sample-aware reweighted query; false = a plain learnable query (ablation)")
     sar_combine: Literal["product", "sum"] = Field(
-        "product", description="q⊙w_c⊙w_s [UNSPEC default]; or q⊙w_c + q⊙w_s [CODE-HINT]"
+        "product",
+        description="how the query is reweighted, which the paper leaves open: q⊙w_c⊙w_s (our choice) or "
+        "q⊙w_c + q⊙w_s (as in the authors' code)",
     )
-    sar_reduction: int = Field(16, ge=1, description="CBAM channel-MLP reduction ratio [UNSPEC]")
+    sar_reduction: int = Field(16, ge=1, description="CBAM channel-MLP reduction ratio (not given in the paper)")
     sar_kernel: int = Field(7, ge=1, description="CBAM spatial-attention conv size")
     local_module: LocalModule = Field("mgg_cnn", description="query refinement after each block: mgg_cnn, mg_cnn, conv3 or none")
     deepest_level_mode: Literal["cross", "self"] = Field(
         "cross",
-        description="coarsest level's first attention: cross-attention from the query (eq. 4) or self-attention "
+        description="coarsest level's first attention: cross-attention from the query (the paper's Eq. 4) or self-attention "
         "over query + tokens (the ablation baseline's reading)",
     )
     head: Literal["tconv", "upsample_conv"] = Field(
         "tconv",
-        description="per-level reconstruction head: transposed conv, kernel = stride = patch [UNSPEC default]; or "
-        "LayerNorm, bilinear upsampling and three 3×3 convs [CODE-HINT]",
+        description="per-level reconstruction head, which the paper does not detail: transposed conv, kernel = "
+        "stride = patch (our choice); or LayerNorm, bilinear upsampling and three 3×3 convs (as in the authors' code)",
     )
     mse_weight: float = Field(1.0, ge=0, description="loss = scale · Σ_levels (mse_weight·MSE + cos_weight·(1 − cos))")
     cos_weight: float = Field(1.0, ge=0)
-    loss_scale: float = Field(1.0, gt=0, description="[CODE-HINT] 10")
+    loss_scale: float = Field(1.0, gt=0, description="factor on the whole loss; the paper has none, the authors' code uses 10")
     inference_levels: list[int] | None = Field(
-        None, description="levels multiplied into the map, 1 = finest (SPEC §3.10); default: all",
+        None, description="levels multiplied into the map, 1 = finest (as in the paper's ablation of the levels); default: all",
         json_schema_extra=INFERENCE_ONLY,
     )
     post_gaussian: bool = Field(
-        False, description="[CODE-HINT] blur each level's map before the product: kernel 3/5/7/9 coarse to fine, σ = k/3",
+        False, description="blur each level's map before the product, kernel 3/5/7/9 coarse to fine and σ = k/3, as in the "
+        "authors' code (the paper has no blur)",
         json_schema_extra=INFERENCE_ONLY,
     )
     map_sigma: float = Field(
-        0.0, ge=0, description="[UNSPEC] σ (image px) of a Gaussian blur of the final (product) map; 0 = none, as SPEC",
+        0.0, ge=0, description="σ (image px) of a Gaussian blur of the final (product) map, our addition; 0 = none, as in the paper",
         json_schema_extra=INFERENCE_ONLY,
     )
-    jitter_scale: float = Field(0.0, ge=0, description="[CODE-HINT] 20: UniAD-style feature jitter on the input; 0 = off")
-    jitter_prob: float = Field(0.5, ge=0, le=1, description="[CODE-HINT] 0.5")
-    neighbor_size: int = Field(0, ge=0, description="[CODE-HINT] 7: n×n neighbour mask in the decoder's attentions; 0 = off")
+    jitter_scale: float = Field(
+        0.0, ge=0,
+        description="α of UniAD-style feature jitter on the input, which the authors' code uses (20) and the paper "
+        "does not; 0 = off",
+    )
+    jitter_prob: float = Field(0.5, ge=0, le=1, description="probability of jittering, when jitter_scale > 0 (the authors' code: 0.5)")
+    neighbor_size: int = Field(
+        0, ge=0,
+        description="n of an n×n neighbour mask in the decoder's attentions, which the authors' code uses (7) and the "
+        "paper does not; 0 = off",
+    )
 
 
 def sine_position(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -122,7 +136,7 @@ def sine_position(rows: int, cols: int, dim: int, temperature: float = 10000.0) 
 
 
 class SampleAwareQuery(nn.Module):
-    """SAR query (SPEC §3.4): a learnable query grid reweighted by CBAM weights of the coarsest level."""
+    """UniAS's sample-aware reweighted (SAR) query: a learnable query grid reweighted by CBAM weights of the coarsest level."""
 
     def __init__(self, tokens: int, dim: int, reduction: int, kernel: int, combine: str, enabled: bool) -> None:
         super().__init__()
@@ -360,7 +374,7 @@ class UniAS(Reconstructor):
         with full_precision(maps[0]):
             for level in self.inference_levels:
                 m = maps[level - 1]
-                if self.config.post_gaussian:  # [CODE-HINT] kernels 3, 5, 7, 9 in decoder order (coarse first)
+                if self.config.post_gaussian:  # as the authors' code: kernels 3, 5, 7, 9 in decoder order (coarse first)
                     kernel = 3 + 2 * (levels - level)
                     m = gaussian_blur(m, kernel / 3, kernel // 2)
                 m = F.interpolate(m.unsqueeze(1), size=self.image_size, mode="bilinear", align_corners=False)[:, 0]

@@ -2,8 +2,8 @@
 
 OmniAL weights its synthetic anomalies by the JND of the image, so that a defect is stronger
 where the eye (and a reconstruction model) would notice it least. The paper names a NAMM
-model in the style of Shen et al. 2014 / Wu et al. 2013 without giving the formula; SPEC §4.2
-fixes the classic pixel-domain NAMM (Chou & Li's luminance adaptation and contrast masking,
+model in the style of Shen et al. 2014 / Wu et al. 2013 without giving the formula; we use
+the classic pixel-domain NAMM (Chou & Li's luminance adaptation and contrast masking,
 combined with the non-linear additivity rule), which is what this module computes:
 
     JND = LA + CM − 0.3 · min(LA, CM)

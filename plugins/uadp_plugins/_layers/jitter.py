@@ -1,8 +1,9 @@
-"""Feature jittering (UniAD, SPEC §1.6): Gaussian noise scaled to each feature vector's norm.
+"""Feature jittering: Gaussian noise scaled to each feature vector's norm.
 
+From UniAD ("A Unified Model for Multi-class Anomaly Detection", You et al., NeurIPS 2022).
 Reconstructing a clean feature from a jittered one is denoising, which a network cannot
-solve by copying its input; UniAD applies it to the input tokens while training, and UniAS's
-code does too (SPEC §3.7).
+solve by copying its input; UniAD applies it to the input tokens while training, and the
+UniAS authors' released code does too (the UniAS paper does not mention it).
 """
 
 from __future__ import annotations

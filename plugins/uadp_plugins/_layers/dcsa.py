@@ -1,4 +1,6 @@
-"""OmniAL's convolutional building blocks (SPEC §4.3–4.4): the basic block and DCSA.
+"""OmniAL's convolutional building blocks: the basic block and DCSA.
+
+From "OmniAL: A Unified CNN Framework for Unsupervised Anomaly Localization" (Zhao, CVPR 2023).
 
 The basic block is [Conv3×3 → Norm → ReLU] × 2. Which normalisation matters in a unified
 model: BatchNorm mixes the statistics of every class in a mixed batch, so OmniAL uses
@@ -41,7 +43,7 @@ class BasicBlock(nn.Sequential):
 
 
 class DCSA(nn.Module):
-    """Dilated channel + spatial attention, both added to the input (SPEC §4.4)."""
+    """OmniAL's dilated channel + spatial attention (DCSA), both added to the input."""
 
     def __init__(
         self,

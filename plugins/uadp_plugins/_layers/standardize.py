@@ -1,6 +1,6 @@
 """Per-channel standardisation of frozen features, estimated from the training images.
 
-[uadp, not in the papers] Raw backbone channels differ in scale by orders of magnitude
+This is uadp's addition; none of the papers does it. Raw backbone channels differ in scale by orders of magnitude
 (EfficientNet-Lite0: from ~0.01 to ~50), so a reconstruction error or a cosine over raw
 channels mostly measures the few large ones. Dividing each channel by its training std (after
 removing its mean) makes every channel count; on the demo data it was the largest single gain
@@ -22,8 +22,8 @@ class StandardizeOptions(BaseModel):
 
     standardize: bool = Field(
         False,
-        description="[uadp, not in the paper] standardise each feature channel by its training mean/std "
-        "(estimated while training sees its first standardize_images images)",
+        description="standardise each feature channel by its training mean/std, estimated while training sees its "
+        "first standardize_images images (uadp's addition, not in the paper)",
     )
     standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
 

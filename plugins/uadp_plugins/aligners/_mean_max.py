@@ -1,4 +1,7 @@
-"""Mean-max normalisation (CADA, SPEC §2.2), shared by every statistics-based aligner.
+"""Mean-max normalisation, shared by every statistics-based aligner.
+
+The normalisation of CADA ("Absolute-Unified Multi-Class Anomaly Detection via Class-Agnostic
+Distribution Alignment").
 
 A class's normal maps are summarised by ``u`` (the mean pixel score) and ``gamma`` (the mean
 over images of each image's maximum: a robust "typical max"). The calibrated map
@@ -75,8 +78,9 @@ def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: flo
     """(M - u) / (gamma - u) per image, the denominator kept >= eps.
 
     ``u`` and ``gamma`` are [B]. A regressor can predict gamma <= u; such images are scaled by
-    1/eps instead of flipping sign, and a warning counts them (SPEC §2.4, output safety; not
-    while the model is being exported, where the count is not a Python number).
+    1/eps instead of flipping sign, and a warning counts them (the CADA paper gives no guard against
+    gamma <= u; this one is ours). No warning while the model is being exported, where the
+    count is not a Python number.
     """
     spread = gamma - u
     if not torch.compiler.is_compiling():

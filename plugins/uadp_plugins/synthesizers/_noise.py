@@ -1,7 +1,8 @@
 """Perlin gradient noise and the random blob-shaped regions drawn from it.
 
-DRAEM-family synthesizers (and SPEC §4.2's default for OmniAL) place anomalies inside
-thresholded Perlin noise: smooth, organic regions of random size and count, unlike boxes.
+DRAEM-family synthesizers place anomalies inside thresholded Perlin noise: smooth, organic
+regions of random size and count, unlike boxes. OmniAL does not say how it draws its regions,
+so ``panel-jnd`` does the same.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""CADA's small head on a frozen embedding, and the SGD loop that fits it (SPEC §2.4-2.5).
+"""CADA's small head on a frozen embedding, and the SGD loop that fits it.
+
+CADA is "Absolute-Unified Multi-Class Anomaly Detection via Class-Agnostic Distribution
+Alignment"; the head's shape and its SGD settings follow that paper's regressor.
 
 The head is "1 conv + 2 linear": Conv(C->C) -> activation -> global average pool ->
 Dropout -> Linear(C->hidden) -> activation -> Dropout -> Linear(hidden->outputs). Dropout is
@@ -21,7 +24,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .mean_max import CalibrationConfig
+from ._mean_max import CalibrationConfig
 
 
 class HeadConfig(CalibrationConfig):

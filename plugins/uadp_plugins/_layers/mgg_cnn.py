@@ -1,10 +1,13 @@
-"""UniAS's local modules (SPEC §3.6): the multi-granularity gated CNN and its ablations.
+"""UniAS's local modules: the multi-granularity gated CNN (MGG-CNN) and its ablations.
+
+From "Towards Accurate Unified Anomaly Segmentation" (UniAS, WACV 2025).
 
 ``mgg_cnn`` runs four parallel branches over the token grid — a 1×1 conv and stacks of one,
 two and three 3×3 convs (receptive fields 1, 3, 5, 7) — each ending in a GELU "gate", and
 sums them. There is no activation or normalisation inside a stack and no outer residual
 (the paper's formula and its code agree). ``mg_cnn`` is the same without the gates, ``conv3``
-a single 3×3 conv: the ablation rows of SPEC §3.10. All keep the channel count and size.
+a single 3×3 conv: the rows of the paper's component ablation (its Table 4). All keep the
+channel count and size.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class MultiGranularityCNN(nn.Module):
         self.gate = nn.GELU() if gated else nn.Identity()
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)  # [CODE-HINT]
+                nn.init.xavier_uniform_(module.weight)  # as the authors' code; the paper gives no init
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,1 +1,0 @@
-"""Building blocks shared by the bundled models (attention with neighbour masks, dropout)."""

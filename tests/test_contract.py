@@ -1,4 +1,4 @@
-"""The plugin contract fits all four method shapes (uadp.contract, DESIGN §3).
+"""The plugin contract (uadp.contract) fits all four method shapes.
 
 Each shape is written here as a small third-party plugin, registered on a fresh registry
 beside the bundled entry points, and run through the real engine on the generated dataset:
@@ -46,7 +46,7 @@ from uadp.data.loader import SampleDataset, batches, make_loader
 from uadp.data.splits import calibration_count, gather, hold_out_calibration
 from uadp.engine.components import build_dataset
 from uadp.engine.detector import Detector, SplitPredictions, load_bundle
-from uadp.engine.run import RunResult, run
+from uadp.engine.pipeline import RunResult, train_and_evaluate
 from uadp.errors import ConfigError
 from uadp.registry import Registry
 from uadp.testing import quick_config
@@ -306,7 +306,7 @@ def runs_dir(tmp_path_factory):
 
 
 def _run(config, registry: Registry) -> Completed:
-    """``uadp.engine.run.run``, keeping the detector and test predictions it computed."""
+    """``uadp.engine.pipeline.train_and_evaluate``, keeping the detector and test predictions it computed."""
     seen: list[tuple[Detector, SplitPredictions]] = []
     original = Detector.predict_split
 
@@ -318,7 +318,7 @@ def _run(config, registry: Registry) -> Completed:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Detector, "predict_split", spy)
-        result = run(config, registry, log=lambda text: None)
+        result = train_and_evaluate(config, registry, log=lambda text: None)
     ((detector, predictions),) = seen
     return Completed(result, detector, predictions)
 
@@ -518,7 +518,7 @@ def test_omnial_shape_bundle_reloads(omnial: Completed, registry):
 def test_required_synthesizer_missing_is_a_config_error(tiny_dataset, runs_dir, registry):
     config = quick_config(tiny_dataset, runs_dir, reconstructor={"name": "context_segmenter"})
     with pytest.raises(ConfigError, match=r"synthesizer.*'context_segmenter'"):
-        run(config, registry, log=lambda text: None)
+        train_and_evaluate(config, registry, log=lambda text: None)
 
 
 def test_synthesizer_for_a_reconstructor_without_one_is_a_config_error(tiny_dataset, runs_dir, registry):
@@ -526,7 +526,7 @@ def test_synthesizer_for_a_reconstructor_without_one_is_a_config_error(tiny_data
         tiny_dataset, runs_dir, reconstructor={"name": "multilevel_ae"}, synthesizer={"name": "foreign_patch"}
     )
     with pytest.raises(ConfigError, match=r"synthesizer.*'multilevel_ae'"):
-        run(config, registry, log=lambda text: None)
+        train_and_evaluate(config, registry, log=lambda text: None)
 
 
 # --------------------------------------------------------------------------- 4. CADA

@@ -1,4 +1,4 @@
-"""Tests of plugin loading and component lookup (uadp.registry, uadp.hookspecs, DESIGN §3).
+"""Tests of plugin loading and component lookup (uadp.registry, uadp.hookspecs).
 
 The registry is the one door through which every component enters a run, so it must load the
 bundled plugins exactly like third-party ones (the ``uadp`` entry-point group), honour the
@@ -16,11 +16,12 @@ import inspect
 import json
 import signal
 import textwrap
+from pathlib import Path
 
 import pluggy
 import pytest
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 import uadp
 import uadp.cli
@@ -290,7 +291,7 @@ def test_registration_carries_what_the_plugin_declared(every_kind: Registry):
 def test_registration_without_config_takes_no_options(every_kind: Registry):
     reg = every_kind.get("synthesizers", "test_synth")
     assert reg.config is NoOptions
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         reg.config.model_validate({"anything": 1})
 
 
@@ -568,3 +569,25 @@ def test_plugins_command_prints_json(monkeypatch, capsys, restore_sigterm):
     assert rows[uniad]["package"] == "uadp"
     assert "register_reconstructors" in rows[uniad]["hooks"]
     assert rows["hello_plugin"]["hooks"] == ["register_commands"]
+
+
+def test_data_flag_selects_the_dataset_registered_as_a_folder_reader():
+    assert Registry().folder_dataset() == "mvtec"
+
+    class NoFolder:
+        @hookimpl
+        def register_datasets(self, register):
+            register("listed", _factory, help="images listed somewhere")
+
+    registry = Registry(load_entry_points=False)
+    registry.add_plugin(NoFolder(), "no_folder")
+    with pytest.raises(UnknownComponentError, match="folder=True"):
+        registry.folder_dataset()
+
+    class Folder:
+        @hookimpl
+        def register_datasets(self, register):
+            register("my-folders", _factory, help="my layout", folder=True)
+
+    registry.add_plugin(Folder(), "folder")
+    assert registry.folder_dataset() == "my-folders"

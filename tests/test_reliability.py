@@ -453,13 +453,13 @@ def test_an_unreachable_tracking_server_fails_at_once_in_a_real_process(tiny_dat
 
 def test_an_empty_mask_on_a_defective_image_is_reported(data_copy: Path, runs_root: Path) -> None:
     from uadp.config import build_config
-    from uadp.engine.run import Run
+    from uadp.engine.pipeline import Job
     from uadp.registry import get_registry
 
     mask = data_copy / "dots" / "ground_truth" / "patch" / "004_mask.png"
     Image.new("L", Image.open(mask).size).save(mask)
     lines = []
-    job = Run(build_config(overrides={"dataset": {"name": "mvtec", "root": str(data_copy)}}), get_registry(), lines.append)
+    job = Job(build_config(overrides={"dataset": {"name": "mvtec", "root": str(data_copy)}}), get_registry(), lines.append)
     assert len(job.notes) == 1 and str(mask) in job.notes[0] and "all-black mask" in job.notes[0]
     assert any(line == f"note: {job.notes[0]}" for line in lines)
 
@@ -467,15 +467,15 @@ def test_an_empty_mask_on_a_defective_image_is_reported(data_copy: Path, runs_ro
 def test_a_warning_is_one_line_without_python_source(tiny_dataset: Path, runs_root: Path, monkeypatch, capsys) -> None:
     import warnings
 
-    import uadp.engine.run as run_module
+    import uadp.engine.pipeline as pipeline
 
-    real = run_module.evaluate
+    real = pipeline.evaluate
 
     def evaluate_with_a_warning(*args, **kwargs):
         warnings.warn("pooled pixel_auroc = 0.400 is below chance; scores may be inverted", stacklevel=2)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "evaluate", evaluate_with_a_warning)
+    monkeypatch.setattr(pipeline, "evaluate", evaluate_with_a_warning)
     assert call(quick_args(tiny_dataset, runs_root, epochs=0)) == 0
     err = capsys.readouterr().err
     assert "uadp: warning: pooled pixel_auroc = 0.400 is below chance; scores may be inverted" in err.splitlines()

@@ -22,12 +22,12 @@ MEAN_METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")  # the co
 
 
 def _train(root: Path, runs: Path, **sections):
-    from uadp.engine.run import run
+    from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
 
     sections.setdefault("eval", {"overlays_per_class": 0})
-    return run(quick_config(root, runs, **sections), get_registry(), log=lambda _: None)
+    return train_and_evaluate(quick_config(root, runs, **sections), get_registry(), log=lambda _: None)
 
 
 def _bench(script: str, *args: object) -> list[str]:

@@ -43,8 +43,10 @@ def _registry(args: argparse.Namespace):
 # --------------------------------------------------------------------------- run
 
 
-def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The dedicated flags of ``uadp run`` (or the subset another command has) as a nested override."""
+def _flag_overrides(args: argparse.Namespace, registry) -> dict[str, Any]:
+    """The dedicated flags of ``uadp run`` (or the subset another command has) as a nested override.
+
+    ``--data PATH`` selects the dataset plugin that reads a folder (registered ``folder=True``)."""
     out: dict[str, Any] = {}
 
     def flag(name: str) -> Any:
@@ -55,7 +57,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             out.setdefault(section, {})[key] = value
 
     if flag("data") is not None:
-        out["dataset"] = {"name": "mvtec", "root": args.data}
+        out["dataset"] = {"name": registry.folder_dataset(), "root": args.data}
     if flag("classes") is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:
@@ -100,25 +102,25 @@ def _config_for_run(args: argparse.Namespace, registry):
     from .config import build_config
 
     preset = args.config or _reconstructor_preset(args, registry)
-    config = build_config(preset, _flag_overrides(args), args.set)
+    config = build_config(preset, _flag_overrides(args, registry), args.set)
     if args.from_run:
-        from .engine.run import config_for_base_run
+        from .engine.pipeline import config_for_base_run
 
         base = config_for_base_run(args.from_run, config.tracking.root, args.trust_model_file)
         base["tracking"] = config.tracking.model_dump()  # where this run is recorded, not where the base was
-        config = build_config(args.config, _flag_overrides(args), args.set, base=base)
+        config = build_config(args.config, _flag_overrides(args, registry), args.set, base=base)
     elif args.resume:
-        from .engine.run import config_for_resume
+        from .engine.pipeline import config_for_resume
 
         base = config_for_resume(args.resume, config.tracking.root, args.trust_model_file)
         base["tracking"]["root"] = config.tracking.root  # where the run's store is now
-        config = build_config(args.config, _flag_overrides(args), args.set, base=base)
+        config = build_config(args.config, _flag_overrides(args, registry), args.set, base=base)
     return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import resolve
-    from .engine.run import run
+    from .engine.pipeline import train_and_evaluate
     from .filesystem import check_writable_file, write_text_atomic
     from .report import format_table
     from .thresholds import format_threshold_table
@@ -133,8 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output_json:
         check_writable_file(Path(args.output_json), "--output-json", "choose another path")
     try:
-        result = run(config, registry, resume=args.resume, log=lambda text: print(text, flush=True),
-                     from_run=args.from_run, trust_model_file=args.trust_model_file)
+        result = train_and_evaluate(config, registry, resume=args.resume, log=lambda text: print(text, flush=True),
+                                    from_run=args.from_run, trust_model_file=args.trust_model_file)
     except KeyboardInterrupt as exc:
         if not hasattr(exc, "aftermath"):
             exc.aftermath = "the run had not started, nothing was recorded"
@@ -174,7 +176,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from .engine.synthesis_preview import spread_over_classes, synthesis_grid
 
     registry = _registry(args)
-    config = build_config(args.config, _flag_overrides(args), args.set)
+    config = build_config(args.config, _flag_overrides(args, registry), args.set)
     if config.synthesizer is None:
         raise UadpError("no synthesizer: pass --synthesizer NAME (see `uadp list synthesizers`) or a --config that has one")
     synthesizer, _ = build_synthesizer(config, registry)
@@ -396,6 +398,7 @@ def _print_prediction(row: dict, as_json: bool) -> None:
 # --------------------------------------------------------------------------- parser
 
 def _workers(text: str) -> int | str:
+    """``--workers`` of ``uadp predict``: a number of decoding processes, or auto."""
     if text == "auto" or (text.isdigit()):
         return text if text == "auto" else int(text)
     raise argparse.ArgumentTypeError(f"expected a number of processes or auto, got {text!r}")
@@ -405,74 +408,119 @@ TRUST_HELP = ("also load a model file that holds Python objects besides tensors 
               "those runs code, so use it only for a file from someone you trust (e.g. an older uadp's bundle)")
 
 
+def _shared_flag(flag: str) -> dict[str, Any]:
+    """The declaration of a flag that several sub-commands take, kept in one place so that it
+    reads and parses alike in each (a fresh one per call: ``--set``'s default list is not shared)."""
+    return {
+        "--config": {"help": "a YAML file, or the name of a preset (see `uadp list presets`), e.g. unias-cpu"},
+        "--data": {"help": "MVTec-layout folder with one sub-folder per class (default: the embedded demo)"},
+        "--classes": {"help": "comma-separated subset of classes"},
+        "--synthesizer": {"help": "synthesizer plugin, or none"},
+        "--image-size": {"type": int},
+        "--seed": {"type": int},
+        "--device": {"help": "auto, cpu, cuda, cuda:N"},
+        "--set": {"action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
+                  "help": "override any config value (repeatable)"},
+        "--root": {"default": "uadp-runs", "help": "where runs are stored, for a run id (no MLFLOW_TRACKING_URI)"},
+        "--trust-model-file": {"action": "store_true", "help": TRUST_HELP},
+        "--plugins-dir": {"help": "also load every *.py plugin file in this folder"},
+    }[flag]
+
+
+def _add_shared(parser: argparse.ArgumentParser, *flags: str) -> None:
+    """Give ``parser`` the shared ``flags``, in this order, as :func:`_shared_flag` declares them."""
+    for flag in flags:
+        parser.add_argument(flag, **_shared_flag(flag))
+
+
+def _add_shared_as(parser: argparse.ArgumentParser, flag: str, **changes: Any) -> None:
+    """A shared flag with ``changes`` (a default, a help text) where it plays another part in this command."""
+    parser.add_argument(flag, **(_shared_flag(flag) | changes))
+
+
 def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
+    """The ``uadp`` parser: the built-in sub-commands, then those plugins add."""
     parser = argparse.ArgumentParser(prog="uadp", description="Unified visual anomaly detection: one model for many product classes.")
     parser.add_argument("--version", action="version", version=f"uadp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_command(sub)
+    _add_synthesize_command(sub)
+    _add_inspection_commands(sub)
+    _add_ui_command(sub)
+    _add_predict_command(sub)
+    _add_export_command(sub)
+    if registry_for_commands is not None:
+        registry_for_commands.commands(sub)
+    return parser
 
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="train one model on every class, evaluate it, track it in MLflow")
-    p.add_argument("--config", help="a YAML file, or the name of a preset (see `uadp list presets`), e.g. unias-cpu")
-    p.add_argument("--data", help="MVTec-layout folder with one sub-folder per class (default: the embedded demo)")
-    p.add_argument("--classes", help="comma-separated subset of classes")
+    _add_shared(p, "--config", "--data", "--classes")
     p.add_argument("--backbone", help="backbone plugin (see `uadp list backbones`)")
     p.add_argument("--reconstructor", help="reconstructor plugin, e.g. uniad")
-    p.add_argument("--synthesizer", help="synthesizer plugin, or none")
+    _add_shared(p, "--synthesizer")
     p.add_argument("--aligner", help="aligner plugin")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int)
+    _add_shared(p, "--image-size")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    _add_shared(p, "--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--seed", type=int)
+    _add_shared(p, "--seed")
     p.add_argument("--normal-dir", metavar="DIR",
                    help="normal images (DIR/<class>/.../*.png) to set the OK / not-OK thresholds on, instead of "
                         "keeping a share of the training images apart")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value (repeatable)")
+    _add_shared(p, "--set")
     p.add_argument("--resume", metavar="RUN_ID|PATH",
                    help="continue an interrupted run from its last checkpoint, exactly as it was recorded (no other options needed)")
     p.add_argument("--from-run", metavar="RUN_ID|PATH",
                    help="skip training: take a finished run's model (its config, then your flags) and fit --aligner on it")
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
-    p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
+    _add_shared(p, "--trust-model-file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--plugins-dir", help="also load every *.py plugin file in this folder")
+    _add_shared(p, "--plugins-dir")
     p.set_defaults(handler=cmd_run)
 
+
+def _add_synthesize_command(sub) -> None:
     p = sub.add_parser("synthesize", help="a PNG grid of a synthesizer's anomalies on training images, with their ground truth")
-    p.add_argument("--synthesizer", help="synthesizer plugin, e.g. panel-jnd")
-    p.add_argument("--config", help="YAML file or preset name; its synthesizer and data settings are used")
-    p.add_argument("--data", help="MVTec-layout folder (default: the embedded demo)")
-    p.add_argument("--classes", help="comma-separated subset of classes")
-    p.add_argument("--image-size", type=int)
+    _add_shared_as(p, "--synthesizer", help="synthesizer plugin, e.g. panel-jnd")  # none is no choice here
+    _add_shared(p, "--config", "--data", "--classes", "--image-size")
     p.add_argument("--count", type=int, default=12, help="number of samples, spread over the classes")
-    p.add_argument("--seed", type=int, help="the run seed the samples are drawn with (default: the config's)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    _add_shared_as(p, "--seed", help="the run seed the samples are drawn with (default: the config's)")
+    _add_shared(p, "--set")
     p.add_argument("--out", default="synthesis.png")
-    p.add_argument("--plugins-dir")
+    _add_shared(p, "--plugins-dir")
     p.set_defaults(handler=cmd_synthesize)
 
+
+def _add_inspection_commands(sub) -> None:
     p = sub.add_parser("plugins", help="loaded plugins, their versions and hooks (JSON)")
-    p.add_argument("--plugins-dir")
+    _add_shared(p, "--plugins-dir")
     p.set_defaults(handler=cmd_plugins)
 
     p = sub.add_parser("list", help="registered components, by kind")
     p.add_argument("kind", nargs="?", help="backbones, reconstructors, synthesizers, aligners, metrics, datasets, presets")
-    p.add_argument("--plugins-dir")
+    _add_shared(p, "--plugins-dir")
     p.set_defaults(handler=cmd_list)
 
     p = sub.add_parser("show", help="a component's help and config schema with defaults")
     p.add_argument("name")
-    p.add_argument("--plugins-dir")
+    _add_shared(p, "--plugins-dir")
     p.set_defaults(handler=cmd_show)
 
+
+def _add_ui_command(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the embedded store")
-    p.add_argument("--root", default="uadp-runs")
+    _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(handler=cmd_ui)
 
+
+def _add_predict_command(sub) -> None:
     p = sub.add_parser("predict", help="OK / not OK for images, files or folders, with a trained or exported model")
     p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, or an "
                                  "exported model folder")
@@ -488,24 +536,18 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--class-name", help="the images' class: its own threshold (per-class models) and oracle aligners")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=_workers, default="auto", help="decoding processes: a number or auto (the default)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--root", default="uadp-runs", help="where runs are stored, for a run id (no MLFLOW_TRACKING_URI)")
-    p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
-    p.add_argument("--plugins-dir")
+    _add_shared_as(p, "--device", default="auto")
+    _add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
     p.set_defaults(handler=cmd_predict)
 
+
+def _add_export_command(sub) -> None:
     p = sub.add_parser("export", help="a trained model as one ONNX or OpenVINO graph, for the line")
     p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI")
     p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the model and its metadata.json")
-    p.add_argument("--root", default="uadp-runs", help="where runs are stored, for a run id (no MLFLOW_TRACKING_URI)")
-    p.add_argument("--trust-model-file", action="store_true", help=TRUST_HELP)
-    p.add_argument("--plugins-dir")
+    _add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
     p.set_defaults(handler=cmd_export)
-
-    if registry_for_commands is not None:
-        registry_for_commands.commands(sub)
-    return parser
 
 
 class Terminated(KeyboardInterrupt):

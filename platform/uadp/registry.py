@@ -45,6 +45,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
     "aligners": {"class_labels": (("none", "train", "train+test"), "none")},
     # the column heading of the metric in result tables (default: its name)
     "metrics": {"short": (str, None)},
+    # a reader of a folder given by `uadp run --data PATH` (its config's `root`); the first
+    # registered one with the trait is what --data selects
+    "datasets": {"folder": ((False, True), False)},
 }
 
 
@@ -264,6 +267,13 @@ class Registry:
         hint = f"; did you mean {close[0]!r}?" if close else "."
         listing = ", ".join(known) if known else "none (no plugin registers any)"
         raise UnknownComponentError(f"unknown {kind[:-1]} {name!r}{hint} Known {kind}: {listing}")
+
+    def folder_dataset(self) -> str:
+        """The dataset that reads a folder given by ``--data`` (the first with ``folder=True``)."""
+        for name, registration in self._collect()["datasets"].items():
+            if registration.traits.get("folder"):
+                return name
+        raise UnknownComponentError("--data: no dataset plugin reads a folder (none registers folder=True)")
 
     def find(self, name: str) -> list[Registration]:
         """Every registration called ``name``, across kinds (for ``uadp show``)."""

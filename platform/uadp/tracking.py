@@ -228,7 +228,8 @@ class Tracker:
         existing = self._call("reading the run", lambda: self.client.get_run(self.run_id)).data.params
         items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), 100):
-            self._call("logging parameters", lambda: self.client.log_batch(self.run_id, params=items[start : start + 100]))
+            chunk = items[start : start + 100]
+            self._call("logging parameters", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import math
@@ -243,7 +244,8 @@ class Tracker:
             if value is not None and not math.isnan(float(value))
         ]
         for start in range(0, len(items), 500):
-            self._call("logging metrics", lambda: self.client.log_batch(self.run_id, metrics=items[start : start + 500]))
+            chunk = items[start : start + 500]
+            self._call("logging metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call(f"storing the artifact {Path(path).name}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))

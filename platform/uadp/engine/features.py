@@ -116,5 +116,5 @@ class FeatureCache:
             index = order[start : start + batch_size]
             if self.folder is not None:
                 index = index.sort().values  # ascending reads from the files; the batch's order does not matter
-            features = tree_map(lambda f: f[index].to(device, torch.float32), self.features)
+            features = tree_map(lambda f, index=index: f[index].to(device, torch.float32), self.features)
             yield Batch(features=features, target_features=features)

@@ -1,17 +1,24 @@
-"""One ``uadp run``: data -> [feature cache] -> train -> [fit aligner] -> evaluate -> track.
+"""The pipeline behind ``uadp run``: one MLflow run, from the data to a saved, scored model.
 
-Stages, in order (DESIGN §2):
+:func:`train_and_evaluate` runs these stages, in order:
 
-1. resolve the config and build the components; gather the chosen classes' samples
-   (bad input fails here, before an MLflow run exists);
-2. train the reconstructor, from cached features when the input never changes, with a
-   checkpoint after every epoch; ``--resume`` continues from one;
-   (``--from-run`` instead loads an earlier run's trained model and skips this stage);
-3. fit the aligner, if any, on the frozen model's maps of the normal *training* images;
-4. predict the test split, score it per class / mean / pooled; with an aligner, both the
-   base (the reconstructor's own maps) and the aligned result;
-5. log everything to MLflow and save the model bundle. The test split is only ever used in
-   step 4: it chooses no checkpoint, threshold or hyper-parameter.
+1. prepare: resolve the config, build the components, gather the chosen classes' samples and
+   check their files; read the checkpoint ``--resume`` continues, or load the trained model
+   ``--from-run`` names. Bad input fails here, in seconds, before an MLflow run exists;
+2. start tracking: a new MLflow run, or the interrupted one reopened for ``--resume``; the
+   config goes in as its params before any training, so that a run that stops is still described;
+3. train the reconstructor, from cached features when the input never changes, with a
+   checkpoint after every epoch (``--resume`` continues from one); with ``--from-run`` the
+   model came trained in stage 1 and nothing is trained;
+4. fit the aligner, if any, on the frozen model's maps of the normal *training* images;
+5. calibrate the OK / not-OK thresholds on normal images kept apart from training (or the
+   ``--normal-dir`` images);
+6. evaluate: predict the test split, score it per class / mean / pooled (with an aligner, both
+   the base maps, the reconstructor's own, and the aligned ones) and judge it by the thresholds;
+7. log the metrics and the files that explain them to MLflow, and save the model bundle.
+
+The test split is only ever used in stage 6: it chooses no checkpoint, threshold or
+hyper-parameter.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
 from .synthesis_preview import spread_over_classes, synthesis_grid
 from .components import Components, build_components
-from .detector import Detector, load_weights, read_bundle
+from .detector import Detector, SplitPredictions, load_weights, read_bundle
 from .device import precision_name, resolve_device, resolve_precision
 from .features import FeatureCache
 from .trainer import Trainer
@@ -91,6 +98,7 @@ def peak_rss_mb() -> float:
 
 
 def _seed_everything(seed: int) -> None:
+    """The same seed gives the same run (on the same thread count and CPU, see ``uadp.threads``)."""
     import random
 
     random.seed(seed)
@@ -98,8 +106,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Run:
-    """Holds the state shared by the stages of one run."""
+class Job:
+    """The state the stages of one run share: its config, components, samples, device, timings
+    and notes, and where its checkpoint lies."""
 
     def __init__(self, config: RunConfig, registry: Registry, log: Log = print) -> None:
         self.config = resolve(config, registry)
@@ -118,16 +127,24 @@ class Run:
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
         self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once there is one
+        self.checkpoint_path: Path | None = None  # --resume's, else set when the MLflow run starts
+        self.base_bundle: Path | None = None  # --from-run's model: nothing is trained here
+        self.lock = None  # held on the checkpoint folder while this process works in it
         t0 = time.perf_counter()
         checked = check_files(self.splits)  # a damaged file stops the run here, not after training
         log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")
         if checked.note():
-            self.notes.append(checked.note())
-            log(f"note: {checked.note()}")
+            self.note(checked.note())
+
+    def note(self, text: str) -> None:
+        """A caveat on the result: said now, and kept in the result (and its summary) for later."""
+        self.notes.append(text)
+        self.log(f"note: {text}")
 
     # ------------------------------------------------------------------ data
 
     def dataset(self, samples, train: bool) -> SampleDataset:
+        """``samples`` prepared as the model sees them; augmented and synthesised only for training."""
         mean, std = self.components.normalisation
         return SampleDataset(
             samples,
@@ -140,7 +157,12 @@ class Run:
             with_masks=not train,
         )
 
+    def loader_in_order(self, samples, train: bool = False):
+        """``samples`` in order, at the evaluation batch size: for every pass that trains nothing."""
+        return make_loader(self.dataset(samples, train=train), self.config.eval.batch_size, self.config.data.workers)
+
     def use_cache(self) -> bool:
+        """Features can be computed once only when every epoch feeds the backbone the same images."""
         cfg = self.config
         return (
             cfg.train.feature_cache == "auto"
@@ -150,6 +172,7 @@ class Run:
         )
 
     def cache_reason(self) -> str:
+        """Why the feature cache is off, for the note that says so."""
         if self.config.train.feature_cache == "off":
             return "train.feature_cache=off"
         if not self.components.uses_features:
@@ -158,48 +181,60 @@ class Run:
             return "random augmentation changes the input every epoch"
         return "the synthesizer changes the input every epoch"
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ training
 
-    def train(self, detector: Detector, tracker: Tracker, resume: dict[str, Any] | None, checkpoint_path: Path) -> list[dict[str, float]]:
+    def train(self, detector: Detector, tracker: Tracker, resume: dict[str, Any] | None) -> list[dict[str, float]]:
+        """Train the reconstructor, continuing ``resume`` (a checkpoint's contents) if given; the
+        loss history of every epoch, the resumed run's earlier ones included."""
         cfg = self.config
         train_set = self.dataset(self.splits.train, train=True)
         steps = max(1, len(train_set) // cfg.train.batch_size) if len(train_set) >= cfg.train.batch_size else 1
         trainer = Trainer(detector.reconstructor, cfg.train, steps, self.device, self.dtype)
-        history: list[dict[str, float]] = []
-        start_epoch = 0
-        if resume is not None:
-            load_weights(detector.reconstructor, resume["model"], f"reconstructor {cfg.reconstructor.name!r}",
-                         checkpoint_path, resume)
-            trainer.load_state_dict(resume["trainer"])
-            torch.set_rng_state(resume["rng"])
-            history = resume["history"]
-            start_epoch = self.saved_epoch = resume["epoch"]
-            self.log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
-
-        cache = None
-        self.timing["feature_s"] = 0.0
-        if cfg.train.epochs > start_epoch and self.use_cache():
-            t0 = time.perf_counter()
-            loader = make_loader(self.dataset(self.splits.train, train=True), cfg.eval.batch_size, cfg.data.workers)
-            dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
-            cache = FeatureCache.build(batches(loader), len(train_set), detector.extract, dtype,
-                                       cfg.train.cache_memory_gb * 2**30, checkpoint_path.parent / "feature-cache")
-            self.timing["feature_s"] = time.perf_counter() - t0
-            where = f"in files under {cache.folder}" if cache.folder is not None else "in memory"
-            self.log(f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB {where}, {self.timing['feature_s']:.1f} s")
-        elif cfg.train.epochs > start_epoch:
-            self.notes.append(f"feature cache off: {self.cache_reason()}")
-            self.log(f"feature cache off: {self.cache_reason()}")
-
+        history, start_epoch = self._restore(detector, trainer, resume) if resume is not None else ([], 0)
+        cache = self._feature_cache(detector, len(train_set), start_epoch)
         try:
-            self._epochs(detector, tracker, trainer, cache, train_set, history, start_epoch, checkpoint_path)
+            self._epochs(detector, tracker, trainer, cache, train_set, history, start_epoch)
         finally:
             if cache is not None:
                 cache.close()
         return history
 
+    def _restore(self, detector: Detector, trainer: Trainer, resume: dict[str, Any]) -> tuple[list[dict[str, float]], int]:
+        """Weights, optimiser, scheduler and random state as the checkpoint left them, so that
+        training goes on from there rather than starting again."""
+        load_weights(detector.reconstructor, resume["model"], f"reconstructor {self.config.reconstructor.name!r}",
+                     self.checkpoint_path, resume)
+        trainer.load_state_dict(resume["trainer"])
+        torch.set_rng_state(resume["rng"])
+        self.saved_epoch = resume["epoch"]
+        self.log(f"resuming after epoch {self.saved_epoch} from {self.checkpoint_path}")
+        return resume["history"], resume["epoch"]
+
+    def _feature_cache(self, detector: Detector, images: int, start_epoch: int) -> FeatureCache | None:
+        """The backbone's features of the training images, computed once so that the epochs skip
+        the backbone; None (with a note why) when the input changes every epoch."""
+        cfg = self.config
+        self.timing["feature_s"] = 0.0
+        if cfg.train.epochs <= start_epoch:
+            return None
+        if not self.use_cache():
+            self.notes.append(f"feature cache off: {self.cache_reason()}")
+            self.log(f"feature cache off: {self.cache_reason()}")
+            return None
+        t0 = time.perf_counter()
+        loader = self.loader_in_order(self.splits.train, train=True)
+        dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
+        cache = FeatureCache.build(batches(loader), images, detector.extract, dtype,
+                                   cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache")
+        self.timing["feature_s"] = time.perf_counter() - t0
+        where = f"in files under {cache.folder}" if cache.folder is not None else "in memory"
+        self.log(f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB {where}, {self.timing['feature_s']:.1f} s")
+        return cache
+
     def _epochs(self, detector: Detector, tracker: Tracker, trainer: Trainer, cache: FeatureCache | None,
-                train_set: SampleDataset, history: list[dict[str, float]], start_epoch: int, checkpoint_path: Path) -> None:
+                train_set: SampleDataset, history: list[dict[str, float]], start_epoch: int) -> None:
+        """The epochs left to train, each logged to MLflow and saved as a checkpoint at once, so
+        that a stopped run loses at most the epoch it was in."""
         cfg = self.config
         t0 = time.perf_counter()
         for epoch in range(start_epoch, cfg.train.epochs):
@@ -214,23 +249,28 @@ class Run:
             history.append({"epoch": epoch + 1, **losses, "seconds": seconds})
             tracker.log_metrics({f"train/{k}": v for k, v in losses.items()} | {"train/epoch_s": seconds, "train/lr": trainer.scheduler.get_last_lr()[0]}, step=epoch + 1)
             self.log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {losses['loss']:.5f}  {seconds:.1f} s")
-            save_atomic(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": cfg.to_dict(),
-                    "epoch": epoch + 1,
-                    "model": detector.reconstructor.state_dict(),
-                    "trainer": trainer.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "history": history,
-                    "mlflow_run_id": tracker.run_id,
-                },
-                checkpoint_path,
-            )
-            self.saved_epoch = epoch + 1
+            self._save_checkpoint(detector, trainer, tracker, history, epoch + 1)
         trained = cfg.train.epochs - start_epoch
         self.timing["train_s"] = time.perf_counter() - t0
         self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
+
+    def _save_checkpoint(self, detector: Detector, trainer: Trainer, tracker: Tracker, history: list[dict[str, float]],
+                         epoch: int) -> None:
+        """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all."""
+        save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": self.config.to_dict(),
+                "epoch": epoch,
+                "model": detector.reconstructor.state_dict(),
+                "trainer": trainer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "mlflow_run_id": tracker.run_id,
+            },
+            self.checkpoint_path,
+        )
+        self.saved_epoch = epoch
 
     def _streamed(self, detector: Detector, dataset: SampleDataset, epoch: int):
         """Batches decoded and (if needed) featurised on the fly, for inputs that change per epoch."""
@@ -247,64 +287,36 @@ class Run:
                 target = detector.extract(clean) if clean is not None else features
             yield Batch(images=images, features=features, target_features=target, targets=targets)
 
-    def fit_aligner(self, detector: Detector) -> None:
-        """Stage 2: the aligner sees the frozen model's maps on the normal training images."""
-        aligner = detector.aligner
-        if aligner is None:
-            return
-        t0 = time.perf_counter()
-        maps, embeddings = [], []
-        loader = make_loader(self.dataset(self.splits.train, train=False), self.config.eval.batch_size, self.config.data.workers)
-        for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
-            prediction = detector.raw(detector.batch_of(item["image"]))
-            maps.append(prediction.anomaly_map.cpu())
-            embedding = detector.aligner_embedding(prediction)
-            if embedding is not None:
-                embeddings.append(embedding.float().cpu())
-        labels = self.components.aligner_class_labels
-        class_names = [s.class_name for s in self.splits.train] if labels != "none" else None
-        t_fit = time.perf_counter()
-        inputs = torch.cat(embeddings).to(self.device) if embeddings else None
-        aligner.to(self.device).fit(torch.cat(maps).to(self.device), inputs, class_names)
-        aligner.to(self.device)  # parts an aligner sized in fit join the rest
-        self.timing["aligner_fit_s"] = time.perf_counter() - t_fit
-        self.timing["aligner_total_s"] = time.perf_counter() - t0
-        self.log(f"aligner {self.config.aligner.name}: fitted on {len(self.splits.train)} training maps in "
-                 f"{self.timing['aligner_fit_s']:.1f} s ({self.timing['aligner_total_s']:.1f} s with the maps)")
 
-    def set_thresholds(self, detector: Detector) -> Thresholds | None:
-        """Stage 3b: OK / not-OK thresholds from the calibration images' scores and maps."""
-        samples, evaluation = self.splits.calibration, self.config.eval
-        if not samples:
-            note = "no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds"
-            self.notes.append(note)
-            self.log(f"note: {note}")
-            return None
-        loader = make_loader(self.dataset(samples, train=False), evaluation.batch_size, self.config.data.workers)
-        names = [s.class_name for s in samples]
-        predictions = detector.predict_split(batches(loader), len(samples), names, desc="calibration", keep_base=False)
-        thresholds = calibrate(predictions.scores, predictions.maps, names, self.splits.classes, evaluation.threshold_scope,
-                               evaluation.false_alarm_rate, evaluation.pixel_false_alarm_rate)
-        for note in thresholds.notes:
-            self.notes.append(f"thresholds: {note}")
-            self.log(f"note: thresholds: {note}")
-        self.log(f"thresholds from {len(samples)} calibration images: image {thresholds.image_threshold():.5g}, "
-                 f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
-                 f"pixels {evaluation.pixel_false_alarm_rate:g})")
-        detector.thresholds = thresholds
-        return thresholds
+@dataclass
+class _Resume:
+    """What ``--resume`` continues: the checkpoint file, its contents and the config it recorded."""
 
-    def predict_test(self, detector: Detector):
-        test_set = self.dataset(self.splits.test, train=False)
-        loader = make_loader(test_set, self.config.eval.batch_size, self.config.data.workers)
-        class_names = [s.class_name for s in self.splits.test]
-        predictions = detector.predict_split(batches(loader), len(test_set), class_names)
-        self.timing["infer_images_per_s"] = predictions.images_per_s  # steady state, after the first batch
-        self.timing["infer_s"] = predictions.seconds  # the whole pass, worker start-up included
-        return predictions
+    path: Path
+    state: dict[str, Any]
+    recorded: RunConfig
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run to reopen; a checkpoint without one continues in a new run."""
+        return self.state.get("mlflow_run_id")
 
 
-def run(
+@dataclass
+class Evaluation:
+    """What stage 6 found on the test split."""
+
+    predictions: SplitPredictions
+    report: MetricReport
+    base_report: MetricReport | None  # the reconstructor's own maps, when an aligner ran
+    thresholds: Thresholds | None
+    decisions: dict | None  # the thresholds' decisions' rates (see uadp.thresholds.threshold_report)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def train_and_evaluate(
     config: RunConfig,
     registry: Registry,
     resume: str | None = None,
@@ -312,7 +324,8 @@ def run(
     from_run: str | None = None,
     trust_model_file: bool = False,
 ) -> RunResult:
-    """Do a whole run and return its result; see the module docstring for the stages.
+    """Do a whole run and return its result: the stages of the module docstring, in one MLflow
+    run that ends FINISHED, KILLED (Ctrl-C) or FAILED however they end.
 
     ``resume`` (a run id or checkpoint path) continues an interrupted run; ``config`` must be the
     recorded one (see :func:`config_for_resume`) except for :data:`~uadp.config.RUNTIME_ONLY` keys.
@@ -323,52 +336,78 @@ def run(
     """
     if resume and from_run:
         raise UadpError("--resume and --from-run exclude each other: one continues training, the other skips it")
-    root = Path(config.tracking.root)
-    tracker = Tracker(root)
+    tracker = Tracker(Path(config.tracking.root))
     tracker.check()  # before any work: a store that cannot be written or reached is one line now
-    resume_state = checkpoint_path = base_bundle = None
-    if resume:
-        checkpoint_path = _checkpoint_for(resume, root)
-        resume_state = read_checkpoint(checkpoint_path, trust_model_file)
-        recorded = resolve(validate(recorded_config(resume_state["config"])), registry)
-        check_same_run(checkpoint_path, recorded, resolve(config, registry))
-        _check_resumable(tracker, resume_state, resume)
-    if from_run:
-        base_bundle = bundle_for(from_run, root)
-    job = Run(config, registry, log)
-    if base_bundle is not None:
-        _load_base_model(job, base_bundle, trust_model_file)
-
+    job, resumed = _prepare(config, registry, tracker, resume, from_run, trust_model_file, log)
     _seed_everything(job.config.train.seed)
-    resuming = resume_state is not None and resume_state.get("mlflow_run_id")
-    # taken before the run is reopened: a second --resume of a run in progress must change nothing
-    run_lock = _lock_run(checkpoint_path.parent, resume) if resuming else None
+    if resumed is not None and resumed.run_id:
+        # taken before the run is reopened: a second --resume of a run in progress must change nothing
+        job.lock = _lock_run(resumed.path.parent, resume)
     try:
         with tracker.guard():
-            if resuming:
-                tracker.reopen(resume_state["mlflow_run_id"])
-                tracker.set_tag("uadp.resumed", _resumed_tag(resume_state, recorded, job.config))
-            else:
-                _start_run(tracker, job, base_bundle)
-                checkpoint_path = checkpoint_path or root / "checkpoints" / tracker.run_id / "checkpoint.pt"
-                run_lock = _lock_run(checkpoint_path.parent, tracker.run_id)
-            log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
-                f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
-                f"{torch.get_num_threads()} threads")
-            if base_bundle is None and job.config.train.epochs > 0:
-                log(f"if it stops, `{resume_command(tracker.run_id, checkpoint_path, root)}` continues it")
-            return _train_evaluate_log(job, tracker, resume_state, checkpoint_path, base_bundle)
+            _start_tracking(job, tracker, resumed)
+            detector = _build_detector(job)
+            _log_params_and_tags(job, tracker)
+            history = _train_or_skip(job, detector, tracker, resumed)
+            _fit_aligner(job, detector)
+            thresholds = _calibrate_thresholds(job, detector)
+            evaluation = _evaluate(job, detector, thresholds)
+            return _log_results(job, tracker, detector, evaluation, history)
     except KeyboardInterrupt as exc:
-        exc.aftermath = _aftermath(job, tracker, checkpoint_path, base_bundle)  # what the CLI tells the user
+        exc.aftermath = _aftermath(job, tracker)  # what the CLI tells the user
         raise
     except TrackingError as exc:
-        raise TrackingError(f"{exc}; {_aftermath(job, tracker, checkpoint_path, base_bundle)}") from None
+        raise TrackingError(f"{exc}; {_aftermath(job, tracker)}") from None
     finally:
-        if run_lock is not None:
-            run_lock.release()
+        if job.lock is not None:
+            job.lock.release()
 
 
-def _start_run(tracker: Tracker, job: Run, base_bundle: Path | None) -> None:
+def _prepare(config: RunConfig, registry: Registry, tracker: Tracker, resume: str | None, from_run: str | None,
+             trust: bool, log: Log) -> tuple[Job, _Resume | None]:
+    """Stage 1, before an MLflow run exists, so that bad input costs seconds and leaves no run
+    behind: the checkpoint to continue, the base run's model, the samples and their files."""
+    resumed = _read_resume(resume, tracker, config, registry, trust) if resume else None
+    base_bundle = bundle_for(from_run, tracker.root) if from_run else None
+    job = Job(config, registry, log)
+    job.checkpoint_path = resumed.path if resumed is not None else None
+    job.base_bundle = base_bundle
+    if base_bundle is not None:
+        _load_base_model(job, base_bundle, trust)
+    return job, resumed
+
+
+def _read_resume(resume: str, tracker: Tracker, config: RunConfig, registry: Registry, trust: bool) -> _Resume:
+    """The checkpoint ``--resume`` names, refused now if it is another run's (only runtime
+    options may differ) or its run already FINISHED."""
+    checkpoint_path = _checkpoint_for(resume, tracker.root)
+    state = read_checkpoint(checkpoint_path, trust)
+    recorded = resolve(validate(recorded_config(state["config"])), registry)
+    check_same_run(checkpoint_path, recorded, resolve(config, registry))
+    _check_resumable(tracker, state, resume)
+    return _Resume(checkpoint_path, state, recorded)
+
+
+def _start_tracking(job: Job, tracker: Tracker, resumed: _Resume | None) -> None:
+    """Stage 2: reopen the interrupted MLflow run, so that one run holds all its epochs; else start
+    a new one, whose id names the checkpoint folder. Then say which run it is, and how to
+    continue it should it stop, before the long work starts."""
+    if resumed is not None and resumed.run_id:
+        tracker.reopen(resumed.run_id)
+        tracker.set_tag("uadp.resumed", _resumed_tag(resumed.state, resumed.recorded, job.config))
+    else:
+        _start_run(tracker, job)
+        job.checkpoint_path = job.checkpoint_path or tracker.root / "checkpoints" / tracker.run_id / "checkpoint.pt"
+        job.lock = _lock_run(job.checkpoint_path.parent, tracker.run_id)
+    job.log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
+            f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
+            f"{torch.get_num_threads()} threads")
+    if job.base_bundle is None and job.config.train.epochs > 0:
+        job.log(f"if it stops, `{resume_command(tracker.run_id, job.checkpoint_path, tracker.root)}` continues it")
+
+
+def _start_run(tracker: Tracker, job: Job) -> None:
+    """A new MLflow run, tagged with what it is made of, to find and compare runs by."""
     cfg = job.config
     tracker.start(
         cfg.tracking.experiment or job.components.dataset.name,
@@ -380,79 +419,183 @@ def _start_run(tracker: Tracker, job: Run, base_bundle: Path | None) -> None:
             "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
             "uadp.classes": ",".join(job.splits.classes),
             "uadp.config_hash": fingerprint_hash(cfg),
-            **({"uadp.base_bundle": str(base_bundle)} if base_bundle else {}),
+            **({"uadp.base_bundle": str(job.base_bundle)} if job.base_bundle else {}),
         },
     )
 
 
-def _train_evaluate_log(job: Run, tracker: Tracker, resume_state: dict[str, Any] | None, checkpoint_path: Path,
-                        base_bundle: Path | None) -> RunResult:
-    """Stages 2-5 inside the guarded MLflow run."""
-    cfg, components = job.config, job.components
-    detector = Detector(cfg, components.backbone, components.reconstructor, components.aligner, job.device, job.dtype,
-                        components.aligner_class_labels, classes=job.splits.classes)
-    tracker.log_params(flatten(cfg.to_dict()))
+def _build_detector(job: Job) -> Detector:
+    """The components joined into the one model that trains, predicts and is saved, on the run's device."""
+    components = job.components
+    return Detector(job.config, components.backbone, components.reconstructor, components.aligner, job.device,
+                    job.dtype, components.aligner_class_labels, classes=job.splits.classes)
+
+
+def _log_params_and_tags(job: Job, tracker: Tracker) -> None:
+    """The config as params and the conditions as tags, before training, so that a run that
+    stops early is still described."""
+    tracker.log_params(flatten(job.config.to_dict()))
     tracker.set_tag("uadp.device", f"{job.device} {precision_name(job.dtype)}")
     # a seed repeats a run exactly only with the same thread count (and CPU): recorded to match runs
     tracker.set_tag("uadp.threads", str(torch.get_num_threads()))
-    labels = components.aligner_class_labels
+    labels = job.components.aligner_class_labels
     if labels != "none":
         meaning = "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"
         tracker.set_tag("uadp.aligner_class_labels", f"{labels} ({meaning}; not class-agnostic)")
-    if base_bundle is None:
-        history = job.train(detector, tracker, resume_state, checkpoint_path)
-    else:
-        history = []
-        job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
-        job.notes.append(f"model not trained here: loaded from {base_bundle}")
-    job.fit_aligner(detector)
-    thresholds = job.set_thresholds(detector)
-    predictions = job.predict_test(detector)
+
+
+def _train_or_skip(job: Job, detector: Detector, tracker: Tracker, resumed: _Resume | None) -> list[dict[str, float]]:
+    """Stage 3: train the reconstructor (from the checkpoint, for ``--resume``). A ``--from-run``
+    model was loaded in stage 1: it is not trained again, and its timings and a note say so."""
+    if job.base_bundle is None:
+        return job.train(detector, tracker, resumed.state if resumed is not None else None)
+    job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
+    job.notes.append(f"model not trained here: loaded from {job.base_bundle}")
+    return []
+
+
+def _fit_aligner(job: Job, detector: Detector) -> None:
+    """Stage 4: the aligner learns from the frozen model's maps of the normal *training* images,
+    never the test split it is judged on."""
+    aligner = detector.aligner
+    if aligner is None:
+        return
+    t0 = time.perf_counter()
+    maps, embeddings = _aligner_inputs(job, detector)
+    labels = job.components.aligner_class_labels
+    class_names = [s.class_name for s in job.splits.train] if labels != "none" else None
+    t_fit = time.perf_counter()
+    inputs = torch.cat(embeddings).to(job.device) if embeddings else None
+    aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names)
+    aligner.to(job.device)  # parts an aligner sized in fit join the rest
+    job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
+    job.timing["aligner_total_s"] = time.perf_counter() - t0
+    job.log(f"aligner {job.config.aligner.name}: fitted on {len(job.splits.train)} training maps in "
+            f"{job.timing['aligner_fit_s']:.1f} s ({job.timing['aligner_total_s']:.1f} s with the maps)")
+
+
+def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The model's maps of the training images (and the embeddings its aligner asks for), kept on
+    the CPU until all are in, so that the device holds one batch at a time."""
+    maps, embeddings = [], []
+    loader = job.loader_in_order(job.splits.train)
+    for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
+        prediction = detector.raw(detector.batch_of(item["image"]))
+        maps.append(prediction.anomaly_map.cpu())
+        embedding = detector.aligner_embedding(prediction)
+        if embedding is not None:
+            embeddings.append(embedding.float().cpu())
+    return maps, embeddings
+
+
+def _calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
+    """Stage 5: OK / not-OK thresholds for the chosen false-alarm rates, from the scores and maps
+    of normal images the model did not train on; the bundle keeps them for ``uadp predict``."""
+    samples, evaluation = job.splits.calibration, job.config.eval
+    if not samples:
+        job.note("no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds")
+        return None
+    loader = job.loader_in_order(samples)
+    names = [s.class_name for s in samples]
+    predictions = detector.predict_split(batches(loader), len(samples), names, desc="calibration", keep_base=False)
+    thresholds = calibrate(predictions.scores, predictions.maps, names, job.splits.classes, evaluation.threshold_scope,
+                           evaluation.false_alarm_rate, evaluation.pixel_false_alarm_rate)
+    for note in thresholds.notes:
+        job.note(f"thresholds: {note}")
+    job.log(f"thresholds from {len(samples)} calibration images: image {thresholds.image_threshold():.5g}, "
+            f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
+            f"pixels {evaluation.pixel_false_alarm_rate:g})")
+    detector.thresholds = thresholds
+    return thresholds
+
+
+def _evaluate(job: Job, detector: Detector, thresholds: Thresholds | None) -> Evaluation:
+    """Stage 6, the only one that sees the test split: its metrics (with an aligner also the
+    base maps', to show what aligning changed) and, with thresholds, how their decisions do."""
+    predictions = _predict_test(job, detector)
     class_names = [s.class_name for s in job.splits.test]
-    report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, components.metrics)
+    metrics = job.components.metrics
+    report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, metrics)
     base_report = None
     if predictions.base_maps is not None:
         base_report = evaluate(predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks,
-                               class_names, components.metrics)
+                               class_names, metrics)
     decisions = None
     if thresholds is not None:
         decisions = threshold_report(predictions.scores, predictions.labels, predictions.maps, predictions.masks,
                                      class_names, thresholds)
+    return Evaluation(predictions, report, base_report, thresholds, decisions)
+
+
+def _predict_test(job: Job, detector: Detector) -> SplitPredictions:
+    """The test split's maps and scores, timed: the speed a user can expect of the model."""
+    samples = job.splits.test
+    loader = job.loader_in_order(samples)
+    class_names = [s.class_name for s in samples]
+    predictions = detector.predict_split(batches(loader), len(samples), class_names)
+    job.timing["infer_images_per_s"] = predictions.images_per_s  # steady state, after the first batch
+    job.timing["infer_s"] = predictions.seconds  # the whole pass, worker start-up included
+    return predictions
+
+
+def _log_results(job: Job, tracker: Tracker, detector: Detector, evaluation: Evaluation,
+                 history: list[dict[str, float]]) -> RunResult:
+    """Stage 7: the metrics, the files that explain them and the model bundle, into the MLflow
+    run, so that it can be judged, compared and reused from the store alone."""
     job.timing["peak_rss_mb"] = peak_rss_mb()
-    _log_report(tracker, report, job.timing, base_report)
-    if thresholds is not None:
-        tracker.log_metrics(_threshold_metrics(thresholds, decisions))
+    _log_report(tracker, evaluation.report, job.timing, evaluation.base_report)
+    if evaluation.thresholds is not None:
+        tracker.log_metrics(_threshold_metrics(evaluation.thresholds, evaluation.decisions))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        bundle = checkpoint_path.parent / "model.pt"
+        bundle = job.checkpoint_path.parent / "model.pt"
         detector.save(bundle)
-        result = RunResult(cfg, report, dict(job.timing), tracker.run_id, bundle, history, tracker.ui_url(), job.notes,
-                           base_report, thresholds, decisions)
-        with open(folder / "calibration.csv", "w", newline="") as file:  # which images set the thresholds
-            writer = csv.writer(file)
-            writer.writerow(["path", "class"])
-            writer.writerows([s.path, s.class_name] for s in job.splits.calibration)
-        tracker.log_artifact(folder / "calibration.csv")
-        (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
-        (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
-        write_class_csv(report, folder / "per_class.csv")
-        tables = [format_table(report)] if base_report is None else [
-            format_table(base_report, title="base (the reconstructor's own maps)"),
-            format_table(report, title=f"aligned ({cfg.aligner.name})"),
-        ]
-        (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
-        for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
-            tracker.log_artifact(folder / name)
-        if components.synthesizer is not None:  # what the model was trained on, to judge by eye
-            grid = synthesis_grid(spread_over_classes(job.splits.train, 8), components.synthesizer, cfg.data.size_hw,
-                                  seed=cfg.train.seed)
-            grid.save(folder / "synthesis.png")
-            tracker.log_artifact(folder / "synthesis.png")
-        if cfg.eval.overlays_per_class:
-            for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw, cfg.eval.overlays_per_class, folder / "overlays"):
-                tracker.log_artifact(png, "overlays")
+        result = RunResult(job.config, evaluation.report, dict(job.timing), tracker.run_id, bundle, history,
+                           tracker.ui_url(), job.notes, evaluation.base_report, evaluation.thresholds,
+                           evaluation.decisions)
+        _log_tables(job, tracker, result, folder)
+        _log_pictures(job, tracker, evaluation.predictions, folder)
         tracker.log_artifact(bundle, "model")
     return result
+
+
+def _log_tables(job: Job, tracker: Tracker, result: RunResult, folder: Path) -> None:
+    """The result as files beside the metrics (which images set the thresholds, the config, the
+    summary, the tables), to read without MLflow's UI."""
+    cfg = job.config
+    with open(folder / "calibration.csv", "w", newline="") as file:  # which images set the thresholds
+        writer = csv.writer(file)
+        writer.writerow(["path", "class"])
+        writer.writerows([s.path, s.class_name] for s in job.splits.calibration)
+    tracker.log_artifact(folder / "calibration.csv")
+    (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
+    write_class_csv(result.report, folder / "per_class.csv")
+    tables = [format_table(result.report)] if result.base_report is None else [
+        format_table(result.base_report, title="base (the reconstructor's own maps)"),
+        format_table(result.report, title=f"aligned ({cfg.aligner.name})"),
+    ]
+    (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
+    for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
+        tracker.log_artifact(folder / name)
+
+
+def _log_pictures(job: Job, tracker: Tracker, predictions: SplitPredictions, folder: Path) -> None:
+    """What the model trained on and what it found, to judge by eye: synthesised anomalies with
+    their ground truth, and test images overlaid with their maps."""
+    cfg, synthesizer = job.config, job.components.synthesizer
+    if synthesizer is not None:
+        grid = synthesis_grid(spread_over_classes(job.splits.train, 8), synthesizer, cfg.data.size_hw,
+                              seed=cfg.train.seed)
+        grid.save(folder / "synthesis.png")
+        tracker.log_artifact(folder / "synthesis.png")
+    if cfg.eval.overlays_per_class:
+        for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw,
+                                  cfg.eval.overlays_per_class, folder / "overlays"):
+            tracker.log_artifact(png, "overlays")
+
+
+# --------------------------------------------------------------------------- resume, --from-run, aftermath
 
 
 def config_for_resume(resume: str, root: str | Path, trust: bool = False) -> dict[str, Any]:
@@ -496,15 +639,16 @@ def _resumed_tag(state: dict[str, Any], recorded: RunConfig, config: RunConfig) 
     return f"after epoch {state['epoch']}" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def _aftermath(job: Run, tracker: Tracker, checkpoint_path: Path | None, base_bundle: Path | None) -> str:
+def _aftermath(job: Job, tracker: Tracker) -> str:
     """What a stopped run left behind, stated only as far as it is true."""
+    checkpoint_path = job.checkpoint_path
     if tracker.run_id is None:
         said = "no MLflow run was started"
     elif tracker.final_status is not None:
         said = f"MLflow run {tracker.run_id} is marked {tracker.final_status}"
     else:
         said = f"MLflow run {tracker.run_id} could not be marked ended ({tracker.end_error}) and may still show RUNNING"
-    if base_bundle is not None:
+    if job.base_bundle is not None:
         return f"{said}; nothing was trained, so run the same command again"
     if job.saved_epoch is not None and checkpoint_path.is_file():
         command = resume_command(tracker.run_id, checkpoint_path, job.root)
@@ -526,6 +670,7 @@ def _checkpoint_for(resume: str, root: Path) -> Path:
 
 
 def _report_metrics(report: MetricReport, *prefix: str) -> dict[str, float]:
+    """One report's values as MLflow metric keys: ``[prefix/]class/<c>/<m>``, ``mean/<m>``, ``pooled/<m>``."""
     metrics: dict[str, float] = {}
     for name, values in report.per_class.items():
         metrics.update({metric_key(*prefix, "class", name, m): v for m, v in values.items()})
@@ -574,7 +719,7 @@ def config_for_base_run(run: str, root: str | Path, trust: bool = False) -> dict
     return recorded_config(read_bundle(bundle_for(run, Path(root)), trust)["config"])
 
 
-def _load_base_model(job: Run, path: Path, trust: bool) -> None:
+def _load_base_model(job: Job, path: Path, trust: bool) -> None:
     """Put a finished run's trained backbone and reconstructor into this run's components."""
     state = read_bundle(path, trust)
     # resolved through today's plugin configs, so options added since the run take their defaults
@@ -596,6 +741,7 @@ def _load_base_model(job: Run, path: Path, trust: bool) -> None:
 
 
 def _yaml(data: dict) -> str:
+    """The config as YAML, keys in their declared order, as ``--config`` reads it back."""
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)

@@ -1,9 +1,9 @@
 """Benchmark: one base model, evaluated without and with each score aligner (the CADA protocol).
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_align.py --data ../shared/data/realmix-dev
-    python benchmarks/bench_align.py --data ../shared/data/realmix-dev --config revdist-lite0
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_align.py --data PATH/TO/realmix-dev
+    python benchmarks/bench_align.py --data PATH/TO/realmix-dev --config revdist-lite0
     python benchmarks/bench_align.py --from-run <run id or model.pt> --aligners cada,class-stats
-    python benchmarks/bench_align.py --from-run <run> --data /tmp/realmix-val-faint   # the same model, other test images
+    python benchmarks/bench_align.py --from-run <run> --data PATH/TO/realmix-val-faint   # the same model, other test images
 
 It trains the base once (``uadp run`` with ``--config`` and any ``--set``), then for every
 aligner runs ``uadp run --from-run`` on that model: the aligner is fitted on the frozen base's
@@ -43,6 +43,8 @@ def main() -> int:
     parser.add_argument("--aligner-set", action="append", default=[], help="config override for the aligner runs")
     parser.add_argument("--root", default="uadp-runs", help="tracking root (MLflow store and bundles)")
     parser.add_argument("--output-json", help="write every row's summary here")
+    parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv (the docs render it)")
+    parser.add_argument("--title", default="Score aligners", help="the table's title in the docs")
     args = parser.parse_args()
 
     import torch
@@ -72,6 +74,11 @@ def main() -> int:
             rows[aligner] = json.loads(out.read_text())
 
     print("\n" + table(rows))
+    if args.results:
+        from results_csv import Results, this_command, this_hardware, write
+
+        heads, *cells = [line.split(" | ") for line in table(rows).splitlines() if not line.startswith("---")]
+        print(f"wrote {write(args.results, Results(args.title, [this_command()], this_hardware(), heads, cells))}")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -1,6 +1,6 @@
 """Benchmark: several recipes trained on one dataset root, their metrics and timings side by side.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_compare.py --data ../shared/data/realmix-dev \\
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_compare.py --data PATH/TO/realmix-dev \\
         --config cpu --config unias-cpu
     python benchmarks/bench_compare.py --data DATA --config omnial-cpu \
         --config "omnial-cpu+synthesizer.panels=[all]"          # an ablation: a recipe with its own --set
@@ -11,6 +11,8 @@ its own) is one ``uadp run --data DATA --config C [--set KEY=VALUE ...]``, in it
 (so each peak RSS is its own), with ``--set`` options applied to every run. It
 prints, per class, mean and pooled, I-AUROC / P-AUROC / P-AP / DSC of every run, then each run's
 timings. ``--summaries`` renders the same tables from ``--output-json`` files instead.
+``--results NAME.csv [--title TEXT]`` also writes the table, the command and the hardware to
+``benchmarks/results/NAME.csv`` (the docs render it).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], help="a --set applied to every run")
     parser.add_argument("--summaries", nargs="+", help="--output-json files of finished runs, instead of training")
     parser.add_argument("--out", help="folder for the runs' summaries (default: a temporary folder)")
+    parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
+    parser.add_argument("--title", default="Recipes compared", help="the table's title in the docs")
     args = parser.parse_args()
     if args.summaries:
         labels = [Path(p).stem for p in args.summaries]
@@ -97,7 +101,25 @@ def main() -> int:
         summaries = [train(args.data, c, args.set, folder / f"run{i}.json") for i, c in enumerate(args.config)]
     print()
     print(table(labels, summaries))
+    if args.results:
+        write_results(args.results, args.title, labels, summaries)
     return 0
+
+
+def write_results(name: str, title: str, labels: list[str], summaries: list[dict]) -> None:
+    from results_csv import Results, this_command, this_hardware, write
+
+    header = ["class", *(f"{label} {short}" for label in labels for _, short in METRICS)]
+    rows = []
+    for name_ in [*summaries[0]["per_class"], "mean", "pooled"]:
+        row = [name_]
+        for summary in summaries:
+            values = summary["per_class"][name_] if name_ in summary["per_class"] else summary[name_]
+            row += [f"{values[m]:.3f}" if m in values else "" for m, _ in METRICS]
+        rows.append(row)
+    notes = [f"{label}: " + ", ".join(f"{short} {summary['timing'].get(key, float('nan')):.1f}" for key, short in TIMINGS)
+             for label, summary in zip(labels, summaries)]
+    print(f"wrote {write(name, Results(title, [this_command()], this_hardware(), header, rows, notes))}")
 
 
 if __name__ == "__main__":

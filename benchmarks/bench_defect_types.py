@@ -1,7 +1,7 @@
 """Benchmark: which defect types a trained model outlines, per class, without retraining.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_defect_types.py --model <run>/model.pt \\
-        --data ../shared/data/realmix-dev --classes magnetic_tile
+        --data PATH/TO/realmix-dev --classes magnetic_tile
 
 A class's pixel AUROC pools every defect pixel of its test images, so a type with large
 masks decides it. For each defect type (the test sub-folder, in the MVTec layout), this prints the type's share of

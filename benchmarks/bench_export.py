@@ -8,7 +8,7 @@ images, as images/s.
 
 Run from the repository root:
     PYTHONPATH=platform:plugins:benchmarks OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_export.py \\
-        --model uadp-runs/checkpoints/<run id>/model.pt --data ../shared/data/realmix-dev --threads 2
+        --model uadp-runs/checkpoints/<run id>/model.pt --data PATH/TO/realmix-dev --threads 2
 """
 
 from __future__ import annotations

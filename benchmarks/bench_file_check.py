@@ -7,7 +7,7 @@ cost per image beside a full decode, on a dataset folder and on generated 1024 p
 images (MVTec AD's largest size).
 
 Run from the repository root:
-    PYTHONPATH=platform OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_file_check.py --data ../shared/data/realmix-dev
+    PYTHONPATH=platform OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_file_check.py --data PATH/TO/realmix-dev
 """
 
 from __future__ import annotations

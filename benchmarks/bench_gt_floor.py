@@ -1,6 +1,6 @@
 """Benchmark: how many visibly changed pixels panel-jnd's SSIM ground truth labels normal.
 
-    python benchmarks/bench_gt_floor.py --data ../shared/data/realmix-dev --floors 0.1 0.03
+    python benchmarks/bench_gt_floor.py --data PATH/TO/realmix-dev --floors 0.1 0.03
 
 Faint, wide changes lose little SSIM (a uniform shift δ on a flat region of mean μ costs about
 δ²/2μ²), so the first ``gt_thresholds`` value (the floor below which a changed pixel counts as

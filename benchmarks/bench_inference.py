@@ -1,7 +1,7 @@
 """Benchmark: test-split inference speed of a saved model, end to end and per stage.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --model uadp-runs/checkpoints/<run>/model.pt \
-        --data ../shared/data/realmix-dev
+        --data PATH/TO/realmix-dev
 
 End to end is what ``uadp run`` reports as ``infer_images_per_s``: decoding in DataLoader
 workers, backbone, reconstructor, image score, copy of the maps to numpy, in the steady state

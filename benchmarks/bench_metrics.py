@@ -66,7 +66,7 @@ def main() -> None:
         curve = timed("binary_curve", lambda: binary_curve(maps, masks))
         values = timed(
             "auroc + average_precision + f1_max",
-            lambda: (auroc(curve), average_precision(curve), f1_max(curve)),
+            lambda curve=curve: (auroc(curve), average_precision(curve), f1_max(curve)),
         )
         n_thresholds = curve.thresholds.size
         del curve

@@ -1,6 +1,6 @@
 """Benchmark: a synthesizer's throughput on one CPU core, in samples per second.
 
-    python benchmarks/bench_synthesis.py --data ../shared/data/realmix-dev --synthesizer panel-jnd
+    python benchmarks/bench_synthesis.py --data PATH/TO/realmix-dev --synthesizer panel-jnd
 
 The process is pinned to one core with OpenCV and BLAS single-threaded, as in one DataLoader
 worker. It times the synthesizer alone on images already decoded and resized (``--size``),

@@ -8,7 +8,7 @@ of the predicted defect masks; beside them the same at the test split's own F1-m
 
 Run from the repository root:
     PYTHONPATH=platform:plugins:benchmarks OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_thresholds.py \\
-        --model uadp-runs/checkpoints/<run id>/model.pt --data ../shared/data/realmix-dev --alphas 0.01 0.05
+        --model uadp-runs/checkpoints/<run id>/model.pt --data PATH/TO/realmix-dev --alphas 0.01 0.05
 """
 
 from __future__ import annotations

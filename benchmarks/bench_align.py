@@ -27,14 +27,23 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
-COLUMNS = [("mean", "image_auroc"), ("pooled", "image_auroc"), ("mean", "pixel_auroc"), ("pooled", "pixel_auroc"),
-           ("mean", "pixel_ap"), ("pooled", "pixel_ap")]
+COLUMNS = [
+    ("mean", "image_auroc"),
+    ("pooled", "image_auroc"),
+    ("mean", "pixel_auroc"),
+    ("pooled", "pixel_auroc"),
+    ("mean", "pixel_ap"),
+    ("pooled", "pixel_ap"),
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="MVTec-layout dataset root: trains the base; with --from-run, the aligner "
-                        "is fitted and the model scored on it instead of the run's own data")
+    parser.add_argument(
+        "--data",
+        help="MVTec-layout dataset root: trains the base; with --from-run, the aligner "
+        "is fitted and the model scored on it instead of the run's own data",
+    )
     parser.add_argument("--config", default=None, help="preset of the base (default: the CPU preset)")
     parser.add_argument("--from-run", help="skip training: an earlier run's id or model.pt")
     parser.add_argument("--aligners", default="cada,cada-sigma,class-stats", help="comma-separated")
@@ -51,15 +60,25 @@ def main() -> int:
 
     from uadp.cli import main as uadp_main
 
-    print(f"threads: {torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}", flush=True)
+    print(
+        f"threads: {torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}",
+        flush=True,
+    )
     common = ["--set", f"eval.image_score.name={args.image_score}", "--set", f"tracking.root={args.root}"]
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = args.from_run
         if base is None:
             out = Path(tmp) / "base.json"
-            argv = ["run", *(["--config", args.config] if args.config else []), *(["--data", args.data] if args.data else []),
-                    *common, *sum((["--set", s] for s in args.set), []), "--output-json", str(out)]
+            argv = [
+                "run",
+                *(["--config", args.config] if args.config else []),
+                *(["--data", args.data] if args.data else []),
+                *common,
+                *sum((["--set", s] for s in args.set), []),
+                "--output-json",
+                str(out),
+            ]
             if uadp_main(argv) != 0:
                 return 1
             rows["none"] = json.loads(out.read_text())
@@ -67,8 +86,18 @@ def main() -> int:
         for aligner in [a for a in args.aligners.split(",") if a]:
             out = Path(tmp) / f"{aligner}.json"
             data = ["--data", args.data] if args.data and args.from_run else []
-            argv = ["run", "--from-run", base, "--aligner", aligner, *data, *common,
-                    *sum((["--set", s] for s in args.aligner_set), []), "--output-json", str(out)]
+            argv = [
+                "run",
+                "--from-run",
+                base,
+                "--aligner",
+                aligner,
+                *data,
+                *common,
+                *sum((["--set", s] for s in args.aligner_set), []),
+                "--output-json",
+                str(out),
+            ]
             if uadp_main(argv) != 0:
                 return 1
             rows[aligner] = json.loads(out.read_text())
@@ -85,8 +114,13 @@ def main() -> int:
 
 
 def table(rows: dict[str, dict]) -> str:
-    heads = ["aligner", *(f"{scope} {metric.replace('image_', 'I-').replace('pixel_', 'P-')}" for scope, metric in COLUMNS),
-             "fit s", "fit+maps s", "test img/s"]
+    heads = [
+        "aligner",
+        *(f"{scope} {metric.replace('image_', 'I-').replace('pixel_', 'P-')}" for scope, metric in COLUMNS),
+        "fit s",
+        "fit+maps s",
+        "test img/s",
+    ]
     lines = [" | ".join(heads), " | ".join("---" for _ in heads)]
     if "none" not in rows and rows:  # the base as the first aligned run saw it
         first = next(iter(rows.values()))
@@ -94,9 +128,13 @@ def table(rows: dict[str, dict]) -> str:
     for name, summary in rows.items():
         result = summary.get("aligned", summary)
         timing = summary.get("timing", {})
-        cells = [name, *(f"{result[scope][metric]:.3f}" for scope, metric in COLUMNS),
-                 f"{timing.get('aligner_fit_s', 0):.1f}", f"{timing.get('aligner_total_s', 0):.1f}",
-                 f"{timing['infer_images_per_s']:.1f}" if "infer_images_per_s" in timing else "-"]
+        cells = [
+            name,
+            *(f"{result[scope][metric]:.3f}" for scope, metric in COLUMNS),
+            f"{timing.get('aligner_fit_s', 0):.1f}",
+            f"{timing.get('aligner_total_s', 0):.1f}",
+            f"{timing['infer_images_per_s']:.1f}" if "infer_images_per_s" in timing else "-",
+        ]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 

@@ -51,7 +51,8 @@ CALIBRATIONS = {
     "mean-max^0.5": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]) ** 0.5,
     "max-shift": lambda m, s: m - s["gamma"],
     "mean-max-excess": lambda m, s: calibrate(
-        m, torch.full((len(m),), s["u"]), torch.full((len(m),), s["gamma"]), 1e-12, "mean-max-excess", s["S"]),
+        m, torch.full((len(m),), s["u"]), torch.full((len(m),), s["gamma"]), 1e-12, "mean-max-excess", s["S"]
+    ),
 }
 
 
@@ -82,8 +83,9 @@ def class_table(maps, names: list[str]) -> dict[str, dict[str, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model bundle (model.pt) of any base run")
-    parser.add_argument("--data", required=True, help="MVTec-layout root: statistics from its training split, "
-                        "its test split is scored")
+    parser.add_argument(
+        "--data", required=True, help="MVTec-layout root: statistics from its training split, its test split is scored"
+    )
     parser.add_argument("--topk", type=float, default=0.01, help="image score: mean of this fraction of top pixels")
     args = parser.parse_args()
 
@@ -100,15 +102,20 @@ def main() -> int:
     maps, labels, masks = maps_of_test_split(split)
     names = np.asarray(split.names)
 
-    print(f"{len(names)} test images; class statistics of the normal training maps, and where each class's "
-          "test defect pixels sit (their share of all defect pixels; their median score minus gamma):")
+    print(
+        f"{len(names)} test images; class statistics of the normal training maps, and where each class's "
+        "test defect pixels sit (their share of all defect pixels; their median score minus gamma):"
+    )
     defect = torch.from_numpy(masks > 0.5).reshape(maps.shape)
     for name, stats in table.items():
         chosen = torch.from_numpy(names == name)
         pixels = maps[chosen][defect[chosen]]
-        print(f"  {name:<16}" + "  ".join(f"{key} {value:.4g}" for key, value in stats.items())
-              + f"  defects: share {len(pixels) / max(int(defect.sum()), 1):.2f}, median - gamma "
-              + (f"{float(pixels.median()) - stats['gamma']:.3g}" if len(pixels) else "-"))
+        print(
+            f"  {name:<16}"
+            + "  ".join(f"{key} {value:.4g}" for key, value in stats.items())
+            + f"  defects: share {len(pixels) / max(int(defect.sum()), 1):.2f}, median - gamma "
+            + (f"{float(pixels.median()) - stats['gamma']:.3g}" if len(pixels) else "-")
+        )
     print(f"{'calibration':<16}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
     for label, calibration in CALIBRATIONS.items():
         calibrated = torch.empty_like(maps)
@@ -116,8 +123,11 @@ def main() -> int:
             chosen = torch.from_numpy(names == name)
             calibrated[chosen] = calibration(maps[chosen], stats)
         result = evaluate_maps(split, calibrated, labels, masks)
-        print(f"{label:<16}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
-              f"{result.pooled['pixel_auroc']:>16.3f}{result.pooled['pixel_ap']:>13.3f}", flush=True)
+        print(
+            f"{label:<16}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
+            f"{result.pooled['pixel_auroc']:>16.3f}{result.pooled['pixel_ap']:>13.3f}",
+            flush=True,
+        )
     return 0
 
 

@@ -28,12 +28,17 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_dsc", "DSC"))
-TIMINGS = (("feature_s", "features s"), ("train_s", "train s"), ("train_s_per_epoch", "s/epoch"),
-           ("infer_images_per_s", "infer img/s"), ("peak_rss_mb", "peak RSS MB"))
+TIMINGS = (
+    ("feature_s", "features s"),
+    ("train_s", "train s"),
+    ("train_s_per_epoch", "s/epoch"),
+    ("infer_images_per_s", "infer img/s"),
+    ("peak_rss_mb", "peak RSS MB"),
+)
 
 
 def split_recipe(recipe: str) -> tuple[str, list[str]]:
-    """"preset+key=value+key=value" -> ("preset", ["key=value", "key=value"])."""
+    """ "preset+key=value+key=value" -> ("preset", ["key=value", "key=value"])."""
     config, *overrides = recipe.split("+")
     return config, overrides
 
@@ -60,8 +65,10 @@ def table(labels: list[str], summaries: list[dict]) -> str:
     width = max(len(c) for c in classes + ["pooled"])
     cell = 8
     block = cell * len(METRICS)
-    lines = [" " * width + "".join(f"{label[:block - 2]:^{block}}" for label in labels),
-             f"{'class':<{width}}" + "".join(f"{short:>{cell}}" for _ in labels for _, short in METRICS)]
+    lines = [
+        " " * width + "".join(f"{label[: block - 2]:^{block}}" for label in labels),
+        f"{'class':<{width}}" + "".join(f"{short:>{cell}}" for _ in labels for _, short in METRICS),
+    ]
     rule = "-" * len(lines[-1])
     lines.append(rule)
     for name in classes + ["mean", "pooled"]:
@@ -82,7 +89,12 @@ def table(labels: list[str], summaries: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="MVTec-layout root that every recipe trains and tests on")
-    parser.add_argument("--config", action="append", default=[], help="a recipe: preset name or YAML file, then optional +KEY=VALUE overrides; repeat")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="a recipe: preset name or YAML file, then optional +KEY=VALUE overrides; repeat",
+    )
     parser.add_argument("--set", action="append", default=[], help="a --set applied to every run")
     parser.add_argument("--summaries", nargs="+", help="--output-json files of finished runs, instead of training")
     parser.add_argument("--out", help="folder for the runs' summaries (default: a temporary folder)")
@@ -117,8 +129,10 @@ def write_results(name: str, title: str, labels: list[str], summaries: list[dict
             values = summary["per_class"][name_] if name_ in summary["per_class"] else summary[name_]
             row += [f"{values[m]:.3f}" if m in values else "" for m, _ in METRICS]
         rows.append(row)
-    notes = [f"{label}: " + ", ".join(f"{short} {summary['timing'].get(key, float('nan')):.1f}" for key, short in TIMINGS)
-             for label, summary in zip(labels, summaries)]
+    notes = [
+        f"{label}: " + ", ".join(f"{short} {summary['timing'].get(key, float('nan')):.1f}" for key, short in TIMINGS)
+        for label, summary in zip(labels, summaries)
+    ]
     print(f"wrote {write(name, Results(title, [this_command()], this_hardware(), header, rows, notes))}")
 
 

@@ -52,12 +52,19 @@ def main() -> int:
         for kind in sorted(set(types[in_class]) - {"good"}):
             chosen = in_class & (types == kind)
             defect_px = maps[chosen][masks[chosen]]
-            pixels = binary_curve(np.concatenate([defect_px, normal_px]),
-                                  np.r_[np.ones(len(defect_px), bool), np.zeros(len(normal_px), bool)])
-            images = binary_curve(np.concatenate([scores[chosen], scores[good]]),
-                                  np.r_[np.ones(int(chosen.sum()), bool), np.zeros(int(good.sum()), bool)])
-            print(f"  {kind:<26}{int(chosen.sum()):>7}{len(defect_px) / max(total, 1):>10.2f}"
-                  f"{auroc(pixels):>9.3f}{average_precision(pixels):>8.3f}{auroc(images):>9.3f}", flush=True)
+            pixels = binary_curve(
+                np.concatenate([defect_px, normal_px]),
+                np.r_[np.ones(len(defect_px), bool), np.zeros(len(normal_px), bool)],
+            )
+            images = binary_curve(
+                np.concatenate([scores[chosen], scores[good]]),
+                np.r_[np.ones(int(chosen.sum()), bool), np.zeros(int(good.sum()), bool)],
+            )
+            print(
+                f"  {kind:<26}{int(chosen.sum()):>7}{len(defect_px) / max(total, 1):>10.2f}"
+                f"{auroc(pixels):>9.3f}{average_precision(pixels):>8.3f}{auroc(images):>9.3f}",
+                flush=True,
+            )
     return 0
 
 

@@ -30,17 +30,17 @@ def throughput(runner, images: torch.Tensor, batch: int = 16) -> float:
     runner(images[:batch])  # warm-up: first-call set-up, memory
     start = time.perf_counter()
     for i in range(0, len(images), batch):
-        runner(images[i: i + batch])
+        runner(images[i : i + batch])
     return len(images) / (time.perf_counter() - start)
 
 
 def latency_ms(runner, images: torch.Tensor, count: int = 100) -> tuple[float, float]:
     for i in range(5):
-        runner(images[i: i + 1])
+        runner(images[i : i + 1])
     times = []
     for i in range(count):
         start = time.perf_counter()
-        runner(images[i % len(images): i % len(images) + 1])
+        runner(images[i % len(images) : i % len(images) + 1])
         times.append((time.perf_counter() - start) * 1000)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
@@ -64,8 +64,10 @@ def main() -> None:
     size = model.size_hw
     inputs = ImageInputs([s.path for s in paths], size)
     images = torch.stack([inputs[i]["image"] for i in range(len(inputs))])
-    print(f"{args.model}: {model.config.reconstructor.name} + {model.config.aligner.name if model.config.aligner else 'no aligner'}, "
-          f"{size[0]} px; {len(images)} test images; {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads")
+    print(
+        f"{args.model}: {model.config.reconstructor.name} + {model.config.aligner.name if model.config.aligner else 'no aligner'}, "
+        f"{size[0]} px; {len(images)} test images; {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         runners = {"PyTorch": model.runner}
@@ -79,12 +81,14 @@ def main() -> None:
 
         threshold = model.thresholds.image_threshold() if model.thresholds is not None else None
         reference = None
-        print(f"\n{'runtime':<14}{'images/s (batch 16)':>21}{'latency p50 (batch 1)':>23}{'p99':>9}{'decisions differing':>21}")
+        print(
+            f"\n{'runtime':<14}{'images/s (batch 16)':>21}{'latency p50 (batch 1)':>23}{'p99':>9}{'decisions differing':>21}"
+        )
         rates = {}
         for name, runner in runners.items():
             rates[name] = throughput(runner, images)
             p50, p99 = latency_ms(runner, images)
-            scores = np.concatenate([runner(images[i: i + 16])[1] for i in range(0, len(images), 16)])
+            scores = np.concatenate([runner(images[i : i + 16])[1] for i in range(0, len(images), 16)])
             decisions = scores > threshold if threshold is not None else None
             if reference is None:
                 reference = decisions
@@ -99,12 +103,18 @@ def main() -> None:
     detector.predict_split(batches(split.loader), len(paths), split.names, keep_base=False)
     evaluation = len(paths) / (time.perf_counter() - start)
     start = time.perf_counter()
-    for _ in model.predict_batches([s.path for s in paths], batch_size=model.config.eval.batch_size,
-                                   workers=model.config.data.workers, errors="keep"):
+    for _ in model.predict_batches(
+        [s.path for s in paths],
+        batch_size=model.config.eval.batch_size,
+        workers=model.config.data.workers,
+        errors="keep",
+    ):
         pass
     command = len(paths) / (time.perf_counter() - start)
-    print(f"\nuadp predict on the test folder: {command:.1f} images/s; the run's evaluation pass: {evaluation:.1f} images/s "
-          f"({command / evaluation:.0%})")
+    print(
+        f"\nuadp predict on the test folder: {command:.1f} images/s; the run's evaluation pass: {evaluation:.1f} images/s "
+        f"({command / evaluation:.0%})"
+    )
 
 
 if __name__ == "__main__":

@@ -74,20 +74,26 @@ def main() -> None:
         check_s = time.perf_counter() - start
         paths = [s.path for s in splits.train + splits.test]
         decode_ms = per_image_ms(paths, read_image)
-        print(f"{args.data}: {checked.images} images and {checked.masks} masks checked in {check_s:.2f} s "
-              f"({check_s / checked.images * 1000:.2f} ms per image with its mask); full decode {decode_ms:.2f} ms per image")
+        print(
+            f"{args.data}: {checked.images} images and {checked.masks} masks checked in {check_s:.2f} s "
+            f"({check_s / checked.images * 1000:.2f} ms per image with its mask); full decode {decode_ms:.2f} ms per image"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for suffix in (".png", ".jpg"):
             paths = generated(Path(tmp), suffix, args.count)
             check_ms, decode_ms = per_image_ms(paths, check_decodable), per_image_ms(paths, read_image)
-            print(f"1024 px {suffix[1:].upper():<4}: check {check_ms:6.2f} ms per image, full decode {decode_ms:6.2f} ms "
-                  f"({decode_ms / check_ms:.1f}x)")
+            print(
+                f"1024 px {suffix[1:].upper():<4}: check {check_ms:6.2f} ms per image, full decode {decode_ms:6.2f} ms "
+                f"({decode_ms / check_ms:.1f}x)"
+            )
         masks = generated_masks(Path(tmp), args.count)
         mask_ms = per_image_ms(masks, lambda path: read_mask(path, (1024, 1024)))
         print(f"1024 px mask: read (decoded: its pixels are checked for a defect) {mask_ms:6.2f} ms per mask")
         png_ms = per_image_ms(generated(Path(tmp), ".png", args.count), check_decodable)
-        print(f"so MVTec AD at full size (5354 PNG images, 1258 masks, most 1024 px) would take about "
-              f"{(5354 * png_ms + 1258 * mask_ms) / 1000:.0f} s to check")
+        print(
+            f"so MVTec AD at full size (5354 PNG images, 1258 masks, most 1024 px) would take about "
+            f"{(5354 * png_ms + 1258 * mask_ms) / 1000:.0f} s to check"
+        )
 
 
 if __name__ == "__main__":

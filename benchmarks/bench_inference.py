@@ -37,15 +37,24 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is predicted")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the bundle's eval.batch_size")
     parser.add_argument("--workers", type=int, default=None, help="default: the bundle's data.workers")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                        help="autocast precision of the pass (default: the bundle's train.precision)")
-    parser.add_argument("--repeats", type=int, default=2, help="end-to-end passes over the test split (per variant); best and median are reported")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="autocast precision of the pass (default: the bundle's train.precision)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="end-to-end passes over the test split (per variant); best and median are reported",
+    )
     args = parser.parse_args()
 
     import torch
 
-    from uadp.data.loader import SampleDataset, batches, make_loader, worker_count
     from uadp.config import validate
+    from uadp.data.loader import SampleDataset, batches, make_loader, worker_count
     from uadp.data.splits import gather
     from uadp.engine.components import build_dataset
     from uadp.engine.detector import load_bundle
@@ -66,27 +75,35 @@ def main() -> int:
     test = gather(dataset, cfg.data.classes).test
     mean, std = detector.normalisation
     test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
-    print(f"threads {torch.get_num_threads()}  workers {workers}  batch {batch_size}  {len(test_set)} test images  "
-          f"{cfg.reconstructor.name} on {cfg.backbone.model}  {precision_name(detector.dtype)}", flush=True)
+    print(
+        f"threads {torch.get_num_threads()}  workers {workers}  batch {batch_size}  {len(test_set)} test images  "
+        f"{cfg.reconstructor.name} on {cfg.backbone.model}  {precision_name(detector.dtype)}",
+        flush=True,
+    )
 
     aligner = detector.aligner
     names = [s.class_name for s in test]
-    variants = {"": aligner} if aligner is None else {f" with {cfg.aligner.name}": aligner, " without the aligner": None}
+    variants = (
+        {"": aligner} if aligner is None else {f" with {cfg.aligner.name}": aligner, " without the aligner": None}
+    )
     rates: dict[str, list[float]] = {label: [] for label in variants}
     cold: dict[str, list[float]] = {label: [] for label in variants}
     for repeat in range(args.repeats):
         order = list(variants.items())
         for label, variant in order if repeat % 2 == 0 else order[::-1]:  # neither always goes first
             detector.aligner = variant
-            predictions = detector.predict_split(batches(make_loader(test_set, batch_size, workers)), len(test_set),
-                                                 names, keep_base=False)
+            predictions = detector.predict_split(
+                batches(make_loader(test_set, batch_size, workers)), len(test_set), names, keep_base=False
+            )
             rates[label].append(predictions.images_per_s)
             cold[label].append(len(test_set) / predictions.seconds)
     detector.aligner = aligner
     for label, values in rates.items():
         passes = " ".join(f"{v:.1f}" for v in values)
-        print(f"end to end{label}: {max(values):.1f} images/s best, {statistics.median(values):.1f} median (passes: {passes}; "
-              f"cold, first batch included: {' '.join(f'{v:.1f}' for v in cold[label])})")
+        print(
+            f"end to end{label}: {max(values):.1f} images/s best, {statistics.median(values):.1f} median (passes: {passes}; "
+            f"cold, first batch included: {' '.join(f'{v:.1f}' for v in cold[label])})"
+        )
 
     images = torch.stack([test_set[i]["image"] for i in range(batch_size)])
     decode = per_image_ms(lambda: [test_set[i] for i in range(batch_size)], batch_size)
@@ -97,8 +114,11 @@ def main() -> int:
         "decode+resize+normalise (one worker)": decode,
         "backbone + adapt": per_image_ms(lambda: detector.batch_of(images), batch_size) if detector.extract else 0.0,
         "reconstructor.predict": per_image_ms(lambda: detector.raw(batch), batch_size),
-        **({"aligner.align": per_image_ms(lambda: detector.align(prediction, names[:batch_size]), batch_size)}
-           if aligner is not None else {}),
+        **(
+            {"aligner.align": per_image_ms(lambda: detector.align(prediction, names[:batch_size]), batch_size)}
+            if aligner is not None
+            else {}
+        ),
         "image score": per_image_ms(lambda: image_scores(maps, cfg.eval.image_score), batch_size),
     }
     for name, ms in stages.items():

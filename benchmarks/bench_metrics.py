@@ -41,9 +41,7 @@ def timed(label: str, fn: Callable[[], T]) -> T:
     return result
 
 
-def make_data(
-    n: int = 705, size: int = 224, coverage: float = 0.05, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def make_data(n: int = 705, size: int = 224, coverage: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Smooth-noise blobs as masks; maps = noise plus a blurred copy of the mask (float32)."""
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal((n, size, size), dtype=np.float32)

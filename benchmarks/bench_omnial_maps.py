@@ -23,8 +23,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model bundle (model.pt) of an omnial run")
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is scored")
-    parser.add_argument("--variants", nargs="+", default=["none", "mean3", "gaussian:2", "gaussian:4", "gaussian:8"],
-                        help="map_smoothing values; gaussian:SIGMA sets map_sigma")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["none", "mean3", "gaussian:2", "gaussian:4", "gaussian:8"],
+        help="map_smoothing values; gaussian:SIGMA sets map_sigma",
+    )
     parser.add_argument("--per-class", action="store_true", help="also print each variant's per-class rows")
     args = parser.parse_args()
 
@@ -51,10 +55,16 @@ def main() -> int:
     trained = model.config
     for variant in args.variants:
         kind, _, sigma = variant.partition(":")
-        model.config = trained.model_copy(update={"map_smoothing": kind, **({"map_sigma": float(sigma)} if sigma else {})})
+        model.config = trained.model_copy(
+            update={"map_smoothing": kind, **({"map_sigma": float(sigma)} if sigma else {})}
+        )
         result = evaluate_maps(split, model.anomaly_map(logits), labels, masks)
-        print(f"{variant:<16}" + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS)
-              + f"{result.pooled['image_auroc']:>16.3f}{result.pooled['pixel_ap']:>12.3f}", flush=True)
+        print(
+            f"{variant:<16}"
+            + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS)
+            + f"{result.pooled['image_auroc']:>16.3f}{result.pooled['pixel_ap']:>12.3f}",
+            flush=True,
+        )
         if args.per_class:
             rows = [*result.per_class.items(), ("pooled", result.pooled)]
             for name, values in rows:

@@ -32,9 +32,15 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=687, help="training images per epoch (realmix-dev: 687)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                        help="autocast precision of uadp's step (default: the preset's train.precision)")
-    parser.add_argument("--profile", action="store_true", help="also print the top operators of uadp's step (torch.profiler)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="autocast precision of uadp's step (default: the preset's train.precision)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the top operators of uadp's step (torch.profiler)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -87,8 +93,11 @@ def main() -> int:
         optimise(loss, looped if eager else fused, parameters, cfg.train.grad_clip)
 
     steps_per_epoch = args.images // batch_size
-    print(f"{cfg.reconstructor.name} hidden {getattr(cfg.reconstructor, 'hidden_dim', '?')}, batch {batch_size}, "
-          f"{height}x{width}, {torch.get_num_threads()} threads, {steps_per_epoch} steps/epoch", flush=True)
+    print(
+        f"{cfg.reconstructor.name} hidden {getattr(cfg.reconstructor, 'hidden_dim', '?')}, batch {batch_size}, "
+        f"{height}x{width}, {torch.get_num_threads()} threads, {steps_per_epoch} steps/epoch",
+        flush=True,
+    )
 
     def prepare(variant: str) -> None:
         backbone.net.to(memory_format=torch.contiguous_format if variant.startswith("eager") else torch.channels_last)
@@ -138,8 +147,11 @@ def time_image_model(cfg, model, dtype, args) -> int:
         optimise(loss, optimizer, parameters, cfg.train.grad_clip)
 
     steps_per_epoch = args.images // batch_size
-    print(f"{cfg.reconstructor.name} (raw images), batch {batch_size}, {height}x{width}, "
-          f"{torch.get_num_threads()} threads, {steps_per_epoch} steps/epoch", flush=True)
+    print(
+        f"{cfg.reconstructor.name} (raw images), batch {batch_size}, {height}x{width}, "
+        f"{torch.get_num_threads()} threads, {steps_per_epoch} steps/epoch",
+        flush=True,
+    )
     time_variants(step, list(variants), args, steps_per_epoch)
     return 0
 
@@ -171,8 +183,10 @@ def time_variants(step, variants: list[str], args, steps_per_epoch: int, prepare
             results[variant].append((time.perf_counter() - start) / args.steps)
     for variant, times in results.items():
         best = min(times)
-        print(f"{variant:10s} {best:.3f} s/step  {best * steps_per_epoch:6.1f} s/epoch  "
-              f"(rounds: {', '.join(f'{t:.3f}' for t in times)})")
+        print(
+            f"{variant:10s} {best:.3f} s/step  {best * steps_per_epoch:6.1f} s/epoch  "
+            f"(rounds: {', '.join(f'{t:.3f}' for t in times)})"
+        )
 
 
 if __name__ == "__main__":

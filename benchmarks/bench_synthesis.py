@@ -56,8 +56,14 @@ def main() -> int:
     plain = SampleDataset(samples, config.data.size_hw, (0, 0, 0), (1, 1, 1), with_masks=False)
     images = [plain[i]["image"].numpy().transpose(1, 2, 0).copy() for i in range(len(plain))]
     synthesizer(images[0], np.random.default_rng(0))  # warm-up: texture photos load once per process
-    full = SampleDataset(samples, config.data.size_hw, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                         synthesizer=synthesizer, with_masks=False)
+    full = SampleDataset(
+        samples,
+        config.data.size_hw,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        synthesizer=synthesizer,
+        with_masks=False,
+    )
 
     def rate(work) -> float:
         passes = []

@@ -38,30 +38,50 @@ def main() -> None:
     split = load_test_split(args.model, args.data, None, parser.error)
     detector, cfg = split.detector, split.config
     if not split.calibration:
-        parser.error(f"{args.model}: its run kept no calibration images (eval.calibration_fraction {cfg.eval.calibration_fraction})")
+        parser.error(
+            f"{args.model}: its run kept no calibration images (eval.calibration_fraction {cfg.eval.calibration_fraction})"
+        )
     mean, std = detector.normalisation
     calibration_names = [s.class_name for s in split.calibration]
-    loader = make_loader(SampleDataset(split.calibration, cfg.data.size_hw, mean, std), cfg.eval.batch_size, cfg.data.workers)
-    calibration = detector.predict_split(batches(loader), len(split.calibration), calibration_names, desc="calibration",
-                                         keep_base=False)
+    loader = make_loader(
+        SampleDataset(split.calibration, cfg.data.size_hw, mean, std), cfg.eval.batch_size, cfg.data.workers
+    )
+    calibration = detector.predict_split(
+        batches(loader), len(split.calibration), calibration_names, desc="calibration", keep_base=False
+    )
     test = detector.predict_split(batches(split.loader), len(split.names), split.names, keep_base=False)
     classes = list(dict.fromkeys(split.names))
     scope = args.scope or cfg.eval.threshold_scope
-    print(f"{args.model}: {cfg.reconstructor.name} + {cfg.aligner.name if cfg.aligner else 'no aligner'}; "
-          f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+    print(
+        f"{args.model}: {cfg.reconstructor.name} + {cfg.aligner.name if cfg.aligner else 'no aligner'}; "
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )
     counts = {c: calibration_names.count(c) for c in classes}
-    print(f"calibration images: {len(calibration_names)} ({', '.join(f'{c} {n}' for c, n in counts.items())}); "
-          f"scope {scope}; pixel false-alarm rate {cfg.eval.pixel_false_alarm_rate:g}")
+    print(
+        f"calibration images: {len(calibration_names)} ({', '.join(f'{c} {n}' for c, n in counts.items())}); "
+        f"scope {scope}; pixel false-alarm rate {cfg.eval.pixel_false_alarm_rate:g}"
+    )
     labels = test.labels
     for alpha in args.alphas:
-        thresholds = calibrate(calibration.scores, calibration.maps, calibration_names, classes, scope, alpha,
-                               cfg.eval.pixel_false_alarm_rate)
+        thresholds = calibrate(
+            calibration.scores,
+            calibration.maps,
+            calibration_names,
+            classes,
+            scope,
+            alpha,
+            cfg.eval.pixel_false_alarm_rate,
+        )
         report = threshold_report(test.scores, labels, test.maps, test.masks, split.names, thresholds)
-        print(f"\nα = {alpha:g}: image threshold {thresholds.image_threshold():.5g}, pixel {thresholds.pixel_threshold():.5g}")
+        print(
+            f"\nα = {alpha:g}: image threshold {thresholds.image_threshold():.5g}, pixel {thresholds.pixel_threshold():.5g}"
+        )
         for note in thresholds.notes:
             print(f"  note: {note}")
-        print(f"{'class':<14}{'good':>6}{'bad':>6}{'false alarms':>14}{'escapes':>9}{'precision':>11}{'Dice':>7}"
-              f"  |{'oracle FA':>10}{'escapes':>9}{'Dice':>7}")
+        print(
+            f"{'class':<14}{'good':>6}{'bad':>6}{'false alarms':>14}{'escapes':>9}{'precision':>11}{'Dice':>7}"
+            f"  |{'oracle FA':>10}{'escapes':>9}{'Dice':>7}"
+        )
         names = np.asarray(split.names)
         for unit in [*classes, "pooled"]:
             chosen = np.ones(len(names), bool) if unit == "pooled" else names == unit
@@ -70,10 +90,12 @@ def main() -> None:
             def cell(value: float, width: int) -> str:
                 return f"{'-' if math.isnan(value) else f'{value:.3f}':>{width}}"
 
-            print(f"{unit:<14}{int((labels[chosen] == 0).sum()):>6}{int((labels[chosen] == 1).sum()):>6}"
-                  f"{cell(ours['false_alarm_rate'], 14)}{cell(ours['escape_rate'], 9)}{cell(ours['precision'], 11)}"
-                  f"{cell(ours['dice'], 7)}  |{cell(oracle['false_alarm_rate'], 10)}{cell(oracle['escape_rate'], 9)}"
-                  f"{cell(oracle['dice'], 7)}")
+            print(
+                f"{unit:<14}{int((labels[chosen] == 0).sum()):>6}{int((labels[chosen] == 1).sum()):>6}"
+                f"{cell(ours['false_alarm_rate'], 14)}{cell(ours['escape_rate'], 9)}{cell(ours['precision'], 11)}"
+                f"{cell(ours['dice'], 7)}  |{cell(oracle['false_alarm_rate'], 10)}{cell(oracle['escape_rate'], 9)}"
+                f"{cell(oracle['dice'], 7)}"
+            )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ def main() -> int:
     ours.add_argument("--title", default="uadp run", help="the table's title in the docs")
     ours.add_argument("--output-json")
     args, passed = ours.parse_known_args()
-    print(f"threads: {torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}", flush=True)
+    print(
+        f"threads: {torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         summary_path = Path(args.output_json or Path(tmp) / "summary.json")
         code = uadp_main(["run", *passed, "--output-json", str(summary_path)])
@@ -47,9 +50,11 @@ def write_results(name: str, title: str, summary: dict) -> None:
 
     header, rows = run_table(summary)
     timing = summary["timing"]
-    note = (f"features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
-            f"({timing.get('train_s_per_epoch', 0):.1f} s/epoch), inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
-            f"peak RSS {timing.get('peak_rss_mb', 0):.0f} MB")
+    note = (
+        f"features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
+        f"({timing.get('train_s_per_epoch', 0):.1f} s/epoch), inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
+        f"peak RSS {timing.get('peak_rss_mb', 0):.0f} MB"
+    )
     print(f"wrote {write(name, Results(title, [this_command()], this_hardware(), header, rows, [note]))}")
 
 

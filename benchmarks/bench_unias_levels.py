@@ -25,9 +25,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model bundle (model.pt) of a unias run")
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is scored")
-    parser.add_argument("--levels", nargs="+", default=["1,2,3,4", "2,3,4", "3,4", "1,2,3", "4", "3", "2", "1"],
-                        help="level subsets to score, e.g. 2,3,4")
-    parser.add_argument("--blur", default="", help="comma-separated σ (image pixels) of a Gaussian blur of the product map, e.g. 2,4,8")
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        default=["1,2,3,4", "2,3,4", "3,4", "1,2,3", "4", "3", "2", "1"],
+        help="level subsets to score, e.g. 2,3,4",
+    )
+    parser.add_argument(
+        "--blur", default="", help="comma-separated σ (image pixels) of a Gaussian blur of the product map, e.g. 2,4,8"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -54,7 +60,12 @@ def main() -> int:
 
     def report(label: str, maps: torch.Tensor) -> None:
         result = evaluate_maps(split, maps, labels, masks)
-        print(f"{label:<24}" + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS) + f"{result.pooled['pixel_ap']:>12.3f}", flush=True)
+        print(
+            f"{label:<24}"
+            + "".join(f"{result.mean[m]:>9.3f}" for m in METRICS)
+            + f"{result.pooled['pixel_ap']:>12.3f}",
+            flush=True,
+        )
 
     print(f"{len(split.names)} test images; trained levels {len(per_level)}; mean over classes (and pooled P-AP)")
     print(header("variant", 24, f"{'pooled P-AP':>12}"))
@@ -65,7 +76,10 @@ def main() -> int:
     blurred = copy.copy(model)
     blurred.config = model.config.model_copy(update={"post_gaussian": True})
     report("post_gaussian", blurred.combine(per_level))
-    upsampled = [F.interpolate(m.unsqueeze(1), size=cfg.data.size_hw, mode="bilinear", align_corners=False)[:, 0] for m in per_level]
+    upsampled = [
+        F.interpolate(m.unsqueeze(1), size=cfg.data.size_hw, mode="bilinear", align_corners=False)[:, 0]
+        for m in per_level
+    ]
     report("sum instead of product", torch.stack(upsampled).sum(0))
     for sigma in [float(s) for s in args.blur.split(",") if s]:
         variant = copy.copy(model)

@@ -65,7 +65,9 @@ def main() -> int:
                 blend = image + args.strength * (defective.astype(np.float32) - image)
                 defective = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
             Image.fromarray(defective).save(out / folder.name / "test" / "synthetic" / f"{j:03d}.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / folder.name / "ground_truth" / "synthetic" / f"{j:03d}_mask.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                out / folder.name / "ground_truth" / "synthetic" / f"{j:03d}_mask.png"
+            )
         print(f"{folder.name}: {len(files) - len(held)} train, {len(held)} good + {len(held)} synthetic test images")
     return 0
 

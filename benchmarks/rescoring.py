@@ -7,8 +7,9 @@ its map without retraining; this module holds that common part.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")
 
@@ -50,8 +51,16 @@ def load_test_split(model_path: str, data: str, reconstructor: str | None, error
         registration = registry.get("metrics", name)
         metrics[name] = registration.factory(registration.config())
     loader = make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)
-    return TestSplit(detector, cfg, [s.class_name for s in test], [s.defect for s in test], loader, metrics, splits.train,
-                     splits.calibration)
+    return TestSplit(
+        detector,
+        cfg,
+        [s.class_name for s in test],
+        [s.defect for s in test],
+        loader,
+        metrics,
+        splits.train,
+        splits.calibration,
+    )
 
 
 def train_maps(split: TestSplit):
@@ -100,4 +109,8 @@ def evaluate_maps(split: TestSplit, maps, labels, masks):
 
 
 def header(first: str, width: int, extra: str = "") -> str:
-    return f"{first:<{width}}" + "".join(f"{m.replace('image_', 'I-').replace('pixel_', 'P-'):>9}" for m in METRICS) + extra
+    return (
+        f"{first:<{width}}"
+        + "".join(f"{m.replace('image_', 'I-').replace('pixel_', 'P-'):>9}" for m in METRICS)
+        + extra
+    )

@@ -1,7 +1,8 @@
 """Benchmark results as CSV files with a small header: what was measured, how, and on what.
 
 Every table on the docs site's method and benchmark pages is one file in
-``benchmarks/results/``; the benchmark commands write them (``--results NAME.csv``) and the
+``benchmarks/results/``; ``bench_uniad.py``, ``bench_compare.py`` and ``bench_align.py`` write
+them (``--results NAME.csv``), a table gathered from several runs lists each command, and the
 docs build renders them (``docs/hooks.py``), so a number in the docs always has the command
 that produced it beside it. The format is plain CSV after ``# key: value`` lines::
 

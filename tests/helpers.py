@@ -15,7 +15,14 @@ from uadp.tracking import embedded_uri
 
 # the bundled standard metrics, in the order the plugin registers them (the tables' columns)
 STANDARD_METRICS = [
-    "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro", "pixel_dsc",
+    "image_auroc",
+    "image_ap",
+    "image_f1max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_f1max",
+    "pixel_aupro",
+    "pixel_dsc",
     "pixel_dsc_pooled",
 ]
 QUICK_SETS = (
@@ -34,8 +41,19 @@ QUICK_SETS = (
 def quick_args(data: Path, runs_root: Path, *extra: object, epochs: int = 2) -> list[str]:
     """``uadp run`` arguments for a run of a few seconds on the tiny dataset, on the CPU."""
     args = [
-        "run", "--data", str(data), "--image-size", "128", "--epochs", str(epochs), "--workers", "0",
-        "--device", "cpu", "--set", f"tracking.root={runs_root}",
+        "run",
+        "--data",
+        str(data),
+        "--image-size",
+        "128",
+        "--epochs",
+        str(epochs),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--set",
+        f"tracking.root={runs_root}",
     ]
     for item in QUICK_SETS:
         args += ["--set", item]
@@ -85,4 +103,3 @@ def assert_one_error_line(err: str, *needles: object) -> str:
     for needle in needles:
         assert str(needle) in line, (needle, line)
     return line
-

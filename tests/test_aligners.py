@@ -9,8 +9,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from uadp.errors import UadpError
-from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
-from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
 from uadp_plugins.aligners._mean_max import (
     CalibrationConfig,
     calibrate,
@@ -20,6 +18,8 @@ from uadp_plugins.aligners._mean_max import (
     normalise,
 )
 from uadp_plugins.aligners._regressor import HeadConfig, StatsHead
+from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
+from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
 
 SIZE = 16  # map side
 CLASSES = ("flat", "textured", "glossy")
@@ -170,7 +170,9 @@ def test_class_classifier_learns_the_class_then_uses_its_statistics():
     oracle = ClassStats(CalibrationConfig())
     oracle.fit(maps, None, names)
     right = [i for i, (p, t) in enumerate(zip(predicted, test_names)) if p == t]
-    torch.testing.assert_close(aligner.align(test_maps, test_embeddings)[right], oracle.align(test_maps, None, test_names)[right])
+    torch.testing.assert_close(
+        aligner.align(test_maps, test_embeddings)[right], oracle.align(test_maps, None, test_names)[right]
+    )
 
 
 # --------------------------------------------------------------------------- CADA
@@ -183,9 +185,11 @@ def scaled_data():
     return train, test
 
 
-@pytest.mark.parametrize("config", [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400),
-                                    CadaConfig(iterations=400, calibration="mean-max")],
-                         ids=["cada", "cada-sigma", "cada-paper-mean-max"])
+@pytest.mark.parametrize(
+    "config",
+    [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400), CadaConfig(iterations=400, calibration="mean-max")],
+    ids=["cada", "cada-sigma", "cada-paper-mean-max"],
+)
 def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, config):
     """Without alignment the glossy class's normal images outscore the flat class's defects,
     so the pooled image AUROC is poor; CADA, with no class label, recovers it.

@@ -83,7 +83,11 @@ def test_backbone_features_match_the_classifier_trunk(lite0_classifier):
 def test_weights_from_a_local_file(tmp_path):
     reference = TimmBackbone(TimmBackboneConfig(weights="offline"))
     path = tmp_path / "lite0.pth"
-    torch.save(timm.create_model("tf_efficientnet_lite0").state_dict() | pretrained_state_dict("tf_efficientnet_lite0", "offline"), path)
+    torch.save(
+        timm.create_model("tf_efficientnet_lite0").state_dict()
+        | pretrained_state_dict("tf_efficientnet_lite0", "offline"),
+        path,
+    )
     loaded = TimmBackbone(TimmBackboneConfig(weights=str(path)))
     image = torch.randn(1, 3, 64, 64)
     assert torch.allclose(loaded(image)[-1], reference(image)[-1])

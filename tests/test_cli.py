@@ -20,7 +20,16 @@ import yaml
 from PIL import Image
 
 import uadp
-from helpers import STANDARD_METRICS, all_runs, assert_one_error_line, call, call_captured, client_for, loss_history, quick_args
+from helpers import (
+    STANDARD_METRICS,
+    all_runs,
+    assert_one_error_line,
+    call,
+    call_captured,
+    client_for,
+    loss_history,
+    quick_args,
+)
 from uadp.cli import main
 from uadp.config import flatten
 
@@ -71,9 +80,9 @@ def test_show_uniad_prints_options_with_defaults(capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith("reconstructor uniad")
     assert "options:" in out
-    (line,) = [l for l in out.splitlines() if l.strip().startswith("neighbor_size:")]
+    (line,) = [text for text in out.splitlines() if text.strip().startswith("neighbor_size:")]
     assert "= 7" in line
-    assert any(l.strip().startswith("hidden_dim: int = 256") for l in out.splitlines())
+    assert any(text.strip().startswith("hidden_dim: int = 256") for text in out.splitlines())
 
 
 def test_show_unknown_component(capsys) -> None:
@@ -238,7 +247,9 @@ def test_reconstructor_without_a_preset_keeps_the_defaults(capsys) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
-def test_same_seed_gives_identical_losses_and_metrics(e2e, tiny_dataset: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_same_seed_gives_identical_losses_and_metrics(
+    e2e, tiny_dataset: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out_json = tmp_path / "again.json"
     assert call(quick_args(tiny_dataset, e2e.runs, "--output-json", out_json)) == 0
@@ -283,15 +294,29 @@ def test_ui_starts_mlflow_on_the_embedded_store(tmp_path, monkeypatch):
 
 
 def _from_run(e2e, runs_root: Path, *extra: object) -> tuple[int, str, str]:
-    return call_captured(["run", "--from-run", e2e.run_id, "--set", f"tracking.root={e2e.runs}", "--workers", "0",
-                          "--device", "cpu", *[str(x) for x in extra]])
+    return call_captured(
+        [
+            "run",
+            "--from-run",
+            e2e.run_id,
+            "--set",
+            f"tracking.root={e2e.runs}",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            *[str(x) for x in extra],
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def aligned(e2e, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``--from-run`` with cada on the e2e run's model: no training, base and aligned reported."""
     out = tmp_path_factory.mktemp("aligned") / "out.json"
-    code, stdout, stderr = _from_run(e2e, e2e.runs, "--aligner", "cada", "--set", "aligner.iterations=100", "--output-json", out)
+    code, stdout, stderr = _from_run(
+        e2e, e2e.runs, "--aligner", "cada", "--set", "aligner.iterations=100", "--output-json", out
+    )
     assert code == 0, stderr
     summary = json.loads(out.read_text())
     return SimpleNamespace(stdout=stdout, summary=summary, run_id=summary["mlflow_run_id"])
@@ -351,7 +376,9 @@ def test_from_run_with_another_model_config_names_the_key(e2e, capsys) -> None:
     assert_one_error_line(stderr, "--from-run", "reconstructor.hidden_dim")
 
 
-def test_a_bundle_whose_weights_no_longer_fit_the_plugin_is_one_error_line(e2e, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+def test_a_bundle_whose_weights_no_longer_fit_the_plugin_is_one_error_line(
+    e2e, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
     """A model saved before a plugin renamed its buffers: the file and the keys, not a state_dict traceback."""
     state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "model.pt", map_location="cpu", weights_only=False)
     key = next(iter(state["reconstructor"]))
@@ -362,14 +389,17 @@ def test_a_bundle_whose_weights_no_longer_fit_the_plugin_is_one_error_line(e2e, 
     image = next((tiny_dataset / "dots" / "test" / "good").glob("*.png"))
     assert call(["predict", stale, image, "--device", "cpu"]) == 2
     assert_one_error_line(capsys.readouterr().err, stale, f"missing {key}", f"unexpected old_{key}", "retrain")
-    code, _, stderr = call_captured(["run", "--from-run", stale, "--aligner", "cada", "--set", f"tracking.root={tmp_path}",
-                                     "--device", "cpu"])
+    code, _, stderr = call_captured(
+        ["run", "--from-run", stale, "--aligner", "cada", "--set", f"tracking.root={tmp_path}", "--device", "cpu"]
+    )
     assert code == 2
     assert_one_error_line(stderr, stale, f"missing {key}")
 
 
 def test_from_run_unknown_run(e2e, capsys) -> None:
-    code, _, stderr = call_captured(["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"])
+    code, _, stderr = call_captured(
+        ["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"]
+    )
     assert code == 2
     assert_one_error_line(stderr, "--from-run no-such-run")
 
@@ -377,12 +407,37 @@ def test_from_run_unknown_run(e2e, capsys) -> None:
 def test_unias_runs_end_to_end_with_an_aligner(tiny_dataset: Path, runs_root: Path) -> None:
     """`uadp run --reconstructor unias --aligner cada`: its preset, a CADA fit on its embedding, both tables."""
     out = runs_root.parent / "unias.json"
-    code, stdout, stderr = call_captured([
-        "run", "--data", tiny_dataset, "--reconstructor", "unias", "--aligner", "cada", "--image-size", "64",
-        "--epochs", "1", "--workers", "0", "--device", "cpu", "--set", f"tracking.root={runs_root}",
-        "--set", "reconstructor.hidden_dim=32", "--set", "reconstructor.ffn_dim=64", "--set", "aligner.iterations=20",
-        "--set", "eval.overlays_per_class=0", "--output-json", out,
-    ])
+    code, stdout, stderr = call_captured(
+        [
+            "run",
+            "--data",
+            tiny_dataset,
+            "--reconstructor",
+            "unias",
+            "--aligner",
+            "cada",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--set",
+            f"tracking.root={runs_root}",
+            "--set",
+            "reconstructor.hidden_dim=32",
+            "--set",
+            "reconstructor.ffn_dim=64",
+            "--set",
+            "aligner.iterations=20",
+            "--set",
+            "eval.overlays_per_class=0",
+            "--output-json",
+            out,
+        ]
+    )
     assert code == 0, stderr
     assert "unias-cpu" in stderr
     summary = json.loads(out.read_text())
@@ -391,9 +446,20 @@ def test_unias_runs_end_to_end_with_an_aligner(tiny_dataset: Path, runs_root: Pa
     assert "aligned (cada)" in stdout or "aligned by cada" in stdout
 
 
-def test_a_large_feature_cache_goes_to_files_that_are_removed_after_training(tiny_dataset: Path, runs_root: Path) -> None:
-    code, stdout, stderr = call_captured(quick_args(tiny_dataset, runs_root, "--set", "train.cache_memory_gb=0.000001",
-                                                    "--set", "eval.overlays_per_class=0", epochs=1))
+def test_a_large_feature_cache_goes_to_files_that_are_removed_after_training(
+    tiny_dataset: Path, runs_root: Path
+) -> None:
+    code, stdout, stderr = call_captured(
+        quick_args(
+            tiny_dataset,
+            runs_root,
+            "--set",
+            "train.cache_memory_gb=0.000001",
+            "--set",
+            "eval.overlays_per_class=0",
+            epochs=1,
+        )
+    )
     assert code == 0, stderr
     assert "in files under" in stdout
     assert not list(runs_root.rglob("feature-cache"))

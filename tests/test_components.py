@@ -38,8 +38,14 @@ REGISTRY = Registry()
 # small options of the bundled components, by kind and name (used for a partner too)
 TINY = {
     "reconstructors": {
-        "uniad": {"hidden_dim": 32, "num_encoder_layers": 1, "num_decoder_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                  "neighbor_size": 1},
+        "uniad": {
+            "hidden_dim": 32,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            "num_heads": 4,
+            "ffn_dim": 64,
+            "neighbor_size": 1,
+        },
         "unias": {"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64},
         "omnial": {"rec_width": 8, "rec_max_width": 32, "loc_width": 8, "loc_max_width": 32, "diffneck_width": 8},
         "revdist": {"bottleneck_blocks": 1, "decoder_blocks": 1},

@@ -58,8 +58,17 @@ def _one_line(message: str) -> str:
 
 def test_presets_are_registered_by_the_plugins_that_name_them():
     presets = Registry().presets()
-    assert set(presets) >= {"cpu", "uniad", "uniad-lite0", "unias", "unias-cpu", "revdist", "revdist-lite0",
-                            "omnial", "omnial-cpu"}
+    assert set(presets) >= {
+        "cpu",
+        "uniad",
+        "uniad-lite0",
+        "unias",
+        "unias-cpu",
+        "revdist",
+        "revdist-lite0",
+        "omnial",
+        "omnial-cpu",
+    }
     assert presets["unias-cpu"].plugin == "unias" and presets["cpu"].plugin == "uniad"
     assert all(p.path.is_file() for p in presets.values())
 

@@ -105,8 +105,13 @@ class MultiLevelAE(Reconstructor):
 class UniASShapePlugin:
     @hookimpl
     def register_reconstructors(self, register):
-        register("multilevel_ae", MultiLevelAE, config=MultiLevelConfig,
-                 help="test: per-level autoencoders on multi-level features", inputs="features")
+        register(
+            "multilevel_ae",
+            MultiLevelAE,
+            config=MultiLevelConfig,
+            help="test: per-level autoencoders on multi-level features",
+            inputs="features",
+        )
 
 
 # --------------------------------------------------------------------------- OmniAL shape
@@ -175,9 +180,12 @@ class ContextSegmenter(Reconstructor):
         self.image_size = context.image_size
         w = config.width
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, w, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv2d(3, w, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=2, dilation=2),
+            nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Conv2d(4 * w, 2 * w, 1), nn.ReLU(), nn.Conv2d(2 * w, 1, 1))
         self.seen_targets: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None
@@ -214,8 +222,14 @@ class OmniALShapePlugin:
 
     @hookimpl
     def register_reconstructors(self, register):
-        register("context_segmenter", ContextSegmenter, config=SegmenterConfig,
-                 help="test: segmentation of synthesized anomalies", inputs="images", synthesizer="required")
+        register(
+            "context_segmenter",
+            ContextSegmenter,
+            config=SegmenterConfig,
+            help="test: segmentation of synthesized anomalies",
+            inputs="images",
+            synthesizer="required",
+        )
 
 
 # --------------------------------------------------------------------------- CADA shape
@@ -266,8 +280,13 @@ class CADAShapePlugin:
     @hookimpl
     def register_aligners(self, register):
         register("standardise", self._factory, config=StandardiseConfig, help="test: per-pixel standardisation")
-        register("standardise_oracle", self._factory, config=StandardiseConfig,
-                 help="test: the same, told the class labels", class_labels="train+test")
+        register(
+            "standardise_oracle",
+            self._factory,
+            config=StandardiseConfig,
+            help="test: the same, told the class labels",
+            class_labels="train+test",
+        )
 
 
 # --------------------------------------------------------------------------- fixtures

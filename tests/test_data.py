@@ -237,7 +237,9 @@ def test_sample_dataset_normalises_and_returns_label_and_index(tmp_path: Path) -
 
 
 def test_sample_dataset_without_masks(tmp_path: Path) -> None:
-    dataset = SampleDataset([Sample(str(_rgb(tmp_path / "a.png")), "c", 0)], (32, 32), (0, 0, 0), (1, 1, 1), with_masks=False)
+    dataset = SampleDataset(
+        [Sample(str(_rgb(tmp_path / "a.png")), "c", 0)], (32, 32), (0, 0, 0), (1, 1, 1), with_masks=False
+    )
     assert "mask" not in dataset[0]
 
 
@@ -289,7 +291,9 @@ def test_mvtec_ignores_non_class_folders_and_non_images(tiny_copy: Path) -> None
     (tiny_copy / "README.txt").write_text("about this data")
     (tiny_copy / "docs").mkdir()
     (tiny_copy / "dots" / "train" / "good" / "notes.txt").write_text("x")
-    shutil.copy(tiny_copy / "dots" / "train" / "good" / "000.png", tiny_copy / "dots" / "train" / "good" / ".hidden.png")
+    shutil.copy(
+        tiny_copy / "dots" / "train" / "good" / "000.png", tiny_copy / "dots" / "train" / "good" / ".hidden.png"
+    )
     dataset = _mvtec(tiny_copy)
     assert dataset.class_names() == TINY_CLASSES
     assert len(dataset.samples("dots", "train")) == 16

@@ -117,12 +117,16 @@ def test_every_benchmark_table_parses_and_every_marker_names_one():
         assert all(command.strip() for command in table.commands), f"{path.name}: an empty command"
     for page in DOCS.rglob("*.md"):
         for name in re.findall(r"^<!-- results: (\S+) -->$", page.read_text(), flags=re.MULTILINE):
-            assert name == "all" or (ROOT / "benchmarks" / "results" / name).is_file(), f"{page}: no results file {name}"
+            assert name == "all" or (ROOT / "benchmarks" / "results" / name).is_file(), (
+                f"{page}: no results file {name}"
+            )
 
 
 def test_results_files_round_trip(tmp_path):
     results_csv = _results_module()
-    table = results_csv.Results("t", ["python x.py --a 1"], "a CPU, 2 threads", ["class", "v"], [["a", "0.5"], ["b|c", "1"]], ["n"])
+    table = results_csv.Results(
+        "t", ["python x.py --a 1"], "a CPU, 2 threads", ["class", "v"], [["a", "0.5"], ["b|c", "1"]], ["n"]
+    )
     assert results_csv.read(results_csv.write(tmp_path / "t.csv", table)) == table
     (tmp_path / "bad.csv").write_text("# title: t\n# hardware: h\nclass,v\na,1\n")
     with pytest.raises(ValueError, match="command"):
@@ -154,3 +158,28 @@ def test_readme_is_a_short_guide_whose_links_resolve():
     assert len(text.splitlines()) <= 300, f"README.md has {len(text.splitlines())} lines; keep it at most 300"
     for target in re.findall(r"\]\(((?:docs/|CONTRIBUTING)[^)#]*)", text):
         assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
+
+
+def test_a_benchmark_command_writes_a_results_file_the_docs_can_render(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    metrics = {"image_auroc": 0.9, "pixel_auroc": 0.8, "pixel_ap": 0.3, "pixel_dsc": 0.2}
+    summary = {
+        "per_class": {"a": metrics, "b": metrics},
+        "mean": metrics,
+        "pooled": metrics,
+        "timing": {"train_s": 1.0},
+    }
+    (tmp_path / "run.json").write_text(json.dumps(summary))
+    out = tmp_path / "compare.csv"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_compare.py"), "--summaries", str(tmp_path / "run.json"),
+         "--results", str(out), "--title", "two classes"],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    table = _results_module().read(out)
+    assert table.title == "two classes" and "bench_compare.py" in table.commands[0] and "threads" in table.hardware
+    assert [row[0] for row in table.rows] == ["a", "b", "mean", "pooled"]
+    assert table.header[1:3] == ["run I-AUROC", "run P-AUROC"] and table.rows[0][1] == "0.900"

@@ -20,14 +20,38 @@ pytest.importorskip("openvino")
 
 BASE = ["--image-size", "64", "--workers", "0", "--device", "cpu", "--set", "eval.overlays_per_class=0"]
 RECIPES = {  # small, but trained enough that the maps have contrast (a flat map makes any rounding look large)
-    "uniad": ["--epochs", "3", "--set", "reconstructor.hidden_dim=32", "--set", "reconstructor.num_encoder_layers=1",
-              "--set", "reconstructor.num_decoder_layers=1", "--set", "reconstructor.ffn_dim=64",
-              "--set", "reconstructor.neighbor_size=1"],
+    "uniad": [
+        "--epochs",
+        "3",
+        "--set",
+        "reconstructor.hidden_dim=32",
+        "--set",
+        "reconstructor.num_encoder_layers=1",
+        "--set",
+        "reconstructor.num_decoder_layers=1",
+        "--set",
+        "reconstructor.ffn_dim=64",
+        "--set",
+        "reconstructor.neighbor_size=1",
+    ],
     "unias": ["--epochs", "3", "--set", "reconstructor.hidden_dim=32", "--set", "reconstructor.ffn_dim=64"],
     "revdist": ["--epochs", "3"],
-    "omnial": ["--epochs", "8", "--set", "train.lr=2e-3", "--set", "reconstructor.rec_width=8",
-               "--set", "reconstructor.rec_max_width=32", "--set", "reconstructor.loc_width=8",
-               "--set", "reconstructor.loc_max_width=32", "--set", "reconstructor.diffneck_width=8"],
+    "omnial": [
+        "--epochs",
+        "8",
+        "--set",
+        "train.lr=2e-3",
+        "--set",
+        "reconstructor.rec_width=8",
+        "--set",
+        "reconstructor.rec_max_width=32",
+        "--set",
+        "reconstructor.loc_width=8",
+        "--set",
+        "reconstructor.loc_max_width=32",
+        "--set",
+        "reconstructor.diffneck_width=8",
+    ],
 }
 PARITY = 1e-4  # of the maps' range over the test images
 
@@ -42,13 +66,40 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         for name, recipe in RECIPES.items():
             out = root / f"{name}.json"
-            code, _, err = call_captured(["run", "--data", tiny_dataset, "--reconstructor", name, *BASE, *recipe,
-                                          "--set", f"tracking.root={runs}", "--output-json", out])
+            code, _, err = call_captured(
+                [
+                    "run",
+                    "--data",
+                    tiny_dataset,
+                    "--reconstructor",
+                    name,
+                    *BASE,
+                    *recipe,
+                    "--set",
+                    f"tracking.root={runs}",
+                    "--output-json",
+                    out,
+                ]
+            )
             assert code == 0, err
             run_id = json.loads(out.read_text())["mlflow_run_id"]
             bundles[name, "none"] = runs / "checkpoints" / run_id / "model.pt"
-            code, _, err = call_captured(["run", "--from-run", run_id, "--aligner", "cada", "--set", "aligner.iterations=100",
-                                          "--set", f"tracking.root={runs}", "--output-json", out, *BASE])
+            code, _, err = call_captured(
+                [
+                    "run",
+                    "--from-run",
+                    run_id,
+                    "--aligner",
+                    "cada",
+                    "--set",
+                    "aligner.iterations=100",
+                    "--set",
+                    f"tracking.root={runs}",
+                    "--output-json",
+                    out,
+                    *BASE,
+                ]
+            )
             assert code == 0, err
             bundles[name, "cada"] = runs / "checkpoints" / json.loads(out.read_text())["mlflow_run_id"] / "model.pt"
     return bundles
@@ -60,8 +111,9 @@ def _test_images(data: Path) -> list[Path]:
 
 @pytest.mark.parametrize("aligner", ["none", "cada"])
 @pytest.mark.parametrize("reconstructor", list(RECIPES))
-def test_an_exported_model_scores_and_decides_as_the_pytorch_model(reconstructor: str, aligner: str, trained,
-                                                                   tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+def test_an_exported_model_scores_and_decides_as_the_pytorch_model(
+    reconstructor: str, aligner: str, trained, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "exported"
     assert call(["export", trained[reconstructor, aligner], "--format", "onnx", "--out", out]) == 0
     metadata = json.loads((out / "metadata.json").read_text())
@@ -100,7 +152,9 @@ def test_the_graph_in_pytorch_is_the_model_the_run_evaluated(trained, tiny_datas
     np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=0, atol=1e-5)
 
 
-def test_export_to_openvino_and_predict_a_folder_into_the_same_table(trained, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_export_to_openvino_and_predict_a_folder_into_the_same_table(
+    trained, tiny_dataset: Path, tmp_path: Path
+) -> None:
     bundle = trained["uniad", "cada"]
     folder = tmp_path / "openvino"
     assert call(["export", bundle, "--format", "openvino", "--out", folder]) == 0
@@ -113,7 +167,10 @@ def test_export_to_openvino_and_predict_a_folder_into_the_same_table(trained, ti
     for name, model in (("pytorch", bundle), ("openvino", folder)):
         out = tmp_path / f"predicted-{name}"
         # the test split: a calibration image can score exactly the threshold, where float rounding decides
-        assert call(["predict", model, str(tiny_dataset / "*" / "test" / "*" / "*.png"), "--out", out, "--workers", "0"]) == 0
+        assert (
+            call(["predict", model, str(tiny_dataset / "*" / "test" / "*" / "*.png"), "--out", out, "--workers", "0"])
+            == 0
+        )
         with open(out / "predictions.csv", newline="") as file:
             tables[name] = list(csv.DictReader(file))
     assert [r["path"] for r in tables["openvino"]] == [r["path"] for r in tables["pytorch"]]
@@ -129,8 +186,9 @@ def test_export_refuses_an_oracle_aligner_and_an_existing_folder(trained, tmp_pa
     assert_one_error_line(capsys.readouterr().err, "--out", "not an empty folder")
     runs = trained["uniad", "none"].parents[2]
     run_id = trained["uniad", "none"].parent.name
-    code, _, err = call_captured(["run", "--from-run", run_id, "--aligner", "class-stats", "--set", f"tracking.root={runs}",
-                                  *BASE])
+    code, _, err = call_captured(
+        ["run", "--from-run", run_id, "--aligner", "class-stats", "--set", f"tracking.root={runs}", *BASE]
+    )
     assert code == 0, err
     oracle = max((runs / "checkpoints").glob("*/model.pt"), key=lambda p: p.stat().st_mtime)
     assert call(["export", oracle, "--out", tmp_path / "oracle"]) == 2
@@ -163,7 +221,9 @@ def test_check_export_reports_the_parity_of_a_plugins_model(trained) -> None:
     assert check_export(trained["revdist", "none"]) < PARITY
 
 
-def test_a_component_that_reads_a_tensor_value_is_named_in_one_line(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_component_that_reads_a_tensor_value_is_named_in_one_line(
+    trained, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from helpers import assert_one_error_line
     from uadp_plugins.reconstructors.revdist import RevDist
 

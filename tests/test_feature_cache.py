@@ -33,8 +33,10 @@ def test_a_cache_over_the_memory_limit_lives_in_files_and_serves_the_same_batche
     folder = tmp_path / "run" / "feature-cache"
     on_disk = FeatureCache.build(_batches(10), 10, _extract, torch.float16, memory_limit_bytes=100, folder=folder)
     assert on_disk.folder == folder and sorted(p.name for p in folder.iterdir()) == ["level0.npy", "level1.npy"]
-    for a, b in zip(in_memory.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"), drop_last=True),
-                    on_disk.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"), drop_last=True)):
+    for a, b in zip(
+        in_memory.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"), drop_last=True),
+        on_disk.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"), drop_last=True),
+    ):
         # the same images per batch (the file-backed cache reads them in ascending order)
         order_a, order_b = a.features[0][:, 0, 0, 0].sort(), b.features[0][:, 0, 0, 0].sort()
         assert torch.equal(order_a.values, order_b.values)

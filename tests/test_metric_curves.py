@@ -95,9 +95,7 @@ def test_signed_zeros_infinities_and_integer_scores() -> None:
     for values, reference in ((scores, same_ranking), (integers, integers)):
         curve = binary_curve(values, labels)
         assert auroc(curve) == pytest.approx(roc_auc_score(labels, reference), abs=1e-9)
-        assert average_precision(curve) == pytest.approx(
-            average_precision_score(labels, reference), abs=1e-9
-        )
+        assert average_precision(curve) == pytest.approx(average_precision_score(labels, reference), abs=1e-9)
     mixed_zeros = np.array([-0.0, 0.0, 0.0, -0.0, 1.0])
     assert binary_curve(mixed_zeros, np.array([1, 0, 1, 0, 1])).thresholds.size == 2
 
@@ -136,9 +134,7 @@ def test_bad_labels_rejected() -> None:
 # ----------------------------------------------------------------------------------- AUPRO
 
 
-def _reference_pro_points(
-    maps: np.ndarray, masks: np.ndarray, structure: np.ndarray
-) -> list[tuple[float, float]]:
+def _reference_pro_points(maps: np.ndarray, masks: np.ndarray, structure: np.ndarray) -> list[tuple[float, float]]:
     """Brute force: binarise at every distinct score, measure each region's overlap directly."""
     regions = []  # (image index, region mask) for every connected region of every image
     for index, mask in enumerate(masks):
@@ -168,9 +164,7 @@ def _reference_area(points: list[tuple[float, float]], limit: float) -> float:
     return area / limit
 
 
-def _reference_aupro(
-    maps: np.ndarray, masks: np.ndarray, limit: float, structure: np.ndarray = EIGHT
-) -> float:
+def _reference_aupro(maps: np.ndarray, masks: np.ndarray, limit: float, structure: np.ndarray = EIGHT) -> float:
     return _reference_area(_reference_pro_points(maps, masks, structure), limit)
 
 

@@ -61,7 +61,9 @@ def test_dice_per_image_and_pooled_equal_the_direct_computation(seed):
     maps, masks = _maps(seed)
     curve = binary_curve(maps, masks)
     threshold = _reference_threshold(maps, masks)
-    assert dice_per_image(maps, masks, curve) == pytest.approx(_reference_dice_per_image(maps, masks, threshold), abs=1e-12)
+    assert dice_per_image(maps, masks, curve) == pytest.approx(
+        _reference_dice_per_image(maps, masks, threshold), abs=1e-12
+    )
     assert dice_pooled(maps, masks, curve) == pytest.approx(_reference_dice_pooled(maps, masks, threshold), abs=1e-12)
 
 

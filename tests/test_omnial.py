@@ -87,7 +87,9 @@ def test_diffneck_sums_the_union_path_and_down_weighted_sides():
     rec, jnd, inp = torch.rand(2, 3, 16, 16), torch.rand(2, 16, 16), torch.rand(2, 3, 16, 16)
     out = neck(rec, jnd, inp)
     j = jnd.unsqueeze(1)
-    expected = neck.union(torch.cat([rec, j, inp], 1)) + 0.1 * (neck.rec(torch.cat([rec, inp], 1)) + neck.jnd(torch.cat([j, inp], 1)))
+    expected = neck.union(torch.cat([rec, j, inp], 1)) + 0.1 * (
+        neck.rec(torch.cat([rec, inp], 1)) + neck.jnd(torch.cat([j, inp], 1))
+    )
     assert torch.allclose(out, expected)
     assert neck.union[0].in_channels == 7 and neck.rec[0].in_channels == 6 and neck.jnd[0].in_channels == 4
 
@@ -97,15 +99,16 @@ def test_focal_loss_matches_its_definition_and_reduces_to_cross_entropy():
     logits, target = torch.randn(3, 4, 5, 5), torch.randint(0, 4, (3, 5, 5))
     assert torch.allclose(focal_loss(logits, target, 0.0), F.cross_entropy(logits, target))
     p = F.softmax(logits, 1).gather(1, target.unsqueeze(1)).squeeze(1)
-    assert torch.allclose(focal_loss(logits, target, 2.0), (-(1 - p) ** 2 * p.log()).mean(), atol=1e-6)
+    assert torch.allclose(focal_loss(logits, target, 2.0), (-((1 - p) ** 2) * p.log()).mean(), atol=1e-6)
 
 
 def test_ssim_loss_matches_scikit_image():
     rng = np.random.default_rng(0)
     a = rng.random((64, 64)).astype(np.float32)
     b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1).astype(np.float32)
-    _, full = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                    data_range=1.0, full=True)
+    _, full = structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, full=True
+    )
     # the mean over every pixel (scikit-image's own mean leaves out a 5-px border); borders are
     # reflected without repeating the edge pixel here, so they differ slightly
     value = float(ssim(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]))
@@ -125,8 +128,14 @@ def test_training_step_reports_each_loss_and_backpropagates():
     torch.manual_seed(0)
     model = OmniAL(OmniALConfig(**SMALL), BuildContext((32, 32), None))
     images = torch.rand(2, 3, 32, 32)
-    batch = Batch(images=images, targets={"clean_image": torch.rand(2, 3, 32, 32), "jnd": torch.rand(2, 32, 32),
-                                          "levels": torch.randint(0, 4, (2, 32, 32)).float()})
+    batch = Batch(
+        images=images,
+        targets={
+            "clean_image": torch.rand(2, 3, 32, 32),
+            "jnd": torch.rand(2, 32, 32),
+            "levels": torch.randint(0, 4, (2, 32, 32)).float(),
+        },
+    )
     out = model.training_step(batch)
     assert set(out) == {"loss", "image", "jnd", "focal"}
     assert torch.allclose(out["loss"], out["image"] + out["jnd"] + out["focal"])
@@ -169,13 +178,18 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
     from uadp.testing import quick_config
 
     config = quick_config(
-        tiny_dataset, runs_root,
+        tiny_dataset,
+        runs_root,
         reconstructor={"name": "omnial", **SMALL},
         synthesizer={"name": "panel-jnd"},
         data={"image_size": 64, "workers": 0},
         train={"epochs": 30, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1, "weight_decay": 0.0, "grad_clip": None},
         # every training image trains (none kept apart for thresholds): the bar was measured so
-        eval={"overlays_per_class": 0, "image_score": {"name": "max_avgpool", "kernel": 5}, "calibration_fraction": 0.0},
+        eval={
+            "overlays_per_class": 0,
+            "image_score": {"name": "max_avgpool", "kernel": 5},
+            "calibration_fraction": 0.0,
+        },
     )
     result = train_and_evaluate(config, get_registry(), log=lambda _: None)
     assert any("feature cache off" in note for note in result.notes)
@@ -192,8 +206,19 @@ def test_uadp_run_reconstructor_omnial_end_to_end(tiny_dataset, tmp_path, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     sets = [f"reconstructor.{k}={v}" for k, v in SMALL.items()] + ["data.workers=0", "eval.overlays_per_class=1"]
-    argv = ["run", "--data", str(tiny_dataset), "--reconstructor", "omnial", "--epochs", "1", "--image-size", "32",
-            "--output-json", "summary.json"]
+    argv = [
+        "run",
+        "--data",
+        str(tiny_dataset),
+        "--reconstructor",
+        "omnial",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--output-json",
+        "summary.json",
+    ]
     for item in sets:
         argv += ["--set", item]
     assert main(argv) == 0
@@ -220,7 +245,9 @@ def test_uadp_run_reconstructor_omnial_end_to_end(tiny_dataset, tmp_path, monkey
     state = torch.load(tmp_path / "uadp-runs" / "checkpoints" / run_id / "model.pt", weights_only=False)
     del state["config"]["reconstructor"]["rec_skips"], state["config"]["synthesizer"]["jnd_model"]
     torch.save(state, tmp_path / "older.pt")
-    assert main(["run", "--from-run", str(tmp_path / "older.pt"), "--set", "data.workers=0"]) == 0, capsys.readouterr().err
+    assert main(["run", "--from-run", str(tmp_path / "older.pt"), "--set", "data.workers=0"]) == 0, (
+        capsys.readouterr().err
+    )
 
 
 def test_uadp_show_marks_the_inference_only_options(capsys):

@@ -44,11 +44,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel of a clean copy of the tree: a build/ folder left by an earlier build would
     carry files the packaging itself no longer includes."""
     source = tmp_path_factory.mktemp("source") / "uadp"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
-                                                                 "__pycache__", "uadp-runs", ".pytest_cache"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "uadp-runs", ".pytest_cache"
+        ),
+    )
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (built,) = out.glob("uadp-*.whl")
     return built
 
@@ -56,18 +65,38 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_every_preset(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     presets = {Path(n).stem for n in names if n.endswith(".yaml") and "/presets/" in n}
-    assert presets >= {"cpu", "uniad", "uniad-lite0", "unias", "unias-cpu", "revdist", "revdist-lite0", "omnial", "omnial-cpu"}
+    assert presets >= {
+        "cpu",
+        "uniad",
+        "uniad-lite0",
+        "unias",
+        "unias-cpu",
+        "revdist",
+        "revdist-lite0",
+        "omnial",
+        "omnial-cpu",
+    }
 
 
 def test_an_installed_wheel_runs_every_preset_and_method_from_another_folder(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = subprocess.run([sys.executable, "-c", PROBE, str(site), str(ROOT)], cwd=elsewhere, env=env,
-                           capture_output=True, text=True, timeout=600)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(site), str(ROOT)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     assert found["uadp"].startswith(str(site)) and found["plugins"].startswith(str(site))  # not the source tree

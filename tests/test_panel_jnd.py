@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pydantic import ValidationError
 from skimage.metrics import structural_similarity
-import torch
 
 from uadp.cli import main
 from uadp.contract import Synthesizer
@@ -24,8 +24,8 @@ from uadp_plugins.synthesizers._jnd import (
     normalised_jnd,
 )
 from uadp_plugins.synthesizers._noise import perlin_mask, perlin_noise
-from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig, compose, panel_box
 from uadp_plugins.synthesizers._similarity import ssim_map
+from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig, compose, panel_box
 
 
 def photo(size: int = 128) -> np.ndarray:
@@ -87,8 +87,9 @@ def test_ssim_map_matches_scikit_image():
     rng = np.random.default_rng(0)
     a = photo(64).mean(axis=2)
     b = np.clip(a + rng.normal(0, 0.1, a.shape).astype(np.float32), 0, 1)
-    _, reference = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                         data_range=1.0, full=True)
+    _, reference = structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, full=True
+    )
     assert np.allclose(ssim_map(a, b), reference, atol=2e-3)
     assert np.allclose(ssim_map(a, a), 1.0, atol=1e-5)
 
@@ -197,13 +198,18 @@ def test_texture_source_and_clean_fraction():
     assert np.array_equal(clean.image, image) and not clean.targets["mask"].any()
     # a batch mixing clean and corrupted samples stacks their targets
     assert set(clean.targets) == set(textured.targets)
-    items = [{"image": torch.zeros(1), "targets": {k: torch.from_numpy(v) for k, v in s.targets.items()}} for s in (textured, clean)]
+    items = [
+        {"image": torch.zeros(1), "targets": {k: torch.from_numpy(v) for k, v in s.targets.items()}}
+        for s in (textured, clean)
+    ]
     assert collate(items)["targets"]["panel"].shape == (2, 64, 64)
 
 
 def test_a_batch_with_mismatched_target_names_is_a_clear_error():
-    items = [{"image": torch.zeros(1), "targets": {"mask": torch.zeros(2)}},
-             {"image": torch.zeros(1), "targets": {"mask": torch.zeros(2), "panel": torch.zeros(2)}}]
+    items = [
+        {"image": torch.zeros(1), "targets": {"mask": torch.zeros(2)}},
+        {"image": torch.zeros(1), "targets": {"mask": torch.zeros(2), "panel": torch.zeros(2)}},
+    ]
     with pytest.raises(DataError, match="same names"):
         check_batch(collate(items))
 
@@ -228,8 +234,9 @@ def test_bad_options_are_named(options, match):
 
 def test_uadp_synthesize_writes_a_grid(tiny_dataset, tmp_path):
     out = tmp_path / "grid.png"
-    code = main(["synthesize", "--synthesizer", "panel-jnd", "--data", str(tiny_dataset), "--count", "5",
-                 "--out", str(out)])
+    code = main(
+        ["synthesize", "--synthesizer", "panel-jnd", "--data", str(tiny_dataset), "--count", "5", "--out", str(out)]
+    )
     assert code == 0
     grid = np.asarray(Image.open(out))
     size = 224  # the CPU preset's image size
@@ -258,13 +265,23 @@ def test_panel_jnd_feeds_uniad_corrupted_input_and_clean_targets(tiny_dataset, r
     original = UniAD.training_step
 
     def spy(self, batch):
-        seen.append((batch.images.clone(), batch.targets["clean_image"].clone(), batch.features.clone(),
-                     batch.target_features.clone()))
+        seen.append(
+            (
+                batch.images.clone(),
+                batch.targets["clean_image"].clone(),
+                batch.features.clone(),
+                batch.target_features.clone(),
+            )
+        )
         return original(self, batch)
 
     monkeypatch.setattr(UniAD, "training_step", spy)
-    config = quick_config(tiny_dataset, runs_root, synthesizer={"name": "panel-jnd"},
-                          train={"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0})
+    config = quick_config(
+        tiny_dataset,
+        runs_root,
+        synthesizer={"name": "panel-jnd"},
+        train={"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0},
+    )
     result = train_and_evaluate(config, get_registry(), log=lambda _: None)
     assert any(note == "feature cache off: the synthesizer changes the input every epoch" for note in result.notes)
     from uadp.data.splits import calibration_count
@@ -290,7 +307,9 @@ def test_uadp_synthesize_names_a_corrupt_image(tmp_path, capsys):
     root = make_mvtec_dataset(tmp_path / "data", classes=("blobs",), n_train=2, n_good=1, n_bad=1, size=32)
     victim = sorted((root / "blobs" / "train" / "good").iterdir())[0]
     victim.write_bytes(b"not a png")
-    assert main(["synthesize", "--synthesizer", "panel-jnd", "--data", str(root), "--out", str(tmp_path / "g.png")]) == 2
+    assert (
+        main(["synthesize", "--synthesizer", "panel-jnd", "--data", str(root), "--out", str(tmp_path / "g.png")]) == 2
+    )
     err = capsys.readouterr().err
     assert victim.name in err and "Traceback" not in err
     assert not (tmp_path / "g.png").exists()

@@ -47,8 +47,9 @@ def test_predict_scores_images_as_the_run_evaluated_them(model, tiny_dataset: Pa
     paths = _test_images(tiny_dataset, "checker")
     samples = [Sample(str(p), "checker", int("good" not in p.parts)) for p in paths]
     mean, std = detector.normalisation
-    evaluation = detector.predict_split(batches(make_loader(SampleDataset(samples, detector.config.data.size_hw, mean, std),
-                                                            16, 0)), len(samples))
+    evaluation = detector.predict_split(
+        batches(make_loader(SampleDataset(samples, detector.config.data.size_hw, mean, std), 16, 0)), len(samples)
+    )
     result = model.predict(paths)
     np.testing.assert_allclose(result.scores, evaluation.scores, rtol=0, atol=1e-5)
     np.testing.assert_allclose(result.maps, evaluation.maps, rtol=0, atol=1e-5)
@@ -100,7 +101,9 @@ def test_an_unreadable_image_raises_or_is_kept_with_its_error(model, tiny_datase
     assert row["score"] is None and row["decision"] is None and row["path"] == str(broken)
 
 
-def test_a_model_loads_from_a_run_id_a_runs_uri_or_its_folder(e2e, bundle: Path, tiny_dataset: Path, monkeypatch) -> None:
+def test_a_model_loads_from_a_run_id_a_runs_uri_or_its_folder(
+    e2e, bundle: Path, tiny_dataset: Path, monkeypatch
+) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     image = [_test_images(tiny_dataset, "dots")[0]]
     expected = uadp.load(bundle, device="cpu").predict(image).scores
@@ -121,8 +124,22 @@ def test_a_class_the_model_does_not_know_is_an_error(model, tiny_dataset: Path) 
 
 def test_predict_a_folder_and_a_pattern_into_a_table(bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    code = call(["predict", bundle, tiny_dataset / "dots" / "test", str(tiny_dataset / "blobs" / "test" / "*" / "00[01].png"),
-                 "--out", out, "--overlays", "--masks", "--device", "cpu", "--workers", "0"])
+    code = call(
+        [
+            "predict",
+            bundle,
+            tiny_dataset / "dots" / "test",
+            str(tiny_dataset / "blobs" / "test" / "*" / "00[01].png"),
+            "--out",
+            out,
+            "--overlays",
+            "--masks",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     with open(out / "predictions.csv", newline="") as file:
         rows = list(csv.DictReader(file))
@@ -153,8 +170,21 @@ def test_predict_prints_one_line_or_json_per_image(bundle: Path, tiny_dataset: P
 def test_an_unreadable_image_is_a_row_and_the_command_exits_1(bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     folder = Path(shutil.copytree(tiny_dataset / "dots" / "test", tmp_path / "parts"))
     (folder / "good" / "zz-broken.png").write_bytes(b"\x89PNG truncated")
-    code, _, err = call_captured(["predict", bundle, folder, "--out", tmp_path / "out", "--device", "cpu", "--workers", "0",
-                                  "--class-name", "dots"])
+    code, _, err = call_captured(
+        [
+            "predict",
+            bundle,
+            folder,
+            "--out",
+            tmp_path / "out",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--class-name",
+            "dots",
+        ]
+    )
     assert code == 1
     assert err.strip().splitlines()[-1] == "uadp: 1 of 11 images could not be read (see their error)"
     with open(tmp_path / "out" / "predictions.csv", newline="") as file:
@@ -169,8 +199,9 @@ def test_predict_with_workers_gives_the_same_rows(bundle: Path, tiny_dataset: Pa
     images = _test_images(tiny_dataset, "stripes")
     rows = []
     for workers in ("0", "2"):
-        code, out, _ = call_captured(["predict", bundle, *images, "--json", "--device", "cpu", "--workers", workers,
-                                      "--batch-size", "3"])
+        code, out, _ = call_captured(
+            ["predict", bundle, *images, "--json", "--device", "cpu", "--workers", workers, "--batch-size", "3"]
+        )
         assert code == 0
         rows.append([json.loads(line) for line in out.splitlines()])
     assert rows[0] == rows[1]

@@ -18,9 +18,7 @@ import signal
 import textwrap
 from pathlib import Path
 
-import pluggy
 import pytest
-
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import uadp
@@ -72,8 +70,14 @@ class EveryKindPlugin:
     @hookimpl
     def register_reconstructors(self, register):
         register("test_recon_default", _factory, help="traits left to their defaults")
-        register("test_recon_images", _factory, config=WidgetOptions, help="raw images", inputs="images",
-                 synthesizer="required")
+        register(
+            "test_recon_images",
+            _factory,
+            config=WidgetOptions,
+            help="raw images",
+            inputs="images",
+            synthesizer="required",
+        )
 
     @hookimpl
     def register_synthesizers(self, register):
@@ -197,8 +201,14 @@ def test_bundled_plugins_are_entry_points_of_the_uadp_group():
     assert len(BUNDLED_ENTRY_POINTS) >= 6
     assert all(eps[name].value.startswith("uadp_plugins.") for name in BUNDLED_ENTRY_POINTS)
     registry = Registry()
-    for kind, name in [("reconstructors", "uniad"), ("backbones", "timm"), ("datasets", "mvtec"),
-                       ("datasets", "demo"), ("metrics", "pixel_aupro"), ("aligners", "none")]:
+    for kind, name in [
+        ("reconstructors", "uniad"),
+        ("backbones", "timm"),
+        ("datasets", "mvtec"),
+        ("datasets", "demo"),
+        ("metrics", "pixel_aupro"),
+        ("aligners", "none"),
+    ]:
         assert registry.get(kind, name).plugin in BUNDLED_ENTRY_POINTS
 
 
@@ -212,8 +222,13 @@ def test_plugins_report_package_version_and_hooks():
         assert infos[name].package == "uadp"
         assert infos[name].version == version
         assert infos[name].hooks and all(hook.startswith("register_") for hook in infos[name].hooks)
-    for kind, name in [("reconstructors", "uniad"), ("backbones", "timm"), ("metrics", "image_auroc"),
-                       ("aligners", "none"), ("datasets", "mvtec")]:
+    for kind, name in [
+        ("reconstructors", "uniad"),
+        ("backbones", "timm"),
+        ("metrics", "image_auroc"),
+        ("aligners", "none"),
+        ("datasets", "mvtec"),
+    ]:
         assert f"register_{kind}" in infos[registry.get(kind, name).plugin].hooks
 
 
@@ -296,8 +311,16 @@ def test_registration_without_config_takes_no_options(every_kind: Registry):
 
 
 def test_reconstructor_trait_defaults(every_kind: Registry):
-    assert every_kind.get("reconstructors", "test_recon_default").traits == {"inputs": "features", "synthesizer": "none", "preset": None}
-    assert every_kind.get("reconstructors", "test_recon_images").traits == {"inputs": "images", "synthesizer": "required", "preset": None}
+    assert every_kind.get("reconstructors", "test_recon_default").traits == {
+        "inputs": "features",
+        "synthesizer": "none",
+        "preset": None,
+    }
+    assert every_kind.get("reconstructors", "test_recon_images").traits == {
+        "inputs": "images",
+        "synthesizer": "required",
+        "preset": None,
+    }
 
 
 def test_reconstructor_may_name_its_preset(empty_registry: Registry):

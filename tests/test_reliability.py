@@ -52,14 +52,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def cli_process(*args: object, cwd: Path | None = None, env: dict | None = None, prefix: list[str] = (),
-                **kwargs) -> subprocess.Popen:
+def cli_process(
+    *args: object, cwd: Path | None = None, env: dict | None = None, prefix: list[str] = (), **kwargs
+) -> subprocess.Popen:
     """``uadp ARGS`` (or ``stall_at.py`` when args start with it) as a real process."""
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update(OMP_WAIT_POLICY="PASSIVE", **(env or {}))
-    head = [sys.executable, str(TESTS / "stall_at.py")] if args and args[0] == "stall" else [sys.executable, "-m", "uadp.cli"]
+    head = (
+        [sys.executable, str(TESTS / "stall_at.py")]
+        if args and args[0] == "stall"
+        else [sys.executable, "-m", "uadp.cli"]
+    )
     argv = [*prefix, *head, *[str(a) for a in (args[1:] if args[0] == "stall" else args)]]
-    return subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> None:
@@ -76,8 +83,10 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> N
 def store_snapshot(runs: Path) -> list[tuple[str, str, int]]:
     """(run id, status, number of logged mean/image_auroc values) of every run in a store."""
     client = client_for(runs)
-    return sorted((r.info.run_id, r.info.status, len(client.get_metric_history(r.info.run_id, "mean/image_auroc")))
-                  for r in all_runs(runs))
+    return sorted(
+        (r.info.run_id, r.info.status, len(client.get_metric_history(r.info.run_id, "mean/image_auroc")))
+        for r in all_runs(runs)
+    )
 
 
 def drop_privileges() -> list[str] | None:
@@ -264,7 +273,9 @@ def _unknown_aligner(tmp: Path, data: Path, runs: Path, e2e) -> Case:
 
 
 def _unknown_plugin_option(tmp: Path, data: Path, runs: Path, e2e) -> Case:
-    return Case(_run(data, runs, "--set", "reconstructor.hidden=3"), ["reconstructor.hidden", "reconstructor.hidden_dim"])
+    return Case(
+        _run(data, runs, "--set", "reconstructor.hidden=3"), ["reconstructor.hidden", "reconstructor.hidden_dim"]
+    )
 
 
 def _output_json_is_a_folder(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -273,7 +284,9 @@ def _output_json_is_a_folder(tmp: Path, data: Path, runs: Path, e2e) -> Case:
 
 def _output_json_under_a_file(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     (tmp / "file").write_text("x")
-    return Case(_run(data, runs, "--output-json", tmp / "file" / "out.json"), ["--output-json", tmp / "file", "not a folder"])
+    return Case(
+        _run(data, runs, "--output-json", tmp / "file" / "out.json"), ["--output-json", tmp / "file", "not a folder"]
+    )
 
 
 def _unreachable_tracking_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -287,7 +300,9 @@ def _resume_unknown_run(tmp: Path, data: Path, runs: Path, e2e) -> Case:
 
 def _resume_not_a_checkpoint(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     (tmp / "checkpoint.pt").write_bytes(os.urandom(2048))
-    return Case(_run(data, runs, "--resume", tmp / "checkpoint.pt"), [tmp / "checkpoint.pt", "not a readable uadp checkpoint"])
+    return Case(
+        _run(data, runs, "--resume", tmp / "checkpoint.pt"), [tmp / "checkpoint.pt", "not a readable uadp checkpoint"]
+    )
 
 
 def _resume_a_finished_run(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -306,34 +321,49 @@ def _resume_and_from_run(tmp: Path, data: Path, runs: Path, e2e) -> Case:
 
 
 def _from_run_unknown_run(tmp: Path, data: Path, runs: Path, e2e) -> Case:
-    return Case(["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"], ["--from-run no-such-run"])
+    return Case(
+        ["run", "--from-run", "no-such-run", "--aligner", "cada", "--set", f"tracking.root={e2e.runs}"],
+        ["--from-run no-such-run"],
+    )
 
 
 def _predict_unknown_class(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
     image = data / "dots" / "test" / "good" / "000.png"
-    return Case(["predict", bundle, image, "--class-name", "nosuch"], ["--class-name nosuch", "blobs, checker, dots, stripes"])
+    return Case(
+        ["predict", bundle, image, "--class-name", "nosuch"], ["--class-name nosuch", "blobs, checker, dots, stripes"]
+    )
 
 
 def _predict_missing_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
-    return Case(["predict", tmp / "model.pt", data / "dots" / "test" / "good" / "000.png"], [tmp / "model.pt", "no such model file"])
+    return Case(
+        ["predict", tmp / "model.pt", data / "dots" / "test" / "good" / "000.png"],
+        [tmp / "model.pt", "no such model file"],
+    )
 
 
 def _predict_not_a_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     (tmp / "model.pt").write_bytes(os.urandom(4096))
-    return Case(["predict", tmp / "model.pt", data / "dots" / "test" / "good" / "000.png"], [tmp / "model.pt", "not a readable"])
+    return Case(
+        ["predict", tmp / "model.pt", data / "dots" / "test" / "good" / "000.png"], [tmp / "model.pt", "not a readable"]
+    )
 
 
 def _predict_missing_image(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
-    return Case(["predict", bundle, tmp / "part.png", "--out", tmp / "out"], [tmp / "part.png", "no such file or folder"],
-                absent=[tmp / "out"])
+    return Case(
+        ["predict", bundle, tmp / "part.png", "--out", tmp / "out"],
+        [tmp / "part.png", "no such file or folder"],
+        absent=[tmp / "out"],
+    )
 
 
 def _predict_empty_folder(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
     (tmp / "empty").mkdir()
-    return Case(["predict", bundle, tmp / "empty", "--out", tmp / "out"], [tmp / "empty", "no images"], absent=[tmp / "out"])
+    return Case(
+        ["predict", bundle, tmp / "empty", "--out", tmp / "out"], [tmp / "empty", "no images"], absent=[tmp / "out"]
+    )
 
 
 def _predict_pattern_matches_nothing(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -343,8 +373,11 @@ def _predict_pattern_matches_nothing(tmp: Path, data: Path, runs: Path, e2e) -> 
 
 def _predict_unknown_model(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     image = data / "dots" / "test" / "good" / "000.png"
-    return Case(["predict", "0123456789abcdef0123456789abcdef", image, "--out", tmp / "out", "--root", tmp / "runs"],
-                ["runs:/0123456789abcdef0123456789abcdef", "no MLflow store"], absent=[tmp / "out", tmp / "runs"])
+    return Case(
+        ["predict", "0123456789abcdef0123456789abcdef", image, "--out", tmp / "out", "--root", tmp / "runs"],
+        ["runs:/0123456789abcdef0123456789abcdef", "no MLflow store"],
+        absent=[tmp / "out", tmp / "runs"],
+    )
 
 
 def _predict_folder_without_a_model(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -368,8 +401,10 @@ def _predict_rate_without_calibration(tmp: Path, data: Path, runs: Path, e2e) ->
     state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "model.pt", weights_only=True)
     state["thresholds"] = None  # a run that kept no normal images apart
     torch.save(state, tmp / "model.pt")
-    return Case(["predict", tmp / "model.pt", data / "dots" / "test", "--false-alarm-rate", "0.05"],
-                ["no calibration scores", "--threshold"])
+    return Case(
+        ["predict", tmp / "model.pt", data / "dots" / "test", "--false-alarm-rate", "0.05"],
+        ["no calibration scores", "--threshold"],
+    )
 
 
 BAD_INPUTS = {
@@ -426,8 +461,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case: str, e2e, data_copy: Path, tmp_path: Path,
-                                                                 runs_root: Path, monkeypatch, capsys) -> None:
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(
+    case: str, e2e, data_copy: Path, tmp_path: Path, runs_root: Path, monkeypatch, capsys
+) -> None:
     before = store_snapshot(e2e.runs)
     spec = BAD_INPUTS[case](tmp_path, data_copy, runs_root, e2e)
     for key, value in spec.env.items():
@@ -459,7 +495,9 @@ def test_an_empty_mask_on_a_defective_image_is_reported(data_copy: Path, runs_ro
     mask = data_copy / "dots" / "ground_truth" / "patch" / "004_mask.png"
     Image.new("L", Image.open(mask).size).save(mask)
     lines = []
-    job = Job(build_config(overrides={"dataset": {"name": "mvtec", "root": str(data_copy)}}), get_registry(), lines.append)
+    job = Job(
+        build_config(overrides={"dataset": {"name": "mvtec", "root": str(data_copy)}}), get_registry(), lines.append
+    )
     assert len(job.notes) == 1 and str(mask) in job.notes[0] and "all-black mask" in job.notes[0]
     assert any(line == f"note: {job.notes[0]}" for line in lines)
 
@@ -506,8 +544,9 @@ def _crafted(path: Path, marker: Path, style: str) -> Path:
 
 @pytest.mark.parametrize("style", ["torch", "pickle"])
 @pytest.mark.parametrize("command", ["predict", "from-run", "resume"])
-def test_a_crafted_model_file_is_refused_before_any_of_it_runs(command: str, style: str, tiny_dataset: Path, tmp_path: Path,
-                                                              runs_root: Path, capsys) -> None:
+def test_a_crafted_model_file_is_refused_before_any_of_it_runs(
+    command: str, style: str, tiny_dataset: Path, tmp_path: Path, runs_root: Path, capsys
+) -> None:
     marker = tmp_path / "code-ran"
     evil = _crafted(tmp_path / ("checkpoint.pt" if command == "resume" else "model.pt"), marker, style)
     image = tiny_dataset / "dots" / "test" / "good" / "000.png"
@@ -580,8 +619,11 @@ def interrupted_then_resumed(tiny_dataset: Path, tmp_path_factory: pytest.TempPa
         facts.final_checkpoint = torch.load(checkpoint, weights_only=True)
         client = client_for(runs)
         facts.run = client.get_run(facts.run_id)
-        facts.config_artifact = yaml.safe_load(Path(client.download_artifacts(facts.run_id, "config.yaml",
-                                                                              str(tmp_path_factory.mktemp("artifact")))).read_text())
+        facts.config_artifact = yaml.safe_load(
+            Path(
+                client.download_artifacts(facts.run_id, "config.yaml", str(tmp_path_factory.mktemp("artifact")))
+            ).read_text()
+        )
     signal.signal(signal.SIGTERM, previous)
     return facts
 
@@ -591,8 +633,10 @@ def test_ctrl_c_exits_130_marks_the_run_killed_and_says_what_was_kept(interrupte
     assert facts.code == 130
     assert facts.runs_after_interrupt == [(facts.run_id, "KILLED")]
     (line,) = facts.err.strip().splitlines()
-    assert line == (f"uadp: interrupted; MLflow run {facts.run_id} is marked KILLED; its checkpoint after epoch 1/3 is kept: "
-                    f"`uadp run --resume {facts.run_id} --set tracking.root={facts.runs}` continues it")
+    assert line == (
+        f"uadp: interrupted; MLflow run {facts.run_id} is marked KILLED; its checkpoint after epoch 1/3 is kept: "
+        f"`uadp run --resume {facts.run_id} --set tracking.root={facts.runs}` continues it"
+    )
 
 
 def test_the_resume_command_is_printed_when_the_run_starts(interrupted_then_resumed) -> None:
@@ -627,7 +671,9 @@ def test_a_resumed_runs_record_agrees_with_itself(interrupted_then_resumed) -> N
     assert facts.run.data.tags["uadp.resumed"] == "after epoch 1 (train.cache_memory_gb=2.0)"
 
 
-def test_resumed_run_matches_an_uninterrupted_run(interrupted_then_resumed, tiny_dataset: Path, runs_root: Path, capsys) -> None:
+def test_resumed_run_matches_an_uninterrupted_run(
+    interrupted_then_resumed, tiny_dataset: Path, runs_root: Path, capsys
+) -> None:
     assert call(quick_args(tiny_dataset, runs_root, epochs=3)) == 0
     (reference,) = all_runs(runs_root)
     assert loss_history(runs_root, reference.info.run_id) == interrupted_then_resumed.losses_after_resume
@@ -645,8 +691,9 @@ def test_a_run_being_worked_on_is_not_resumed_beside_it(interrupted_then_resumed
     client_for(facts.runs).set_terminated(facts.run_id, status="FINISHED")
 
 
-def test_resume_from_a_checkpoint_whose_weights_no_longer_fit_is_one_error_line(e2e, tiny_dataset: Path, runs_root: Path,
-                                                                                 tmp_path: Path, capsys) -> None:
+def test_resume_from_a_checkpoint_whose_weights_no_longer_fit_is_one_error_line(
+    e2e, tiny_dataset: Path, runs_root: Path, tmp_path: Path, capsys
+) -> None:
     state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "checkpoint.pt", weights_only=True)
     key = next(iter(state["model"]))
     state["model"]["old_" + key] = state["model"].pop(key)
@@ -658,7 +705,9 @@ def test_resume_from_a_checkpoint_whose_weights_no_longer_fit_is_one_error_line(
     assert [run.info.status for run in all_runs(runs_root)] == ["FAILED"]  # not left looking finished
 
 
-def test_exception_in_training_marks_run_failed_and_propagates(tiny_dataset: Path, runs_root: Path, monkeypatch, capsys) -> None:
+def test_exception_in_training_marks_run_failed_and_propagates(
+    tiny_dataset: Path, runs_root: Path, monkeypatch, capsys
+) -> None:
     def broken(self, batches, epoch, *args, **kwargs):
         raise RuntimeError("simulated bug in training")
 
@@ -684,8 +733,9 @@ def uninterrupted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.parametrize("stage", ["epoch-2", "aligner", "evaluation"])
-def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(stage: str, uninterrupted, tiny_dataset: Path,
-                                                                      tmp_path: Path, runs_root: Path, capsys) -> None:
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(
+    stage: str, uninterrupted, tiny_dataset: Path, tmp_path: Path, runs_root: Path, capsys
+) -> None:
     runs = tmp_path / "runs"
     marker = tmp_path / "stalled"
     process = cli_process("stall", stage, marker, *quick_args(tiny_dataset, runs, "--aligner", "cada", epochs=3))
@@ -695,7 +745,9 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(stage: str,
     (run,) = all_runs(runs)
     assert run.info.status == "RUNNING"  # nothing could mark it: kill -9 leaves no chance
     out_json = tmp_path / "out.json"
-    code, out, err = call_captured(["run", "--resume", run.info.run_id, "--set", f"tracking.root={runs}", "--output-json", out_json])
+    code, out, err = call_captured(
+        ["run", "--resume", run.info.run_id, "--set", f"tracking.root={runs}", "--output-json", out_json]
+    )
     assert code == 0, err
     assert "resuming after epoch" in out
     resumed = json.loads(out_json.read_text())
@@ -706,11 +758,19 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(stage: str,
     assert metric_values(resumed) == pytest.approx(expected, abs=1e-6, nan_ok=True) and len(expected) > 50
 
 
-@pytest.mark.parametrize("stage, kept", [
-    ("epoch-1", "no epoch had finished, so there is no checkpoint: start the run again"),
-    ("epoch-2", "its checkpoint after epoch 1/3 is kept: `uadp run --resume {run_id} --set tracking.root={runs}` continues it"),
-])
-def test_sigterm_exits_143_and_says_only_what_is_true(stage: str, kept: str, tiny_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stage, kept",
+    [
+        ("epoch-1", "no epoch had finished, so there is no checkpoint: start the run again"),
+        (
+            "epoch-2",
+            "its checkpoint after epoch 1/3 is kept: `uadp run --resume {run_id} --set tracking.root={runs}` continues it",
+        ),
+    ],
+)
+def test_sigterm_exits_143_and_says_only_what_is_true(
+    stage: str, kept: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
     runs = tmp_path / "runs"
     marker = tmp_path / "stalled"
     process = cli_process("stall", stage, marker, *quick_args(tiny_dataset, runs, epochs=3))
@@ -721,39 +781,53 @@ def test_sigterm_exits_143_and_says_only_what_is_true(stage: str, kept: str, tin
     (run,) = all_runs(runs)
     assert run.info.status == "KILLED"
     (line,) = err.strip().splitlines()
-    assert line == (f"uadp: stopped by SIGTERM; MLflow run {run.info.run_id} is marked KILLED; "
-                    + kept.format(run_id=run.info.run_id, runs=runs))
+    assert line == (
+        f"uadp: stopped by SIGTERM; MLflow run {run.info.run_id} is marked KILLED; "
+        + kept.format(run_id=run.info.run_id, runs=runs)
+    )
     assert (runs / "checkpoints" / run.info.run_id / "checkpoint.pt").is_file() == (stage == "epoch-2")
 
 
 # --------------------------------------------------------------------------- the tracking store
 
 
-def test_a_server_gone_mid_run_fails_it_with_one_line_and_the_run_resumes_later(tiny_dataset: Path, runs_root: Path,
-                                                                               monkeypatch, capsys) -> None:
+def test_a_server_gone_mid_run_fails_it_with_one_line_and_the_run_resumes_later(
+    tiny_dataset: Path, runs_root: Path, monkeypatch, capsys
+) -> None:
     """The store stops answering during epoch 2: one line, the checkpoint of epoch 1 kept and said
     to be kept; once the store answers again, ``--resume`` finishes the run."""
     gone = {"now": False}
     real_train, real_log, real_end = Trainer.train_epoch, MlflowClient.log_batch, MlflowClient.set_terminated
 
     def refused(*args, **kwargs):
-        raise requests.exceptions.ConnectionError("HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded "
-                                                  "(Caused by NewConnectionError('[Errno 111] Connection refused'))")
+        raise requests.exceptions.ConnectionError(
+            "HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded "
+            "(Caused by NewConnectionError('[Errno 111] Connection refused'))"
+        )
 
     def train_epoch(self, batches, epoch, *args, **kwargs):
         gone["now"] = epoch == 1  # the server goes away during the second epoch
         return real_train(self, batches, epoch, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, *a, **k: refused() if gone["now"] else real_log(self, *a, **k))
-    monkeypatch.setattr(MlflowClient, "set_terminated",
-                        lambda self, *a, **k: refused() if gone["now"] else real_end(self, *a, **k))
+    monkeypatch.setattr(
+        MlflowClient, "log_batch", lambda self, *a, **k: refused() if gone["now"] else real_log(self, *a, **k)
+    )
+    monkeypatch.setattr(
+        MlflowClient, "set_terminated", lambda self, *a, **k: refused() if gone["now"] else real_end(self, *a, **k)
+    )
     assert call(quick_args(tiny_dataset, runs_root, epochs=3)) == 2
     (run,) = all_runs(runs_root)
     run_id = run.info.run_id
-    assert_one_error_line(capsys.readouterr().err, "failed while logging metrics", "[Errno 111] Connection refused",
-                          f"MLflow run {run_id} could not be marked ended", "may still show RUNNING",
-                          "checkpoint after epoch 1/3 is kept", f"uadp run --resume {run_id} --set tracking.root={runs_root}")
+    assert_one_error_line(
+        capsys.readouterr().err,
+        "failed while logging metrics",
+        "[Errno 111] Connection refused",
+        f"MLflow run {run_id} could not be marked ended",
+        "may still show RUNNING",
+        "checkpoint after epoch 1/3 is kept",
+        f"uadp run --resume {run_id} --set tracking.root={runs_root}",
+    )
     assert run.info.status == "RUNNING"
     assert torch.load(runs_root / "checkpoints" / run_id / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
@@ -764,7 +838,9 @@ def test_a_server_gone_mid_run_fails_it_with_one_line_and_the_run_resumes_later(
 
 
 @pytest.mark.parametrize("case", ["read-only-working-folder", "read-only-store-file", "read-only-store-folder"])
-def test_a_store_that_cannot_be_written_is_one_line_before_any_work(case: str, e2e, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_store_that_cannot_be_written_is_one_line_before_any_work(
+    case: str, e2e, tiny_dataset: Path, tmp_path: Path
+) -> None:
     prefix = drop_privileges()
     if prefix is None:
         pytest.skip("no way to make a folder read-only for this user here")
@@ -777,7 +853,10 @@ def test_a_store_that_cannot_be_written_is_one_line_before_any_work(case: str, e
         shutil.copytree(e2e.runs, work / "uadp-runs")
         store = work / "uadp-runs"
         if case == "read-only-store-file":
-            expected, locked = [f"MLflow store {Path('uadp-runs') / 'mlflow.db'} cannot be written"], [store / "mlflow.db"]
+            expected, locked = (
+                [f"MLflow store {Path('uadp-runs') / 'mlflow.db'} cannot be written"],
+                [store / "mlflow.db"],
+            )
         else:
             expected, locked = ["run folder uadp-runs cannot be written", "Permission denied"], [store]
     before = sorted(p.relative_to(work) for p in work.rglob("*"))

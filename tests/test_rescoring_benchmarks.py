@@ -32,8 +32,13 @@ def _train(root: Path, runs: Path, **sections):
 
 def _bench(script: str, *args: object) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=BENCHMARKS)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=BENCHMARKS,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -42,7 +47,7 @@ def _row(lines: list[str], label: str) -> list[float]:
     """The numbers of the table row that starts with ``label``."""
     matches = [line for line in lines if line.startswith(label + " ")]
     assert len(matches) == 1, lines
-    return [float(value) for value in matches[0][len(label):].split()]
+    return [float(value) for value in matches[0][len(label) :].split()]
 
 
 def _expected(values: dict[str, float], keys) -> list[float]:
@@ -50,9 +55,14 @@ def _expected(values: dict[str, float], keys) -> list[float]:
 
 
 def test_unias_levels_row_of_the_models_levels_is_the_run(tiny_dataset: Path, runs_root: Path) -> None:
-    result = _train(tiny_dataset, runs_root,
-                    reconstructor={"name": "unias", "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "inference_levels": [2, 3, 4]})
-    lines = _bench("bench_unias_levels.py", "--model", result.bundle, "--data", tiny_dataset, "--levels", "2,3,4", "1,2,3,4")
+    result = _train(
+        tiny_dataset,
+        runs_root,
+        reconstructor={"name": "unias", "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "inference_levels": [2, 3, 4]},
+    )
+    lines = _bench(
+        "bench_unias_levels.py", "--model", result.bundle, "--data", tiny_dataset, "--levels", "2,3,4", "1,2,3,4"
+    )
     own = _row(lines, "levels {2,3,4}")
     assert own[:4] == pytest.approx(_expected(result.report.mean, MEAN_METRICS), abs=1.5e-3)
     assert own[4] == pytest.approx(round(result.report.pooled["pixel_ap"], 3), abs=1.5e-3)
@@ -62,15 +72,26 @@ def test_unias_levels_row_of_the_models_levels_is_the_run(tiny_dataset: Path, ru
 
 def test_omnial_maps_row_of_the_models_smoothing_is_the_run(tiny_dataset: Path, runs_root: Path) -> None:
     result = _train(
-        tiny_dataset, runs_root,
-        reconstructor={"name": "omnial", "rec_width": 8, "rec_max_width": 32, "loc_width": 8, "loc_max_width": 32,
-                       "diffneck_width": 8, "map_smoothing": "gaussian", "map_sigma": 2.0},
+        tiny_dataset,
+        runs_root,
+        reconstructor={
+            "name": "omnial",
+            "rec_width": 8,
+            "rec_max_width": 32,
+            "loc_width": 8,
+            "loc_max_width": 32,
+            "diffneck_width": 8,
+            "map_smoothing": "gaussian",
+            "map_sigma": 2.0,
+        },
         synthesizer={"name": "panel-jnd"},
         data={"image_size": 64, "workers": 0},
         train={"epochs": 1, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 0, "weight_decay": 0.0, "grad_clip": None},
         eval={"overlays_per_class": 0, "image_score": {"name": "max_avgpool", "kernel": 5}},
     )
-    lines = _bench("bench_omnial_maps.py", "--model", result.bundle, "--data", tiny_dataset, "--variants", "gaussian:2", "none")
+    lines = _bench(
+        "bench_omnial_maps.py", "--model", result.bundle, "--data", tiny_dataset, "--variants", "gaussian:2", "none"
+    )
     own = _row(lines, "gaussian:2")
     assert own[:4] == pytest.approx(_expected(result.report.mean, MEAN_METRICS), abs=1.5e-3)
     assert own[4:] == pytest.approx(_expected(result.report.pooled, ("image_auroc", "pixel_ap")), abs=1.5e-3)
@@ -104,13 +125,13 @@ def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(tiny_datase
         images, share, p_auroc, p_ap, i_auroc = map(float, numbers)
         assert images == 6 and share == 1.0
         assert [p_auroc, p_ap, i_auroc] == pytest.approx(
-            _expected(values, ("pixel_auroc", "pixel_ap", "image_auroc")), abs=1.5e-3)
+            _expected(values, ("pixel_auroc", "pixel_ap", "image_auroc")), abs=1.5e-3
+        )
 
 
 def test_bench_gt_floor_a_lower_floor_labels_fewer_changed_pixels_normal(tiny_dataset: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from bench_gt_floor import unlabelled_share
-
     from uadp.data.splits import gather
     from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
 

@@ -116,13 +116,17 @@ def test_flat_loss_is_the_papers_equation():
     model = _model()
     encoder, decoder = _stages(LITE0, (224, 224)), _stages(LITE0, (224, 224))
     expected = sum(
-        (1 - torch.stack([torch.dot(e[b].flatten(), d[b].flatten()) / (e[b].norm() * d[b].norm()) for b in range(2)])).mean()
+        (
+            1 - torch.stack([torch.dot(e[b].flatten(), d[b].flatten()) / (e[b].norm() * d[b].norm()) for b in range(2)])
+        ).mean()
         for e, d in zip(encoder, decoder)
     )
     assert torch.allclose(model.loss(encoder, decoder), expected, atol=1e-5)
     assert model.loss(encoder, encoder).abs() < 1e-5
     pixel = _model(loss="pixel")
-    per_position = sum((1 - torch.nn.functional.cosine_similarity(e, d, dim=1)).mean() for e, d in zip(encoder, decoder))
+    per_position = sum(
+        (1 - torch.nn.functional.cosine_similarity(e, d, dim=1)).mean() for e, d in zip(encoder, decoder)
+    )
     assert torch.allclose(pixel.loss(encoder, decoder), per_position, atol=1e-5)
 
 
@@ -166,8 +170,16 @@ def test_bf16_autocast_step_and_map_are_finite_float32():
 
 @pytest.mark.parametrize(
     "options",
-    [{"activation": "tanh"}, {"smoothing_sigma": -1.0}, {"decoder_blocks": [2, 0, 2]}, {"decoder_blocks": 0},
-     {"bottleneck_channels": 0}, {"map_combine": "max"}, {"loss": "l2"}, {"unknown": 1}],
+    [
+        {"activation": "tanh"},
+        {"smoothing_sigma": -1.0},
+        {"decoder_blocks": [2, 0, 2]},
+        {"decoder_blocks": 0},
+        {"bottleneck_channels": 0},
+        {"map_combine": "max"},
+        {"loss": "l2"},
+        {"unknown": 1},
+    ],
 )
 def test_bad_options_are_validation_errors(options):
     with pytest.raises(ValidationError):
@@ -204,8 +216,15 @@ def test_revdist_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
             runs_root,
             backbone={"name": "timm", "model": "tf_efficientnet_lite0", "stages": [2, 3, 4]},
             reconstructor={"name": "revdist", "decoder_blocks": 1, "bottleneck_blocks": 1},
-            train={"epochs": epochs, "batch_size": 8, "lr": 2e-3, "weight_decay": 1e-5, "schedule": "constant",
-                   "warmup_epochs": 0, "grad_clip": None},
+            train={
+                "epochs": epochs,
+                "batch_size": 8,
+                "lr": 2e-3,
+                "weight_decay": 1e-5,
+                "schedule": "constant",
+                "warmup_epochs": 0,
+                "grad_clip": None,
+            },
             eval={"overlays_per_class": 0, "image_score": {"name": "topk_mean", "topk": 0.01}},
         )
         return train_and_evaluate(config, get_registry(), log=lambda _: None).report

@@ -31,4 +31,6 @@ def test_topk_mean_max_and_mean():
     topk = image_scores(torch.from_numpy(maps), ImageScoreConfig(name="topk_mean", topk=0.01))
     np.testing.assert_allclose(topk.numpy(), flat[:, :4].mean(1), rtol=1e-6)  # 1 % of 400 pixels
     np.testing.assert_allclose(image_scores(torch.from_numpy(maps), ImageScoreConfig(name="max")).numpy(), flat[:, 0])
-    np.testing.assert_allclose(image_scores(torch.from_numpy(maps), ImageScoreConfig(name="mean")).numpy(), maps.mean((1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        image_scores(torch.from_numpy(maps), ImageScoreConfig(name="mean")).numpy(), maps.mean((1, 2)), rtol=1e-6
+    )

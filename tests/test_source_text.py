@@ -62,8 +62,18 @@ def _problems(text: str) -> list[str]:
 
 
 def test_the_scan_sees_what_it_should() -> None:
-    for bad in ("see SPEC §3.4", "SPEC.md", "DESIGN §2", "../shared/DESIGN.md", "heads [UNSPEC]", "[CODE-HINT] 4",
-                "[UNSPEC default]", "[INCONSISTENCY]", "itself [paper]", "[uadp, not in the paper]"):
+    for bad in (
+        "see SPEC §3.4",
+        "SPEC.md",
+        "DESIGN §2",
+        "../shared/DESIGN.md",
+        "heads [UNSPEC]",
+        "[CODE-HINT] 4",
+        "[UNSPEC default]",
+        "[INCONSISTENCY]",
+        "itself [paper]",
+        "[uadp, not in the paper]",
+    ):
         assert _problems(bad), bad
     for fine in ("_CLASS_SPECS", "maps [B,H,W]", "[I_r, A]", "[0, 1]", "[short=I-AP]", "[inputs=features]"):
         assert not _problems(fine), fine

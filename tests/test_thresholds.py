@@ -19,7 +19,9 @@ from uadp.thresholds import ALL, calibrate, conformal_threshold, threshold_repor
 # --------------------------------------------------------------------------- the conformal quantile
 
 
-@pytest.mark.parametrize("n, alpha, k", [(99, 0.01, 99), (199, 0.01, 198), (100, 0.05, 96), (19, 0.05, 19), (10, 0.1, 10)])
+@pytest.mark.parametrize(
+    "n, alpha, k", [(99, 0.01, 99), (199, 0.01, 198), (100, 0.05, 96), (19, 0.05, 19), (10, 0.1, 10)]
+)
 def test_the_threshold_is_the_ceil_n_plus_1_times_1_minus_alpha_th_smallest(n: int, alpha: float, k: int) -> None:
     scores = np.random.default_rng(n).permutation(np.arange(n, dtype=np.float64))
     threshold, note = conformal_threshold(scores, alpha)
@@ -110,8 +112,15 @@ def _test_split():
 
 def test_the_report_matches_scikit_learn() -> None:
     scores, labels, maps, masks, names = _test_split()
-    calibration = calibrate(np.random.default_rng(3).normal(2.5, 0.5, 50), np.random.default_rng(4).normal(0, 1, (50, 16, 16)),
-                            ["a"] * 25 + ["b"] * 25, ["a", "b"], "all", 0.1, 0.01)
+    calibration = calibrate(
+        np.random.default_rng(3).normal(2.5, 0.5, 50),
+        np.random.default_rng(4).normal(0, 1, (50, 16, 16)),
+        ["a"] * 25 + ["b"] * 25,
+        ["a", "b"],
+        "all",
+        0.1,
+        0.01,
+    )
     report = threshold_report(scores, labels, maps, masks, names, calibration)
     t_image, t_pixel = calibration.image[ALL], calibration.pixel[ALL]
     for unit, chosen in [("a", np.arange(30)), ("b", np.arange(30, 60)), ("pooled", np.arange(60))]:
@@ -138,7 +147,9 @@ def test_per_class_scope_judges_each_image_by_its_class_threshold() -> None:
     scores = scores + np.where(np.asarray(names) == "b", 10.0, 0.0)  # class b's normal parts score much higher
     calibration_scores = np.concatenate([np.full(20, 3.5), np.full(20, 14.0)])
     calibration_maps = np.zeros((40, 16, 16), np.float32)
-    thresholds = calibrate(calibration_scores, calibration_maps, ["a"] * 20 + ["b"] * 20, ["a", "b"], "per-class", 0.1, 0.01)
+    thresholds = calibrate(
+        calibration_scores, calibration_maps, ["a"] * 20 + ["b"] * 20, ["a", "b"], "per-class", 0.1, 0.01
+    )
     per_class = threshold_report(scores, labels, maps, masks, names, thresholds)["calibrated"]
     thresholds.scope = ALL
     one = threshold_report(scores, labels, maps, masks, names, thresholds)["calibrated"]
@@ -155,8 +166,10 @@ def _splits(counts: dict[str, int]) -> Splits:
     return Splits(list(counts), train, [])
 
 
-@pytest.mark.parametrize("n, fraction, expected", [(16, 0.1, 3), (100, 0.1, 10), (9, 0.1, 1), (4, 0.1, 0), (30, 0.0, 0),
-                                                   (10, 0.5, 5), (2, 0.9, 1)])
+@pytest.mark.parametrize(
+    "n, fraction, expected",
+    [(16, 0.1, 3), (100, 0.1, 10), (9, 0.1, 1), (4, 0.1, 0), (30, 0.0, 0), (10, 0.5, 5), (2, 0.9, 1)],
+)
 def test_calibration_count(n: int, fraction: float, expected: int) -> None:
     assert calibration_count(n, fraction) == expected
 
@@ -207,13 +220,17 @@ def test_a_run_sets_thresholds_on_images_it_did_not_train_on(e2e) -> None:
     assert bundle["thresholds"] == threshold["thresholds"]
     run = client_for(e2e.runs).get_run(e2e.run_id)
     assert run.data.metrics["threshold/image"] == threshold["thresholds"]["image"]["all"]
-    assert run.data.metrics["threshold/calibrated/pooled/false_alarm_rate"] == threshold["calibrated"]["pooled"]["false_alarm_rate"]
+    assert (
+        run.data.metrics["threshold/calibrated/pooled/false_alarm_rate"]
+        == threshold["calibrated"]["pooled"]["false_alarm_rate"]
+    )
     artifacts = {a.path for a in client_for(e2e.runs).list_artifacts(e2e.run_id)}
     assert "calibration.csv" in artifacts
 
 
-def test_a_normal_dir_sets_the_thresholds_and_no_training_image_is_kept_apart(tiny_dataset: Path, runs_root: Path,
-                                                                              tmp_path: Path, capsys) -> None:
+def test_a_normal_dir_sets_the_thresholds_and_no_training_image_is_kept_apart(
+    tiny_dataset: Path, runs_root: Path, tmp_path: Path, capsys
+) -> None:
     import json
 
     out = tmp_path / "out.json"

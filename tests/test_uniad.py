@@ -56,7 +56,9 @@ def test_masked_attention_ignores_neighbours():
 
 
 def _uniad(**overrides) -> UniAD:
-    config = UniADConfig(**{"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "dropout": 0.0, "attention_dropout": 0.0, **overrides})
+    config = UniADConfig(
+        **{"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "dropout": 0.0, "attention_dropout": 0.0, **overrides}
+    )
     return UniAD(config, BuildContext((224, 224), LITE0))
 
 
@@ -125,11 +127,15 @@ def test_jitter_only_in_training():
     assert not torch.isclose(noisy, clean)
 
 
-@pytest.mark.parametrize("size,grid", [((224, 224), (14, 14)), ((256, 256), (16, 16)), ((320, 256), (20, 16)), ((250, 250), (16, 16))])
+@pytest.mark.parametrize(
+    "size,grid", [((224, 224), (14, 14)), ((256, 256), (16, 16)), ((320, 256), (20, 16)), ((250, 250), (16, 16))]
+)
 def test_token_grid_is_the_stride_16_map(size, grid):
     model = UniAD(UniADConfig(hidden_dim=32, num_heads=4, ffn_dim=64), BuildContext(size, LITE0))
     assert model.grid == grid
-    stages = [torch.randn(1, c, math.ceil(size[0] / s), math.ceil(size[1] / s)) for c, s in zip(LITE0.channels, LITE0.strides)]
+    stages = [
+        torch.randn(1, c, math.ceil(size[0] / s), math.ceil(size[1] / s)) for c, s in zip(LITE0.channels, LITE0.strides)
+    ]
     features = model.adapt(stages)
     assert features.shape == (1, 192, *grid)
     prediction = model.eval().predict(Batch(features=features, target_features=features))
@@ -171,8 +177,12 @@ def test_uniad_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
     from uadp.testing import quick_config
 
     def train(epochs: int):
-        config = quick_config(tiny_dataset, runs_root, train={"epochs": epochs, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1},
-                              eval={"overlays_per_class": 0})
+        config = quick_config(
+            tiny_dataset,
+            runs_root,
+            train={"epochs": epochs, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1},
+            eval={"overlays_per_class": 0},
+        )
         return train_and_evaluate(config, get_registry(), log=lambda _: None).report
 
     untrained, trained = train(0), train(15)

@@ -21,8 +21,10 @@ SMALL = dict(hidden_dim=32, num_heads=4, ffn_dim=64, sar_reduction=4)
 
 def _stages(spec: FeatureSpec, size: tuple[int, int], batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, c, math.ceil(size[0] / s), math.ceil(size[1] / s), generator=generator)
-            for c, s in zip(spec.channels, spec.strides)]
+    return [
+        torch.randn(batch, c, math.ceil(size[0] / s), math.ceil(size[1] / s), generator=generator)
+        for c, s in zip(spec.channels, spec.strides)
+    ]
 
 
 def _unias(size=(224, 224), spec=LITE0, **overrides) -> UniAS:
@@ -93,8 +95,10 @@ def test_plain_query_without_sar_is_the_same_for_every_image():
 # --------------------------------------------------------------------------- patches and levels
 
 
-@pytest.mark.parametrize("strides,expected", [((2, 4, 8, 16), [8, 4, 2, 1]), ((4, 8, 16, 32), [8, 4, 2, 1]),
-                                              ((2, 4, 8, 16, 32), [16, 8, 4, 2, 1]), ((8,), [1])])
+@pytest.mark.parametrize(
+    "strides,expected",
+    [((2, 4, 8, 16), [8, 4, 2, 1]), ((4, 8, 16, 32), [8, 4, 2, 1]), ((2, 4, 8, 16, 32), [16, 8, 4, 2, 1]), ((8,), [1])],
+)
 def test_patch_sizes_come_from_the_strides(strides, expected):
     assert patch_sizes(strides) == expected
 
@@ -104,7 +108,9 @@ def test_strides_that_do_not_divide_the_coarsest_are_a_config_error():
         patch_sizes((3, 8))
 
 
-@pytest.mark.parametrize("size,grid", [((224, 224), (14, 14)), ((256, 256), (16, 16)), ((250, 250), (16, 16)), ((320, 256), (20, 16))])
+@pytest.mark.parametrize(
+    "size,grid", [((224, 224), (14, 14)), ((256, 256), (16, 16)), ((250, 250), (16, 16)), ((320, 256), (20, 16))]
+)
 def test_every_level_becomes_the_same_token_grid_and_is_rebuilt_at_its_own_resolution(size, grid):
     model = _unias(size)
     assert model.grid == grid
@@ -200,11 +206,21 @@ def test_bad_inference_levels_and_even_kernels_are_config_errors():
         _unias(smooth_kernel=4)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(local_module="conv3"), dict(local_module="mg_cnn"), dict(sar_query=False), dict(sar_combine="sum"),
-    dict(deepest_level_mode="self"), dict(head="upsample_conv"), dict(post_gaussian=True, map_sigma=2.0),
-    dict(jitter_scale=20.0, jitter_prob=1.0, neighbor_size=3), dict(standardize=True), dict(position="none", level_embedding=False),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(local_module="conv3"),
+        dict(local_module="mg_cnn"),
+        dict(sar_query=False),
+        dict(sar_combine="sum"),
+        dict(deepest_level_mode="self"),
+        dict(head="upsample_conv"),
+        dict(post_gaussian=True, map_sigma=2.0),
+        dict(jitter_scale=20.0, jitter_prob=1.0, neighbor_size=3),
+        dict(standardize=True),
+        dict(position="none", level_embedding=False),
+    ],
+)
 def test_every_option_trains_and_predicts(overrides):
     model = _unias((64, 64), **overrides).train()
     stages = _stages(LITE0, (64, 64))
@@ -256,11 +272,22 @@ def test_unias_segments_better_than_uniad_on_the_same_data_and_budget(small_defe
     train = {"epochs": 15, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1}
 
     def fit(reconstructor: dict):
-        config = quick_config(small_defects, runs_root, reconstructor=reconstructor, train=train, eval={"overlays_per_class": 0})
+        config = quick_config(
+            small_defects, runs_root, reconstructor=reconstructor, train=train, eval={"overlays_per_class": 0}
+        )
         return train_and_evaluate(config, get_registry(), log=lambda _: None).report
 
-    uniad = fit({"name": "uniad", "hidden_dim": 64, "num_encoder_layers": 1, "num_decoder_layers": 1,
-                 "num_heads": 4, "ffn_dim": 128, "neighbor_size": 3})
+    uniad = fit(
+        {
+            "name": "uniad",
+            "hidden_dim": 64,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            "num_heads": 4,
+            "ffn_dim": 128,
+            "neighbor_size": 3,
+        }
+    )
     unias = fit({"name": "unias", "hidden_dim": 64, "num_heads": 4, "ffn_dim": 128})
     # measured: P-AP 0.573 vs 0.318, DSC 0.616 vs 0.324, P-AUROC 0.989 vs 0.973
     assert unias.mean["pixel_ap"] >= uniad.mean["pixel_ap"] + 0.15, (unias.mean, uniad.mean)

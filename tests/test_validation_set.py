@@ -13,8 +13,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_validation_s
 
 
 def _make(source: Path, out: Path, *extra: str) -> None:
-    subprocess.run([sys.executable, str(SCRIPT), "--source", str(source), "--out", str(out), *extra],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--source", str(source), "--out", str(out), *extra],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _load(path: Path) -> np.ndarray:
@@ -27,7 +30,9 @@ def test_faint_defects_keep_the_split_and_masks_and_scale_the_change(tiny_datase
     _make(tiny_dataset, faint, "--strength", "0.3")
     for cls in sorted(p.name for p in full.iterdir()):
         for sub in ("train/good", "test/good", "ground_truth/synthetic"):
-            assert sorted(p.name for p in (full / cls / sub).iterdir()) == sorted(p.name for p in (faint / cls / sub).iterdir())
+            assert sorted(p.name for p in (full / cls / sub).iterdir()) == sorted(
+                p.name for p in (faint / cls / sub).iterdir()
+            )
         assert not set((full / cls / "train/good").iterdir()) & set((full / cls / "test/good").iterdir())
         for mask_path in sorted((full / cls / "ground_truth/synthetic").iterdir()):
             mask = _load(mask_path)[..., 0] > 0
@@ -39,4 +44,6 @@ def test_faint_defects_keep_the_split_and_masks_and_scale_the_change(tiny_datase
             faint_change = np.abs(_load(faint / cls / "test/synthetic" / name) - clean)
             assert faint_change[~mask].max() == 0  # nothing outside the defect moves
             assert full_change[mask].mean() > 0
-            assert abs(faint_change[mask].mean() - 0.3 * full_change[mask].mean()) <= 0.5 + 0.05 * full_change[mask].mean()
+            assert (
+                abs(faint_change[mask].mean() - 0.3 * full_change[mask].mean()) <= 0.5 + 0.05 * full_change[mask].mean()
+            )

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,17 +77,23 @@ class Predictions:
         return rows
 
     @classmethod
-    def concatenate(cls, parts: list["Predictions"]) -> "Predictions":
+    def concatenate(cls, parts: list[Predictions]) -> Predictions:
         def joined(name: str):
             values = [getattr(p, name) for p in parts]
             return None if any(v is None for v in values) else np.concatenate(values)
 
         return cls(
-            inputs=[i for p in parts for i in p.inputs], scores=joined("scores"), maps=joined("maps"),
-            thresholds=joined("thresholds"), decisions=joined("decisions"),
-            pixel_thresholds=joined("pixel_thresholds"), masks=joined("masks"),
-            defect_area=joined("defect_area"), sizes=[s for p in parts for s in p.sizes],
-            class_names=[c for p in parts for c in p.class_names], errors=[e for p in parts for e in p.errors],
+            inputs=[i for p in parts for i in p.inputs],
+            scores=joined("scores"),
+            maps=joined("maps"),
+            thresholds=joined("thresholds"),
+            decisions=joined("decisions"),
+            pixel_thresholds=joined("pixel_thresholds"),
+            masks=joined("masks"),
+            defect_area=joined("defect_area"),
+            sizes=[s for p in parts for s in p.sizes],
+            class_names=[c for p in parts for c in p.class_names],
+            errors=[e for p in parts for e in p.errors],
         )
 
 
@@ -108,8 +115,15 @@ class TorchRunner:
 class Model:
     """A trained detector with its thresholds, from a bundle or an exported folder (see :func:`load`)."""
 
-    def __init__(self, runner, config: RunConfig, classes: list[str] | None, thresholds: Thresholds | None,
-                 needs_class_names: bool, source: str) -> None:
+    def __init__(
+        self,
+        runner,
+        config: RunConfig,
+        classes: list[str] | None,
+        thresholds: Thresholds | None,
+        needs_class_names: bool,
+        source: str,
+    ) -> None:
         self.runner = runner
         self.config = config
         self.classes = classes
@@ -127,8 +141,10 @@ class Model:
             raise UadpError("give a threshold or a false-alarm rate, not both")
         if false_alarm_rate is not None:
             if self.thresholds is None or not self.thresholds.calibration_scores:
-                raise UadpError(f"{self.source}: the model has no calibration scores to set a threshold for a "
-                                "false-alarm rate (its run kept no normal images apart); give --threshold")
+                raise UadpError(
+                    f"{self.source}: the model has no calibration scores to set a threshold for a "
+                    "false-alarm rate (its run kept no normal images apart); give --threshold"
+                )
             if not 0 < false_alarm_rate < 1:
                 raise UadpError(f"false-alarm rate {false_alarm_rate}: expected a value between 0 and 1")
             return self.thresholds.at_false_alarm_rate(false_alarm_rate)
@@ -141,12 +157,23 @@ class Model:
         if unknown:
             raise UadpError(f"{label} {unknown[0]}: the model was trained on {', '.join(known)}")
         if self.needs_class_names and any(c is None for c in class_names):
-            raise UadpError(f"{self.source}: its aligner {self.config.aligner.name} looks up each image's true class "
-                            "(an oracle); give the images' class name (--class-name)")
+            raise UadpError(
+                f"{self.source}: its aligner {self.config.aligner.name} looks up each image's true class "
+                "(an oracle); give the images' class name (--class-name)"
+            )
 
-    def predict_batches(self, images: Sequence[Any], class_names: Sequence[str | None] | str | None = None, *,
-                        threshold: float | None = None, false_alarm_rate: float | None = None, batch_size: int = 16,
-                        workers: int | str = 0, errors: str = "raise", progress: bool = False) -> Iterator[Predictions]:
+    def predict_batches(
+        self,
+        images: Sequence[Any],
+        class_names: Sequence[str | None] | str | None = None,
+        *,
+        threshold: float | None = None,
+        false_alarm_rate: float | None = None,
+        batch_size: int = 16,
+        workers: int | str = 0,
+        errors: str = "raise",
+        progress: bool = False,
+    ) -> Iterator[Predictions]:
         """:meth:`predict` one batch at a time (for folders too large to hold every map)."""
         if errors not in ("raise", "keep"):
             raise ValueError("errors must be 'raise' or 'keep'")
@@ -154,20 +181,27 @@ class Model:
         names = _class_names(class_names, len(images))
         self.check_class_names(names)
         thresholds = self.judged_by(threshold, false_alarm_rate)
-        loader = make_loader(ImageInputs(images, self.size_hw), batch_size, workers, collate_fn=collate_keeping_failures)
-        with tqdm(total=len(images), desc="predict", unit="img", leave=False, disable=None if progress else True) as bar:
+        loader = make_loader(
+            ImageInputs(images, self.size_hw), batch_size, workers, collate_fn=collate_keeping_failures
+        )
+        with tqdm(
+            total=len(images), desc="predict", unit="img", leave=False, disable=None if progress else True
+        ) as bar:
             done = 0
             for batch in loader:
                 count = len(batch["index"]) + len(batch["failures"])
-                part = self._judge(batch, images[done: done + count], names[done: done + count], done, thresholds,
-                                   threshold)
+                part = self._judge(
+                    batch, images[done : done + count], names[done : done + count], done, thresholds, threshold
+                )
                 if errors == "raise" and any(e is not None for e in part.errors):
                     raise UadpError(next(e for e in part.errors if e is not None))
                 done += count
                 bar.update(count)
                 yield part
 
-    def predict(self, images: Sequence[Any], class_names: Sequence[str | None] | str | None = None, **options) -> Predictions:
+    def predict(
+        self, images: Sequence[Any], class_names: Sequence[str | None] | str | None = None, **options
+    ) -> Predictions:
         """Score, map, threshold and outline ``images`` (paths or uint8 RGB arrays).
 
         ``class_names``: one per image (or one for all): the class's own threshold with a
@@ -180,8 +214,15 @@ class Model:
             raise UadpError("no images to predict")
         return Predictions.concatenate(parts)
 
-    def _judge(self, batch: dict, inputs: list, names: list[str | None], offset: int, thresholds: Thresholds | None,
-               fixed: float | None) -> Predictions:
+    def _judge(
+        self,
+        batch: dict,
+        inputs: list,
+        names: list[str | None],
+        offset: int,
+        thresholds: Thresholds | None,
+        fixed: float | None,
+    ) -> Predictions:
         n = len(inputs)
         h, w = self.size_hw
         maps = np.full((n, h, w), np.nan, np.float32)
@@ -196,8 +237,10 @@ class Model:
             maps[rows], scores[rows] = self.runner(batch["image"], batch_names)
             for r, size in zip(rows, batch["size"].tolist()):
                 sizes[r] = (size[0], size[1])
-        image_limits = np.array([fixed if fixed is not None else thresholds.image_threshold(c) if thresholds else math.nan
-                                 for c in names], dtype=np.float64)
+        image_limits = np.array(
+            [fixed if fixed is not None else thresholds.image_threshold(c) if thresholds else math.nan for c in names],
+            dtype=np.float64,
+        )
         decisions = None if np.isnan(image_limits).all() else (scores > image_limits) & ~np.isnan(scores)
         masks, area = None, np.full(n, np.nan, np.float32)
         pixel_limits = np.full(n, np.nan)
@@ -206,7 +249,9 @@ class Model:
             masks = maps > pixel_limits[:, None, None].astype(np.float32)
             area = np.where(np.isnan(scores), np.nan, masks.mean(axis=(1, 2))).astype(np.float32)
         labels = [str(p) if not isinstance(p, np.ndarray) else f"<array {offset + i}>" for i, p in enumerate(inputs)]
-        return Predictions(labels, scores, maps, image_limits, decisions, pixel_limits, masks, area, sizes, names, errors)
+        return Predictions(
+            labels, scores, maps, image_limits, decisions, pixel_limits, masks, area, sizes, names, errors
+        )
 
 
 def _class_names(class_names, count: int) -> list[str | None]:
@@ -233,7 +278,9 @@ def resolve_model(spec: str | Path, root: str | Path = "uadp-runs") -> Path:
         for name in ("metadata.json", "model.pt"):
             if (path / name).is_file():
                 return path if name == "metadata.json" else path / name
-        raise UadpError(f"{path}: a folder with neither a model bundle (model.pt) nor an exported model (metadata.json)")
+        raise UadpError(
+            f"{path}: a folder with neither a model bundle (model.pt) nor an exported model (metadata.json)"
+        )
     if RUN_ID.match(text):
         local = Path(root) / "checkpoints" / text / "model.pt"
         if local.is_file():
@@ -249,7 +296,9 @@ def _download(uri: str, root: str | Path) -> Path:
 
     tracker = Tracker(root)
     if tracker.embedded and not (Path(root) / "mlflow.db").is_file():
-        raise UadpError(f"{uri}: no MLflow store at {Path(root) / 'mlflow.db'} (set MLFLOW_TRACKING_URI or run in its folder)")
+        raise UadpError(
+            f"{uri}: no MLflow store at {Path(root) / 'mlflow.db'} (set MLFLOW_TRACKING_URI or run in its folder)"
+        )
     from mlflow.artifacts import download_artifacts
 
     folder = tempfile.mkdtemp(prefix="uadp-model-")
@@ -262,8 +311,9 @@ def _download(uri: str, root: str | Path) -> Path:
     return local
 
 
-def load(model: str | Path, device: str = "auto", trust: bool = False, root: str | Path = "uadp-runs",
-         registry=None) -> Model:
+def load(
+    model: str | Path, device: str = "auto", trust: bool = False, root: str | Path = "uadp-runs", registry=None
+) -> Model:
     """A trained model, ready to :meth:`~Model.predict`.
 
     ``model``: a ``model.pt`` bundle, a run's checkpoint folder, an exported model folder
@@ -279,5 +329,11 @@ def load(model: str | Path, device: str = "auto", trust: bool = False, root: str
     from .engine.detector import load_bundle
 
     detector = load_bundle(path, registry, device=device, trust=trust)
-    return Model(TorchRunner(detector), detector.config, detector.classes, detector.thresholds,
-                 detector.aligner_class_labels == "train+test", str(path))
+    return Model(
+        TorchRunner(detector),
+        detector.config,
+        detector.classes,
+        detector.thresholds,
+        detector.aligner_class_labels == "train+test",
+        str(path),
+    )

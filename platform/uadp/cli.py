@@ -61,7 +61,9 @@ def _flag_overrides(args: argparse.Namespace, registry) -> dict[str, Any]:
     if flag("classes") is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:
-            raise UadpError("--classes: no class name given; name classes separated by commas, or leave the flag out for every class")
+            raise UadpError(
+                "--classes: no class name given; name classes separated by commas, or leave the flag out for every class"
+            )
         put("data", "classes", classes)
     put("data", "image_size", flag("image_size"))
     put("data", "workers", flag("workers"))
@@ -92,7 +94,10 @@ def _reconstructor_preset(args: argparse.Namespace, registry) -> str | None:
         return None
     preset = registry.get("reconstructors", args.reconstructor).traits.get("preset")
     if preset:
-        print(f"reconstructor {args.reconstructor}: starting from its preset {preset} (--config overrides)", file=sys.stderr)
+        print(
+            f"reconstructor {args.reconstructor}: starting from its preset {preset} (--config overrides)",
+            file=sys.stderr,
+        )
     return preset
 
 
@@ -135,8 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output_json:
         check_writable_file(Path(args.output_json), "--output-json", "choose another path")
     try:
-        result = train_and_evaluate(config, registry, resume=args.resume, log=lambda text: print(text, flush=True),
-                                    from_run=args.from_run, trust_model_file=args.trust_model_file)
+        result = train_and_evaluate(
+            config,
+            registry,
+            resume=args.resume,
+            log=lambda text: print(text, flush=True),
+            from_run=args.from_run,
+            trust_model_file=args.trust_model_file,
+        )
     except KeyboardInterrupt as exc:
         if not hasattr(exc, "aftermath"):
             exc.aftermath = "the run had not started, nothing was recorded"
@@ -178,7 +189,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     registry = _registry(args)
     config = build_config(args.config, _flag_overrides(args, registry), args.set)
     if config.synthesizer is None:
-        raise UadpError("no synthesizer: pass --synthesizer NAME (see `uadp list synthesizers`) or a --config that has one")
+        raise UadpError(
+            "no synthesizer: pass --synthesizer NAME (see `uadp list synthesizers`) or a --config that has one"
+        )
     synthesizer, _ = build_synthesizer(config, registry)
     dataset, _ = build_dataset(config, registry)
     samples = spread_over_classes(gather(dataset, config.data.classes).train, args.count)
@@ -187,7 +200,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     tmp = out.with_name(out.name + ".partial.png")
     synthesis_grid(samples, synthesizer, config.data.size_hw, seed=config.train.seed).save(tmp)
     os.replace(tmp, out)
-    print(f"{len(samples)} samples of {config.synthesizer.name} (rows: clean, synthesised, with its ground truth): {out}")
+    print(
+        f"{len(samples)} samples of {config.synthesizer.name} (rows: clean, synthesised, with its ground truth): {out}"
+    )
     return 0
 
 
@@ -197,8 +212,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = _registry(args)
     rows = [
-        {"name": p.name, "package": p.package, "version": p.version, "hooks": list(p.hooks)}
-        for p in registry.plugins()
+        {"name": p.name, "package": p.package, "version": p.version, "hooks": list(p.hooks)} for p in registry.plugins()
     ]
     print(json.dumps(rows, indent=2))
     return 0
@@ -281,10 +295,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not (root / "mlflow.db").is_file():
         raise UadpError(f"no embedded MLflow store at {root}/mlflow.db; run `uadp run` first (or pass --root)")
     command = [
-        sys.executable, "-m", "mlflow", "ui",
-        "--backend-store-uri", embedded_uri(root),
-        "--default-artifact-root", artifact_root(root),
-        "--host", args.host, "--port", str(args.port),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        embedded_uri(root),
+        "--default-artifact-root",
+        artifact_root(root),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
     ]
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     # the server and its workers get a process group of their own, so that however uadp is
@@ -332,28 +354,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.class_name is not None:
         model.check_class_names([args.class_name], label="--class-name")
         if not model.needs_class_names and (model.thresholds is None or model.thresholds.scope == "all"):
-            print("note: --class-name does not change this model's scores or thresholds (class-agnostic aligner, "
-                  "one threshold for every class)", file=sys.stderr)
+            print(
+                "note: --class-name does not change this model's scores or thresholds (class-agnostic aligner, "
+                "one threshold for every class)",
+                file=sys.stderr,
+            )
     thresholds = model.judged_by(args.threshold, args.false_alarm_rate)
     if thresholds is None and args.threshold is None:
-        print(f"note: {model.source} has no thresholds (its run kept no normal images apart): scores only; "
-              "give --threshold for decisions", file=sys.stderr)
+        print(
+            f"note: {model.source} has no thresholds (its run kept no normal images apart): scores only; "
+            "give --threshold for decisions",
+            file=sys.stderr,
+        )
     for note in thresholds.notes if thresholds is not None and args.false_alarm_rate is not None else []:
         print(f"note: {note}", file=sys.stderr)
     writer = None
     if args.out:
         check_writable_folder(Path(args.out), "--out", "choose another folder")
-        writer = PredictionWriter(Path(args.out), inputs, model.size_hw, args.class_name is not None, args.overlays,
-                                  args.masks)
+        writer = PredictionWriter(
+            Path(args.out), inputs, model.size_hw, args.class_name is not None, args.overlays, args.masks
+        )
     elif args.overlays or args.masks:
         raise UadpError("--overlays and --masks write files: give --out DIR")
     counts = {"anomalous": 0, "ok": 0, "failed": 0}
     complete = False
     try:
-        for batch in model.predict_batches([str(item.path) for item in inputs], args.class_name,
-                                           threshold=args.threshold, false_alarm_rate=args.false_alarm_rate,
-                                           batch_size=args.batch_size, workers=args.workers, errors="keep",
-                                           progress=True):
+        for batch in model.predict_batches(
+            [str(item.path) for item in inputs],
+            args.class_name,
+            threshold=args.threshold,
+            false_alarm_rate=args.false_alarm_rate,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            errors="keep",
+            progress=True,
+        ):
             for row in batch.rows():
                 if row["error"] or row["decision"]:
                     counts["failed" if row["error"] else row["decision"]] += 1
@@ -367,7 +402,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             writer.close(complete)
     total = len(inputs)
     decided = counts["anomalous"] + counts["ok"]
-    summary = f"{total} images: {counts['anomalous']} anomalous, {counts['ok']} ok" if decided else f"{total} images scored"
+    summary = (
+        f"{total} images: {counts['anomalous']} anomalous, {counts['ok']} ok" if decided else f"{total} images scored"
+    )
     if writer is not None:
         print(f"{summary}; table: {writer.table}", file=sys.stderr)
     if counts["failed"]:
@@ -379,8 +416,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export.writer import export_model
 
-    export_model(args.model, args.format, Path(args.out), root=args.root, trust=args.trust_model_file,
-                 registry=_registry(args), log=lambda text: print(text, flush=True))
+    export_model(
+        args.model,
+        args.format,
+        Path(args.out),
+        root=args.root,
+        trust=args.trust_model_file,
+        registry=_registry(args),
+        log=lambda text: print(text, flush=True),
+    )
     print(f"run it: uadp predict {args.out} IMAGES... (or uadp.load({str(args.out)!r}) in Python)")
     return 0
 
@@ -397,6 +441,7 @@ def _print_prediction(row: dict, as_json: bool) -> None:
 
 # --------------------------------------------------------------------------- parser
 
+
 def _workers(text: str) -> int | str:
     """``--workers`` of ``uadp predict``: a number of decoding processes, or auto."""
     if text == "auto" or (text.isdigit()):
@@ -404,8 +449,10 @@ def _workers(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"expected a number of processes or auto, got {text!r}")
 
 
-TRUST_HELP = ("also load a model file that holds Python objects besides tensors and plain data: unpickling "
-              "those runs code, so use it only for a file from someone you trust (e.g. an older uadp's bundle)")
+TRUST_HELP = (
+    "also load a model file that holds Python objects besides tensors and plain data: unpickling "
+    "those runs code, so use it only for a file from someone you trust (e.g. an older uadp's bundle)"
+)
 
 
 def _shared_flag(flag: str) -> dict[str, Any]:
@@ -419,8 +466,12 @@ def _shared_flag(flag: str) -> dict[str, Any]:
         "--image-size": {"type": int},
         "--seed": {"type": int},
         "--device": {"help": "auto, cpu, cuda, cuda:N"},
-        "--set": {"action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
-                  "help": "override any config value (repeatable)"},
+        "--set": {
+            "action": "append",
+            "default": [],
+            "metavar": "SECTION.KEY=VALUE",
+            "help": "override any config value (repeatable)",
+        },
         "--root": {"default": "uadp-runs", "help": "where runs are stored, for a run id (no MLFLOW_TRACKING_URI)"},
         "--trust-model-file": {"action": "store_true", "help": TRUST_HELP},
         "--plugins-dir": {"help": "also load every *.py plugin file in this folder"},
@@ -440,7 +491,9 @@ def _add_shared_as(parser: argparse.ArgumentParser, flag: str, **changes: Any) -
 
 def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     """The ``uadp`` parser: the built-in sub-commands, then those plugins add."""
-    parser = argparse.ArgumentParser(prog="uadp", description="Unified visual anomaly detection: one model for many product classes.")
+    parser = argparse.ArgumentParser(
+        prog="uadp", description="Unified visual anomaly detection: one model for many product classes."
+    )
     parser.add_argument("--version", action="version", version=f"uadp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_command(sub)
@@ -469,14 +522,23 @@ def _add_run_command(sub) -> None:
     _add_shared(p, "--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     _add_shared(p, "--seed")
-    p.add_argument("--normal-dir", metavar="DIR",
-                   help="normal images (DIR/<class>/.../*.png) to set the OK / not-OK thresholds on, instead of "
-                        "keeping a share of the training images apart")
+    p.add_argument(
+        "--normal-dir",
+        metavar="DIR",
+        help="normal images (DIR/<class>/.../*.png) to set the OK / not-OK thresholds on, instead of "
+        "keeping a share of the training images apart",
+    )
     _add_shared(p, "--set")
-    p.add_argument("--resume", metavar="RUN_ID|PATH",
-                   help="continue an interrupted run from its last checkpoint, exactly as it was recorded (no other options needed)")
-    p.add_argument("--from-run", metavar="RUN_ID|PATH",
-                   help="skip training: take a finished run's model (its config, then your flags) and fit --aligner on it")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID|PATH",
+        help="continue an interrupted run from its last checkpoint, exactly as it was recorded (no other options needed)",
+    )
+    p.add_argument(
+        "--from-run",
+        metavar="RUN_ID|PATH",
+        help="skip training: take a finished run's model (its config, then your flags) and fit --aligner on it",
+    )
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
     _add_shared(p, "--trust-model-file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -485,7 +547,9 @@ def _add_run_command(sub) -> None:
 
 
 def _add_synthesize_command(sub) -> None:
-    p = sub.add_parser("synthesize", help="a PNG grid of a synthesizer's anomalies on training images, with their ground truth")
+    p = sub.add_parser(
+        "synthesize", help="a PNG grid of a synthesizer's anomalies on training images, with their ground truth"
+    )
     _add_shared_as(p, "--synthesizer", help="synthesizer plugin, e.g. panel-jnd")  # none is no choice here
     _add_shared(p, "--config", "--data", "--classes", "--image-size")
     p.add_argument("--count", type=int, default=12, help="number of samples, spread over the classes")
@@ -502,7 +566,9 @@ def _add_inspection_commands(sub) -> None:
     p.set_defaults(handler=cmd_plugins)
 
     p = sub.add_parser("list", help="registered components, by kind")
-    p.add_argument("kind", nargs="?", help="backbones, reconstructors, synthesizers, aligners, metrics, datasets, presets")
+    p.add_argument(
+        "kind", nargs="?", help="backbones, reconstructors, synthesizers, aligners, metrics, datasets, presets"
+    )
     _add_shared(p, "--plugins-dir")
     p.set_defaults(handler=cmd_list)
 
@@ -522,20 +588,35 @@ def _add_ui_command(sub) -> None:
 
 def _add_predict_command(sub) -> None:
     p = sub.add_parser("predict", help="OK / not OK for images, files or folders, with a trained or exported model")
-    p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, or an "
-                                 "exported model folder")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--out", metavar="DIR", help="write DIR/predictions.csv (one row per image) instead of lines on stdout")
-    p.add_argument("--overlays", action="store_true", help="with --out: DIR/overlays/<name>.png, image, heat map, outline")
+    p.add_argument(
+        "model",
+        help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, or an "
+        "exported model folder",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or glob patterns"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write DIR/predictions.csv (one row per image) instead of lines on stdout"
+    )
+    p.add_argument(
+        "--overlays", action="store_true", help="with --out: DIR/overlays/<name>.png, image, heat map, outline"
+    )
     p.add_argument("--masks", action="store_true", help="with --out: DIR/masks/<name>.png, the predicted defect")
     p.add_argument("--json", action="store_true", help="without --out: one JSON object per line")
     limits = p.add_mutually_exclusive_group()
-    limits.add_argument("--false-alarm-rate", type=float, metavar="A",
-                        help="set the image threshold for this share of normal parts flagged (from the run's calibration images)")
+    limits.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        metavar="A",
+        help="set the image threshold for this share of normal parts flagged (from the run's calibration images)",
+    )
     limits.add_argument("--threshold", type=float, help="judge by this image score instead of the run's threshold")
     p.add_argument("--class-name", help="the images' class: its own threshold (per-class models) and oracle aligners")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=_workers, default="auto", help="decoding processes: a number or auto (the default)")
+    p.add_argument(
+        "--workers", type=_workers, default="auto", help="decoding processes: a number or auto (the default)"
+    )
     _add_shared_as(p, "--device", default="auto")
     _add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
     p.set_defaults(handler=cmd_predict)

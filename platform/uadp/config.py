@@ -95,7 +95,8 @@ class TrainConfig(_Section):
     lr_gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: multiplier at each of lr_steps")
     grad_clip: float | None = Field(0.1, gt=0, description="max gradient norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: fp16 AMP on CUDA, fp32 on a CPU; bf16: bf16 autocast (on a CPU, fast only with native bf16)"
+        "auto",
+        description="auto: fp16 AMP on CUDA, fp32 on a CPU; bf16: bf16 autocast (on a CPU, fast only with native bf16)",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     seed: int = 0
@@ -119,12 +120,15 @@ class ImageScoreConfig(_Section):
 class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
     calibration_fraction: float = Field(
-        0.1, ge=0, lt=1,
+        0.1,
+        ge=0,
+        lt=1,
         description="share of each class's normal training images kept apart (seeded; at least 3 of a class of 10 "
         "or more) to set the OK / not-OK thresholds; the model never sees them. 0: none",
     )
     normal_dir: str | None = Field(
-        None, description="a folder of normal images (<class>/.../*.png) to set the thresholds on instead; "
+        None,
+        description="a folder of normal images (<class>/.../*.png) to set the thresholds on instead; "
         "then no training image is kept apart",
     )
     false_alarm_rate: float = Field(0.01, gt=0, lt=1, description="share of normal parts the image threshold may flag")
@@ -132,7 +136,8 @@ class EvalConfig(_Section):
         0.001, gt=0, lt=1, description="share of a normal part's pixels the predicted defect mask may mark"
     )
     threshold_scope: Literal["all", "per-class"] = Field(
-        "all", description="all: one threshold for every class (a line with one threshold); per-class: the "
+        "all",
+        description="all: one threshold for every class (a line with one threshold); per-class: the "
         "image's class's own (the station knows its product)",
     )
     image_score: ImageScoreConfig = Field(default_factory=ImageScoreConfig)
@@ -180,9 +185,20 @@ COMPONENT_SECTIONS = {
 RUNTIME_ONLY = ("tracking.root", "data.workers", "train.device", "train.cache_memory_gb")
 
 # Keys that do not change the model a run trains: ``--from-run`` and the config hash ignore them.
-NOT_MODEL_DEFINING = ("eval.batch_size", "eval.image_score", "eval.metrics", "eval.overlays_per_class",
-                      "eval.false_alarm_rate", "eval.pixel_false_alarm_rate", "eval.threshold_scope", "tracking",
-                      "data.workers", "train.epochs", "train.device", "train.cache_memory_gb")
+NOT_MODEL_DEFINING = (
+    "eval.batch_size",
+    "eval.image_score",
+    "eval.metrics",
+    "eval.overlays_per_class",
+    "eval.false_alarm_rate",
+    "eval.pixel_false_alarm_rate",
+    "eval.threshold_scope",
+    "tracking",
+    "data.workers",
+    "train.epochs",
+    "train.device",
+    "train.cache_memory_gb",
+)
 
 # Marks a plugin option that only changes how a trained model's output is post-processed (its
 # map smoothing, the levels it combines), never its training: `uadp run --from-run RUN --set
@@ -194,9 +210,11 @@ INFERENCE_ONLY = {"inference_only": True}
 def inference_only_fields(model: type[BaseModel]) -> set[str]:
     """The options of a plugin config marked with :data:`INFERENCE_ONLY`."""
     return {
-        name for name, field in model.model_fields.items()
+        name
+        for name, field in model.model_fields.items()
         if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("inference_only")
     }
+
 
 # --------------------------------------------------------------------------- building
 
@@ -216,8 +234,10 @@ def find_preset(name_or_path: str, registry: Registry | None = None) -> Path:
     except UnknownComponentError as exc:
         raise ConfigError(f"--config {name_or_path}: not a YAML file, and {exc}") from None
     if not preset.path.is_file():
-        raise ConfigError(f"preset {name_or_path} of plugin {preset.plugin}: its file {preset.path} is missing "
-                          "from the installed package")
+        raise ConfigError(
+            f"preset {name_or_path} of plugin {preset.plugin}: its file {preset.path} is missing "
+            "from the installed package"
+        )
     return preset.path
 
 
@@ -293,8 +313,9 @@ def _format_validation_error(exc: ValidationError, prefix: str = "", model: type
     # a value that may take several types fails once per type, each under a tag such as
     # 'constrained-int': the user sees the key once, with every way it could have been right
     key = _field_path(model, err["loc"])
-    messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
-                                  if _field_path(model, e["loc"]) == key))
+    messages = list(
+        dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors if _field_path(model, e["loc"]) == key)
+    )
     loc = ".".join(str(p) for p in (prefix, *key) if p != "")
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -345,8 +366,10 @@ def validate(data: dict[str, Any]) -> RunConfig:
 def resolve(config: RunConfig, registry: Registry) -> RunConfig:
     """Check every component name and option against its plugin; fill in the plugin defaults."""
     if config.reconstructor is None:
-        raise ConfigError("reconstructor: none chosen; pass --reconstructor NAME or a --config preset "
-                          "(see `uadp list reconstructors` and `uadp list presets`)")
+        raise ConfigError(
+            "reconstructor: none chosen; pass --reconstructor NAME or a --config preset "
+            "(see `uadp list reconstructors` and `uadp list presets`)"
+        )
     data = config.to_dict()
     if data["eval"]["metrics"] is None:
         data["eval"]["metrics"] = registry.registered("metrics")

@@ -25,7 +25,11 @@ def check_writable_folder(folder: Path, what: str, hint: str) -> None:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".uadp-write-check-"):
             pass
     except OSError as exc:
-        where = "" if existing == Path(os.path.abspath(folder)) else f" (its nearest existing folder {existing} is not writable)"
+        where = (
+            ""
+            if existing == Path(os.path.abspath(folder))
+            else f" (its nearest existing folder {existing} is not writable)"
+        )
         raise UadpError(f"{what} {folder} cannot be written{where}: {exc.strerror or exc}; {hint}") from None
 
 

@@ -69,7 +69,9 @@ def expand_inputs(patterns: list[str]) -> list[Input]:
     return list(found.values())
 
 
-def overlay(image: np.ndarray, heat_map: np.ndarray, mask: np.ndarray | None, pixel_threshold: float | None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, heat_map: np.ndarray, mask: np.ndarray | None, pixel_threshold: float | None
+) -> np.ndarray:
     """Three panels side by side: the image, its heat map over it, the predicted defect outlined in red.
 
     The colour scale runs from the map's lowest value to at least twice the pixel threshold's
@@ -92,8 +94,15 @@ def overlay(image: np.ndarray, heat_map: np.ndarray, mask: np.ndarray | None, pi
 class PredictionWriter:
     """Writes one batch of :class:`~uadp.api.Predictions` at a time under ``out``."""
 
-    def __init__(self, out: Path, inputs: list[Input], size_hw: tuple[int, int], with_class: bool,
-                 overlays: bool = False, masks: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        inputs: list[Input],
+        size_hw: tuple[int, int],
+        with_class: bool,
+        overlays: bool = False,
+        masks: bool = False,
+    ) -> None:
         self.out = out
         self.stems = {str(item.path): item.stem() for item in inputs}
         self.size_hw = size_hw

@@ -15,9 +15,10 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
@@ -175,9 +176,7 @@ class Registry:
         self._components = components
         return components
 
-    def _make_register(
-        self, kind: str, plugin_name: str, into: dict[str, Registration]
-    ) -> Callable[..., None]:
+    def _make_register(self, kind: str, plugin_name: str, into: dict[str, Registration]) -> Callable[..., None]:
         allowed = TRAITS.get(kind, {})
 
         def register(
@@ -189,15 +188,16 @@ class Registry:
         ) -> None:
             if name in into:
                 raise PluginError(
-                    f"{kind[:-1]} {name!r} is registered by both "
-                    f"{into[name].plugin!r} and {plugin_name!r}"
+                    f"{kind[:-1]} {name!r} is registered by both {into[name].plugin!r} and {plugin_name!r}"
                 )
             resolved = {}
             for trait, (values, default) in allowed.items():
                 value = traits.pop(trait, default)
                 if values is str:
                     if value is not None and not isinstance(value, str):
-                        raise PluginError(f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected text")
+                        raise PluginError(
+                            f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected text"
+                        )
                 elif value not in values:
                     raise PluginError(
                         f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; "
@@ -239,8 +239,12 @@ class Registry:
 
                 def register(name: str, path: str | Path, help: str = "", _plugin: str = plugin_name) -> None:
                     if name in found:
-                        raise PluginError(f"preset {name!r} is registered by both {found[name].plugin!r} and {_plugin!r}")
-                    found[name] = Preset(name, Path(path), help.strip().splitlines()[0] if help.strip() else "", _plugin)
+                        raise PluginError(
+                            f"preset {name!r} is registered by both {found[name].plugin!r} and {_plugin!r}"
+                        )
+                    found[name] = Preset(
+                        name, Path(path), help.strip().splitlines()[0] if help.strip() else "", _plugin
+                    )
 
                 impl.function(register=register)
             self._presets = dict(sorted(found.items()))

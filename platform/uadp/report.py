@@ -15,6 +15,7 @@ from .data.images import read_image, read_mask
 from .data.transforms import geometry
 from .metrics.protocols import MetricReport
 
+
 def short_name(metric: str) -> str:
     """A metric's column heading: the ``short=`` its plugin registered, else its name."""
     from .registry import get_registry

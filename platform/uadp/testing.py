@@ -186,8 +186,12 @@ def check_export(bundle: str | Path, registry=None) -> float:
 # so that the reloaded bundle and the ``--from-run`` re-scoring are compared with exactly what
 # the run computed.
 
-SECTIONS = {"backbones": "backbone", "reconstructors": "reconstructor", "synthesizers": "synthesizer",
-            "aligners": "aligner"}
+SECTIONS = {
+    "backbones": "backbone",
+    "reconstructors": "reconstructor",
+    "synthesizers": "synthesizer",
+    "aligners": "aligner",
+}
 # how far a reloaded bundle or a re-scoring may differ from the run, in units of the range of
 # the run's maps (or scores): room for rounding only (the public loader normalises images in
 # torch, the run's loader in numpy; on a CPU every bundled component agrees exactly)
@@ -341,7 +345,9 @@ def check_component(
         **sections,
     }
     try:
-        run_config = resolve(build_config(base=RunConfig().to_dict(), overrides=merge(overrides, config or {})), registry)
+        run_config = resolve(
+            build_config(base=RunConfig().to_dict(), overrides=merge(overrides, config or {})), registry
+        )
     except Exception as exc:
         raise AssertionError(f"{label}: the check's config is not valid: {exc}") from exc
     if kind == "synthesizers":
@@ -365,12 +371,15 @@ def _sections(kind: str, name: str, registry, options: dict, partners: dict, tin
     sections = {SECTIONS[kind]: section(kind, name, options)}
     any_synthesizer = ("none", "optional", "required")
     if kind == "synthesizers":
-        sections["reconstructor"] = given_or_found("reconstructor", "reconstructors", synthesizer=("required", "optional"))
+        sections["reconstructor"] = given_or_found(
+            "reconstructor", "reconstructors", synthesizer=("required", "optional")
+        )
     elif kind == "aligners":
         sections["reconstructor"] = given_or_found("reconstructor", "reconstructors", synthesizer=any_synthesizer)
     elif kind == "backbones":
-        sections["reconstructor"] = given_or_found("reconstructor", "reconstructors", inputs="features",
-                                                   synthesizer=any_synthesizer)
+        sections["reconstructor"] = given_or_found(
+            "reconstructor", "reconstructors", inputs="features", synthesizer=any_synthesizer
+        )
     traits = registry.get("reconstructors", sections["reconstructor"]["name"]).traits
     if traits["inputs"] == "features" and "backbone" not in sections:
         sections["backbone"] = given_or_found("backbone", "backbones")
@@ -407,26 +416,41 @@ def _check_synthesis(label: str, config: RunConfig, registry) -> None:
         if not isinstance(out.image, np.ndarray) or out.image.shape != (h, w, 3) or out.image.dtype != np.float32:
             raise AssertionError(f"{where}: image {_describe(out.image)}; expected float32 {[h, w, 3]}")
         if not np.isfinite(out.image).all() or out.image.min() < 0 or out.image.max() > 1:
-            raise AssertionError(f"{where}: image values in [{np.nanmin(out.image):.4g}, {np.nanmax(out.image):.4g}]; "
-                                 "expected finite values in [0, 1]")
+            raise AssertionError(
+                f"{where}: image values in [{np.nanmin(out.image):.4g}, {np.nanmax(out.image):.4g}]; "
+                "expected finite values in [0, 1]"
+            )
         if "mask" not in out.targets:
             raise AssertionError(f"{where}: no 'mask' target (targets: {sorted(out.targets) or 'none'})")
         for target, value in out.targets.items():
-            if (not isinstance(value, np.ndarray) or value.dtype != np.float32 or value.shape[:2] != (h, w)
-                    or value.ndim not in (2, 3) or (target == "mask" and value.ndim != 2)):
-                raise AssertionError(f"{where}: target {target!r} {_describe(value)}; expected float32 {[h, w]}"
-                                     f"{'' if target == 'mask' else ' or [H,W,C]'}")
+            if (
+                not isinstance(value, np.ndarray)
+                or value.dtype != np.float32
+                or value.shape[:2] != (h, w)
+                or value.ndim not in (2, 3)
+                or (target == "mask" and value.ndim != 2)
+            ):
+                raise AssertionError(
+                    f"{where}: target {target!r} {_describe(value)}; expected float32 {[h, w]}"
+                    f"{'' if target == 'mask' else ' or [H,W,C]'}"
+                )
             if not np.isfinite(value).all():
                 raise AssertionError(f"{where}: target {target!r} has values that are not finite")
         if names is not None and sorted(out.targets) != names:
-            raise AssertionError(f"{where}: targets {sorted(out.targets)}, another image's {names} "
-                                 "(every image needs the same names: a batch stacks them)")
+            raise AssertionError(
+                f"{where}: targets {sorted(out.targets)}, another image's {names} "
+                "(every image needs the same names: a batch stacks them)"
+            )
         names = sorted(out.targets)
         again = synthesizer(image, np.random.default_rng([7, index]))
-        if not (np.array_equal(again.image, out.image)
-                and all(np.array_equal(again.targets.get(k), v) for k, v in out.targets.items())):
-            raise AssertionError(f"{where}: the same generator seed gave another result (use only the rng it is "
-                                 "given: runs must be reproducible whatever the number of workers)")
+        if not (
+            np.array_equal(again.image, out.image)
+            and all(np.array_equal(again.targets.get(k), v) for k, v in out.targets.items())
+        ):
+            raise AssertionError(
+                f"{where}: the same generator seed gave another result (use only the rng it is "
+                "given: runs must be reproducible whatever the number of workers)"
+            )
 
 
 def _check_features(label: str, config: RunConfig, registry) -> None:
@@ -449,18 +473,27 @@ def _check_features(label: str, config: RunConfig, registry) -> None:
         features = backbone(images)
         again = backbone(images)
     if not isinstance(features, (list, tuple)) or len(features) != len(spec.channels):
-        raise AssertionError(f"{label}: forward returned {type(features).__name__} of {len(features)} items; "
-                             f"spec declares {len(spec.channels)} stages")
+        raise AssertionError(
+            f"{label}: forward returned {type(features).__name__} of {len(features)} items; "
+            f"spec declares {len(spec.channels)} stages"
+        )
     for stage, (tensor, channels, stride) in enumerate(zip(features, spec.channels, spec.strides), 1):
-        expected = {(2, channels, size_h, size_w) for size_h in (h // stride, -(-h // stride))
-                    for size_w in (w // stride, -(-w // stride))}
+        expected = {
+            (2, channels, size_h, size_w)
+            for size_h in (h // stride, -(-h // stride))
+            for size_w in (w // stride, -(-w // stride))
+        }
         if tuple(tensor.shape) not in expected:
-            raise AssertionError(f"{label}: stage {stage} has shape {list(tensor.shape)} for a {h}×{w} image; spec "
-                                 f"declares {channels} channels at stride {stride}, {list(sorted(expected)[0])}")
+            raise AssertionError(
+                f"{label}: stage {stage} has shape {list(tensor.shape)} for a {h}×{w} image; spec "
+                f"declares {channels} channels at stride {stride}, {list(sorted(expected)[0])}"
+            )
         if not torch.isfinite(tensor).all():
             raise AssertionError(f"{label}: stage {stage} has values that are not finite")
     if not all(torch.equal(a, b) for a, b in zip(features, again)):
-        raise AssertionError(f"{label}: two passes over the same images gave other features (frozen and deterministic?)")
+        raise AssertionError(
+            f"{label}: two passes over the same images gave other features (frozen and deterministic?)"
+        )
 
 
 def _check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance: float) -> ComponentCheck:
@@ -471,8 +504,10 @@ def _check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance
     test = gather(build_dataset(config, registry)[0], config.data.classes).test
     result, detector, first = _watched_run(label, config, registry)
     if len(result.history) != config.train.epochs or not all(np.isfinite(h["loss"]) for h in result.history):
-        raise AssertionError(f"{label}: trained {len(result.history)} epochs of {config.train.epochs}, "
-                             f"losses {[h.get('loss') for h in result.history]}; expected finite losses")
+        raise AssertionError(
+            f"{label}: trained {len(result.history)} epochs of {config.train.epochs}, "
+            f"losses {[h.get('loss') for h in result.history]}; expected finite losses"
+        )
     if len(first.scores) != len(test):
         raise AssertionError(f"{label}: {len(first.scores)} test scores for {len(test)} test images")
     _check_trained(label, config, registry, detector)
@@ -484,23 +519,31 @@ def _check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance
     model = load(result.bundle, device=config.train.device, registry=registry)
     reloaded = model.predict([s.path for s in test], [s.class_name for s in test], batch_size=config.eval.batch_size)
     differences = _unsaved_differences(detector, model.runner.detector)
-    hint = f"; what differs between the run's model and the reloaded one: {'; '.join(differences)}" if differences else ""
+    hint = (
+        f"; what differs between the run's model and the reloaded one: {'; '.join(differences)}" if differences else ""
+    )
     where = f"the bundle {result.bundle} reloaded with uadp.load"
     _assert_close(label, where, "test maps", first.maps, reloaded.maps, tolerance, hint)
     _assert_close(label, where, "test scores", first.scores, reloaded.scores, tolerance, hint)
-    if detector.thresholds is not None and (model.thresholds is None
-                                             or model.thresholds.to_dict() != detector.thresholds.to_dict()):
+    if detector.thresholds is not None and (
+        model.thresholds is None or model.thresholds.to_dict() != detector.thresholds.to_dict()
+    ):
         raise AssertionError(f"{label}: {where} has other thresholds than the run set")
 
     rescored, _, again = _watched_run(label, config, registry, from_run=result.run_id)
     where = f"re-scoring with from_run={result.run_id}"
-    hint = " (the re-scoring fits the aligner again on the same frozen model: is its fit seeded?)" if config.aligner else ""
+    hint = (
+        " (the re-scoring fits the aligner again on the same frozen model: is its fit seeded?)"
+        if config.aligner
+        else ""
+    )
     if rescored.history:
         raise AssertionError(f"{label}: {where} trained again ({len(rescored.history)} epochs)")
     _assert_close(label, where, "test maps", first.maps, again.maps, tolerance, hint)
     _assert_close(label, where, "test scores", first.scores, again.scores, tolerance, hint)
-    return ComponentCheck(label, result.config, result.run_id, result.bundle, first.scores, first.maps,
-                          result.history, rescored.run_id)
+    return ComponentCheck(
+        label, result.config, result.run_id, result.bundle, first.scores, first.maps, result.history, rescored.run_id
+    )
 
 
 def _watched_run(label: str, config: RunConfig, registry, from_run: str | None = None):
@@ -551,8 +594,10 @@ def _check_prediction(label: str, config: RunConfig, batch, prediction) -> None:
     expected = (len(batch.images), *config.data.size_hw)
     found = prediction.anomaly_map
     if not isinstance(found, torch.Tensor) or tuple(found.shape) != expected:
-        raise AssertionError(f"{who}: predict returned an anomaly_map {_describe(found)} for {expected[0]} images of "
-                             f"{expected[1]}×{expected[2]}; expected {list(expected)} [B,H,W] at the image size")
+        raise AssertionError(
+            f"{who}: predict returned an anomaly_map {_describe(found)} for {expected[0]} images of "
+            f"{expected[1]}×{expected[2]}; expected {list(expected)} [B,H,W] at the image size"
+        )
     if not torch.isfinite(found).all():
         raise AssertionError(f"{who}: predict returned an anomaly_map with values that are not finite")
 
@@ -561,7 +606,9 @@ def _check_maps(label: str, config: RunConfig, maps: np.ndarray, scores: np.ndar
     after = f" (after aligner {config.aligner.name!r})" if config.aligner else ""
     expected = (total, *config.data.size_hw)
     if maps.shape != expected:
-        raise AssertionError(f"{label}: maps{after} of {images} have shape {list(maps.shape)}; expected {list(expected)}")
+        raise AssertionError(
+            f"{label}: maps{after} of {images} have shape {list(maps.shape)}; expected {list(expected)}"
+        )
     if scores.shape != (total,):
         raise AssertionError(f"{label}: {len(scores)} scores for {total} of {images}")
     if not np.isfinite(maps).all() or not np.isfinite(scores).all():
@@ -578,8 +625,10 @@ def _check_trained(label: str, config: RunConfig, registry, detector) -> None:
     trained = detector.reconstructor.state_dict()
     if fresh.keys() == trained.keys() and all(_same(fresh[key], trained[key]) for key in fresh):
         who = label if label.startswith("reconstructor") else f"{label}: reconstructor {config.reconstructor.name!r}"
-        raise AssertionError(f"{who}: {config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''} of training changed nothing in its state_dict "
-                             "(does the loss depend on its parameters?)")
+        raise AssertionError(
+            f"{who}: {config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''} of training changed nothing in its state_dict "
+            "(does the loss depend on its parameters?)"
+        )
 
 
 def _check_frozen(label: str, config: RunConfig, registry, detector) -> None:
@@ -592,20 +641,26 @@ def _check_frozen(label: str, config: RunConfig, registry, detector) -> None:
     trained = detector.backbone.state_dict()
     changed = [key for key in fresh if key not in trained or not torch.equal(fresh[key].cpu(), trained[key].cpu())]
     if changed:
-        raise AssertionError(f"{label}: training changed the frozen backbone ({len(changed)} tensors, e.g. "
-                             f"{', '.join(changed[:3])}): keep it in eval mode, BatchNorm statistics included")
+        raise AssertionError(
+            f"{label}: training changed the frozen backbone ({len(changed)} tensors, e.g. "
+            f"{', '.join(changed[:3])}): keep it in eval mode, BatchNorm statistics included"
+        )
 
 
-def _assert_close(label: str, where: str, what: str, expected: np.ndarray, found: np.ndarray, tolerance: float,
-                  hint: str = "") -> None:
+def _assert_close(
+    label: str, where: str, what: str, expected: np.ndarray, found: np.ndarray, tolerance: float, hint: str = ""
+) -> None:
     if found.shape != expected.shape:
-        raise AssertionError(f"{label}: {where} gave {what} of shape {list(found.shape)}, the run "
-                             f"{list(expected.shape)}{hint}")
+        raise AssertionError(
+            f"{label}: {where} gave {what} of shape {list(found.shape)}, the run {list(expected.shape)}{hint}"
+        )
     span = float(expected.max() - expected.min()) if expected.size else 0.0
     error = float(np.abs(found.astype(np.float64) - expected).max()) if expected.size else 0.0
     if not error <= tolerance * span or (span == 0 and error > 0):
-        raise AssertionError(f"{label}: {where} gave other {what} than the run: they differ by up to {error:.3g} "
-                             f"({error / span if span else float('inf'):.3g} of their range; allowed {tolerance:g}){hint}")
+        raise AssertionError(
+            f"{label}: {where} gave other {what} than the run: they differ by up to {error:.3g} "
+            f"({error / span if span else float('inf'):.3g} of their range; allowed {tolerance:g}){hint}"
+        )
 
 
 def _unsaved_differences(ran, reloaded) -> list[str]:
@@ -650,8 +705,13 @@ def _same(x: Any, y: Any) -> bool:
     import torch
 
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
-        return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
-                and x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu()))
+        return (
+            isinstance(x, torch.Tensor)
+            and isinstance(y, torch.Tensor)
+            and x.shape == y.shape
+            and x.dtype == y.dtype
+            and torch.equal(x.cpu(), y.cpu())
+        )
     if isinstance(x, dict) and isinstance(y, dict):
         return x.keys() == y.keys() and all(_same(x[key], y[key]) for key in x)
     if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):

@@ -41,8 +41,10 @@ def conformal_threshold(scores: np.ndarray, alpha: float) -> tuple[float, str | 
     k = math.ceil((n + 1) * (1 - alpha))
     if k > n:
         needed = math.ceil((1 - alpha) / alpha)  # the smallest n with ceil((n+1)(1-α)) <= n
-        return float(scores.max()), (f"{n} calibration values are too few for a false-alarm rate of {alpha:g} "
-                                     f"(it needs {needed}); the threshold is their highest")
+        return float(scores.max()), (
+            f"{n} calibration values are too few for a false-alarm rate of {alpha:g} "
+            f"(it needs {needed}); the threshold is their highest"
+        )
     return float(np.partition(scores, k - 1)[k - 1]), None
 
 
@@ -77,7 +79,7 @@ class Thresholds:
             raise KeyError(class_name)
         return class_name
 
-    def at_false_alarm_rate(self, alpha: float) -> "Thresholds":
+    def at_false_alarm_rate(self, alpha: float) -> Thresholds:
         """The same calibration images' image thresholds for another false-alarm rate (pixels unchanged)."""
         scores = {name: np.asarray(values, dtype=np.float64) for name, values in self.calibration_scores.items()}
         pooled = np.concatenate(list(scores.values())) if scores else np.array([])
@@ -96,12 +98,19 @@ class Thresholds:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Thresholds":
+    def from_dict(cls, data: dict[str, Any]) -> Thresholds:
         return cls(**data)
 
 
-def calibrate(scores: np.ndarray, maps: np.ndarray, class_names: list[str], classes: list[str], scope: str,
-              alpha: float, pixel_alpha: float) -> Thresholds:
+def calibrate(
+    scores: np.ndarray,
+    maps: np.ndarray,
+    class_names: list[str],
+    classes: list[str],
+    scope: str,
+    alpha: float,
+    pixel_alpha: float,
+) -> Thresholds:
     """Thresholds from the calibration images' scores [N] and maps [N,H,W] (all normal).
 
     ``class_names`` names each image's class; ``classes`` are all the model's classes: one
@@ -143,7 +152,9 @@ def _decision_metrics(decisions: np.ndarray, labels: np.ndarray) -> dict[str, fl
     }
 
 
-def _overlap(maps: np.ndarray, masks: np.ndarray, threshold: float | np.ndarray, at_least: bool = False) -> dict[str, float]:
+def _overlap(
+    maps: np.ndarray, masks: np.ndarray, threshold: float | np.ndarray, at_least: bool = False
+) -> dict[str, float]:
     """Dice and IoU over every pixel of the unit; ``threshold`` per image ([N]) or one value."""
     limit = np.asarray(threshold, dtype=np.float64).reshape(-1, *([1] * (maps.ndim - 1)))
     predicted = maps >= limit if at_least else maps > limit
@@ -164,8 +175,14 @@ def f1_max_threshold(curve: BinaryCurve) -> float:
     return float(curve.thresholds[int(np.argmax(f1))])
 
 
-def threshold_report(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray,
-                     class_names: list[str], thresholds: Thresholds) -> dict[str, dict[str, dict[str, float]]]:
+def threshold_report(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    class_names: list[str],
+    thresholds: Thresholds,
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{"calibrated" | "f1_max_oracle": {class | "pooled": {column: value}}}`` on a test split.
 
     Calibrated: each image judged by the threshold its scope gives it (per-class scope: its
@@ -182,8 +199,14 @@ def threshold_report(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, m
         report["calibrated"][unit] = calibrated | _overlap(m, g, pixel_limits[chosen])
         image_t = f1_max_threshold(binary_curve(s, y))
         pixel_t = f1_max_threshold(binary_curve(m.reshape(-1), g.reshape(-1)))
-        oracle = _decision_metrics(s >= image_t, y) if not math.isnan(image_t) else dict.fromkeys(calibrated, float("nan"))
-        overlap = _overlap(m, g, pixel_t, at_least=True) if not math.isnan(pixel_t) else {"dice": float("nan"), "iou": float("nan")}
+        oracle = (
+            _decision_metrics(s >= image_t, y) if not math.isnan(image_t) else dict.fromkeys(calibrated, float("nan"))
+        )
+        overlap = (
+            _overlap(m, g, pixel_t, at_least=True)
+            if not math.isnan(pixel_t)
+            else {"dice": float("nan"), "iou": float("nan")}
+        )
         report["f1_max_oracle"][unit] = oracle | overlap
     return report
 
@@ -206,6 +229,8 @@ def format_threshold_table(report: dict, thresholds: Thresholds) -> str:
     for unit in report["calibrated"]:
         if unit == "pooled":
             lines.append("-" * len(lines[2]))
-        lines.append(f"{unit:<14}{cells(report['calibrated'][unit], (14, 10, 11, 7, 7))}"
-                     f"  |{cells(report['f1_max_oracle'][unit], (11, 9, 7, 7, 7))}")
+        lines.append(
+            f"{unit:<14}{cells(report['calibrated'][unit], (14, 10, 11, 7, 7))}"
+            f"  |{cells(report['f1_max_oracle'][unit], (11, 9, 7, 7, 7))}"
+        )
     return "\n".join(lines)

@@ -23,8 +23,9 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from .errors import TrackingError, UadpError
 from .filesystem import check_writable_file, check_writable_folder
@@ -36,8 +37,11 @@ _QUIET = ("alembic", "mlflow", "mlflow.store", "mlflow.tracking", "urllib3")
 CHECK_TIMEOUT_S = 5
 # During a run, a server that stops answering is retried this often (MLflow's defaults, 7 retries
 # with a growing back-off, add up to four minutes of silence). A variable the user set wins.
-RUN_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+RUN_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 T = TypeVar("T")
 
@@ -77,8 +81,14 @@ def failure_reason(exc: BaseException) -> str:
         texts.append(str(exc))
         exc = exc.__cause__ or exc.__context__
     joined = " ".join(texts)
-    for pattern in (r"\[Errno -?\d+\] [^'\")\]]+", r"(?:Read|Connect) timed out", r"readonly database",
-                    r"unable to open database file", r"disk I/O error", r"Name or service not known"):
+    for pattern in (
+        r"\[Errno -?\d+\] [^'\")\]]+",
+        r"(?:Read|Connect) timed out",
+        r"readonly database",
+        r"unable to open database file",
+        r"disk I/O error",
+        r"Name or service not known",
+    ):
         found = re.search(pattern, joined)
         if found:
             return found.group(0).strip()
@@ -165,7 +175,9 @@ class Tracker:
             with self._store_lock():
                 client = MlflowClient(tracking_uri=self.uri)
                 if self.embedded:
-                    self._call("opening the store", lambda: client.search_experiments(max_results=1))  # creates the tables
+                    self._call(
+                        "opening the store", lambda: client.search_experiments(max_results=1)
+                    )  # creates the tables
             self._client = client
         return self._client
 
@@ -195,10 +207,13 @@ class Tracker:
             if found is None:
                 location = artifact_root(self.root) if self.embedded else None
                 self.experiment_id = self._call(
-                    "creating the experiment", lambda: client.create_experiment(experiment, artifact_location=location))
+                    "creating the experiment", lambda: client.create_experiment(experiment, artifact_location=location)
+                )
             else:
                 self.experiment_id = found.experiment_id
-        run = self._call("starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {}))
+        run = self._call(
+            "starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        )
         self.run_id = run.info.run_id
         return self.run_id
 
@@ -248,7 +263,10 @@ class Tracker:
             self._call("logging metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(f"storing the artifact {Path(path).name}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._call(
+            f"storing the artifact {Path(path).name}",
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+        )
 
     def set_tag(self, key: str, value: str) -> None:
         self._call("setting a tag", lambda: self.client.set_tag(self.run_id, key, value))
@@ -266,7 +284,7 @@ class Tracker:
         return True
 
     @contextlib.contextmanager
-    def guard(self) -> Iterator["Tracker"]:
+    def guard(self) -> Iterator[Tracker]:
         """FINISHED if the block completes, KILLED on Ctrl-C, FAILED on any other exception."""
         try:
             yield self
@@ -277,7 +295,9 @@ class Tracker:
             self.end("FAILED")
             raise
         if not self.end("FINISHED"):
-            raise TrackingError(f"MLflow tracking at {self.uri} failed while marking the run FINISHED: {self.end_error}")
+            raise TrackingError(
+                f"MLflow tracking at {self.uri} failed while marking the run FINISHED: {self.end_error}"
+            )
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{self.run_id}"

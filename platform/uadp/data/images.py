@@ -31,15 +31,18 @@ def _opened(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Image.DecompressionBombError:
-        raise DataError(f"{path}: more than twice the largest image uadp reads ({MAX_IMAGE_PIXELS:,} pixels); "
-                        "downscale it first") from None
+        raise DataError(
+            f"{path}: more than twice the largest image uadp reads ({MAX_IMAGE_PIXELS:,} pixels); downscale it first"
+        ) from None
     except _UNREADABLE as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         image.close()
-        raise DataError(f"{path}: {width}×{height} pixels is larger than the largest image uadp reads "
-                        f"({MAX_IMAGE_PIXELS:,} pixels); downscale it first")
+        raise DataError(
+            f"{path}: {width}×{height} pixels is larger than the largest image uadp reads "
+            f"({MAX_IMAGE_PIXELS:,} pixels); downscale it first"
+        )
     return image
 
 

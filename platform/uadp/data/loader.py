@@ -10,8 +10,8 @@ whatever the number of workers.
 from __future__ import annotations
 
 import os
-
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,10 +109,16 @@ class ImageInputs(Dataset):
         except UadpError as exc:
             return {"index": index, "error": str(exc)}
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            return {"index": index, "error": f"expected a uint8 RGB array [H,W,3], got {image.dtype} {list(image.shape)}"}
+            return {
+                "index": index,
+                "error": f"expected a uint8 RGB array [H,W,3], got {image.dtype} {list(image.shape)}",
+            }
         pixels = self._geometry(image=image)["image"].astype(np.float32) / 255.0
-        return {"index": index, "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
-                "size": torch.tensor(image.shape[:2])}
+        return {
+            "index": index,
+            "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+            "size": torch.tensor(image.shape[:2]),
+        }
 
 
 def collate_keeping_failures(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,7 +32,9 @@ def gather(dataset: Dataset, classes: list[str] | None) -> Splits:
             if name not in available:
                 close = difflib.get_close_matches(name, available, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise DataError(f"data.classes: no class {name!r} in {dataset.name}{hint} Classes: {', '.join(available)}")
+                raise DataError(
+                    f"data.classes: no class {name!r} in {dataset.name}{hint} Classes: {', '.join(available)}"
+                )
         chosen = list(dict.fromkeys(classes))
     else:
         chosen = available
@@ -90,8 +92,10 @@ def normal_folder(folder: str | Path, classes: list[str]) -> list[Sample]:
         good = [p for p in images if p.parent.name == "good"]
         found = sorted(good or images)
         if not found:
-            raise DataError(f"--normal-dir {folder}: no images under {folder / name} (expected {folder}/<class>/.../*.png "
-                            f"for every class of the run: {', '.join(classes)})")
+            raise DataError(
+                f"--normal-dir {folder}: no images under {folder / name} (expected {folder}/<class>/.../*.png "
+                f"for every class of the run: {', '.join(classes)})"
+            )
         samples += [Sample(path=str(p), class_name=name, label=0) for p in found]
     return samples
 
@@ -110,8 +114,10 @@ class FileCheck:
             return None
         first = self.empty_masks[0]
         more = f" and {len(self.empty_masks) - 1} more" if len(self.empty_masks) > 1 else ""
-        return (f"{len(self.empty_masks)} defective test image(s) have an all-black mask ({first.mask_path}{more}): "
-                "they count as defective for the image metrics but add no defect pixel to the pixel metrics")
+        return (
+            f"{len(self.empty_masks)} defective test image(s) have an all-black mask ({first.mask_path}{more}): "
+            "they count as defective for the image metrics but add no defect pixel to the pixel metrics"
+        )
 
 
 def check_files(splits: Splits) -> FileCheck:

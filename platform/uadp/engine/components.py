@@ -34,7 +34,7 @@ class Components:
 
     @property
     def aligner_class_labels(self) -> str:
-        """"none", "train" or "train+test": the class labels the aligner is given."""
+        """ "none", "train" or "train+test": the class labels the aligner is given."""
         return aligner_class_labels(self.registrations.get("aligner"))
 
     @property
@@ -65,15 +65,19 @@ def build_dataset(config: RunConfig, registry: Registry) -> tuple[Dataset, Regis
     return registration.factory(_options(registration, config.dataset)), registration
 
 
-def build_model(config: RunConfig, registry: Registry) -> tuple[Backbone | None, Reconstructor, dict[str, Registration]]:
+def build_model(
+    config: RunConfig, registry: Registry
+) -> tuple[Backbone | None, Reconstructor, dict[str, Registration]]:
     """Backbone (if the reconstructor consumes features) and a freshly initialised reconstructor."""
     regs: dict[str, Registration] = {}
     regs["reconstructor"] = registry.get("reconstructors", config.reconstructor.name)
     backbone = None
     if regs["reconstructor"].traits["inputs"] == "features":
         if config.backbone is None:
-            raise ConfigError(f"backbone: reconstructor {config.reconstructor.name!r} reconstructs backbone features; "
-                              "choose one with --backbone NAME (see `uadp list backbones`)")
+            raise ConfigError(
+                f"backbone: reconstructor {config.reconstructor.name!r} reconstructs backbone features; "
+                "choose one with --backbone NAME (see `uadp list backbones`)"
+            )
         regs["backbone"] = registry.get("backbones", config.backbone.name)
         backbone = regs["backbone"].factory(_options(regs["backbone"], config.backbone))
     context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None)
@@ -82,7 +86,9 @@ def build_model(config: RunConfig, registry: Registry) -> tuple[Backbone | None,
     return backbone, reconstructor, regs
 
 
-def build_aligner(config: RunConfig, registry: Registry, backbone: Backbone | None) -> tuple[Aligner | None, Registration | None]:
+def build_aligner(
+    config: RunConfig, registry: Registry, backbone: Backbone | None
+) -> tuple[Aligner | None, Registration | None]:
     if config.aligner is None:
         return None, None
     registration = registry.get("aligners", config.aligner.name)
@@ -103,10 +109,14 @@ def build_components(config: RunConfig, registry: Registry) -> Components:
     synthesizer = None
     if config.synthesizer is not None:
         if wants == "none":
-            raise ConfigError(f"synthesizer: reconstructor {config.reconstructor.name!r} does not train on synthesized anomalies")
+            raise ConfigError(
+                f"synthesizer: reconstructor {config.reconstructor.name!r} does not train on synthesized anomalies"
+            )
         synthesizer, regs["synthesizer"] = build_synthesizer(config, registry)
     elif wants == "required":
-        raise ConfigError(f"synthesizer: reconstructor {config.reconstructor.name!r} needs one; see `uadp list synthesizers`")
+        raise ConfigError(
+            f"synthesizer: reconstructor {config.reconstructor.name!r} needs one; see `uadp list synthesizers`"
+        )
     aligner, aligner_reg = build_aligner(config, registry, backbone)
     if aligner_reg is not None:
         regs["aligner"] = aligner_reg

@@ -10,9 +10,10 @@ bundle (``model.pt``) holds the resolved config and every component's state, so
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +134,9 @@ class Detector:
         base = prediction.anomaly_map
         return (self.align(prediction, class_names) if self.aligner is not None else base), base
 
-    def predict_images(self, images: torch.Tensor, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_images(
+        self, images: torch.Tensor, class_names: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images [B,3,H,W] -> (maps [B,H,W], scores [B]) on the CPU.
 
         ``class_names`` (one per image) is needed only by an oracle aligner (``class-stats``).
@@ -141,8 +144,14 @@ class Detector:
         maps, scores = self.maps_and_scores(self.batch_of(images), class_names)
         return maps.cpu(), scores.cpu()
 
-    def predict_split(self, batches: Iterator[dict], total: int, class_names: list[str] | None = None,
-                      desc: str = "test", keep_base: bool = True) -> SplitPredictions:
+    def predict_split(
+        self,
+        batches: Iterator[dict],
+        total: int,
+        class_names: list[str] | None = None,
+        desc: str = "test",
+        keep_base: bool = True,
+    ) -> SplitPredictions:
         """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only).
 
         With an aligner and ``keep_base``, the reconstructor's own maps and scores are kept too.
@@ -213,8 +222,9 @@ def read_bundle(path: str | Path, trust: bool = False) -> dict[str, Any]:
     return state
 
 
-def load_weights(module: torch.nn.Module, saved: dict[str, Any], part: str, path: str | Path,
-                 state: dict[str, Any]) -> None:
+def load_weights(
+    module: torch.nn.Module, saved: dict[str, Any], part: str, path: str | Path, state: dict[str, Any]
+) -> None:
     """Load one component's saved weights, or say which bundle and part no longer fit and why.
 
     A bundle saved by an older uadp (or with an edited plugin) can hold weights under names
@@ -227,16 +237,23 @@ def load_weights(module: torch.nn.Module, saved: dict[str, Any], part: str, path
         expected, found = set(module.state_dict()), set(saved)
         missing, unexpected = sorted(expected - found), sorted(found - expected)
         if missing or unexpected:
-            detail = "; ".join(f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                               for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
+            detail = "; ".join(
+                f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            )
         else:
             detail = str(exc).strip().splitlines()[-1].strip()
         saved_by = f" by uadp {state['uadp_version']}" if "uadp_version" in state else ""
-        raise UadpError(f"{path}: the saved {part} does not fit the installed plugin ({detail}); it was saved"
-                        f"{saved_by} with another version of the plugin: retrain the model") from None
+        raise UadpError(
+            f"{path}: the saved {part} does not fit the installed plugin ({detail}); it was saved"
+            f"{saved_by} with another version of the plugin: retrain the model"
+        ) from None
 
 
-def load_bundle(path: str | Path, registry: Registry | None = None, device: str = "auto", trust: bool = False) -> Detector:
+def load_bundle(
+    path: str | Path, registry: Registry | None = None, device: str = "auto", trust: bool = False
+) -> Detector:
     """Rebuild the detector a run saved as ``model.pt`` (``trust``: see :func:`read_bundle`)."""
     state = read_bundle(path, trust)
     registry = registry or get_registry()
@@ -249,9 +266,16 @@ def load_bundle(path: str | Path, registry: Registry | None = None, device: str 
     if aligner is not None and state["aligner"] is not None:
         load_weights(aligner, state["aligner"], f"aligner {config.aligner.name!r}", path, state)
     torch_device = resolve_device(device)
-    detector = Detector(config, backbone, reconstructor, aligner, torch_device,
-                        resolve_precision(config.train.precision, torch_device), aligner_class_labels(registration),
-                        classes=state.get("classes") or config.data.classes)
+    detector = Detector(
+        config,
+        backbone,
+        reconstructor,
+        aligner,
+        torch_device,
+        resolve_precision(config.train.precision, torch_device),
+        aligner_class_labels(registration),
+        classes=state.get("classes") or config.data.classes,
+    )
     if state.get("thresholds"):
         detector.thresholds = Thresholds.from_dict(state["thresholds"])
     return detector

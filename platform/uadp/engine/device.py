@@ -39,7 +39,9 @@ def cpu_flags() -> frozenset[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return frozenset()
-    return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split(":", 1)[1].split())
+    return frozenset(
+        word for line in text.splitlines() if line.startswith("flags") for word in line.split(":", 1)[1].split()
+    )
 
 
 def cpu_name() -> str:
@@ -48,7 +50,9 @@ def cpu_name() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown CPU")
+    return next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown CPU"
+    )
 
 
 def cpu_has_native_bf16() -> bool:
@@ -65,8 +69,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA device; on a CPU use bf16 or fp32")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("train.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); "
-                      "emulated bf16 is several times slower than fp32", stacklevel=2)
+        warnings.warn(
+            "train.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); "
+            "emulated bf16 is several times slower than fp32",
+            stacklevel=2,
+        )
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 

@@ -15,8 +15,9 @@ folder of the run instead, read back through the page cache, and is deleted afte
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,9 @@ def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None, n
         return torch.empty(shape, dtype=dtype)
     folder.mkdir(parents=True, exist_ok=True)
     numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
-    return torch.from_numpy(np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=numpy_dtype, shape=shape))
+    return torch.from_numpy(
+        np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=numpy_dtype, shape=shape)
+    )
 
 
 class FeatureCache:
@@ -66,8 +69,15 @@ class FeatureCache:
         self.folder = folder  # set when the cache lives in files there
 
     @classmethod
-    def build(cls, batches: Iterator[dict], total: int, extract: FeatureExtractor, dtype: torch.dtype,
-              memory_limit_bytes: float = float("inf"), folder: Path | None = None) -> "FeatureCache":
+    def build(
+        cls,
+        batches: Iterator[dict],
+        total: int,
+        extract: FeatureExtractor,
+        dtype: torch.dtype,
+        memory_limit_bytes: float = float("inf"),
+        folder: Path | None = None,
+    ) -> FeatureCache:
         """Features of ``total`` images; in files under ``folder`` if they exceed ``memory_limit_bytes``."""
         store: list[torch.Tensor] | None = None
         is_list, filled, on_disk = False, 0, None
@@ -80,7 +90,9 @@ class FeatureCache:
                     if store is None:
                         per_image = sum(f[0].numel() for f in levels) * torch.finfo(dtype).bits // 8
                         on_disk = folder if per_image * total > memory_limit_bytes and folder is not None else None
-                        store = [_allocate((total, *f.shape[1:]), dtype, on_disk, f"level{i}") for i, f in enumerate(levels)]
+                        store = [
+                            _allocate((total, *f.shape[1:]), dtype, on_disk, f"level{i}") for i, f in enumerate(levels)
+                        ]
                     count = len(levels[0])
                     for target, level in zip(store, levels):
                         target[filled : filled + count] = level.to("cpu", dtype)
@@ -107,7 +119,9 @@ class FeatureCache:
         tensors = self.features if isinstance(self.features, (list, tuple)) else [self.features]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None, device: torch.device, drop_last: bool) -> Iterator[Batch]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None, device: torch.device, drop_last: bool
+    ) -> Iterator[Batch]:
         """Shuffled (with ``generator``) or ordered batches of cached features, as float32."""
         count = len(self)
         order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)

@@ -28,16 +28,30 @@ import json
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import (RUNTIME_ONLY, RunConfig, TrackingConfig, config_differences, fingerprint_hash, flatten,
-                      inference_only_fields, model_fingerprint, recorded_config, resolve, run_name, under, validate)
+from ..config import (
+    RUNTIME_ONLY,
+    RunConfig,
+    TrackingConfig,
+    config_differences,
+    fingerprint_hash,
+    flatten,
+    inference_only_fields,
+    model_fingerprint,
+    recorded_config,
+    resolve,
+    run_name,
+    under,
+    validate,
+)
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
 from ..data.splits import Splits, check_files, gather, hold_out_calibration, normal_folder
@@ -49,11 +63,11 @@ from ..thresholds import Thresholds, calibrate, threshold_report
 from ..tracking import Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
-from .synthesis_preview import spread_over_classes, synthesis_grid
 from .components import Components, build_components
 from .detector import Detector, SplitPredictions, load_weights, read_bundle
 from .device import precision_name, resolve_device, resolve_precision
 from .features import FeatureCache
+from .synthesis_preview import spread_over_classes, synthesis_grid
 from .trainer import Trainer
 
 Log = Callable[[str], None]
@@ -199,11 +213,18 @@ class Job:
                 cache.close()
         return history
 
-    def _restore(self, detector: Detector, trainer: Trainer, resume: dict[str, Any]) -> tuple[list[dict[str, float]], int]:
+    def _restore(
+        self, detector: Detector, trainer: Trainer, resume: dict[str, Any]
+    ) -> tuple[list[dict[str, float]], int]:
         """Weights, optimiser, scheduler and random state as the checkpoint left them, so that
         training goes on from there rather than starting again."""
-        load_weights(detector.reconstructor, resume["model"], f"reconstructor {self.config.reconstructor.name!r}",
-                     self.checkpoint_path, resume)
+        load_weights(
+            detector.reconstructor,
+            resume["model"],
+            f"reconstructor {self.config.reconstructor.name!r}",
+            self.checkpoint_path,
+            resume,
+        )
         trainer.load_state_dict(resume["trainer"])
         torch.set_rng_state(resume["rng"])
         self.saved_epoch = resume["epoch"]
@@ -224,15 +245,31 @@ class Job:
         t0 = time.perf_counter()
         loader = self.loader_in_order(self.splits.train, train=True)
         dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
-        cache = FeatureCache.build(batches(loader), images, detector.extract, dtype,
-                                   cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache")
+        cache = FeatureCache.build(
+            batches(loader),
+            images,
+            detector.extract,
+            dtype,
+            cfg.train.cache_memory_gb * 2**30,
+            self.checkpoint_path.parent / "feature-cache",
+        )
         self.timing["feature_s"] = time.perf_counter() - t0
         where = f"in files under {cache.folder}" if cache.folder is not None else "in memory"
-        self.log(f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB {where}, {self.timing['feature_s']:.1f} s")
+        self.log(
+            f"feature cache: {len(cache)} images, {cache.nbytes() / 2**20:.0f} MiB {where}, {self.timing['feature_s']:.1f} s"
+        )
         return cache
 
-    def _epochs(self, detector: Detector, tracker: Tracker, trainer: Trainer, cache: FeatureCache | None,
-                train_set: SampleDataset, history: list[dict[str, float]], start_epoch: int) -> None:
+    def _epochs(
+        self,
+        detector: Detector,
+        tracker: Tracker,
+        trainer: Trainer,
+        cache: FeatureCache | None,
+        train_set: SampleDataset,
+        history: list[dict[str, float]],
+        start_epoch: int,
+    ) -> None:
         """The epochs left to train, each logged to MLflow and saved as a checkpoint at once, so
         that a stopped run loses at most the epoch it was in."""
         cfg = self.config
@@ -247,15 +284,20 @@ class Job:
             losses = trainer.train_epoch(source, epoch)
             seconds = time.perf_counter() - t_epoch
             history.append({"epoch": epoch + 1, **losses, "seconds": seconds})
-            tracker.log_metrics({f"train/{k}": v for k, v in losses.items()} | {"train/epoch_s": seconds, "train/lr": trainer.scheduler.get_last_lr()[0]}, step=epoch + 1)
+            tracker.log_metrics(
+                {f"train/{k}": v for k, v in losses.items()}
+                | {"train/epoch_s": seconds, "train/lr": trainer.scheduler.get_last_lr()[0]},
+                step=epoch + 1,
+            )
             self.log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {losses['loss']:.5f}  {seconds:.1f} s")
             self._save_checkpoint(detector, trainer, tracker, history, epoch + 1)
         trained = cfg.train.epochs - start_epoch
         self.timing["train_s"] = time.perf_counter() - t0
         self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
 
-    def _save_checkpoint(self, detector: Detector, trainer: Trainer, tracker: Tracker, history: list[dict[str, float]],
-                         epoch: int) -> None:
+    def _save_checkpoint(
+        self, detector: Detector, trainer: Trainer, tracker: Tracker, history: list[dict[str, float]], epoch: int
+    ) -> None:
         """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all."""
         save_atomic(
             {
@@ -275,8 +317,14 @@ class Job:
     def _streamed(self, detector: Detector, dataset: SampleDataset, epoch: int):
         """Batches decoded and (if needed) featurised on the fly, for inputs that change per epoch."""
         dataset.set_epoch(epoch)
-        loader = make_loader(dataset, self.config.train.batch_size, self.config.data.workers, shuffle=True,
-                             seed=self.config.train.seed * 1_000_003 + epoch, drop_last=len(dataset) >= self.config.train.batch_size)
+        loader = make_loader(
+            dataset,
+            self.config.train.batch_size,
+            self.config.data.workers,
+            shuffle=True,
+            seed=self.config.train.seed * 1_000_003 + epoch,
+            drop_last=len(dataset) >= self.config.train.batch_size,
+        )
         for item in batches(loader):
             images = item["image"].to(self.device)
             targets = {k: v.to(self.device) for k, v in item.get("targets", {}).items()}
@@ -363,8 +411,15 @@ def train_and_evaluate(
             job.lock.release()
 
 
-def _prepare(config: RunConfig, registry: Registry, tracker: Tracker, resume: str | None, from_run: str | None,
-             trust: bool, log: Log) -> tuple[Job, _Resume | None]:
+def _prepare(
+    config: RunConfig,
+    registry: Registry,
+    tracker: Tracker,
+    resume: str | None,
+    from_run: str | None,
+    trust: bool,
+    log: Log,
+) -> tuple[Job, _Resume | None]:
     """Stage 1, before an MLflow run exists, so that bad input costs seconds and leaves no run
     behind: the checkpoint to continue, the base run's model, the samples and their files."""
     resumed = _read_resume(resume, tracker, config, registry, trust) if resume else None
@@ -399,9 +454,11 @@ def _start_tracking(job: Job, tracker: Tracker, resumed: _Resume | None) -> None
         _start_run(tracker, job)
         job.checkpoint_path = job.checkpoint_path or tracker.root / "checkpoints" / tracker.run_id / "checkpoint.pt"
         job.lock = _lock_run(job.checkpoint_path.parent, tracker.run_id)
-    job.log(f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
-            f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
-            f"{torch.get_num_threads()} threads")
+    job.log(
+        f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
+        f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
+        f"{torch.get_num_threads()} threads"
+    )
     if job.base_bundle is None and job.config.train.epochs > 0:
         job.log(f"if it stops, `{resume_command(tracker.run_id, job.checkpoint_path, tracker.root)}` continues it")
 
@@ -427,8 +484,16 @@ def _start_run(tracker: Tracker, job: Job) -> None:
 def _build_detector(job: Job) -> Detector:
     """The components joined into the one model that trains, predicts and is saved, on the run's device."""
     components = job.components
-    return Detector(job.config, components.backbone, components.reconstructor, components.aligner, job.device,
-                    job.dtype, components.aligner_class_labels, classes=job.splits.classes)
+    return Detector(
+        job.config,
+        components.backbone,
+        components.reconstructor,
+        components.aligner,
+        job.device,
+        job.dtype,
+        components.aligner_class_labels,
+        classes=job.splits.classes,
+    )
 
 
 def _log_params_and_tags(job: Job, tracker: Tracker) -> None:
@@ -440,7 +505,9 @@ def _log_params_and_tags(job: Job, tracker: Tracker) -> None:
     tracker.set_tag("uadp.threads", str(torch.get_num_threads()))
     labels = job.components.aligner_class_labels
     if labels != "none":
-        meaning = "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"
+        meaning = (
+            "oracle: told each test image's class" if labels == "train+test" else "told the training images' classes"
+        )
         tracker.set_tag("uadp.aligner_class_labels", f"{labels} ({meaning}; not class-agnostic)")
 
 
@@ -470,8 +537,10 @@ def _fit_aligner(job: Job, detector: Detector) -> None:
     aligner.to(job.device)  # parts an aligner sized in fit join the rest
     job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
     job.timing["aligner_total_s"] = time.perf_counter() - t0
-    job.log(f"aligner {job.config.aligner.name}: fitted on {len(job.splits.train)} training maps in "
-            f"{job.timing['aligner_fit_s']:.1f} s ({job.timing['aligner_total_s']:.1f} s with the maps)")
+    job.log(
+        f"aligner {job.config.aligner.name}: fitted on {len(job.splits.train)} training maps in "
+        f"{job.timing['aligner_fit_s']:.1f} s ({job.timing['aligner_total_s']:.1f} s with the maps)"
+    )
 
 
 def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -493,18 +562,29 @@ def _calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
     of normal images the model did not train on; the bundle keeps them for ``uadp predict``."""
     samples, evaluation = job.splits.calibration, job.config.eval
     if not samples:
-        job.note("no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds")
+        job.note(
+            "no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds"
+        )
         return None
     loader = job.loader_in_order(samples)
     names = [s.class_name for s in samples]
     predictions = detector.predict_split(batches(loader), len(samples), names, desc="calibration", keep_base=False)
-    thresholds = calibrate(predictions.scores, predictions.maps, names, job.splits.classes, evaluation.threshold_scope,
-                           evaluation.false_alarm_rate, evaluation.pixel_false_alarm_rate)
+    thresholds = calibrate(
+        predictions.scores,
+        predictions.maps,
+        names,
+        job.splits.classes,
+        evaluation.threshold_scope,
+        evaluation.false_alarm_rate,
+        evaluation.pixel_false_alarm_rate,
+    )
     for note in thresholds.notes:
         job.note(f"thresholds: {note}")
-    job.log(f"thresholds from {len(samples)} calibration images: image {thresholds.image_threshold():.5g}, "
-            f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
-            f"pixels {evaluation.pixel_false_alarm_rate:g})")
+    job.log(
+        f"thresholds from {len(samples)} calibration images: image {thresholds.image_threshold():.5g}, "
+        f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
+        f"pixels {evaluation.pixel_false_alarm_rate:g})"
+    )
     detector.thresholds = thresholds
     return thresholds
 
@@ -518,12 +598,14 @@ def _evaluate(job: Job, detector: Detector, thresholds: Thresholds | None) -> Ev
     report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, metrics)
     base_report = None
     if predictions.base_maps is not None:
-        base_report = evaluate(predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks,
-                               class_names, metrics)
+        base_report = evaluate(
+            predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks, class_names, metrics
+        )
     decisions = None
     if thresholds is not None:
-        decisions = threshold_report(predictions.scores, predictions.labels, predictions.maps, predictions.masks,
-                                     class_names, thresholds)
+        decisions = threshold_report(
+            predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, thresholds
+        )
     return Evaluation(predictions, report, base_report, thresholds, decisions)
 
 
@@ -538,8 +620,9 @@ def _predict_test(job: Job, detector: Detector) -> SplitPredictions:
     return predictions
 
 
-def _log_results(job: Job, tracker: Tracker, detector: Detector, evaluation: Evaluation,
-                 history: list[dict[str, float]]) -> RunResult:
+def _log_results(
+    job: Job, tracker: Tracker, detector: Detector, evaluation: Evaluation, history: list[dict[str, float]]
+) -> RunResult:
     """Stage 7: the metrics, the files that explain them and the model bundle, into the MLflow
     run, so that it can be judged, compared and reused from the store alone."""
     job.timing["peak_rss_mb"] = peak_rss_mb()
@@ -550,9 +633,19 @@ def _log_results(job: Job, tracker: Tracker, detector: Detector, evaluation: Eva
         folder = Path(tmp)
         bundle = job.checkpoint_path.parent / "model.pt"
         detector.save(bundle)
-        result = RunResult(job.config, evaluation.report, dict(job.timing), tracker.run_id, bundle, history,
-                           tracker.ui_url(), job.notes, evaluation.base_report, evaluation.thresholds,
-                           evaluation.decisions)
+        result = RunResult(
+            job.config,
+            evaluation.report,
+            dict(job.timing),
+            tracker.run_id,
+            bundle,
+            history,
+            tracker.ui_url(),
+            job.notes,
+            evaluation.base_report,
+            evaluation.thresholds,
+            evaluation.decisions,
+        )
         _log_tables(job, tracker, result, folder)
         _log_pictures(job, tracker, evaluation.predictions, folder)
         tracker.log_artifact(bundle, "model")
@@ -571,10 +664,14 @@ def _log_tables(job: Job, tracker: Tracker, result: RunResult, folder: Path) -> 
     (folder / "config.yaml").write_text(_yaml(cfg.to_dict()))
     (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2))
     write_class_csv(result.report, folder / "per_class.csv")
-    tables = [format_table(result.report)] if result.base_report is None else [
-        format_table(result.base_report, title="base (the reconstructor's own maps)"),
-        format_table(result.report, title=f"aligned ({cfg.aligner.name})"),
-    ]
+    tables = (
+        [format_table(result.report)]
+        if result.base_report is None
+        else [
+            format_table(result.base_report, title="base (the reconstructor's own maps)"),
+            format_table(result.report, title=f"aligned ({cfg.aligner.name})"),
+        ]
+    )
     (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
     for name in ("config.yaml", "metrics.json", "per_class.csv", "table.txt"):
         tracker.log_artifact(folder / name)
@@ -585,13 +682,20 @@ def _log_pictures(job: Job, tracker: Tracker, predictions: SplitPredictions, fol
     their ground truth, and test images overlaid with their maps."""
     cfg, synthesizer = job.config, job.components.synthesizer
     if synthesizer is not None:
-        grid = synthesis_grid(spread_over_classes(job.splits.train, 8), synthesizer, cfg.data.size_hw,
-                              seed=cfg.train.seed)
+        grid = synthesis_grid(
+            spread_over_classes(job.splits.train, 8), synthesizer, cfg.data.size_hw, seed=cfg.train.seed
+        )
         grid.save(folder / "synthesis.png")
         tracker.log_artifact(folder / "synthesis.png")
     if cfg.eval.overlays_per_class:
-        for png in write_overlays(job.splits.test, predictions.maps, predictions.scores, cfg.data.size_hw,
-                                  cfg.eval.overlays_per_class, folder / "overlays"):
+        for png in write_overlays(
+            job.splits.test,
+            predictions.maps,
+            predictions.scores,
+            cfg.data.size_hw,
+            cfg.eval.overlays_per_class,
+            folder / "overlays",
+        ):
             tracker.log_artifact(png, "overlays")
 
 
@@ -615,8 +719,10 @@ def _check_resumable(tracker: Tracker, state: dict[str, Any], resume: str) -> No
     """A finished run is complete: resuming it would only log its metrics a second time."""
     run_id = state.get("mlflow_run_id")
     if run_id and tracker.status_of(run_id) == "FINISHED":
-        raise UadpError(f"--resume {resume}: MLflow run {run_id} is FINISHED, there is nothing to continue; "
-                        f"`uadp run --from-run {run_id}` scores its model again (with another aligner or metrics)")
+        raise UadpError(
+            f"--resume {resume}: MLflow run {run_id} is FINISHED, there is nothing to continue; "
+            f"`uadp run --from-run {run_id}` scores its model again (with another aligner or metrics)"
+        )
 
 
 def _lock_run(folder: Path, run: str):
@@ -629,7 +735,9 @@ def _lock_run(folder: Path, run: str):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UadpError(f"--resume {run}: another uadp process is working on this run now; let it end, or stop it first") from None
+        raise UadpError(
+            f"--resume {run}: another uadp process is working on this run now; let it end, or stop it first"
+        ) from None
     return lock
 
 
@@ -666,7 +774,9 @@ def _checkpoint_for(resume: str, root: Path) -> Path:
     candidate = root / "checkpoints" / resume / "checkpoint.pt"
     if candidate.is_file():
         return candidate
-    raise UadpError(f"--resume {resume}: neither a checkpoint file nor a run id with a checkpoint under {root / 'checkpoints'}")
+    raise UadpError(
+        f"--resume {resume}: neither a checkpoint file nor a run id with a checkpoint under {root / 'checkpoints'}"
+    )
 
 
 def _report_metrics(report: MetricReport, *prefix: str) -> dict[str, float]:
@@ -682,8 +792,10 @@ def _report_metrics(report: MetricReport, *prefix: str) -> dict[str, float]:
 def _threshold_metrics(thresholds: Thresholds, decisions: dict) -> dict[str, float]:
     """``threshold/image``, ``threshold/pixel`` (every class), ``threshold/class/<c>/...``, and
     the decisions' rates as ``threshold/<calibrated|f1_max_oracle>/<class|pooled>/<rate>``."""
-    metrics = {metric_key("threshold", "image"): thresholds.image_threshold(),
-               metric_key("threshold", "pixel"): thresholds.pixel_threshold()}
+    metrics = {
+        metric_key("threshold", "image"): thresholds.image_threshold(),
+        metric_key("threshold", "pixel"): thresholds.pixel_threshold(),
+    }
     for name in thresholds.calibration_images:
         metrics[metric_key("threshold", "class", name, "image")] = thresholds.image[name]
         metrics[metric_key("threshold", "class", name, "pixel")] = thresholds.pixel[name]
@@ -693,7 +805,9 @@ def _threshold_metrics(thresholds: Thresholds, decisions: dict) -> dict[str, flo
     return metrics
 
 
-def _log_report(tracker: Tracker, report: MetricReport, timing: dict[str, float], base_report: MetricReport | None) -> None:
+def _log_report(
+    tracker: Tracker, report: MetricReport, timing: dict[str, float], base_report: MetricReport | None
+) -> None:
     """Final metrics under ``class/``, ``mean/``, ``pooled/``; with an aligner also ``base/...``
     and ``aligned/...``, so runs with and without an aligner compare on the same keys."""
     metrics = _report_metrics(report)
@@ -711,7 +825,9 @@ def bundle_for(run: str, root: Path) -> Path:
     candidate = root / "checkpoints" / run / "model.pt"
     if candidate.is_file():
         return candidate
-    raise UadpError(f"--from-run {run}: neither a model.pt file nor a finished run with a model under {root / 'checkpoints'}")
+    raise UadpError(
+        f"--from-run {run}: neither a model.pt file nor a finished run with a model under {root / 'checkpoints'}"
+    )
 
 
 def config_for_base_run(run: str, root: str | Path, trust: bool = False) -> dict[str, Any]:
@@ -727,17 +843,24 @@ def _load_base_model(job: Job, path: Path, trust: bool) -> None:
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)
     ours = {k: v for k, v in ours.items() if not k.startswith("aligner")}
     theirs = {k: v for k, v in theirs.items() if not k.startswith("aligner")}
-    free = tuple(f"reconstructor.{name}" for name in inference_only_fields(job.components.registrations["reconstructor"].config))
-    changed = sorted(k for k in ours.keys() | theirs.keys()
-                     if ours.get(k) != theirs.get(k) and not k.startswith(("train.", "synthesizer.", "dataset.", "data.classes"))
-                     and k not in free)
+    free = tuple(
+        f"reconstructor.{name}" for name in inference_only_fields(job.components.registrations["reconstructor"].config)
+    )
+    changed = sorted(
+        k
+        for k in ours.keys() | theirs.keys()
+        if ours.get(k) != theirs.get(k)
+        and not k.startswith(("train.", "synthesizer.", "dataset.", "data.classes"))
+        and k not in free
+    )
     if changed:
         shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:4])
         raise UadpError(f"--from-run {path}: the config describes another model than the run's: {shown}")
     if job.components.backbone is not None and state["backbone"] is not None:
         load_weights(job.components.backbone, state["backbone"], f"backbone {saved.backbone.name!r}", path, state)
-    load_weights(job.components.reconstructor, state["reconstructor"], f"reconstructor {saved.reconstructor.name!r}",
-                 path, state)
+    load_weights(
+        job.components.reconstructor, state["reconstructor"], f"reconstructor {saved.reconstructor.name!r}", path, state
+    )
 
 
 def _yaml(data: dict) -> str:

@@ -14,8 +14,8 @@ from PIL import Image
 from scipy import ndimage
 
 from ..contract import Sample, Synthesizer
-from ..errors import DataError
 from ..data.loader import SampleDataset
+from ..errors import DataError
 
 LEVEL_COLOURS = np.array([[0, 0, 0], [40, 120, 255], [255, 210, 0], [255, 40, 40]], np.float32)
 
@@ -51,10 +51,13 @@ def _to_rgb(chw) -> np.ndarray:
     return (np.clip(chw.numpy().transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
 
 
-def synthesis_grid(samples: list[Sample], synthesizer: Synthesizer, size_hw: tuple[int, int], seed: int = 0) -> Image.Image:
+def synthesis_grid(
+    samples: list[Sample], synthesizer: Synthesizer, size_hw: tuple[int, int], seed: int = 0
+) -> Image.Image:
     """Clean / synthesised / synthesised with its ground truth, one column per sample."""
-    dataset = SampleDataset(samples, size_hw, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), synthesizer=synthesizer,
-                            seed=seed, with_masks=False)
+    dataset = SampleDataset(
+        samples, size_hw, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), synthesizer=synthesizer, seed=seed, with_masks=False
+    )
     columns = []
     for index in range(len(dataset)):
         item = dataset[index]

@@ -25,8 +25,10 @@ class InferenceGraph(nn.Module):
     def __init__(self, detector) -> None:
         super().__init__()
         if detector.aligner_class_labels == "train+test":
-            raise UadpError(f"aligner {detector.config.aligner.name} looks up each image's true class (an oracle): "
-                            "a model that needs the answer cannot be deployed; export one with a class-agnostic aligner")
+            raise UadpError(
+                f"aligner {detector.config.aligner.name} looks up each image's true class (an oracle): "
+                "a model that needs the answer cannot be deployed; export one with a class-agnostic aligner"
+            )
         mean, std = detector.normalisation
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))

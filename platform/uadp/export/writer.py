@@ -43,8 +43,10 @@ def require_runtime(fmt: str) -> None:
         try:
             __import__(module)
         except ImportError:
-            raise UadpError(f"{module} is not installed: exporting and running exported models needs the export "
-                            f"runtimes ({INSTALL_HINT})") from None
+            raise UadpError(
+                f"{module} is not installed: exporting and running exported models needs the export "
+                f"runtimes ({INSTALL_HINT})"
+            ) from None
 
 
 def check_inputs(size_hw: tuple[int, int], count: int = 4, seed: int = 0) -> torch.Tensor:
@@ -57,8 +59,15 @@ def check_inputs(size_hw: tuple[int, int], count: int = 4, seed: int = 0) -> tor
     return (0.5 * ramp + 0.5 * texture).clamp(0, 1)
 
 
-def export_model(model: str | Path, fmt: str, out: Path, root: str | Path = "uadp-runs", trust: bool = False,
-                 registry=None, log=print) -> dict[str, Any]:
+def export_model(
+    model: str | Path,
+    fmt: str,
+    out: Path,
+    root: str | Path = "uadp-runs",
+    trust: bool = False,
+    registry=None,
+    log=print,
+) -> dict[str, Any]:
     """Write ``out`` (a new folder) with the exported model; return its metadata."""
     from ..api import resolve_model
     from ..engine.detector import load_bundle
@@ -88,8 +97,10 @@ def export_model(model: str | Path, fmt: str, out: Path, root: str | Path = "uad
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"exported {path} to {out} ({fmt}, {seconds:.0f} s); against PyTorch on {parity['inputs']} check inputs: "
-        f"maps within {parity['map_error_of_range']:.1e} of their range, scores within {parity['score_error']:.1e}")
+    log(
+        f"exported {path} to {out} ({fmt}, {seconds:.0f} s); against PyTorch on {parity['inputs']} check inputs: "
+        f"maps within {parity['map_error_of_range']:.1e} of their range, scores within {parity['score_error']:.1e}"
+    )
     return metadata
 
 
@@ -102,11 +113,20 @@ def _write_graph(graph: InferenceGraph, size_hw: tuple[int, int], fmt: str, fold
     with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_logs():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(graph, (example,), input_names=[INPUT], output_names=list(OUTPUTS), dynamo=True,
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False)
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                input_names=[INPUT],
+                output_names=list(OUTPUTS),
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                verbose=False,
+            )
         except Exception as exc:
-            raise UadpError(f"the model could not be traced for export{_where(exc)}: a component uses a tensor's value "
-                            "in Python (float(), .item(), if); see 'Inference must export' in CONTRIBUTING.md") from None
+            raise UadpError(
+                f"the model could not be traced for export{_where(exc)}: a component uses a tensor's value "
+                "in Python (float(), .item(), if); see 'Inference must export' in CONTRIBUTING.md"
+            ) from None
     program.save(str(onnx_path))
     if fmt == "onnx":
         return [onnx_path.name]
@@ -161,8 +181,10 @@ def _check_parity(graph: InferenceGraph, folder: Path, fmt: str, size_hw: tuple[
         "tolerance_of_range": TOLERANCE,
     }
     if parity["map_error_of_range"] > TOLERANCE:
-        raise UadpError(f"the exported model's maps differ from PyTorch's by {parity['map_error_of_range']:.1e} of "
-                        f"their range (tolerance {TOLERANCE:g}): not written")
+        raise UadpError(
+            f"the exported model's maps differ from PyTorch's by {parity['map_error_of_range']:.1e} of "
+            f"their range (tolerance {TOLERANCE:g}): not written"
+        )
     return parity
 
 
@@ -174,12 +196,19 @@ def _metadata(detector, source: Path, fmt: str, files: list[str], parity: dict[s
         "uadp_version": __version__,
         "source": {"bundle": str(source), "mlflow_run_id": source.parent.name},
         "input": {
-            "name": INPUT, "layout": "NCHW", "dtype": "float32", "channels": "RGB", "range": [0.0, 1.0],
-            "height": h, "width": w,
+            "name": INPUT,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": "RGB",
+            "range": [0.0, 1.0],
+            "height": h,
+            "width": w,
             "resize": "the whole image to height x width, area interpolation (OpenCV INTER_AREA); no crop",
         },
-        "outputs": {"maps": "float32 [batch, height, width], higher is more anomalous",
-                    "scores": f"float32 [batch], the image score ({detector.config.eval.image_score.name})"},
+        "outputs": {
+            "maps": "float32 [batch, height, width], higher is more anomalous",
+            "scores": f"float32 [batch], the image score ({detector.config.eval.image_score.name})",
+        },
         "decision": "anomalous when the score is above the image threshold; the defect is the map above the pixel threshold",
         "classes": detector.classes,
         "thresholds": detector.thresholds.to_dict() if detector.thresholds is not None else None,

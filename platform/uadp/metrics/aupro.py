@@ -42,10 +42,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     maps = np.asarray(maps)
     masks = np.asarray(masks)
     if maps.ndim != 3 or maps.shape != masks.shape:
-        raise ValueError(
-            "maps and masks must both be [N, H, W] of the same shape, "
-            f"got {maps.shape} and {masks.shape}"
-        )
+        raise ValueError(f"maps and masks must both be [N, H, W] of the same shape, got {maps.shape} and {masks.shape}")
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     scores = as_scores(maps, name="maps")

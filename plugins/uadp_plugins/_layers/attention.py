@@ -51,14 +51,18 @@ class MaskedAttention(nn.Module):
         batch, tokens, dim = x.shape
         return x.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
         if q.shape[0] != k.shape[0]:  # a batch-independent query (e.g. a learned query embedding)
             q = q.expand(k.shape[0], -1, -1, -1)
         if self.training and self.dropout > 0 and q.device.type == "cpu":
             out = self._attend_with_weight_dropout(q, k, v, mask)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
 

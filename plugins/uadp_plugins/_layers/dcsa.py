@@ -71,7 +71,9 @@ class DCSA(nn.Module):
         )
         self.spatial = nn.Sequential(nn.Conv2d(2, 1, 3, padding=1, bias=False), make_norm(norm, 1), nn.ReLU())
         self.dilated = (
-            nn.Sequential(nn.Conv2d(2, 1, 3, padding=dilation, dilation=dilation, bias=False), make_norm(norm, 1), nn.ReLU())
+            nn.Sequential(
+                nn.Conv2d(2, 1, 3, padding=dilation, dilation=dilation, bias=False), make_norm(norm, 1), nn.ReLU()
+            )
             if dilated_spatial
             else None
         )

@@ -18,8 +18,12 @@ import torch
 from torch import nn
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32,
-              device: torch.device | None = None) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Tensor of ``shape`` and ``dtype`` whose elements are 0 with probability p, else 1."""
     count = math.prod(shape)
     words = -(-count // 4)

@@ -13,7 +13,9 @@ from .smoothing import full_precision, gaussian_blur
 K1, K2 = 0.01, 0.03
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5, data_range: float = 1.0
+) -> torch.Tensor:
     """Mean SSIM of two batches [B,C,H,W] (a scalar)."""
     with full_precision(a):
         a, b = a.float(), b.float()

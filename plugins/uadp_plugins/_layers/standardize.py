@@ -53,6 +53,8 @@ class ChannelStandardizer(nn.Module):
         count = self.count.clamp(min=1)
         mean = self.total / count
         std = (self.total_sq / count - mean.pow(2)).clamp(min=0).sqrt()
-        std = torch.maximum(std, 1e-3 * std.max().clamp(min=1e-12))  # dead channels stay finite (tensor ops: exportable)
+        std = torch.maximum(
+            std, 1e-3 * std.max().clamp(min=1e-12)
+        )  # dead channels stay finite (tensor ops: exportable)
         shape = (1, -1) + (1,) * (features.dim() - 2)
         return (features - mean.to(features.dtype).view(shape)) / std.to(features.dtype).view(shape)

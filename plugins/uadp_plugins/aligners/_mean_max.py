@@ -113,8 +113,12 @@ def saved_calibration(calibration: Calibration, state: dict) -> Calibration:
 
 
 def calibrate(
-    maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: float | torch.Tensor, mode: Calibration,
-    excess_unit: float = 1.0
+    maps: torch.Tensor,
+    u: torch.Tensor,
+    gamma: torch.Tensor,
+    eps: float | torch.Tensor,
+    mode: Calibration,
+    excess_unit: float = 1.0,
 ) -> torch.Tensor:
     """The calibrated maps [B,H,W] for per-image ``u`` and ``gamma`` [B].
 

@@ -18,7 +18,8 @@ Two choices the paper leaves open, made here for a stable fit with SGD at lr 5e-
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -104,7 +105,9 @@ def fit_head(
 def _sgd(head, embeddings, targets, loss_fn, config: HeadConfig) -> list[float]:
     device = next(head.parameters()).device
     head.observe(embeddings)
-    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     generator = torch.Generator().manual_seed(config.seed)
     batch_size = min(config.batch_size, len(embeddings))
     losses: list[float] = []

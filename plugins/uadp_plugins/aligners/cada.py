@@ -41,10 +41,13 @@ from ._regressor import HeadConfig, StatsHead, fit_head
 
 class CadaConfig(HeadConfig):
     smooth_l1: float = Field(0.1, gt=0, description="SmoothL1 width, in units of the mean training gamma")
-    statistic: Literal["max", "sigma"] = Field("max", description="max: regress (u, gamma); sigma: (u, sigma), gamma = u + 3 sigma")
+    statistic: Literal["max", "sigma"] = Field(
+        "max", description="max: regress (u, gamma); sigma: (u, sigma), gamma = u + 3 sigma"
+    )
     eps: float = Field(1e-6, gt=0, description="smallest gamma - u, in units of the mean training gamma")
     spread_floor: Literal["eps", "training_min"] = Field(
-        "eps", description="guard for gamma <= u, which the paper does not give: clamp gamma - u at eps (default) or at "
+        "eps",
+        description="guard for gamma <= u, which the paper does not give: clamp gamma - u at eps (default) or at "
         "the smallest spread of the normal training images",
     )
 
@@ -67,8 +70,11 @@ class Cada(Aligner):
         return self.head
 
     def get_extra_state(self) -> dict:
-        return {"channels": None if self.head is None else self.head.conv.in_channels, "min_spread": self.min_spread,
-                "excess_unit": self.excess_unit}
+        return {
+            "channels": None if self.head is None else self.head.conv.in_channels,
+            "min_spread": self.min_spread,
+            "excess_unit": self.excess_unit,
+        }
 
     def set_extra_state(self, state: dict) -> None:
         # runs before the head's own weights load (parents load before children), so a
@@ -93,7 +99,9 @@ class Cada(Aligner):
         targets = torch.stack([stats["mean"], second], dim=1) / self.scale.to(maps.device)
         self._build_head(embeddings.shape[1]).to(embeddings.device)
         beta = self.config.smooth_l1
-        self.losses = fit_head(self.head, embeddings, targets, lambda out, y: F.smooth_l1_loss(out, y, beta=beta), self.config)
+        self.losses = fit_head(
+            self.head, embeddings, targets, lambda out, y: F.smooth_l1_loss(out, y, beta=beta), self.config
+        )
 
     @torch.no_grad()
     def statistics(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +130,15 @@ class CadaSigmaConfig(CadaConfig):
 
 @hookimpl
 def register_aligners(register):
-    register("cada", Cada, config=CadaConfig,
-             help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are calibrated with them (see aligner.calibration)")
-    register("cada-sigma", Cada, config=CadaSigmaConfig,
-             help="CADA-sigma: regresses (mean, std) and uses max = mean + 3 std; more robust to anomalies in training")
+    register(
+        "cada",
+        Cada,
+        config=CadaConfig,
+        help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are calibrated with them (see aligner.calibration)",
+    )
+    register(
+        "cada-sigma",
+        Cada,
+        config=CadaSigmaConfig,
+        help="CADA-sigma: regresses (mean, std) and uses max = mean + 3 std; more robust to anomalies in training",
+    )

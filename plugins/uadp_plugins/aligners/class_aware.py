@@ -72,8 +72,10 @@ class ClassStats(_ClassTable):
     def align(self, maps: torch.Tensor, embeddings, class_names=None) -> torch.Tensor:
         unknown = sorted({name for name in class_names or []} - set(self.classes))
         if class_names is None or unknown:
-            raise UadpError(f"class-stats: no training statistics for class {', '.join(unknown) or '(none given)'}; "
-                            f"fitted classes: {', '.join(self.classes)}")
+            raise UadpError(
+                f"class-stats: no training statistics for class {', '.join(unknown) or '(none given)'}; "
+                f"fitted classes: {', '.join(self.classes)}"
+            )
         index = torch.tensor([self.classes.index(name) for name in class_names], device=maps.device)
         return self._normalise(maps, index)
 
@@ -119,7 +121,17 @@ class ClassClassifier(_ClassTable):
 
 @hookimpl
 def register_aligners(register):
-    register("class-stats", ClassStats, config=CalibrationConfig, class_labels="train+test",
-             help="CaDA-A oracle: each test image's TRUE class's normal (mean, max); a reference, not class-agnostic")
-    register("class-classifier", ClassClassifier, config=HeadConfig, class_labels="train",
-             help="CaDA-B: a head learns the class from the training labels, then its stored normal (mean, max)")
+    register(
+        "class-stats",
+        ClassStats,
+        config=CalibrationConfig,
+        class_labels="train+test",
+        help="CaDA-A oracle: each test image's TRUE class's normal (mean, max); a reference, not class-agnostic",
+    )
+    register(
+        "class-classifier",
+        ClassClassifier,
+        config=HeadConfig,
+        class_labels="train",
+        help="CaDA-B: a head learns the class from the training labels, then its stored normal (mean, max)",
+    )

@@ -105,13 +105,9 @@ class TimmBackbone(Backbone):
         if not timm.is_model(config.model):
             raise ConfigError(f"backbone.model: timm has no model {config.model!r}")
         out_indices = tuple(stage - 1 for stage in config.stages)
-        download = config.weights in ("timm",) or (
-            config.weights == "auto" and config.model not in OFFLINE_PACKAGES
-        )
+        download = config.weights in ("timm",) or (config.weights == "auto" and config.model not in OFFLINE_PACKAGES)
         try:
-            self.net = timm.create_model(
-                config.model, pretrained=download, features_only=True, out_indices=out_indices
-            )
+            self.net = timm.create_model(config.model, pretrained=download, features_only=True, out_indices=out_indices)
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"backbone.stages {config.stages}: not valid for {config.model} ({exc})") from exc
         except Exception as exc:  # download failures surface from several libraries
@@ -156,7 +152,7 @@ class TimmBackbone(Backbone):
         last = max(int(m.split(".")[1]) for m in modules)
         self.net.blocks = blocks[: last + 1]
 
-    def train(self, mode: bool = True) -> "TimmBackbone":
+    def train(self, mode: bool = True) -> TimmBackbone:
         """Stay in eval mode: the backbone is frozen, BatchNorm statistics included."""
         return super().train(False)
 

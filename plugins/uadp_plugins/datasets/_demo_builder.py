@@ -26,11 +26,11 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -164,7 +164,7 @@ def _skimage_data_dir() -> Path:
     return Path(found.origin).parent / "data"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_photo(name: str) -> np.ndarray:
     """A shipped photograph as float32 RGB (grey photos are replicated to 3 channels)."""
     path = _skimage_data_dir() / name
@@ -174,7 +174,7 @@ def _load_photo(name: str) -> np.ndarray:
     return rgb
 
 
-@lru_cache(maxsize=None)
+@cache
 def _is_colour(name: str) -> bool:
     """Whether a photo has colour; grey photos get no chroma noise, so they stay grey."""
     photo = _load_photo(name)
@@ -259,7 +259,7 @@ def _photometric_jitter(image: np.ndarray, rng: np.random.Generator, colour: boo
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_grid() -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates of the output image, centred and scaled to [-0.5, 0.5]."""
     ys, xs = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / (IMAGE_SIZE - 1) - 0.5
@@ -298,7 +298,9 @@ def _donor_image(spec: DemoClass, rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------- defect geometry
 
 
-def _pick_center(shape: tuple[int, ...], rng: np.random.Generator, region: tuple[float, float, float, float]) -> np.ndarray:
+def _pick_center(
+    shape: tuple[int, ...], rng: np.random.Generator, region: tuple[float, float, float, float]
+) -> np.ndarray:
     """(x, y) of a defect centre inside the style's region."""
     h, w = shape[:2]
     y0, x0, y1, x1 = region
@@ -448,7 +450,9 @@ def _blend(image: np.ndarray, target: np.ndarray, weight: np.ndarray) -> tuple[n
     return out, mask
 
 
-def _scratch(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _scratch(
+    image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Light scratches expose bright metal / glaze; dark ones hold dirt."""
     weight = _scratch_weight(image.shape, rng, style)
     base = image.astype(np.float32)
@@ -459,14 +463,18 @@ def _scratch(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, do
     return _blend(image, target, weight)
 
 
-def _crack(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _crack(
+    image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A crack is a shadowed gap: strongly darkened along the fracture path."""
     weight = _crack_weight(image.shape, rng, style)
     target = image.astype(np.float32) * float(rng.uniform(0.2, 0.45))
     return _blend(image, target, weight)
 
 
-def _stain(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _stain(
+    image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A tinted, soft-edged blob; multiplicative so the surface texture shows through,
     with a slightly darker rim as dried liquids leave."""
     blob = _blob(image.shape, rng, style, _draw_area(image.shape, rng, style))
@@ -512,7 +520,9 @@ def _surround_colour(base: np.ndarray, blob: np.ndarray, which: str) -> np.ndarr
     return pixels[luma <= np.percentile(luma, 30)].mean(axis=0)
 
 
-def _missing(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _missing(
+    image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A piece broken off. Depending on the material the hole shows the backdrop
     ("background"), a shadowed cavity ("dark"), the bare light body under a glaze or
     mortar ("light"), or smeared, texture-less filling ("blur")."""
@@ -537,7 +547,9 @@ def _missing(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, do
     return _blend(image, target, weight)
 
 
-def _pasted(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _pasted(
+    image: np.ndarray, rng: np.random.Generator, style: DefectStyle, donor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A foreign piece stuck on: a blob-shaped patch cut from another image (or from
     elsewhere in this one), sometimes turned or magnified so it does not fit.
 
@@ -562,7 +574,9 @@ def _pasted(image: np.ndarray, rng: np.random.Generator, style: DefectStyle, don
         sx = int(rng.integers(0, src_w - cw + 1))
         if donor is None and abs(sy - y0) <= ph and abs(sx - x0) <= pw:
             continue  # overlapping itself: would just smear the same texture
-        patch = cv2.resize(source[sy : sy + ch, sx : sx + cw].astype(np.float32), (sw, sh), interpolation=cv2.INTER_CUBIC)
+        patch = cv2.resize(
+            source[sy : sy + ch, sx : sx + cw].astype(np.float32), (sw, sh), interpolation=cv2.INTER_CUBIC
+        )
         patch = np.ascontiguousarray(np.rot90(patch, turns))
         diff = float(np.abs(patch - covered)[inside].mean())
         if diff > best_diff:

@@ -58,7 +58,9 @@ class MVTecFolder:
         if split == "train":
             train = [Sample(str(p), class_name, 0) for p in _images(folder / "train" / "good")]
             if not train:
-                raise DataError(f"class {class_name!r} has no training images; expected {folder / 'train' / 'good'}/*.png")
+                raise DataError(
+                    f"class {class_name!r} has no training images; expected {folder / 'train' / 'good'}/*.png"
+                )
             return train
         samples = []
         test = folder / "test"
@@ -86,5 +88,10 @@ class MVTecFolder:
 
 @hookimpl
 def register_datasets(register):
-    register("mvtec", MVTecFolder, config=MVTecConfig, help="a folder in MVTec AD layout with any number of classes",
-             folder=True)
+    register(
+        "mvtec",
+        MVTecFolder,
+        config=MVTecConfig,
+        help="a folder in MVTec AD layout with any number of classes",
+        folder=True,
+    )

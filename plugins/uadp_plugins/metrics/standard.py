@@ -54,13 +54,34 @@ def _aupro_factory(config: AUPROConfig):
 def register_metrics(register):
     for level, curve, short in (("image", "image_curve", "I"), ("pixel", "pixel_curve", "P")):
         register(f"{level}_auroc", _curve_metric(curve, auroc), help=f"{level}-level ROC AUC", short=f"{short}-AUROC")
-        register(f"{level}_ap", _curve_metric(curve, average_precision), help=f"{level}-level average precision (step-wise)",
-                 short=f"{short}-AP")
-        register(f"{level}_f1max", _curve_metric(curve, f1_max), help=f"{level}-level best F1 over thresholds",
-                 short=f"{short}-F1max")
-    register("pixel_aupro", _aupro_factory, config=AUPROConfig, help="area under the per-region overlap curve up to FPR 0.3, normalised",
-             short="AUPRO")
-    register("pixel_dsc", _dice_metric(dice_per_image),
-             help="Dice per image, averaged (UniAS), at the threshold of maximal precision + recall", short="DSC")
-    register("pixel_dsc_pooled", _dice_metric(dice_pooled),
-             help="Dice over all pixels at the threshold of maximal precision + recall", short="DSC-px")
+        register(
+            f"{level}_ap",
+            _curve_metric(curve, average_precision),
+            help=f"{level}-level average precision (step-wise)",
+            short=f"{short}-AP",
+        )
+        register(
+            f"{level}_f1max",
+            _curve_metric(curve, f1_max),
+            help=f"{level}-level best F1 over thresholds",
+            short=f"{short}-F1max",
+        )
+    register(
+        "pixel_aupro",
+        _aupro_factory,
+        config=AUPROConfig,
+        help="area under the per-region overlap curve up to FPR 0.3, normalised",
+        short="AUPRO",
+    )
+    register(
+        "pixel_dsc",
+        _dice_metric(dice_per_image),
+        help="Dice per image, averaged (UniAS), at the threshold of maximal precision + recall",
+        short="DSC",
+    )
+    register(
+        "pixel_dsc_pooled",
+        _dice_metric(dice_pooled),
+        help="Dice over all pixels at the threshold of maximal precision + recall",
+        short="DSC-px",
+    )

@@ -25,7 +25,6 @@ levels. Widths and depths are options so that a CPU preset trains in tens of min
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Literal
 
 import torch
@@ -53,16 +52,26 @@ class OmniALConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rec_width: int = Field(128, ge=4, description="reconstruction net width at scale 1, doubling per scale (not given in the paper)")
+    rec_width: int = Field(
+        128, ge=4, description="reconstruction net width at scale 1, doubling per scale (not given in the paper)"
+    )
     rec_max_width: int = Field(512, ge=4, description="reconstruction net width cap (not given in the paper)")
     rec_scales: int = Field(5, ge=2, le=7, description="scales of the reconstruction net (not given in the paper)")
     rec_norm: Norm = Field("instance", description="InstanceNorm (paper) or BatchNorm (its ablation row 2)")
-    rec_dilation: bool = Field(True, description="scales >= 3 dilate by 2^(s-2), like the localisation net (the paper does not say where)")
-    rec_skips: bool = Field(False, description="skip connections in the reconstruction net (the paper does not say; off: no identity path)")
-    loc_width: int = Field(64, ge=4, description="localisation net width at scale 1: 64 * 2^(s-1) (not given in the paper)")
+    rec_dilation: bool = Field(
+        True, description="scales >= 3 dilate by 2^(s-2), like the localisation net (the paper does not say where)"
+    )
+    rec_skips: bool = Field(
+        False, description="skip connections in the reconstruction net (the paper does not say; off: no identity path)"
+    )
+    loc_width: int = Field(
+        64, ge=4, description="localisation net width at scale 1: 64 * 2^(s-1) (not given in the paper)"
+    )
     loc_max_width: int = Field(512, ge=4)
     loc_scales: int = Field(6, ge=2, le=8, description="scales of the localisation net (paper: 6)")
-    loc_down_scales: int = Field(4, ge=1, description="scales that downsample: through scale 4, then constant (the paper does not say)")
+    loc_down_scales: int = Field(
+        4, ge=1, description="scales that downsample: through scale 4, then constant (the paper does not say)"
+    )
     loc_dilation: bool = Field(True, description="encoder scales >= 3 use dilation 2, 4, 8, 16")
     channel_attention: bool = Field(True, description="DCSA channel attention (CA)")
     dilated_spatial: bool = Field(True, description="DCSA dilated spatial path (DSA)")
@@ -99,14 +108,22 @@ class ReconstructionNet(nn.Module):
         def stage(cin: int, cout: int, d: int) -> nn.Sequential:
             return nn.Sequential(
                 BasicBlock(cin, cout, cfg.rec_norm, d),
-                DCSA(cout, cfg.rec_norm, max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial,
-                     sigmoid=cfg.dcsa_sigmoid),
+                DCSA(
+                    cout,
+                    cfg.rec_norm,
+                    max(2, d),
+                    cfg.dcsa_reduction,
+                    cfg.channel_attention,
+                    cfg.dilated_spatial,
+                    sigmoid=cfg.dcsa_sigmoid,
+                ),
             )
 
         self.skips = cfg.rec_skips
         self.encoder = nn.ModuleList(stage(cin, cout, d) for cin, cout, d in zip([3] + chans[:-1], chans, dil))
         self.decoder = nn.ModuleList(
-            stage(chans[s + 1] + (chans[s] if self.skips else 0), chans[s], dil[s]) for s in reversed(range(cfg.rec_scales - 1))
+            stage(chans[s + 1] + (chans[s] if self.skips else 0), chans[s], dil[s])
+            for s in reversed(range(cfg.rec_scales - 1))
         )
         self.head = nn.Conv2d(chans[0], 4, 1)
 
@@ -155,11 +172,20 @@ class LocalisationNet(nn.Module):
         def stage(cin: int, cout: int, d: int) -> nn.Sequential:
             return nn.Sequential(
                 BasicBlock(cin, cout, "batch", d),
-                DCSA(cout, "batch", max(2, d), cfg.dcsa_reduction, cfg.channel_attention, cfg.dilated_spatial,
-                     sigmoid=cfg.dcsa_sigmoid),
+                DCSA(
+                    cout,
+                    "batch",
+                    max(2, d),
+                    cfg.dcsa_reduction,
+                    cfg.channel_attention,
+                    cfg.dilated_spatial,
+                    sigmoid=cfg.dcsa_sigmoid,
+                ),
             )
 
-        self.encoder = nn.ModuleList(stage(cin, cout, d) for cin, cout, d in zip([in_channels] + chans[:-1], chans, dil))
+        self.encoder = nn.ModuleList(
+            stage(cin, cout, d) for cin, cout, d in zip([in_channels] + chans[:-1], chans, dil)
+        )
         self.decoder = nn.ModuleList(
             BasicBlock(chans[s + 1] + chans[s], chans[s], "batch") for s in reversed(range(cfg.loc_scales - 1))
         )
@@ -257,5 +283,13 @@ def register_reconstructors(register):
 
 @hookimpl
 def register_presets(register):
-    register("omnial-cpu", PRESETS / "omnial-cpu.yaml", help="OmniAL at 128 px with every width divided by 8 and panel-jnd, for a CPU")
-    register("omnial", PRESETS / "omnial.yaml", help="OmniAL at the paper's sizes (256 px, batch 20, 700 epochs) with panel-jnd, for a GPU")
+    register(
+        "omnial-cpu",
+        PRESETS / "omnial-cpu.yaml",
+        help="OmniAL at 128 px with every width divided by 8 and panel-jnd, for a CPU",
+    )
+    register(
+        "omnial",
+        PRESETS / "omnial.yaml",
+        help="OmniAL at the paper's sizes (256 px, batch 20, 700 epochs) with panel-jnd, for a GPU",
+    )

@@ -43,9 +43,8 @@ Choices where the paper is silent (or where this implementation generalises it):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -140,9 +139,14 @@ class Bottleneck(nn.Module):
         else:
             middle = nn.Conv2d(width, width, 3, stride, padding=1, bias=False)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), make_activation(activation),
-            middle, nn.BatchNorm2d(width), make_activation(activation),
-            nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            make_activation(activation),
+            middle,
+            nn.BatchNorm2d(width),
+            make_activation(activation),
+            nn.Conv2d(width, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
         )
         self.shortcut: nn.Module = nn.Identity()
         if up > 1:
@@ -245,7 +249,9 @@ class RevDist(Reconstructor):
         if spec is None:
             raise ConfigError("reconstructor revdist needs a backbone (it distils the backbone's features)")
         if len(spec.channels) < 1 or list(spec.strides) != sorted(spec.strides):
-            raise ConfigError(f"reconstructor revdist: backbone stages must go from fine to coarse (strides {spec.strides})")
+            raise ConfigError(
+                f"reconstructor revdist: backbone stages must go from fine to coarse (strides {spec.strides})"
+            )
         self.config = config
         self.image_size = context.image_size
         embedding_channels = config.bottleneck_channels or 2 * spec.channels[-1]
@@ -331,9 +337,7 @@ def decoder_depths(blocks: int | list[int] | None, stages: int) -> list[int]:
     if isinstance(blocks, int):
         blocks = [blocks] * stages
     if len(blocks) != stages:
-        raise ConfigError(
-            f"reconstructor.decoder_blocks {blocks}: need one count per backbone stage ({stages} stages)"
-        )
+        raise ConfigError(f"reconstructor.decoder_blocks {blocks}: need one count per backbone stage ({stages} stages)")
     return list(blocks)
 
 
@@ -352,5 +356,13 @@ def register_reconstructors(register):
 
 @hookimpl
 def register_presets(register):
-    register("revdist-lite0", PRESETS / "revdist-lite0.yaml", help="Reverse Distillation on EfficientNet-Lite0 stages 2-4, for a CPU")
-    register("revdist", PRESETS / "revdist.yaml", help="Reverse Distillation as the CADA paper trained it: WideResNet-50-2, for a GPU")
+    register(
+        "revdist-lite0",
+        PRESETS / "revdist-lite0.yaml",
+        help="Reverse Distillation on EfficientNet-Lite0 stages 2-4, for a CPU",
+    )
+    register(
+        "revdist",
+        PRESETS / "revdist.yaml",
+        help="Reverse Distillation as the CADA paper trained it: WideResNet-50-2, for a GPU",
+    )

@@ -19,14 +19,13 @@ upsampled bilinearly to the image.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from uadp import hookimpl
@@ -50,11 +49,15 @@ class UniADConfig(StandardizeOptions):
     num_heads: int = Field(8, ge=1)
     ffn_dim: int = Field(1024, ge=1)
     dropout: float = Field(
-        0.1, ge=0, lt=1,
+        0.1,
+        ge=0,
+        lt=1,
         description="dropout on residual branches and inside the FFN (not given in the paper; the authors' code uses 0.1)",
     )
     attention_dropout: float = Field(
-        0.1, ge=0, lt=1,
+        0.1,
+        ge=0,
+        lt=1,
         description="dropout on attention weights (not given in the paper; the authors' code uses 0.1); 0 lets PyTorch "
         "use its fused attention kernel (much faster on a CPU)",
     )
@@ -276,6 +279,18 @@ def register_reconstructors(register):
 
 @hookimpl
 def register_presets(register):
-    register("cpu", PRESETS / "cpu.yaml", help="the default: UniAD (2 + 2 layers, 128 wide) on EfficientNet-Lite0 stages 1-5, 224 px, 30 epochs; minutes on a CPU")
-    register("uniad", PRESETS / "uniad.yaml", help="UniAD as published: EfficientNet-B4, 1000 epochs, batch 64, for a GPU (downloads the B4 weights)")
-    register("uniad-lite0", PRESETS / "uniad-lite0.yaml", help="the UniAD paper recipe (AdamW 1e-4, batch 8, constant lr) on the offline EfficientNet-Lite0")
+    register(
+        "cpu",
+        PRESETS / "cpu.yaml",
+        help="the default: UniAD (2 + 2 layers, 128 wide) on EfficientNet-Lite0 stages 1-5, 224 px, 30 epochs; minutes on a CPU",
+    )
+    register(
+        "uniad",
+        PRESETS / "uniad.yaml",
+        help="UniAD as published: EfficientNet-B4, 1000 epochs, batch 64, for a GPU (downloads the B4 weights)",
+    )
+    register(
+        "uniad-lite0",
+        PRESETS / "uniad-lite0.yaml",
+        help="the UniAD paper recipe (AdamW 1e-4, batch 8, constant lr) on the offline EfficientNet-Lite0",
+    )

@@ -28,14 +28,13 @@ extras are off by default. ``uadp show unias`` lists them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from uadp import hookimpl
@@ -55,20 +54,38 @@ PRESETS = Path(__file__).parent / "presets"  # the YAML run configs this plugin 
 class UniASConfig(StandardizeOptions):
     model_config = ConfigDict(extra="forbid")
     hidden_dim: int = Field(256, ge=8, description="C′, the token width of every level")
-    num_heads: int = Field(8, ge=1, description="attention heads; not given in the paper, so 8 as in UniAD (the authors' code uses 4)")
-    ffn_dim: int = Field(1024, ge=1, description="FFN width; not given in the paper, so 1024 as in UniAD (the authors' code uses 2048)")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on residual branches and inside the FFN (not given in the paper)")
-    attention_dropout: float = Field(
-        0.0, ge=0, lt=1, description="dropout on attention weights (not given in the paper); 0 keeps PyTorch's fused attention kernel"
+    num_heads: int = Field(
+        8, ge=1, description="attention heads; not given in the paper, so 8 as in UniAD (the authors' code uses 4)"
     )
-    smooth_kernel: int = Field(3, ge=1, description="z° = G∗z: Gaussian kernel size, odd (not given in the paper); 1 = no smoothing")
+    ffn_dim: int = Field(
+        1024, ge=1, description="FFN width; not given in the paper, so 1024 as in UniAD (the authors' code uses 2048)"
+    )
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="dropout on residual branches and inside the FFN (not given in the paper)"
+    )
+    attention_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout on attention weights (not given in the paper); 0 keeps PyTorch's fused attention kernel",
+    )
+    smooth_kernel: int = Field(
+        3, ge=1, description="z° = G∗z: Gaussian kernel size, odd (not given in the paper); 1 = no smoothing"
+    )
     smooth_sigma: float = Field(1.0, gt=0, description="σ of the feature smoothing (not given in the paper)")
     input_features: Literal["cat", "smoothed"] = Field(
         "cat", description="what is patch-embedded (the paper does not say): concat(z°, z° − z) or z° alone"
     )
-    position: Literal["sine", "none"] = Field("sine", description="2-D sine encoding added to queries and keys (the paper names none; Mask2Former's convention)")
-    level_embedding: bool = Field(True, description="a learnable per-level embedding added to each level's tokens (the paper does not say)")
-    sar_query: bool = Field(True, description="sample-aware reweighted query; false = a plain learnable query (ablation)")
+    position: Literal["sine", "none"] = Field(
+        "sine",
+        description="2-D sine encoding added to queries and keys (the paper names none; Mask2Former's convention)",
+    )
+    level_embedding: bool = Field(
+        True, description="a learnable per-level embedding added to each level's tokens (the paper does not say)"
+    )
+    sar_query: bool = Field(
+        True, description="sample-aware reweighted query; false = a plain learnable query (ablation)"
+    )
     sar_combine: Literal["product", "sum"] = Field(
         "product",
         description="how the query is reweighted, which the paper leaves open: q⊙w_c⊙w_s (our choice) or "
@@ -76,7 +93,9 @@ class UniASConfig(StandardizeOptions):
     )
     sar_reduction: int = Field(16, ge=1, description="CBAM channel-MLP reduction ratio (not given in the paper)")
     sar_kernel: int = Field(7, ge=1, description="CBAM spatial-attention conv size")
-    local_module: LocalModule = Field("mgg_cnn", description="query refinement after each block: mgg_cnn, mg_cnn, conv3 or none")
+    local_module: LocalModule = Field(
+        "mgg_cnn", description="query refinement after each block: mgg_cnn, mg_cnn, conv3 or none"
+    )
     deepest_level_mode: Literal["cross", "self"] = Field(
         "cross",
         description="coarsest level's first attention: cross-attention from the query (the paper's Eq. 4) or self-attention "
@@ -89,28 +108,38 @@ class UniASConfig(StandardizeOptions):
     )
     mse_weight: float = Field(1.0, ge=0, description="loss = scale · Σ_levels (mse_weight·MSE + cos_weight·(1 − cos))")
     cos_weight: float = Field(1.0, ge=0)
-    loss_scale: float = Field(1.0, gt=0, description="factor on the whole loss; the paper has none, the authors' code uses 10")
+    loss_scale: float = Field(
+        1.0, gt=0, description="factor on the whole loss; the paper has none, the authors' code uses 10"
+    )
     inference_levels: list[int] | None = Field(
-        None, description="levels multiplied into the map, 1 = finest (as in the paper's ablation of the levels); default: all",
+        None,
+        description="levels multiplied into the map, 1 = finest (as in the paper's ablation of the levels); default: all",
         json_schema_extra=INFERENCE_ONLY,
     )
     post_gaussian: bool = Field(
-        False, description="blur each level's map before the product, kernel 3/5/7/9 coarse to fine and σ = k/3, as in the "
+        False,
+        description="blur each level's map before the product, kernel 3/5/7/9 coarse to fine and σ = k/3, as in the "
         "authors' code (the paper has no blur)",
         json_schema_extra=INFERENCE_ONLY,
     )
     map_sigma: float = Field(
-        0.0, ge=0, description="σ (image px) of a Gaussian blur of the final (product) map, our addition; 0 = none, as in the paper",
+        0.0,
+        ge=0,
+        description="σ (image px) of a Gaussian blur of the final (product) map, our addition; 0 = none, as in the paper",
         json_schema_extra=INFERENCE_ONLY,
     )
     jitter_scale: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="α of UniAD-style feature jitter on the input, which the authors' code uses (20) and the paper "
         "does not; 0 = off",
     )
-    jitter_prob: float = Field(0.5, ge=0, le=1, description="probability of jittering, when jitter_scale > 0 (the authors' code: 0.5)")
+    jitter_prob: float = Field(
+        0.5, ge=0, le=1, description="probability of jittering, when jitter_scale > 0 (the authors' code: 0.5)"
+    )
     neighbor_size: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="n of an n×n neighbour mask in the decoder's attentions, which the authors' code uses (7) and the "
         "paper does not; 0 = off",
     )
@@ -194,12 +223,16 @@ class ReconstructionHead(nn.Module):
         super().__init__()
         self.kind, self.patch = kind, patch
         if kind == "tconv":
-            self.net = nn.ConvTranspose2d(dim, channels, patch, stride=patch) if patch > 1 else nn.Conv2d(dim, channels, 1)
+            self.net = (
+                nn.ConvTranspose2d(dim, channels, patch, stride=patch) if patch > 1 else nn.Conv2d(dim, channels, 1)
+            )
         else:
             self.norm = nn.LayerNorm(dim)
             self.net = nn.Sequential(
-                nn.Conv2d(dim, channels, 3, padding=1), nn.GELU(),
-                nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+                nn.Conv2d(dim, channels, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.GELU(),
                 nn.Conv2d(channels, channels, 3, padding=1),
             )
 
@@ -234,13 +267,17 @@ class UniAS(Reconstructor):
         if spec is None:
             raise ConfigError("reconstructor unias needs a backbone (it reconstructs features)")
         if list(spec.strides) != sorted(spec.strides) or len(set(spec.strides)) != len(spec.strides):
-            raise ConfigError(f"reconstructor unias: backbone stages must go from fine to coarse (strides {list(spec.strides)})")
+            raise ConfigError(
+                f"reconstructor unias: backbone stages must go from fine to coarse (strides {list(spec.strides)})"
+            )
         if config.smooth_kernel % 2 == 0:
             raise ConfigError(f"reconstructor.smooth_kernel {config.smooth_kernel}: must be odd")
         levels = len(spec.channels)
         chosen = config.inference_levels or list(range(1, levels + 1))
         if not chosen or any(level < 1 or level > levels for level in chosen):
-            raise ConfigError(f"reconstructor.inference_levels {config.inference_levels}: levels are 1 (finest) to {levels}")
+            raise ConfigError(
+                f"reconstructor.inference_levels {config.inference_levels}: levels are 1 (finest) to {levels}"
+            )
         self.inference_levels = sorted(set(chosen))
         self.config = config
         self.image_size = context.image_size
@@ -253,12 +290,17 @@ class UniAS(Reconstructor):
         factor = 2 if config.input_features == "cat" else 1
         self.embed = nn.ModuleList(nn.Conv2d(factor * c, dim, p, stride=p) for c, p in zip(self.channels, self.patches))
         self.level_embed = nn.Parameter(torch.zeros(levels, dim)) if config.level_embedding else None
-        self.query = SampleAwareQuery(tokens, dim, config.sar_reduction, config.sar_kernel, config.sar_combine, config.sar_query)
+        self.query = SampleAwareQuery(
+            tokens, dim, config.sar_reduction, config.sar_kernel, config.sar_combine, config.sar_query
+        )
         self.blocks = nn.ModuleList(
-            HybridBlock(dim, config.num_heads, config.ffn_dim, config.dropout, config.attention_dropout) for _ in range(levels)
+            HybridBlock(dim, config.num_heads, config.ffn_dim, config.dropout, config.attention_dropout)
+            for _ in range(levels)
         )
         self.local = nn.ModuleList(build_local_module(config.local_module, dim) for _ in range(levels))
-        self.heads = nn.ModuleList(ReconstructionHead(dim, c, p, config.head) for c, p in zip(self.channels, self.patches))
+        self.heads = nn.ModuleList(
+            ReconstructionHead(dim, c, p, config.head) for c, p in zip(self.channels, self.patches)
+        )
         self.standardizers = nn.ModuleList(ChannelStandardizer(c, config.standardize_images) for c in self.channels)
         position = sine_position(*self.grid, dim) if config.position == "sine" else torch.zeros(tokens, dim)
         self.register_buffer("position", position.unsqueeze(0), persistent=False)
@@ -290,7 +332,9 @@ class UniAS(Reconstructor):
                 z = self.standardizers[level](z)
             smoothed = gaussian_blur(z, self.config.smooth_sigma, radius) if radius else z
             targets.append(smoothed)
-            inputs.append(torch.cat([smoothed, smoothed - z], dim=1) if self.config.input_features == "cat" else smoothed)
+            inputs.append(
+                torch.cat([smoothed, smoothed - z], dim=1) if self.config.input_features == "cat" else smoothed
+            )
         return inputs, targets
 
     def _pad(self, x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -306,7 +350,9 @@ class UniAS(Reconstructor):
         tokens = []
         for level, (x, embed, patch) in enumerate(zip(inputs, self.embed, self.patches)):
             if self.training and self.config.jitter_scale > 0:
-                jittered = feature_jitter(x.permute(0, 2, 3, 1), self.config.jitter_scale, self.config.jitter_prob, False)
+                jittered = feature_jitter(
+                    x.permute(0, 2, 3, 1), self.config.jitter_scale, self.config.jitter_prob, False
+                )
                 x = jittered.permute(0, 3, 1, 2)
             t = embed(self._pad(x, patch)).flatten(2).transpose(1, 2)
             if self.level_embed is not None:
@@ -374,7 +420,9 @@ class UniAS(Reconstructor):
         with full_precision(maps[0]):
             for level in self.inference_levels:
                 m = maps[level - 1]
-                if self.config.post_gaussian:  # as the authors' code: kernels 3, 5, 7, 9 in decoder order (coarse first)
+                if (
+                    self.config.post_gaussian
+                ):  # as the authors' code: kernels 3, 5, 7, 9 in decoder order (coarse first)
                     kernel = 3 + 2 * (levels - level)
                     m = gaussian_blur(m, kernel / 3, kernel // 2)
                 m = F.interpolate(m.unsqueeze(1), size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
@@ -408,5 +456,13 @@ def register_reconstructors(register):
 
 @hookimpl
 def register_presets(register):
-    register("unias-cpu", PRESETS / "unias-cpu.yaml", help="UniAS on EfficientNet-Lite0 stages 2-5, narrower, converging in minutes on a CPU")
-    register("unias", PRESETS / "unias.yaml", help="UniAS as published: EfficientNet-B4 stages 1-4, 1000 epochs, batch 64, for a GPU")
+    register(
+        "unias-cpu",
+        PRESETS / "unias-cpu.yaml",
+        help="UniAS on EfficientNet-Lite0 stages 2-5, narrower, converging in minutes on a CPU",
+    )
+    register(
+        "unias",
+        PRESETS / "unias.yaml",
+        help="UniAS as published: EfficientNet-B4 stages 1-4, 1000 epochs, batch 64, for a GPU",
+    )

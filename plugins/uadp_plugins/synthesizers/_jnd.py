@@ -21,16 +21,19 @@ import cv2
 import numpy as np
 
 # Chou & Li's background-luminance weights (the centre pixel excluded), summing to 32.
-BACKGROUND_KERNEL = np.array(
-    [
-        [1, 1, 1, 1, 1],
-        [1, 2, 2, 2, 1],
-        [1, 2, 0, 2, 1],
-        [1, 2, 2, 2, 1],
-        [1, 1, 1, 1, 1],
-    ],
-    np.float32,
-) / 32.0
+BACKGROUND_KERNEL = (
+    np.array(
+        [
+            [1, 1, 1, 1, 1],
+            [1, 2, 2, 2, 1],
+            [1, 2, 0, 2, 1],
+            [1, 2, 2, 2, 1],
+            [1, 1, 1, 1, 1],
+        ],
+        np.float32,
+    )
+    / 32.0
+)
 
 # Their four directional high-pass operators (horizontal, two diagonals, vertical), used /16.
 GRADIENT_KERNELS = [

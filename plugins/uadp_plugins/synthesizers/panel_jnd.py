@@ -29,7 +29,7 @@ sample depends only on (seed, epoch, index).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import cv2
@@ -57,10 +57,13 @@ class PanelJNDConfig(BaseModel):
     )
     panel_size: tuple[float, float] = Field((0.5, 0.8), description="side-panel extent, fraction of W or H")
     panel_both_extents: bool = Field(
-        False, description="side panels also shrink along their long side (the paper does not say; default: full length)"
+        False,
+        description="side panels also shrink along their long side (the paper does not say; default: full length)",
     )
     clean_fraction: float = Field(0.0, ge=0, lt=1, description="share of samples left clean (the paper uses none)")
-    texture_prob: float = Field(0.5, ge=0, le=1, description="P(source = texture photo) vs augmented self (the paper gives no ratio)")
+    texture_prob: float = Field(
+        0.5, ge=0, le=1, description="P(source = texture photo) vs augmented self (the paper gives no ratio)"
+    )
     textures: list[str] = Field(
         list(TEXTURES), description="scikit-image data photos used as textures (DTD is not available offline)"
     )
@@ -76,17 +79,24 @@ class PanelJNDConfig(BaseModel):
         (0.5, 0.25, 0.0), description="β_i added to the normalised JND for easy, medium, hard (not given in the paper)"
     )
     level_prob: float = Field(1.0, gt=0, le=1, description="probability that each level is drawn at all")
-    perlin_threshold: float = Field(0.5, gt=-1, lt=1, description="region = Perlin noise > this (the paper does not say how regions are drawn)")
+    perlin_threshold: float = Field(
+        0.5, gt=-1, lt=1, description="region = Perlin noise > this (the paper does not say how regions are drawn)"
+    )
     perlin_scales: tuple[int, int] = Field((0, 6), description="lattice 2^a × 2^b, a, b in [low, high)")
-    source_crop: tuple[float, float] = Field((0.5, 1.0), description="source crop side, fraction (not given in the paper)")
-    color_jitter: float = Field(0.3, ge=0, le=1, description="brightness/contrast/saturation jitter (not given in the paper)")
+    source_crop: tuple[float, float] = Field(
+        (0.5, 1.0), description="source crop side, fraction (not given in the paper)"
+    )
+    color_jitter: float = Field(
+        0.3, ge=0, le=1, description="brightness/contrast/saturation jitter (not given in the paper)"
+    )
     ssim_window: int = Field(11, ge=3, description="Gaussian SSIM window, odd (not given in the paper)")
     gt_thresholds: tuple[float, float, float] = Field(
-        (0.1, 0.3, 0.6), description="1 − SSIM: normal below the first, then hard / medium / easy (not given in the paper)"
+        (0.1, 0.3, 0.6),
+        description="1 − SSIM: normal below the first, then hard / medium / easy (not given in the paper)",
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "PanelJNDConfig":
+    def _check(self) -> PanelJNDConfig:
         low, high = self.panel_size
         if not 0 < low <= high <= 1:
             raise ValueError(f"panel_size must satisfy 0 < low <= high <= 1, got {self.panel_size}")
@@ -108,7 +118,7 @@ def _is_texture_name(name: str) -> bool:
     return name.isidentifier() and callable(getattr(skimage.data, name, None))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """A scikit-image data photo as float32 RGB [H,W,3] in [0,1]; loaded once per process."""
     import skimage.data
@@ -119,7 +129,9 @@ def _texture(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3]).astype(np.float32) / 255.0
 
 
-def panel_box(kind: str, shape: tuple[int, int], size: tuple[float, float], both: bool, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def panel_box(
+    kind: str, shape: tuple[int, int], size: tuple[float, float], both: bool, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of a panel of ``kind``, anchored at its side of the image."""
     h, w = shape
     if kind == "all":
@@ -148,7 +160,9 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     return np.clip(out * b, 0, 1).astype(np.float32)
 
 
-def random_view(source: np.ndarray, shape: tuple[int, int], crop: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+def random_view(
+    source: np.ndarray, shape: tuple[int, int], crop: tuple[float, float], rng: np.random.Generator
+) -> np.ndarray:
     """A random square-ish crop of ``source`` resized to ``shape``, randomly flipped."""
     sh, sw = source.shape[:2]
     side = rng.uniform(*crop)

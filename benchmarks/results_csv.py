@@ -93,17 +93,33 @@ def write(path: str | Path, results: Results) -> Path:
 
 
 def this_command() -> str:
-    """The command line that is running, as a user would type it again."""
-    return " ".join(["python", *(shlex.quote(arg) for arg in sys.argv)])
+    """The command line that is running, as a user would type it again from the repository root."""
+    script = Path(sys.argv[0])
+    if script.resolve().parent == RESULTS.parent:
+        script = Path("benchmarks") / script.name
+    return " ".join(["python", str(script), *(shlex.quote(arg) for arg in sys.argv[1:])])
 
 
 def this_hardware() -> str:
     """The CPU (or GPU) and thread count, recorded with every number."""
     import torch
 
-    from uadp.engine.device import cpu_name
+    from uadp.engine.device import cpu_flags, cpu_name
 
-    parts = [cpu_name() or platform.processor() or "unknown CPU", f"{torch.get_num_threads()} threads"]
+    flags = cpu_flags()
+    isa = (
+        "AMX"
+        if "amx_bf16" in flags
+        else "AVX-512 BF16"
+        if "avx512_bf16" in flags
+        else "AVX-512"
+        if "avx512f" in flags
+        else "AVX2"
+        if "avx2" in flags
+        else ""
+    )
+    cpu = cpu_name() or platform.processor() or "unknown CPU"
+    parts = [f"{cpu} ({isa})" if isa else cpu, f"{torch.get_num_threads()} threads"]
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
     else:

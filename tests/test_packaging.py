@@ -1,5 +1,5 @@
 """uadp as a stranger gets it: a wheel, installed away from the source tree, finds every preset
-and every method's recipe by name."""
+and every method's recipe by name, and trains and evaluates every method from its preset."""
 
 from __future__ import annotations
 
@@ -35,6 +35,18 @@ for extra in commands:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["run", *extra, "--print-config"])
     found["runs"][" ".join(extra)] = [code, out.getvalue()[:40], err.getvalue()[-300:]]
+
+# then every method trains and evaluates from its own preset, one short epoch on generated data
+from uadp.testing import make_check_dataset
+data = make_check_dataset("data", size=64)
+found["trained"] = {}
+for name in registry.names("reconstructors"):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["run", "--reconstructor", name, "--data", str(data), "--epochs", "1", "--image-size", "128",
+                     "--set", "data.workers=0", "--set", "eval.overlays_per_class=0", "--set", "tracking.root=runs",
+                     "--output-json", f"{name}.json"])
+    found["trained"][name] = [code, err.getvalue()[-300:]]
 print(json.dumps(found))
 """
 
@@ -104,3 +116,9 @@ def test_an_installed_wheel_runs_every_preset_and_method_from_another_folder(whe
     failed = {command: result for command, result in found["runs"].items() if result[0] != 0}
     assert not failed, failed
     assert all(result[1].startswith("dataset:") for result in found["runs"].values())
+    assert set(found["trained"]) >= {"uniad", "unias", "omnial", "revdist"}
+    failed = {name: result for name, result in found["trained"].items() if result[0] != 0}
+    assert not failed, failed
+    for name in found["trained"]:
+        summary = json.loads((elsewhere / f"{name}.json").read_text())
+        assert 0.0 <= summary["mean"]["image_auroc"] <= 1.0, name

@@ -24,6 +24,8 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="model bundle (model.pt) of any run")
     parser.add_argument("--data", required=True, help="MVTec-layout root; its test split is scored")
     parser.add_argument("--classes", default="", help="comma-separated classes (default: all)")
+    parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv (the docs render it)")
+    parser.add_argument("--title", default="Per defect type", help="the table's title in the docs")
     args = parser.parse_args()
 
     import numpy as np
@@ -41,6 +43,7 @@ def main() -> int:
     wanted = [c for c in args.classes.split(",") if c] or sorted(set(names))
 
     print(f"{'class / type':<28}{'images':>7}{'px share':>10}{'P-AUROC':>9}{'P-AP':>8}{'I-AUROC':>9}")
+    rows = []
     for name in wanted:
         in_class = names == name
         if not in_class.any():
@@ -60,11 +63,15 @@ def main() -> int:
                 np.concatenate([scores[chosen], scores[good]]),
                 np.r_[np.ones(int(chosen.sum()), bool), np.zeros(int(good.sum()), bool)],
             )
-            print(
-                f"  {kind:<26}{int(chosen.sum()):>7}{len(defect_px) / max(total, 1):>10.2f}"
-                f"{auroc(pixels):>9.3f}{average_precision(pixels):>8.3f}{auroc(images):>9.3f}",
-                flush=True,
-            )
+            row = [name, kind, str(int(chosen.sum())), f"{len(defect_px) / max(total, 1):.2f}",
+                   f"{auroc(pixels):.3f}", f"{average_precision(pixels):.3f}", f"{auroc(images):.3f}"]  # fmt: skip
+            rows.append(row)
+            print(f"  {kind:<26}{row[2]:>7}{row[3]:>10}{row[4]:>9}{row[5]:>8}{row[6]:>9}", flush=True)
+    if args.results:
+        from results_csv import Results, this_command, this_hardware, write
+
+        header = ["class", "defect type", "images", "share of defect pixels", "P-AUROC", "P-AP", "I-AUROC"]
+        print(f"wrote {write(args.results, Results(args.title, [this_command()], this_hardware(), header, rows))}")
     return 0
 
 

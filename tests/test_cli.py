@@ -463,3 +463,18 @@ def test_a_large_feature_cache_goes_to_files_that_are_removed_after_training(
     assert code == 0, stderr
     assert "in files under" in stdout
     assert not list(runs_root.rglob("feature-cache"))
+
+
+def test_a_reconstructors_advice_is_printed_before_it_trains(tmp_path):
+    (tmp_path / "advised.py").write_text(
+        "from uadp import hookimpl\n"
+        "from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig\n"
+        "@hookimpl\n"
+        "def register_reconstructors(register):\n"
+        "    register('advised', UniAD, config=UniADConfig, help='UniAD again', advice='good for tests only')\n"
+    )
+    code, out, err = call_captured(["run", "--plugins-dir", tmp_path, "--reconstructor", "advised", "--print-config"])
+    assert code == 0 and out.startswith("dataset:")
+    assert "note: advised: good for tests only" in err
+    code, _, err = call_captured(["run", "--print-config"])
+    assert code == 0 and "note:" not in err  # the default method registers none

@@ -123,6 +123,15 @@ def _config_for_run(args: argparse.Namespace, registry):
     return config
 
 
+def _print_advice(config, registry) -> None:
+    """The reconstructor's registered ``advice``: one line on what it is good for, before any work."""
+    if config.reconstructor is None:
+        return
+    advice = registry.get("reconstructors", config.reconstructor.name).traits.get("advice")
+    if advice:
+        print(f"note: {config.reconstructor.name}: {advice}", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import resolve
     from .engine.pipeline import train_and_evaluate
@@ -132,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     registry = _registry(args)
     config = _config_for_run(args, registry)
+    _print_advice(config, registry)
     if args.print_config:
         import yaml
 

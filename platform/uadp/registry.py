@@ -40,6 +40,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         # the registered preset that `uadp run --reconstructor NAME` starts from when no
         # --config is given: the method's own CPU recipe
         "preset": (str, None),
+        # one line on what the method is good for and where it falls short, printed when a run
+        # uses it, so a user who picks it for their line knows what to expect
+        "advice": (str, None),
     },
     # which class labels an aligner is told: none (class-agnostic), those of the training
     # images only (it learns to recognise the class), or also each test image's (an oracle)

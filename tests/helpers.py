@@ -4,7 +4,9 @@ calls, and reading back the MLflow runs they recorded."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,15 @@ def assert_one_error_line(err: str, *needles: object) -> str:
     for needle in needles:
         assert str(needle) in line, (needle, line)
     return line
+
+
+def load_benchmark(name: str):
+    """A module of ``benchmarks/`` (not a package: its scripts import each other by file name)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,6 @@ guide, the docs site's navigation holds every page, and every benchmark table pa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import re
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import load_benchmark
 from uadp import contract, hookspecs
 from uadp.cli import build_parser
 from uadp.registry import TRAITS
@@ -100,11 +100,7 @@ def test_the_site_navigation_holds_every_page():
 
 
 def _results_module():
-    spec = importlib.util.spec_from_file_location("results_csv", ROOT / "benchmarks" / "results_csv.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("results_csv")
 
 
 def test_every_benchmark_table_parses_and_every_marker_names_one():
@@ -163,7 +159,6 @@ def test_readme_is_a_short_guide_whose_links_resolve():
 def test_a_benchmark_command_writes_a_results_file_the_docs_can_render(tmp_path):
     import json
     import subprocess
-    import sys
 
     metrics = {"image_auroc": 0.9, "pixel_auroc": 0.8, "pixel_ap": 0.3, "pixel_dsc": 0.2}
     summary = {

@@ -3,7 +3,6 @@ choice is judged by, checked on cases worked out by hand and through the command
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-choice = _module("bench_preset_choice")
+choice = load_benchmark("bench_preset_choice")
 
 
 def test_a_candidate_fitted_to_one_class_wins_in_sample_but_not_left_out():
@@ -81,5 +74,5 @@ def test_the_command_reads_summaries_and_writes_a_results_table(tmp_path):
     # leaving bottle out, narrow wins on screw and scores 0.7 on bottle; leaving screw out, W wins and scores 0.6
     assert "leave-one-class-out estimate: 0.650" in done.stdout
     assert "in-sample best: W, mean 0.750" in done.stdout
-    table = _module("results_csv").read(tmp_path / "loco.csv")
+    table = load_benchmark("results_csv").read(tmp_path / "loco.csv")
     assert ["image_auroc", "leave-one-class-out estimate", "", "0.650", "", ""] in table.rows

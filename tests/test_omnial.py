@@ -160,7 +160,12 @@ def test_registered_with_its_presets_and_needs_a_synthesizer(tiny_dataset, runs_
     from uadp.testing import quick_config
 
     registration = get_registry().get("reconstructors", "omnial")
-    assert registration.traits == {"inputs": "images", "synthesizer": "required", "preset": "omnial-cpu"}
+    assert {k: v for k, v in registration.traits.items() if k != "advice"} == {
+        "inputs": "images",
+        "synthesizer": "required",
+        "preset": "omnial-cpu",
+    }
+    assert "small defects" in registration.traits["advice"]  # says what it is weak at
     cpu, paper = build_config("omnial-cpu"), build_config("omnial")
     assert cpu.synthesizer.name == paper.synthesizer.name == "panel-jnd"
     assert paper.data.image_size == 256 and paper.train.batch_size == 20 and paper.train.lr == 1e-4

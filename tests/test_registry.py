@@ -315,11 +315,13 @@ def test_reconstructor_trait_defaults(every_kind: Registry):
         "inputs": "features",
         "synthesizer": "none",
         "preset": None,
+        "advice": None,
     }
     assert every_kind.get("reconstructors", "test_recon_images").traits == {
         "inputs": "images",
         "synthesizer": "required",
         "preset": None,
+        "advice": None,
     }
 
 

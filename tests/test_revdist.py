@@ -198,7 +198,12 @@ def test_registered_through_the_entry_point():
 
     registration = get_registry().get("reconstructors", "revdist")
     assert registration.factory is RevDist and registration.config is RevDistConfig
-    assert registration.traits == {"inputs": "features", "synthesizer": "optional", "preset": "revdist-lite0"}
+    assert registration.traits == {
+        "inputs": "features",
+        "synthesizer": "optional",
+        "preset": "revdist-lite0",
+        "advice": None,
+    }
 
 
 def test_revdist_learns_on_generated_multiclass_data(tiny_dataset, runs_root):

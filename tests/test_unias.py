@@ -301,7 +301,12 @@ def test_registered_through_the_entry_point_with_its_cpu_preset():
 
     registration = get_registry().get("reconstructors", "unias")
     assert registration.factory is UniAS and registration.config is UniASConfig
-    assert registration.traits == {"inputs": "features", "synthesizer": "optional", "preset": "unias-cpu"}
+    assert registration.traits == {
+        "inputs": "features",
+        "synthesizer": "optional",
+        "preset": "unias-cpu",
+        "advice": None,
+    }
     preset = build_config("unias-cpu")
     assert preset.reconstructor.name == "unias" and preset.backbone.stages == [2, 3, 4, 5]
     assert preset.reconstructor.inference_levels == [2, 3, 4]

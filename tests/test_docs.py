@@ -99,12 +99,8 @@ def test_the_site_navigation_holds_every_page():
     assert on_disk - in_nav == set(), f"pages missing from mkdocs.yml's nav: {sorted(on_disk - in_nav)}"
 
 
-def _results_module():
-    return load_benchmark("results_csv")
-
-
 def test_every_benchmark_table_parses_and_every_marker_names_one():
-    results_csv = _results_module()
+    results_csv = load_benchmark("results_csv")
     files = sorted((ROOT / "benchmarks" / "results").glob("*.csv"))
     assert files, "benchmarks/results holds no table"
     for path in files:
@@ -119,7 +115,7 @@ def test_every_benchmark_table_parses_and_every_marker_names_one():
 
 
 def test_results_files_round_trip(tmp_path):
-    results_csv = _results_module()
+    results_csv = load_benchmark("results_csv")
     table = results_csv.Results(
         "t", ["python x.py --a 1"], "a CPU, 2 threads", ["class", "v"], [["a", "0.5"], ["b|c", "1"]], ["n"]
     )
@@ -174,7 +170,7 @@ def test_a_benchmark_command_writes_a_results_file_the_docs_can_render(tmp_path)
          "--results", str(out), "--title", "two classes"],
         check=True, capture_output=True, cwd=ROOT,
     )  # fmt: skip
-    table = _results_module().read(out)
+    table = load_benchmark("results_csv").read(out)
     assert table.title == "two classes" and "bench_compare.py" in table.commands[0] and "threads" in table.hardware
     assert [row[0] for row in table.rows] == ["a", "b", "mean", "pooled"]
     assert table.header[1:3] == ["run I-AUROC", "run P-AUROC"] and table.rows[0][1] == "0.900"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from uadp.registry import Registry
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: drops the editable install's import hook and the source tree, so
@@ -77,6 +79,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_every_preset(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     presets = {Path(n).stem for n in names if n.endswith(".yaml") and "/presets/" in n}
+    assert presets >= set(Registry().presets())  # every preset the source tree registers
     assert presets >= {
         "cpu",
         "uniad",

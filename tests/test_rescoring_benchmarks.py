@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MEAN_METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")  # the column order of their tables
 
@@ -115,9 +117,13 @@ def test_calibration_benchmarks_uncalibrated_row_is_the_runs_pooled_pixels(tiny_
     assert _row(lines, "mean-max")[2:] != none[2:]
 
 
-def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(tiny_dataset: Path, uniad_run) -> None:
-    """Each generated class has one defect type ("patch"), so its row is the whole class."""
-    lines = _bench("bench_defect_types.py", "--model", uniad_run.bundle, "--data", tiny_dataset)
+def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(
+    tiny_dataset: Path, uniad_run, tmp_path: Path
+) -> None:
+    """Each generated class has one defect type ("patch"), so its row is the whole class; the
+    results file the docs render holds the printed rows."""
+    table = tmp_path / "types.csv"
+    lines = _bench("bench_defect_types.py", "--model", uniad_run.bundle, "--data", tiny_dataset, "--results", table)
     for name, values in uniad_run.report.per_class.items():
         at = lines.index(name)
         label, *numbers = lines[at + 1].split()
@@ -127,6 +133,9 @@ def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(tiny_datase
         assert [p_auroc, p_ap, i_auroc] == pytest.approx(
             _expected(values, ("pixel_auroc", "pixel_ap", "image_auroc")), abs=1.5e-3
         )
+    written = load_benchmark("results_csv").read(table)
+    assert [row[:2] for row in written.rows] == [[name, "patch"] for name in uniad_run.report.per_class]
+    assert "bench_defect_types.py" in written.commands[0]
 
 
 def test_bench_gt_floor_a_lower_floor_labels_fewer_changed_pixels_normal(tiny_dataset: Path) -> None:

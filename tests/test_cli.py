@@ -31,7 +31,8 @@ from helpers import (
     quick_args,
 )
 from uadp.cli import main
-from uadp.config import flatten
+from uadp.config import build_config, flatten, run_name
+from uadp.tracking import EXPERIMENT_KIND, KEY_METRICS, VIEW_KEY, Tracker
 
 CLASSES = ["blobs", "checker", "dots", "stripes"]
 TIMING_KEYS = {"feature_s", "train_s", "train_s_per_epoch", "infer_images_per_s", "infer_s", "peak_rss_mb"}
@@ -156,6 +157,41 @@ def test_mlflow_run_is_finished_in_dataset_experiment(e2e, tiny_dataset: Path) -
     assert client.get_experiment(run.info.experiment_id).name == tiny_dataset.name
     assert int(run.data.tags["uadp.threads"]) >= 1
     assert [r.info.run_id for r in all_runs(e2e.runs)].count(e2e.run_id) == 1
+
+
+def test_mlflow_run_says_what_it_is_and_its_key_metrics_first(e2e) -> None:
+    """The run's name and tags give its components and preset; its description (the top of its
+    page in the UI) gives the key metrics; its experiment is a model-training one whose saved view
+    shows the key metrics as the runs table's columns."""
+    client = client_for(e2e.runs)
+    run = client.get_run(e2e.run_id)
+    assert run.info.run_name == "uniad+tf_efficientnet_lite0 (cpu)"
+    assert run.data.tags["uadp.preset"] == "cpu"
+    note = run.data.tags["mlflow.note.content"]
+    for unit in ("mean", "pooled"):
+        row = next(line for line in note.splitlines() if line.startswith(f"| {unit} |"))
+        assert f"{e2e.summary[unit]['image_auroc']:.3f}" in row and f"{e2e.summary[unit]['pixel_ap']:.3f}" in row
+    tags = client.get_experiment(run.info.experiment_id).tags
+    assert tags[EXPERIMENT_KIND] == "custom_model_development"
+    view = json.loads(tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    assert view["selectedColumns"][: len(KEY_METRICS)] == [f"metrics.`{key}`" for key in KEY_METRICS]
+    assert set(KEY_METRICS) <= set(run.data.metrics)
+    assert "workflowType=machine_learning" in e2e.stdout  # the printed link opens model-training pages
+
+
+def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(tmp_path / "uadp-runs")
+    experiment_id = tracker.client.create_experiment("made-by-hand")
+    tracker.start("made-by-hand", "a run")
+    tags = tracker.client.get_experiment(experiment_id).tags
+    assert tags[EXPERIMENT_KIND] == "custom_model_development" and f"mlflow.sharedViewState.{VIEW_KEY}" in tags
+    tracker.end("FINISHED")
+
+
+def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
+    assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
+    assert run_name(build_config(sets=["aligner.name=cada"])) == "uniad+tf_efficientnet_lite0+cada (cpu)"
 
 
 def test_mlflow_params_are_the_flattened_config(e2e, tiny_dataset: Path, tmp_path: Path) -> None:

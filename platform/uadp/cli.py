@@ -112,7 +112,8 @@ def _config_for_run(args: argparse.Namespace, registry):
         from .engine.pipeline import config_for_base_run
 
         base = config_for_base_run(args.from_run, config.tracking.root, args.trust_model_file)
-        base["tracking"] = config.tracking.model_dump()  # where this run is recorded, not where the base was
+        # where this run is recorded, not where the base was; the preset is the base run's
+        base["tracking"] = {**config.tracking.model_dump(), "preset": base.get("tracking", {}).get("preset")}
         config = build_config(args.config, _flag_overrides(args, registry), args.set, base=base)
     elif args.resume:
         from .engine.pipeline import config_for_resume
@@ -299,7 +300,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from .tracking import artifact_root, embedded_uri
+    from .tracking import artifact_root, embedded_uri, experiment_url
 
     root = Path(args.root)
     if not (root / "mlflow.db").is_file():
@@ -318,7 +319,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base} (Ctrl-C stops it); the runs of each experiment, with their key metrics:")
+    for experiment_id, name in _experiments(root):
+        print(f"  {name}: {experiment_url(base, experiment_id)}")
+    sys.stdout.flush()
     # the server and its workers get a process group of their own, so that however uadp is
     # stopped (Ctrl-C, SIGTERM from a service manager) it stops all of them and frees the port
     server = subprocess.Popen(command, start_new_session=True)
@@ -328,6 +333,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
         _stop_process_group(server)
         exc.aftermath = "the MLflow UI server is stopped"
         raise
+
+
+def _experiments(root: Path) -> list[tuple[str, str]]:
+    """(id, name) of the embedded store's experiments that hold runs, oldest first."""
+    from .tracking import Tracker
+
+    client = Tracker(root).client
+    found = client.search_experiments()
+    return sorted(
+        ((e.experiment_id, e.name) for e in found if client.search_runs([e.experiment_id], max_results=1)),
+        key=lambda item: int(item[0]) if item[0].isdigit() else item[0],
+    )
 
 
 def _stop_process_group(process, grace_s: float = 10.0) -> None:

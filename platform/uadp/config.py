@@ -147,7 +147,10 @@ class EvalConfig(_Section):
 
 class TrackingConfig(_Section):
     experiment: str | None = Field(None, description="default: the dataset's name")
-    run_name: str | None = Field(None, description="default: the component combination")
+    run_name: str | None = Field(None, description="default: the component combination and the preset")
+    preset: str | None = Field(
+        None, description="the preset the run started from, for its name and tags (set by --config or --reconstructor)"
+    )
     root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
 
 
@@ -402,10 +405,14 @@ def build_config(
 
         if DEFAULT_PRESET in (registry or get_registry()).presets():
             data = _apply_preset(data, DEFAULT_PRESET, registry)
+            data["tracking"]["preset"] = DEFAULT_PRESET
     else:
         data = validate(base).to_dict()
     if preset and not (base is None and preset == DEFAULT_PRESET):
+        data["tracking"]["preset"] = None
         data = _apply_preset(data, preset, registry)
+        # a run's saved config.yaml names the preset that run started from: it keeps that name
+        data["tracking"]["preset"] = data["tracking"].get("preset") or preset_label(preset)
     if overrides:
         data = merge(data, overrides)
     for text in sets or []:
@@ -474,13 +481,20 @@ def fingerprint_hash(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_name(config: RunConfig) -> str:
-    """``uniad-timm`` style name from the component combination."""
+def preset_label(preset: str) -> str:
+    """How a run names its preset: a registered preset by its name, a YAML file by its stem."""
+    return Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+
+
+def run_name(config: RunConfig, uses_backbone: bool = True) -> str:
+    """``unias+tf_efficientnet_lite0+cada (unias-cpu)``: the components, then the preset the run
+    started from. The backbone is named only when the reconstructor reads its features."""
     parts = [config.reconstructor.name]
-    if config.backbone is not None:
+    if config.backbone is not None and uses_backbone:
         parts.append(str((config.backbone.model_extra or {}).get("model") or config.backbone.name))
     if config.synthesizer:
         parts.append(config.synthesizer.name)
     if config.aligner and config.aligner.name != "none":
         parts.append(config.aligner.name)
-    return "+".join(parts)
+    name = "+".join(parts)
+    return f"{name} ({config.tracking.preset})" if config.tracking.preset else name

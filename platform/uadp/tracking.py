@@ -20,6 +20,7 @@ crash, so opening the store and creating the experiment happen under a file lock
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -44,6 +45,35 @@ RUN_HTTP_DEFAULTS = {
 }
 
 T = TypeVar("T")
+
+# MLflow 3's UI reads this experiment tag to choose its view: without it, an experiment whose runs
+# log no traces may open on the GenAI overview (traces, token usage) instead of the runs table.
+# uadp's experiments train models, so they say so when they are created.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+# The numbers a unified model is judged by first, shown before all others: as the only metric
+# columns of the runs table (a view the experiment carries, which `uadp ui` links to) and at the
+# top of each run's page (its description).
+KEY_METRICS = ("mean/image_auroc", "pooled/image_auroc", "mean/pixel_auroc", "mean/pixel_ap", "pooled/pixel_ap")
+# MLflow's runs table loads a view saved in the experiment tag ``mlflow.sharedViewState.<key>``
+# when its URL carries ``viewStateShareKey=<key>``; ``workflowType=machine_learning`` makes the UI
+# show model-training pages (MLflow 3 opens on its GenAI pages otherwise, whatever the experiment).
+VIEW_KEY = "uadp-key-metrics"
+_VIEW = {"selectedColumns": [f"metrics.`{key}`" for key in (*KEY_METRICS, "timing/train_s")]}
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND: "custom_model_development",
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(_VIEW),
+}
+UI_QUERY = "workflowType=machine_learning"
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at ``base``, with the key metrics as columns."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_QUERY}&viewStateShareKey={VIEW_KEY}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_QUERY}"
 
 
 def _quiet_loggers() -> None:
@@ -207,10 +237,17 @@ class Tracker:
             if found is None:
                 location = artifact_root(self.root) if self.embedded else None
                 self.experiment_id = self._call(
-                    "creating the experiment", lambda: client.create_experiment(experiment, artifact_location=location)
+                    "creating the experiment",
+                    lambda: client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS),
                 )
             else:
                 self.experiment_id = found.experiment_id
+                for key, value in EXPERIMENT_TAGS.items():  # made by an older uadp or by hand: add what is missing
+                    if key not in found.tags:
+                        self._call(
+                            "tagging the experiment",
+                            lambda key=key, value=value: client.set_experiment_tag(self.experiment_id, key, value),
+                        )
         run = self._call(
             "starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
         )
@@ -300,4 +337,4 @@ class Tracker:
             )
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return run_url(f"http://{host}:{port}", self.experiment_id, self.run_id)

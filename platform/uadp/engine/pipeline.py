@@ -468,13 +468,14 @@ def _start_run(tracker: Tracker, job: Job) -> None:
     cfg = job.config
     tracker.start(
         cfg.tracking.experiment or job.components.dataset.name,
-        cfg.tracking.run_name or run_name(cfg),
+        cfg.tracking.run_name or run_name(cfg, job.components.uses_features),
         tags={
             "uadp.reconstructor": cfg.reconstructor.name,
             "uadp.backbone": cfg.backbone.name if cfg.backbone else "none",
             "uadp.aligner": cfg.aligner.name if cfg.aligner else "none",
             "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
             "uadp.classes": ",".join(job.splits.classes),
+            "uadp.preset": cfg.tracking.preset or "none",
             "uadp.config_hash": fingerprint_hash(cfg),
             **({"uadp.base_bundle": str(job.base_bundle)} if job.base_bundle else {}),
         },
@@ -627,6 +628,7 @@ def _log_results(
     run, so that it can be judged, compared and reused from the store alone."""
     job.timing["peak_rss_mb"] = peak_rss_mb()
     _log_report(tracker, evaluation.report, job.timing, evaluation.base_report)
+    tracker.set_tag("mlflow.note.content", run_description(job.config, evaluation.report, evaluation.base_report))
     if evaluation.thresholds is not None:
         tracker.log_metrics(_threshold_metrics(evaluation.thresholds, evaluation.decisions))
     with tempfile.TemporaryDirectory() as tmp:
@@ -787,6 +789,30 @@ def _report_metrics(report: MetricReport, *prefix: str) -> dict[str, float]:
     metrics.update({metric_key(*prefix, "mean", m): v for m, v in report.mean.items()})
     metrics.update({metric_key(*prefix, "pooled", m): v for m, v in report.pooled.items()})
     return metrics
+
+
+def run_description(config: RunConfig, report: MetricReport, base_report: MetricReport | None) -> str:
+    """The run's description in the MLflow UI (markdown, at the top of its page): what it is made
+    of and the key metrics, before the hundreds of per-class values below."""
+    aligner = config.aligner.name if config.aligner else None
+    lines = [
+        f"One model for {len(report.per_class)} classes: reconstructor `{config.reconstructor.name}`"
+        + (f", synthesizer `{config.synthesizer.name}`" if config.synthesizer else "")
+        + (f", aligner `{aligner}`" if aligner else "")
+        + (f", from the preset `{config.tracking.preset}`" if config.tracking.preset else "")
+        + ".",
+        "",
+        "| | image AUROC | pixel AUROC | pixel AP |",
+        "|---|---|---|---|",
+    ]
+    reports = [("", report)] if base_report is None else [("base ", base_report), (f"{aligner} ", report)]
+    for label, values in reports:
+        for unit in ("mean", "pooled"):
+            numbers = getattr(values, unit)
+            cells = [f"{numbers[m]:.3f}" if m in numbers else "-" for m in ("image_auroc", "pixel_auroc", "pixel_ap")]
+            lines.append(f"| {label}{unit} | " + " | ".join(cells) + " |")
+    lines += ["", "Artifacts: `overlays/` outlines defects per class; `synthesis.png` shows training samples, if any."]
+    return "\n".join(lines)
 
 
 def _threshold_metrics(thresholds: Thresholds, decisions: dict) -> dict[str, float]:

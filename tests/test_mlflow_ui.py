@@ -22,9 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import call_captured, quick_args
 from mlflow.tracking import MlflowClient
 
+from helpers import call_captured, quick_args
 from uadp.tracking import KEY_METRICS, embedded_uri
 
 REQUIRED = os.environ.get("UADP_BROWSER_TEST") == "required"

@@ -13,19 +13,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from helpers import call_captured, quick_args
-from uadp.tracking import KEY_METRICS, embedded_uri
+from uadp.tracking import KEY_METRICS
 
 REQUIRED = os.environ.get("UADP_BROWSER_TEST") == "required"
 CHROMIUM = os.environ.get("UADP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,62 +40,8 @@ def _need_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tiny_dataset: Path, tmp_path_factory) -> dict:
-    """Two finished runs, one with an aligner, in one embedded store."""
-    _need_browser()
-    root = tmp_path_factory.mktemp("ui") / "uadp-runs"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for extra in ((), ("--aligner", "cada")):
-            code, _, stderr = call_captured(quick_args(tiny_dataset, root, *extra, epochs=1))
-            assert code == 0, stderr
-    client = MlflowClient(embedded_uri(root))
-    runs = client.search_runs([client.get_experiment_by_name(tiny_dataset.name).experiment_id])
-    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
-    return {"root": root, "runs": {run.info.run_id: run for run in runs}}
-
-
-@pytest.fixture(scope="module")
-def ui(store: dict):
-    """`uadp ui` on the store, on a free port; yields the experiment's link that it prints."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uadp", "ui", "--root", str(store["root"]), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        links = []
-        for line in server.stdout:
-            if "://" in line and "#/experiments/" in line:
-                links.append(line.split(": ", 1)[1].strip())
-                break
-        assert links, "uadp ui printed no link to the experiment's runs"
-        _wait_for_http(f"http://127.0.0.1:{port}/", server)
-        yield links[0]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-def _wait_for_http(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "uadp ui exited before it served a page"
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the MLflow UI did not answer at {url} within {WAIT_S} s")
-
-
-@pytest.fixture(scope="module")
 def browser():
+    _need_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -131,11 +70,11 @@ def _wait_for_text(driver, text: str) -> None:
     WebDriverWait(driver, WAIT_S).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
 
 
-def test_ui_opens_on_the_runs_table_and_compares_two_runs(ui: str, store: dict, browser, tmp_path: Path) -> None:
+def test_ui_opens_on_the_runs_table_and_compares_two_runs(ui, two_runs: dict, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(ui)
-    for run in store["runs"].values():
+    browser.get(ui.link)
+    for run in two_runs["runs"].values():
         _wait_for_text(browser, run.info.run_name)
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "Run Name" in page
@@ -153,9 +92,9 @@ def test_ui_opens_on_the_runs_table_and_compares_two_runs(ui: str, store: dict, 
     _wait_for_text(browser, "Show diff only")
     shown = _compare_row(browser, "pooled/image_auroc")
     order = re.findall(r"[0-9a-f]{32}", browser.find_element(By.XPATH, "//*[contains(text(),'Run ID')]/..").text)
-    assert sorted(order) == sorted(store["runs"])
+    assert sorted(order) == sorted(two_runs["runs"])
     for run_id, text in zip(order, shown, strict=True):
-        assert float(text) == pytest.approx(store["runs"][run_id].data.metrics["pooled/image_auroc"], abs=5e-4)
+        assert float(text) == pytest.approx(two_runs["runs"][run_id].data.metrics["pooled/image_auroc"], abs=5e-4)
     _screenshot(browser, "mlflow-compare.png", tmp_path)
 
 

@@ -335,6 +335,36 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise
 
 
+def _store_for_reading(root: str):
+    """The tracker of the store runs were recorded in; an error when there is nothing to read."""
+    from .tracking import Tracker
+
+    tracker = Tracker(root)
+    if tracker.embedded and not (Path(root) / "mlflow.db").is_file():
+        raise UadpError(
+            f"no embedded MLflow store at {Path(root) / 'mlflow.db'}; run `uadp run` first, pass --root, "
+            "or set MLFLOW_TRACKING_URI to read a tracking server"
+        )
+    return tracker
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .run_history import format_runs, list_runs
+
+    tracker = _store_for_reading(args.root)
+    print(format_runs(list_runs(tracker, args.experiment, args.sort, args.limit)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .run_history import compare_runs, find_run
+
+    tracker = _store_for_reading(args.root)
+    runs = [find_run(tracker, ref) for ref in args.runs]
+    print(compare_runs(runs, args.only))
+    return 0
+
+
 def _experiments(root: Path) -> list[tuple[str, str]]:
     """(id, name) of the embedded store's experiments that hold runs, oldest first."""
     from .tracking import Tracker
@@ -527,6 +557,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     _add_synthesize_command(sub)
     _add_inspection_commands(sub)
     _add_ui_command(sub)
+    _add_history_commands(sub)
     _add_predict_command(sub)
     _add_export_command(sub)
     if registry_for_commands is not None:
@@ -611,6 +642,25 @@ def _add_ui_command(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(handler=cmd_ui)
+
+
+def _add_history_commands(sub) -> None:
+    p = sub.add_parser("runs", help="a table of recorded runs with their key metrics")
+    _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
+    p.add_argument("--experiment", metavar="NAME", help="only this experiment's runs (default: every experiment)")
+    p.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help="best first by this metric key, e.g. pooled/image_auroc (default: newest first)",
+    )
+    p.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    p.set_defaults(handler=cmd_runs)
+
+    p = sub.add_parser("compare", help="runs side by side: the config values that differ and every metric")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, or their first characters as `uadp runs` prints")
+    _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
+    p.add_argument("--only", metavar="PATTERN", help="only metrics matching this pattern, e.g. 'pooled/*'")
+    p.set_defaults(handler=cmd_compare)
 
 
 def _add_predict_command(sub) -> None:

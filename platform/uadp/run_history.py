@@ -1,0 +1,160 @@
+"""Recorded runs read back from MLflow, for the terminal: the table of ``uadp runs`` and the
+side-by-side of ``uadp compare``.
+
+Both read whatever store a run writes to (the embedded one under ``--root``, or the server in
+``MLFLOW_TRACKING_URI``), so a run can be judged and compared without opening the UI.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from .errors import UadpError
+from .tracking import KEY_METRICS, Tracker
+
+# The table's metric columns: heading, metric key.
+RUN_COLUMNS = (
+    ("I-AUROC", "mean/image_auroc"),
+    ("pooled I-AUROC", "pooled/image_auroc"),
+    ("P-AUROC", "mean/pixel_auroc"),
+    ("P-AP", "mean/pixel_ap"),
+)
+# The order metric groups are printed in by ``uadp compare``: the key metrics first.
+_GROUP_ORDER = ("mean/", "pooled/", "class/", "base/", "aligned/", "threshold/", "timing/", "train/")
+
+
+def list_runs(tracker: Tracker, experiment: str | None = None, sort: str | None = None, limit: int = 50) -> list:
+    """The runs of one experiment (or of every experiment), newest first or best first by ``sort``."""
+    client = tracker.client
+    experiments = client.search_experiments()
+    if experiment is not None:
+        chosen = [e for e in experiments if e.name == experiment]
+        if not chosen:
+            names = ", ".join(sorted(e.name for e in experiments)) or "none"
+            raise UadpError(f"--experiment {experiment}: no such experiment in {tracker.uri} (there are: {names})")
+        experiments = chosen
+    ids = [e.experiment_id for e in experiments]
+    if not ids:
+        return []
+    order = [f"metrics.`{sort}` DESC"] if sort else ["attributes.start_time DESC"]
+    runs = client.search_runs(ids, order_by=order, max_results=limit)
+    if sort and runs and all(sort not in run.data.metrics for run in runs):
+        raise UadpError(f"--sort {sort}: no run records that metric (try {', '.join(KEY_METRICS)})")
+    return list(runs)
+
+
+def format_runs(runs: Iterable) -> str:
+    """One line per run: id, name, components, status, date, key metrics, training time."""
+    heads = ["run", "name", "components", "status", "started", *(h for h, _ in RUN_COLUMNS), "train"]
+    rows = []
+    for run in runs:
+        metrics = run.data.metrics
+        rows.append(
+            [
+                run.info.run_id[:8],
+                run.info.run_name or "",
+                components(run.data.tags),
+                run.info.status,
+                datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
+                *(_number(metrics.get(key)) for _, key in RUN_COLUMNS),
+                _duration(metrics.get("timing/train_s")),
+            ]
+        )
+    if not rows:
+        return "no runs"
+    return _table(heads, rows, numeric_from=5)
+
+
+def components(tags: dict[str, str]) -> str:
+    """``uniad + cada``: the reconstructor, synthesizer and aligner a run used (from its tags)."""
+    parts = [tags.get(f"uadp.{kind}", "none") for kind in ("reconstructor", "synthesizer", "aligner")]
+    return " + ".join(p for p in parts if p != "none") or "-"
+
+
+def find_run(tracker: Tracker, ref: str):
+    """A run by its id, or by the start of its id as ``uadp runs`` prints it (8 characters)."""
+    client = tracker.client
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        try:
+            return client.get_run(ref)
+        except Exception:
+            raise UadpError(f"run {ref}: no such run in {tracker.uri}") from None
+    if not re.fullmatch(r"[0-9a-f]{4,31}", ref):
+        raise UadpError(
+            f"run {ref!r}: expected a run id (32 hex digits) or its first characters, as `uadp runs` prints"
+        )
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = [run for run in client.search_runs(ids, max_results=50000) if run.info.run_id.startswith(ref)]
+    if len(found) != 1:
+        what = "no run" if not found else f"{len(found)} runs"
+        raise UadpError(f"run {ref}: {what} in {tracker.uri} with an id that starts so; give more of the id")
+    return found[0]
+
+
+def compare_runs(runs: list, only: str | None = None) -> str:
+    """The config values and tags that differ between runs, then every metric side by side
+    (``only``: metric keys matching this glob pattern)."""
+    heads = ["", *(f"{run.info.run_id[:8]}" for run in runs)]
+    lines = ["runs: " + ", ".join(f"{run.info.run_id[:8]} = {run.info.run_name}" for run in runs), ""]
+    differing = _differing({f"tag {k}": v for k, v in _uadp_tags(run).items()} | run.data.params for run in runs)
+    lines.append("config values that differ:" if differing else "config: the same in every run")
+    if differing:
+        lines.append(_table(heads, differing))
+    keys = sorted({key for run in runs for key in run.data.metrics}, key=_metric_order)
+    if only:
+        keys = [key for key in keys if fnmatch.fnmatchcase(key, only)]
+        if not keys:
+            raise UadpError(f"--only {only}: no metric of these runs matches")
+    rows = [[key, *(_number(run.data.metrics.get(key)) for run in runs)] for key in keys]
+    lines += ["", "metrics:", _table(["metric", *heads[1:]], rows, numeric_from=1)]
+    return "\n".join(lines)
+
+
+def _uadp_tags(run) -> dict[str, str]:
+    return {k: v for k, v in run.data.tags.items() if k.startswith("uadp.") and k != "uadp.config_hash"}
+
+
+def _differing(values_per_run: Iterable[dict[str, Any]]) -> list[list[str]]:
+    values = list(values_per_run)
+    keys = sorted({key for run in values for key in run})
+    return [
+        [key, *(str(run.get(key, "-")) for run in values)] for key in keys if len({run.get(key) for run in values}) > 1
+    ]
+
+
+def _metric_order(key: str) -> tuple:
+    """Key metrics first, then by group (mean, pooled, per class, base, aligned, ...), then by name."""
+    if key in KEY_METRICS:
+        return (0, KEY_METRICS.index(key), key)
+    group = next((i for i, prefix in enumerate(_GROUP_ORDER) if key.startswith(prefix)), len(_GROUP_ORDER))
+    return (1, group, key)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _table(heads: list[str], rows: list[list[str]], numeric_from: int | None = None) -> str:
+    """Columns padded to their widest cell; numbers (columns from ``numeric_from``) right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(heads, *rows)]
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for i, (cell, width) in enumerate(zip(cells, widths)):
+            right = numeric_from is not None and i >= numeric_from
+            out.append(f"{cell:>{width}}" if right else f"{cell:<{width}}")
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(heads), "-" * len(line(heads)), *(line(row) for row in rows)])

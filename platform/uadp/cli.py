@@ -365,6 +365,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import KINDS, write_plugin
+
+    folder = write_plugin(args.name, args.kind, args.out, _registry(args))
+    kind = KINDS[args.kind]
+    print(f"wrote a {args.kind} plugin package in {folder}:")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        print(f"  {path.relative_to(folder)}")
+    print(
+        f"next: pip install -e '{folder}[test]', then `uadp show {args.name}`, "
+        f"`pytest -q {folder}` ({kind.check}) and, e.g., `{kind.usage.splitlines()[0].replace('NAME', args.name)}`"
+    )
+    return 0
+
+
 def _experiments(root: Path) -> list[tuple[str, str]]:
     """(id, name) of the embedded store's experiments that hold runs, oldest first."""
     from .tracking import Tracker
@@ -558,6 +573,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     _add_inspection_commands(sub)
     _add_ui_command(sub)
     _add_history_commands(sub)
+    _add_new_plugin_command(sub)
     _add_predict_command(sub)
     _add_export_command(sub)
     if registry_for_commands is not None:
@@ -661,6 +677,16 @@ def _add_history_commands(sub) -> None:
     _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
     p.add_argument("--only", metavar="PATTERN", help="only metrics matching this pattern, e.g. 'pooled/*'")
     p.set_defaults(handler=cmd_compare)
+
+
+def _add_new_plugin_command(sub) -> None:
+    from .scaffold import KINDS
+
+    p = sub.add_parser("new-plugin", help="write a pip-installable plugin package with a working component")
+    p.add_argument("name", help="the component's name, as users will type it (e.g. mynet)")
+    p.add_argument("--kind", required=True, choices=list(KINDS), help="what kind of component")
+    p.add_argument("--out", metavar="DIR", help="the package folder to write (default: ./uadp-NAME)")
+    p.set_defaults(handler=cmd_new_plugin)
 
 
 def _add_predict_command(sub) -> None:

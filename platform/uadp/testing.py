@@ -22,8 +22,8 @@ that reloads to the same scores, a ``--from-run`` re-scoring that agrees)::
     def test_mynet_keeps_the_contract(tmp_path):
         check_reconstructor("mynet", Registry(), tmp_path, hidden=8)
 
-:func:`check_reconstructor`, :func:`check_synthesizer`, :func:`check_aligner` and
-:func:`check_backbone` choose the partners a component needs (a backbone for a feature
+:func:`check_reconstructor`, :func:`check_synthesizer`, :func:`check_aligner`,
+:func:`check_backbone`, :func:`check_dataset` and :func:`check_metric` choose the partners a component needs (a backbone for a feature
 reconstructor, a reconstructor that trains on synthesized anomalies for a synthesizer, ...)
 from the registry by their registration traits (:func:`find_component`).
 
@@ -223,7 +223,7 @@ def find_component(registry, kind: str, **traits: Any) -> str:
     registration traits match; a trait given as a tuple accepts any of its values, preferring
     earlier ones (then the registration order)::
 
-        find_component(registry, "reconstructors", synthesizer=("required", "optional"))
+        find_component(registry, "reconstructors", synthesizer=("optional", "required"))
 
     Raises AssertionError when no registered component matches.
     """
@@ -263,9 +263,10 @@ def check_synthesizer(name: str, registry, tmp_path: str | Path, **options: Any)
     :class:`~uadp.contract.Synthesis` with a float32 [H,W,3] image in [0, 1], a ``mask``
     target [H,W] and only float32 [H,W] or [H,W,C] targets, with the same names for every
     image; the same generator seed gives the same output, and the input image is left as it
-    was. Then a run trains the first registered reconstructor that takes synthesized anomalies
-    (``synthesizer="required"``, else ``"optional"``) with it, with the checks of
-    :func:`check_reconstructor`.
+    was. Then a run trains the first registered reconstructor that may take synthesized anomalies
+    (``synthesizer="optional"``: it reads only the ``mask`` target, which every synthesizer
+    gives; else one that requires them, which may need targets of its own) with it, with the
+    checks of :func:`check_reconstructor`.
     """
     return check_component("synthesizers", name, registry, tmp_path, **options)
 
@@ -295,6 +296,99 @@ def check_backbone(name: str, registry, tmp_path: str | Path, **options: Any) ->
     return check_component("backbones", name, registry, tmp_path, **options)
 
 
+def check_dataset(name: str, registry, tmp_path: str | Path, **options: Any) -> ComponentCheck:
+    """Check dataset reader ``name`` built with ``options`` (its config, e.g. ``root=...``).
+
+    On its own: it lists sorted, unique classes; each class has training samples, all normal
+    (label 0, no mask), and test samples labelled 0 or 1, every anomalous one with a mask; every
+    image and mask file it names exists. Then a run trains and evaluates the first registered
+    reconstructor that needs no synthesizer on it, with the checks of :func:`check_reconstructor`,
+    and the run's results hold every class.
+    """
+    from .contract import Dataset
+
+    label = f"dataset {name!r}"
+    registration = registry.get("datasets", name)
+    reader = registration.factory(registration.config.model_validate(options))
+    if not isinstance(reader, Dataset):
+        raise AssertionError(f"{label}: built {type(reader).__name__}, which is not a uadp.contract.Dataset")
+    classes = reader.class_names()
+    if not classes or list(classes) != sorted(set(classes)):
+        raise AssertionError(f"{label}: class_names() gave {classes}; expected sorted, unique names")
+    for class_name in classes:
+        _check_samples(label, class_name, reader.samples(class_name, "train"), reader.samples(class_name, "test"))
+    reconstructor = find_component(registry, "reconstructors", synthesizer=("none", "optional"))
+    found = check_component("reconstructors", reconstructor, registry, tmp_path, dataset={"name": name, **options})
+    recorded = _recorded_run(found)
+    if recorded.data.tags.get("uadp.classes", "").split(",") != list(classes):
+        raise AssertionError(
+            f"{label}: the run used the classes {recorded.data.tags.get('uadp.classes')}; expected {classes}"
+        )
+    return found
+
+
+def _recorded_run(check: ComponentCheck):
+    """The MLflow run a check made."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import tracking_uri
+
+    return MlflowClient(tracking_uri(check.config.tracking.root)).get_run(check.run_id)
+
+
+def _check_samples(label: str, class_name: str, train: list, test: list) -> None:
+    where = f"{label}, class {class_name!r}"
+    if not train or not test:
+        raise AssertionError(f"{where}: {len(train)} training and {len(test)} test samples; expected some of each")
+    for sample in train:
+        if sample.label != 0 or sample.mask_path is not None:
+            raise AssertionError(f"{where}: training sample {sample.path} is not normal (label 0, no mask)")
+    for sample in test:
+        if sample.label not in (0, 1) or (sample.label == 1) != (sample.mask_path is not None):
+            raise AssertionError(
+                f"{where}: test sample {sample.path} has label {sample.label} and mask {sample.mask_path}; "
+                "expected 0 without a mask or 1 with one"
+            )
+    for sample in (*train, *test):
+        for path in (sample.path, sample.mask_path):
+            if path is not None and not Path(path).is_file():
+                raise AssertionError(f"{where}: {path} does not exist")
+
+
+def check_metric(name: str, registry, tmp_path: str | Path, **options: Any) -> ComponentCheck:
+    """Check metric ``name``: on its own, then in a run.
+
+    On its own, on generated evaluation units (scores, labels, maps, masks): it returns a finite
+    float, the same for the same unit. Then a run of the first registered reconstructor that
+    needs no synthesizer, evaluated with this metric only, must record it for every class, their
+    mean and the pooled unit, finite. ``options`` go to the run's check (see :func:`check_component`).
+    """
+    from .metrics.view import EvalView
+
+    label = f"metric {name!r}"
+    registration = registry.get("metrics", name)
+    metric = registration.factory(registration.config())
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    masks = np.zeros((6, 8, 8), dtype=np.uint8)
+    masks[3:, 2:5, 2:5] = 1
+    maps = rng.random((6, 8, 8)).astype(np.float32) + masks
+    view = EvalView(maps.reshape(6, -1).max(axis=1), labels, maps, masks)
+    values = [metric(view), metric(EvalView(view.scores, view.labels, view.maps, view.masks))]
+    if not all(isinstance(v, (float, np.floating)) and np.isfinite(v) for v in values) or values[0] != values[1]:
+        raise AssertionError(f"{label}: gave {values} for the same unit twice; expected one finite float")
+    config = merge({"eval": {"metrics": [name]}}, options.pop("config", {}) or {})
+    reconstructor = find_component(registry, "reconstructors", synthesizer=("none", "optional"))
+    found = check_component("reconstructors", reconstructor, registry, tmp_path, config=config, **options)
+    recorded = _recorded_run(found)
+    logged = recorded.data.metrics
+    units = [f"class/{c}" for c in recorded.data.tags["uadp.classes"].split(",")] + ["mean", "pooled"]
+    bad = [unit for unit in units if not np.isfinite(logged.get(f"{unit}/{name}", np.nan))]
+    if bad:
+        raise AssertionError(f"{label}: the run recorded no finite value for {', '.join(bad)}")
+    return found
+
+
 def check_component(
     kind: str,
     name: str,
@@ -307,6 +401,7 @@ def check_component(
     data: str | Path | None = None,
     runs: str | Path | None = None,
     tolerance: float = TOLERANCE,
+    dataset: dict[str, Any] | None = None,
     **options: Any,
 ) -> ComponentCheck:
     """The check of one component of ``kind`` (``"reconstructors"``, ``"synthesizers"``,
@@ -326,7 +421,9 @@ def check_component(
     * ``runs``: the tracking root (default: ``tmp_path / "uadp-runs"``); the first run in a new
       one creates its MLflow store, which takes seconds, so a test module may share one;
     * ``tolerance``: how far the reloaded and re-scored maps and scores may be from the run's,
-      as a fraction of the range of the run's.
+      as a fraction of the range of the run's;
+    * ``dataset``: the dataset section (``{"name": ..., options}``) instead of the folder reader
+      on ``data``.
     """
     if kind not in SECTIONS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(SECTIONS)}")
@@ -337,7 +434,7 @@ def check_component(
     runs = Path(runs) if runs is not None else tmp_path / "uadp-runs"
     sections = _sections(kind, name, registry, options, partners or {}, tiny or {})
     overrides = {
-        "dataset": {"name": "mvtec", "root": str(data)},
+        "dataset": dataset or {"name": registry.folder_dataset(), "root": str(data)},
         "data": {"image_size": 64, "workers": 0, "augment": []},
         "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0, "device": "cpu"},
         "eval": {"batch_size": 8, "overlays_per_class": 0},
@@ -372,7 +469,7 @@ def _sections(kind: str, name: str, registry, options: dict, partners: dict, tin
     any_synthesizer = ("none", "optional", "required")
     if kind == "synthesizers":
         sections["reconstructor"] = given_or_found(
-            "reconstructor", "reconstructors", synthesizer=("required", "optional")
+            "reconstructor", "reconstructors", synthesizer=("optional", "required")
         )
     elif kind == "aligners":
         sections["reconstructor"] = given_or_found("reconstructor", "reconstructors", synthesizer=any_synthesizer)

@@ -9,9 +9,11 @@ with its defaults.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,11 +21,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from uadp import hookimpl
-from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
+from uadp.contract import Backbone, Batch, BuildContext, Dataset, Metric, Prediction, Reconstructor, Sample
+from uadp.metrics.view import EvalView
 from uadp.registry import Registry
 from uadp.testing import (
     check_aligner,
     check_backbone,
+    check_dataset,
+    check_metric,
     check_reconstructor,
     check_synthesizer,
     find_component,
@@ -93,7 +98,90 @@ def test_aligner(name: str, workspace, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", component_params(REGISTRY, "backbones"))
 def test_backbone(name: str, workspace, tmp_path: Path) -> None:
+    registration = REGISTRY.get("backbones", name)
+    assert isinstance(registration.factory(registration.config()), Backbone)
     check_backbone(name, REGISTRY, tmp_path, **_settings(workspace))
+
+
+@pytest.mark.parametrize(
+    "name", [p for p in component_params(REGISTRY, "datasets") if REGISTRY.get("datasets", p.id).traits["folder"]]
+)
+def test_folder_dataset(name: str, workspace, tmp_path: Path) -> None:
+    check_dataset(name, REGISTRY, tmp_path, root=str(workspace.data), tiny=TINY, runs=workspace.runs)
+
+
+def test_metric(workspace, tmp_path: Path) -> None:
+    """One metric through a run (each metric's values are checked against scikit-learn elsewhere)."""
+    name = REGISTRY.registered("metrics")[0]
+    registration = REGISTRY.get("metrics", name)
+    metric = registration.factory(registration.config())
+    assert isinstance(metric, Metric)
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 8)
+    masks = (rng.random((16, 6, 6)) < 0.2).astype(np.uint8) * labels[:, None, None]
+    maps = rng.random((16, 6, 6)).astype(np.float32) + masks
+    view = EvalView(maps.max(axis=(1, 2)), labels, maps, masks)
+    assert math.isfinite(metric(view)) and metric(view) == metric(view)
+    check_metric(name, REGISTRY, tmp_path, **_settings(workspace))
+
+
+# --------------------------------------------------------------------------- the checks catch faults
+
+
+class MislabelledFolder:
+    """The folder reader, except that one training image claims to be anomalous."""
+
+    def __init__(self, config) -> None:
+        self.inner = REGISTRY.get("datasets", REGISTRY.folder_dataset()).factory(config)
+        self.name = self.inner.name
+
+    def class_names(self) -> list[str]:
+        return self.inner.class_names()
+
+    def samples(self, class_name: str, split: str) -> list[Sample]:
+        found = self.inner.samples(class_name, split)
+        if split == "train":
+            first = found[0]
+            found[0] = Sample(first.path, first.class_name, 1, "scratch", first.path)
+        return found
+
+
+class UnsteadyMetric:
+    """A metric that gives another value each time it is asked."""
+
+    def __init__(self, config) -> None:
+        self.calls = 0
+
+    def __call__(self, view) -> float:
+        self.calls += 1
+        return float(self.calls)
+
+
+class FaultyPlugin:
+    @hookimpl
+    def register_datasets(self, register):
+        config = REGISTRY.get("datasets", REGISTRY.folder_dataset()).config
+        register("mislabelled", MislabelledFolder, config=config, help="test: a training image labelled anomalous")
+
+    @hookimpl
+    def register_metrics(self, register):
+        register("unsteady", UnsteadyMetric, help="test: another value each call")
+
+
+def test_the_dataset_check_catches_an_anomalous_training_image(workspace, tmp_path: Path) -> None:
+    registry = Registry()
+    registry.add_plugin(FaultyPlugin(), "faulty")
+    config = REGISTRY.get("datasets", REGISTRY.folder_dataset()).config(root=str(workspace.data))
+    assert isinstance(registry.get("datasets", "mislabelled").factory(config), Dataset)
+    with pytest.raises(AssertionError, match="is not normal"):
+        check_dataset("mislabelled", registry, tmp_path, root=str(workspace.data))
+
+
+def test_the_metric_check_catches_an_unsteady_metric(tmp_path: Path) -> None:
+    registry = Registry()
+    registry.add_plugin(FaultyPlugin(), "faulty")
+    with pytest.raises(AssertionError, match="for the same unit twice"):
+        check_metric("unsteady", registry, tmp_path)
 
 
 # --------------------------------------------------------------------------- a plugin added at runtime

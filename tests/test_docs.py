@@ -174,3 +174,35 @@ def test_a_benchmark_command_writes_a_results_file_the_docs_can_render(tmp_path)
     assert table.title == "two classes" and "bench_compare.py" in table.commands[0] and "threads" in table.hardware
     assert [row[0] for row in table.rows] == ["a", "b", "mean", "pooled"]
     assert table.header[1:3] == ["run I-AUROC", "run P-AUROC"] and table.rows[0][1] == "0.900"
+
+
+# --------------------------------------------------------------------------- and the tests keep up too
+
+OTHER_TESTS = {
+    path.name: path.read_text() for path in (ROOT / "tests").glob("test_*.py") if path.name != "test_docs.py"
+}
+
+
+def _tests_naming(pattern: str) -> list[str]:
+    return [name for name, text in OTHER_TESTS.items() if re.search(pattern, text)]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_implemented_in_a_test(hook):
+    """A test plugin implements each hook (``def register_...``), so each is run, not only documented."""
+    assert _tests_naming(rf"def {hook}\("), f"no test implements the hook {hook}"
+
+
+@pytest.mark.parametrize("trait", TRAIT_NAMES)
+def test_every_registration_trait_is_used_in_a_test(trait):
+    assert _tests_naming(rf"\b{trait}="), f"no test registers a component with the trait {trait}="
+
+
+@pytest.mark.parametrize("name", CONTRACT_TYPES)
+def test_every_contract_type_is_used_in_a_test(name):
+    assert _tests_naming(rf"\b{name}\b"), f"no test uses the contract type {name}"
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_is_run_by_a_test(command):
+    assert _tests_naming(rf"[\[\"( ]\"?{re.escape(command)}\"[,\]]"), f"no test runs `uadp {command}`"

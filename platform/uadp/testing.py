@@ -296,8 +296,18 @@ def check_backbone(name: str, registry, tmp_path: str | Path, **options: Any) ->
     return check_component("backbones", name, registry, tmp_path, **options)
 
 
-def check_dataset(name: str, registry, tmp_path: str | Path, **options: Any) -> ComponentCheck:
-    """Check dataset reader ``name`` built with ``options`` (its config, e.g. ``root=...``).
+def check_dataset(
+    name: str,
+    registry,
+    tmp_path: str | Path,
+    *,
+    partners: dict[str, dict[str, Any]] | None = None,
+    tiny: dict[str, dict[str, dict[str, Any]]] | None = None,
+    runs: str | Path | None = None,
+    **options: Any,
+) -> ComponentCheck:
+    """Check dataset reader ``name`` built with ``options`` (its config, e.g. ``root=...``);
+    ``partners``, ``tiny`` and ``runs`` are those of :func:`check_component`.
 
     On its own: it lists sorted, unique classes; each class has training samples, all normal
     (label 0, no mask), and test samples labelled 0 or 1, every anomalous one with a mask; every
@@ -318,7 +328,16 @@ def check_dataset(name: str, registry, tmp_path: str | Path, **options: Any) -> 
     for class_name in classes:
         _check_samples(label, class_name, reader.samples(class_name, "train"), reader.samples(class_name, "test"))
     reconstructor = find_component(registry, "reconstructors", synthesizer=("none", "optional"))
-    found = check_component("reconstructors", reconstructor, registry, tmp_path, dataset={"name": name, **options})
+    found = check_component(
+        "reconstructors",
+        reconstructor,
+        registry,
+        tmp_path,
+        dataset={"name": name, **options},
+        partners=partners,
+        tiny=tiny,
+        runs=runs,
+    )
     recorded = _recorded_run(found)
     if recorded.data.tags.get("uadp.classes", "").split(",") != list(classes):
         raise AssertionError(

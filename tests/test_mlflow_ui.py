@@ -121,3 +121,33 @@ def _compare_row(driver, metric: str) -> list[str]:
     time.sleep(0.5)
     cells = values.find_elements(By.XPATH, f".//div[contains(@style,'top: {top}px')]")
     return [cell.text for cell in cells]
+
+
+def test_a_runs_page_opens_on_its_key_metrics_and_shows_its_overlays(ui, two_runs: dict, browser, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run_id, run = next((i, r) for i, r in two_runs["runs"].items() if r.data.tags["uadp.aligner"] == "cada")
+    base = ui.link.split("/#/")[0]
+    experiment = run.info.experiment_id
+    browser.get(f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning")
+    _wait_for_text(browser, "Description")
+    page = browser.find_element(By.TAG_NAME, "body").text
+    description = page.split("Description", 1)[1]
+    assert description.index("image AUROC") < description.index("Metrics")  # the summary comes first
+    assert f"{run.data.metrics['base/pooled/image_auroc']:.3f}" in description
+
+    browser.get(f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts?workflowType=machine_learning")
+    _wait_for_text(browser, "overlays")
+    browser.execute_script(
+        "arguments[0].click()", browser.find_element(By.XPATH, "//*[normalize-space(text())='overlays']")
+    )
+    _wait_for_text(browser, "blobs.png")
+    browser.execute_script(
+        "arguments[0].click()", browser.find_element(By.XPATH, "//*[normalize-space(text())='blobs.png']")
+    )
+    shown = WebDriverWait(browser, WAIT_S).until(
+        lambda d: [i for i in d.find_elements(By.TAG_NAME, "img") if i.size["width"] > 200]
+    )
+    assert shown, "the overlay picture is not shown"
+    _screenshot(browser, "mlflow-overlay.png", tmp_path)

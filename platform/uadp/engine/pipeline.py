@@ -60,7 +60,7 @@ from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
 from ..thresholds import Thresholds, calibrate, threshold_report
-from ..tracking import Tracker, metric_key
+from ..tracking import KEY_METRICS, Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
 from .components import Components, build_components
@@ -840,7 +840,9 @@ def _log_report(
     if base_report is not None:
         metrics |= _report_metrics(base_report, "base") | _report_metrics(report, "aligned")
     metrics.update({metric_key("timing", k): v for k, v in timing.items()})
-    tracker.log_metrics(metrics)
+    # the key metrics logged first: a run's page lists its metrics in the order they came
+    key_first = {key: metrics[key] for key in KEY_METRICS if key in metrics}
+    tracker.log_metrics({**key_first, **metrics})
 
 
 def bundle_for(run: str, root: Path) -> Path:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from uadp.contract import Batch, BuildContext
+from uadp.errors import ConfigError
 from uadp_plugins._layers.dcsa import DCSA, BasicBlock
 from uadp_plugins._layers.ssim import ssim
 from uadp_plugins.reconstructors.omnial import (
@@ -144,6 +145,17 @@ def test_training_step_reports_each_loss_and_backpropagates():
     model.eval()
     prediction = model.predict(Batch(images=images))
     assert prediction.anomaly_map.shape == (2, 32, 32) and "bottleneck" in prediction.embeddings
+
+
+def test_a_synthesizer_without_its_targets_is_a_clear_error():
+    """Another synthesizer (one that gives only a mask) is named at the first batch, not a KeyError."""
+    model = OmniAL(OmniALConfig(**SMALL), BuildContext((32, 32), None))
+    batch = Batch(
+        images=torch.rand(2, 3, 32, 32),
+        targets={"clean_image": torch.rand(2, 3, 32, 32), "mask": torch.zeros(2, 32, 32)},
+    )
+    with pytest.raises(ConfigError, match="targets jnd and levels.*gives clean_image, mask.*missing: jnd, levels"):
+        model.training_step(batch)
 
 
 def test_without_diffneck_the_localisation_net_takes_reconstruction_and_input():

@@ -35,6 +35,7 @@ from torch import nn
 from uadp import hookimpl
 from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
+from uadp.errors import ConfigError
 
 from .._layers.dcsa import DCSA, BasicBlock, Norm
 from .._layers.smoothing import full_precision, gaussian_blur
@@ -239,6 +240,12 @@ class OmniAL(Reconstructor):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         targets = batch.targets
+        missing = [name for name in ("jnd", "levels") if name not in targets]
+        if missing:  # a synthesizer other than panel-jnd: say so at the first batch, not with a KeyError
+            raise ConfigError(
+                f"reconstructor omnial trains on the synthesizer targets jnd and levels, which panel-jnd makes; "
+                f"this synthesizer gives {', '.join(sorted(targets)) or 'none'} (missing: {', '.join(missing)})"
+            )
         clean, clean_jnd, levels = targets["clean_image"], targets["jnd"], targets["levels"]
         rec, jnd, logits, _ = self.forward_parts(batch.images)
         window = self.config.ssim_window

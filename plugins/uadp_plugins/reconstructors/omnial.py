@@ -287,7 +287,7 @@ def register_reconstructors(register):
         preset="omnial-cpu",
         advice=(
             "at a CPU budget, good for large visible defects on objects; weak on small defects and textures "
-            "(realmix-dev magnetic_tile: image AUROC 0.73 against UniAD's 0.86): prefer uniad or unias there"
+            "(realmix-dev magnetic_tile: image AUROC 0.77 against UniAD's 0.86): prefer uniad or unias there"
         ),
     )
 

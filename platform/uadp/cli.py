@@ -300,7 +300,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from .tracking import artifact_root, embedded_uri, experiment_url
+    from .run_history import experiments_with_runs
+    from .tracking import Tracker, artifact_root, embedded_uri, experiment_url
 
     root = Path(args.root)
     if not (root / "mlflow.db").is_file():
@@ -321,7 +322,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     ]
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} (Ctrl-C stops it); the runs of each experiment, with their key metrics:")
-    for experiment_id, name in _experiments(root):
+    for experiment_id, name in experiments_with_runs(Tracker(root)):
         print(f"  {name}: {experiment_url(base, experiment_id)}")
     sys.stdout.flush()
     # the server and its workers get a process group of their own, so that however uadp is
@@ -378,18 +379,6 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
         f"`pytest -q {folder}` ({kind.check}) and, e.g., `{kind.usage.splitlines()[0].replace('NAME', args.name)}`"
     )
     return 0
-
-
-def _experiments(root: Path) -> list[tuple[str, str]]:
-    """(id, name) of the embedded store's experiments that hold runs, oldest first."""
-    from .tracking import Tracker
-
-    client = Tracker(root).client
-    found = client.search_experiments()
-    return sorted(
-        ((e.experiment_id, e.name) for e in found if client.search_runs([e.experiment_id], max_results=1)),
-        key=lambda item: int(item[0]) if item[0].isdigit() else item[0],
-    )
 
 
 def _stop_process_group(process, grace_s: float = 10.0) -> None:

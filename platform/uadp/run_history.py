@@ -27,6 +27,17 @@ RUN_COLUMNS = (
 _GROUP_ORDER = ("mean/", "pooled/", "class/", "base/", "aligned/", "threshold/", "timing/", "train/")
 
 
+def experiments_with_runs(tracker: Tracker) -> list[tuple[str, str]]:
+    """(id, name) of the store's experiments that hold runs, oldest first (what ``uadp ui`` links to)."""
+    client = tracker.client
+    found = [
+        (e.experiment_id, e.name)
+        for e in client.search_experiments()
+        if client.search_runs([e.experiment_id], max_results=1)
+    ]
+    return sorted(found, key=lambda item: (not item[0].isdigit(), int(item[0]) if item[0].isdigit() else 0, item[0]))
+
+
 def list_runs(tracker: Tracker, experiment: str | None = None, sort: str | None = None, limit: int = 50) -> list:
     """The runs of one experiment (or of every experiment), newest first or best first by ``sort``."""
     client = tracker.client

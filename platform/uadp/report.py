@@ -13,6 +13,7 @@ from scipy import ndimage
 from .contract import Sample
 from .data.images import read_image, read_mask
 from .data.transforms import geometry
+from .metrics.pixels import PixelSource, as_pixels
 from .metrics.protocols import MetricReport
 
 
@@ -125,19 +126,22 @@ def pick_examples(samples: list[Sample], per_class: int) -> dict[str, list[int]]
 
 def write_overlays(
     samples: list[Sample],
-    maps: np.ndarray,
+    maps: np.ndarray | PixelSource,
     scores: np.ndarray,
     size_hw: tuple[int, int],
     per_class: int,
     folder: Path,
 ) -> list[Path]:
+    """One picture per class of a few test images with their maps, on one colour scale for all
+    (from the 1st to the 99.9th percentile of every pixel); ``maps`` arrays or a source."""
     folder.mkdir(parents=True, exist_ok=True)
-    scale = (float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))
+    pixels = as_pixels(maps)
+    scale = (pixels.quantile(0.01), pixels.quantile(0.999))
     written = []
     for name, indices in pick_examples(samples, per_class).items():
         if not indices:
             continue
-        grid = overlay_grid([samples[i] for i in indices], maps[indices], scores[indices], size_hw, scale)
+        grid = overlay_grid([samples[i] for i in indices], pixels.take(indices), scores[indices], size_hw, scale)
         path = folder / f"{name}.png"
         grid.save(path)
         written.append(path)

@@ -662,6 +662,14 @@ def _check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance
     )
 
 
+@dataclass
+class Predicted:
+    """The test maps (float32, as predicted) and scores of a run."""
+
+    maps: np.ndarray
+    scores: np.ndarray
+
+
 def _watched_run(label: str, config: RunConfig, registry, from_run: str | None = None):
     """One run, checking every prediction as it is made; returns (result, detector, test predictions)."""
     from unittest import mock
@@ -669,24 +677,36 @@ def _watched_run(label: str, config: RunConfig, registry, from_run: str | None =
     from .engine.detector import Detector
     from .engine.pipeline import train_and_evaluate
 
-    seen = []
-    original_raw, original_split = Detector.raw, Detector.predict_split
+    seen, collected = [], []
+    original_raw, original_split, original_both = Detector.raw, Detector.predict_split, Detector._both
 
     def raw(self, batch):
         prediction = original_raw(self, batch)
         _check_prediction(label, self.config, batch, prediction)
         return prediction
 
+    def both(self, batch, class_names):
+        final, base = original_both(self, batch, class_names)
+        collected.append(final.cpu().numpy())  # the maps as predicted, before the store rounds them
+        return final, base
+
     def predict_split(self, batches, total, *args, **kwargs):
+        collected.clear()
         predictions = original_split(self, batches, total, *args, **kwargs)
+        maps = np.concatenate(collected)
         desc = kwargs.get("desc", "test")
-        _check_maps(label, self.config, predictions.maps, predictions.scores, total, f"the {desc} images")
+        _check_maps(label, self.config, maps, predictions.scores, total, f"the {desc} images")
         if desc == "test":
-            seen.append((self, predictions))
+            seen.append((self, Predicted(maps, predictions.scores)))
         return predictions
 
+    patches = (
+        mock.patch.object(Detector, "raw", raw),
+        mock.patch.object(Detector, "predict_split", predict_split),
+        mock.patch.object(Detector, "_both", both),
+    )
     try:
-        with mock.patch.object(Detector, "raw", raw), mock.patch.object(Detector, "predict_split", predict_split):
+        with patches[0], patches[1], patches[2]:
             result = train_and_evaluate(config, registry, log=lambda text: None, from_run=from_run)
     except AssertionError:
         raise

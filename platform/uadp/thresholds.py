@@ -28,24 +28,29 @@ from typing import Any
 import numpy as np
 
 from .metrics.curves import BinaryCurve, binary_curve
+from .metrics.pixels import ArrayPixels, PixelSource, as_pixels
 
 ALL = "all"
 
 
-def conformal_threshold(scores: np.ndarray, alpha: float) -> tuple[float, str | None]:
-    """(threshold, note): the ``ceil((n+1)(1-α))``-th smallest score; the maximum, with a note, if n is too small."""
-    scores = np.asarray(scores).ravel()  # float32 maps stay float32: millions of pixels
-    n = scores.size
+def conformal_threshold(scores: np.ndarray | PixelSource, alpha: float) -> tuple[float, str | None]:
+    """(threshold, note): the ``ceil((n+1)(1-α))``-th smallest score; the maximum, with a note, if n is too small.
+
+    ``scores`` is an array, or the pixels of a :class:`~uadp.metrics.pixels.PixelSource`.
+    """
+    if not isinstance(scores, PixelSource):
+        scores = ArrayPixels(np.asarray(scores).ravel(), None)  # float32 maps stay float32
+    n = scores.n_pixels
     if n == 0:
         return float("nan"), "no calibration images"
     k = math.ceil((n + 1) * (1 - alpha))
     if k > n:
         needed = math.ceil((1 - alpha) / alpha)  # the smallest n with ceil((n+1)(1-α)) <= n
-        return float(scores.max()), (
+        return scores.kth_smallest(n), (
             f"{n} calibration values are too few for a false-alarm rate of {alpha:g} "
             f"(it needs {needed}); the threshold is their highest"
         )
-    return float(np.partition(scores, k - 1)[k - 1]), None
+    return scores.kth_smallest(k), None
 
 
 @dataclass
@@ -104,7 +109,7 @@ class Thresholds:
 
 def calibrate(
     scores: np.ndarray,
-    maps: np.ndarray,
+    maps: np.ndarray | PixelSource,
     class_names: list[str],
     classes: list[str],
     scope: str,
@@ -117,6 +122,7 @@ def calibrate(
     without calibration images takes the every-class thresholds, and the notes say so.
     """
     names = np.asarray(class_names)
+    pixels = as_pixels(maps)
     image, pixel, notes = {}, {}, []
     for unit in [ALL, *classes]:
         chosen = np.ones(len(names), bool) if unit == ALL else names == unit
@@ -129,7 +135,7 @@ def calibrate(
         image[unit], note = conformal_threshold(scores[chosen], alpha)
         if note and (unit == ALL or scope != ALL):
             notes.append(f"{where}: image threshold: {note}")
-        pixel[unit], note = conformal_threshold(maps[chosen], pixel_alpha)
+        pixel[unit], note = conformal_threshold(pixels.subset(np.flatnonzero(chosen)), pixel_alpha)
         if note and (unit == ALL or scope != ALL):
             notes.append(f"{where}: pixel threshold: {note}")
     counts = {c: int((names == c).sum()) for c in classes}
@@ -152,14 +158,19 @@ def _decision_metrics(decisions: np.ndarray, labels: np.ndarray) -> dict[str, fl
     }
 
 
-def _overlap(
-    maps: np.ndarray, masks: np.ndarray, threshold: float | np.ndarray, at_least: bool = False
-) -> dict[str, float]:
+def _overlap(pixels: PixelSource, threshold: float | np.ndarray, at_least: bool = False) -> dict[str, float]:
     """Dice and IoU over every pixel of the unit; ``threshold`` per image ([N]) or one value."""
-    limit = np.asarray(threshold, dtype=np.float64).reshape(-1, *([1] * (maps.ndim - 1)))
-    predicted = maps >= limit if at_least else maps > limit
-    truth = masks.astype(bool, copy=False)
-    hits, predicted_n, truth_n = float((predicted & truth).sum()), float(predicted.sum()), float(truth.sum())
+    limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (pixels.n_images,))
+    hits = predicted_n = truth_n = 0.0
+    done = 0
+    for maps, masks in pixels.chunks():
+        limit = limits[done : done + len(maps)].reshape(-1, *([1] * (maps.ndim - 1)))
+        done += len(maps)
+        predicted = maps >= limit if at_least else maps > limit
+        truth = masks.astype(bool, copy=False)
+        hits += float((predicted & truth).sum())
+        predicted_n += float(predicted.sum())
+        truth_n += float(truth.sum())
     union = predicted_n + truth_n - hits
     return {
         "dice": 2 * hits / (predicted_n + truth_n) if predicted_n + truth_n else float("nan"),
@@ -178,8 +189,8 @@ def f1_max_threshold(curve: BinaryCurve) -> float:
 def threshold_report(
     scores: np.ndarray,
     labels: np.ndarray,
-    maps: np.ndarray,
-    masks: np.ndarray,
+    maps: np.ndarray | PixelSource,
+    masks: np.ndarray | None,
     class_names: list[str],
     thresholds: Thresholds,
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -189,21 +200,22 @@ def threshold_report(
     class's). Oracle: per unit, the F1-max thresholds of that unit's own test scores and pixels.
     """
     names = np.asarray(class_names)
+    source = as_pixels(maps, masks)
     image_limits = np.array([thresholds.image_threshold(c) for c in class_names])
     pixel_limits = np.array([thresholds.pixel_threshold(c) for c in class_names])
     report: dict[str, dict[str, dict[str, float]]] = {"calibrated": {}, "f1_max_oracle": {}}
     units = [(c, names == c) for c in dict.fromkeys(class_names)] + [("pooled", np.ones(len(names), bool))]
     for unit, chosen in units:
-        s, y, m, g = scores[chosen], labels[chosen], maps[chosen], masks[chosen]
+        s, y, pixels = scores[chosen], labels[chosen], source.subset(np.flatnonzero(chosen))
         calibrated = _decision_metrics(s > image_limits[chosen], y)
-        report["calibrated"][unit] = calibrated | _overlap(m, g, pixel_limits[chosen])
+        report["calibrated"][unit] = calibrated | _overlap(pixels, pixel_limits[chosen])
         image_t = f1_max_threshold(binary_curve(s, y))
-        pixel_t = f1_max_threshold(binary_curve(m.reshape(-1), g.reshape(-1)))
+        pixel_t = f1_max_threshold(pixels.curve())
         oracle = (
             _decision_metrics(s >= image_t, y) if not math.isnan(image_t) else dict.fromkeys(calibrated, float("nan"))
         )
         overlap = (
-            _overlap(m, g, pixel_t, at_least=True)
+            _overlap(pixels, pixel_t, at_least=True)
             if not math.isnan(pixel_t)
             else {"dice": float("nan"), "iou": float("nan")}
         )

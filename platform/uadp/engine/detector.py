@@ -23,6 +23,7 @@ from .. import __version__
 from ..config import RunConfig, recorded_config, validate
 from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
 from ..errors import ConfigError, UadpError
+from ..metrics.pixels import MapStore, StoredPixels
 from ..registry import Registry, get_registry
 from ..scoring import image_scores
 from ..thresholds import Thresholds
@@ -35,17 +36,25 @@ BUNDLE_FORMAT = "uadp-bundle/1"
 
 @dataclass
 class SplitPredictions:
-    """Everything evaluation needs about one split, in sample order."""
+    """Everything evaluation needs about one split, in sample order.
 
-    maps: np.ndarray  # float32 [N,H,W]
+    The maps and masks are in files (see :class:`~uadp.metrics.pixels.MapStore`), so that a
+    split of any size fits in memory; ``close`` deletes them.
+    """
+
+    pixels: StoredPixels  # the final maps [N,H,W] and the masks, if the split has them
     scores: np.ndarray  # float32 [N]
     labels: np.ndarray  # int [N]
-    masks: np.ndarray | None  # bool [N,H,W]
     seconds: float  # the whole pass, first batch included
-    base_maps: np.ndarray | None = None  # the reconstructor's maps before the aligner, if any
+    base_pixels: StoredPixels | None = None  # the reconstructor's maps before the aligner, if any
     base_scores: np.ndarray | None = None
     warm_images: int = 0  # images after the first batch, and the seconds they took: the
     warm_seconds: float = 0.0  # steady-state rate, without worker start-up and first-call set-up
+
+    @property
+    def maps(self) -> np.ndarray:
+        """Every final map at once, read from the files: for small splits."""
+        return self.pixels.read()[0]
 
     @property
     def images_per_s(self) -> float:
@@ -53,6 +62,12 @@ class SplitPredictions:
         if self.warm_images and self.warm_seconds > 0:
             return self.warm_images / self.warm_seconds
         return len(self.labels) / max(self.seconds, 1e-9)
+
+    def close(self) -> None:
+        """Delete the maps' files."""
+        for pixels in (self.pixels, self.base_pixels):
+            if pixels is not None:
+                pixels.store.close()
 
 
 class Detector:
@@ -151,41 +166,49 @@ class Detector:
         class_names: list[str] | None = None,
         desc: str = "test",
         keep_base: bool = True,
+        folder: Path | None = None,
     ) -> SplitPredictions:
         """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only).
 
-        With an aligner and ``keep_base``, the reconstructor's own maps and scores are kept too.
+        The maps go to files in ``folder`` (the system's temporary folder if None) as they come,
+        so memory does not grow with the split. With an aligner and ``keep_base``, the
+        reconstructor's own maps and scores are kept too.
         """
         import time
 
-        maps, scores, labels, masks, base_maps, base_scores = [], [], [], [], [], []
+        stores = [MapStore(folder)]
+        if self.aligner is not None and keep_base:
+            stores.append(MapStore(folder))
+        scores, labels, base_scores = [], [], []
         start = time.perf_counter()
         first_done, first_size = None, 0
-        with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
-            for batch in batches:
-                names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
-                final, base = self._both(self.batch_of(batch["image"]), names)
-                maps.append(final.cpu().numpy())
-                scores.append(image_scores(final, self.config.eval.image_score).cpu().numpy())
-                if self.aligner is not None and keep_base:
-                    base_maps.append(base.cpu().numpy())
-                    base_scores.append(image_scores(base, self.config.eval.image_score).cpu().numpy())
-                labels.append(batch["label"].numpy())
-                if "mask" in batch:
-                    masks.append(batch["mask"].numpy())
-                bar.update(len(batch["label"]))
-                if first_done is None:
-                    first_done, first_size = time.perf_counter(), len(batch["label"])
+        try:
+            with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
+                for batch in batches:
+                    names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
+                    final, base = self._both(self.batch_of(batch["image"]), names)
+                    masks = batch["mask"].numpy() if "mask" in batch else None
+                    stores[0].append(final.cpu().numpy(), masks)
+                    scores.append(image_scores(final, self.config.eval.image_score).cpu().numpy())
+                    if len(stores) > 1:
+                        stores[1].append(base.cpu().numpy(), masks)
+                        base_scores.append(image_scores(base, self.config.eval.image_score).cpu().numpy())
+                    labels.append(batch["label"].numpy())
+                    bar.update(len(batch["label"]))
+                    if first_done is None:
+                        first_done, first_size = time.perf_counter(), len(batch["label"])
+        except BaseException:  # a failure or Ctrl-C leaves no files behind
+            for store in stores:
+                store.close()
+            raise
         end = time.perf_counter()
-        seconds = end - start
         count = sum(len(chunk) for chunk in labels)
         return SplitPredictions(
-            maps=np.concatenate(maps),
+            pixels=stores[0].pixels(),
             scores=np.concatenate(scores),
             labels=np.concatenate(labels),
-            masks=np.concatenate(masks) if masks else None,
-            seconds=seconds,
-            base_maps=np.concatenate(base_maps) if base_maps else None,
+            seconds=end - start,
+            base_pixels=stores[1].pixels() if len(stores) > 1 else None,
             base_scores=np.concatenate(base_scores) if base_scores else None,
             warm_images=count - first_size,
             warm_seconds=end - first_done if first_done is not None else 0.0,

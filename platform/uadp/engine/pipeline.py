@@ -150,6 +150,12 @@ class Job:
         if checked.note():
             self.note(checked.note())
 
+    def scratch(self) -> Path:
+        """The run's folder for files it deletes when done (the test split's maps)."""
+        folder = self.checkpoint_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def note(self, text: str) -> None:
         """A caveat on the result: said now, and kept in the result (and its summary) for later."""
         self.notes.append(text)
@@ -400,7 +406,10 @@ def train_and_evaluate(
             _fit_aligner(job, detector)
             thresholds = _calibrate_thresholds(job, detector)
             evaluation = _evaluate(job, detector, thresholds)
-            return _log_results(job, tracker, detector, evaluation, history)
+            try:
+                return _log_results(job, tracker, detector, evaluation, history)
+            finally:
+                evaluation.predictions.close()
     except KeyboardInterrupt as exc:
         exc.aftermath = _aftermath(job, tracker)  # what the CLI tells the user
         raise
@@ -569,16 +578,21 @@ def _calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
         return None
     loader = job.loader_in_order(samples)
     names = [s.class_name for s in samples]
-    predictions = detector.predict_split(batches(loader), len(samples), names, desc="calibration", keep_base=False)
-    thresholds = calibrate(
-        predictions.scores,
-        predictions.maps,
-        names,
-        job.splits.classes,
-        evaluation.threshold_scope,
-        evaluation.false_alarm_rate,
-        evaluation.pixel_false_alarm_rate,
+    predictions = detector.predict_split(
+        batches(loader), len(samples), names, desc="calibration", keep_base=False, folder=job.scratch()
     )
+    try:
+        thresholds = calibrate(
+            predictions.scores,
+            predictions.pixels,
+            names,
+            job.splits.classes,
+            evaluation.threshold_scope,
+            evaluation.false_alarm_rate,
+            evaluation.pixel_false_alarm_rate,
+        )
+    finally:
+        predictions.close()
     for note in thresholds.notes:
         job.note(f"thresholds: {note}")
     job.log(
@@ -592,20 +606,30 @@ def _calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
 
 def _evaluate(job: Job, detector: Detector, thresholds: Thresholds | None) -> Evaluation:
     """Stage 6, the only one that sees the test split: its metrics (with an aligner also the
-    base maps', to show what aligning changed) and, with thresholds, how their decisions do."""
+    base maps', to show what aligning changed) and, with thresholds, how their decisions do.
+    The maps stay in files until the results are logged (see :class:`SplitPredictions`)."""
     predictions = _predict_test(job, detector)
+    try:
+        return _score(job, predictions, thresholds)
+    except BaseException:
+        predictions.close()
+        raise
+
+
+def _score(job: Job, predictions: SplitPredictions, thresholds: Thresholds | None) -> Evaluation:
+    """The metrics of the test split's predictions, per class, mean and pooled, and the thresholds' decisions."""
     class_names = [s.class_name for s in job.splits.test]
     metrics = job.components.metrics
-    report = evaluate(predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, metrics)
+    report = evaluate(predictions.scores, predictions.labels, predictions.pixels, None, class_names, metrics)
     base_report = None
-    if predictions.base_maps is not None:
+    if predictions.base_pixels is not None:
         base_report = evaluate(
-            predictions.base_scores, predictions.labels, predictions.base_maps, predictions.masks, class_names, metrics
+            predictions.base_scores, predictions.labels, predictions.base_pixels, None, class_names, metrics
         )
     decisions = None
     if thresholds is not None:
         decisions = threshold_report(
-            predictions.scores, predictions.labels, predictions.maps, predictions.masks, class_names, thresholds
+            predictions.scores, predictions.labels, predictions.pixels, None, class_names, thresholds
         )
     return Evaluation(predictions, report, base_report, thresholds, decisions)
 
@@ -615,7 +639,7 @@ def _predict_test(job: Job, detector: Detector) -> SplitPredictions:
     samples = job.splits.test
     loader = job.loader_in_order(samples)
     class_names = [s.class_name for s in samples]
-    predictions = detector.predict_split(batches(loader), len(samples), class_names)
+    predictions = detector.predict_split(batches(loader), len(samples), class_names, folder=job.scratch())
     job.timing["infer_images_per_s"] = predictions.images_per_s  # steady state, after the first batch
     job.timing["infer_s"] = predictions.seconds  # the whole pass, worker start-up included
     return predictions

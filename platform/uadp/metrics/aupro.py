@@ -21,39 +21,42 @@ from scipy import ndimage
 
 from uadp.metrics.curves import (
     accumulate,
-    as_labels,
-    as_scores,
     last_of_runs,
     locate_subset,
     sort_descending,
 )
+from uadp.metrics.pixels import as_pixels
 
 __all__ = ["aupro"]
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+def aupro(maps, masks: np.ndarray | None = None, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit``.
 
-    ``maps``: anomaly scores, float ``[N, H, W]``; ``masks``: ground truth, bool ``[N, H, W]``.
+    ``maps``: anomaly scores, float ``[N, H, W]``, and ``masks``: ground truth, bool ``[N, H, W]``;
+    or ``maps`` a :class:`~uadp.metrics.pixels.PixelSource` holding both (read in chunks).
     Returns ``nan`` when the masks contain no region or no negative pixel (the curve is then
     undefined). Raises ``ValueError`` on NaN scores, mismatched shapes or a limit outside
     ``(0, 1]``.
     """
-    maps = np.asarray(maps)
-    masks = np.asarray(masks)
-    if maps.ndim != 3 or maps.shape != masks.shape:
-        raise ValueError(f"maps and masks must both be [N, H, W] of the same shape, got {maps.shape} and {masks.shape}")
+    from .pixels import PixelSource
+
+    if not isinstance(maps, PixelSource):
+        maps, masks = np.asarray(maps), np.asarray(masks)
+        if maps.ndim != 3 or maps.shape != masks.shape:
+            raise ValueError(
+                f"maps and masks must both be [N, H, W] of the same shape, got {maps.shape} and {masks.shape}"
+            )
+    return area_of(as_pixels(maps, masks).pro_curve(), fpr_limit)
+
+
+def area_of(curve: tuple[np.ndarray, np.ndarray] | None, fpr_limit: float) -> float:
+    """The normalised area of a (FPR, PRO) curve up to ``fpr_limit`` (``nan`` for no curve)."""
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    scores = as_scores(maps, name="maps")
-    positive = as_labels(masks, scores.size, name="masks")
-
-    regions, n_regions = label_regions(positive.reshape(masks.shape))
-    n_neg = positive.size - int(np.count_nonzero(positive))
-    if n_regions == 0 or n_neg == 0:
+    if curve is None:
         return float("nan")
-
-    fpr, pro = pro_curve(scores, positive, regions.ravel(), n_regions)
+    fpr, pro = curve
     return area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 

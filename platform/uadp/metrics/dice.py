@@ -12,7 +12,7 @@ optimum: at the F1 optimum, Dice over the pooled pixels would equal pixel F1-max
 
 Both reuse the unit's :class:`~uadp.metrics.curves.BinaryCurve` (one sort of all pixels,
 shared with pixel AUROC/AP), so the threshold is exact; the Dice counts are one vectorised
-pass over the maps.
+pass over the maps, a chunk of images at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .curves import BinaryCurve
+from .pixels import as_pixels
 
 __all__ = ["precision_plus_recall_threshold", "dice_per_image", "dice_pooled"]
 
@@ -38,29 +39,35 @@ def precision_plus_recall_threshold(curve: BinaryCurve) -> float:
     return float(curve.thresholds[int(np.argmax(precision + recall))])
 
 
-def _counts(maps: np.ndarray, masks: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image: predicted pixels, true positives, ground-truth pixels (int64 [N])."""
-    images = maps.shape[0]
-    predicted = maps.reshape(images, -1) >= threshold
-    truth = masks.reshape(images, -1).astype(bool, copy=False)
-    return predicted.sum(1), (predicted & truth).sum(1), truth.sum(1)
+def _counts(pixels, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: predicted pixels, true positives, ground-truth pixels (int64 [N]), a chunk at a time."""
+    parts = []
+    for maps, masks in pixels.chunks():
+        images = maps.shape[0]
+        predicted = maps.reshape(images, -1) >= threshold
+        truth = masks.reshape(images, -1).astype(bool, copy=False)
+        parts.append((predicted.sum(1), (predicted & truth).sum(1), truth.sum(1)))
+    return tuple(np.concatenate(column) for column in zip(*parts))
 
 
-def dice_per_image(maps: np.ndarray, masks: np.ndarray, curve: BinaryCurve) -> float:
-    """Mean over images of 2TP / (2TP + FP + FN) at the P + R threshold of ``curve``."""
+def dice_per_image(maps, masks: np.ndarray | None, curve: BinaryCurve) -> float:
+    """Mean over images of 2TP / (2TP + FP + FN) at the P + R threshold of ``curve``.
+
+    ``maps`` and ``masks`` are arrays, or ``maps`` is a :class:`~uadp.metrics.pixels.PixelSource`.
+    """
     threshold = precision_plus_recall_threshold(curve)
     if np.isnan(threshold):
         return float("nan")
-    predicted, hits, truth = _counts(maps, masks, threshold)
+    predicted, hits, truth = _counts(as_pixels(maps, masks), threshold)
     denominator = predicted + truth  # = 2TP + FP + FN
     dice = np.where(denominator > 0, 2.0 * hits / np.maximum(denominator, 1), 1.0)
     return float(dice.mean())
 
 
-def dice_pooled(maps: np.ndarray, masks: np.ndarray, curve: BinaryCurve) -> float:
+def dice_pooled(maps, masks: np.ndarray | None, curve: BinaryCurve) -> float:
     """One Dice over every pixel of the unit at the P + R threshold of ``curve``."""
     threshold = precision_plus_recall_threshold(curve)
     if np.isnan(threshold):
         return float("nan")
-    predicted, hits, truth = _counts(maps, masks, threshold)
+    predicted, hits, truth = _counts(as_pixels(maps, masks), threshold)
     return float(2.0 * hits.sum() / (predicted.sum() + truth.sum()))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .pixels import PixelSource, as_pixels
 from .view import EvalView
 
 MetricFn = Callable[[EvalView], float]
@@ -37,17 +38,22 @@ def _compute(view: EvalView, metrics: dict[str, MetricFn]) -> dict[str, float]:
 def evaluate(
     scores: np.ndarray,
     labels: np.ndarray,
-    maps: np.ndarray,
-    masks: np.ndarray,
+    maps: np.ndarray | PixelSource,
+    masks: np.ndarray | None,
     class_names: list[str],
     metrics: dict[str, MetricFn],
 ) -> MetricReport:
-    """Per-class, mean and pooled values of every metric. ``class_names`` is one per image."""
+    """Per-class, mean and pooled values of every metric. ``class_names`` is one per image.
+
+    ``maps`` and ``masks`` are arrays [N,H,W], or ``maps`` is a source that holds both (a run's
+    :class:`~uadp.metrics.pixels.MapStore`, read in chunks) and ``masks`` is None.
+    """
+    pixels = as_pixels(maps, masks)
     names = np.asarray(class_names)
     report = MetricReport()
     for name in dict.fromkeys(class_names):
         index = np.flatnonzero(names == name)
-        view = EvalView(scores[index], labels[index], maps[index], masks[index])
+        view = EvalView(scores[index], labels[index], pixels=pixels.subset(index))
         report.per_class[name] = _compute(view, metrics)
     for metric in metrics:
         values = [report.per_class[c][metric] for c in report.per_class]
@@ -56,7 +62,7 @@ def evaluate(
             missing = [c for c in report.per_class if math.isnan(report.per_class[c][metric])]
             warnings.warn(f"{metric} is undefined for {', '.join(missing)}; the mean skips them", stacklevel=2)
         report.mean[metric] = float(np.mean(finite)) if finite else float("nan")
-    report.pooled = _compute(EvalView(scores, labels, maps, masks), metrics)
+    report.pooled = _compute(EvalView(scores, labels, pixels=pixels), metrics)
     for metric, value in report.pooled.items():
         if "auroc" in metric and value < 0.5:
             warnings.warn(f"pooled {metric} = {value:.3f} is below chance; scores may be inverted", stacklevel=2)

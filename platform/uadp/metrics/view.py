@@ -1,27 +1,55 @@
 """An evaluation unit: the predictions of one class, or of every class pooled.
 
 Ranking curves are computed once per unit and shared by every metric that needs them (the
-pixel curve of a pooled MVTec test set sorts tens of millions of scores).
+pixel curve of a pooled MVTec test set covers tens of millions of pixels). The pixels come
+from a :class:`~uadp.metrics.pixels.PixelSource`: arrays in memory, or a run's maps on disk,
+read a chunk at a time (see :mod:`uadp.metrics.pixels`). A metric that reads ``pixel_curve``,
+``pro_curve`` or ``pixel_chunks()`` works in bounded memory on any split; ``maps`` and
+``masks`` load the whole unit at once, which is fine for small splits only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import cached_property
 
 import numpy as np
 
 from .curves import BinaryCurve, binary_curve
+from .pixels import PixelSource, as_pixels
 
 
-@dataclass
 class EvalView:
-    """Scores, labels, maps [N,H,W] and masks [N,H,W] of the images in one unit."""
+    """Scores [N], labels [N] and the maps and masks [N,H,W] of the images in one unit.
 
-    scores: np.ndarray
-    labels: np.ndarray
-    maps: np.ndarray
-    masks: np.ndarray
+    ``EvalView(scores, labels, maps, masks)`` takes arrays; ``pixels=`` takes a source instead.
+    """
+
+    def __init__(
+        self,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        maps: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+        *,
+        pixels: PixelSource | None = None,
+    ) -> None:
+        self.scores = scores
+        self.labels = labels
+        self.pixels = pixels if pixels is not None else as_pixels(maps, masks)
+
+    @property
+    def maps(self) -> np.ndarray:
+        """Every map of the unit in memory (a store reads them all: prefer the chunks)."""
+        return self.pixels.read()[0]
+
+    @property
+    def masks(self) -> np.ndarray:
+        return self.pixels.read()[1]
+
+    def pixel_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(maps, masks) a bounded number of images at a time, in image order."""
+        return self.pixels.chunks()
 
     @cached_property
     def image_curve(self) -> BinaryCurve:
@@ -29,4 +57,9 @@ class EvalView:
 
     @cached_property
     def pixel_curve(self) -> BinaryCurve:
-        return binary_curve(self.maps.reshape(-1), self.masks.reshape(-1))
+        return self.pixels.curve()
+
+    @cached_property
+    def pro_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(FPR, PRO) at every distinct score, highest first; None without regions or negatives."""
+        return self.pixels.pro_curve()

@@ -1,6 +1,7 @@
 """The standard metrics: image and pixel AUROC, AP, F1-max, pixel AUPRO (FPR ≤ 0.3) and Dice.
 
-All are exact (sort-based, no binning) and agree with scikit-learn; see ``uadp.metrics``.
+All are exact (no binning) and agree with scikit-learn; see ``uadp.metrics``. The pixel
+metrics read the maps through the view's curves and chunks, so they work in bounded memory.
 Dice follows UniAS ("Towards Accurate Unified Anomaly Segmentation", WACV 2025): the maps
 are thresholded where precision + recall peaks on the unit's pixel PR curve; ``pixel_dsc``
 averages the Dice of each image (UniAS's own protocol), ``pixel_dsc_pooled`` is one Dice over
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from uadp import hookimpl
-from uadp.metrics.aupro import aupro
+from uadp.metrics.aupro import area_of
 from uadp.metrics.curves import auroc, average_precision, f1_max
 from uadp.metrics.dice import dice_per_image, dice_pooled
 from uadp.metrics.view import EvalView
@@ -36,7 +37,7 @@ def _curve_metric(curve_name: str, fn):
 def _dice_metric(fn):
     def factory(config=None):
         def metric(view: EvalView) -> float:
-            return fn(view.maps, view.masks, view.pixel_curve)
+            return fn(view.pixels, None, view.pixel_curve)
 
         return metric
 
@@ -45,7 +46,7 @@ def _dice_metric(fn):
 
 def _aupro_factory(config: AUPROConfig):
     def metric(view: EvalView) -> float:
-        return aupro(view.maps, view.masks, fpr_limit=config.fpr_limit)
+        return area_of(view.pro_curve, config.fpr_limit)
 
     return metric
 

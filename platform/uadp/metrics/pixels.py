@@ -1,0 +1,306 @@
+"""Where the maps and masks of an evaluation come from: arrays in memory, or a store on disk.
+
+A pixel metric needs every pixel of its unit (a class, or all classes pooled), and a large test
+split has more of them than memory holds: 20,000 images at 224 px are a billion pixels, 4 GB of
+float32 before the sort that exact ranking metrics need. So a run does not keep its maps in
+memory. :class:`MapStore` writes them to a file as it predicts (float16, 2 bytes a pixel) and
+the metrics read them back a chunk of images at a time, with memory bounded by the chunk.
+
+The exact metrics stay exact. A float16 value has 65,536 possible bit patterns, so the ranking
+curve of the stored maps is a 65,536-bin histogram of positive and negative pixels, one pass
+over the chunks with no sort: the same :class:`~uadp.metrics.curves.BinaryCurve` that sorting
+the stored values would give, threshold for threshold. What float16 changes is the maps
+themselves, by at most 2**-11 of a value (about 0.05 %): scores closer than that become ties.
+Before rounding, the store scales the maps by a power of two (exact, and order-preserving) so
+that the first batch's largest value lands at 2**4: float16 then has 18 octaves of full
+precision below it (probability maps with values of 1e-6 keep their order) and 4096 times
+headroom above it. Values beyond that rank as ties at the top (float16's infinity).
+
+:class:`ArrayPixels` is the in-memory source, for arrays a caller already holds: the curve is
+built by sorting the values as given, exactly as before.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .curves import BinaryCurve, as_labels, as_scores, binary_curve
+
+__all__ = ["PixelSource", "ArrayPixels", "MapStore", "StoredPixels", "as_pixels", "CHUNK_PIXELS"]
+
+CHUNK_PIXELS = 8 * 2**20  # pixels read at a time: ~60 MB of working memory with the masks and keys
+TOP_OCTAVE = 4  # the first batch's largest |value| is scaled to [2**3, 2**4)
+BINS = 2**16
+
+
+class PixelSource:
+    """The maps [N,H,W] and masks [N,H,W] of the images of one unit, in image order."""
+
+    n_images: int
+    has_masks: bool
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(maps float32 [n,H,W], masks bool [n,H,W] or None) a bounded number of images at a time."""
+        raise NotImplementedError
+
+    def subset(self, index: np.ndarray) -> PixelSource:
+        """The images at ``index`` (ascending positions in this source)."""
+        raise NotImplementedError
+
+    def curve(self) -> BinaryCurve:
+        """The exact ranking curve of every pixel against its mask."""
+        raise NotImplementedError
+
+    def pro_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(FPR, PRO) at every distinct score, highest first; None without regions or negatives."""
+        raise NotImplementedError
+
+    def kth_smallest(self, k: int) -> float:
+        """The ``k``-th smallest pixel value (1-based), for thresholds and colour scales."""
+        raise NotImplementedError
+
+    @property
+    def n_pixels(self) -> int:
+        raise NotImplementedError
+
+    def read(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every map and mask at once: memory grows with the unit, so only for small ones."""
+        parts = list(self.chunks())
+        if not parts:
+            raise ValueError("no images")
+        maps = np.concatenate([m for m, _ in parts])
+        masks = np.concatenate([g for _, g in parts]) if self.has_masks else None
+        return maps, masks
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The maps of the images at ``index`` (any order), for pictures of a few of them."""
+        index = np.asarray(index, dtype=np.int64)
+        order = np.argsort(index)
+        maps, _ = self.subset(index[order]).read()
+        out = np.empty_like(maps)
+        out[order] = maps
+        return out
+
+    def quantile(self, q: float) -> float:
+        """The value at fraction ``q`` of the sorted pixels (the lower of two neighbours)."""
+        return self.kth_smallest(int(math.floor(q * (self.n_pixels - 1))) + 1)
+
+
+def as_pixels(maps, masks=None) -> PixelSource:
+    """A source for ``maps`` (arrays, or a source already)."""
+    return maps if isinstance(maps, PixelSource) else ArrayPixels(np.asarray(maps), masks)
+
+
+class ArrayPixels(PixelSource):
+    """Maps and masks already in memory; the curve sorts their exact values."""
+
+    def __init__(self, maps: np.ndarray, masks: np.ndarray | None) -> None:
+        self.maps = maps
+        self.masks = None if masks is None else np.asarray(masks)
+        self.n_images = len(maps)
+        self.has_masks = self.masks is not None
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.maps.size)
+
+    def chunks(self):
+        yield self.maps, self.masks
+
+    def read(self):
+        return self.maps, self.masks
+
+    def subset(self, index):
+        return ArrayPixels(self.maps[index], None if self.masks is None else self.masks[index])
+
+    def curve(self) -> BinaryCurve:
+        return binary_curve(self.maps.reshape(-1), self.masks.reshape(-1))
+
+    def pro_curve(self):
+        from .aupro import label_regions, pro_curve
+
+        scores = as_scores(self.maps, name="maps")
+        positive = as_labels(self.masks, scores.size, name="masks")
+        regions, n_regions = label_regions(positive.reshape(self.masks.shape))
+        if n_regions == 0 or positive.all():
+            return None
+        return pro_curve(scores, positive, regions.ravel(), n_regions)
+
+    def kth_smallest(self, k: int) -> float:
+        flat = self.maps.reshape(-1)
+        return float(np.partition(flat, k - 1)[k - 1])
+
+
+# --------------------------------------------------------------------------- the store on disk
+
+
+def _keys(codes: np.ndarray) -> np.ndarray:
+    """float16 bit patterns -> uint16 keys in the order of their values (-0 and +0 one key)."""
+    codes = codes.copy()
+    codes[codes == 0x8000] = 0  # -0.0 equals 0.0: one threshold, as in the sort
+    negative = codes >= 0x8000
+    return np.where(negative, ~codes, codes | 0x8000).astype(np.uint16)
+
+
+def _values(keys: np.ndarray, scale: float) -> np.ndarray:
+    """The stored values (float32, unscaled) of uint16 keys."""
+    keys = keys.astype(np.uint16)
+    codes = np.where(keys >= 0x8000, keys ^ 0x8000, ~keys).astype(np.uint16)
+    return (codes.view(np.float16).astype(np.float64) / scale).astype(np.float32)
+
+
+class MapStore:
+    """Maps (float16, scaled) and masks (one byte a pixel) written to files as they come.
+
+    ``append`` the batches of a split in order, then read them through :meth:`pixels`.
+    ``close`` (or leaving the ``with`` block) deletes the files.
+    """
+
+    def __init__(self, folder: str | Path | None = None, chunk_pixels: int = CHUNK_PIXELS) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="uadp-maps-", dir=folder))
+        self.chunk_pixels = chunk_pixels
+        self.scale: float | None = None
+        self.shape: tuple[int, int] | None = None
+        self.count = 0
+        self.has_masks: bool | None = None
+        self._maps = open(self.folder / "maps.f16", "wb")
+        self._masks = open(self.folder / "masks.u8", "wb")
+
+    def __enter__(self) -> MapStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def append(self, maps: np.ndarray, masks: np.ndarray | None = None) -> None:
+        """One batch: maps [B,H,W] (any float), masks [B,H,W] or None (for every batch alike)."""
+        maps = np.asarray(maps, dtype=np.float32)
+        if self.shape is None:
+            self.shape = tuple(maps.shape[1:])
+            self.has_masks = masks is not None
+            finite = np.abs(maps[np.isfinite(maps)])
+            top = float(finite.max()) if finite.size else 0.0
+            self.scale = 2.0 ** (TOP_OCTAVE - math.ceil(math.log2(top))) if top > 0 else 1.0
+        if tuple(maps.shape[1:]) != self.shape or (masks is not None) != self.has_masks:
+            raise ValueError(f"map store: batch of shape {maps.shape[1:]} after {self.shape}")
+        if np.isnan(maps).any():
+            raise ValueError(f"maps contain {int(np.isnan(maps).sum())} NaN value(s); NaN cannot be ranked")
+        with np.errstate(over="ignore"):
+            self._maps.write((maps * self.scale).astype(np.float16).tobytes())
+        if masks is not None:
+            self._masks.write(np.asarray(masks, dtype=bool).astype(np.uint8).tobytes())
+        self.count += len(maps)
+
+    def pixels(self) -> StoredPixels:
+        """Every image appended so far, to read back."""
+        self._maps.flush()
+        self._masks.flush()
+        return StoredPixels(self, np.arange(self.count))
+
+    @property
+    def nbytes(self) -> int:
+        per_image = math.prod(self.shape or (0,)) * (3 if self.has_masks else 2)
+        return self.count * per_image
+
+    def read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images ``start:stop`` as (float16 codes [n,H,W], masks or None), read with plain file
+        reads (not a memory map: mapped pages would count in the process's memory)."""
+        pixels = math.prod(self.shape)
+        count = (stop - start) * pixels
+        codes = np.fromfile(self.folder / "maps.f16", dtype=np.uint16, count=count, offset=start * pixels * 2)
+        masks = None
+        if self.has_masks:
+            masks = np.fromfile(self.folder / "masks.u8", dtype=np.uint8, count=count, offset=start * pixels)
+            masks = masks.view(bool).reshape(-1, *self.shape)
+        return codes.reshape(-1, *self.shape), masks
+
+    def close(self) -> None:
+        """Delete the files."""
+        for file in (self._maps, self._masks):
+            if not file.closed:
+                file.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class StoredPixels(PixelSource):
+    """Some images of a :class:`MapStore`; every pass reads them a chunk at a time."""
+
+    def __init__(self, store: MapStore, index: np.ndarray) -> None:
+        self.store = store
+        self.index = np.asarray(index, dtype=np.int64)
+        self.n_images = len(self.index)
+        self.has_masks = bool(store.has_masks)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.n_images * math.prod(self.store.shape or (0,))
+
+    def subset(self, index):
+        return StoredPixels(self.store, self.index[np.asarray(index)])
+
+    def code_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(float16 bit patterns, masks) of runs of consecutive images, at most a chunk each."""
+        if self.n_images == 0:
+            return
+        per_chunk = max(1, self.store.chunk_pixels // math.prod(self.store.shape))
+        breaks = np.flatnonzero(np.diff(self.index) != 1) + 1
+        for run in np.split(self.index, breaks):
+            for start in range(0, len(run), per_chunk):
+                first = int(run[start])
+                yield self.store.read_range(first, first + min(per_chunk, len(run) - start))
+
+    def chunks(self):
+        for codes, masks in self.code_chunks():
+            yield (codes.view(np.float16).astype(np.float32) / np.float32(self.store.scale)), masks
+
+    def _histograms(self, weigh_regions: bool = False):
+        """Per key: positive pixels (or their region weights), negative pixels; and the regions."""
+        from .aupro import label_regions
+
+        positive, negative, regions_total = np.zeros(BINS), np.zeros(BINS), 0
+        for codes, masks in self.code_chunks():
+            keys = _keys(codes.reshape(-1))
+            truth = masks.reshape(-1)
+            weights = None
+            if weigh_regions:
+                regions, n_regions = label_regions(masks)
+                flat = regions.reshape(-1)[truth]
+                sizes = np.bincount(flat, minlength=n_regions + 1).astype(np.float64)
+                sizes[0] = 1.0
+                weights = 1.0 / sizes[flat]
+                regions_total += n_regions
+            positive += np.bincount(keys[truth], weights=weights, minlength=BINS)
+            negative += np.bincount(keys[~truth], minlength=BINS)
+        return positive, negative, regions_total
+
+    def curve(self) -> BinaryCurve:
+        positive, negative, _ = self._histograms()
+        present = np.flatnonzero(positive + negative)[::-1]  # highest first
+        return BinaryCurve(
+            thresholds=_values(present, self.store.scale),
+            tps=np.cumsum(positive[present]),
+            fps=np.cumsum(negative[present]),
+        )
+
+    def pro_curve(self):
+        """PRO as in MVTec AD: each region's overlap, averaged over the regions (8-connected, per
+        image); a region pixel adds 1 / (its region's size x the number of regions)."""
+        weight, negative, regions = self._histograms(weigh_regions=True)
+        n_neg = negative.sum()
+        if regions == 0 or n_neg == 0:
+            return None
+        present = np.flatnonzero(weight + negative)[::-1]
+        return np.cumsum(negative[present]) / n_neg, np.cumsum(weight[present]) / regions
+
+    def kth_smallest(self, k: int) -> float:
+        counts = np.zeros(BINS)
+        for codes, _ in self.code_chunks():
+            counts += np.bincount(_keys(codes.reshape(-1)), minlength=BINS)
+        key = int(np.searchsorted(np.cumsum(counts), k))
+        return float(_values(np.array([key]), self.store.scale)[0])

@@ -111,6 +111,7 @@ def test_thresholds_and_their_decisions_equal_the_in_memory_ones(tmp_path):
     expected = _flat(threshold_report(scores, labels, stored, masks, names, streamed))
     assert report == pytest.approx(expected, nan_ok=True, abs=1e-12)
     assert sum(np.isfinite(v) for v in report.values()) > 20
+    store.close()
 
 
 def _flat(report: dict) -> dict:
@@ -120,7 +121,6 @@ def _flat(report: dict) -> dict:
         for unit, row in units.items()
         for key, value in row.items()
     }
-    store.close()
 
 
 def test_the_scale_keeps_the_order_of_tiny_and_negative_maps(tmp_path):

@@ -32,7 +32,7 @@ def test_a_cache_over_the_memory_limit_lives_in_files_and_serves_the_same_batche
     in_memory = FeatureCache.build(_batches(10), 10, _extract, torch.float16)
     folder = tmp_path / "run" / "feature-cache"
     on_disk = FeatureCache.build(_batches(10), 10, _extract, torch.float16, memory_limit_bytes=100, folder=folder)
-    assert on_disk.folder == folder and sorted(p.name for p in folder.iterdir()) == ["level0.npy", "level1.npy"]
+    assert on_disk.folder == folder and sorted(p.name for p in folder.iterdir()) == ["level0.bin", "level1.bin"]
     for a, b in zip(
         in_memory.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"), drop_last=True),
         on_disk.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"), drop_last=True),

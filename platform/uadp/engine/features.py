@@ -8,12 +8,15 @@ far below the errors the model learns to detect). Epochs then cost the reconstru
 
 The cache is allocated once, from the first batch's shapes, so building it never holds two
 copies. A cache larger than ``train.cache_memory_gb`` (multi-level features of a large
-dataset: UniAS keeps every level at its own resolution) lives in memory-mapped files in a
-folder of the run instead, read back through the page cache, and is deleted after training.
+dataset: UniAS keeps every level at its own resolution) lives in files in a folder of the run
+instead, one row per image, and is deleted after training. They are written and read with
+plain file calls, not a memory map: the system's page cache still serves the reads, but the
+pages do not count in the process's memory, so a run's memory stays flat as the dataset grows.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,15 +53,48 @@ class FeatureExtractor:
         return self.reconstructor.adapt([s.float() for s in stages])
 
 
-def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None, name: str) -> torch.Tensor:
-    """An uninitialised tensor in memory, or backed by a file in ``folder``."""
+class FileLevel:
+    """One level of a cache in a file: rows written in order, read back by index."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.path = path
+        self.shape = shape  # [N, ...]
+        self.dtype = dtype
+        self.numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
+        self.row_bytes = int(np.prod(shape[1:])) * np.dtype(self.numpy_dtype).itemsize
+        self.file = open(path, "w+b")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def element_size(self) -> int:
+        return np.dtype(self.numpy_dtype).itemsize
+
+    def write(self, start: int, rows: torch.Tensor) -> None:
+        self.file.seek(start * self.row_bytes)
+        self.file.write(rows.numpy().astype(self.numpy_dtype, copy=False).tobytes())
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows at ``index`` (ascending reads), as a tensor."""
+        self.file.flush()
+        fd = self.file.fileno()
+        data = b"".join(os.pread(fd, self.row_bytes, int(i) * self.row_bytes) for i in index.tolist())
+        rows = np.frombuffer(data, dtype=self.numpy_dtype).reshape(len(index), *self.shape[1:])
+        return torch.from_numpy(rows.copy())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None, name: str):
+    """An uninitialised tensor in memory, or a :class:`FileLevel` in ``folder``."""
     if folder is None:
         return torch.empty(shape, dtype=dtype)
     folder.mkdir(parents=True, exist_ok=True)
-    numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
-    return torch.from_numpy(
-        np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=numpy_dtype, shape=shape)
-    )
+    return FileLevel(folder / f"{name}.bin", shape, dtype)
 
 
 class FeatureCache:
@@ -95,11 +131,16 @@ class FeatureCache:
                         ]
                     count = len(levels[0])
                     for target, level in zip(store, levels):
-                        target[filled : filled + count] = level.to("cpu", dtype)
+                        if isinstance(target, FileLevel):
+                            target.write(filled, level.to("cpu", dtype))
+                        else:
+                            target[filled : filled + count] = level.to("cpu", dtype)
                     filled += count
                     bar.update(count)
         except BaseException:  # a bad image or Ctrl-C: leave no half-written cache files behind
             if on_disk is not None:
+                for level in store or []:
+                    level.close()
                 shutil.rmtree(on_disk, ignore_errors=True)
             raise
         assert store is not None and filled == total, f"feature cache: {filled} of {total} images"
@@ -107,9 +148,11 @@ class FeatureCache:
 
     def close(self) -> None:
         """Drop the features; a file-backed cache deletes its files."""
-        self.features = None
         if self.folder is not None:
+            for level in self.features if isinstance(self.features, (list, tuple)) else [self.features]:
+                level.close()
             shutil.rmtree(self.folder, ignore_errors=True)
+        self.features = None
 
     def __len__(self) -> int:
         first = self.features[0] if isinstance(self.features, (list, tuple)) else self.features
@@ -130,5 +173,7 @@ class FeatureCache:
             index = order[start : start + batch_size]
             if self.folder is not None:
                 index = index.sort().values  # ascending reads from the files; the batch's order does not matter
-            features = tree_map(lambda f, index=index: f[index].to(device, torch.float32), self.features)
+                features = tree_map(lambda f, index=index: f.take(index).to(device, torch.float32), self.features)
+            else:
+                features = tree_map(lambda f, index=index: f[index].to(device, torch.float32), self.features)
             yield Batch(features=features, target_features=features)

@@ -300,6 +300,7 @@ class Job:
         trained = cfg.train.epochs - start_epoch
         self.timing["train_s"] = time.perf_counter() - t0
         self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
+        self.timing["train_peak_rss_mb"] = peak_rss_mb()  # before evaluation: what training needed
 
     def _save_checkpoint(
         self, detector: Detector, trainer: Trainer, tracker: Tracker, history: list[dict[str, float]], epoch: int
@@ -610,7 +611,10 @@ def _evaluate(job: Job, detector: Detector, thresholds: Thresholds | None) -> Ev
     The maps stay in files until the results are logged (see :class:`SplitPredictions`)."""
     predictions = _predict_test(job, detector)
     try:
-        return _score(job, predictions, thresholds)
+        t0 = time.perf_counter()
+        evaluation = _score(job, predictions, thresholds)
+        job.timing["metrics_s"] = time.perf_counter() - t0  # every metric from the maps on disk
+        return evaluation
     except BaseException:
         predictions.close()
         raise

@@ -126,7 +126,7 @@ def _config_for_run(args: argparse.Namespace, registry):
 
 def _print_advice(config, registry) -> None:
     """The reconstructor's registered ``advice``: one line on what it is good for, before any work."""
-    if config.reconstructor is None:
+    if config.reconstructor is None or os.environ.get("RANK", "0") != "0":
         return
     advice = registry.get("reconstructors", config.reconstructor.name).traits.get("advice")
     if advice:
@@ -135,13 +135,20 @@ def _print_advice(config, registry) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import resolve
+    from .engine.distributed import Ranks, launched
     from .engine.pipeline import train_and_evaluate
     from .filesystem import check_writable_file, write_text_atomic
     from .report import format_table
     from .thresholds import format_threshold_table
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone speaks
+        os.environ["TQDM_DISABLE"] = "1"
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     registry = _registry(args)
     config = _config_for_run(args, registry)
+    if args.nproc > 1 and not launched() and not args.print_config:
+        Ranks(0, args.nproc).check_batch(resolve(config, registry).train.batch_size)  # one line now, not N
+        return _launch(args)
     _print_advice(config, registry)
     if args.print_config:
         import yaml
@@ -163,6 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not hasattr(exc, "aftermath"):
             exc.aftermath = "the run had not started, nothing was recorded"
         raise
+    if result is None:  # a rank other than 0: rank 0 reports
+        return 0
     print()
     title = f"Results ({len(result.report.per_class)} classes, one model)"
     if result.base_report is not None:
@@ -189,6 +198,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output_json:
         write_text_atomic(Path(args.output_json), json.dumps(result.summary(), indent=2))
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``uadp run --nproc N``: the same command under torchrun, N processes on this machine.
+
+    On a CPU the processes share the cores: each gets ``cores / N`` threads unless
+    OMP_NUM_THREADS says otherwise."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in args.argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
+    print(
+        f"uadp: starting {args.nproc} processes: torchrun --standalone --nproc-per-node={args.nproc} -m uadp {' '.join(argv)}",
+        file=sys.stderr,
+    )
+    return subprocess.call([*command, "-m", "uadp", *argv], env=env)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -603,6 +637,14 @@ def _add_run_command(sub) -> None:
         help="skip training: take a finished run's model (its config, then your flags) and fit --aligner on it",
     )
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (torchrun with DistributedDataParallel; one per GPU, "
+        "or CPU processes sharing the cores); for several machines call torchrun yourself (see the docs)",
+    )
     _add_shared(p, "--trust-model-file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_shared(p, "--plugins-dir")
@@ -745,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
 
             parser = build_parser(get_registry())
             args = parser.parse_args(argv)
+            args.argv = list(sys.argv[1:] if argv is None else argv)
             if not getattr(args, "handler", None):
                 parser.print_help()
                 return 2

@@ -338,3 +338,34 @@ class Tracker:
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
         return run_url(f"http://{host}:{port}", self.experiment_id, self.run_id)
+
+
+class SilentTracker(Tracker):
+    """The tracker of every rank but 0 in a run of several processes: rank 0 records the run,
+    the others only learn its id (see :mod:`uadp.engine.distributed`)."""
+
+    def check(self) -> None:
+        pass
+
+    def start(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+        return self.run_id
+
+    def reopen(self, run_id: str) -> str:
+        self.run_id = run_id
+        return run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tag(self, key: str, value: str) -> None:
+        pass
+
+    def end(self, status: str) -> bool:
+        self.final_status = status
+        return True

@@ -168,7 +168,18 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     collate_fn=collate,
+    batch_sampler=None,
 ) -> DataLoader:
+    """Batches of ``dataset`` decoded in worker processes; ``batch_sampler`` (which images form
+    each batch) replaces ``batch_size``, ``shuffle`` and ``drop_last`` when given."""
+    if batch_sampler is not None:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=worker_count(workers),
+            collate_fn=collate_fn,
+            pin_memory=torch.cuda.is_available(),
+        )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..contract import Backbone, Batch, Reconstructor
 from .device import autocast
+from .distributed import Ranks, split_batch
 
 
 def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], features: Any) -> Any:
@@ -146,6 +147,23 @@ class FeatureCache:
         assert store is not None and filled == total, f"feature cache: {filled} of {total} images"
         return cls(store if is_list else store[0], on_disk)
 
+    def gathered(self, ranks, memory_limit_bytes: float, folder: Path) -> FeatureCache:
+        """Every rank's shard joined in rank order: the whole cache, on every rank; in files
+        (this rank's own, under ``folder``) past ``memory_limit_bytes``."""
+        is_list = isinstance(self.features, (list, tuple))
+        levels = [ranks.gather_rows(level) for level in (self.features if is_list else [self.features])]
+        self.close()
+        total = sum(level.numel() * level.element_size() for level in levels)
+        on_disk = None
+        if total > memory_limit_bytes:
+            on_disk = folder / f"rank{ranks.rank}"
+            files = []
+            for i, level in enumerate(levels):
+                files.append(_allocate(tuple(level.shape), level.dtype, on_disk, f"level{i}"))
+                files[-1].write(0, level)
+            levels = files
+        return FeatureCache(levels if is_list else levels[0], on_disk)
+
     def close(self) -> None:
         """Drop the features; a file-backed cache deletes its files."""
         if self.folder is not None:
@@ -163,17 +181,27 @@ class FeatureCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None, device: torch.device, drop_last: bool
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+        drop_last: bool,
+        ranks: Ranks | None = None,
     ) -> Iterator[Batch]:
-        """Shuffled (with ``generator``) or ordered batches of cached features, as float32."""
+        """Shuffled (with ``generator``) or ordered batches of cached features, as float32; with
+        several ``ranks``, this rank's part of each (see :func:`~uadp.engine.distributed.split_batch`)."""
         count = len(self)
         order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
         stop = count - count % batch_size if drop_last and count >= batch_size else count
         for start in range(0, stop, batch_size):
-            index = order[start : start + batch_size]
+            index = split_batch(order[start : start + batch_size], ranks or Ranks())
             if self.folder is not None:
                 index = index.sort().values  # ascending reads from the files; the batch's order does not matter
-                features = tree_map(lambda f, index=index: f.take(index).to(device, torch.float32), self.features)
+                features = tree_map(
+                    lambda f, index=index: f.take(index).to(device, torch.float32, non_blocking=True), self.features
+                )
             else:
-                features = tree_map(lambda f, index=index: f[index].to(device, torch.float32), self.features)
+                features = tree_map(
+                    lambda f, index=index: f[index].to(device, torch.float32, non_blocking=True), self.features
+                )
             yield Batch(features=features, target_features=features)

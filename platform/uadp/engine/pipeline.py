@@ -56,16 +56,19 @@ from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
 from ..data.splits import Splits, check_files, gather, hold_out_calibration, normal_folder
 from ..errors import TrackingError, UadpError
+from ..metrics.pixels import MapStore
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
 from ..thresholds import Thresholds, calibrate, threshold_report
-from ..tracking import KEY_METRICS, Tracker, metric_key
+from ..tracking import KEY_METRICS, SilentTracker, Tracker, metric_key
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
 from .components import Components, build_components
 from .detector import Detector, SplitPredictions, load_weights, read_bundle
 from .device import precision_name, resolve_device, resolve_precision
+from .distributed import RankBatches, Ranks
+from .distributed import start as start_ranks
 from .features import FeatureCache
 from .synthesis_preview import spread_over_classes, synthesis_grid
 from .trainer import Trainer
@@ -137,6 +140,8 @@ class Job:
             self.splits = hold_out_calibration(self.splits, evaluation.calibration_fraction, self.config.train.seed)
         self.device = resolve_device(self.config.train.device)
         self.dtype = resolve_precision(self.config.train.precision, self.device)
+        if self.device.type == "cuda":  # every batch has one image size: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
         self.root = Path(self.config.tracking.root)
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
@@ -144,6 +149,7 @@ class Job:
         self.checkpoint_path: Path | None = None  # --resume's, else set when the MLflow run starts
         self.base_bundle: Path | None = None  # --from-run's model: nothing is trained here
         self.lock = None  # held on the checkpoint folder while this process works in it
+        self.ranks = Ranks()  # the processes sharing the run (one, unless under torchrun)
         t0 = time.perf_counter()
         checked = check_files(self.splits)  # a damaged file stops the run here, not after training
         log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")
@@ -209,7 +215,7 @@ class Job:
         cfg = self.config
         train_set = self.dataset(self.splits.train, train=True)
         steps = max(1, len(train_set) // cfg.train.batch_size) if len(train_set) >= cfg.train.batch_size else 1
-        trainer = Trainer(detector.reconstructor, cfg.train, steps, self.device, self.dtype)
+        trainer = Trainer(detector.reconstructor, cfg.train, steps, self.device, self.dtype, self.ranks)
         history, start_epoch = self._restore(detector, trainer, resume) if resume is not None else ([], 0)
         cache = self._feature_cache(detector, len(train_set), start_epoch)
         try:
@@ -233,6 +239,7 @@ class Job:
         )
         trainer.load_state_dict(resume["trainer"])
         torch.set_rng_state(resume["rng"])
+        self.ranks.reseed(self.config.train.seed, resume["epoch"])
         self.saved_epoch = resume["epoch"]
         self.log(f"resuming after epoch {self.saved_epoch} from {self.checkpoint_path}")
         return resume["history"], resume["epoch"]
@@ -249,16 +256,16 @@ class Job:
             self.log(f"feature cache off: {self.cache_reason()}")
             return None
         t0 = time.perf_counter()
-        loader = self.loader_in_order(self.splits.train, train=True)
         dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
-        cache = FeatureCache.build(
-            batches(loader),
-            images,
-            detector.extract,
-            dtype,
-            cfg.train.cache_memory_gb * 2**30,
-            self.checkpoint_path.parent / "feature-cache",
-        )
+        limit, folder = cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache"
+        if self.ranks.world == 1:
+            loader = self.loader_in_order(self.splits.train, train=True)
+            cache = FeatureCache.build(batches(loader), images, detector.extract, dtype, limit, folder)
+        else:  # each rank its shard of the images, then every rank the whole cache
+            mine = self.splits.train[self.ranks.shard(images)]
+            loader = self.loader_in_order(mine, train=True)
+            cache = FeatureCache.build(batches(loader), len(mine), detector.extract, dtype)
+            cache = cache.gathered(self.ranks, limit, folder)
         self.timing["feature_s"] = time.perf_counter() - t0
         where = f"in files under {cache.folder}" if cache.folder is not None else "in memory"
         self.log(
@@ -283,7 +290,7 @@ class Job:
         for epoch in range(start_epoch, cfg.train.epochs):
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
             if cache is not None:
-                source = cache.batches(cfg.train.batch_size, generator, self.device, drop_last=True)
+                source = cache.batches(cfg.train.batch_size, generator, self.device, drop_last=True, ranks=self.ranks)
             else:
                 source = self._streamed(detector, train_set, epoch)
             t_epoch = time.perf_counter()
@@ -305,7 +312,11 @@ class Job:
     def _save_checkpoint(
         self, detector: Detector, trainer: Trainer, tracker: Tracker, history: list[dict[str, float]], epoch: int
     ) -> None:
-        """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all."""
+        """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all
+        (by rank 0: the ranks hold the same weights)."""
+        self.saved_epoch = epoch
+        if not self.ranks.main:
+            return
         save_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -324,17 +335,14 @@ class Job:
     def _streamed(self, detector: Detector, dataset: SampleDataset, epoch: int):
         """Batches decoded and (if needed) featurised on the fly, for inputs that change per epoch."""
         dataset.set_epoch(epoch)
-        loader = make_loader(
-            dataset,
-            self.config.train.batch_size,
-            self.config.data.workers,
-            shuffle=True,
-            seed=self.config.train.seed * 1_000_003 + epoch,
-            drop_last=len(dataset) >= self.config.train.batch_size,
+        size = self.config.train.batch_size
+        order = RankBatches(
+            len(dataset), size, self.config.train.seed * 1_000_003 + epoch, self.ranks, len(dataset) >= size
         )
+        loader = make_loader(dataset, size, self.config.data.workers, batch_sampler=order)
         for item in batches(loader):
-            images = item["image"].to(self.device)
-            targets = {k: v.to(self.device) for k, v in item.get("targets", {}).items()}
+            images = item["image"].to(self.device, non_blocking=True)  # from pinned memory on a GPU
+            targets = {k: v.to(self.device, non_blocking=True) for k, v in item.get("targets", {}).items()}
             features = target = None
             if detector.extract is not None:
                 features = detector.extract(images)
@@ -391,11 +399,17 @@ def train_and_evaluate(
     """
     if resume and from_run:
         raise UadpError("--resume and --from-run exclude each other: one continues training, the other skips it")
-    tracker = Tracker(Path(config.tracking.root))
+    ranks = start_ranks(config.train.device)
+    tracker = (Tracker if ranks.main else SilentTracker)(Path(config.tracking.root))
     tracker.check()  # before any work: a store that cannot be written or reached is one line now
-    job, resumed = _prepare(config, registry, tracker, resume, from_run, trust_model_file, log)
+    job, resumed = _prepare(
+        config, registry, tracker, resume, from_run, trust_model_file, log if ranks.main else _quiet
+    )
+    job.ranks = ranks
+    ranks.check_batch(job.config.train.batch_size)
     _seed_everything(job.config.train.seed)
-    if resumed is not None and resumed.run_id:
+    ranks.reseed(job.config.train.seed)
+    if resumed is not None and resumed.run_id and ranks.main:
         # taken before the run is reopened: a second --resume of a run in progress must change nothing
         job.lock = _lock_run(resumed.path.parent, resume)
     try:
@@ -407,6 +421,8 @@ def train_and_evaluate(
             _fit_aligner(job, detector)
             thresholds = _calibrate_thresholds(job, detector)
             evaluation = _evaluate(job, detector, thresholds)
+            if evaluation is None:  # a rank other than 0: its part is done
+                return None
             try:
                 return _log_results(job, tracker, detector, evaluation, history)
             finally:
@@ -419,6 +435,7 @@ def train_and_evaluate(
     finally:
         if job.lock is not None:
             job.lock.release()
+        ranks.close()
 
 
 def _prepare(
@@ -460,14 +477,15 @@ def _start_tracking(job: Job, tracker: Tracker, resumed: _Resume | None) -> None
     if resumed is not None and resumed.run_id:
         tracker.reopen(resumed.run_id)
         tracker.set_tag("uadp.resumed", _resumed_tag(resumed.state, resumed.recorded, job.config))
-    else:
+    elif job.ranks.main:
         _start_run(tracker, job)
         job.checkpoint_path = job.checkpoint_path or tracker.root / "checkpoints" / tracker.run_id / "checkpoint.pt"
         job.lock = _lock_run(job.checkpoint_path.parent, tracker.run_id)
+    tracker.run_id, job.checkpoint_path = job.ranks.broadcast((tracker.run_id, job.checkpoint_path))
     job.log(
         f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
         f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads" + (f" x {job.ranks.world} processes" if job.ranks.world > 1 else "")
     )
     if job.base_bundle is None and job.config.train.epochs > 0:
         job.log(f"if it stops, `{resume_command(tracker.run_id, job.checkpoint_path, tracker.root)}` continues it")
@@ -546,6 +564,9 @@ def _fit_aligner(job: Job, detector: Detector) -> None:
     inputs = torch.cat(embeddings).to(job.device) if embeddings else None
     aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names)
     aligner.to(job.device)  # parts an aligner sized in fit join the rest
+    if job.ranks.world > 1:  # the same aligner on every rank, whatever the device's arithmetic did
+        state = job.ranks.broadcast({k: v.cpu() for k, v in aligner.state_dict().items()})
+        aligner.load_state_dict(state)
     job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
     job.timing["aligner_total_s"] = time.perf_counter() - t0
     job.log(
@@ -558,13 +579,17 @@ def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], l
     """The model's maps of the training images (and the embeddings its aligner asks for), kept on
     the CPU until all are in, so that the device holds one batch at a time."""
     maps, embeddings = [], []
-    loader = job.loader_in_order(job.splits.train)
+    mine = job.splits.train[job.ranks.shard(len(job.splits.train))]
+    loader = job.loader_in_order(mine)
     for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
         prediction = detector.raw(detector.batch_of(item["image"]))
         maps.append(prediction.anomaly_map.cpu())
         embedding = detector.aligner_embedding(prediction)
         if embedding is not None:
             embeddings.append(embedding.float().cpu())
+    if job.ranks.world > 1:  # each rank predicted its shard; every rank fits on all of them
+        maps = [job.ranks.gather_rows(torch.cat(maps))]
+        embeddings = [job.ranks.gather_rows(torch.cat(embeddings))] if embeddings else []
     return maps, embeddings
 
 
@@ -577,11 +602,10 @@ def _calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
             "no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds"
         )
         return None
-    loader = job.loader_in_order(samples)
     names = [s.class_name for s in samples]
-    predictions = detector.predict_split(
-        batches(loader), len(samples), names, desc="calibration", keep_base=False, folder=job.scratch()
-    )
+    predictions = _predict_sharded(job, detector, samples, "calibration", keep_base=False)
+    if predictions is None:  # a rank other than 0: rank 0 sets the thresholds
+        return None
     try:
         thresholds = calibrate(
             predictions.scores,
@@ -610,6 +634,8 @@ def _evaluate(job: Job, detector: Detector, thresholds: Thresholds | None) -> Ev
     base maps', to show what aligning changed) and, with thresholds, how their decisions do.
     The maps stay in files until the results are logged (see :class:`SplitPredictions`)."""
     predictions = _predict_test(job, detector)
+    if predictions is None:  # a rank other than 0: rank 0 scores the split
+        return None
     try:
         t0 = time.perf_counter()
         evaluation = _score(job, predictions, thresholds)
@@ -640,13 +666,65 @@ def _score(job: Job, predictions: SplitPredictions, thresholds: Thresholds | Non
 
 def _predict_test(job: Job, detector: Detector) -> SplitPredictions:
     """The test split's maps and scores, timed: the speed a user can expect of the model."""
-    samples = job.splits.test
-    loader = job.loader_in_order(samples)
-    class_names = [s.class_name for s in samples]
-    predictions = detector.predict_split(batches(loader), len(samples), class_names, folder=job.scratch())
+    predictions = _predict_sharded(job, detector, job.splits.test, "test", keep_base=True)
+    if predictions is None:
+        return None
     job.timing["infer_images_per_s"] = predictions.images_per_s  # steady state, after the first batch
     job.timing["infer_s"] = predictions.seconds  # the whole pass, worker start-up included
     return predictions
+
+
+def _predict_sharded(
+    job: Job, detector: Detector, samples: list, desc: str, keep_base: bool
+) -> SplitPredictions | None:
+    """``samples`` predicted a contiguous shard per rank; on rank 0 all of them, in order (the
+    others send their maps to it a chunk at a time and get None)."""
+    ranks = job.ranks
+    mine = samples[ranks.shard(len(samples))]
+    names = [s.class_name for s in mine]
+    loader = job.loader_in_order(mine)
+    local = detector.predict_split(batches(loader), len(mine), names, desc, keep_base, folder=job.scratch())
+    if ranks.world == 1:
+        return local
+    parts = ranks.gather(
+        (local.scores, local.labels, local.base_scores, local.warm_images, local.warm_seconds, local.seconds)
+    )
+    if not ranks.main:
+        ranks.send_chunks(local.pixels.chunks())
+        if local.base_pixels is not None:
+            ranks.send_chunks(local.base_pixels.chunks())
+        local.close()
+        return None
+    stores = [MapStore(job.scratch()) for _ in range(2 if local.base_pixels is not None else 1)]
+    try:
+        for store, pixels in zip(stores, (local.pixels, local.base_pixels)):
+            for maps, masks in pixels.chunks():
+                store.append(maps, masks)
+        for source in range(1, ranks.world):
+            for store in stores:
+                for maps, masks in ranks.receive_chunks(source):
+                    store.append(maps, masks)
+    except BaseException:
+        for store in stores:
+            store.close()
+        raise
+    finally:
+        local.close()
+    scores, labels, base_scores, warm_images, warm_seconds, seconds = zip(*parts)
+    return SplitPredictions(
+        pixels=stores[0].pixels(),
+        scores=np.concatenate(scores),
+        labels=np.concatenate(labels),
+        seconds=max(seconds),
+        base_pixels=stores[1].pixels() if len(stores) > 1 else None,
+        base_scores=np.concatenate(base_scores) if len(stores) > 1 else None,
+        warm_images=sum(warm_images),
+        warm_seconds=max(warm_seconds),
+    )
+
+
+def _quiet(text: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _log_results(
@@ -720,7 +798,7 @@ def _log_pictures(job: Job, tracker: Tracker, predictions: SplitPredictions, fol
     if cfg.eval.overlays_per_class:
         for png in write_overlays(
             job.splits.test,
-            predictions.maps,
+            predictions.pixels,
             predictions.scores,
             cfg.data.size_hw,
             cfg.eval.overlays_per_class,

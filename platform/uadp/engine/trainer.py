@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..contract import Batch, Reconstructor
 from .device import autocast
+from .distributed import Ranks
 
 
 def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
@@ -28,8 +29,24 @@ def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
     return 1.0
 
 
+class TrainingStep(torch.nn.Module):
+    """The reconstructor's ``training_step`` as a module's ``forward``: what
+    DistributedDataParallel calls, so that it can average the gradients of the step."""
+
+    def __init__(self, model: Reconstructor) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.model.training_step(batch)
+
+
 class Trainer:
-    """Trains the reconstructor's parameters; everything frozen stays out of the optimiser."""
+    """Trains the reconstructor's parameters; everything frozen stays out of the optimiser.
+
+    With several ranks (see :mod:`uadp.engine.distributed`) each step runs through
+    DistributedDataParallel, which averages the ranks' gradients before the optimiser's step.
+    """
 
     def __init__(
         self,
@@ -38,8 +55,11 @@ class Trainer:
         steps_per_epoch: int,
         device: torch.device,
         dtype: torch.dtype | None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.model = model
+        self.ranks = ranks or Ranks()
+        self.step = self.ranks.wrap(TrainingStep(model))
         self.config = config
         self.device = device
         self.dtype = dtype
@@ -73,11 +93,11 @@ class Trainer:
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
             unit="step",
             leave=False,
-            disable=None,
+            disable=None if self.ranks.main else True,
         )
         for batch in bar:
             with autocast(self.device, self.dtype):
-                losses = self.model.training_step(batch)
+                losses = self.step(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch + 1}; lower train.lr")
@@ -93,7 +113,7 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             count += 1
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
-        return {name: total / max(count, 1) for name, total in sums.items()}
+        return self.ranks.mean({name: total / max(count, 1) for name, total in sums.items()})
 
     def state_dict(self) -> dict:
         return {

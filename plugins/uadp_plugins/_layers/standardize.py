@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from uadp.engine.distributed import sum_over_ranks
+
 
 class StandardizeOptions(BaseModel):
     """The config fields of a reconstructor that offers channel standardisation."""
@@ -43,10 +45,15 @@ class ChannelStandardizer(nn.Module):
         if self.images >= self.limit:
             return
         flat = features.detach().transpose(0, 1).reshape(features.shape[1], -1).double()
-        self.images += features.shape[0]
-        self.count += flat.shape[1]
-        self.total += flat.sum(1)
-        self.total_sq += flat.pow(2).sum(1)
+        # with several training processes each sees a share of the batch: add up all shares
+        counts = sum_over_ranks(
+            torch.tensor([features.shape[0], flat.shape[1]], dtype=torch.float64, device=flat.device)
+        )
+        sums = sum_over_ranks(torch.stack([flat.sum(1), flat.pow(2).sum(1)]))
+        self.images += counts[0]
+        self.count += counts[1]
+        self.total += sums[0]
+        self.total_sq += sums[1]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(features - mean) / std per channel, for features [B,C,...]."""

@@ -97,6 +97,18 @@ def pretrained_state_dict(model_name: str, weights: str) -> dict[str, torch.Tens
     return load_state_dict_file(path)
 
 
+def _where_to_get(model_name: str) -> str:
+    """What to download, in one clause, for a machine without access to the model hub."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return "download its weights where there is network and pass backbone.weights=PATH"
+    return (
+        f"download https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a machine with "
+        "network and pass backbone.weights=PATH/model.safetensors"
+    )
+
+
 class TimmBackbone(Backbone):
     """A frozen timm ``features_only`` model; always in eval mode so BatchNorm uses running stats."""
 
@@ -114,7 +126,8 @@ class TimmBackbone(Backbone):
             if download:
                 raise ConfigError(
                     f"backbone.weights={config.weights}: could not download {config.model} weights "
-                    f"({type(exc).__name__}); use weights=offline with tf_efficientnet_lite0/1/2 or a local file"
+                    f"({type(exc).__name__}); {_where_to_get(config.model)}, or use weights=offline with "
+                    "tf_efficientnet_lite0/1/2"
                 ) from exc
             raise
         state = pretrained_state_dict(config.model, config.weights)

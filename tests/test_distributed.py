@@ -1,0 +1,180 @@
+"""Runs of several processes (torchrun, gloo on the CPU) give one run's model and metrics.
+
+Two processes on one machine, and two "nodes" of one process each meeting over loopback,
+train the demo data with the same global batch as one process. Their gradients are averaged
+by DistributedDataParallel, so the weights follow the single process's to floating-point
+rounding (the order of the sums differs); the test allows 2e-3 on every mean and pooled metric.
+UniAD's feature jitter and dropout are off here: each rank draws its own noise, so with them
+the runs agree in distribution, not number for number.
+
+On two cores with one thread per process the four runs take about two minutes.
+Each finishes exactly one MLflow run. A rank that fails marks the run FAILED, never RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tests.helpers import all_runs
+
+from uadp.engine.distributed import RankBatches, Ranks
+
+TOLERANCE = 2e-3
+HERE = Path(__file__).parent
+
+
+def _args(root: Path, out: Path, *extra: str) -> list[str]:
+    """A short run on the demo data: the default preset at 128 px, 4 epochs, global batch 8."""
+    args = ["run", "--image-size", "128", "--epochs", "4", "--workers", "0", "--device", "cpu"]
+    args += ["--set", f"tracking.root={root}", "--set", "train.batch_size=8", "--output-json", str(out)]
+    args += ["--set", "reconstructor.jitter_prob=0", "--set", "reconstructor.dropout=0"]
+    return args + list(extra)
+
+
+def _env() -> dict[str, str]:
+    # one thread a process: the two-process runs share the two cores of CI
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1"}
+
+
+def _torchrun(*options: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *options]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(path: Path) -> dict[str, float]:
+    summary = json.loads(path.read_text())
+    return {f"{unit}/{k}": v for unit in ("mean", "pooled") for k, v in summary[unit].items()}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict[str, float]:
+    """The reference: one process, the same global batch."""
+    root = tmp_path_factory.mktemp("single")
+    out = root / "summary.json"
+    done = subprocess.run([sys.executable, "-m", "uadp", *_args(root, out)], env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _metrics(out)
+
+
+def _assert_same(found: dict[str, float], expected: dict[str, float]) -> None:
+    assert found.keys() == expected.keys()
+    far = {k: (found[k], expected[k]) for k in expected if abs(found[k] - expected[k]) > TOLERANCE}
+    assert not far, far
+    # the runs learned something to compare (without feature jitter UniAD learns less)
+    assert expected["mean/image_auroc"] > 0.65 and expected["mean/pixel_auroc"] > 0.65
+
+
+def _one_finished_run(root: Path) -> None:
+    runs = all_runs(root)
+    assert [r.info.status for r in runs] == ["FINISHED"], [r.info.status for r in runs]
+
+
+def test_two_processes_with_nproc_match_one_process(single, tmp_path):
+    out = tmp_path / "summary.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "uadp", *_args(tmp_path, out), "--nproc", "2"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x 2 processes" in done.stdout and done.stdout.count("Results (") == 1  # rank 0 alone reports
+    _assert_same(_metrics(out), single)
+    _one_finished_run(tmp_path)
+    assert not list((tmp_path / "checkpoints").rglob("uadp-maps-*"))  # the maps' files are gone
+
+
+def test_two_nodes_over_loopback_match_one_process(single, tmp_path):
+    out = tmp_path / "summary.json"
+    port = _free_port()
+    nodes = [
+        subprocess.Popen(
+            _torchrun(
+                "--nnodes=2",
+                f"--node-rank={rank}",
+                "--nproc-per-node=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "uadp",
+                *_args(tmp_path, out),
+            ),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    results = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    _assert_same(_metrics(out), single)
+    _one_finished_run(tmp_path)
+
+
+def test_a_failed_rank_marks_the_run_failed(tmp_path):
+    out = tmp_path / "summary.json"
+    done = subprocess.run(
+        _torchrun("--standalone", "--nproc-per-node=2", str(HERE / "fail_at_rank.py"), "1", "2", *_args(tmp_path, out)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    runs = all_runs(tmp_path)
+    assert [r.info.status for r in runs] in (["FAILED"], ["KILLED"]), [r.info.status for r in runs]
+    assert not out.exists()
+    # the checkpoint of epoch 1 is kept, for --resume
+    assert list((tmp_path / "checkpoints").rglob("checkpoint.pt"))
+
+
+def test_a_batch_that_does_not_split_is_refused(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uadp",
+            *_args(tmp_path, tmp_path / "s.json", "--set", "train.batch_size=7"),
+            "--nproc",
+            "2",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "train.batch_size 7 does not split among 2 processes" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not all_runs(tmp_path)
+
+
+def test_the_ranks_together_take_the_batches_of_one_process():
+    one = list(RankBatches(21, 6, seed=3, ranks=Ranks(), drop_last=True))
+    parts = [list(RankBatches(21, 6, seed=3, ranks=Ranks(rank, 3), drop_last=True)) for rank in range(3)]
+    assert len(one) == 3 and all(len(p) == 3 for p in parts)
+    for step, batch in enumerate(one):
+        joined = sorted(i for p in parts for i in p[step])
+        assert joined == sorted(batch) and all(len(p[step]) == 2 for p in parts)
+    # one process's order is the seeded shuffle itself
+    order = torch.randperm(21, generator=torch.Generator().manual_seed(3)).tolist()
+    assert [i for b in one for i in b] == order[:18]
+
+
+def test_shards_cover_every_item_once():
+    for count in (0, 1, 5, 17):
+        covered = [i for rank in range(3) for i in range(count)[Ranks(rank, 3).shard(count)]]
+        assert covered == list(range(count))

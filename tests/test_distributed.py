@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,8 +139,36 @@ def test_a_failed_rank_marks_the_run_failed(tmp_path):
     runs = all_runs(tmp_path)
     assert [r.info.status for r in runs] in (["FAILED"], ["KILLED"]), [r.info.status for r in runs]
     assert not out.exists()
-    # the checkpoint of epoch 1 is kept, for --resume
-    assert list((tmp_path / "checkpoints").rglob("checkpoint.pt"))
+    # the checkpoint of epoch 1 is kept: --resume continues the same run, in two processes again
+    (run,) = runs
+    assert (tmp_path / "checkpoints" / run.info.run_id / "checkpoint.pt").is_file()
+    done = subprocess.run(
+        [sys.executable, "-m", "uadp", "run", "--resume", run.info.run_id, "--set", f"tracking.root={tmp_path}"]
+        + ["--nproc", "2", "--output-json", str(out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _one_finished_run(tmp_path)
+    assert json.loads(out.read_text())["mlflow_run_id"] == run.info.run_id
+
+
+def test_ctrl_c_stops_every_process_and_marks_the_run_killed(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    command = [sys.executable, "-m", "uadp", *_args(tmp_path, tmp_path / "s.json"), "--nproc", "2"]
+    command[command.index("--epochs") + 1] = "500"
+    run = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.rglob("checkpoint.pt")) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.5)
+    assert run.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0
+    statuses = [r.info.status for r in all_runs(tmp_path)]
+    assert statuses in (["KILLED"], ["FAILED"]), (statuses, err[-2000:])
 
 
 def test_a_batch_that_does_not_split_is_refused(tmp_path):

@@ -35,7 +35,16 @@ from uadp.config import build_config, flatten, run_name
 from uadp.tracking import EXPERIMENT_KIND, KEY_METRICS, VIEW_KEY, Tracker
 
 CLASSES = ["blobs", "checker", "dots", "stripes"]
-TIMING_KEYS = {"feature_s", "train_s", "train_s_per_epoch", "infer_images_per_s", "infer_s", "peak_rss_mb"}
+TIMING_KEYS = {
+    "feature_s",
+    "train_s",
+    "train_s_per_epoch",
+    "train_peak_rss_mb",
+    "infer_images_per_s",
+    "infer_s",
+    "metrics_s",
+    "peak_rss_mb",
+}
 
 # --------------------------------------------------------------------------- inspection commands
 

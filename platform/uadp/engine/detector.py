@@ -23,6 +23,7 @@ from .. import __version__
 from ..config import RunConfig, recorded_config, validate
 from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
 from ..errors import ConfigError, UadpError
+from ..memory import release_freed_memory
 from ..metrics.pixels import MapStore, StoredPixels
 from ..registry import Registry, get_registry
 from ..scoring import image_scores
@@ -32,6 +33,7 @@ from .device import autocast, resolve_device, resolve_precision
 from .features import FeatureExtractor
 
 BUNDLE_FORMAT = "uadp-bundle/1"
+TRIM_EVERY = 50  # batches between returns of freed memory to the system (see release_freed_memory)
 
 
 @dataclass
@@ -195,6 +197,8 @@ class Detector:
                         base_scores.append(image_scores(base, self.config.eval.image_score).cpu().numpy())
                     labels.append(batch["label"].numpy())
                     bar.update(len(batch["label"]))
+                    if len(labels) % TRIM_EVERY == 0:
+                        release_freed_memory()
                     if first_done is None:
                         first_done, first_size = time.perf_counter(), len(batch["label"])
         except BaseException:  # a failure or Ctrl-C leaves no files behind

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..contract import Backbone, Batch, Reconstructor
+from ..memory import release_freed_memory
 from .device import autocast
 from .distributed import Ranks, split_batch
 
@@ -138,6 +139,7 @@ class FeatureCache:
                             target[filled : filled + count] = level.to("cpu", dtype)
                     filled += count
                     bar.update(count)
+                    release_freed_memory()
         except BaseException:  # a bad image or Ctrl-C: leave no half-written cache files behind
             if on_disk is not None:
                 for level in store or []:

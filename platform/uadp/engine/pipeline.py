@@ -545,7 +545,7 @@ def _train_or_skip(job: Job, detector: Detector, tracker: Tracker, resumed: _Res
     model was loaded in stage 1: it is not trained again, and its timings and a note say so."""
     if job.base_bundle is None:
         return job.train(detector, tracker, resumed.state if resumed is not None else None)
-    job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0)
+    job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0, train_peak_rss_mb=peak_rss_mb())
     job.notes.append(f"model not trained here: loaded from {job.base_bundle}")
     return []
 
@@ -683,7 +683,9 @@ def _predict_sharded(
     mine = samples[ranks.shard(len(samples))]
     names = [s.class_name for s in mine]
     loader = job.loader_in_order(mine)
-    local = detector.predict_split(batches(loader), len(mine), names, desc, keep_base, folder=job.scratch())
+    local = detector.predict_split(
+        batches(loader), len(mine), names, desc=desc, keep_base=keep_base, folder=job.scratch()
+    )
     if ranks.world == 1:
         return local
     parts = ranks.gather(

@@ -10,8 +10,11 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..contract import Batch, Reconstructor
+from ..memory import release_freed_memory
 from .device import autocast
 from .distributed import Ranks
+
+TRIM_EVERY = 50  # steps between returns of freed memory to the system (see release_freed_memory)
 
 
 def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
@@ -112,6 +115,8 @@ class Trainer:
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             count += 1
+            if count % TRIM_EVERY == 0:
+                release_freed_memory()
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
         return self.ranks.mean({name: total / max(count, 1) for name, total in sums.items()})
 

@@ -9,12 +9,15 @@ the metrics read them back a chunk of images at a time, with memory bounded by t
 The exact metrics stay exact. A float16 value has 65,536 possible bit patterns, so the ranking
 curve of the stored maps is a 65,536-bin histogram of positive and negative pixels, one pass
 over the chunks with no sort: the same :class:`~uadp.metrics.curves.BinaryCurve` that sorting
-the stored values would give, threshold for threshold. What float16 changes is the maps
-themselves, by at most 2**-11 of a value (about 0.05 %): scores closer than that become ties.
-Before rounding, the store scales the maps by a power of two (exact, and order-preserving) so
-that the first batch's largest value lands at 2**4: float16 then has 18 octaves of full
-precision below it (probability maps with values of 1e-6 keep their order) and 4096 times
-headroom above it. Values beyond that rank as ties at the top (float16's infinity).
+the stored values would give, threshold for threshold.
+
+What float16 changes is the maps themselves: a value keeps 11 significant bits. Rounded as they
+are, maps that vary little around a large value (a barely trained model's, all near 0.5) would
+collapse into a few ties. So the store first shifts and scales them, which keeps their order:
+it subtracts the first batch's lowest value and multiplies by a power of two that puts the
+first batch's highest value at 2**4. A value is then kept to 2**-11 of its distance from that
+lowest value, and values of one-millionth keep their order as well as values near 1. Values
+beyond 4096 times the first batch's spread rank as ties at the top (float16's infinity).
 
 :class:`ArrayPixels` is the in-memory source, for arrays a caller already holds: the curve is
 built by sorting the values as given, exactly as before.
@@ -30,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..memory import release_freed_memory
 from .curves import BinaryCurve, as_labels, as_scores, binary_curve
 
 __all__ = ["PixelSource", "ArrayPixels", "MapStore", "StoredPixels", "as_pixels", "CHUNK_PIXELS"]
 
 CHUNK_PIXELS = 8 * 2**20  # pixels read at a time: ~60 MB of working memory with the masks and keys
-TOP_OCTAVE = 4  # the first batch's largest |value| is scaled to [2**3, 2**4)
+TOP_OCTAVE = 4  # the first batch's spread is scaled to [2**3, 2**4)
 BINS = 2**16
 
 
@@ -148,11 +152,19 @@ def _keys(codes: np.ndarray) -> np.ndarray:
     return np.where(negative, ~codes, codes | 0x8000).astype(np.uint16)
 
 
-def _values(keys: np.ndarray, scale: float) -> np.ndarray:
-    """The stored values (float32, unscaled) of uint16 keys."""
+def _decode(codes: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """float16 bit patterns -> the stored values, float32, in the maps' own units."""
+    values = codes.view(np.float16).astype(np.float32)
+    values /= np.float32(scale)  # a power of two: exact
+    values += np.float32(offset)
+    return values
+
+
+def _values(keys: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """The stored values of uint16 keys (see :func:`_decode`)."""
     keys = keys.astype(np.uint16)
     codes = np.where(keys >= 0x8000, keys ^ 0x8000, ~keys).astype(np.uint16)
-    return (codes.view(np.float16).astype(np.float64) / scale).astype(np.float32)
+    return _decode(codes, scale, offset)
 
 
 class MapStore:
@@ -165,7 +177,8 @@ class MapStore:
     def __init__(self, folder: str | Path | None = None, chunk_pixels: int = CHUNK_PIXELS) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="uadp-maps-", dir=folder))
         self.chunk_pixels = chunk_pixels
-        self.scale: float | None = None
+        self.scale: float | None = None  # a power of two
+        self.offset = 0.0  # subtracted before scaling: the first batch's lowest value
         self.shape: tuple[int, int] | None = None
         self.count = 0
         self.has_masks: bool | None = None
@@ -184,15 +197,17 @@ class MapStore:
         if self.shape is None:
             self.shape = tuple(maps.shape[1:])
             self.has_masks = masks is not None
-            finite = np.abs(maps[np.isfinite(maps)])
-            top = float(finite.max()) if finite.size else 0.0
+            finite = maps[np.isfinite(maps)]
+            self.offset = float(finite.min()) if finite.size else 0.0
+            top = float((finite - np.float32(self.offset)).max()) if finite.size else 0.0
             self.scale = 2.0 ** (TOP_OCTAVE - math.ceil(math.log2(top))) if top > 0 else 1.0
         if tuple(maps.shape[1:]) != self.shape or (masks is not None) != self.has_masks:
             raise ValueError(f"map store: batch of shape {maps.shape[1:]} after {self.shape}")
         if np.isnan(maps).any():
             raise ValueError(f"maps contain {int(np.isnan(maps).sum())} NaN value(s); NaN cannot be ranked")
         with np.errstate(over="ignore"):
-            self._maps.write((maps * self.scale).astype(np.float16).tobytes())
+            shifted = (maps - np.float32(self.offset)) * np.float32(self.scale)
+            self._maps.write(shifted.astype(np.float16).tobytes())
         if masks is not None:
             self._masks.write(np.asarray(masks, dtype=bool).astype(np.uint8).tobytes())
         self.count += len(maps)
@@ -246,6 +261,7 @@ class StoredPixels(PixelSource):
 
     def code_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(float16 bit patterns, masks) of runs of consecutive images, at most a chunk each."""
+        release_freed_memory()  # each pass allocates and frees chunk-sized arrays: no creep
         if self.n_images == 0:
             return
         per_chunk = max(1, self.store.chunk_pixels // math.prod(self.store.shape))
@@ -257,7 +273,7 @@ class StoredPixels(PixelSource):
 
     def chunks(self):
         for codes, masks in self.code_chunks():
-            yield (codes.view(np.float16).astype(np.float32) / np.float32(self.store.scale)), masks
+            yield _decode(codes, self.store.scale, self.store.offset), masks
 
     def _histograms(self, weigh_regions: bool = False):
         """Per key: positive pixels (or their region weights), negative pixels; and the regions."""
@@ -283,7 +299,7 @@ class StoredPixels(PixelSource):
         positive, negative, _ = self._histograms()
         present = np.flatnonzero(positive + negative)[::-1]  # highest first
         return BinaryCurve(
-            thresholds=_values(present, self.store.scale),
+            thresholds=_values(present, self.store.scale, self.store.offset),
             tps=np.cumsum(positive[present]),
             fps=np.cumsum(negative[present]),
         )
@@ -303,4 +319,4 @@ class StoredPixels(PixelSource):
         for codes, _ in self.code_chunks():
             counts += np.bincount(_keys(codes.reshape(-1)), minlength=BINS)
         key = int(np.searchsorted(np.cumsum(counts), k))
-        return float(_values(np.array([key]), self.store.scale)[0])
+        return float(_values(np.array([key]), self.store.scale, self.store.offset)[0])

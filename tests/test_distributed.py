@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import all_runs
 
+from helpers import all_runs
 from uadp.engine.distributed import RankBatches, Ranks
 
 TOLERANCE = 2e-3

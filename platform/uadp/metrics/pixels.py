@@ -218,11 +218,6 @@ class MapStore:
         self._masks.flush()
         return StoredPixels(self, np.arange(self.count))
 
-    @property
-    def nbytes(self) -> int:
-        per_image = math.prod(self.shape or (0,)) * (3 if self.has_masks else 2)
-        return self.count * per_image
-
     def read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Images ``start:stop`` as (float16 codes [n,H,W], masks or None), read with plain file
         reads (not a memory map: mapped pages would count in the process's memory)."""

@@ -181,6 +181,7 @@ class MapStore:
         self.offset = 0.0  # subtracted before scaling: the first batch's lowest value
         self.shape: tuple[int, int] | None = None
         self.count = 0
+        self.curves: dict[bytes, BinaryCurve] = {}  # the curves of image sets read so far (at most 65,536 points each)
         self.has_masks: bool | None = None
         self._maps = open(self.folder / "maps.f16", "wb")
         self._masks = open(self.folder / "masks.u8", "wb")
@@ -193,6 +194,7 @@ class MapStore:
 
     def append(self, maps: np.ndarray, masks: np.ndarray | None = None) -> None:
         """One batch: maps [B,H,W] (any float), masks [B,H,W] or None (for every batch alike)."""
+        self.curves.clear()
         maps = np.asarray(maps, dtype=np.float32)
         if self.shape is None:
             self.shape = tuple(maps.shape[1:])
@@ -291,13 +293,18 @@ class StoredPixels(PixelSource):
         return positive, negative, regions_total
 
     def curve(self) -> BinaryCurve:
-        positive, negative, _ = self._histograms()
-        present = np.flatnonzero(positive + negative)[::-1]  # highest first
-        return BinaryCurve(
-            thresholds=_values(present, self.store.scale, self.store.offset),
-            tps=np.cumsum(positive[present]),
-            fps=np.cumsum(negative[present]),
-        )
+        """Built once per set of images: the metrics and the thresholds' report ask for the same
+        units' curves, and each build is a pass over the files."""
+        key = self.index.tobytes()
+        if key not in self.store.curves:
+            positive, negative, _ = self._histograms()
+            present = np.flatnonzero(positive + negative)[::-1]  # highest first
+            self.store.curves[key] = BinaryCurve(
+                thresholds=_values(present, self.store.scale, self.store.offset),
+                tps=np.cumsum(positive[present]),
+                fps=np.cumsum(negative[present]),
+            )
+        return self.store.curves[key]
 
     def pro_curve(self):
         """PRO as in MVTec AD: each region's overlap, averaged over the regions (8-connected, per

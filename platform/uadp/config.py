@@ -109,12 +109,23 @@ class TrainConfig(_Section):
     )
 
 
+MapReducer = Literal["max", "max_avgpool", "topk_mean", "mean"]
+
+
 class ImageScoreConfig(_Section):
     """How an anomaly map becomes one image score."""
 
-    name: Literal["max", "max_avgpool", "topk_mean", "mean"] = "max_avgpool"
+    name: MapReducer | Literal["model"] = Field(
+        "max_avgpool",
+        description="max, max_avgpool, topk_mean, mean: a reduction of the map; model: the reconstructor's own "
+        "score (PatchCore's re-weighted nearest-neighbour distance)",
+    )
     kernel: int = Field(16, ge=1, description="max_avgpool: averaging window in pixels")
     topk: float = Field(0.01, gt=0, le=1, description="topk_mean: fraction of pixels")
+    aligned: MapReducer = Field(
+        "max",
+        description="name=model: how maps an aligner changed become a score (the model's own score is of its own maps)",
+    )
 
 
 class EvalConfig(_Section):

@@ -8,12 +8,16 @@ The contract is shaped so that all four bundled methods fit without special case
 * UniAS: the same, keeping every stage at its own resolution (``adapt`` returns a list).
 * OmniAL: ``inputs="images"`` with ``synthesizer="required"``: it receives the corrupted image
   and the synthesizer's named targets (clean image, level masks, extra maps).
+* PatchCore: ``training="fit"``: no gradient, no epochs; its ``fit`` sees every training
+  image's adapted features once (in order) and keeps a memory bank, and its ``predict`` gives
+  the method's own image score beside the map.
 * CADA: an :class:`Aligner`, a second stage fitted on the frozen model's maps and embeddings
   of the normal training images.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -107,6 +111,9 @@ class Prediction:
     """A reconstructor's output at inference.
 
     ``anomaly_map`` is [B,H,W] at the model input size, higher meaning more anomalous.
+    ``image_scores`` [B] is the method's own image score, for methods that define one apart from
+    the map (PatchCore's re-weighted nearest-neighbour distance); ``eval.image_score.name:
+    model`` uses it, every other choice reduces the map.
     ``embeddings`` names the per-image feature maps [B,C,h,w] an aligner may learn from (e.g.
     CADA's regressor): by convention ``"features"`` for the frozen encoder's features as the
     reconstructor sees them and ``"bottleneck"`` for the reconstructor's own compressed
@@ -115,13 +122,15 @@ class Prediction:
 
     anomaly_map: torch.Tensor
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_scores: torch.Tensor | None = None
 
 
 class Reconstructor(nn.Module):
-    """Base class of anomaly models. Subclasses implement ``training_step`` and ``predict``.
+    """Base class of anomaly models. Subclasses implement ``predict``, and ``training_step``
+    (trained in epochs, the default) or ``fit`` (registered with ``training="fit"``).
 
-    How the core feeds it is declared at registration (``inputs=``, ``synthesizer=``), so the
-    core can build the data path before the model exists.
+    How the core feeds it is declared at registration (``inputs=``, ``synthesizer=``,
+    ``training=``), so the core can build the data path before the model exists.
     """
 
     def adapt(self, features: list[torch.Tensor]) -> Any:
@@ -134,6 +143,16 @@ class Reconstructor(nn.Module):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover
         """Return a dict with a scalar ``"loss"``; other entries are logged as they are."""
+        raise NotImplementedError
+
+    def fit(self, batches: Iterable[Batch]) -> dict[str, float]:  # pragma: no cover
+        """Build the model from one pass over every training image, in order (``training="fit"``).
+
+        Called once instead of the epoch loop, without gradients. What it builds must be in the
+        ``state_dict`` (buffers sized here are resized on load by the module itself), so that the
+        bundle, ``--resume`` after the fit and ``--from-run`` get it back. Returns numbers worth
+        logging (seconds of each part, sizes), logged as ``fit/<name>``.
+        """
         raise NotImplementedError
 
     def predict(self, batch: Batch) -> Prediction:  # pragma: no cover

@@ -37,6 +37,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         "inputs": (("features", "images"), "features"),
         # whether it trains on synthesized anomalies
         "synthesizer": (("none", "optional", "required"), "none"),
+        # how it learns: "epochs" of gradient steps (``training_step``), or "fit": one ``fit``
+        # over the training set's features, no optimiser (memory-bank methods such as PatchCore)
+        "training": (("epochs", "fit"), "epochs"),
         # the registered preset that `uadp run --reconstructor NAME` starts from when no
         # --config is given: the method's own CPU recipe
         "preset": (str, None),

@@ -4,7 +4,10 @@
 * ``max_avgpool`` — the highest value of the map averaged over a kernel×kernel window
   (UniAD: 16×16, stride 1), robust to single-pixel noise;
 * ``topk_mean`` — the mean of the top ``topk`` fraction of pixels (CADA: 1 %);
-* ``mean`` — the mean pixel.
+* ``mean`` — the mean pixel;
+* ``model`` — the reconstructor's own score (``Prediction.image_scores``), for methods that
+  define one apart from the map (PatchCore). Maps an aligner changed have no such score: they
+  are reduced by ``aligned`` (one of the four above).
 """
 
 from __future__ import annotations
@@ -15,8 +18,16 @@ import torch.nn.functional as F
 from .config import ImageScoreConfig
 
 
-def image_scores(maps: torch.Tensor, config: ImageScoreConfig) -> torch.Tensor:
-    maps = maps.float()
+def image_scores(maps: torch.Tensor, config: ImageScoreConfig, own: torch.Tensor | None = None) -> torch.Tensor:
+    """One score per map; ``own`` is the reconstructor's score of these very maps, if it gives one."""
+    if config.name == "model":
+        if own is not None:
+            return own.float()
+        config = config.model_copy(update={"name": config.aligned})
+    return _reduce(maps.float(), config)
+
+
+def _reduce(maps: torch.Tensor, config: ImageScoreConfig) -> torch.Tensor:
     flat = maps.flatten(1)
     if config.name == "max":
         return flat.amax(dim=1)

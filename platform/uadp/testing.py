@@ -686,9 +686,9 @@ def _watched_run(label: str, config: RunConfig, registry, from_run: str | None =
         return prediction
 
     def both(self, batch, class_names):
-        final, base = original_both(self, batch, class_names)
-        collected.append(final.cpu().numpy())  # the maps as predicted, before the store rounds them
-        return final, base
+        maps = original_both(self, batch, class_names)
+        collected.append(maps.final.cpu().numpy())  # the maps as predicted, before the store rounds them
+        return maps
 
     def predict_split(self, batches, total, *args, **kwargs):
         collected.clear()

@@ -72,6 +72,16 @@ class SplitPredictions:
                 pixels.store.close()
 
 
+@dataclass
+class BothMaps:
+    """One batch's final maps and scores (aligned, with an aligner) and the reconstructor's own."""
+
+    final: torch.Tensor
+    final_scores: torch.Tensor
+    base: torch.Tensor
+    base_scores: torch.Tensor
+
+
 class Detector:
     def __init__(
         self,
@@ -142,14 +152,29 @@ class Detector:
     @torch.no_grad()
     def maps_and_scores(self, batch: Batch, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Final maps and image scores of one batch: aligned when the detector has an aligner."""
-        maps = self._both(batch, class_names)[0]
-        return maps, image_scores(maps, self.config.eval.image_score)
+        both = self._both(batch, class_names)
+        return both.final, both.final_scores
 
-    def _both(self, batch: Batch, class_names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final maps, base maps): identical tensors when there is no aligner."""
+    def _both(self, batch: Batch, class_names: list[str] | None) -> BothMaps:
+        """The final maps and the reconstructor's own, with their scores: identical without an aligner."""
         prediction = self.raw(batch)
         base = prediction.anomaly_map
-        return (self.align(prediction, class_names) if self.aligner is not None else base), base
+        base_scores = self.scores(base, prediction.image_scores)
+        if self.aligner is None:
+            return BothMaps(base, base_scores, base, base_scores)
+        final = self.align(prediction, class_names)
+        return BothMaps(final, self.scores(final, None, aligned=True), base, base_scores)
+
+    def scores(self, maps: torch.Tensor, own: torch.Tensor | None, aligned: bool = False) -> torch.Tensor:
+        """Image scores of ``maps`` by ``eval.image_score``; ``own`` is the reconstructor's score of
+        them, if it gives one (an aligner's maps have none)."""
+        config = self.config.eval.image_score
+        if config.name == "model" and own is None and not aligned:
+            raise ConfigError(
+                f"eval.image_score.name=model: reconstructor {self.config.reconstructor.name} gives no image "
+                "score of its own; choose max, max_avgpool, topk_mean or mean"
+            )
+        return image_scores(maps, config, own)
 
     def predict_images(
         self, images: torch.Tensor, class_names: list[str] | None = None
@@ -188,13 +213,13 @@ class Detector:
             with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
                 for batch in batches:
                     names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
-                    final, base = self._both(self.batch_of(batch["image"]), names)
+                    both = self._both(self.batch_of(batch["image"]), names)
                     masks = batch["mask"].numpy() if "mask" in batch else None
-                    stores[0].append(final.cpu().numpy(), masks)
-                    scores.append(image_scores(final, self.config.eval.image_score).cpu().numpy())
+                    stores[0].append(both.final.cpu().numpy(), masks)
+                    scores.append(both.final_scores.cpu().numpy())
                     if len(stores) > 1:
-                        stores[1].append(base.cpu().numpy(), masks)
-                        base_scores.append(image_scores(base, self.config.eval.image_score).cpu().numpy())
+                        stores[1].append(both.base.cpu().numpy(), masks)
+                        base_scores.append(both.base_scores.cpu().numpy())
                     labels.append(batch["label"].numpy())
                     bar.update(len(batch["label"]))
                     if len(labels) % TRIM_EVERY == 0:

@@ -209,9 +209,16 @@ class Job:
 
     # ------------------------------------------------------------------ training
 
+    @property
+    def fitted(self) -> bool:
+        """The reconstructor is fitted in one pass (``training="fit"``), not trained in epochs."""
+        return self.components.registrations["reconstructor"].traits["training"] == "fit"
+
     def train(self, detector: Detector, tracker: Tracker, resume: dict[str, Any] | None) -> list[dict[str, float]]:
         """Train the reconstructor, continuing ``resume`` (a checkpoint's contents) if given; the
         loss history of every epoch, the resumed run's earlier ones included."""
+        if self.fitted:
+            return self.fit(detector, tracker, resume)
         cfg = self.config
         train_set = self.dataset(self.splits.train, train=True)
         steps = max(1, len(train_set) // cfg.train.batch_size) if len(train_set) >= cfg.train.batch_size else 1
@@ -225,11 +232,68 @@ class Job:
                 cache.close()
         return history
 
-    def _restore(
-        self, detector: Detector, trainer: Trainer, resume: dict[str, Any]
-    ) -> tuple[list[dict[str, float]], int]:
-        """Weights, optimiser, scheduler and random state as the checkpoint left them, so that
-        training goes on from there rather than starting again."""
+    def fit(self, detector: Detector, tracker: Tracker, resume: dict[str, Any] | None) -> list[dict[str, float]]:
+        """Fit the reconstructor once on every training image's features, in order (``training="fit"``):
+        no optimiser, no epochs. The fitted model is checkpointed at once, so ``--resume`` of a run
+        that stopped later (aligner, evaluation) skips the fit; one that stopped in it starts over.
+        Its history is one entry: what ``fit`` returned, and the seconds."""
+        if resume is not None:
+            self._load_checkpointed(detector, resume)
+            self.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0, train_peak_rss_mb=peak_rss_mb())
+            self.log(f"resuming after the fit from {self.checkpoint_path}")
+            return resume["history"]
+        t0 = time.perf_counter()
+        passed = _Timed(self._fit_batches(detector))
+        with torch.no_grad():
+            stats = detector.reconstructor.fit(passed) if self.ranks.main else {}
+        if self.ranks.world > 1:  # rank 0 fitted: every rank gets its model (the bank, sized by the fit)
+            state = self.ranks.broadcast({k: v.cpu() for k, v in detector.reconstructor.state_dict().items()})
+            detector.reconstructor.load_state_dict(state)
+            detector.reconstructor.to(self.device)
+            stats = self.ranks.broadcast(stats)
+        seconds = time.perf_counter() - t0
+        stats = {k: float(v) for k, v in (stats or {}).items()}
+        self.timing.update(
+            feature_s=self.timing.get("feature_s", 0.0) + passed.seconds,
+            train_s=seconds,
+            train_s_per_epoch=seconds,
+            train_peak_rss_mb=peak_rss_mb(),
+        )
+        history = [{"epoch": 1, **stats, "seconds": seconds}]
+        tracker.log_metrics({f"fit/{k}": v for k, v in stats.items()} | {"fit/seconds": seconds}, step=1)
+        said = ", ".join(f"{k} {v:,.0f}" if v == int(v) and abs(v) >= 100 else f"{k} {v:.3g}" for k, v in stats.items())
+        self.log(f"fitted in {seconds:.1f} s (features {passed.seconds:.1f} s{'; ' + said if said else ''})")
+        self._save_checkpoint(detector, None, tracker, history, 1)
+        return history
+
+    def _fit_batches(self, detector: Detector):
+        """Every training image's features once, in sample order, for ``fit``: computed as they
+        are consumed; under several processes each rank computes a shard and rank 0 gets them all."""
+        cfg = self.config
+        if self.ranks.world == 1:
+            loader = self.loader_in_order(self.splits.train, train=True)
+            for item in batches(loader):
+                images = item["image"].to(self.device, non_blocking=True)
+                features = detector.extract(images) if detector.extract is not None else None
+                yield Batch(images=images, features=features, target_features=features)
+            return
+        if not self.components.uses_features:
+            raise UadpError(
+                f"reconstructor {cfg.reconstructor.name}: a fitted reconstructor on raw images runs in one process only"
+            )
+        images = len(self.splits.train)
+        mine = self.splits.train[self.ranks.shard(images)]
+        loader = self.loader_in_order(mine, train=True)
+        cache = FeatureCache.build(batches(loader), len(mine), detector.extract, torch.float32)
+        cache = cache.gathered(
+            self.ranks, cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache"
+        )
+        try:
+            yield from cache.batches(cfg.eval.batch_size, None, self.device, drop_last=False)
+        finally:
+            cache.close()
+
+    def _load_checkpointed(self, detector: Detector, resume: dict[str, Any]) -> None:
         load_weights(
             detector.reconstructor,
             resume["model"],
@@ -237,6 +301,15 @@ class Job:
             self.checkpoint_path,
             resume,
         )
+        detector.reconstructor.to(self.device)
+        self.saved_epoch = resume["epoch"]
+
+    def _restore(
+        self, detector: Detector, trainer: Trainer, resume: dict[str, Any]
+    ) -> tuple[list[dict[str, float]], int]:
+        """Weights, optimiser, scheduler and random state as the checkpoint left them, so that
+        training goes on from there rather than starting again."""
+        self._load_checkpointed(detector, resume)
         trainer.load_state_dict(resume["trainer"])
         torch.set_rng_state(resume["rng"])
         self.ranks.reseed(self.config.train.seed, resume["epoch"])
@@ -310,7 +383,7 @@ class Job:
         self.timing["train_peak_rss_mb"] = peak_rss_mb()  # before evaluation: what training needed
 
     def _save_checkpoint(
-        self, detector: Detector, trainer: Trainer, tracker: Tracker, history: list[dict[str, float]], epoch: int
+        self, detector: Detector, trainer: Trainer | None, tracker: Tracker, history: list[dict[str, float]], epoch: int
     ) -> None:
         """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all
         (by rank 0: the ranks hold the same weights)."""
@@ -323,7 +396,7 @@ class Job:
                 "config": self.config.to_dict(),
                 "epoch": epoch,
                 "model": detector.reconstructor.state_dict(),
-                "trainer": trainer.state_dict(),
+                "trainer": trainer.state_dict() if trainer is not None else None,  # None: fitted
                 "rng": torch.get_rng_state(),
                 "history": history,
                 "mlflow_run_id": tracker.run_id,
@@ -349,6 +422,24 @@ class Job:
                 clean = targets.get("clean_image")
                 target = detector.extract(clean) if clean is not None else features
             yield Batch(images=images, features=features, target_features=target, targets=targets)
+
+
+class _Timed:
+    """An iterator that adds up the seconds spent producing its items (the feature pass of a fit)."""
+
+    def __init__(self, items) -> None:
+        self.items = iter(items)
+        self.seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
 
 @dataclass
@@ -487,7 +578,7 @@ def _start_tracking(job: Job, tracker: Tracker, resumed: _Resume | None) -> None
         f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
         f"{torch.get_num_threads()} threads" + (f" x {job.ranks.world} processes" if job.ranks.world > 1 else "")
     )
-    if job.base_bundle is None and job.config.train.epochs > 0:
+    if job.base_bundle is None and (job.config.train.epochs > 0 or job.fitted):
         job.log(f"if it stops, `{resume_command(tracker.run_id, job.checkpoint_path, tracker.root)}` continues it")
 
 
@@ -870,7 +961,10 @@ def _aftermath(job: Job, tracker: Tracker) -> str:
         return f"{said}; nothing was trained, so run the same command again"
     if job.saved_epoch is not None and checkpoint_path.is_file():
         command = resume_command(tracker.run_id, checkpoint_path, job.root)
-        return f"{said}; its checkpoint after epoch {job.saved_epoch}/{job.config.train.epochs} is kept: `{command}` continues it"
+        after = "the fit" if job.fitted else f"epoch {job.saved_epoch}/{job.config.train.epochs}"
+        return f"{said}; its checkpoint after {after} is kept: `{command}` continues it"
+    if job.fitted:
+        return f"{said}; the fit had not finished, so there is no checkpoint: start the run again"
     return f"{said}; no epoch had finished, so there is no checkpoint: start the run again"
 
 

@@ -46,7 +46,8 @@ class InferenceGraph(nn.Module):
             features = self.reconstructor.adapt([stage.float() for stage in self.backbone(x)])
         prediction = self.reconstructor.predict(Batch(images=x, features=features, target_features=features))
         maps = prediction.anomaly_map.float()
+        own = prediction.image_scores  # the reconstructor's own score of its own maps, if it gives one
         if self.aligner is not None:
             embedding = prediction.embeddings[self.embedding] if self.embedding is not None else None
-            maps = self.aligner.align(maps, embedding, None).float()
-        return maps, image_scores(maps, self.image_score)
+            maps, own = self.aligner.align(maps, embedding, None).float(), None
+        return maps, image_scores(maps, self.image_score, own)

@@ -8,8 +8,11 @@ cores. :class:`ClusteredBank` finds the same neighbours while skipping most of t
    with its centre and radius (the largest distance of a member to the centre);
 2. each query is compared with its nearest centre's members: an upper bound of its distance;
 3. a cluster can hold a nearer row only if ``|q - centre| - radius`` (a lower bound of the
-   distance to any member, by the triangle inequality) is below the query's best so far; every
-   such cluster is searched, one matrix product per cluster for all the queries that need it.
+   distance to any member, by the triangle inequality) is below the query's best so far;
+4. in such a cluster, each row is first bounded from below in a few dimensions: the bank's
+   leading principal directions P, and the length of the rest, ``|P(q - r)|² + (|q - Pq| -
+   |r - Pr|)² <= |q - r|²``. One matrix product in :data:`SCREEN` dimensions instead of all of
+   them; only the rows whose bound is below the query's best get their exact distance.
 
 The result is exact: a cluster is skipped only when none of its rows can be nearer. Patches of
 one product seldom need the clusters of another, so the more products one bank holds, the more
@@ -24,6 +27,7 @@ import math
 import torch
 
 BLOCK = 8192  # bank rows per matrix product in the brute-force search
+SCREEN = 32  # principal directions of the lower bound (fewer than 16 let many more rows through)
 
 
 def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: torch.Tensor | None = None):
@@ -83,6 +87,19 @@ class ClusteredBank:
         self.centres = centres.float()
         self.radii = radii.float()
         self.row_norms = (self.rows * self.rows).sum(1)
+        # any orthonormal directions give a valid bound; the leading ones give a tight one
+        self.mean = self.rows.mean(0)
+        sample = self.rows[:: max(1, len(self.rows) // 20_000)] - self.mean
+        self.basis = torch.linalg.svd(sample, full_matrices=False)[2][: min(SCREEN, sample.shape[1])].T.contiguous()
+        self.screened, self.rest = self._project(self.rows)
+        self.screened_norms = (self.screened * self.screened).sum(1)
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coordinates along the leading directions, length of the remainder) of rows ``x``."""
+        centred = x - self.mean
+        along = centred @ self.basis
+        rest = ((centred * centred).sum(1) - (along * along).sum(1)).clamp_min_(0).sqrt_()
+        return along, rest
 
     @staticmethod
     def build(bank: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -117,9 +134,36 @@ class ClusteredBank:
         slack = 1e-3 * (1.0 + norms.sqrt().squeeze(1))
         needed = (to_centres - self.radii) < (best.sqrt() + slack).unsqueeze(1)
         needed[torch.arange(len(queries), device=queries.device), home] = False
+        along, rest = self._project(queries)
+        along_norms = (along * along).sum(1, keepdim=True)
+        screen = (along, along_norms, rest, slack * slack)
         for cluster in needed.any(0).nonzero().squeeze(1).tolist():
-            self._search(cluster, needed[:, cluster].nonzero().squeeze(1), queries, norms, best, where)
+            self._screened_search(cluster, needed[:, cluster].nonzero().squeeze(1), queries, screen, best, where)
         return best.sqrt_(), where
+
+    def _screened_search(self, cluster: int, which: torch.Tensor, queries, screen, best, where) -> None:
+        """Rows of one cluster whose lower bound beats the best so far, compared exactly."""
+        along, along_norms, rest, slack = screen
+        start, stop = self.starts[cluster], self.starts[cluster + 1]
+        bound = torch.addmm(along_norms[which], along[which], self.screened[start:stop].T, alpha=-2)
+        bound.add_(self.screened_norms[start:stop]).clamp_min_(0)
+        bound.add_((rest[which].unsqueeze(1) - self.rest[start:stop]).square_())
+        pairs = (bound < (best[which] + slack[which]).unsqueeze(1)).nonzero()
+        if not len(pairs):
+            return
+        query, row = which[pairs[:, 0]], pairs[:, 1] + start
+        squared = (queries[query] - self.rows[row]).square_().sum(1)
+        # the nearest pair of each query: sort by distance, keep each query's first
+        order = torch.argsort(squared, stable=True)
+        query, row, squared = query[order], row[order], squared[order]
+        first = torch.ones(len(query), dtype=torch.bool, device=query.device)
+        seen_order = torch.argsort(query, stable=True)
+        query, row, squared = query[seen_order], row[seen_order], squared[seen_order]
+        first[1:] = query[1:] != query[:-1]
+        query, row, squared = query[first], row[first], squared[first]
+        nearer = squared < best[query]
+        best[query[nearer]] = squared[nearer]
+        where[query[nearer]] = row[nearer]
 
     def _search(self, cluster: int, which: torch.Tensor, queries, norms, best, where) -> None:
         """Compare queries ``which`` with one cluster's rows; keep any nearer row (squared distances)."""

@@ -30,6 +30,16 @@ BLOCK = 8192  # bank rows per matrix product in the brute-force search
 SCREEN = 32  # principal directions of the lower bound (fewer than 16 let many more rows through)
 
 
+def in_static_graph() -> bool:
+    """True while a model is traced or exported (ONNX): only fixed-shape operations then."""
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: torch.Tensor | None = None):
     """[n, m] squared Euclidean distances, as ``|q|² - 2 q·r + |r|²`` (one matrix product)."""
     if query_norms is None:
@@ -39,7 +49,7 @@ def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: to
 
 def nearest_brute(queries: torch.Tensor, bank: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest bank rows of each query: (distances [n,k], indices [n,k]), nearest first."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one product: a static graph
+    if in_static_graph():  # one product, no loop
         squared, index = squared_distances(queries, bank).topk(k, dim=1, largest=False)
         return squared.sqrt(), index
     norms = (queries * queries).sum(1, keepdim=True)

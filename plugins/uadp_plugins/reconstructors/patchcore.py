@@ -20,7 +20,8 @@ is learned by gradient: registered with ``training="fit"``, it sees every traini
   ``num_neighbors`` nearest bank features of m* (itself included); ``num_neighbors: 1`` gives s*.
   Runs use it with ``eval.image_score.name: model``.
 
-Aligners read the patch features as the ``features`` embedding.
+Aligners read the patch features as its embedding: a memory bank has no network and so no
+representation of its own, so they are offered as both ``features`` and ``bottleneck``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
 from uadp_plugins._layers.coreset import greedy_coreset, random_projection
-from uadp_plugins._layers.nearest import ClusteredBank, nearest_brute
+from uadp_plugins._layers.nearest import ClusteredBank, in_static_graph, nearest_brute
 from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
 
 PRESETS = Path(__file__).parent / "presets"
@@ -156,7 +157,7 @@ class PatchCore(Reconstructor):
         search = self.config.search
         if search == "auto":
             search = "clustered" if queries.device.type == "cpu" else "brute"
-        if search == "brute" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if search == "brute" or in_static_graph():
             distances, rows = nearest_brute(queries, self.memory_bank.float())
             return distances[:, 0], rows[:, 0]
         if self._index is None:
@@ -168,16 +169,15 @@ class PatchCore(Reconstructor):
 
         ``scores`` [B,P] patch distances, ``rows`` [B,P] their nearest bank rows, ``patches``
         [B,P,C] the patch features."""
-        worst = scores.argmax(1)
-        images = torch.arange(len(scores), device=scores.device)
-        largest = scores[images, worst]  # s*
+        worst = scores.argmax(1, keepdim=True)  # gathers, not indexing by arange: the batch stays symbolic in export
+        largest = scores.gather(1, worst)[:, 0]  # s*
         neighbours = min(self.config.num_neighbors, len(self.memory_bank))
         if neighbours == 1:
             return largest
         bank = self.memory_bank.float()
-        nearest_row = rows[images, worst]  # m*
+        nearest_row = rows.gather(1, worst)[:, 0]  # m*
         support = nearest_brute(bank[nearest_row], bank, neighbours)[1]  # N_b(m*), m* itself first
-        test_patch = patches[images, worst]  # m_test,*
+        test_patch = patches.gather(1, worst.unsqueeze(2).expand(-1, 1, patches.shape[2]))[:, 0]  # m_test,*
         distances = (bank[support] - test_patch.unsqueeze(1)).pow(2).sum(-1).sqrt()  # [B, b]
         own = (bank[nearest_row] - test_patch).pow(2).sum(-1).sqrt()
         weight = 1 - torch.exp(own - torch.logsumexp(distances, dim=1))
@@ -195,7 +195,9 @@ class PatchCore(Reconstructor):
             grid = scores.view(b, 1, h, w)
             maps = F.interpolate(grid, size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
             maps = gaussian_blur(maps, self.config.smoothing_sigma)
-        return Prediction(anomaly_map=maps, embeddings={"features": features}, image_scores=image)
+        # no network of its own: the patch features are also what an aligner reads as its bottleneck
+        embeddings = {"features": features, "bottleneck": features}
+        return Prediction(anomaly_map=maps, embeddings=embeddings, image_scores=image)
 
 
 @hookimpl

@@ -1,0 +1,270 @@
+"""PatchCore: the fast coreset picks what the paper's loop picks, the clustered search finds what
+brute force finds, the image score follows the paper's formula, and a fitted model finds defects
+through every part of the platform (bundle, --from-run, aligner, resume, export)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.random_projection import johnson_lindenstrauss_min_dim
+
+from uadp.contract import BuildContext, FeatureSpec
+from uadp.engine.pipeline import train_and_evaluate
+from uadp.registry import Registry
+from uadp.testing import check_export, check_reconstructor, make_mvtec_dataset, quick_config
+from uadp_plugins._layers import coreset
+from uadp_plugins._layers.coreset import greedy_coreset, jl_dimension, plain_greedy_coreset, random_projection
+from uadp_plugins._layers.nearest import ClusteredBank, nearest_brute
+from uadp_plugins.reconstructors.patchcore import PatchCore, PatchCoreConfig
+
+
+def clustered_points(count: int, dims: int, seed: int) -> torch.Tensor:
+    """Points around a few centres of different spreads, as patch features are."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(12, dims, generator=generator) * 4
+    which = torch.randint(0, 12, (count,), generator=generator)
+    spread = torch.rand(12, generator=generator)[which].unsqueeze(1) + 0.2
+    return centres[which] + torch.randn(count, dims, generator=generator) * spread
+
+
+# --------------------------------------------------------------------------- coreset
+
+
+@pytest.mark.parametrize("front, group, block", [(20_000, 2048, 4096), (150, 32, 40), (7, 3, 5)])
+def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group, block):
+    """Small fronts and blocks make the lazy bookkeeping (levels, stale groups) do real work."""
+    monkeypatch.setattr(coreset, "FRONT", front)
+    monkeypatch.setattr(coreset, "GROUP", group)
+    monkeypatch.setattr(coreset, "CENTRE_BLOCK", block)
+    features = clustered_points(3000, 24, seed=1)
+    picks, stats = greedy_coreset(features, 400, first=17)
+    assert torch.equal(picks, plain_greedy_coreset(features, 400, first=17))
+    assert len(set(picks.tolist())) == 400 and stats["coreset_s"] > 0
+
+
+def test_coreset_with_duplicate_points_and_more_picks_than_distinct_points(monkeypatch):
+    monkeypatch.setattr(coreset, "FRONT", 10)
+    distinct = clustered_points(30, 8, seed=2)
+    features = distinct.repeat(5, 1)  # 150 rows, 30 distinct: after 30 picks every distance is 0
+    picks, _ = greedy_coreset(features, 45, first=3)
+    assert torch.equal(picks, plain_greedy_coreset(features, 45, first=3))
+
+
+def test_coreset_covers_better_than_random_rows():
+    """What the selection is for: the largest distance of any point to the coreset is small."""
+    features = clustered_points(4000, 4, seed=3)
+    picks, _ = greedy_coreset(features, 200, first=0)
+    random_rows = torch.randperm(4000, generator=torch.Generator().manual_seed(0))[:200]
+
+    def coverage(rows):
+        return float(nearest_brute(features, features[rows])[0].max())
+
+    assert coverage(picks) < 0.6 * coverage(random_rows)
+
+
+def test_projection_follows_the_johnson_lindenstrauss_bound():
+    assert jl_dimension(703_488, 0.9) == johnson_lindenstrauss_min_dim(703_488, eps=0.9)
+    assert jl_dimension(5_000, 0.5) == johnson_lindenstrauss_min_dim(5_000, eps=0.5)
+    small = torch.randn(500, 64)
+    assert random_projection(small, 0.9, seed=0) is small  # the bound (245) is above 64: no projection
+    wide = torch.randn(500, 2000)
+    projected = random_projection(wide, 0.9, seed=0)
+    assert projected.shape == (500, johnson_lindenstrauss_min_dim(500, eps=0.9))
+    ratio = torch.pdist(projected[:50]) / torch.pdist(wide[:50])
+    assert float(ratio.min()) > 0.1 and float(ratio.max()) < 1.9  # within 1 ± eps
+
+
+# --------------------------------------------------------------------------- nearest neighbours
+
+
+def test_clustered_search_finds_the_brute_force_neighbours():
+    bank = clustered_points(5000, 32, seed=4)
+    queries = torch.cat([clustered_points(600, 32, seed=5), torch.randn(100, 32) * 12])  # far ones too
+    index = ClusteredBank(*ClusteredBank.build(bank, seed=0))
+    distances, rows = index.nearest(queries)
+    expected, expected_rows = nearest_brute(queries, index.rows)
+    assert torch.equal(rows, expected_rows[:, 0])
+    torch.testing.assert_close(distances, expected[:, 0], rtol=1e-4, atol=1e-3)
+    exact = torch.cdist(queries.double(), index.rows.double()).min(1)
+    torch.testing.assert_close(distances.double(), exact.values, rtol=1e-4, atol=1e-3)
+
+
+def test_brute_force_k_nearest_match_cdist():
+    bank, queries = torch.randn(20_000, 16), torch.randn(50, 16)
+    distances, rows = nearest_brute(queries, bank, k=5)
+    expected = torch.cdist(queries, bank).topk(5, dim=1, largest=False)
+    assert torch.equal(rows, expected.indices)
+    torch.testing.assert_close(distances, expected.values, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def fitted_patchcore(bank: torch.Tensor, **options) -> PatchCore:
+    spec = FeatureSpec(channels=(bank.shape[1],), strides=(8,), mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = PatchCore(PatchCoreConfig(coreset_ratio=1.0, **options), BuildContext((32, 32), spec))
+    from uadp.contract import Batch
+
+    model.fit([Batch(features=bank.T.reshape(1, bank.shape[1], 1, -1))])
+    return model
+
+
+def test_image_score_is_the_papers_reweighted_distance():
+    """Eq. 7: s = (1 - exp|m_test - m*| / sum over N_b(m*) of exp|m_test - m|) * s*, by hand."""
+    generator = torch.Generator().manual_seed(6)
+    bank = torch.randn(300, 8, generator=generator)
+    model = fitted_patchcore(bank, num_neighbors=4)
+    patches = torch.randn(2, 16, 8, generator=generator) * 1.5
+    queries = patches.reshape(-1, 8)
+    distances, rows = model.nearest(queries)
+    scores = model.image_scores(distances.view(2, 16), rows.view(2, 16), patches)
+
+    stored = model.memory_bank.double().numpy()
+    for image in range(2):
+        each = np.linalg.norm(stored[None] - patches[image].double().numpy()[:, None], axis=2)  # [16, 300]
+        worst = each.min(1).argmax()
+        s_star = each[worst].min()
+        m_star = each[worst].argmin()
+        support = np.argsort(np.linalg.norm(stored - stored[m_star], axis=1))[:4]  # m* first
+        weight = 1 - np.exp(each[worst, m_star]) / np.exp(each[worst, support]).sum()
+        assert scores[image].item() == pytest.approx(weight * s_star, rel=1e-4)
+    plain = fitted_patchcore(bank, num_neighbors=1)
+    largest = plain.image_scores(distances.view(2, 16), rows.view(2, 16), patches)
+    torch.testing.assert_close(largest, distances.view(2, 16).max(1).values)
+
+
+def test_saved_bank_loads_into_a_fresh_model_and_float16_halves_it():
+    bank = clustered_points(400, 12, seed=7)
+    model = fitted_patchcore(bank)
+    fresh = fitted_patchcore(bank[:3])  # another size: the load must resize
+    fresh.load_state_dict(model.state_dict())
+    queries = clustered_points(50, 12, seed=8)
+    assert torch.equal(fresh.nearest(queries)[1], model.nearest(queries)[1])
+    half = fitted_patchcore(bank, bank_dtype="float16")
+    assert half.memory_bank.dtype == torch.float16
+    assert half.memory_bank.nbytes * 2 == model.memory_bank.nbytes
+    torch.testing.assert_close(half.nearest(queries)[0], model.nearest(queries)[0], rtol=2e-3, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- through the platform
+
+
+def patchcore_config(data, runs, **sections):
+    options = {
+        "backbone": {"name": "timm", "model": "tf_efficientnet_lite0", "stages": [3, 4]},
+        "reconstructor": {"name": "patchcore", "coreset_ratio": 0.25},
+        "eval": {"overlays_per_class": 0, "image_score": {"name": "model"}},
+    }
+    return quick_config(data, runs, **(options | sections))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    return make_mvtec_dataset(tmp_path_factory.mktemp("data"), n_train=10, n_good=4, n_bad=6, size=96)
+
+
+def test_patchcore_finds_the_generated_defects(generated, tmp_path):
+    """The learning test: one bank for four classes tells defective images from good ones and
+    outlines the defects, far above chance; sklearn agrees with the run's image AUROC."""
+    fits = []
+    original = PatchCore.fit
+
+    def counted(self, batches):
+        fits.append(1)
+        return original(self, batches)
+
+    PatchCore.fit = counted
+    try:
+        result = train_and_evaluate(patchcore_config(generated, tmp_path / "runs"), Registry(), log=lambda text: None)
+    finally:
+        PatchCore.fit = original
+    assert len(fits) == 1 and len(result.history) == 1 and "loss" not in result.history[0]
+    assert result.history[0]["bank"] == pytest.approx(0.25 * result.history[0]["patches"], abs=1)
+    assert result.report.mean["image_auroc"] > 0.9
+    assert result.report.mean["pixel_auroc"] > 0.85
+    from uadp import load
+
+    model = load(result.bundle, registry=Registry())
+    test = [p for p in sorted(generated.glob("*/test/*/*.png"))]
+    predicted = model.predict([str(p) for p in test])
+    labels = [0 if p.parent.name == "good" else 1 for p in test]
+    assert roc_auc_score(labels, predicted.scores) > 0.9
+
+
+def test_patchcore_keeps_the_contract(tmp_path):
+    """Bundle reload and --from-run give the run's maps and scores; the fit changed its state."""
+    check = check_reconstructor(
+        "patchcore",
+        Registry(),
+        tmp_path,
+        coreset_ratio=0.5,
+        partners={"backbone": {"name": "timm", "model": "tf_efficientnet_lite0", "stages": [3, 4]}},
+        config={"eval": {"image_score": {"name": "model"}}},
+    )
+    assert check.history[0]["bank"] > 0
+    assert check_export(check.bundle) < 1e-4
+
+
+def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
+    """--from-run on the fitted model with CADA: nothing fitted again, base and aligned reported,
+    the aligned image scores reduced from the aligned maps."""
+    registry = Registry()
+    config = patchcore_config(generated, tmp_path / "runs")
+    first = train_and_evaluate(config, registry, log=lambda text: None)
+    aligned = patchcore_config(generated, tmp_path / "runs", aligner={"name": "cada", "iterations": 200, "embedding": "features"})
+    result = train_and_evaluate(aligned, registry, log=lambda text: None, from_run=first.run_id)
+    assert result.history == []
+    assert result.base_report.mean["image_auroc"] == pytest.approx(first.report.mean["image_auroc"])
+    assert result.report.pooled["image_auroc"] > 0.8
+
+
+def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tmp_path, monkeypatch):
+    from uadp.engine import pipeline
+
+    registry = Registry()
+    config = patchcore_config(generated, tmp_path / "runs")
+    calls = []
+    original_fit, original_calibrate = PatchCore.fit, pipeline._calibrate_thresholds
+
+    def counted(self, batches):
+        calls.append("fit")
+        return original_fit(self, batches)
+
+    def interrupted(job, detector):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PatchCore, "fit", counted)
+    monkeypatch.setattr(pipeline, "_calibrate_thresholds", interrupted)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train_and_evaluate(config, registry, log=lambda text: None)
+    assert "after the fit is kept" in stopped.value.aftermath
+    run_id = stopped.value.aftermath.split("--resume ")[1].split()[0].rstrip("`")
+    monkeypatch.setattr(pipeline, "_calibrate_thresholds", original_calibrate)
+    result = train_and_evaluate(config, registry, resume=run_id, log=lambda text: None)
+    assert calls == ["fit"] and result.run_id == run_id
+    assert result.report.mean["image_auroc"] > 0.9
+
+
+def test_model_score_needs_a_reconstructor_that_gives_one(generated, tmp_path):
+    from uadp.errors import ConfigError
+
+    config = quick_config(
+        generated, tmp_path / "runs", train={"epochs": 1}, eval={"image_score": {"name": "model"}}
+    )
+    with pytest.raises(ConfigError, match="gives no image score of its own"):
+        train_and_evaluate(config, Registry(), log=lambda text: None)
+
+
+def test_bank_size_follows_the_ratio():
+    bank = clustered_points(1000, 8, seed=9)
+    spec = FeatureSpec(channels=(8,), strides=(8,), mean=(0.5,) * 3, std=(0.5,) * 3)
+    from uadp.contract import Batch
+
+    model = PatchCore(PatchCoreConfig(coreset_ratio=0.1), BuildContext((32, 32), spec))
+    stats = model.fit([Batch(features=bank.T.reshape(1, 8, 1, -1))])
+    assert len(model.memory_bank) == 100 == stats["bank"]
+    assert math.isfinite(stats["coreset_s_per_10k_picks"])

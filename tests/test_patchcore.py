@@ -215,7 +215,9 @@ def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
     registry = Registry()
     config = patchcore_config(generated, tmp_path / "runs")
     first = train_and_evaluate(config, registry, log=lambda text: None)
-    aligned = patchcore_config(generated, tmp_path / "runs", aligner={"name": "cada", "iterations": 200, "embedding": "features"})
+    aligned = patchcore_config(
+        generated, tmp_path / "runs", aligner={"name": "cada", "iterations": 200, "embedding": "features"}
+    )
     result = train_and_evaluate(aligned, registry, log=lambda text: None, from_run=first.run_id)
     assert result.history == []
     assert result.base_report.mean["image_auroc"] == pytest.approx(first.report.mean["image_auroc"])
@@ -252,9 +254,7 @@ def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tm
 def test_model_score_needs_a_reconstructor_that_gives_one(generated, tmp_path):
     from uadp.errors import ConfigError
 
-    config = quick_config(
-        generated, tmp_path / "runs", train={"epochs": 1}, eval={"image_score": {"name": "model"}}
-    )
+    config = quick_config(generated, tmp_path / "runs", train={"epochs": 1}, eval={"image_score": {"name": "model"}})
     with pytest.raises(ConfigError, match="gives no image score of its own"):
         train_and_evaluate(config, Registry(), log=lambda text: None)
 

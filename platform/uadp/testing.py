@@ -768,7 +768,11 @@ def _check_trained(label: str, config: RunConfig, registry, detector) -> None:
         who = label if label.startswith("reconstructor") else f"{label}: reconstructor {config.reconstructor.name!r}"
         raise AssertionError(
             f"{who}: "
-            + ("its fit" if fitted else f"{config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''} of training")
+            + (
+                "its fit"
+                if fitted
+                else f"{config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''} of training"
+            )
             + " changed nothing in its state_dict (does the loss depend on its parameters? is what fit builds a buffer?)"
         )
 

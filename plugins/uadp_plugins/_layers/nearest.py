@@ -80,9 +80,7 @@ def kmeans(rows: torch.Tensor, clusters: int, seed: int, rounds: int = 8) -> tor
 
 
 def _assign(rows: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    return torch.cat(
-        [squared_distances(rows[s : s + BLOCK], centres).argmin(1) for s in range(0, len(rows), BLOCK)]
-    )
+    return torch.cat([squared_distances(rows[s : s + BLOCK], centres).argmin(1) for s in range(0, len(rows), BLOCK)])
 
 
 class ClusteredBank:

@@ -58,7 +58,9 @@ class PatchCoreConfig(BaseModel):
         description="Johnson-Lindenstrauss eps of the random projection the coreset is selected on",
     )
     num_neighbors: int = Field(
-        9, ge=1, description="bank neighbours of the image score's re-weighting; 1: the largest patch distance",
+        9,
+        ge=1,
+        description="bank neighbours of the image score's re-weighting; 1: the largest patch distance",
         json_schema_extra=INFERENCE_ONLY,
     )
     smoothing_sigma: float = Field(
@@ -131,7 +133,11 @@ class PatchCore(Reconstructor):
         rows, starts, centres, radii = ClusteredBank.build(bank, self.config.seed)
         device = self.memory_bank.device
         self.memory_bank = rows.to(device, getattr(torch, self.config.bank_dtype))
-        self.cluster_starts, self.cluster_centres, self.cluster_radii = starts.to(device), centres.to(device), radii.to(device)
+        self.cluster_starts, self.cluster_centres, self.cluster_radii = (
+            starts.to(device),
+            centres.to(device),
+            radii.to(device),
+        )
         self._index = None
         return stats
 

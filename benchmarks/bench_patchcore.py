@@ -85,7 +85,7 @@ def main() -> int:
             args.results,
             Results(
                 "PatchCore (patchcore-lite0), one memory bank for every class, on realmix-dev",
-                [this_command().replace(args.data, "PATH/TO/realmix-dev")],
+                [_command(args)],
                 this_hardware(),
                 header,
                 rows,
@@ -96,6 +96,12 @@ def main() -> int:
             ),
         )
     return 0
+
+
+def _command(args) -> str:
+    """This command as a user would type it again: the data folder as a placeholder, no scratch store."""
+    command = this_command().replace(args.data, "PATH/TO/realmix-dev")
+    return command.replace(f" --root {args.root}", "") if args.root else command
 
 
 def _fit_metrics(root: str, run_id: str) -> dict[str, float]:

@@ -208,3 +208,22 @@ def test_shards_cover_every_item_once():
     for count in (0, 1, 5, 17):
         covered = [i for rank in range(3) for i in range(count)[Ranks(rank, 3).shard(count)]]
         assert covered == list(range(count))
+
+
+def test_a_fitted_reconstructor_under_two_processes_is_the_single_process_model(tmp_path):
+    """PatchCore under --nproc 2: each rank computes a shard of the features, rank 0 fits the bank
+    and sends it to the other; the metrics are the one-process run's, to the same tolerance as
+    training (the shards' features may differ from one process's in the last bits)."""
+    summaries = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        root, out = tmp_path / name, tmp_path / f"{name}.json"
+        args = ["run", "--reconstructor", "patchcore", "--image-size", "128", "--workers", "0", "--device", "cpu"]
+        args += ["--set", f"tracking.root={root}", "--set", "reconstructor.coreset_ratio=0.25"]
+        args += ["--output-json", str(out), *extra]
+        done = subprocess.run([sys.executable, "-m", "uadp", *args], env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summaries[name] = _metrics(out)
+        assert [run.info.status for run in all_runs(root)] == ["FINISHED"]
+    for key, value in summaries["one"].items():
+        assert summaries["two"][key] == pytest.approx(value, abs=TOLERANCE), key
+    assert summaries["one"]["mean/image_auroc"] > 0.8

@@ -183,9 +183,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print()
         print(format_threshold_table(result.threshold_report, result.thresholds))
     timing = result.timing
+    fitted = bool(result.history) and "loss" not in result.history[0]  # one fit, no epochs of a loss
+    per = "fitted in one pass" if fitted else f"{timing.get('train_s_per_epoch', 0):.1f} s/epoch"
     print(
         f"\ntiming: features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
-        f"({timing.get('train_s_per_epoch', 0):.1f} s/epoch), inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
+        f"({per}), inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
         f"peak RSS {timing.get('peak_rss_mb', 0):.0f} MB"
     )
     for note in result.notes:

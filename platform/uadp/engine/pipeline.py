@@ -243,9 +243,14 @@ class Job:
             self.log(f"resuming after the fit from {self.checkpoint_path}")
             return resume["history"]
         t0 = time.perf_counter()
-        passed = _Timed(self._fit_batches(detector))
-        with torch.no_grad():
-            stats = detector.reconstructor.fit(passed) if self.ranks.main else {}
+        cache = self._gathered_features(detector) if self.ranks.world > 1 else None
+        try:
+            passed = _Timed(self._fit_batches(detector, cache))
+            with torch.no_grad():
+                stats = detector.reconstructor.fit(passed) if self.ranks.main else {}
+        finally:
+            if cache is not None:
+                cache.close()
         if self.ranks.world > 1:  # rank 0 fitted: every rank gets its model (the bank, sized by the fit)
             state = self.ranks.broadcast({k: v.cpu() for k, v in detector.reconstructor.state_dict().items()})
             detector.reconstructor.load_state_dict(state)
@@ -266,17 +271,22 @@ class Job:
         self._save_checkpoint(detector, None, tracker, history, 1)
         return history
 
-    def _fit_batches(self, detector: Detector):
+    def _fit_batches(self, detector: Detector, cache: FeatureCache | None):
         """Every training image's features once, in sample order, for ``fit``: computed as they
-        are consumed; under several processes each rank computes a shard and rank 0 gets them all."""
-        cfg = self.config
-        if self.ranks.world == 1:
-            loader = self.loader_in_order(self.splits.train, train=True)
-            for item in batches(loader):
-                images = item["image"].to(self.device, non_blocking=True)
-                features = detector.extract(images) if detector.extract is not None else None
-                yield Batch(images=images, features=features, target_features=features)
+        are consumed, or read from ``cache`` (several processes: see :meth:`_gathered_features`)."""
+        if cache is not None:
+            yield from cache.batches(self.config.eval.batch_size, None, self.device, drop_last=False)
             return
+        loader = self.loader_in_order(self.splits.train, train=True)
+        for item in batches(loader):
+            images = item["image"].to(self.device, non_blocking=True)
+            features = detector.extract(images) if detector.extract is not None else None
+            yield Batch(images=images, features=features, target_features=features)
+
+    def _gathered_features(self, detector: Detector) -> FeatureCache:
+        """Under several processes: each rank computes the features of its shard of the training
+        images, then every rank holds all of them (float32, as one process would compute them)."""
+        cfg = self.config
         if not self.components.uses_features:
             raise UadpError(
                 f"reconstructor {cfg.reconstructor.name}: a fitted reconstructor on raw images runs in one process only"
@@ -285,13 +295,9 @@ class Job:
         mine = self.splits.train[self.ranks.shard(images)]
         loader = self.loader_in_order(mine, train=True)
         cache = FeatureCache.build(batches(loader), len(mine), detector.extract, torch.float32)
-        cache = cache.gathered(
+        return cache.gathered(
             self.ranks, cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache"
         )
-        try:
-            yield from cache.batches(cfg.eval.batch_size, None, self.device, drop_last=False)
-        finally:
-            cache.close()
 
     def _load_checkpointed(self, detector: Detector, resume: dict[str, Any]) -> None:
         load_weights(

@@ -1,19 +1,16 @@
 """Exact nearest-neighbour search in a memory bank, fast on a CPU.
 
 Brute force compares every query patch with every bank row: for PatchCore's 1,024 patches per
-256-px image and a 63,000-row bank that is 20 GFLOP per image, about 0.4 s on two cores.
-:class:`ClusteredBank` finds the same neighbours while skipping most of the bank:
+256-px image and a 63,000-row bank that is 20 GFLOP per image, about 0.3 s on two cores.
+:class:`ClusteredBank` finds the same neighbours while skipping the clusters that cannot hold them:
 
 1. the bank is split into clusters by a few rounds of k-means (done once, at fit time), each
    with its centre and radius (the largest distance of a member to the centre);
 2. each query is compared with its nearest centre's members: an upper bound of its distance;
 3. a cluster can hold a nearer row only if ``|q - centre| - radius`` (a lower bound of the
-   distance to any member, by the triangle inequality) is below the query's best so far; the
-   clusters are visited nearest first, so the best distances shrink early;
-4. in such a cluster, each row is first bounded from below in a few dimensions: the bank's
-   leading principal directions P, and the length of the rest, ``|P(q - r)|² + (|q - Pq| -
-   |r - Pr|)² <= |q - r|²``. One matrix product in :data:`SCREEN` dimensions instead of all of
-   them; only the rows whose bound is below the query's best get their exact distance.
+   distance to any member, by the triangle inequality) is below the query's best so far. Such
+   clusters are searched nearest first, one matrix product per cluster for the queries that
+   still need it, so the best distances shrink early and rule out more of the later clusters.
 
 The result is exact: a cluster is skipped only when none of its rows can be nearer. Patches of
 one product seldom need the clusters of another, so the more products one bank holds, the more
@@ -28,8 +25,6 @@ import math
 import torch
 
 BLOCK = 8192  # bank rows per matrix product in the brute-force search
-PAIRS = 1 << 18  # (query, row) pairs compared exactly at a time: 150 MB of gathered features
-SCREEN = 32  # principal directions of the lower bound (fewer than 16 let many more rows through)
 
 
 def in_static_graph() -> bool:
@@ -97,22 +92,8 @@ class ClusteredBank:
         self.centres = centres.float()
         self.radii = radii.float()
         self.row_norms = (self.rows * self.rows).sum(1)
-        # any orthonormal directions give a valid bound; the leading ones give a tight one
-        self.mean = self.rows.mean(0)
-        sample = self.rows[:: max(1, len(self.rows) // 20_000)] - self.mean
-        self.basis = torch.linalg.svd(sample, full_matrices=False)[2][: min(SCREEN, sample.shape[1])].T.contiguous()
-        along, rest = self._project(self.rows)
-        # rows extended so that one matrix product gives a whole distance (or bound) less the
-        # query's own constant: [r, |r|²]·[-2q, 1] = |q - r|² - |q|², and likewise for the bound
-        self.exact_rows = torch.cat([self.rows, self.row_norms.unsqueeze(1)], 1)
-        self.screen_rows = torch.cat([along, rest.unsqueeze(1), ((along * along).sum(1) + rest * rest).unsqueeze(1)], 1)
-
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(coordinates along the leading directions, length of the remainder) of rows ``x``."""
-        centred = x - self.mean
-        along = centred @ self.basis
-        rest = ((centred * centred).sum(1) - (along * along).sum(1)).clamp_min_(0).sqrt_()
-        return along, rest
+        # rows extended so that one matrix product gives |q - r|² - |q|²: [r, |r|²]·[-2q, 1]
+        self.extended_rows = torch.cat([self.rows, self.row_norms.unsqueeze(1)], 1)
 
     @staticmethod
     def build(bank: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -143,43 +124,28 @@ class ClusteredBank:
         where = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
         home = to_centres.argmin(1)
         for cluster in home.unique().tolist():
-            which = (home == cluster).nonzero().squeeze(1)
-            start, stop = self.starts[cluster], self.starts[cluster + 1]
-            value, index = (extended[which] @ self.exact_rows[start:stop].T).min(1)
-            best[which], where[which] = value, index + start
-        # rounding room: distances from |q|² - 2 q·r + |r|² carry an error of ~1e-6 |q|²
-        slack = 1e-3 * (1.0 + norms)
+            self._search(cluster, (home == cluster).nonzero().squeeze(1), extended, best, where)
+        # rounding room: |q|² - 2 q·r + |r|² carries an error of ~1e-6 |q|²
         tolerance = 1e-3 * (1.0 + norms.sqrt())
         lower = to_centres - self.radii  # no row of a cluster is nearer than this
         lower[torch.arange(len(queries), device=queries.device), home] = float("inf")  # searched
         reach = (best + norms).clamp_min(0).sqrt() + tolerance
         needed = lower < reach.unsqueeze(1)
-        along, rest = self._project(queries)
-        screen = torch.cat([along * -2, rest.unsqueeze(1) * -2, torch.ones_like(rest).unsqueeze(1)], 1)
-        # a row may beat the best only if its bound does: bound - |Pq|² - rest² < best + |q|² - |Pq|² - rest² + slack
-        offset = norms - (along * along).sum(1) - rest * rest + slack
-        # nearest clusters first: the best distances shrink early and prune the later clusters more
+        # nearest clusters first: the best distances shrink early and rule out later clusters
         candidates = needed.any(0).nonzero().squeeze(1)
         first_needed = torch.where(needed, lower, torch.full_like(lower, float("inf"))).amin(0)[candidates]
         for cluster in candidates[first_needed.argsort()].tolist():
             reach = (best + norms).clamp_min(0).sqrt() + tolerance
             which = (lower[:, cluster] < reach).nonzero().squeeze(1)
-            if not len(which):
-                continue
-            start, stop = self.starts[cluster], self.starts[cluster + 1]
-            bound = screen[which] @ self.screen_rows[start:stop].T
-            pairs = (bound < (best[which] + offset[which]).unsqueeze(1)).nonzero()
-            if len(pairs):
-                self._compare(which[pairs[:, 0]], pairs[:, 1] + start, queries, norms, best, where)
+            if len(which):
+                self._search(cluster, which, extended, best, where)
         return (best + norms).clamp_min_(0).sqrt_(), where
 
-    def _compare(self, query: torch.Tensor, row: torch.Tensor, queries, norms, best, where) -> None:
-        """Exact distances of (query, row) pairs, :data:`PAIRS` at a time (bounded memory); each
-        query keeps its nearest row if it beats its best."""
-        for start in range(0, len(query), PAIRS):
-            q, r = query[start : start + PAIRS], row[start : start + PAIRS]
-            squared = (queries[q] - self.rows[r]).square_().sum(1) - norms[q]
-            lowest = torch.full_like(best, float("inf")).scatter_reduce_(0, q, squared, "amin")
-            winner = (squared == lowest[q]) & (squared < best[q])
-            best[q[winner]] = squared[winner]
-            where[q[winner]] = r[winner]
+    def _search(self, cluster: int, which: torch.Tensor, extended, best, where) -> None:
+        """Queries ``which`` against one cluster's rows, one matrix product; keep any nearer row."""
+        start, stop = self.starts[cluster], self.starts[cluster + 1]
+        value, index = (extended[which] @ self.extended_rows[start:stop].T).min(1)
+        nearer = value < best[which]
+        chosen = which[nearer]
+        best[chosen] = value[nearer]
+        where[chosen] = index[nearer] + start

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 
 def run(arguments: list[str], output: Path) -> dict:
@@ -40,9 +40,10 @@ def rows_of(name: str, summary: dict) -> list[list[str]]:
         cells = [f"{values[m]:.3f}" if m in values else "" for m in METRICS]
         extra = ["", "", "", ""]
         if unit == "mean":
+            coreset = timing.get("coreset_s_per_10k_picks")
             extra = [
                 f"{timing['train_s']:.0f}",
-                f"{timing.get('coreset_s_per_10k_picks', float('nan')):.1f}",
+                f"{coreset:.1f}" if coreset is not None else "",
                 f"{timing['infer_images_per_s']:.1f}",
                 f"{timing['peak_rss_mb']:.0f}",
             ]
@@ -75,7 +76,7 @@ def main() -> int:
                 ["--from-run", summary["mlflow_run_id"], "--aligner", aligner, "--set", f"tracking.root={root}"],
                 Path(scratch) / f"{aligner}.json",
             )
-            aligned["timing"] |= {"train_s": summary["timing"]["train_s"]}
+            aligned["timing"] |= {"train_s": summary["timing"]["train_s"]}  # the fit it re-scores
             rows += rows_of(f"+ {aligner}", aligned)
     header = ["model", "class", *METRICS, "fit s", "coreset s / 10k picks", "test img/s", "peak RSS MB"]
     for row in rows:

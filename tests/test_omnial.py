@@ -175,6 +175,7 @@ def test_registered_with_its_presets_and_needs_a_synthesizer(tiny_dataset, runs_
     assert {k: v for k, v in registration.traits.items() if k != "advice"} == {
         "inputs": "images",
         "synthesizer": "required",
+        "training": "epochs",
         "preset": "omnial-cpu",
     }
     assert "small defects" in registration.traits["advice"]  # says what it is weak at

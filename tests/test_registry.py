@@ -314,12 +314,14 @@ def test_reconstructor_trait_defaults(every_kind: Registry):
     assert every_kind.get("reconstructors", "test_recon_default").traits == {
         "inputs": "features",
         "synthesizer": "none",
+        "training": "epochs",
         "preset": None,
         "advice": None,
     }
     assert every_kind.get("reconstructors", "test_recon_images").traits == {
         "inputs": "images",
         "synthesizer": "required",
+        "training": "epochs",
         "preset": None,
         "advice": None,
     }

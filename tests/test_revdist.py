@@ -201,6 +201,7 @@ def test_registered_through_the_entry_point():
     assert registration.traits == {
         "inputs": "features",
         "synthesizer": "optional",
+        "training": "epochs",
         "preset": "revdist-lite0",
         "advice": None,
     }

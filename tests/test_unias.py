@@ -304,6 +304,7 @@ def test_registered_through_the_entry_point_with_its_cpu_preset():
     assert registration.traits == {
         "inputs": "features",
         "synthesizer": "optional",
+        "training": "epochs",
         "preset": "unias-cpu",
         "advice": None,
     }

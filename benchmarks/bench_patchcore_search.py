@@ -1,0 +1,85 @@
+"""PatchCore's nearest-neighbour search per class: the clustered search against brute force, on
+a fitted bank and the test split's own patch features.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_patchcore_search.py --model RUN_DIR/model.pt \\
+        --data PATH/TO/realmix-dev --results patchcore-search-realmix-dev.csv
+
+``--model`` is the bundle of a ``patchcore`` run (``uadp runs`` lists them; the bundle is under
+``uadp-runs/checkpoints/RUN_ID/model.pt``). Both searches must find the same neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_csv import Results, this_command, this_hardware, write  # noqa: E402
+
+
+def main() -> int:
+    from uadp.data.loader import SampleDataset, batches, make_loader
+    from uadp.data.splits import gather
+    from uadp.engine.components import build_dataset
+    from uadp.engine.detector import load_bundle
+    from uadp.registry import get_registry
+    from uadp_plugins._layers.nearest import nearest_brute
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model.pt of a patchcore run")
+    parser.add_argument("--data", required=True, help="the run's MVTec-layout folder")
+    parser.add_argument("--images", type=int, default=32, help="test images per class to time")
+    parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
+    args = parser.parse_args()
+
+    registry = get_registry()
+    detector = load_bundle(args.model, registry, device="cpu")
+    model = detector.reconstructor
+    config = detector.config.model_copy(
+        update={"dataset": detector.config.dataset.model_copy(update={"root": args.data})}
+    )
+    test = gather(build_dataset(config, registry)[0], config.data.classes).test
+    mean, std = detector.normalisation
+    rows = []
+    for name in sorted({s.class_name for s in test}):
+        samples = [s for s in test if s.class_name == name][: args.images]
+        loader = make_loader(SampleDataset(samples, config.data.size_hw, mean, std), config.eval.batch_size, 0)
+        queries = torch.cat(
+            [detector.extract(item["image"]).permute(0, 2, 3, 1).flatten(0, 2) for item in batches(loader)]
+        )
+        model.nearest(queries[:64])  # builds the clustered index once, outside the timing
+        t0 = time.perf_counter()
+        distances, found = model.nearest(queries)
+        clustered = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        expected, expected_rows = nearest_brute(queries, model.memory_bank.float())
+        brute = time.perf_counter() - t0
+        same = float((found == expected_rows[:, 0]).float().mean())
+        per_image = 1000 / len(samples)
+        rows.append(
+            [name, str(len(samples)), f"{clustered * per_image:.0f}", f"{brute * per_image:.0f}", f"{same:.4f}"]
+        )
+        print(" | ".join(rows[-1]), flush=True)
+    header = ["class", "test images", "clustered ms/image", "brute force ms/image", "same neighbour"]
+    if args.results:
+        command = this_command().replace(args.data, "PATH/TO/realmix-dev").replace(args.model, "RUN_DIR/model.pt")
+        write(
+            args.results,
+            Results(
+                f"PatchCore's nearest-neighbour search per class ({len(model.memory_bank):,}-patch bank), on realmix-dev",
+                [command],
+                this_hardware(),
+                header,
+                rows,
+                ["search time only (no backbone, no map), on the first test images of each class"],
+            ),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

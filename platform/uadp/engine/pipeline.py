@@ -244,6 +244,7 @@ class Job:
             return resume["history"]
         t0 = time.perf_counter()
         cache = self._gathered_features(detector) if self.ranks.world > 1 else None
+        gathered_s = time.perf_counter() - t0  # several processes: the features, computed before the fit
         try:
             passed = _Timed(self._fit_batches(detector, cache))
             with torch.no_grad():
@@ -259,7 +260,7 @@ class Job:
         seconds = time.perf_counter() - t0
         stats = {k: float(v) for k, v in (stats or {}).items()}
         self.timing.update(
-            feature_s=self.timing.get("feature_s", 0.0) + passed.seconds,
+            feature_s=gathered_s + passed.seconds,
             train_s=seconds,
             train_s_per_epoch=seconds,
             train_peak_rss_mb=peak_rss_mb(),
@@ -267,7 +268,7 @@ class Job:
         history = [{"epoch": 1, **stats, "seconds": seconds}]
         tracker.log_metrics({f"fit/{k}": v for k, v in stats.items()} | {"fit/seconds": seconds}, step=1)
         said = ", ".join(f"{k} {v:,.0f}" if v == int(v) and abs(v) >= 100 else f"{k} {v:.3g}" for k, v in stats.items())
-        self.log(f"fitted in {seconds:.1f} s (features {passed.seconds:.1f} s{'; ' + said if said else ''})")
+        self.log(f"fitted in {seconds:.1f} s (features {self.timing['feature_s']:.1f} s{'; ' + said if said else ''})")
         self._save_checkpoint(detector, None, tracker, history, 1)
         return history
 

@@ -1,5 +1,5 @@
-"""PatchCore: the fast coreset picks what the paper's loop picks, the clustered search finds what
-brute force finds, the image score follows the paper's formula, and a fitted model finds defects
+"""PatchCore: the fast coreset picks what the paper's loop picks, the clustered and screened
+searches find what brute force finds (the screened one's rounding bound holds), the image score follows the paper's formula, and a fitted model finds defects
 through every part of the platform (bundle, --from-run, aligner, resume, export)."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from uadp.registry import Registry
 from uadp.testing import check_export, check_reconstructor, make_mvtec_dataset, quick_config
 from uadp_plugins._layers import coreset
 from uadp_plugins._layers.coreset import greedy_coreset, jl_dimension, plain_greedy_coreset, random_projection
-from uadp_plugins._layers.nearest import ClusteredBank, nearest_brute
+from uadp_plugins._layers import nearest
+from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, nearest_brute
 from uadp_plugins.reconstructors.patchcore import PatchCore, PatchCoreConfig
 
 
@@ -93,6 +94,66 @@ def test_clustered_search_finds_the_brute_force_neighbours():
     torch.testing.assert_close(distances.double(), exact.values, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("tile", [nearest.SCREEN_TILE, 97])
+def test_screened_search_finds_the_exact_neighbours(tile):
+    """Equal to float64 distances: clustered and far queries, queries that are bank rows (distance
+    0: a negative bfloat16 value), exact duplicate rows (the lower row wins), a bank far from the
+    origin, and tiles small enough for many to be needed."""
+    bank = clustered_points(5000, 32, seed=4) + 40.0  # far from the origin: the centring matters
+    bank[4000:4010] = bank[100:110]  # duplicates of earlier rows
+    queries = torch.cat([clustered_points(700, 32, seed=5) + 40.0, torch.randn(100, 32) * 12, bank[95:115]])
+    distances, rows = ScreenedBank(bank, tile=tile).nearest(queries)
+    exact = torch.cdist(queries.double(), bank.double())
+    found = exact.gather(1, rows.unsqueeze(1))[:, 0]
+    best = exact.min(1).values
+    torch.testing.assert_close(found, best, rtol=1e-6, atol=1e-5)  # a nearest row, up to float32 ties
+    torch.testing.assert_close(distances.double(), best, rtol=1e-5, atol=1e-3)
+    assert torch.equal(rows[-20:], torch.arange(95, 115))  # each copy finds its first occurrence
+    assert float(distances[-20:].max()) == 0.0
+    assert torch.equal(ScreenedBank(bank, tile=tile).nearest(queries[:0])[1], torch.empty(0, dtype=torch.long))
+
+
+def test_screened_bound_covers_the_bfloat16_products():
+    """The premise of the screened search: each bfloat16 product is within the bound of the true
+    squared distance, on data with large and small norms and on this machine's matrix kernels."""
+    generator = torch.Generator().manual_seed(9)
+    bank = torch.cat([clustered_points(3000, 48, seed=10) * 3, torch.randn(1000, 48, generator=generator) * 0.01])
+    queries = torch.cat([clustered_points(500, 48, seed=11) * 3, bank[:50] + 1e-3])
+    index = ScreenedBank(bank, tile=1000)
+    centred = queries - index.mean
+    rounded = centred.bfloat16()
+    norms = (centred * centred).sum(1)
+    high, low = nearest._split_bf16(norms)
+    ones = torch.ones(len(queries), 2, dtype=torch.bfloat16)
+    extended = torch.cat([rounded * -2, ones, high[:, None], low[:, None]], 1)
+    terms = torch.stack(
+        [
+            rounded.float().norm(dim=1),
+            (rounded.float() - centred).norm(dim=1),
+            nearest._split_error(norms, high, low, 48),
+            norms,
+        ],
+        1,
+    )
+    computed = torch.cat([(extended @ tile).float() for tile in index.tiles], 1)
+    true = torch.cdist(queries.double(), index.rows.double()).pow(2)
+    allowed = (
+        index._bound(terms[:, None, :], index.row_terms[None]).double()
+        + nearest.BF16_ROUNDING * computed.abs().double()
+    )
+    error = (computed.double() - true).abs()
+    assert bool((error <= allowed).all()), float((error / allowed).max())
+    assert float((error / allowed).max()) > 0.05, float((error / allowed).max())  # the bound is not vacuous
+
+
+def test_bit_comparison_of_bfloat16_values_equals_the_float_one():
+    generator = torch.Generator().manual_seed(12)
+    values = (torch.randn(64, 500, generator=generator) * torch.logspace(-3, 3, 500)).bfloat16()
+    values[:, :5] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, float("inf")]).bfloat16()
+    for limits in (torch.rand(64, generator=generator) * 100, torch.zeros(64), torch.randn(64, generator=generator)):
+        assert torch.equal(nearest._at_most(values, limits), values.float() <= limits[:, None])
+
+
 def test_brute_force_k_nearest_match_cdist():
     bank, queries = torch.randn(20_000, 16), torch.randn(50, 16)
     distances, rows = nearest_brute(queries, bank, k=5)
@@ -135,6 +196,16 @@ def test_image_score_is_the_papers_reweighted_distance():
     plain = fitted_patchcore(bank, num_neighbors=1)
     largest = plain.image_scores(distances.view(2, 16), rows.view(2, 16), patches)
     torch.testing.assert_close(largest, distances.view(2, 16).max(1).values)
+
+
+def test_every_search_option_finds_the_same_neighbours():
+    bank, queries = clustered_points(3000, 24, seed=13), clustered_points(400, 24, seed=14)
+    found = {
+        search: fitted_patchcore(bank, search=search).nearest(queries) for search in ("screened", "clustered", "brute")
+    }
+    for search in ("screened", "clustered"):
+        assert torch.equal(found[search][1], found["brute"][1]), search
+        torch.testing.assert_close(found[search][0], found["brute"][0], rtol=1e-4, atol=1e-3)
 
 
 def test_saved_bank_loads_into_a_fresh_model_and_float16_halves_it():

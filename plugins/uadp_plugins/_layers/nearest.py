@@ -16,6 +16,11 @@ The result is exact: a cluster is skipped only when none of its rows can be near
 one product seldom need the clusters of another, so the more products one bank holds, the more
 it skips. :func:`nearest_brute` is the plain search (for the ``k`` nearest, for traced export
 graphs, and as the reference the clustered one is tested against).
+
+:class:`ScreenedBank` is for CPUs with bfloat16 matrix units (Intel AMX): it compares every query
+with every row in bfloat16, which those units do several times faster than float32, and uses
+the result only to rule rows out, by a bound on the rounding error of each product; the few rows
+it cannot rule out are compared in float32. See its docstring for the bound.
 """
 
 from __future__ import annotations
@@ -149,3 +154,181 @@ class ClusteredBank:
         chosen = which[nearer]
         best[chosen] = value[nearer]
         where[chosen] = index[nearer] + start
+
+
+# ---------------------------------------------------------------------------------- screened
+
+BF16_ROUNDING = 2.0**-7  # relative error of rounding to bfloat16: 2^-8 to nearest, doubled for room
+SCREEN_TILE = 4096  # bank rows per bfloat16 product
+SCREEN_CHUNK = 1024  # queries per bfloat16 product
+
+
+def has_bf16_matrix_units() -> bool:
+    """True on a CPU with AMX tiles, where a bfloat16 product is several times faster than float32."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+def _split_bf16(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values`` as two bfloat16 parts whose sum is it to ~2^-16 relative."""
+    high = values.bfloat16()
+    return high, (values - high.float()).bfloat16()
+
+
+class ScreenedBank:
+    """Exact nearest rows: every pair screened by a bfloat16 product, the survivors checked in float32.
+
+    Each squared distance is computed as one bfloat16 product of extended vectors,
+    ``[-2q, 1, 1, |q|²] · [r, |r|², 1]`` (centred on the bank's mean, the norms split into two
+    bfloat16 parts), accumulated in float32 and rounded to bfloat16. How far that value ``ŷ`` can
+    be from the true squared distance is bounded from quantities known before the product:
+
+    * the inputs' rounding: ``|q̃·r̃ - q·r| <= |q̃ - q| |r̃| + |q| |r̃ - r|``, with the rounding
+      residuals' norms computed exactly for each query and each row (twice that, for the -2);
+    * the norms' two-part split and float32 accumulation: ``K·2^-23`` of the terms' magnitudes;
+    * the output's rounding: a relative ``2^-7`` of ``ŷ`` itself (twice the round-to-nearest error).
+
+    Pass 1 keeps each query's smallest ``ŷ`` per tile of rows. Any entry's ``ŷ`` plus its bound
+    is an upper bound ``U`` of the query's nearest distance; a tile whose smallest ``ŷ`` minus its
+    bound exceeds ``U`` cannot hold the nearest row. Pass 2 recomputes only the tiles a query still
+    needs, keeps the entries that could be below ``U``, and pass 3 computes those pairs' distances
+    in float32 from the original features (as ``|q - r|²``, not the expanded form): the nearest of
+    them is the answer. On realmix-dev about two rows per query survive. The rows are ordered by
+    norm inside, which keeps each tile's bound tight; indices returned are the bank's own.
+    """
+
+    def __init__(self, rows: torch.Tensor, tile: int = SCREEN_TILE) -> None:
+        rows = rows.float()
+        self.mean = rows.mean(0)
+        centred = rows - self.mean
+        norms = (centred * centred).sum(1)
+        self.order = norms.argsort()  # tiles of similar norms: tighter bounds per tile
+        self.rows = rows[self.order]
+        centred, norms = centred[self.order], norms[self.order]
+        rounded = centred.bfloat16()
+        high, low = _split_bf16(norms)
+        ones = torch.ones(len(rows), 1, dtype=torch.bfloat16, device=rows.device)
+        extended = torch.cat([rounded, high[:, None], low[:, None], ones, ones], 1)
+        self.starts = list(range(0, len(rows), tile))
+        self.tiles = [extended[s : s + tile].T.contiguous() for s in self.starts]  # [K, tile] each
+        self.accumulation = extended.shape[1] * 2.0**-23  # float32 sums of K terms
+        row_size = rounded.float().norm(dim=1)
+        # per row: |r̃|, |r̃ - r|, the norm split's error, and |r|² (for the accumulation term)
+        self.row_terms = torch.stack(
+            [
+                row_size,
+                (rounded.float() - centred).norm(dim=1),
+                _split_error(norms, high, low, centred.shape[1]),
+                norms,
+            ],
+            1,
+        )
+        self.tile_terms = torch.stack([self.row_terms[s : s + tile].amax(0) for s in self.starts])  # [T, 4]
+
+    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's nearest row: (distance [n], index into the bank given [n]), exactly."""
+        queries = queries.float()
+        distances, index = [], []
+        for start in range(0, len(queries), SCREEN_CHUNK):
+            d, i = self._nearest(queries[start : start + SCREEN_CHUNK])
+            distances.append(d)
+            index.append(i)
+        if not distances:
+            return queries.new_empty(0), torch.empty(0, dtype=torch.long, device=queries.device)
+        return torch.cat(distances), torch.cat(index)
+
+    def _bound(self, queries_terms: torch.Tensor, rows_terms: torch.Tensor) -> torch.Tensor:
+        """Largest error of ``ŷ`` before the output rounding: [n,1] query terms × [1,m] row terms."""
+        q_size, q_residual, q_split, q_norm = queries_terms.unbind(-1)
+        r_size, r_residual, r_split, r_norm = rows_terms.unbind(-1)
+        inputs = 2 * (q_residual * r_size + q_size * r_residual) + q_split + r_split
+        magnitude = 2 * q_size * r_size + q_norm + r_norm
+        # 1 % for the bound's own float32 arithmetic; 2^-20 of the magnitude for the centring's rounding
+        return 1.01 * (inputs + (self.accumulation + 2.0**-20) * magnitude)
+
+    def _nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        centred = queries - self.mean
+        rounded = centred.bfloat16()
+        norms = (centred * centred).sum(1)
+        high, low = _split_bf16(norms)
+        extended = torch.cat(
+            [
+                rounded * -2,
+                torch.ones(len(queries), 2, dtype=torch.bfloat16, device=queries.device),
+                high[:, None],
+                low[:, None],
+            ],
+            1,
+        )
+        terms = torch.stack(
+            [
+                rounded.float().norm(dim=1),
+                (rounded.float() - centred).norm(dim=1),
+                _split_error(norms, high, low, centred.shape[1]),
+                norms,
+            ],
+            1,
+        )
+        # pass 1: each tile's smallest ŷ per query. bfloat16 bits compare as int16 in the order of
+        # the values when they are not negative (min over int16 is far faster); a negative ŷ
+        # (a distance ~0 within the rounding) makes its tile needed whatever the order
+        padded = _pad_rows(extended)
+        smallest = torch.stack([(padded @ tile).view(torch.int16).amin(1) for tile in self.tiles], 1)[: len(queries)]
+        negative = smallest < 0
+        smallest = smallest.view(torch.bfloat16).float()
+        bound = self._bound(terms[:, None, :], self.tile_terms[None, :, :])  # [n, T]
+        slack = BF16_ROUNDING * smallest.abs() + bound
+        upper = (smallest + slack).amin(1)  # a true squared distance at least as large as the nearest
+        needed = negative | (smallest - slack <= upper[:, None])
+        # pass 2: in each needed tile, the entries that could be below the upper bound
+        pair_query, pair_row = [], []
+        for t in needed.any(0).nonzero()[:, 0].tolist():
+            which = needed[:, t].nonzero()[:, 0]
+            values = (_pad_rows(extended[which]) @ self.tiles[t])[: len(which)]
+            limit = upper[which] + bound[which, t]
+            # ŷ - 2^-7|ŷ| <= limit, solved for ŷ (the left side increases with ŷ)
+            limit = torch.where(limit >= 0, limit / (1 - BF16_ROUNDING), limit / (1 + BF16_ROUNDING))
+            query, row = _at_most(values, limit).nonzero(as_tuple=True)
+            pair_query.append(which[query])
+            pair_row.append(row + self.starts[t])
+        pair_query, pair_row = torch.cat(pair_query), torch.cat(pair_row)
+        # pass 3: the survivors' exact distances; ties go to the bank's lower row
+        exact = (queries[pair_query] - self.rows[pair_row]).pow(2).sum(1)
+        best = torch.full((len(queries),), float("inf"), device=queries.device)
+        best = best.scatter_reduce(0, pair_query, exact, "amin")
+        winner = exact == best[pair_query]
+        rows = torch.full((len(queries),), len(self.rows), dtype=torch.long, device=queries.device)
+        rows = rows.scatter_reduce(0, pair_query[winner], self.order[pair_row[winner]], "amin")
+        return best.sqrt(), rows
+
+
+def _split_error(norms: torch.Tensor, high: torch.Tensor, low: torch.Tensor, dims: int) -> torch.Tensor:
+    """How far ``high + low`` is from ``norms``, plus float32's error in summing ``dims`` squares."""
+    return (norms - high.float() - low.float()).abs() + dims * 2.0**-23 * norms
+
+
+def _pad_rows(matrix: torch.Tensor, multiple: int = 64) -> torch.Tensor:
+    """``matrix`` with zero rows added up to a multiple of 64 rows.
+
+    oneDNN compiles a kernel for every new shape of a bfloat16 product (~10 ms each, against ~1 ms
+    for the product) and keeps about a thousand; query counts that vary freely would compile
+    again and again."""
+    extra = -len(matrix) % multiple
+    return torch.cat([matrix, matrix.new_zeros(extra, matrix.shape[1])]) if extra else matrix
+
+
+def _at_most(values: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """``values`` [n,m] (bfloat16) <= ``limits`` [n] (float32), compared on the bits where it can be.
+
+    bfloat16 bits read as int16 keep the values' order among non-negative values, and every
+    negative value reads below every non-negative one; so against non-negative limits one int16
+    comparison with the largest bfloat16 not above each limit decides, without converting the
+    values to float32."""
+    if bool((limits < 0).any()):  # a distance ~0 within the rounding: rare, compare as floats
+        return values.float() <= limits[:, None]
+    rounded = limits.bfloat16()
+    bits = rounded.view(torch.int16) - (rounded.float() > limits).to(torch.int16)  # round down
+    return values.view(torch.int16) <= bits[:, None]

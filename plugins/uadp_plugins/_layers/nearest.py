@@ -29,17 +29,9 @@ import math
 
 import torch
 
+from uadp_plugins._layers.tracing import in_static_graph
+
 BLOCK = 8192  # bank rows per matrix product in the brute-force search
-
-
-def in_static_graph() -> bool:
-    """True while a model is traced or exported (ONNX): only fixed-shape operations then."""
-    return (
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: torch.Tensor | None = None):
@@ -49,8 +41,11 @@ def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: to
     return torch.addmm(query_norms, queries, rows.T, alpha=-2).add_((rows * rows).sum(1)).clamp_min_(0)
 
 
-def nearest_brute(queries: torch.Tensor, bank: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` nearest bank rows of each query: (distances [n,k], indices [n,k]), nearest first."""
+def nearest_brute(
+    queries: torch.Tensor, bank: torch.Tensor, k: int = 1, excluded: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest bank rows of each query: (distances [n,k], indices [n,k]), nearest first;
+    rows where ``excluded`` [len(bank)] is True are never chosen."""
     if in_static_graph():  # one product, no loop
         squared, index = squared_distances(queries, bank).topk(k, dim=1, largest=False)
         return squared.sqrt(), index
@@ -59,6 +54,8 @@ def nearest_brute(queries: torch.Tensor, bank: torch.Tensor, k: int = 1) -> tupl
     where = torch.zeros((len(queries), k), dtype=torch.long, device=queries.device)
     for start in range(0, len(bank), BLOCK):
         squared = squared_distances(queries, bank[start : start + BLOCK], norms)
+        if excluded is not None:
+            squared[:, excluded[start : start + BLOCK]] = float("inf")
         values, index = squared.topk(min(k, squared.shape[1]), dim=1, largest=False)
         merged = torch.cat([best, values], 1)
         order = merged.topk(k, dim=1, largest=False).indices
@@ -102,7 +99,8 @@ class ClusteredBank:
 
     @staticmethod
     def build(bank: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """(rows sorted by cluster, starts, centres, radii) of ``bank``: about √n clusters."""
+        """(rows sorted by cluster, starts, centres, radii, the order that sorted them) of
+        ``bank``: about √n clusters."""
         bank = bank.float()
         clusters = max(1, min(len(bank), round(math.sqrt(len(bank)))))
         assignment = kmeans(bank, clusters, seed)
@@ -117,10 +115,11 @@ class ClusteredBank:
         member_of = torch.repeat_interleave(torch.arange(len(counts)), counts)
         spread = (rows - centres[member_of]).pow(2).sum(1).sqrt()
         radii = torch.zeros(len(counts)).scatter_reduce_(0, member_of, spread, "amax")
-        return rows, starts, centres, radii
+        return rows, starts, centres, radii, order
 
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's nearest row: (distance [n], index into ``rows`` [n]), exactly."""
+    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's nearest row: (distance [n], index into ``rows`` [n]), exactly; rows where
+        ``excluded`` [len(rows)] is True are never chosen."""
         queries = queries.float()
         norms = (queries * queries).sum(1)
         extended = torch.cat([queries * -2, torch.ones_like(norms).unsqueeze(1)], 1)
@@ -129,7 +128,7 @@ class ClusteredBank:
         where = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
         home = to_centres.argmin(1)
         for cluster in home.unique().tolist():
-            self._search(cluster, (home == cluster).nonzero().squeeze(1), extended, best, where)
+            self._search(cluster, (home == cluster).nonzero().squeeze(1), extended, best, where, excluded)
         # rounding room: |q|² - 2 q·r + |r|² carries an error of ~1e-6 |q|²
         tolerance = 1e-3 * (1.0 + norms.sqrt())
         lower = to_centres - self.radii  # no row of a cluster is nearer than this
@@ -143,13 +142,16 @@ class ClusteredBank:
             reach = (best + norms).clamp_min(0).sqrt() + tolerance
             which = (lower[:, cluster] < reach).nonzero().squeeze(1)
             if len(which):
-                self._search(cluster, which, extended, best, where)
+                self._search(cluster, which, extended, best, where, excluded)
         return (best + norms).clamp_min_(0).sqrt_(), where
 
-    def _search(self, cluster: int, which: torch.Tensor, extended, best, where) -> None:
+    def _search(self, cluster: int, which: torch.Tensor, extended, best, where, excluded) -> None:
         """Queries ``which`` against one cluster's rows, one matrix product; keep any nearer row."""
         start, stop = self.starts[cluster], self.starts[cluster + 1]
-        value, index = (extended[which] @ self.extended_rows[start:stop].T).min(1)
+        values = extended[which] @ self.extended_rows[start:stop].T
+        if excluded is not None:
+            values[:, excluded[start:stop]] = float("inf")
+        value, index = values.min(1)
         nearer = value < best[which]
         chosen = which[nearer]
         best[chosen] = value[nearer]
@@ -228,12 +230,17 @@ class ScreenedBank:
         )
         self.tile_terms = torch.stack([self.row_terms[s : s + tile].amax(0) for s in self.starts])  # [T, 4]
 
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's nearest row: (distance [n], index into the bank given [n]), exactly."""
+    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's nearest row: (distance [n], index into the bank given [n]), exactly; rows
+        where ``excluded`` [len(bank)] is True are never chosen."""
         queries = queries.float()
+        hidden = None
+        if excluded is not None:  # per tile, the excluded columns, in this index's row order
+            mask = excluded[self.order]
+            hidden = [mask[s : s + tile.shape[1]].nonzero()[:, 0] for s, tile in zip(self.starts, self.tiles)]
         distances, index = [], []
         for start in range(0, len(queries), SCREEN_CHUNK):
-            d, i = self._nearest(queries[start : start + SCREEN_CHUNK])
+            d, i = self._nearest(queries[start : start + SCREEN_CHUNK], hidden)
             distances.append(d)
             index.append(i)
         if not distances:
@@ -249,7 +256,15 @@ class ScreenedBank:
         # 1 % for the bound's own float32 arithmetic; 2^-20 of the magnitude for the centring's rounding
         return 1.01 * (inputs + (self.accumulation + 2.0**-20) * magnitude)
 
-    def _nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _product(rows: torch.Tensor, tile: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """``rows @ tile`` in bfloat16, excluded columns set to +inf."""
+        values = rows @ tile
+        if hidden is not None and len(hidden):
+            values[:, hidden] = float("inf")
+        return values
+
+    def _nearest(self, queries: torch.Tensor, hidden: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         centred = queries - self.mean
         rounded = centred.bfloat16()
         norms = (centred * centred).sum(1)
@@ -276,7 +291,13 @@ class ScreenedBank:
         # the values when they are not negative (min over int16 is far faster); a negative ŷ
         # (a distance ~0 within the rounding) makes its tile needed whatever the order
         padded = _pad_rows(extended)
-        smallest = torch.stack([(padded @ tile).view(torch.int16).amin(1) for tile in self.tiles], 1)[: len(queries)]
+        smallest = torch.stack(
+            [
+                self._product(padded, tile, hidden[t] if hidden else None).view(torch.int16).amin(1)
+                for t, tile in enumerate(self.tiles)
+            ],
+            1,
+        )[: len(queries)]
         negative = smallest < 0
         smallest = smallest.view(torch.bfloat16).float()
         bound = self._bound(terms[:, None, :], self.tile_terms[None, :, :])  # [n, T]
@@ -287,7 +308,9 @@ class ScreenedBank:
         pair_query, pair_row = [], []
         for t in needed.any(0).nonzero()[:, 0].tolist():
             which = needed[:, t].nonzero()[:, 0]
-            values = (_pad_rows(extended[which]) @ self.tiles[t])[: len(which)]
+            values = self._product(_pad_rows(extended[which]), self.tiles[t], hidden[t] if hidden else None)[
+                : len(which)
+            ]
             limit = upper[which] + bound[which, t]
             # ŷ - 2^-7|ŷ| <= limit, solved for ŷ (the left side increases with ŷ)
             limit = torch.where(limit >= 0, limit / (1 - BF16_ROUNDING), limit / (1 + BF16_ROUNDING))

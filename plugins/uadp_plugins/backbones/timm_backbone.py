@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from uadp import hookimpl
 from uadp.contract import Backbone, FeatureSpec
 from uadp.errors import ConfigError
+from uadp_plugins._layers.tracing import in_static_graph
 from uadp_plugins.backbones.folding import folded_copy
 
 OFFLINE_PACKAGES = {
@@ -176,6 +177,8 @@ class TimmBackbone(Backbone):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if not self._inference:
+            if in_static_graph():  # no probing inside a trace: the export's runtime folds BatchNorm itself
+                return list(self.net(images.contiguous(memory_format=torch.channels_last)))
             self._inference.append(folded_copy(self.net) or self.net)
         return list(self._inference[0](images.contiguous(memory_format=torch.channels_last)))
 

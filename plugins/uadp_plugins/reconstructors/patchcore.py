@@ -43,10 +43,10 @@ from uadp_plugins._layers.nearest import (
     ClusteredBank,
     ScreenedBank,
     has_bf16_matrix_units,
-    in_static_graph,
     nearest_brute,
 )
 from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
+from uadp_plugins._layers.tracing import in_static_graph
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -90,7 +90,7 @@ class PatchCoreConfig(BaseModel):
 
 
 # the buffers fit() sizes; empty until then, resized by a load
-BANK_BUFFERS = ("memory_bank", "cluster_starts", "cluster_centres", "cluster_radii")
+BANK_BUFFERS = ("memory_bank", "bank_source", "cluster_starts", "cluster_centres", "cluster_radii")
 
 
 class PatchCore(Reconstructor):
@@ -102,6 +102,9 @@ class PatchCore(Reconstructor):
         self.image_size = context.image_size
         channels = sum(context.features.channels)
         self.register_buffer("memory_bank", torch.empty(0, channels, dtype=getattr(torch, config.bank_dtype)))
+        # each bank row's training image (its position in fit's order): maps of a training image
+        # for an aligner leave its own rows out (Batch.fitted_index); -1: not known
+        self.register_buffer("bank_source", torch.empty(0, dtype=torch.int32))
         self.register_buffer("cluster_starts", torch.zeros(1, dtype=torch.long))
         self.register_buffer("cluster_centres", torch.empty(0, channels))
         self.register_buffer("cluster_radii", torch.empty(0))
@@ -121,9 +124,13 @@ class PatchCore(Reconstructor):
     # ------------------------------------------------------------------ fit
 
     def fit(self, batches: Iterable[Batch]) -> dict[str, float]:
-        rows = [batch.features.float().permute(0, 2, 3, 1).flatten(0, 2).cpu() for batch in batches]
+        rows, images = [], 0
+        for batch in batches:
+            rows.append(batch.features.float().permute(0, 2, 3, 1).flatten(0, 2).cpu())
+            images += len(batch.features)
         features = torch.cat(rows)
         del rows
+        source = torch.arange(images, dtype=torch.int32).repeat_interleave(len(features) // max(images, 1))
         count = max(1, round(len(features) * self.config.coreset_ratio))
         stats = {"patches": float(len(features)), "bank": float(count)}
         if count < len(features):
@@ -133,13 +140,14 @@ class PatchCore(Reconstructor):
             picks, timing = greedy_coreset(projected, count, first)
             del projected
             stats |= timing
-            bank = features[picks]
+            bank, source = features[picks], source[picks]
         else:
             bank = features
         del features
-        rows, starts, centres, radii = ClusteredBank.build(bank, self.config.seed)
+        rows, starts, centres, radii, order = ClusteredBank.build(bank, self.config.seed)
         device = self.memory_bank.device
         self.memory_bank = rows.to(device, getattr(torch, self.config.bank_dtype))
+        self.bank_source = source[order].to(device)
         self.cluster_starts, self.cluster_centres, self.cluster_radii = (
             starts.to(device),
             centres.to(device),
@@ -150,6 +158,10 @@ class PatchCore(Reconstructor):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """A saved bank has the size its fit chose: take it, whatever this fresh model's size."""
+        if prefix + "memory_bank" in state_dict and prefix + "bank_source" not in state_dict:
+            # saved before the rows' sources were kept: unknown, so an aligner's maps leave nothing out
+            rows = len(state_dict[prefix + "memory_bank"])
+            state_dict[prefix + "bank_source"] = torch.full((rows,), -1, dtype=torch.int32)
         for name in BANK_BUFFERS:
             saved = state_dict.get(prefix + name)
             if saved is not None:
@@ -163,15 +175,16 @@ class PatchCore(Reconstructor):
 
     # ------------------------------------------------------------------ predict
 
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's distance to its nearest bank feature, and that feature's row."""
+    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's distance to its nearest bank feature, and that feature's row; never a row
+        where ``excluded`` is True."""
         if not len(self.memory_bank):
             raise RuntimeError("reconstructor patchcore: predict before fit (the memory bank is empty)")
         search = self.config.search
         if search == "auto":
             search = "brute" if queries.device.type != "cpu" else "screened" if has_bf16_matrix_units() else "clustered"
         if search == "brute" or in_static_graph():
-            distances, rows = nearest_brute(queries, self.memory_bank.float())
+            distances, rows = nearest_brute(queries, self.memory_bank.float(), excluded=excluded)
             return distances[:, 0], rows[:, 0]
         if self._index is None or self._index[0] != search:
             if search == "screened":
@@ -179,13 +192,15 @@ class PatchCore(Reconstructor):
             else:
                 index = ClusteredBank(self.memory_bank, self.cluster_starts, self.cluster_centres, self.cluster_radii)
             self._index = (search, index)
-        return self._index[1].nearest(queries)
+        return self._index[1].nearest(queries, excluded)
 
-    def image_scores(self, scores: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    def image_scores(
+        self, scores: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor, excluded: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Eq. 7 of the paper: each image's largest patch distance s*, re-weighted.
 
         ``scores`` [B,P] patch distances, ``rows`` [B,P] their nearest bank rows, ``patches``
-        [B,P,C] the patch features."""
+        [B,P,C] the patch features; ``excluded``: bank rows left out (one image at a time)."""
         worst = scores.argmax(1, keepdim=True)  # gathers, not indexing by arange: the batch stays symbolic in export
         largest = scores.gather(1, worst)[:, 0]  # s*
         neighbours = min(self.config.num_neighbors, len(self.memory_bank))
@@ -193,12 +208,20 @@ class PatchCore(Reconstructor):
             return largest
         bank = self.memory_bank.float()
         nearest_row = rows.gather(1, worst)[:, 0]  # m*
-        support = nearest_brute(bank[nearest_row], bank, neighbours)[1]  # N_b(m*), m* itself first
+        support = nearest_brute(bank[nearest_row], bank, neighbours, excluded)[1]  # N_b(m*), m* itself first
         test_patch = patches.gather(1, worst.unsqueeze(2).expand(-1, 1, patches.shape[2]))[:, 0]  # m_test,*
         distances = (bank[support] - test_patch.unsqueeze(1)).pow(2).sum(-1).sqrt()  # [B, b]
         own = (bank[nearest_row] - test_patch).pow(2).sum(-1).sqrt()
         weight = 1 - torch.exp(own - torch.logsumexp(distances, dim=1))
         return weight * largest
+
+    def _held_out(self, fitted_index: torch.Tensor | None) -> list[torch.Tensor] | None:
+        """Per image of a batch of training images, the bank rows that came from it; None when
+        the batch is not of them, the sources are unknown, or an image alone made the bank."""
+        if fitted_index is None or not len(self.bank_source) or bool((self.bank_source < 0).any()):
+            return None
+        masks = [self.bank_source == int(i) for i in fitted_index.tolist()]
+        return None if any(bool(m.all()) for m in masks) else masks
 
     def predict(self, batch: Batch) -> Prediction:
         features = batch.features
@@ -206,9 +229,20 @@ class PatchCore(Reconstructor):
             features = features.float()
             b, c, h, w = features.shape
             patches = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            distances, rows = self.nearest(patches.reshape(-1, c))
-            scores, rows = distances.view(b, h * w), rows.view(b, h * w)
-            image = self.image_scores(scores, rows, patches)
+            held_out = self._held_out(batch.fitted_index)
+            if held_out is None:
+                distances, rows = self.nearest(patches.reshape(-1, c))
+                scores, rows = distances.view(b, h * w), rows.view(b, h * w)
+                image = self.image_scores(scores, rows, patches)
+            else:  # a training image, for an aligner: its own rows left out, one image at a time
+                found = [self.nearest(patches[i], held_out[i]) for i in range(b)]
+                scores, rows = torch.stack([d for d, _ in found]), torch.stack([r for _, r in found])
+                image = torch.cat(
+                    [
+                        self.image_scores(scores[i : i + 1], rows[i : i + 1], patches[i : i + 1], held_out[i])
+                        for i in range(b)
+                    ]
+                )
             grid = scores.view(b, 1, h, w)
             maps = F.interpolate(grid, size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
             maps = gaussian_blur(maps, self.config.smoothing_sigma)

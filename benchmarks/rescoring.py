@@ -100,12 +100,25 @@ def split_batches(split: TestSplit) -> Iterator[dict]:
 
 
 def evaluate_maps(split: TestSplit, maps, labels, masks):
-    """The metric report of one variant's maps [N,H,W] (image scores by the run's reducer)."""
+    """The metric report of one variant's maps [N,H,W] (image scores by the run's reducer).
+
+    The maps are scored as a run scores them: stored a batch at a time in a map store (float16),
+    then read back in chunks. Dice at its best threshold can differ between that and float32
+    arrays by 0.02 on a barely trained model's flat maps; scored the same way, a benchmark's row
+    for the model's own setting is the run's own result."""
+    from uadp.metrics.pixels import MapStore
     from uadp.metrics.protocols import evaluate
     from uadp.scoring import image_scores
 
     scores = image_scores(maps, split.config.eval.image_score).numpy()
-    return evaluate(scores, labels, maps.numpy(), masks, split.names, split.metrics)
+    store = MapStore()
+    try:
+        size = split.config.eval.batch_size
+        for start in range(0, len(maps), size):
+            store.append(maps[start : start + size].numpy(), None if masks is None else masks[start : start + size])
+        return evaluate(scores, labels, store.pixels(), None, split.names, split.metrics)
+    finally:
+        store.close()
 
 
 def header(first: str, width: int, extra: str = "") -> str:

@@ -63,9 +63,12 @@ def quick_args(data: Path, runs_root: Path, *extra: object, epochs: int = 2) -> 
 
 
 def call(argv: list[str]) -> int:
-    """``main(argv)``; a KeyboardInterrupt escaping it would stop pytest itself, so fail instead."""
+    """``main(argv)``'s exit code (also when the argument parser exits); a KeyboardInterrupt
+    escaping it would stop pytest itself, so fail instead."""
     try:
         return main([str(a) for a in argv])
+    except SystemExit as exc:  # the argument parser refused an argument, or --help / --version
+        return exc.code
     except KeyboardInterrupt:  # pragma: no cover - only when the CLI is broken
         pytest.fail("KeyboardInterrupt escaped uadp.cli.main")
 

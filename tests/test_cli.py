@@ -93,6 +93,16 @@ def test_show_uniad_prints_options_with_defaults(capsys) -> None:
     (line,) = [text for text in out.splitlines() if text.strip().startswith("neighbor_size:")]
     assert "= 7" in line
     assert any(text.strip().startswith("hidden_dim: int = 256") for text in out.splitlines())
+    assert "None" not in out.split("options:")[0]  # traits the plugin left unset are not shown
+
+
+def test_show_prints_the_values_an_option_allows(capsys) -> None:
+    assert main(["show", "cada"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [text for text in out.splitlines() if text.strip().startswith("calibration:")]
+    assert "'mean-max' | 'shift' | 'mean-max-excess' = 'mean-max-excess'" in line
+    assert main(["show", "timm"]) == 0
+    assert "Literal" not in capsys.readouterr().out
 
 
 def test_show_unknown_component(capsys) -> None:
@@ -174,7 +184,7 @@ def test_mlflow_run_says_what_it_is_and_its_key_metrics_first(e2e) -> None:
     shows the key metrics as the runs table's columns."""
     client = client_for(e2e.runs)
     run = client.get_run(e2e.run_id)
-    assert run.info.run_name == "uniad+tf_efficientnet_lite0 (cpu)"
+    assert run.info.run_name == "uniad (cpu, tf_efficientnet_lite0)"
     assert run.data.tags["uadp.preset"] == "cpu"
     note = run.data.tags["mlflow.note.content"]
     for unit in ("mean", "pooled"):
@@ -200,7 +210,7 @@ def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkey
 
 def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
-    assert run_name(build_config(sets=["aligner.name=cada"])) == "uniad+tf_efficientnet_lite0+cada (cpu)"
+    assert run_name(build_config(sets=["aligner.name=cada"])) == "uniad+cada (cpu, tf_efficientnet_lite0)"
 
 
 def test_mlflow_params_are_the_flattened_config(e2e, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -221,11 +231,13 @@ def test_mlflow_metrics(e2e) -> None:
     assert [step for step, _ in losses] == [1, 2]
     assert all(math.isfinite(v) for _, v in losses)
     summary = e2e.summary
+    # MLflow holds them as the tables print them, to 4 decimals (the summary keeps every digit)
     for name in CLASSES:
-        assert metrics[f"class/{name}/image_auroc"] == pytest.approx(summary["per_class"][name]["image_auroc"])
-    assert metrics["mean/image_auroc"] == pytest.approx(summary["mean"]["image_auroc"])
-    assert metrics["pooled/image_auroc"] == pytest.approx(summary["pooled"]["image_auroc"])
-    assert metrics["pooled/pixel_aupro"] == pytest.approx(summary["pooled"]["pixel_aupro"])
+        assert metrics[f"class/{name}/image_auroc"] == round(summary["per_class"][name]["image_auroc"], 4)
+    assert metrics["mean/image_auroc"] == round(summary["mean"]["image_auroc"], 4)
+    assert metrics["pooled/image_auroc"] == round(summary["pooled"]["image_auroc"], 4)
+    assert metrics["pooled/pixel_aupro"] == round(summary["pooled"]["pixel_aupro"], 4)
+    assert metrics["timing/train_s"] == round(summary["timing"]["train_s"], 1)
 
 
 def test_mlflow_artifacts(e2e, tmp_path: Path) -> None:
@@ -384,8 +396,8 @@ def test_from_run_reports_base_and_aligned_side_by_side(aligned, e2e) -> None:
 def test_from_run_logs_base_and_aligned_metrics_to_mlflow(aligned, e2e) -> None:
     run = client_for(e2e.runs).get_run(aligned.run_id)
     metrics = run.data.metrics
-    assert metrics["base/pooled/image_auroc"] == pytest.approx(aligned.summary["base"]["pooled"]["image_auroc"])
-    assert metrics["aligned/pooled/image_auroc"] == pytest.approx(aligned.summary["aligned"]["pooled"]["image_auroc"])
+    assert metrics["base/pooled/image_auroc"] == round(aligned.summary["base"]["pooled"]["image_auroc"], 4)
+    assert metrics["aligned/pooled/image_auroc"] == round(aligned.summary["aligned"]["pooled"]["image_auroc"], 4)
     assert metrics["pooled/image_auroc"] == metrics["aligned/pooled/image_auroc"]
     assert run.data.tags["uadp.aligner"] == "cada" and "uadp.aligner_class_labels" not in run.data.tags
     assert run.info.status == "FINISHED"

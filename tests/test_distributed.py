@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,24 +127,43 @@ def test_two_nodes_over_loopback_match_one_process(single, tmp_path):
     _one_finished_run(tmp_path)
 
 
-def test_a_failed_rank_marks_the_run_failed(tmp_path):
-    out = tmp_path / "summary.json"
-    done = subprocess.run(
-        _torchrun("--standalone", "--nproc-per-node=2", str(HERE / "fail_at_rank.py"), "1", "2", *_args(tmp_path, out)),
-        env=_env(),
+def _failing_rank(tmp_path: Path, how: str, out: Path) -> subprocess.CompletedProcess:
+    """``uadp run --nproc 2`` whose rank 1 fails as epoch 2 begins (see kill_rank_plugin.py)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    shutil.copy(HERE / "kill_rank_plugin.py", plugins)
+    return subprocess.run(
+        [sys.executable, "-m", "uadp", *_args(tmp_path, out), "--nproc", "2", "--plugins-dir", str(plugins)],
+        env={**_env(), "UADP_TEST_FAIL_RANK": "1", "UADP_TEST_FAIL_EPOCH": "2", "UADP_TEST_FAIL": how},
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode != 0
-    runs = all_runs(tmp_path)
-    assert [r.info.status for r in runs] in (["FAILED"], ["KILLED"]), [r.info.status for r in runs]
+
+
+def _uadp_lines(stderr: str) -> list[str]:
+    said = [line for line in stderr.splitlines() if line.startswith("uadp:")]
+    assert said and said[0].startswith("uadp: starting 2 processes"), stderr[-3000:]
+    return said[1:]
+
+
+def test_a_killed_rank_is_one_line_and_the_run_is_marked_failed(tmp_path):
+    """Rank 1 killed (SIGKILL) in epoch 2: one ``uadp:`` line that names it, no traceback, the run
+    FAILED whatever the timing, and ``--resume`` (with the short run id) finishes it."""
+    out = tmp_path / "summary.json"
+    done = _failing_rank(tmp_path, "kill", out)
+    assert done.returncode == 1, done.stderr[-3000:]
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    assert _uadp_lines(done.stderr) == [
+        f"uadp: error: the process of rank 1 (of 2) was killed by SIGKILL; MLflow run {run.info.run_id} is marked "
+        f"FAILED; its checkpoint after epoch 1/4 is kept: `uadp run --resume {run.info.run_id} "
+        f"--set tracking.root={tmp_path}` continues it"
+    ]
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr, done.stderr[-3000:]
     assert not out.exists()
-    # the checkpoint of epoch 1 is kept: --resume continues the same run, in two processes again
-    (run,) = runs
-    assert (tmp_path / "checkpoints" / run.info.run_id / "checkpoint.pt").is_file()
     done = subprocess.run(
-        [sys.executable, "-m", "uadp", "run", "--resume", run.info.run_id, "--set", f"tracking.root={tmp_path}"]
+        [sys.executable, "-m", "uadp", "run", "--resume", run.info.run_id[:8], "--set", f"tracking.root={tmp_path}"]
         + ["--nproc", "2", "--output-json", str(out)],
         env=_env(),
         capture_output=True,
@@ -153,6 +173,19 @@ def test_a_failed_rank_marks_the_run_failed(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     _one_finished_run(tmp_path)
     assert json.loads(out.read_text())["mlflow_run_id"] == run.info.run_id
+
+
+def test_a_rank_that_crashes_on_a_bug_shows_its_traceback_and_one_line(tmp_path):
+    done = _failing_rank(tmp_path, "raise", tmp_path / "summary.json")
+    assert done.returncode == 1, done.stderr[-3000:]
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    (line,) = _uadp_lines(done.stderr)
+    assert line.startswith("uadp: error: the process of rank 1 (of 2) exited with code 1; ")
+    assert "its checkpoint after epoch 1/4 is kept" in line
+    assert (
+        done.stderr.count("Traceback") == 1 and "RuntimeError: rank 1 lost in epoch 2" in done.stderr
+    )  # the bug's own
 
 
 def test_ctrl_c_stops_every_process_and_marks_the_run_killed(tmp_path):

@@ -145,11 +145,37 @@ def test_user_text_has_no_internal_references(path):
         assert found is None, f"{path.relative_to(ROOT)} has {what}: {found.group(0)!r}"
 
 
+def _project_urls() -> dict[str, str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+
+
 def test_readme_is_a_short_guide_whose_links_resolve():
+    """Every link reaches a page: the README travels in the wheel without docs/, so it links to the
+    documentation site (a page there is a file under docs/) and the source by address, never by path."""
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 300, f"README.md has {len(text.splitlines())} lines; keep it at most 300"
-    for target in re.findall(r"\]\(((?:docs/|CONTRIBUTING)[^)#]*)", text):
-        assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
+    urls = _project_urls()
+    site, source = urls["Documentation"], urls["Source"] + "/blob/main/"
+    yaml_site = yaml.safe_load((ROOT / "mkdocs.yml").read_text().split("\ntheme:")[0])["site_url"]
+    assert yaml_site == site
+    targets = re.findall(r"\]\(([^)\s]+)\)|<(https?://[^>]+)>", text)
+    targets = [a or b for a, b in targets]
+    assert targets
+    for target in targets:
+        assert target.startswith("https://"), f"README.md links to {target} by path: a wheel has no such file"
+        page = target.split("#")[0]
+        if page.startswith(site):
+            rel = page.removeprefix(site)
+            candidates = (
+                [DOCS / rel] if "." in Path(rel).name else [DOCS / f"{rel.rstrip('/')}.md", DOCS / rel / "index.md"]
+            )
+            assert any(c.is_file() for c in candidates), f"README.md links to {target}: no page under docs/"
+        elif page.startswith(source):
+            assert (ROOT / page.removeprefix(source)).exists(), f"README.md links to {target}: no such file"
+        else:
+            assert page in urls.values(), f"README.md links to {target}, neither the docs site nor the source"
 
 
 def test_a_benchmark_command_writes_a_results_file_the_docs_can_render(tmp_path):
@@ -206,3 +232,35 @@ def test_every_contract_type_is_used_in_a_test(name):
 @pytest.mark.parametrize("command", _commands())
 def test_every_command_is_run_by_a_test(command):
     assert _tests_naming(rf"[\[\"( ]\"?{re.escape(command)}\"[,\]]"), f"no test runs `uadp {command}`"
+
+
+def test_every_bundled_method_and_preset_is_in_the_guides():
+    """The getting-started guide lists every preset and every method, and the deploying guide every
+    method that exports (all of them): a method added without its lines fails here."""
+    from uadp.config import DEFAULT_PRESET
+    from uadp.registry import get_registry
+
+    registry = get_registry()
+    started = (DOCS / "getting-started.md").read_text()
+    preset_rows = set(re.findall(r"^\| `([\w-]+)` \|", started, flags=re.MULTILINE))
+    bundled = {name for name, preset in registry.presets().items() if preset.plugin in BUNDLED_PLUGINS}
+    assert bundled <= preset_rows, f"presets missing from the getting-started table: {sorted(bundled - preset_rows)}"
+    where_next = _sections(started, "##")["Where next"]
+    deploying = (DOCS / "deploying.md").read_text()
+    exporting = deploying[deploying.index("Every bundled reconstructor") :].split(";")[0]
+    for name in registry.names("reconstructors"):
+        title = METHOD_TITLES[name]
+        assert title in where_next, f"getting-started's 'Where next' does not name {title}"
+        assert f"`{name}`" in exporting, f"deploying.md does not say that {name} exports"
+        if name != registry.presets()[DEFAULT_PRESET].plugin:  # the default's run is a plain `uadp run`
+            assert f"--reconstructor {name}" in started, f"getting-started shows no run of {name}"
+
+
+BUNDLED_PLUGINS = {"uniad", "unias", "revdist", "omnial", "patchcore"}
+METHOD_TITLES = {
+    "uniad": "UniAD",
+    "unias": "UniAS",
+    "omnial": "OmniAL",
+    "revdist": "Reverse Distillation",
+    "patchcore": "PatchCore",
+}

@@ -71,8 +71,9 @@ def test_streamed_metrics_equal_the_exact_in_memory_ones(tmp_path):
     assert 0.8 < streamed.pooled["pixel_auroc"] < 1.0  # the data is not trivial
     # rounding changed the metrics of the float32 maps by little
     assert streamed.pooled["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-3)
+    assert not list(tmp_path.iterdir())  # the files have no name: a kill -9 would leave nothing behind
     store.close()
-    assert not store.folder.exists()
+    assert store.closed
 
 
 def test_curves_pro_and_order_statistics_match_arrays(tmp_path):
@@ -148,4 +149,4 @@ def test_negative_zero_is_one_threshold_and_nan_is_refused(tmp_path):
         assert list(curve.tps) == [1, 1, 2] and list(curve.fps) == [0, 1, 2]
         with pytest.raises(ValueError, match="NaN"):
             store.append(np.full((1, 2, 2), np.nan, np.float32), np.zeros((1, 2, 2), bool))
-    assert not store.folder.exists()
+    assert store.closed and not list(tmp_path.iterdir())

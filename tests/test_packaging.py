@@ -125,3 +125,20 @@ def test_an_installed_wheel_runs_every_preset_and_method_from_another_folder(whe
     for name in found["trained"]:
         summary = json.loads((elsewhere / f"{name}.json").read_text())
         assert 0.0 <= summary["mean"]["image_auroc"] <= 1.0, name
+
+
+def test_the_wheels_description_points_to_the_documentation_by_address(wheel: Path) -> None:
+    """Someone who installed the wheel has its README (the description on PyPI) and its metadata,
+    not docs/: every link of the description is an address, and the metadata names the docs."""
+    import re
+    from email.parser import Parser
+
+    archive = zipfile.ZipFile(wheel)
+    (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    metadata = Parser().parsestr(archive.read(name).decode())
+    urls = dict(value.split(", ", 1) for value in metadata.get_all("Project-URL"))
+    assert {"Documentation", "Source", "Issues"} <= set(urls)
+    description = metadata.get_payload()
+    links = [a or b for a, b in re.findall(r"\]\(([^)\s]+)\)|<(https?://[^>]+)>", description)]
+    assert links and all(link.startswith("https://") for link in links), [x for x in links if "://" not in x]
+    assert urls["Documentation"] in description

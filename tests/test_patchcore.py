@@ -414,6 +414,8 @@ def test_cli_runs_patchcore_with_cada_from_its_preset(generated, tmp_path, capsy
             "cada",
             "--image-size",
             "96",
+            "--epochs",  # not used by a fitted method: a note says so
+            "5",
             "--workers",
             "0",
             "--set",
@@ -426,9 +428,12 @@ def test_cli_runs_patchcore_with_cada_from_its_preset(generated, tmp_path, capsy
             str(summary),
         ]
     )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0, out
-    assert "coreset_s_per_10k_picks" in out and "fitted in one pass" in out
+    assert "note: patchcore is fitted in one pass, not trained in epochs: --epochs is not used" in err
+    (timing,) = [line for line in out.splitlines() if line.startswith("timing: ")]
+    assert "(one pass)" in timing and "epoch" not in timing
+    assert "coreset_s_per_10k_picks" in out
     import json
 
     document = json.loads(summary.read_text())

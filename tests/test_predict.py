@@ -147,15 +147,20 @@ def test_predict_a_folder_and_a_pattern_into_a_table(bundle: Path, tiny_dataset:
     assert code == 0
     with open(out / "predictions.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["path", "score", "threshold", "decision", "defect_area", "error"]
+    assert list(rows[0]) == ["path", "score", "threshold", "decision", "defect_area", "overlay", "mask", "error"]
     dots = _test_images(tiny_dataset, "dots")
     blobs = sorted((tiny_dataset / "blobs" / "test").glob("*/00[01].png"))
     assert [r["path"] for r in rows] == [str(p) for p in [*dots, *blobs]]
     assert {r["decision"] for r in rows} <= {"ok", "anomalous"} and all(r["error"] == "" for r in rows)
     assert not list(out.glob("*.partial"))
-    # outputs are named after the path below the folder or pattern root, so same-named files stay apart
-    assert (out / "overlays" / "good__000.png").is_file() and (out / "overlays" / "patch__000.png").is_file()
-    mask = Image.open(out / "masks" / "patch__000.png")
+    # outputs are named after the path below the folder or pattern root; dots/test and blobs/test
+    # both hold good/000.png, so those take their folders too; the table names each image's files
+    assert (out / "overlays" / "good__002.png").is_file()  # dots' alone
+    assert (out / "overlays" / "dots__test__good__000.png").is_file()
+    assert (out / "overlays" / "blobs__test__patch__000.png").is_file()
+    assert all((out / r["overlay"]).is_file() and (out / r["mask"]).is_file() for r in rows)
+    assert len({r["overlay"] for r in rows}) == len(rows) == len(list((out / "overlays").iterdir()))
+    mask = Image.open(out / "masks" / "dots__test__patch__000.png")
     assert mask.size == (96, 96) and set(np.unique(np.asarray(mask))) <= {0, 255}  # the image's own size
     assert "images:" in capsys.readouterr().err
 
@@ -209,3 +214,43 @@ def test_predict_with_workers_gives_the_same_rows(bundle: Path, tiny_dataset: Pa
         assert code == 0
         rows.append([json.loads(line) for line in out.splitlines()])
     assert rows[0] == rows[1]
+
+
+def test_outputs_of_same_named_images_in_several_folders_never_overwrite_each_other(
+    bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Two folders that hold the same names (every class has test/good/000.png), a glob that
+    matches folders, and a PNG beside a JPEG of the same name: one overlay file per image."""
+    folders = [tiny_dataset / name / "test" for name in ("dots", "blobs")]
+    extra = tmp_path / "extra" / "test" / "good"
+    extra.mkdir(parents=True)
+    Image.open(tiny_dataset / "dots" / "test" / "good" / "000.png").convert("RGB").save(extra / "000.jpg")
+    shutil.copy(tiny_dataset / "dots" / "test" / "good" / "000.png", extra / "000.png")
+    out = tmp_path / "out"
+    argv = ["predict", bundle, *folders, str(tmp_path / "ex*" / "test"), "--out", out, "--overlays", "--masks"]
+    assert call([*argv, "--workers", "0", "--device", "cpu"]) == 0
+    with open(out / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    images = sorted(p for folder in folders for p in folder.rglob("*.png")) + sorted(extra.iterdir())
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
+    overlays = [r["overlay"] for r in rows]
+    assert len(set(overlays)) == len(rows) == len(list((out / "overlays").iterdir()))
+    assert "overlays/dots__test__good__000.png" in overlays and "overlays/blobs__test__good__000.png" in overlays
+    # 000.png and 000.jpg of one folder: numbered
+    assert {"overlays/extra__test__good__000.png", "overlays/extra__test__good__000-2.png"} <= set(overlays)
+
+
+def test_output_names_are_unique_whatever_the_paths() -> None:
+    from uadp.predict_io import Input, output_names
+
+    inputs = [
+        Input(Path("/a/brick/test/good/000.png"), Path("/a/brick/test")),
+        Input(Path("/a/coffee/test/good/000.png"), Path("/a/coffee/test")),
+        Input(Path("/a/x/good__000.png"), Path("/a/x")),
+        Input(Path("/a/y/Good__000.PNG"), Path("/a/y")),
+        Input(Path("/b/part.png"), Path("/b")),
+    ]
+    names = output_names(inputs)
+    assert len({n.casefold() for n in names.values()}) == len(inputs)
+    assert names[Path("/a/brick/test/good/000.png")] == "brick__test__good__000"
+    assert names[Path("/b/part.png")] == "part"

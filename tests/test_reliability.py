@@ -21,9 +21,11 @@ import pickle
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -375,7 +377,7 @@ def _predict_unknown_model(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     image = data / "dots" / "test" / "good" / "000.png"
     return Case(
         ["predict", "0123456789abcdef0123456789abcdef", image, "--out", tmp / "out", "--root", tmp / "runs"],
-        ["runs:/0123456789abcdef0123456789abcdef", "no MLflow store"],
+        ["runs:/0123456789abcdef0123456789abcdef", "no embedded MLflow store"],
         absent=[tmp / "out", tmp / "runs"],
     )
 
@@ -404,6 +406,149 @@ def _predict_rate_without_calibration(tmp: Path, data: Path, runs: Path, e2e) ->
     return Case(
         ["predict", tmp / "model.pt", data / "dots" / "test", "--false-alarm-rate", "0.05"],
         ["no calibration scores", "--threshold"],
+    )
+
+
+def _garble_png_stream(path: Path) -> Path:
+    """Damage a PNG's compressed pixels but keep every chunk's checksum valid: XOR 64 bytes of
+    the first IDAT chunk and write its checksum anew (a bit flip on disk a CRC-only check misses)."""
+    data = bytearray(path.read_bytes())
+    position = 8
+    while True:
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind == b"IDAT":
+            start = position + 8 + min(8, length // 4)
+            for i in range(start, min(start + 64, position + 8 + length)):
+                data[i] ^= 0x5A
+            body = bytes(data[position + 8 : position + 8 + length])
+            data[position + 8 + length : position + 12 + length] = struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+            break
+        position += 12 + length
+    path.write_bytes(bytes(data))
+    assert Image.open(path).verify() is None  # what the check alone used to do: it passes
+    return path
+
+
+def _garbled_train_image(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    image = _garble_png_stream(data / "blobs" / "train" / "good" / "007.png")
+    return Case(_run(data, runs), [image, "not a readable image", "damaged pixel data"])
+
+
+def _garbled_test_image(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    image = _garble_png_stream(data / "checker" / "test" / "patch" / "001.png")
+    return Case(_run(data, runs), [image, "not a readable image", "damaged pixel data"])
+
+
+def _infinite_lr_flag(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    return Case(_run(data, runs, "--lr", "inf"), ["--lr", "finite number", "'inf'"])
+
+
+def _infinite_lr_key(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    return Case(_run(data, runs, "--set", "train.lr=inf"), ["train.lr", "finite number", "inf"])
+
+
+def _nan_plugin_option(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    return Case(_run(data, runs, "--set", "reconstructor.jitter_scale=nan"), ["reconstructor.jitter_scale", "finite"])
+
+
+def _zero_batch_size_flag(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    return Case(_run(data, runs, "--batch-size", "0"), ["--batch-size", "at least 1", "'0'"])
+
+
+def _newer_checkpoint(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "checkpoint.pt", weights_only=True)
+    state["format"], state["uadp_version"] = "uadp-checkpoint/7", "9.0.0"
+    torch.save(state, tmp / "checkpoint.pt")
+    return Case(
+        _run(data, runs, "--resume", tmp / "checkpoint.pt"),
+        [tmp / "checkpoint.pt", "format 7", "uadp 9.0.0", "newer", "upgrade uadp"],
+    )
+
+
+def _predict_newer_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    state = torch.load(e2e.runs / "checkpoints" / e2e.run_id / "model.pt", weights_only=True)
+    state["format"] = "uadp-bundle/2"
+    torch.save(state, tmp / "model.pt")
+    image = data / "dots" / "test" / "good" / "000.png"
+    return Case(["predict", tmp / "model.pt", image], [tmp / "model.pt", "format 2", "newer", "upgrade uadp"])
+
+
+def _predict_threshold_nan(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    image = data / "dots" / "test" / "good" / "000.png"
+    return Case(
+        ["predict", bundle, image, "--threshold", "nan", "--out", tmp / "out"],
+        ["--threshold", "finite"],
+        absent=[tmp / "out"],
+    )
+
+
+def _predict_batch_size_zero(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    image = data / "dots" / "test" / "good" / "000.png"
+    return Case(
+        ["predict", bundle, image, "--batch-size", "0", "--out", tmp / "out"],
+        ["--batch-size", "at least 1"],
+        absent=[tmp / "out"],
+    )
+
+
+def _predict_rate_out_of_range(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    image = data / "dots" / "test" / "good" / "000.png"
+    return Case(["predict", bundle, image, "--false-alarm-rate", "1.5"], ["--false-alarm-rate", "between 0 and 1"])
+
+
+def _predict_overlays_under_a_file(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    (tmp / "out").mkdir()
+    (tmp / "out" / "overlays").write_text("a file where the overlays' folder goes")
+    return Case(
+        ["predict", bundle, data / "dots" / "test", "--out", tmp / "out", "--overlays"],
+        ["--out", tmp / "out" / "overlays", "is a file"],
+        absent=[tmp / "out" / "predictions.csv"],
+    )
+
+
+def _predict_pattern_of_empty_folders(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+    for name in ("a", "b"):
+        (tmp / "lines" / name / "test").mkdir(parents=True)
+    return Case(
+        ["predict", bundle, str(tmp / "lines" / "*" / "test")],
+        ["*/test", "no image matches", "no folder it matches holds one"],
+    )
+
+
+def _ui_port_in_use(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    _LISTENERS.append(listener)  # closed at the end of the session
+    port = listener.getsockname()[1]
+    return Case(["ui", "--root", e2e.runs, "--port", port], [f"--port {port}", "cannot listen", "choose another port"])
+
+
+_LISTENERS: list[socket.socket] = []
+
+
+def _runs_unreachable_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    uri = f"http://127.0.0.1:{free_port()}"
+    return Case(["runs"], [uri, "did not answer", "Connection refused"], env={"MLFLOW_TRACKING_URI": uri})
+
+
+def _compare_unreachable_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    uri = f"http://127.0.0.1:{free_port()}"
+    return Case(["compare", e2e.run_id[:8]], [uri, "did not answer"], env={"MLFLOW_TRACKING_URI": uri})
+
+
+def _predict_run_unreachable_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    uri = f"http://127.0.0.1:{free_port()}"
+    image = data / "dots" / "test" / "good" / "000.png"
+    return Case(
+        ["predict", "0123abcd" * 4, image, "--root", tmp / "runs"],
+        [uri, "did not answer"],
+        env={"MLFLOW_TRACKING_URI": uri},
     )
 
 
@@ -457,6 +602,23 @@ BAD_INPUTS = {
     "predict-overlays-without-out": _predict_overlays_without_out,
     "predict-out-is-a-file": _predict_out_is_a_file,
     "predict-rate-without-calibration": _predict_rate_without_calibration,
+    "garbled-png-stream-in-a-train-image": _garbled_train_image,
+    "garbled-png-stream-in-a-test-image": _garbled_test_image,
+    "infinite-lr-flag": _infinite_lr_flag,
+    "infinite-lr-key": _infinite_lr_key,
+    "nan-plugin-option": _nan_plugin_option,
+    "zero-batch-size-flag": _zero_batch_size_flag,
+    "checkpoint-of-a-newer-uadp": _newer_checkpoint,
+    "predict-bundle-of-a-newer-uadp": _predict_newer_bundle,
+    "predict-threshold-nan": _predict_threshold_nan,
+    "predict-batch-size-zero": _predict_batch_size_zero,
+    "predict-rate-out-of-range": _predict_rate_out_of_range,
+    "predict-overlays-folder-is-a-file": _predict_overlays_under_a_file,
+    "predict-pattern-of-empty-folders": _predict_pattern_of_empty_folders,
+    "ui-port-in-use": _ui_port_in_use,
+    "runs-unreachable-tracking-server": _runs_unreachable_server,
+    "compare-unreachable-tracking-server": _compare_unreachable_server,
+    "predict-run-id-unreachable-tracking-server": _predict_run_unreachable_server,
 }
 
 
@@ -499,7 +661,7 @@ def test_an_empty_mask_on_a_defective_image_is_reported(data_copy: Path, runs_ro
         build_config(overrides={"dataset": {"name": "mvtec", "root": str(data_copy)}}), get_registry(), lines.append
     )
     assert len(job.notes) == 1 and str(mask) in job.notes[0] and "all-black mask" in job.notes[0]
-    assert any(line == f"note: {job.notes[0]}" for line in lines)
+    assert not any(job.notes[0] in line for line in lines)  # printed once, after the results (below)
 
 
 def test_a_warning_is_one_line_without_python_source(tiny_dataset: Path, runs_root: Path, monkeypatch, capsys) -> None:
@@ -732,7 +894,7 @@ def uninterrupted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     return SimpleNamespace(summary=json.loads((root / "out.json").read_text()))
 
 
-@pytest.mark.parametrize("stage", ["epoch-2", "aligner", "evaluation"])
+@pytest.mark.parametrize("stage", ["epoch-1", "epoch-2", "aligner", "evaluation"])
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(
     stage: str, uninterrupted, tiny_dataset: Path, tmp_path: Path, runs_root: Path, capsys
 ) -> None:
@@ -741,15 +903,20 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(
     process = cli_process("stall", stage, marker, *quick_args(tiny_dataset, runs, "--aligner", "cada", epochs=3))
     wait_for(marker, process)
     process.kill()
-    process.communicate(timeout=60)
+    process.stdout_text, _ = process.communicate(timeout=60)
     (run,) = all_runs(runs)
     assert run.info.status == "RUNNING"  # nothing could mark it: kill -9 leaves no chance
+    # the resume command was on screen, and the only files left are the run's own (maps and
+    # cached features live in files without a name, gone with the process)
+    assert f"`uadp run --resume {run.info.run_id} --set tracking.root={runs}` continues it" in process.stdout_text
+    folder = runs / "checkpoints" / run.info.run_id
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "run.lock"]
     out_json = tmp_path / "out.json"
     code, out, err = call_captured(
         ["run", "--resume", run.info.run_id, "--set", f"tracking.root={runs}", "--output-json", out_json]
     )
     assert code == 0, err
-    assert "resuming after epoch" in out
+    assert "resuming " in out
     resumed = json.loads(out_json.read_text())
     assert resumed["mlflow_run_id"] == run.info.run_id
     assert [(r.info.run_id, r.info.status) for r in all_runs(runs)] == [(run.info.run_id, "FINISHED")]
@@ -761,7 +928,10 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(
 @pytest.mark.parametrize(
     "stage, kept",
     [
-        ("epoch-1", "no epoch had finished, so there is no checkpoint: start the run again"),
+        (
+            "epoch-1",
+            "no epoch had finished: `uadp run --resume {run_id} --set tracking.root={runs}` starts training again in this run",
+        ),
         (
             "epoch-2",
             "its checkpoint after epoch 1/3 is kept: `uadp run --resume {run_id} --set tracking.root={runs}` continues it",
@@ -785,7 +955,7 @@ def test_sigterm_exits_143_and_says_only_what_is_true(
         f"uadp: stopped by SIGTERM; MLflow run {run.info.run_id} is marked KILLED; "
         + kept.format(run_id=run.info.run_id, runs=runs)
     )
-    assert (runs / "checkpoints" / run.info.run_id / "checkpoint.pt").is_file() == (stage == "epoch-2")
+    assert (runs / "checkpoints" / run.info.run_id / "checkpoint.pt").is_file()  # epoch 1's, or the one from the start
 
 
 # --------------------------------------------------------------------------- the tracking store
@@ -909,3 +1079,164 @@ def test_ui_stopped_by_sigterm_stops_the_server_and_its_workers(e2e, tmp_path: P
     assert not alive, [p.cmdline() for p in alive]
     with socket.socket() as probe:  # the port is free again
         probe.bind(("127.0.0.1", port))
+
+
+# --------------------------------------------------------------------------- the disk, and training that diverges
+
+
+def _full_disk_when(monkeypatch, saving) -> None:
+    """Every ``torch.save`` of an object ``saving`` picks out goes to /dev/full, whose writes fail
+    as a full disk's do (ENOSPC, from the system itself)."""
+    real = torch.save
+
+    def save(obj, file, *args, **kwargs):
+        if saving(obj):
+            with open("/dev/full", "wb") as full:
+                return real(obj, full, *args, **kwargs)
+        return real(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_at_a_checkpoint_is_one_line_that_names_the_kept_checkpoint(
+    tiny_dataset: Path, runs_root: Path, monkeypatch, capsys
+) -> None:
+    _full_disk_when(monkeypatch, lambda obj: isinstance(obj, dict) and obj.get("epoch") == 2)
+    assert call(quick_args(tiny_dataset, runs_root, epochs=3)) == 2
+    (run,) = all_runs(runs_root)
+    checkpoint = runs_root / "checkpoints" / run.info.run_id / "checkpoint.pt"
+    assert_one_error_line(
+        capsys.readouterr().err,
+        f"writing {checkpoint} failed: No space left on device; free some space there",
+        f"MLflow run {run.info.run_id} is marked FAILED",
+        f"its checkpoint after epoch 1/3 is kept: `uadp run --resume {run.info.run_id}",
+    )
+    assert run.info.status == "FAILED"
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1  # whole, and the one named
+    assert not list(runs_root.rglob("*.partial"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_at_the_bundle_with_a_store_that_cannot_mark_the_run_says_so(
+    tiny_dataset: Path, runs_root: Path, monkeypatch, capsys
+) -> None:
+    """The store on the same full disk: marking the run fails too, and the line says it may show RUNNING."""
+    import sqlite3
+
+    _full_disk_when(monkeypatch, lambda obj: isinstance(obj, dict) and str(obj.get("format")).startswith("uadp-bundle"))
+
+    def full_store(self, run_id, status="FINISHED", end_time=None):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", full_store)
+    assert call(quick_args(tiny_dataset, runs_root, epochs=1)) == 2
+    (run,) = all_runs(runs_root)
+    assert_one_error_line(
+        capsys.readouterr().err,
+        "model.pt failed: No space left on device",
+        f"MLflow run {run.info.run_id} could not be marked ended (database or disk is full) and may still show RUNNING",
+        "its checkpoint after epoch 1/1 is kept",
+    )
+
+
+def test_a_training_that_diverges_is_one_line_and_marks_the_run_failed(
+    tiny_dataset: Path, runs_root: Path, capsys
+) -> None:
+    assert call(quick_args(tiny_dataset, runs_root, "--lr", "1e8", epochs=2)) == 2
+    (run,) = all_runs(runs_root)
+    assert_one_error_line(
+        capsys.readouterr().err,
+        "training diverged: the loss is",
+        "train.lr=1e+08; lower train.lr",
+        f"MLflow run {run.info.run_id} is marked FAILED",
+    )
+    assert run.info.status == "FAILED"
+
+
+def test_predict_into_a_read_only_overlays_folder_is_one_line_before_any_work(e2e, tiny_dataset: Path, tmp_path: Path):
+    prefix = drop_privileges()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: permission bits do not apply")
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays").chmod(0o555)
+    try:
+        bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
+        process = cli_process(
+            "predict", bundle, tiny_dataset / "dots" / "test", "--out", out, "--overlays", prefix=prefix
+        )
+        _, err = process.communicate(timeout=300)
+    finally:
+        (out / "overlays").chmod(0o755)
+    assert process.returncode == 2, err
+    assert_one_error_line(err, f"{out / 'overlays'} cannot be written", "Permission denied")
+    assert sorted(p.name for p in out.rglob("*")) == ["overlays"]  # no table, no picture
+
+
+# --------------------------------------------------------------------------- temporary files, short run ids, modes
+
+
+def test_predict_from_the_store_leaves_no_temporary_folder(e2e, tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    """A model fetched by ``runs:/`` is removed after it loaded, and after a failed fetch too."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    image = tiny_dataset / "dots" / "test" / "good" / "000.png"
+    uri = f"runs:/{e2e.run_id}/model/model.pt"
+    assert call(["predict", uri, image, "--root", e2e.runs, "--workers", "0"]) == 0
+    assert call(["predict", f"runs:/{e2e.run_id}/model/nothing.pt", image, "--root", e2e.runs]) == 2
+    assert not list(scratch.iterdir())
+
+
+def test_short_run_ids_are_taken_wherever_long_ones_are(e2e, tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch):
+    """The 8 characters ``uadp runs`` prints; the exported folder, for a station's service running
+    as another user, also follows the umask (a private staging folder once made it 0700)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    short = e2e.run_id[:8]
+    image = tiny_dataset / "dots" / "test" / "good" / "000.png"
+    root = ["--root", e2e.runs]
+    assert call(["predict", short, image, *root, "--json", "--workers", "0"]) == 0
+    previous = os.umask(0o022)
+    try:
+        assert call(["export", short, "--format", "onnx", "--out", tmp_path / "onnx", *root]) == 0
+    finally:
+        os.umask(previous)
+    assert json.loads((tmp_path / "onnx" / "metadata.json").read_text())["source"]["mlflow_run_id"] == e2e.run_id
+    assert (tmp_path / "onnx").stat().st_mode & 0o777 == 0o755
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in (tmp_path / "onnx").iterdir())
+    config = ["--set", f"tracking.root={e2e.runs}", "--print-config"]
+    assert call(["run", "--from-run", short, *config]) == 0
+    assert call(["run", "--resume", short, "--set", f"tracking.root={e2e.runs}"]) == 2  # a FINISHED run: its full id
+    assert_one_error_line(capsys.readouterr().err, f"MLflow run {e2e.run_id} is FINISHED")
+
+
+def test_a_run_prints_each_note_once_after_its_results(e2e) -> None:
+    lines = [line for line in (e2e.stdout + e2e.stderr).splitlines() if line.startswith("note: ")]
+    assert lines and len(lines) == len(set(lines)), lines
+    assert any("too few for a false-alarm rate" in line for line in lines)
+    results = e2e.stdout.index("Results (")
+    assert all(e2e.stdout.index(line) > results for line in lines if line in e2e.stdout)
+
+
+class _HungDataset(torch.utils.data.Dataset):
+    """A dataset whose worker never returns an item (a read stuck on a dead network mount)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        import threading
+
+        threading.Event().wait()  # forever
+
+
+def test_a_hung_decoding_worker_fails_the_loader_instead_of_holding_it(monkeypatch) -> None:
+    import uadp.data.loader as loader
+
+    monkeypatch.setattr(loader, "WORKER_TIMEOUT_S", 2)
+    with pytest.raises(RuntimeError, match="timed out"):
+        next(iter(loader.make_loader(_HungDataset(), batch_size=2, workers=1)))

@@ -32,7 +32,7 @@ def test_runs_lists_every_run_with_its_key_metrics(two_runs: dict, monkeypatch) 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = _runs(two_runs["root"])
     heading = out.splitlines()[0]
-    for column in ("run", "name", "components", "status", "started", "I-AUROC", "pooled I-AUROC", "P-AP", "train"):
+    for column in ("run", "name", "components", "status", "started", "mean I-AUROC", "pooled I-AUROC", "mean P-AP"):
         assert column in heading
     lines = out.strip().splitlines()[2:]
     assert len(lines) == 2
@@ -53,11 +53,25 @@ def test_runs_sorts_best_first_by_a_metric(two_runs: dict, monkeypatch) -> None:
     assert [row[0] for row in _rows(out)] == [run.info.run_id[:8] for run in expected]
 
 
-def test_compare_shows_what_differs_and_every_metric_side_by_side(two_runs: dict, monkeypatch) -> None:
+def test_compare_starts_with_the_key_metrics_and_what_differs(two_runs: dict, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = sorted(two_runs["runs"].values(), key=lambda run: run.data.tags["uadp.aligner"])  # cada, none
+    code, out, err = call_captured(["compare", *[r.info.run_id[:8] for r in runs], "--root", str(two_runs["root"])])
+    assert code == 0, err
+    summary = out.split("key metrics:\n")[1].split("\n\n")[0].splitlines()[2:]
+    assert [line.split()[0] for line in summary[: len(KEY_METRICS)]] == list(KEY_METRICS)
+    for line in summary[: len(KEY_METRICS)]:
+        key = line.split()[0]
+        assert line.split()[1:] == [_printed(run.data.metrics.get(key)) for run in runs], key
+    assert "aligner.name" in out and "\nmetrics:\n" not in out  # every metric only with --all
+    assert len(out.splitlines()) < 60 and "--all lists every one" in out
+
+
+def test_compare_all_shows_what_differs_and_every_metric_side_by_side(two_runs: dict, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = sorted(two_runs["runs"].values(), key=lambda run: run.data.tags["uadp.aligner"])  # cada, none
     refs = [runs[0].info.run_id, runs[1].info.run_id[:8]]  # a full id and a short one
-    code, out, err = call_captured(["compare", *refs, "--root", str(two_runs["root"])])
+    code, out, err = call_captured(["compare", *refs, "--root", str(two_runs["root"]), "--all"])
     assert code == 0, err
     config, metrics = out.split("\nmetrics:\n")
     assert [line.split() for line in config.splitlines() if line.startswith("aligner.name")] == [
@@ -82,9 +96,9 @@ def test_runs_and_compare_read_a_tracking_server(two_runs: dict, ui, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ui.url)
     out = _runs(Path("no-local-store-needed"))
     assert sorted(row[0] for row in _rows(out)) == sorted(run_id[:8] for run_id in two_runs["runs"])
-    code, out, err = call_captured(["compare", *two_runs["runs"]])
+    code, out, err = call_captured(["compare", *two_runs["runs"], "--all"])
     assert code == 0, err
-    assert "pooled/image_auroc" in out
+    assert "pooled/image_auroc" in out and "class/" in out
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,18 @@ def test_new_plugin_writes_a_package(packages: SimpleNamespace) -> None:
     assert "twine upload" in readme and "check_reconstructor" in readme
 
 
+def test_a_new_plugin_follows_the_umask(tmp_path: Path) -> None:
+    """Written through a private staging folder, the package once came out mode 0700."""
+    previous = os.umask(0o022)
+    try:
+        code, _, err = call_captured(["new-plugin", "mynet", "--kind", "aligner", "--out", tmp_path / "plugin"])
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert (tmp_path / "plugin").stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "plugin").rglob("*"))
+
+
 def test_installed_plugins_are_listed_and_shown(packages: SimpleNamespace) -> None:
     script = "from uadp.cli import main\nimport sys\nfor argv in sys.argv[1:]:\n    main(argv.split())\n"
     shows = [f"show demo-{kind}" for kind in KINDS]

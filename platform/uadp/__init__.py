@@ -6,6 +6,10 @@ registered through the ``uadp`` entry-point group. See ``uadp.hookspecs`` for th
 
 __version__ = "0.1.0"
 
+from .offline import stay_offline  # noqa: E402
+
+stay_offline()  # before any dependency is imported: none of them may phone home (see uadp.offline)
+
 from .hookspecs import hookimpl  # noqa: E402  (what plugin modules import)
 
 

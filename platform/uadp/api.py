@@ -17,8 +17,8 @@ model scores an image here as it scored it there.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +32,8 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data.loader import ImageInputs, collate_keeping_failures, make_loader
 from .errors import UadpError
+from .run_ids import FULL, is_run_id, local_run_id
 from .thresholds import Thresholds
-
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -139,6 +138,8 @@ class Model:
         """The thresholds predictions use: the run's, another false-alarm rate's, or one given value."""
         if threshold is not None and false_alarm_rate is not None:
             raise UadpError("give a threshold or a false-alarm rate, not both")
+        if threshold is not None and not math.isfinite(threshold):
+            raise UadpError(f"threshold {threshold}: expected a finite score")
         if false_alarm_rate is not None:
             if self.thresholds is None or not self.thresholds.calibration_scores:
                 raise UadpError(
@@ -266,10 +267,20 @@ def _class_names(class_names, count: int) -> list[str | None]:
 # --------------------------------------------------------------------------- finding and loading a model
 
 
-def resolve_model(spec: str | Path, root: str | Path = "uadp-runs") -> Path:
+@contextlib.contextmanager
+def located_model(spec: str | Path, root: str | Path = "uadp-runs") -> Iterator[Path]:
+    """The local path of the model ``spec`` names (see :func:`resolve_model`), for the time of the
+    ``with`` block: a model fetched from the tracking store lies in a temporary folder that is
+    removed when the block ends, however it ends."""
+    with tempfile.TemporaryDirectory(prefix="uadp-model-") as scratch:
+        yield resolve_model(spec, root, Path(scratch))
+
+
+def resolve_model(spec: str | Path, root: str | Path, scratch: Path) -> Path:
     """A local model path for ``spec``: a bundle file, a folder holding one or an exported
-    model, an MLflow run id (its ``root`` checkpoint folder, else the run's ``model``
-    artifact), or a ``runs:/`` URI (downloaded from the tracking store)."""
+    model, an MLflow run id, whole or its first characters (the run's checkpoint folder under
+    ``root``, else the run's ``model`` artifact), or a ``runs:/`` URI; what is fetched from the
+    tracking store goes to ``scratch``."""
     text = str(spec)
     path = Path(text)
     if path.is_file():
@@ -281,33 +292,33 @@ def resolve_model(spec: str | Path, root: str | Path = "uadp-runs") -> Path:
         raise UadpError(
             f"{path}: a folder with neither a model bundle (model.pt) nor an exported model (metadata.json)"
         )
-    if RUN_ID.match(text):
-        local = Path(root) / "checkpoints" / text / "model.pt"
-        if local.is_file():
-            return local
-        return _download(f"runs:/{text}/model/model.pt", root)
+    if is_run_id(text):
+        run = local_run_id(text, root)
+        if run is not None and (Path(root) / "checkpoints" / run / "model.pt").is_file():
+            return Path(root) / "checkpoints" / run / "model.pt"
+        if run is None and not FULL.fullmatch(text):  # the start of an id: the store knows the rest
+            from .run_history import find_run
+            from .tracking import Tracker
+
+            run = find_run(Tracker.for_reading(root, f"run {text}"), text).info.run_id
+        return _download(f"runs:/{run or text}/model/model.pt", root, scratch)
     if text.startswith("runs:/"):
-        return _download(text, root)
+        return _download(text, root, scratch)
     raise UadpError(f"{text}: no such model file or folder, and not an MLflow run id or runs:/ URI")
 
 
-def _download(uri: str, root: str | Path) -> Path:
-    from .tracking import Tracker, failure_reason
-
-    tracker = Tracker(root)
-    if tracker.embedded and not (Path(root) / "mlflow.db").is_file():
-        raise UadpError(
-            f"{uri}: no MLflow store at {Path(root) / 'mlflow.db'} (set MLFLOW_TRACKING_URI or run in its folder)"
-        )
+def _download(uri: str, root: str | Path, scratch: Path) -> Path:
     from mlflow.artifacts import download_artifacts
 
-    folder = tempfile.mkdtemp(prefix="uadp-model-")
+    from .tracking import Tracker, failure_reason
+
+    tracker = Tracker.for_reading(root, uri)  # a server that does not answer: one line within seconds
     try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=folder, tracking_uri=tracker.uri))
+        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(scratch), tracking_uri=tracker.uri))
     except Exception as exc:
         raise UadpError(f"{uri}: could not be fetched from {tracker.uri} ({failure_reason(exc)})") from None
     if local.is_dir():
-        return resolve_model(local)
+        return resolve_model(local, root, scratch)
     return local
 
 
@@ -321,19 +332,19 @@ def load(
     holds Python objects besides plain data (unpickling those can run code). ``registry``: the
     plugins to build it with (default: the installed ones).
     """
-    path = resolve_model(model, root)
-    if path.is_dir():
-        from .export.runtime import load_exported
+    with located_model(model, root) as path:  # read whole here: what was fetched is removed after
+        if path.is_dir():
+            from .export.runtime import load_exported
 
-        return load_exported(path, device)
-    from .engine.detector import load_bundle
+            return load_exported(path, device)
+        from .engine.detector import load_bundle
 
-    detector = load_bundle(path, registry, device=device, trust=trust)
+        detector = load_bundle(path, registry, device=device, trust=trust)
     return Model(
         TorchRunner(detector),
         detector.config,
         detector.classes,
         detector.thresholds,
         detector.aligner_class_labels == "train+test",
-        str(path),
+        str(path) if path.exists() else str(model),  # a fetched model by what named it
     )

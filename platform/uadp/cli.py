@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import UadpError
+from .errors import Terminated, UadpError
 
 KIND_ALIASES = {
     "backbone": "backbones",
@@ -124,13 +124,26 @@ def _config_for_run(args: argparse.Namespace, registry):
     return config
 
 
-def _print_advice(config, registry) -> None:
-    """The reconstructor's registered ``advice``: one line on what it is good for, before any work."""
+# The flags of ``uadp run`` that only a reconstructor trained in epochs uses (the optimiser's).
+EPOCH_FLAGS = ("epochs", "lr", "batch_size")
+
+
+def _print_advice(config, registry, args: argparse.Namespace) -> None:
+    """The reconstructor's registered ``advice``, one line on what it is good for, and the flags
+    its kind of training does not use, before any work."""
     if config.reconstructor is None or os.environ.get("RANK", "0") != "0":
         return
-    advice = registry.get("reconstructors", config.reconstructor.name).traits.get("advice")
-    if advice:
-        print(f"note: {config.reconstructor.name}: {advice}", file=sys.stderr)
+    name = config.reconstructor.name
+    traits = registry.get("reconstructors", name).traits
+    if traits.get("advice"):
+        print(f"note: {name}: {traits['advice']}", file=sys.stderr)
+    unused = [f"--{flag.replace('_', '-')}" for flag in EPOCH_FLAGS if getattr(args, flag, None) is not None]
+    if traits.get("training") == "fit" and unused and not args.from_run:
+        print(
+            f"note: {name} is fitted in one pass, not trained in epochs: {', '.join(unused)} "
+            f"{'is' if len(unused) == 1 else 'are'} not used",
+            file=sys.stderr,
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -149,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and not launched() and not args.print_config:
         Ranks(0, args.nproc).check_batch(resolve(config, registry).train.batch_size)  # one line now, not N
         return _launch(args)
-    _print_advice(config, registry)
+    _print_advice(config, registry, args)
     if args.print_config:
         import yaml
 
@@ -183,11 +196,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print()
         print(format_threshold_table(result.threshold_report, result.thresholds))
     timing = result.timing
-    fitted = bool(result.history) and "loss" not in result.history[0]  # one fit, no epochs of a loss
-    per = "fitted in one pass" if fitted else f"{timing.get('train_s_per_epoch', 0):.1f} s/epoch"
+    made = {
+        "none": "no training (the model came from --from-run)",
+        "fit": f"features {timing.get('feature_s', 0):.1f} s, fit {timing.get('train_s', 0):.1f} s (one pass)",
+        "epochs": f"features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
+        f"({timing.get('train_s_per_epoch', 0):.1f} s/epoch)",
+    }[result.training]
     print(
-        f"\ntiming: features {timing.get('feature_s', 0):.1f} s, train {timing.get('train_s', 0):.1f} s "
-        f"({per}), inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
+        f"\ntiming: {made}, inference {timing.get('infer_images_per_s', 0):.1f} img/s, "
         f"peak RSS {timing.get('peak_rss_mb', 0):.0f} MB"
     )
     for note in result.notes:
@@ -203,11 +219,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    """``uadp run --nproc N``: the same command under torchrun, N processes on this machine.
+    """``uadp run --nproc N``: the same command in N processes on this machine, under PyTorch's
+    launcher, which this process supervises (see :mod:`uadp.engine.launcher`).
 
     On a CPU the processes share the cores: each gets ``cores / N`` threads unless
     OMP_NUM_THREADS says otherwise."""
-    import subprocess
+    from .engine.launcher import launch
 
     argv, skip = [], False
     for arg in args.argv:
@@ -219,12 +236,11 @@ def _launch(args: argparse.Namespace) -> int:
             argv.append(arg)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
     print(
         f"uadp: starting {args.nproc} processes: torchrun --standalone --nproc-per-node={args.nproc} -m uadp {' '.join(argv)}",
         file=sys.stderr,
     )
-    return subprocess.call([*command, "-m", "uadp", *argv], env=env)
+    return launch(argv, args.nproc, env)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -293,6 +309,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _type_text(annotation: Any) -> str:
+    """An option's type as a user reads it: the allowed values of a ``Literal``, each choice of a
+    ``Union`` (``int | 'auto'``), the element type of a list."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(value) for value in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(arg) for arg in args)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin in (list, tuple, dict, set) and args:
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else _type_text(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 def _schema_lines(model) -> list[str]:
     from .config import inference_only_fields
 
@@ -300,8 +336,7 @@ def _schema_lines(model) -> list[str]:
     lines = []
     for field_name, field in model.model_fields.items():
         default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        text = f"  {field_name}: {annotation} = {default!r}"
+        text = f"  {field_name}: {_type_text(field.annotation)} = {default!r}"
         if field.description:
             text += f"  # {field.description}"
         if field_name in free:
@@ -327,7 +362,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         if registration.help:
             print(f"  {registration.help}")
         for key, value in registration.traits.items():
-            print(f"  {key}: {value}")
+            if value is not None:  # a trait the plugin left unset says nothing
+                print(f"  {key}: {value}")
         print("options:")
         print("\n".join(_schema_lines(registration.config)))
     return 0
@@ -336,12 +372,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
+    from .processes import stop_group
     from .run_history import experiments_with_runs
     from .tracking import Tracker, artifact_root, embedded_uri, experiment_url
 
     root = Path(args.root)
     if not (root / "mlflow.db").is_file():
         raise UadpError(f"no embedded MLflow store at {root}/mlflow.db; run `uadp run` first (or pass --root)")
+    _check_port_free(args.host, args.port)
     command = [
         sys.executable,
         "-m",
@@ -367,38 +405,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
     try:
         return server.wait()
     except KeyboardInterrupt as exc:
-        _stop_process_group(server)
+        stop_group(server)
         exc.aftermath = "the MLflow UI server is stopped"
         raise
 
 
-def _store_for_reading(root: str):
-    """The tracker of the store runs were recorded in; an error when there is nothing to read."""
-    from .tracking import Tracker
-
-    tracker = Tracker(root)
-    if tracker.embedded and not (Path(root) / "mlflow.db").is_file():
-        raise UadpError(
-            f"no embedded MLflow store at {Path(root) / 'mlflow.db'}; run `uadp run` first, pass --root, "
-            "or set MLFLOW_TRACKING_URI to read a tracking server"
-        )
-    return tracker
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     from .run_history import format_runs, list_runs
+    from .tracking import Tracker
 
-    tracker = _store_for_reading(args.root)
+    tracker = Tracker.for_reading(args.root)
     print(format_runs(list_runs(tracker, args.experiment, args.sort, args.limit)))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .run_history import compare_runs, find_run
+    from .tracking import Tracker
 
-    tracker = _store_for_reading(args.root)
+    tracker = Tracker.for_reading(args.root)
     runs = [find_run(tracker, ref) for ref in args.runs]
-    print(compare_runs(runs, args.only))
+    print(compare_runs(runs, args.only, every=args.all))
     return 0
 
 
@@ -417,27 +444,21 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_process_group(process, grace_s: float = 10.0) -> None:
-    """SIGTERM to the process's whole group, SIGKILL to what is left after ``grace_s``."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader: a zombie still counts as a member of its group
-            if not _group_alive(process.pid):
-                return
-            time.sleep(0.1)
+def _check_port_free(host: str, port: int) -> None:
+    """The UI's address can be listened on, checked as its server will bind it (address reuse on,
+    so a port a closed server left in TIME_WAIT counts as free and one someone listens on does not)."""
+    import socket
 
-
-def _group_alive(pgid: int) -> bool:
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise UadpError(
+            f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}); another program may use it: "
+            "choose another port with --port"
+        ) from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -447,6 +468,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict_io import PredictionWriter, expand_inputs
 
     inputs = expand_inputs(args.paths)  # bad paths, empty folders: before the model loads
+    if args.out:  # the table's folder and the pictures' can be written, before anything is
+        hint = "choose another folder"
+        check_writable_folder(Path(args.out), "--out", hint)
+        for folder in PredictionWriter.folders(args.overlays, args.masks):
+            check_writable_folder(Path(args.out) / folder, f"--out {args.out}:", hint)
+    elif args.overlays or args.masks:
+        raise UadpError("--overlays and --masks write files: give --out DIR")
     model = load(args.model, device=args.device, trust=args.trust_model_file, root=args.root, registry=_registry(args))
     if args.class_name is not None:
         model.check_class_names([args.class_name], label="--class-name")
@@ -467,12 +495,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     writer = None
     if args.out:
-        check_writable_folder(Path(args.out), "--out", "choose another folder")
         writer = PredictionWriter(
             Path(args.out), inputs, model.size_hw, args.class_name is not None, args.overlays, args.masks
         )
-    elif args.overlays or args.masks:
-        raise UadpError("--overlays and --masks write files: give --out DIR")
     counts = {"anomalous": 0, "ok": 0, "failed": 0}
     complete = False
     try:
@@ -539,6 +564,50 @@ def _print_prediction(row: dict, as_json: bool) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as uadp's: one ``uadp: error:`` line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"uadp: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1 (a batch size, a count, processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """A number that is neither infinite nor NaN (a score threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A share strictly between 0 and 1 (a false-alarm rate)."""
+    value = _finite_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.01 for 1 %), got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
+    return value
+
+
 def _workers(text: str) -> int | str:
     """``--workers`` of ``uadp predict``: a number of decoding processes, or auto."""
     if text == "auto" or (text.isdigit()):
@@ -560,7 +629,7 @@ def _shared_flag(flag: str) -> dict[str, Any]:
         "--data": {"help": "MVTec-layout folder with one sub-folder per class (default: the embedded demo)"},
         "--classes": {"help": "comma-separated subset of classes"},
         "--synthesizer": {"help": "synthesizer plugin, or none"},
-        "--image-size": {"type": int},
+        "--image-size": {"type": _positive_int},
         "--seed": {"type": int},
         "--device": {"help": "auto, cpu, cuda, cuda:N"},
         "--set": {
@@ -588,9 +657,7 @@ def _add_shared_as(parser: argparse.ArgumentParser, flag: str, **changes: Any) -
 
 def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     """The ``uadp`` parser: the built-in sub-commands, then those plugins add."""
-    parser = argparse.ArgumentParser(
-        prog="uadp", description="Unified visual anomaly detection: one model for many product classes."
-    )
+    parser = _Parser(prog="uadp", description="Unified visual anomaly detection: one model for many product classes.")
     parser.add_argument("--version", action="version", version=f"uadp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_command(sub)
@@ -614,8 +681,8 @@ def _add_run_command(sub) -> None:
     _add_shared(p, "--synthesizer")
     p.add_argument("--aligner", help="aligner plugin")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_finite_float)
     _add_shared(p, "--image-size")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     _add_shared(p, "--device")
@@ -641,7 +708,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_positive_int,
         default=1,
         metavar="N",
         help="train in N processes on this machine (torchrun with DistributedDataParallel; one per GPU, "
@@ -659,7 +726,7 @@ def _add_synthesize_command(sub) -> None:
     )
     _add_shared_as(p, "--synthesizer", help="synthesizer plugin, e.g. panel-jnd")  # none is no choice here
     _add_shared(p, "--config", "--data", "--classes", "--image-size")
-    p.add_argument("--count", type=int, default=12, help="number of samples, spread over the classes")
+    p.add_argument("--count", type=_positive_int, default=12, help="number of samples, spread over the classes")
     _add_shared_as(p, "--seed", help="the run seed the samples are drawn with (default: the config's)")
     _add_shared(p, "--set")
     p.add_argument("--out", default="synthesis.png")
@@ -689,7 +756,7 @@ def _add_ui_command(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the embedded store")
     _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000)
     p.set_defaults(handler=cmd_ui)
 
 
@@ -702,13 +769,14 @@ def _add_history_commands(sub) -> None:
         metavar="METRIC",
         help="best first by this metric key, e.g. pooled/image_auroc (default: newest first)",
     )
-    p.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many runs (default 50)")
     p.set_defaults(handler=cmd_runs)
 
     p = sub.add_parser("compare", help="runs side by side: the config values that differ and every metric")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, or their first characters as `uadp runs` prints")
     _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
-    p.add_argument("--only", metavar="PATTERN", help="only metrics matching this pattern, e.g. 'pooled/*'")
+    p.add_argument("--only", metavar="PATTERN", help="list the metrics matching this pattern, e.g. 'pooled/*'")
+    p.add_argument("--all", action="store_true", help="list every metric (by default: the key metrics only)")
     p.set_defaults(handler=cmd_compare)
 
 
@@ -743,13 +811,15 @@ def _add_predict_command(sub) -> None:
     limits = p.add_mutually_exclusive_group()
     limits.add_argument(
         "--false-alarm-rate",
-        type=float,
+        type=_rate,
         metavar="A",
         help="set the image threshold for this share of normal parts flagged (from the run's calibration images)",
     )
-    limits.add_argument("--threshold", type=float, help="judge by this image score instead of the run's threshold")
+    limits.add_argument(
+        "--threshold", type=_finite_float, help="judge by this image score instead of the run's threshold"
+    )
     p.add_argument("--class-name", help="the images' class: its own threshold (per-class models) and oracle aligners")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument(
         "--workers", type=_workers, default="auto", help="decoding processes: a number or auto (the default)"
     )
@@ -765,10 +835,6 @@ def _add_export_command(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the model and its metadata.json")
     _add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
     p.set_defaults(handler=cmd_export)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a service manager, `timeout`, `kill`): handled as Ctrl-C is, exit code 143."""
 
 
 def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM
@@ -795,16 +861,41 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return int(args.handler(args) or 0)
         except UadpError as exc:
-            print(f"uadp: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return _last_line(f"uadp: error: {exc}", exc, exc.exit_code)
         except BrokenPipeError:  # the reader went away (`uadp predict ... | head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
+        except Exception as exc:  # a full disk, a read-only folder: one line; anything else is a bug
+            from .filesystem import storage_error, storage_failure
+
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            error = storage_error(failure)
+            return _last_line(f"uadp: error: {error}", error, error.exit_code)
         except KeyboardInterrupt as exc:
             stopped = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
             aftermath = getattr(exc, "aftermath", None)
-            print(f"uadp: {stopped}" + (f"; {aftermath}" if aftermath else ""), file=sys.stderr)
-            return 143 if isinstance(exc, Terminated) else 130
+            return _last_line(
+                f"uadp: {stopped}" + (f"; {aftermath}" if aftermath else ""),
+                exc,
+                143 if isinstance(exc, Terminated) else 130,
+            )
+
+
+def _last_line(line: str, exc: BaseException, code: int) -> int:
+    """Print the line a command ends with; a process of ``uadp run --nproc N`` leaves it to its
+    supervisor instead, which says one line for all of them (see :mod:`uadp.engine.launcher`)."""
+    from .engine.launcher import report, supervised
+
+    if not supervised():
+        print(line, file=sys.stderr)
+        return code
+    from .errors import RankLost
+
+    cause = None if isinstance(exc, KeyboardInterrupt) else getattr(exc, "cause", None) or str(exc)
+    report(error=cause, exit_code=code, peer_lost=isinstance(exc, RankLost))
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

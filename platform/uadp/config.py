@@ -15,6 +15,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -372,9 +373,25 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
 
 def validate(data: dict[str, Any]) -> RunConfig:
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, model=RunConfig)) from None
+    _check_finite(config.model_dump())
+    return config
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """No option of any section (plugin options included) is infinite or NaN: no option means
+    "without limit" by an infinite number, and a NaN or an infinite learning rate would only
+    fail later, as a training that diverges."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}: expected a finite number (got {node})")
 
 
 def resolve(config: RunConfig, registry: Registry) -> RunConfig:
@@ -498,14 +515,17 @@ def preset_label(preset: str) -> str:
 
 
 def run_name(config: RunConfig, uses_backbone: bool = True) -> str:
-    """``unias+tf_efficientnet_lite0+cada (unias-cpu)``: the components, then the preset the run
-    started from. The backbone is named only when the reconstructor reads its features."""
+    """``unias+cada (unias-cpu, tf_efficientnet_lite0)``: the method's components first, then the
+    preset the run started from and the backbone, so that a name cut short (MLflow's runs table
+    shows about 25 characters) still tells the runs apart. The backbone is named only when the
+    reconstructor reads its features."""
     parts = [config.reconstructor.name]
-    if config.backbone is not None and uses_backbone:
-        parts.append(str((config.backbone.model_extra or {}).get("model") or config.backbone.name))
     if config.synthesizer:
         parts.append(config.synthesizer.name)
     if config.aligner and config.aligner.name != "none":
         parts.append(config.aligner.name)
+    details = [config.tracking.preset] if config.tracking.preset else []
+    if config.backbone is not None and uses_backbone:
+        details.append(str((config.backbone.model_extra or {}).get("model") or config.backbone.name))
     name = "+".join(parts)
-    return f"{name} ({config.tracking.preset})" if config.tracking.preset else name
+    return f"{name} ({', '.join(details)})" if details else name

@@ -1,7 +1,7 @@
 """What each kind of component looks like: the types the core and the plugins exchange.
 
 The core owns the run; a component only ever sees these records, never another component.
-The contract is shaped so that all four bundled methods fit without special cases:
+The contract is shaped so that all five bundled methods fit without special cases:
 
 * UniAD: a reconstructor with ``inputs="features"`` that ``adapt``s the frozen backbone's
   stages onto one grid (cached once), and reconstructs them.

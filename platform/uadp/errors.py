@@ -26,3 +26,20 @@ class UnknownComponentError(UadpError):
 
 class TrackingError(UadpError):
     """The MLflow store cannot be reached or written."""
+
+
+class StorageError(UadpError):
+    """A file could not be written or read where it lives: a full disk, a read-only file system,
+    a missing permission, a failing device (see :func:`uadp.filesystem.storage_failure`)."""
+
+
+class TrainingDiverged(UadpError):
+    """The training loss became infinite or NaN: a learning rate too large for the model and data."""
+
+
+class RankLost(UadpError):
+    """Another process of a run of several stopped (crashed, killed): the one left says so."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `timeout`, `kill`): handled as Ctrl-C is, exit code 143."""

@@ -8,21 +8,24 @@ Both read whatever store a run writes to (the embedded one under ``--root``, or 
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from .errors import UadpError
+from .errors import TrackingError, UadpError
+from .run_ids import FULL, SHORT
 from .tracking import KEY_METRICS, Tracker
 
-# The table's metric columns: heading, metric key.
+# The table's metric columns: heading, metric key ("mean" over the classes, or "pooled" over
+# every test image at once).
 RUN_COLUMNS = (
-    ("I-AUROC", "mean/image_auroc"),
+    ("mean I-AUROC", "mean/image_auroc"),
     ("pooled I-AUROC", "pooled/image_auroc"),
-    ("P-AUROC", "mean/pixel_auroc"),
-    ("P-AP", "mean/pixel_ap"),
+    ("mean P-AUROC", "mean/pixel_auroc"),
+    ("mean P-AP", "mean/pixel_ap"),
 )
+# What ``uadp compare`` puts first: the key metrics and the costs.
+SUMMARY_METRICS = (*KEY_METRICS, "timing/train_s", "timing/infer_images_per_s", "timing/peak_rss_mb")
 # The order metric groups are printed in by ``uadp compare``: the key metrics first.
 _GROUP_ORDER = ("mean/", "pooled/", "class/", "base/", "aligned/", "threshold/", "timing/", "train/")
 
@@ -30,10 +33,11 @@ _GROUP_ORDER = ("mean/", "pooled/", "class/", "base/", "aligned/", "threshold/",
 def experiments_with_runs(tracker: Tracker) -> list[tuple[str, str]]:
     """(id, name) of the store's experiments that hold runs, oldest first (what ``uadp ui`` links to)."""
     client = tracker.client
+    experiments = tracker.request("listing experiments", client.search_experiments)
     found = [
         (e.experiment_id, e.name)
-        for e in client.search_experiments()
-        if client.search_runs([e.experiment_id], max_results=1)
+        for e in experiments
+        if tracker.request("listing runs", lambda e=e: client.search_runs([e.experiment_id], max_results=1))
     ]
     return sorted(found, key=lambda item: (not item[0].isdigit(), int(item[0]) if item[0].isdigit() else 0, item[0]))
 
@@ -41,7 +45,7 @@ def experiments_with_runs(tracker: Tracker) -> list[tuple[str, str]]:
 def list_runs(tracker: Tracker, experiment: str | None = None, sort: str | None = None, limit: int = 50) -> list:
     """The runs of one experiment (or of every experiment), newest first or best first by ``sort``."""
     client = tracker.client
-    experiments = client.search_experiments()
+    experiments = tracker.request("listing experiments", client.search_experiments)
     if experiment is not None:
         chosen = [e for e in experiments if e.name == experiment]
         if not chosen:
@@ -52,7 +56,7 @@ def list_runs(tracker: Tracker, experiment: str | None = None, sort: str | None 
     if not ids:
         return []
     order = [f"metrics.`{sort}` DESC"] if sort else ["attributes.start_time DESC"]
-    runs = client.search_runs(ids, order_by=order, max_results=limit)
+    runs = tracker.request("listing runs", lambda: client.search_runs(ids, order_by=order, max_results=limit))
     if sort and runs and all(sort not in run.data.metrics for run in runs):
         raise UadpError(f"--sort {sort}: no run records that metric (try {', '.join(KEY_METRICS)})")
     return list(runs)
@@ -89,28 +93,34 @@ def components(tags: dict[str, str]) -> str:
 def find_run(tracker: Tracker, ref: str):
     """A run by its id, or by the start of its id as ``uadp runs`` prints it (8 characters)."""
     client = tracker.client
-    if re.fullmatch(r"[0-9a-f]{32}", ref):
+    if FULL.fullmatch(ref):
         try:
-            return client.get_run(ref)
+            return tracker.request("reading the run", lambda: client.get_run(ref))
+        except TrackingError:
+            raise
         except Exception:
             raise UadpError(f"run {ref}: no such run in {tracker.uri}") from None
-    if not re.fullmatch(r"[0-9a-f]{4,31}", ref):
+    if not SHORT.fullmatch(ref):
         raise UadpError(
             f"run {ref!r}: expected a run id (32 hex digits) or its first characters, as `uadp runs` prints"
         )
-    ids = [e.experiment_id for e in client.search_experiments()]
-    found = [run for run in client.search_runs(ids, max_results=50000) if run.info.run_id.startswith(ref)]
+    experiments = tracker.request("listing experiments", client.search_experiments)
+    ids = [e.experiment_id for e in experiments]
+    runs = tracker.request("listing runs", lambda: client.search_runs(ids, max_results=50000)) if ids else []
+    found = [run for run in runs if run.info.run_id.startswith(ref)]
     if len(found) != 1:
         what = "no run" if not found else f"{len(found)} runs"
         raise UadpError(f"run {ref}: {what} in {tracker.uri} with an id that starts so; give more of the id")
     return found[0]
 
 
-def compare_runs(runs: list, only: str | None = None) -> str:
-    """The config values and tags that differ between runs, then every metric side by side
-    (``only``: metric keys matching this glob pattern)."""
+def compare_runs(runs: list, only: str | None = None, every: bool = False) -> str:
+    """The key metrics side by side, the config values and tags that differ, then, with ``every``,
+    every metric (``only``: those whose key matches this glob pattern)."""
     heads = ["", *(f"{run.info.run_id[:8]}" for run in runs)]
     lines = ["runs: " + ", ".join(f"{run.info.run_id[:8]} = {run.info.run_name}" for run in runs), ""]
+    summary = [[key, *(_number(run.data.metrics.get(key)) for run in runs)] for key in SUMMARY_METRICS]
+    lines += ["key metrics:", _table(["metric", *heads[1:]], summary, numeric_from=1), ""]
     differing = _differing({f"tag {k}": v for k, v in _uadp_tags(run).items()} | run.data.params for run in runs)
     lines.append("config values that differ:" if differing else "config: the same in every run")
     if differing:
@@ -120,6 +130,9 @@ def compare_runs(runs: list, only: str | None = None) -> str:
         keys = [key for key in keys if fnmatch.fnmatchcase(key, only)]
         if not keys:
             raise UadpError(f"--only {only}: no metric of these runs matches")
+    elif not every:
+        lines += ["", f"{len(keys)} metrics in all: --all lists every one, --only PATTERN (e.g. 'pooled/*') some"]
+        return "\n".join(lines)
     rows = [[key, *(_number(run.data.metrics.get(key)) for run in runs)] for key in keys]
     lines += ["", "metrics:", _table(["metric", *heads[1:]], rows, numeric_from=1)]
     return "\n".join(lines)

@@ -110,18 +110,20 @@ def failure_reason(exc: BaseException) -> str:
     while exc is not None and len(texts) < 10:
         texts.append(str(exc))
         exc = exc.__cause__ or exc.__context__
-    joined = " ".join(texts)
-    for pattern in (
+    patterns = (
         r"\[Errno -?\d+\] [^'\")\]]+",
         r"(?:Read|Connect) timed out",
         r"readonly database",
         r"unable to open database file",
+        r"database or disk is full",
         r"disk I/O error",
         r"Name or service not known",
-    ):
-        found = re.search(pattern, joined)
-        if found:
-            return found.group(0).strip()
+    )
+    for text in texts:  # the error itself before what it was raised while handling
+        for pattern in patterns:
+            found = re.search(pattern, text)
+            if found:
+                return found.group(0).strip()
     first = texts[-1].strip().splitlines()[0] if texts and texts[-1].strip() else type(exc).__name__
     return first[:160]
 
@@ -170,6 +172,25 @@ class Tracker:
                 check_writable_folder(self.root / sub, "run folder", hint)
         if self.embedded:
             check_writable_file(self.root / "mlflow.db", "MLflow store", hint)
+        self.check_server()
+
+    @classmethod
+    def for_reading(cls, root: str | Path, what: str = "") -> Tracker:
+        """The store runs were recorded in, to read them (``uadp runs``, ``compare``, a model by run
+        id): an error now if there is none, and a server that does not answer within a few seconds
+        is one line, as before a run."""
+        tracker = cls(root)
+        if tracker.embedded and not (tracker.root / "mlflow.db").is_file():
+            raise UadpError(
+                f"{what + ': ' if what else ''}no embedded MLflow store at {tracker.root / 'mlflow.db'}; run `uadp run` "
+                "first, pass --root, or set MLFLOW_TRACKING_URI to read a tracking server"
+            )
+        tracker.check_server()
+        return tracker
+
+    def check_server(self) -> None:
+        """A tracking server (not the embedded store) answers within :data:`CHECK_TIMEOUT_S`."""
+        if self.embedded:
             return
         try:
             self._with_quick_requests(lambda: self.client.search_experiments(max_results=1))
@@ -205,7 +226,7 @@ class Tracker:
             with self._store_lock():
                 client = MlflowClient(tracking_uri=self.uri)
                 if self.embedded:
-                    self._call(
+                    self.request(
                         "opening the store", lambda: client.search_experiments(max_results=1)
                     )  # creates the tables
             self._client = client
@@ -219,8 +240,9 @@ class Tracker:
 
         return FileLock(str(self.root / "mlflow.db.lock"), timeout=300)
 
-    def _call(self, doing: str, call: Callable[[], T]) -> T:
-        """``call()``, with a store that cannot be reached or written turned into one line."""
+    def request(self, doing: str, call: Callable[[], T]) -> T:
+        """``call()`` (of :attr:`client`), with a store that cannot be reached or written turned
+        into one line, :class:`~uadp.errors.TrackingError`: every use of the store goes through here."""
         try:
             return call()
         except Exception as exc:
@@ -233,10 +255,10 @@ class Tracker:
     def start(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
         client = self.client
         with self._store_lock():
-            found = self._call("looking up the experiment", lambda: client.get_experiment_by_name(experiment))
+            found = self.request("looking up the experiment", lambda: client.get_experiment_by_name(experiment))
             if found is None:
                 location = artifact_root(self.root) if self.embedded else None
-                self.experiment_id = self._call(
+                self.experiment_id = self.request(
                     "creating the experiment",
                     lambda: client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS),
                 )
@@ -244,11 +266,11 @@ class Tracker:
                 self.experiment_id = found.experiment_id
                 for key, value in EXPERIMENT_TAGS.items():  # made by an older uadp or by hand: add what is missing
                     if key not in found.tags:
-                        self._call(
+                        self.request(
                             "tagging the experiment",
                             lambda key=key, value=value: client.set_experiment_tag(self.experiment_id, key, value),
                         )
-        run = self._call(
+        run = self.request(
             "starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
         )
         self.run_id = run.info.run_id
@@ -259,7 +281,7 @@ class Tracker:
         if self.embedded and not (self.root / "mlflow.db").is_file():
             raise UadpError(f"{flag} {run_id}: no MLflow store at {self.root / 'mlflow.db'}")
         try:
-            run = self._call("reading the run", lambda: self.client.get_run(run_id))
+            run = self.request("reading the run", lambda: self.client.get_run(run_id))
         except TrackingError:
             raise
         except Exception:
@@ -268,20 +290,20 @@ class Tracker:
 
     def reopen(self, run_id: str) -> str:
         """Continue an existing run (``--resume``): it is RUNNING again until it ends."""
-        run = self._call("reading the run", lambda: self.client.get_run(run_id))
+        run = self.request("reading the run", lambda: self.client.get_run(run_id))
         self.run_id = run_id
         self.experiment_id = run.info.experiment_id
-        self._call("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.request("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
         return run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = self._call("reading the run", lambda: self.client.get_run(self.run_id)).data.params
+        existing = self.request("reading the run", lambda: self.client.get_run(self.run_id)).data.params
         items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
-            self._call("logging parameters", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+            self.request("logging parameters", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import math
@@ -297,23 +319,23 @@ class Tracker:
         ]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
-            self._call("logging metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            self.request("logging metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(
+        self.request(
             f"storing the artifact {Path(path).name}",
             lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
         )
 
     def set_tag(self, key: str, value: str) -> None:
-        self._call("setting a tag", lambda: self.client.set_tag(self.run_id, key, value))
+        self.request("setting a tag", lambda: self.client.set_tag(self.run_id, key, value))
 
     def end(self, status: str) -> bool:
         """Mark the run ended; False (with :attr:`end_error` set) when the store does not take it."""
         if self.run_id is None:
             return False
         try:
-            self._call(f"marking the run {status}", lambda: self.client.set_terminated(self.run_id, status=status))
+            self.request(f"marking the run {status}", lambda: self.client.set_terminated(self.run_id, status=status))
         except Exception as exc:  # the run is ending anyway: report, do not mask the first error
             self.end_error = failure_reason(exc)
             return False

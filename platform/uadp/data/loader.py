@@ -160,6 +160,12 @@ def worker_count(workers: int | str) -> int:
     return int(workers)
 
 
+# The longest a batch may take to arrive from the decoding workers: far beyond any batch's decoding
+# (seconds), so that a worker stuck on a file (a hung network mount) fails the command instead of
+# holding it forever.
+WORKER_TIMEOUT_S = 600
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -171,12 +177,16 @@ def make_loader(
     batch_sampler=None,
 ) -> DataLoader:
     """Batches of ``dataset`` decoded in worker processes; ``batch_sampler`` (which images form
-    each batch) replaces ``batch_size``, ``shuffle`` and ``drop_last`` when given."""
+    each batch) replaces ``batch_size``, ``shuffle`` and ``drop_last`` when given. Waits on the
+    workers are bounded (:data:`WORKER_TIMEOUT_S`)."""
+    count = worker_count(workers)
+    timeout = WORKER_TIMEOUT_S if count > 0 else 0
     if batch_sampler is not None:
         return DataLoader(
             dataset,
             batch_sampler=batch_sampler,
-            num_workers=worker_count(workers),
+            num_workers=count,
+            timeout=timeout,
             collate_fn=collate_fn,
             pin_memory=torch.cuda.is_available(),
         )
@@ -185,7 +195,8 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        num_workers=worker_count(workers),
+        num_workers=count,
+        timeout=timeout,
         collate_fn=collate_fn,
         generator=generator,
         drop_last=drop_last,

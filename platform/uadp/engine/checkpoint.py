@@ -33,12 +33,18 @@ TRUST_FLAG = "--trust-model-file"
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename.
+
+    Written through a Python file, so that a full disk is the system's ``OSError`` naming
+    ``path`` (given a path, torch reports only an internal write failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -93,12 +99,39 @@ def python_objects_in(path: Path) -> list[str] | None:
     return list(dict.fromkeys(n for n in names if not n.startswith(plain))) or None
 
 
+def check_format(state: Any, expected: str, path: str | Path, what: str) -> None:
+    """``state`` (a loaded file) is of ``expected``'s kind and version, e.g. ``uadp-bundle/1``.
+
+    A file of the same kind in another version is not "not a uadp file": one written by a newer
+    uadp says to upgrade, one too old to read says so."""
+    from .. import __version__
+
+    kind, version = expected.rsplit("/", 1)
+    found = state.get("format") if isinstance(state, dict) else None
+    if not (isinstance(found, str) and found.startswith(f"{kind}/")):
+        raise UadpError(f"{path}: not a {what}")
+    theirs = found.split("/", 1)[1]
+    if theirs == version:
+        return
+    writer = state.get("uadp_version")
+    by = f" (written by uadp {writer})" if isinstance(writer, str) else ""
+    if theirs.isdigit() and int(theirs) > int(version):
+        raise UadpError(
+            f"{path}: a {what} of format {theirs}{by}, newer than uadp {__version__} reads (format {version}); "
+            "upgrade uadp (pip install --upgrade uadp) to read it"
+        )
+    raise UadpError(
+        f"{path}: a {what} of format {theirs}{by}, which uadp {__version__} does not read (format {version})"
+    )
+
+
 def read_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
     """A checkpoint's saved state, checked to be one."""
     if not path.is_file():
         raise UadpError(f"--resume: no checkpoint at {path}")
     state = load_model_file(path, "uadp checkpoint", trust)
-    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("config"), dict):
+    check_format(state, FORMAT, path, "uadp checkpoint")
+    if not isinstance(state.get("config"), dict):
         raise UadpError(f"--resume: {path} is not a uadp checkpoint")
     return state
 

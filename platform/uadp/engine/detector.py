@@ -267,12 +267,11 @@ class Detector:
 
 def read_bundle(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """The saved state of a model bundle, checked to be one; read as plain data unless ``trust``."""
-    from .checkpoint import load_model_file
+    from .checkpoint import check_format, load_model_file
 
     path = Path(path)
     state = load_model_file(path, "uadp model bundle", trust)
-    if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
-        raise UadpError(f"{path}: not a uadp model bundle")
+    check_format(state, BUNDLE_FORMAT, path, "uadp model bundle")
     return state
 
 

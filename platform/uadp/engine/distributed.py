@@ -161,6 +161,25 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+# What gloo and NCCL say when the process at the other end of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET", "timed out")
+
+
+def peer_lost(exc: BaseException) -> str | None:
+    """Why a collective failed, when it failed because another process of the run stopped
+    (crashed, killed, out of memory), so that the process that is left says that in one line;
+    None for any other error."""
+    import torch.distributed as dist
+
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, dist.DistError) or any(marker in str(exc) for marker in _PEER_GONE):
+            return text[-200:]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def launched() -> bool:
     """True under torchrun (or any launcher that sets WORLD_SIZE above 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -8,16 +8,17 @@ far below the errors the model learns to detect). Epochs then cost the reconstru
 
 The cache is allocated once, from the first batch's shapes, so building it never holds two
 copies. A cache larger than ``train.cache_memory_gb`` (multi-level features of a large
-dataset: UniAS keeps every level at its own resolution) lives in files in a folder of the run
-instead, one row per image, and is deleted after training. They are written and read with
-plain file calls, not a memory map: the system's page cache still serves the reads, but the
-pages do not count in the process's memory, so a run's memory stays flat as the dataset grows.
+dataset: UniAS keeps every level at its own resolution) lives in files in the run's folder
+instead, one row per image. The files have no name (see :func:`~uadp.filesystem.scratch_file`),
+so they are gone after training or when the process ends, however it ends. They are written and
+read with plain file calls, not a memory map: the system's page cache still serves the reads,
+but the pages do not count in the process's memory, so a run's memory stays flat as the
+dataset grows.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..contract import Backbone, Batch, Reconstructor
+from ..filesystem import scratch_file
 from ..memory import release_freed_memory
 from .device import autocast
 from .distributed import Ranks, split_batch
@@ -56,15 +58,14 @@ class FeatureExtractor:
 
 
 class FileLevel:
-    """One level of a cache in a file: rows written in order, read back by index."""
+    """One level of a cache in a nameless file in ``folder``: rows written in order, read back by index."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self.path = path
+    def __init__(self, folder: Path, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         self.shape = shape  # [N, ...]
         self.dtype = dtype
         self.numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
         self.row_bytes = int(np.prod(shape[1:])) * np.dtype(self.numpy_dtype).itemsize
-        self.file = open(path, "w+b")
+        self.file = scratch_file(folder)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -91,12 +92,11 @@ class FileLevel:
         self.file.close()
 
 
-def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None, name: str):
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None):
     """An uninitialised tensor in memory, or a :class:`FileLevel` in ``folder``."""
     if folder is None:
         return torch.empty(shape, dtype=dtype)
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileLevel(folder / f"{name}.bin", shape, dtype)
+    return FileLevel(folder, shape, dtype)
 
 
 class FeatureCache:
@@ -128,9 +128,7 @@ class FeatureCache:
                     if store is None:
                         per_image = sum(f[0].numel() for f in levels) * torch.finfo(dtype).bits // 8
                         on_disk = folder if per_image * total > memory_limit_bytes and folder is not None else None
-                        store = [
-                            _allocate((total, *f.shape[1:]), dtype, on_disk, f"level{i}") for i, f in enumerate(levels)
-                        ]
+                        store = [_allocate((total, *f.shape[1:]), dtype, on_disk) for f in levels]
                     count = len(levels[0])
                     for target, level in zip(store, levels):
                         if isinstance(target, FileLevel):
@@ -140,11 +138,10 @@ class FeatureCache:
                     filled += count
                     bar.update(count)
                     release_freed_memory()
-        except BaseException:  # a bad image or Ctrl-C: leave no half-written cache files behind
+        except BaseException:  # a bad image or Ctrl-C: free the cache files at once
             if on_disk is not None:
                 for level in store or []:
                     level.close()
-                shutil.rmtree(on_disk, ignore_errors=True)
             raise
         assert store is not None and filled == total, f"feature cache: {filled} of {total} images"
         return cls(store if is_list else store[0], on_disk)
@@ -158,20 +155,19 @@ class FeatureCache:
         total = sum(level.numel() * level.element_size() for level in levels)
         on_disk = None
         if total > memory_limit_bytes:
-            on_disk = folder / f"rank{ranks.rank}"
+            on_disk = folder
             files = []
-            for i, level in enumerate(levels):
-                files.append(_allocate(tuple(level.shape), level.dtype, on_disk, f"level{i}"))
+            for level in levels:
+                files.append(_allocate(tuple(level.shape), level.dtype, on_disk))
                 files[-1].write(0, level)
             levels = files
         return FeatureCache(levels if is_list else levels[0], on_disk)
 
     def close(self) -> None:
-        """Drop the features; a file-backed cache deletes its files."""
-        if self.folder is not None:
+        """Drop the features; a file-backed cache frees its files."""
+        if self.folder is not None and self.features is not None:
             for level in self.features if isinstance(self.features, (list, tuple)) else [self.features]:
                 level.close()
-            shutil.rmtree(self.folder, ignore_errors=True)
         self.features = None
 
     def __len__(self) -> int:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import __version__
 from ..config import (
     RUNTIME_ONLY,
     RunConfig,
@@ -55,19 +56,22 @@ from ..config import (
 from ..contract import Batch
 from ..data.loader import SampleDataset, batches, make_loader
 from ..data.splits import Splits, check_files, fingerprint, gather, hold_out_calibration, normal_folder
-from ..errors import TrackingError, UadpError
+from ..errors import RankLost, UadpError
+from ..filesystem import storage_error, storage_failure
 from ..metrics.pixels import MapStore
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..report import format_table, write_class_csv, write_overlays
+from ..run_ids import local_run_id
 from ..thresholds import Thresholds, calibrate, threshold_report
 from ..tracking import KEY_METRICS, SilentTracker, Tracker, metric_key
+from . import launcher
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
 from .components import Components, build_components
 from .detector import Detector, SplitPredictions, load_weights, read_bundle
 from .device import precision_name, resolve_device, resolve_precision
-from .distributed import RankBatches, Ranks
+from .distributed import RankBatches, Ranks, peer_lost
 from .distributed import start as start_ranks
 from .features import FeatureCache
 from .synthesis_preview import spread_over_classes, synthesis_grid
@@ -89,6 +93,7 @@ class RunResult:
     base_report: MetricReport | None = None  # the reconstructor's own maps, when an aligner ran
     thresholds: Thresholds | None = None  # set on the calibration images, when there were some
     threshold_report: dict | None = None  # how they do on the test split (see uadp.thresholds)
+    training: str = "epochs"  # how the model was made here: "epochs", "fit" (one pass) or "none" (--from-run)
 
     def summary(self) -> dict[str, Any]:
         """The ``--output-json`` document (metric values as fractions in [0, 1]).
@@ -164,9 +169,10 @@ class Job:
         return folder
 
     def note(self, text: str) -> None:
-        """A caveat on the result: said now, and kept in the result (and its summary) for later."""
-        self.notes.append(text)
-        self.log(f"note: {text}")
+        """A caveat on the result, kept with it: printed once, after the result tables, and in the
+        run's summary (``--output-json``)."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     # ------------------------------------------------------------------ data
 
@@ -224,7 +230,11 @@ class Job:
         train_set = self.dataset(self.splits.train, train=True)
         steps = max(1, len(train_set) // cfg.train.batch_size) if len(train_set) >= cfg.train.batch_size else 1
         trainer = Trainer(detector.reconstructor, cfg.train, steps, self.device, self.dtype, self.ranks)
-        history, start_epoch = self._restore(detector, trainer, resume) if resume is not None else ([], 0)
+        if resume is not None:
+            history, start_epoch = self._restore(detector, trainer, resume)
+        else:
+            history, start_epoch = [], 0
+            self._first_checkpoint(detector, trainer, tracker)
         cache = self._feature_cache(detector, len(train_set), start_epoch)
         try:
             self._epochs(detector, tracker, trainer, cache, train_set, history, start_epoch)
@@ -237,12 +247,19 @@ class Job:
         """Fit the reconstructor once on every training image's features, in order (``training="fit"``):
         no optimiser, no epochs. The fitted model is checkpointed at once, so ``--resume`` of a run
         that stopped later (aligner, evaluation) skips the fit; one that stopped in it starts over.
-        Its history is one entry: what ``fit`` returned, and the seconds."""
-        if resume is not None:
+        Its history is one entry: what ``fit`` returned, and the seconds. A checkpoint written
+        before the fit (epoch 0) holds the config and random state only: resumed, the fit runs."""
+        if resume is not None and resume["epoch"] >= 1:
             self._load_checkpointed(detector, resume)
             self.timing.update(feature_s=0.0, train_s=0.0, train_s_per_epoch=0.0, train_peak_rss_mb=peak_rss_mb())
             self.log(f"resuming after the fit from {self.checkpoint_path}")
             return resume["history"]
+        if resume is not None:
+            torch.set_rng_state(resume["rng"])
+            self.saved_epoch = 0
+            self.log(f"resuming from {self.checkpoint_path}, before the fit")
+        else:
+            self._first_checkpoint(detector, None, tracker)
         t0 = time.perf_counter()
         cache = self._gathered_features(detector) if self.ranks.world > 1 else None
         gathered_s = time.perf_counter() - t0  # several processes: the features, computed before the fit
@@ -297,9 +314,7 @@ class Job:
         mine = self.splits.train[self.ranks.shard(images)]
         loader = self.loader_in_order(mine, train=True)
         cache = FeatureCache.build(batches(loader), len(mine), detector.extract, torch.float32)
-        return cache.gathered(
-            self.ranks, cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache"
-        )
+        return cache.gathered(self.ranks, cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent)
 
     def _load_checkpointed(self, detector: Detector, resume: dict[str, Any]) -> None:
         load_weights(
@@ -322,7 +337,8 @@ class Job:
         torch.set_rng_state(resume["rng"])
         self.ranks.reseed(self.config.train.seed, resume["epoch"])
         self.saved_epoch = resume["epoch"]
-        self.log(f"resuming after epoch {self.saved_epoch} from {self.checkpoint_path}")
+        when = f"after epoch {self.saved_epoch}" if self.saved_epoch else "before the first epoch"
+        self.log(f"resuming {when} from {self.checkpoint_path}")
         return resume["history"], resume["epoch"]
 
     def _feature_cache(self, detector: Detector, images: int, start_epoch: int) -> FeatureCache | None:
@@ -333,12 +349,11 @@ class Job:
         if cfg.train.epochs <= start_epoch:
             return None
         if not self.use_cache():
-            self.notes.append(f"feature cache off: {self.cache_reason()}")
-            self.log(f"feature cache off: {self.cache_reason()}")
+            self.note(f"feature cache off: {self.cache_reason()}")
             return None
         t0 = time.perf_counter()
         dtype = torch.float16 if cfg.train.cache_dtype == "float16" else torch.float32
-        limit, folder = cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent / "feature-cache"
+        limit, folder = cfg.train.cache_memory_gb * 2**30, self.checkpoint_path.parent
         if self.ranks.world == 1:
             loader = self.loader_in_order(self.splits.train, train=True)
             cache = FeatureCache.build(batches(loader), images, detector.extract, dtype, limit, folder)
@@ -390,17 +405,26 @@ class Job:
         self.timing["train_s_per_epoch"] = self.timing["train_s"] / trained if trained else 0.0
         self.timing["train_peak_rss_mb"] = peak_rss_mb()  # before evaluation: what training needed
 
+    def _first_checkpoint(self, detector: Detector, trainer: Trainer | None, tracker: Tracker) -> None:
+        """The checkpoint of a new run before its first epoch (or fit), and the command that continues
+        the run, said only now that it works: a run stopped from here on, however, can be resumed."""
+        self._save_checkpoint(detector, trainer, tracker, [], 0)
+        if self.config.train.epochs > 0 or self.fitted:
+            self.log(f"if it stops, `{resume_command(tracker.run_id, self.checkpoint_path, self.root)}` continues it")
+
     def _save_checkpoint(
         self, detector: Detector, trainer: Trainer | None, tracker: Tracker, history: list[dict[str, float]], epoch: int
     ) -> None:
         """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all
-        (by rank 0: the ranks hold the same weights)."""
-        self.saved_epoch = epoch
+        (by rank 0: the ranks hold the same weights). Until the file is whole, the run's kept
+        checkpoint is the previous one."""
         if not self.ranks.main:
+            self.saved_epoch = epoch
             return
         save_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
+                "uadp_version": __version__,
                 "config": self.config.to_dict(),
                 "epoch": epoch,
                 "model": detector.reconstructor.state_dict(),
@@ -529,8 +553,16 @@ def train_and_evaluate(
     except KeyboardInterrupt as exc:
         exc.aftermath = _aftermath(job, tracker)  # what the CLI tells the user
         raise
-    except TrackingError as exc:
-        raise TrackingError(f"{exc}; {_aftermath(job, tracker)}") from None
+    except UadpError as exc:  # the store went away, the training diverged, ...: said with what was kept
+        raise _with_aftermath(exc, job, tracker) from None
+    except Exception as exc:  # a full disk, a read-only folder, a lost process: one line too, with what was kept
+        failure = storage_failure(exc)
+        if failure is not None:
+            raise _with_aftermath(storage_error(failure), job, tracker) from None
+        lost = peer_lost(exc) if ranks.world > 1 else None
+        if lost is not None:
+            raise _with_aftermath(RankLost(f"another process of the run stopped ({lost})"), job, tracker) from None
+        raise
     finally:
         if job.lock is not None:
             job.lock.release()
@@ -581,13 +613,19 @@ def _start_tracking(job: Job, tracker: Tracker, resumed: _Resume | None) -> None
         job.checkpoint_path = job.checkpoint_path or tracker.root / "checkpoints" / tracker.run_id / "checkpoint.pt"
         job.lock = _lock_run(job.checkpoint_path.parent, tracker.run_id)
     tracker.run_id, job.checkpoint_path = job.ranks.broadcast((tracker.run_id, job.checkpoint_path))
+    launcher.report(  # for the supervisor of `uadp run --nproc N`, should this process be the one that fails
+        run_id=tracker.run_id,
+        root=str(tracker.root),
+        checkpoint=str(job.checkpoint_path),
+        epochs=job.config.train.epochs,
+        fitted=job.fitted,
+        trained=job.base_bundle is None,
+    )
     job.log(
         f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
         f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
         f"{torch.get_num_threads()} threads" + (f" x {job.ranks.world} processes" if job.ranks.world > 1 else "")
     )
-    if job.base_bundle is None and (job.config.train.epochs > 0 or job.fitted):
-        job.log(f"if it stops, `{resume_command(tracker.run_id, job.checkpoint_path, tracker.root)}` continues it")
 
 
 def _start_run(tracker: Tracker, job: Job) -> None:
@@ -868,6 +906,7 @@ def _log_results(
             evaluation.base_report,
             evaluation.thresholds,
             evaluation.decisions,
+            training="none" if job.base_bundle is not None else "fit" if job.fitted else "epochs",
         )
         _log_tables(job, tracker, result, folder)
         _log_pictures(job, tracker, evaluation.predictions, folder)
@@ -972,34 +1011,78 @@ def _resumed_tag(state: dict[str, Any], recorded: RunConfig, config: RunConfig) 
 
 def _aftermath(job: Job, tracker: Tracker) -> str:
     """What a stopped run left behind, stated only as far as it is true."""
-    checkpoint_path = job.checkpoint_path
-    if tracker.run_id is None:
-        said = "no MLflow run was started"
-    elif tracker.final_status is not None:
-        said = f"MLflow run {tracker.run_id} is marked {tracker.final_status}"
-    else:
-        said = f"MLflow run {tracker.run_id} could not be marked ended ({tracker.end_error}) and may still show RUNNING"
-    if job.base_bundle is not None:
+    return describe_aftermath(
+        tracker,
+        job.checkpoint_path,
+        job.saved_epoch,
+        job.config.train.epochs,
+        job.fitted,
+        job.root,
+        trained=job.base_bundle is None,
+    )
+
+
+def describe_aftermath(
+    tracker: Tracker,
+    checkpoint: Path | None,
+    saved_epoch: int | None,
+    epochs: int,
+    fitted: bool,
+    root: Path,
+    trained: bool = True,
+) -> str:
+    """How the MLflow run is marked and which checkpoint (its epoch ``saved_epoch``) ``--resume``
+    continues; also said by the supervisor of a run of several processes (``uadp.engine.launcher``).
+    ``trained``: False for a ``--from-run`` run, which trains nothing."""
+    said = _marked(tracker)
+    if not trained:
         return f"{said}; nothing was trained, so run the same command again"
-    if job.saved_epoch is not None and checkpoint_path.is_file():
-        command = resume_command(tracker.run_id, checkpoint_path, job.root)
-        after = "the fit" if job.fitted else f"epoch {job.saved_epoch}/{job.config.train.epochs}"
+    if saved_epoch is not None and checkpoint is not None and checkpoint.is_file():
+        command = resume_command(tracker.run_id, checkpoint, root)
+        if saved_epoch == 0:  # the checkpoint written as the run started
+            what = "the fit" if fitted else "training"
+            return (
+                f"{said}; no {'fit' if fitted else 'epoch'} had finished: `{command}` starts {what} again in this run"
+            )
+        after = "the fit" if fitted else f"epoch {saved_epoch}/{epochs}"
         return f"{said}; its checkpoint after {after} is kept: `{command}` continues it"
-    if job.fitted:
+    if fitted:
         return f"{said}; the fit had not finished, so there is no checkpoint: start the run again"
     return f"{said}; no epoch had finished, so there is no checkpoint: start the run again"
 
 
+def _marked(tracker: Tracker) -> str:
+    if tracker.run_id is None:
+        return "no MLflow run was started"
+    if tracker.final_status is not None:
+        return f"MLflow run {tracker.run_id} is marked {tracker.final_status}"
+    return f"MLflow run {tracker.run_id} could not be marked ended ({tracker.end_error}) and may still show RUNNING"
+
+
+def _with_aftermath(exc: UadpError, job: Job, tracker: Tracker) -> UadpError:
+    """``exc``, its one line extended by what the stopped run left behind (also kept apart, as
+    ``exc.cause`` and ``exc.aftermath``, for a supervisor that reports for several processes)."""
+    exc.cause, exc.aftermath = str(exc), _aftermath(job, tracker)
+    exc.args = (f"{exc.cause}; {exc.aftermath}",)
+    return exc
+
+
 def _checkpoint_for(resume: str, root: Path) -> Path:
-    """``--resume`` takes a checkpoint file, a run's checkpoint folder, or an MLflow run id."""
+    """``--resume`` takes a checkpoint file, a run's checkpoint folder, or an MLflow run id (whole
+    or its first characters)."""
     path = Path(resume)
     if path.is_file():
         return path
     if path.is_dir():
         return path / "checkpoint.pt"
-    candidate = root / "checkpoints" / resume / "checkpoint.pt"
-    if candidate.is_file():
-        return candidate
+    run = local_run_id(resume, root)
+    if run is not None and (root / "checkpoints" / run / "checkpoint.pt").is_file():
+        return root / "checkpoints" / run / "checkpoint.pt"
+    if run is not None:
+        raise UadpError(
+            f"--resume {resume}: run {run} has no checkpoint under {root / 'checkpoints' / run}: it stopped "
+            "before its training began, so start the run again"
+        )
     raise UadpError(
         f"--resume {resume}: neither a checkpoint file nor a run id with a checkpoint under {root / 'checkpoints'}"
     )
@@ -1063,20 +1146,24 @@ def _log_report(
     metrics = _report_metrics(report)
     if base_report is not None:
         metrics |= _report_metrics(base_report, "base") | _report_metrics(report, "aligned")
-    metrics.update({metric_key("timing", k): v for k, v in timing.items()})
+    # as tables print them (MLflow's runs table shows every digit): the metrics, fractions in [0, 1],
+    # to 4 decimals, the timings to 0.1; metrics.json and --output-json keep the full values
+    metrics = {key: round(value, 4) if value is not None else None for key, value in metrics.items()}
+    metrics.update({metric_key("timing", k): round(v, 1) for k, v in timing.items()})
     # the key metrics logged first: a run's page lists its metrics in the order they came
     key_first = {key: metrics[key] for key in KEY_METRICS if key in metrics}
     tracker.log_metrics({**key_first, **metrics})
 
 
 def bundle_for(run: str, root: Path) -> Path:
-    """``--from-run`` takes a ``model.pt`` path or an MLflow run id with a bundle under ``root``."""
+    """``--from-run`` takes a ``model.pt`` path or an MLflow run id (whole or its first characters)
+    with a bundle under ``root``."""
     path = Path(run)
     if path.is_file():
         return path
-    candidate = root / "checkpoints" / run / "model.pt"
-    if candidate.is_file():
-        return candidate
+    found = local_run_id(run, root)
+    if found is not None and (root / "checkpoints" / found / "model.pt").is_file():
+        return root / "checkpoints" / found / "model.pt"
     raise UadpError(
         f"--from-run {run}: neither a model.pt file nor a finished run with a model under {root / 'checkpoints'}"
     )

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..contract import Batch, Reconstructor
+from ..errors import TrainingDiverged
 from ..memory import release_freed_memory
 from .device import autocast
 from .distributed import Ranks
@@ -103,7 +104,10 @@ class Trainer:
                 losses = self.step(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch + 1}; lower train.lr")
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {loss.item()} at epoch {epoch + 1} with train.lr={self.config.lr:g}; "
+                    "lower train.lr"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.config.grad_clip is not None:

@@ -60,12 +60,17 @@ def open_runner(folder: Path, fmt: str, threads: int | None):
 def load_exported(folder: Path, device: str = "auto"):
     """An exported folder as a :class:`uadp.api.Model` (the runtimes run on the CPU)."""
     from ..api import Model
+    from ..engine.checkpoint import check_format
+    from .writer import LAYOUT
 
     try:
         metadata = json.loads((folder / "metadata.json").read_text())
+        # folders exported before the layout was recorded are its first version
+        layout = {"format": metadata.get("layout", LAYOUT), "uadp_version": metadata.get("uadp_version")}
+        check_format(layout, LAYOUT, folder, "exported uadp model")
         fmt = metadata["format"]
         config = validate(recorded_config(metadata["config"]))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise UadpError(f"{folder}: not a readable exported uadp model ({type(exc).__name__}: {exc})") from None
     if device not in ("auto", "cpu"):
         raise UadpError(f"--device {device}: exported models run on the CPU here (ONNX Runtime / OpenVINO)")

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ import torch
 
 from .. import __version__
 from ..errors import UadpError
-from ..filesystem import check_writable_folder
+from ..filesystem import check_writable_folder, new_folder_for_others
 from .graph import INPUT, OUTPUTS, InferenceGraph
 
 FORMATS = ("onnx", "openvino")
 METADATA = "metadata.json"
+LAYOUT = "uadp-export/1"  # the version of this folder's layout (metadata.json's fields)
 # Parity an export must reach, in units of the maps' range over the check inputs. Float32
 # kernels of two runtimes add in different orders: about 1e-6 is usual; far more means a wrong graph.
 TOLERANCE = 1e-3
@@ -69,7 +69,7 @@ def export_model(
     log=print,
 ) -> dict[str, Any]:
     """Write ``out`` (a new folder) with the exported model; return its metadata."""
-    from ..api import resolve_model
+    from ..api import located_model
     from ..engine.detector import load_bundle
 
     if fmt not in FORMATS:
@@ -78,19 +78,21 @@ def export_model(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UadpError(f"--out {out}: already exists and is not an empty folder; choose a new folder")
     check_writable_folder(out.parent, "--out", "choose another folder")
-    path = resolve_model(model, root)
-    if path.is_dir():
-        raise UadpError(f"{path}: already an exported model; export the run's model.pt bundle")
-    detector = load_bundle(path, registry, device="cpu", trust=trust)
+    with located_model(model, root) as path:  # what was fetched from the store is removed after
+        if path.is_dir():
+            raise UadpError(f"{path}: already an exported model; export the run's model.pt bundle")
+        detector = load_bundle(path, registry, device="cpu", trust=trust)
+        run_id = _run_id_of(str(model), path)
+    source = str(path) if path.exists() else str(model)  # a fetched bundle by what named it
     graph = InferenceGraph(detector)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = new_folder_for_others(out.parent, f".{out.name}-")  # renamed into place: readable as the umask says
     try:
         t0 = time.perf_counter()
         files = _write_graph(graph, detector.config.data.size_hw, fmt, staging)
         seconds = time.perf_counter() - t0
         parity = _check_parity(graph, staging, fmt, detector.config.data.size_hw)
-        metadata = _metadata(detector, path, fmt, files, parity)
+        metadata = _metadata(detector, source, run_id, fmt, files, parity)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))
         if out.exists():
             out.rmdir()
@@ -98,7 +100,7 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(
-        f"exported {path} to {out} ({fmt}, {seconds:.0f} s); against PyTorch on {parity['inputs']} check inputs: "
+        f"exported {source} to {out} ({fmt}, {seconds:.0f} s); against PyTorch on {parity['inputs']} check inputs: "
         f"maps within {parity['map_error_of_range']:.1e} of their range, scores within {parity['score_error']:.1e}"
     )
     return metadata
@@ -188,13 +190,27 @@ def _check_parity(graph: InferenceGraph, folder: Path, fmt: str, size_hw: tuple[
     return parity
 
 
-def _metadata(detector, source: Path, fmt: str, files: list[str], parity: dict[str, Any]) -> dict[str, Any]:
+def _run_id_of(spec: str, path: Path) -> str | None:
+    """The MLflow run a bundle came from: named in ``spec`` (a runs:/ URI, a run id) or, for a
+    bundle in a run's checkpoint folder, that folder's name."""
+    from ..run_ids import FULL
+
+    for candidate in (spec.removeprefix("runs:/").split("/")[0], path.parent.name):
+        if FULL.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def _metadata(
+    detector, source: str, run_id: str | None, fmt: str, files: list[str], parity: dict[str, Any]
+) -> dict[str, Any]:
     h, w = detector.config.data.size_hw
     return {
+        "layout": LAYOUT,
         "format": fmt,
         "files": files,
         "uadp_version": __version__,
-        "source": {"bundle": str(source), "mlflow_run_id": source.parent.name},
+        "source": {"bundle": source, "mlflow_run_id": run_id},
         "input": {
             "name": INPUT,
             "layout": "NCHW",

@@ -26,13 +26,13 @@ built by sorting the values as given, exactly as before.
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ..filesystem import read_exactly, scratch_file
 from ..memory import release_freed_memory
 from .curves import BinaryCurve, as_labels, as_scores, binary_curve
 
@@ -171,11 +171,12 @@ class MapStore:
     """Maps (float16, scaled) and masks (one byte a pixel) written to files as they come.
 
     ``append`` the batches of a split in order, then read them through :meth:`pixels`.
-    ``close`` (or leaving the ``with`` block) deletes the files.
+    The files have no name (see :func:`~uadp.filesystem.scratch_file`): ``close`` (or leaving
+    the ``with`` block) frees them, and so does the end of the process, even by kill -9.
     """
 
     def __init__(self, folder: str | Path | None = None, chunk_pixels: int = CHUNK_PIXELS) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="uadp-maps-", dir=folder))
+        self.folder = Path(folder if folder is not None else tempfile.gettempdir())
         self.chunk_pixels = chunk_pixels
         self.scale: float | None = None  # a power of two
         self.offset = 0.0  # subtracted before scaling: the first batch's lowest value
@@ -183,8 +184,8 @@ class MapStore:
         self.count = 0
         self.curves: dict[bytes, BinaryCurve] = {}  # the curves of image sets read so far (at most 65,536 points each)
         self.has_masks: bool | None = None
-        self._maps = open(self.folder / "maps.f16", "wb")
-        self._masks = open(self.folder / "masks.u8", "wb")
+        self._maps = scratch_file(self.folder)
+        self._masks = scratch_file(self.folder)
 
     def __enter__(self) -> MapStore:
         return self
@@ -225,19 +226,23 @@ class MapStore:
         reads (not a memory map: mapped pages would count in the process's memory)."""
         pixels = math.prod(self.shape)
         count = (stop - start) * pixels
-        codes = np.fromfile(self.folder / "maps.f16", dtype=np.uint16, count=count, offset=start * pixels * 2)
+        data = read_exactly(self._maps.fileno(), count * 2, start * pixels * 2)
+        codes = np.frombuffer(data, dtype=np.uint16)
         masks = None
         if self.has_masks:
-            masks = np.fromfile(self.folder / "masks.u8", dtype=np.uint8, count=count, offset=start * pixels)
-            masks = masks.view(bool).reshape(-1, *self.shape)
+            data = read_exactly(self._masks.fileno(), count, start * pixels)
+            masks = np.frombuffer(data, dtype=np.uint8).view(bool).reshape(-1, *self.shape)
         return codes.reshape(-1, *self.shape), masks
 
+    @property
+    def closed(self) -> bool:
+        return self._maps.closed
+
     def close(self) -> None:
-        """Delete the files."""
+        """Free the files."""
         for file in (self._maps, self._masks):
             if not file.closed:
                 file.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class StoredPixels(PixelSource):

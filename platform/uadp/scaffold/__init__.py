@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 from ..errors import UadpError
+from ..filesystem import new_folder_for_others
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def write_plugin(name: str, kind: str, out: str | Path | None = None, registry=N
     }
     templates = resources.files(__package__) / "templates"
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = new_folder_for_others(out.parent, f".{out.name}-")  # renamed into place: mode as the umask says
     try:
         for target, template in files.items():
             text = Template((templates / template).read_text()).substitute(values)

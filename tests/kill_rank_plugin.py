@@ -1,0 +1,23 @@
+"""A "plugin" for ``uadp run --plugins-dir`` that registers nothing: in the process of rank
+``UADP_TEST_FAIL_RANK``, as training epoch ``UADP_TEST_FAIL_EPOCH`` begins, it fails that process:
+``UADP_TEST_FAIL=kill`` kills it with SIGKILL, as the out-of-memory killer would (no Python code
+runs after it); ``raise`` raises an exception, as a bug would."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from uadp.engine.trainer import Trainer
+
+if os.environ.get("RANK") == os.environ.get("UADP_TEST_FAIL_RANK"):
+    _real, _epoch = Trainer.train_epoch, int(os.environ.get("UADP_TEST_FAIL_EPOCH", "2"))
+
+    def train_epoch(self, batches, number, *args, **kwargs):
+        if number + 1 == _epoch:
+            if os.environ.get("UADP_TEST_FAIL") == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"rank {os.environ['RANK']} lost in epoch {_epoch}")
+        return _real(self, batches, number, *args, **kwargs)
+
+    Trainer.train_epoch = train_epoch

@@ -33,11 +33,11 @@ def guarded_env(log: Path) -> dict[str, str]:
 
 
 def small_model(folder: Path, log: Path) -> Path:
-    """A one-epoch UniAD bundle on a generated four-class dataset (64 px)."""
+    """A one-epoch UniAD bundle (the default preset at 128 px) on a generated four-class dataset."""
     from uadp.testing import make_mvtec_dataset
 
     data = make_mvtec_dataset(folder / "data")
-    command = [sys.executable, "-m", "uadp", "run", "--data", str(data), "--image-size", "64", "--epochs", "1"]
+    command = [sys.executable, "-m", "uadp", "run", "--data", str(data), "--image-size", "128", "--epochs", "1"]
     command += ["--set", f"tracking.root={folder / 'runs'}", "--set", "eval.overlays_per_class=0"]
     subprocess.run(command, env=guarded_env(log), check=True, capture_output=True, timeout=900)
     (bundle,) = (folder / "runs" / "checkpoints").glob("*/model.pt")

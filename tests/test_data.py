@@ -417,3 +417,55 @@ def test_workers_must_be_a_count_or_auto():
     assert build_config(overrides={"data": {"workers": "auto"}}).data.workers == "auto"
     with pytest.raises(ConfigError, match="data.workers"):
         build_config(overrides={"data": {"workers": -1}})
+
+
+# --------------------------------------------------------------------------- the check of a PNG's pixel stream
+
+
+def _png(width: int, height: int, depth: int, colour: int, interlace: int, raw: bytes) -> bytes:
+    """A PNG file of ``raw`` (its inflated IDAT stream: filter bytes and pixels), written by hand."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _adam7_raw(width: int, height: int, bytes_per_pixel: int) -> bytes:
+    """The inflated stream of an interlaced image: each of the 7 passes, row by row, filter 0."""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    rows = []
+    for x0, y0, dx, dy in passes:
+        columns = len(range(x0, width, dx))
+        if columns:
+            rows += [b"\x00" + bytes(range(7, 7 + columns * bytes_per_pixel)) for _ in range(y0, height, dy)]
+    return b"".join(rows)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+def test_the_check_reads_every_kind_of_png_that_decodes(tmp_path: Path, mode: str) -> None:
+    from uadp.data.images import check_decodable
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).convert("RGB")
+    image = (
+        image.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 65535, (37, 53), dtype=np.uint16))
+    )
+    image.save(tmp_path / "x.png")
+    assert check_decodable(tmp_path / "x.png") == (37, 53)
+
+
+def test_the_check_reads_an_interlaced_png_and_refuses_a_stream_of_the_wrong_length(tmp_path: Path) -> None:
+    from uadp.data.images import check_decodable
+    from uadp.errors import DataError
+
+    raw = _adam7_raw(13, 11, 3)
+    (tmp_path / "interlaced.png").write_bytes(_png(13, 11, 8, 2, 1, raw))
+    assert Image.open(tmp_path / "interlaced.png").convert("RGB").size == (13, 11)  # Pillow decodes it too
+    assert check_decodable(tmp_path / "interlaced.png") == (11, 13)
+    (tmp_path / "short.png").write_bytes(_png(13, 11, 8, 2, 1, raw[:-5]))  # a valid zlib stream, 5 bytes short
+    with pytest.raises(DataError, match="damaged pixel data"):
+        check_decodable(tmp_path / "short.png")

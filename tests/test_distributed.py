@@ -94,6 +94,8 @@ def test_two_processes_with_nproc_match_one_process(single, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x 2 processes" in done.stdout and done.stdout.count("Results (") == 1  # rank 0 alone reports
+    # a clean run says nothing beyond its own lines: no launcher logs, no C++ warnings of DDP's reducer
+    assert [line for line in done.stderr.splitlines() if not line.startswith(("uadp:", "note:"))] == [], done.stderr
     _assert_same(_metrics(out), single)
     _one_finished_run(tmp_path)
     assert not list((tmp_path / "checkpoints").rglob("uadp-maps-*"))  # the maps' files are gone

@@ -473,30 +473,23 @@ def _predict_newer_bundle(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     return Case(["predict", tmp / "model.pt", image], [tmp / "model.pt", "format 2", "newer", "upgrade uadp"])
 
 
-def _predict_threshold_nan(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+def _predict_with(tmp: Path, data: Path, e2e, flags: list, needles: list) -> Case:
+    """``uadp predict`` of one image into ``tmp/out`` with ``flags``, refused before anything is written."""
     bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
     image = data / "dots" / "test" / "good" / "000.png"
-    return Case(
-        ["predict", bundle, image, "--threshold", "nan", "--out", tmp / "out"],
-        ["--threshold", "finite"],
-        absent=[tmp / "out"],
-    )
+    return Case(["predict", bundle, image, *flags, "--out", tmp / "out"], needles, absent=[tmp / "out"])
+
+
+def _predict_threshold_nan(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    return _predict_with(tmp, data, e2e, ["--threshold", "nan"], ["--threshold", "finite"])
 
 
 def _predict_batch_size_zero(tmp: Path, data: Path, runs: Path, e2e) -> Case:
-    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
-    image = data / "dots" / "test" / "good" / "000.png"
-    return Case(
-        ["predict", bundle, image, "--batch-size", "0", "--out", tmp / "out"],
-        ["--batch-size", "at least 1"],
-        absent=[tmp / "out"],
-    )
+    return _predict_with(tmp, data, e2e, ["--batch-size", "0"], ["--batch-size", "at least 1"])
 
 
 def _predict_rate_out_of_range(tmp: Path, data: Path, runs: Path, e2e) -> Case:
-    bundle = e2e.runs / "checkpoints" / e2e.run_id / "model.pt"
-    image = data / "dots" / "test" / "good" / "000.png"
-    return Case(["predict", bundle, image, "--false-alarm-rate", "1.5"], ["--false-alarm-rate", "between 0 and 1"])
+    return _predict_with(tmp, data, e2e, ["--false-alarm-rate", "1.5"], ["--false-alarm-rate", "between 0 and 1"])
 
 
 def _predict_overlays_under_a_file(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -535,6 +528,17 @@ _LISTENERS: list[socket.socket] = []
 def _runs_unreachable_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
     uri = f"http://127.0.0.1:{free_port()}"
     return Case(["runs"], [uri, "did not answer", "Connection refused"], env={"MLFLOW_TRACKING_URI": uri})
+
+
+def _runs_silent_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
+    """A server that takes the connection and never answers (the kernel accepts for a listening
+    socket nobody serves): given up after the check's 5 s, not after MLflow's minutes of retries."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    _LISTENERS.append(listener)
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    return Case(["compare", e2e.run_id[:8]], [uri, "did not answer", "timed out"], env={"MLFLOW_TRACKING_URI": uri})
 
 
 def _compare_unreachable_server(tmp: Path, data: Path, runs: Path, e2e) -> Case:
@@ -618,6 +622,7 @@ BAD_INPUTS = {
     "ui-port-in-use": _ui_port_in_use,
     "runs-unreachable-tracking-server": _runs_unreachable_server,
     "compare-unreachable-tracking-server": _compare_unreachable_server,
+    "compare-silent-tracking-server": _runs_silent_server,
     "predict-run-id-unreachable-tracking-server": _predict_run_unreachable_server,
 }
 

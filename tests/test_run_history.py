@@ -21,11 +21,11 @@ def _rows(out: str) -> list[list[str]]:
     return [line.split() for line in out.strip().splitlines()[2:]]
 
 
-def _printed(value: float | None) -> str:
-    """How the tables print a value: 4 decimals, one for large values (seconds, MB), '-' if absent."""
+def _printed(value: float | None, key: str = "") -> str:
+    """How the tables print a value: 4 decimals, one for large values and timings (seconds, MB), '-' if absent."""
     if value is None:
         return "-"
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value:.4f}" if abs(value) < 10 and not key.startswith("timing/") else f"{value:.1f}"
 
 
 def test_runs_lists_every_run_with_its_key_metrics(two_runs: dict, monkeypatch) -> None:
@@ -82,7 +82,7 @@ def test_compare_all_shows_what_differs_and_every_metric_side_by_side(two_runs: 
     every = set(runs[0].data.metrics) | set(runs[1].data.metrics)
     assert set(rows) == every
     for key in every:
-        assert rows[key] == [_printed(run.data.metrics.get(key)) for run in runs], key
+        assert rows[key] == [_printed(run.data.metrics.get(key), key) for run in runs], key
     assert list(rows)[: len(KEY_METRICS)] == list(KEY_METRICS)  # the key metrics come first
     assert any(key.startswith("base/class/") for key in rows) and rows["base/mean/image_auroc"][1] == "-"
 

@@ -119,7 +119,7 @@ def compare_runs(runs: list, only: str | None = None, every: bool = False) -> st
     every metric (``only``: those whose key matches this glob pattern)."""
     heads = ["", *(f"{run.info.run_id[:8]}" for run in runs)]
     lines = ["runs: " + ", ".join(f"{run.info.run_id[:8]} = {run.info.run_name}" for run in runs), ""]
-    summary = [[key, *(_number(run.data.metrics.get(key)) for run in runs)] for key in SUMMARY_METRICS]
+    summary = [[key, *(_number(run.data.metrics.get(key), key) for run in runs)] for key in SUMMARY_METRICS]
     lines += ["key metrics:", _table(["metric", *heads[1:]], summary, numeric_from=1), ""]
     differing = _differing({f"tag {k}": v for k, v in _uadp_tags(run).items()} | run.data.params for run in runs)
     lines.append("config values that differ:" if differing else "config: the same in every run")
@@ -133,7 +133,7 @@ def compare_runs(runs: list, only: str | None = None, every: bool = False) -> st
     elif not every:
         lines += ["", f"{len(keys)} metrics in all: --all lists every one, --only PATTERN (e.g. 'pooled/*') some"]
         return "\n".join(lines)
-    rows = [[key, *(_number(run.data.metrics.get(key)) for run in runs)] for key in keys]
+    rows = [[key, *(_number(run.data.metrics.get(key), key) for run in runs)] for key in keys]
     lines += ["", "metrics:", _table(["metric", *heads[1:]], rows, numeric_from=1)]
     return "\n".join(lines)
 
@@ -158,10 +158,11 @@ def _metric_order(key: str) -> tuple:
     return (1, group, key)
 
 
-def _number(value: float | None) -> str:
+def _number(value: float | None, key: str = "") -> str:
+    """A metric as the tables print it: 4 decimals, 1 for large values and for timings (s, MB, img/s)."""
     if value is None:
         return "-"
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value:.4f}" if abs(value) < 10 and not key.startswith("timing/") else f"{value:.1f}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -38,14 +38,20 @@ def _opened(path: str | Path) -> Image.Image:
         ) from None
     except _UNREADABLE as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
+    try:
+        _check_size(path, *image.size)
+    except DataError:
         image.close()
+        raise
+    return image
+
+
+def _check_size(path: str | Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
         raise DataError(
             f"{path}: {width}×{height} pixels is larger than the largest image uadp reads "
             f"({MAX_IMAGE_PIXELS:,} pixels); downscale it first"
         )
-    return image
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -65,16 +71,27 @@ def check_decodable(path: str | Path) -> tuple[int, int]:
     anywhere, also a garbled stream under valid chunk checksums, fails here. JPEG: decoded at 1/8
     scale, which reads every block. Other formats: decoded.
     """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable image ({exc.strerror or exc})") from None
+    if data.startswith(_PNG_SIGNATURE):  # read here, without Pillow: the file is parsed once
+        if data[12:16] == b"IHDR":  # the size first: a huge image is refused before it is inflated
+            _check_size(path, *struct.unpack(">II", data[16:24]))
+        try:
+            width, height = _check_png(data)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from None
+        return height, width
     image = _opened(path)
     try:
         size = image.size[1], image.size[0]
-        if image.format == "PNG":
-            image.close()
-            _check_png(path)
-        else:
-            if image.format == "JPEG":
-                image.draft(image.mode, (max(1, size[1] // 8), max(1, size[0] // 8)))
-            image.load()
+        if image.format == "JPEG":
+            image.draft(image.mode, (max(1, size[1] // 8), max(1, size[0] // 8)))
+        image.load()
     except _UNREADABLE as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     finally:
@@ -82,6 +99,7 @@ def check_decodable(path: str | Path) -> tuple[int, int]:
     return size
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour types -> samples per pixel (grey, RGB, palette, grey + alpha, RGBA)
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # Adam7 interlacing: (first column, first row, column step, row step) of each of the 7 passes
@@ -89,12 +107,10 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 _INFLATE_STEP = 1 << 20  # bytes of pixel data inflated at a time: memory stays bounded for any size
 
 
-def _check_png(path: str | Path) -> None:
-    """A PNG file's chunks are whole (lengths, checksums, IHDR first, IEND last) and its IDAT
-    stream inflates to exactly the bytes its header implies; :class:`ValueError` otherwise."""
-    data = Path(path).read_bytes()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG signature")
+def _check_png(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG file's bytes whose chunks are whole (lengths, checksums, IHDR
+    first, IEND last) and whose IDAT stream inflates to exactly the bytes its header implies;
+    :class:`ValueError` otherwise."""
     position, header, stream, ended = 8, None, zlib.decompressobj(), False
     inflated = 0
     while position < len(data) and not ended:
@@ -126,6 +142,7 @@ def _check_png(path: str | Path) -> None:
     expected = _png_stream_bytes(*header)
     if not stream.eof or inflated != expected:
         raise ValueError(f"damaged pixel data ({inflated} bytes where its size needs {expected})")
+    return header[0], header[1]
 
 
 def _png_stream_bytes(width: int, height: int, depth: int, colour: int, _c: int, _f: int, interlace: int) -> int:

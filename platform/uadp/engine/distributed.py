@@ -126,8 +126,10 @@ class Ranks:
 
         if next(module.parameters()).is_cuda:  # BatchNorm over the whole global batch, as one process
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        # some reconstructors leave parts out of a step (a branch used only at test time)
-        return DistributedDataParallel(module, find_unused_parameters=True)
+        # a training step's graph is the same every step: DDP learns from the first which parameters
+        # it leaves out (a branch used only at test time), instead of searching every step's graph
+        # for them, which costs a traversal per step and warns when there are none
+        return DistributedDataParallel(module, static_graph=True)
 
     def reseed(self, seed: int, epoch: int = 0) -> None:
         """Give every rank but 0 its own random draws inside training steps (dropout, feature

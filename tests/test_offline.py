@@ -68,7 +68,6 @@ def test_run_predict_and_export_try_no_outside_connection(tiny_dataset: Path, tm
     _uadp(log, tmp_path, "run", "--data", tiny_dataset, "--image-size", "64", "--epochs", "1", "--workers", "1", *quick)
     (run_folder,) = (tmp_path / "uadp-runs" / "checkpoints").iterdir()
     image = tiny_dataset / "dots" / "test" / "good" / "000.png"
-    _uadp(log, tmp_path, "predict", run_folder.name, image)
     _uadp(log, tmp_path, "export", run_folder.name, "--format", "openvino", "--out", tmp_path / "line-model")
     _uadp(log, tmp_path, "predict", tmp_path / "line-model", image)
     attempts = log.read_text() if log.exists() else ""

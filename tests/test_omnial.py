@@ -201,7 +201,7 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
         reconstructor={"name": "omnial", **SMALL},
         synthesizer={"name": "panel-jnd"},
         data={"image_size": 64, "workers": 0},
-        train={"epochs": 30, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1, "weight_decay": 0.0, "grad_clip": None},
+        train={"epochs": 20, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1, "weight_decay": 0.0, "grad_clip": None},
         # every training image trains (none kept apart for thresholds): the bar was measured so
         eval={
             "overlays_per_class": 0,
@@ -211,7 +211,8 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
     )
     result = train_and_evaluate(config, get_registry(), log=lambda _: None)
     assert any("feature cache off" in note for note in result.notes)
-    # measured: mean image AUROC 0.927 (this seed, 0), 1.000 with seeds 1 and 2; chance is 0.5
+    # measured (AMD EPYC, 2 threads): mean image AUROC 0.958 (this seed, 0), 0.938 and 0.990 with seeds 1
+    # and 2 (30 epochs: 0.927 to 1.000); chance is 0.5
     assert result.report.mean["image_auroc"] >= 0.9, result.report.mean
 
 

@@ -1242,6 +1242,6 @@ class _HungDataset(torch.utils.data.Dataset):
 def test_a_hung_decoding_worker_fails_the_loader_instead_of_holding_it(monkeypatch) -> None:
     import uadp.data.loader as loader
 
-    monkeypatch.setattr(loader, "WORKER_TIMEOUT_S", 2)
+    monkeypatch.setattr(loader, "WORKER_TIMEOUT_S", 1)
     with pytest.raises(RuntimeError, match="timed out"):
         next(iter(loader.make_loader(_HungDataset(), batch_size=2, workers=1)))

@@ -1228,20 +1228,29 @@ def test_a_run_prints_each_note_once_after_its_results(e2e) -> None:
 
 
 class _HungDataset(torch.utils.data.Dataset):
-    """A dataset whose worker never returns an item (a read stuck on a dead network mount)."""
+    """A dataset whose worker returns no item until ``release`` is set (a read stuck on a dead
+    network mount), so that the test can let the worker go once the loader gave up on it."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.release = multiprocessing.get_context("fork").Event()
 
     def __len__(self) -> int:
         return 4
 
     def __getitem__(self, index: int):
-        import threading
-
-        threading.Event().wait()  # forever
+        self.release.wait()
+        return {"image": torch.zeros(1)}
 
 
 def test_a_hung_decoding_worker_fails_the_loader_instead_of_holding_it(monkeypatch) -> None:
     import uadp.data.loader as loader
 
     monkeypatch.setattr(loader, "WORKER_TIMEOUT_S", 1)
+    dataset = _HungDataset()
+    batches = iter(loader.make_loader(dataset, batch_size=2, workers=1))
     with pytest.raises(RuntimeError, match="timed out"):
-        next(iter(loader.make_loader(_HungDataset(), batch_size=2, workers=1)))
+        next(batches)
+    dataset.release.set()  # the worker ends; the loader's shutdown need not wait it out
+    del batches

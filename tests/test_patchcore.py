@@ -378,6 +378,28 @@ def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tm
     assert result.report.mean["image_auroc"] > 0.9
 
 
+def test_a_run_stopped_in_the_fit_resumes_from_its_first_checkpoint(generated, tmp_path, monkeypatch):
+    """Stopped before the fit finished: the checkpoint written as the run started holds the config
+    and random state, and ``--resume`` fits again in the same run, to the model of an unstopped run."""
+    registry = Registry()
+    reference = train_and_evaluate(patchcore_config(generated, tmp_path / "reference"), registry, log=lambda text: None)
+    config = patchcore_config(generated, tmp_path / "runs")
+    original_fit = PatchCore.fit
+
+    def interrupted(self, batches):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PatchCore, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train_and_evaluate(config, registry, log=lambda text: None)
+    assert "no fit had finished" in stopped.value.aftermath and "starts the fit again" in stopped.value.aftermath
+    run_id = stopped.value.aftermath.split("--resume ")[1].split()[0].rstrip("`")
+    monkeypatch.setattr(PatchCore, "fit", original_fit)
+    result = train_and_evaluate(config, registry, resume=run_id, log=lambda text: None)
+    assert result.run_id == run_id
+    assert result.report.mean == pytest.approx(reference.report.mean, abs=1e-9)
+
+
 def test_model_score_needs_a_reconstructor_that_gives_one(generated, tmp_path):
     from uadp.errors import ConfigError
 

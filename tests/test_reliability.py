@@ -1254,3 +1254,21 @@ def test_a_hung_decoding_worker_fails_the_loader_instead_of_holding_it(monkeypat
         next(batches)
     dataset.release.set()  # the worker ends; the loader's shutdown need not wait it out
     del batches
+
+
+def test_a_sigterm_after_the_command_ended_is_no_traceback(capsys) -> None:
+    """Once a command has said its last line, SIGTERM is no longer turned into an exception that
+    could escape as a traceback while the process exits (the launcher of a run of several processes
+    sends one to every process that is left): the handler that was there before is back."""
+    from uadp.cli import _terminate
+
+    def before(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        assert call(["list", "no-such-kind"]) == 2
+        assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGTERM) is not _terminate
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert_one_error_line(capsys.readouterr().err, "unknown kind")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -17,8 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import Terminated, UadpError
+from . import __version__, flags
+from .errors import RankLost, Terminated, UadpError
 
 KIND_ALIASES = {
     "backbone": "backbones",
@@ -564,57 +563,6 @@ def _print_prediction(row: dict, as_json: bool) -> None:
 # --------------------------------------------------------------------------- parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors as uadp's: one ``uadp: error:`` line, exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"uadp: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _positive_int(text: str) -> int:
-    """A whole number of at least 1 (a batch size, a count, processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    """A number that is neither infinite nor NaN (a score threshold)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _rate(text: str) -> float:
-    """A share strictly between 0 and 1 (a false-alarm rate)."""
-    value = _finite_float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.01 for 1 %), got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
-    return value
-
-
-def _workers(text: str) -> int | str:
-    """``--workers`` of ``uadp predict``: a number of decoding processes, or auto."""
-    if text == "auto" or (text.isdigit()):
-        return text if text == "auto" else int(text)
-    raise argparse.ArgumentTypeError(f"expected a number of processes or auto, got {text!r}")
-
-
 TRUST_HELP = (
     "also load a model file that holds Python objects besides tensors and plain data: unpickling "
     "those runs code, so use it only for a file from someone you trust (e.g. an older uadp's bundle)"
@@ -629,7 +577,7 @@ def _shared_flag(flag: str) -> dict[str, Any]:
         "--data": {"help": "MVTec-layout folder with one sub-folder per class (default: the embedded demo)"},
         "--classes": {"help": "comma-separated subset of classes"},
         "--synthesizer": {"help": "synthesizer plugin, or none"},
-        "--image-size": {"type": _positive_int},
+        "--image-size": {"type": flags.positive_int},
         "--seed": {"type": int},
         "--device": {"help": "auto, cpu, cuda, cuda:N"},
         "--set": {
@@ -657,7 +605,9 @@ def _add_shared_as(parser: argparse.ArgumentParser, flag: str, **changes: Any) -
 
 def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     """The ``uadp`` parser: the built-in sub-commands, then those plugins add."""
-    parser = _Parser(prog="uadp", description="Unified visual anomaly detection: one model for many product classes.")
+    parser = flags.Parser(
+        prog="uadp", description="Unified visual anomaly detection: one model for many product classes."
+    )
     parser.add_argument("--version", action="version", version=f"uadp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_command(sub)
@@ -681,8 +631,8 @@ def _add_run_command(sub) -> None:
     _add_shared(p, "--synthesizer")
     p.add_argument("--aligner", help="aligner plugin")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=_finite_float)
+    p.add_argument("--batch-size", type=flags.positive_int)
+    p.add_argument("--lr", type=flags.finite_float)
     _add_shared(p, "--image-size")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     _add_shared(p, "--device")
@@ -708,7 +658,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")
     p.add_argument(
         "--nproc",
-        type=_positive_int,
+        type=flags.positive_int,
         default=1,
         metavar="N",
         help="train in N processes on this machine (torchrun with DistributedDataParallel; one per GPU, "
@@ -726,7 +676,7 @@ def _add_synthesize_command(sub) -> None:
     )
     _add_shared_as(p, "--synthesizer", help="synthesizer plugin, e.g. panel-jnd")  # none is no choice here
     _add_shared(p, "--config", "--data", "--classes", "--image-size")
-    p.add_argument("--count", type=_positive_int, default=12, help="number of samples, spread over the classes")
+    p.add_argument("--count", type=flags.positive_int, default=12, help="number of samples, spread over the classes")
     _add_shared_as(p, "--seed", help="the run seed the samples are drawn with (default: the config's)")
     _add_shared(p, "--set")
     p.add_argument("--out", default="synthesis.png")
@@ -756,7 +706,7 @@ def _add_ui_command(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the embedded store")
     _add_shared_as(p, "--root", help="where runs are stored: the folder of the embedded MLflow store")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=5000)
+    p.add_argument("--port", type=flags.port, default=5000)
     p.set_defaults(handler=cmd_ui)
 
 
@@ -769,7 +719,7 @@ def _add_history_commands(sub) -> None:
         metavar="METRIC",
         help="best first by this metric key, e.g. pooled/image_auroc (default: newest first)",
     )
-    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many runs (default 50)")
+    p.add_argument("--limit", type=flags.positive_int, default=50, help="at most this many runs (default 50)")
     p.set_defaults(handler=cmd_runs)
 
     p = sub.add_parser("compare", help="runs side by side: the config values that differ and every metric")
@@ -811,17 +761,17 @@ def _add_predict_command(sub) -> None:
     limits = p.add_mutually_exclusive_group()
     limits.add_argument(
         "--false-alarm-rate",
-        type=_rate,
+        type=flags.rate,
         metavar="A",
         help="set the image threshold for this share of normal parts flagged (from the run's calibration images)",
     )
     limits.add_argument(
-        "--threshold", type=_finite_float, help="judge by this image score instead of the run's threshold"
+        "--threshold", type=flags.finite_float, help="judge by this image score instead of the run's threshold"
     )
     p.add_argument("--class-name", help="the images' class: its own threshold (per-class models) and oracle aligners")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=flags.positive_int, default=16)
     p.add_argument(
-        "--workers", type=_workers, default="auto", help="decoding processes: a number or auto (the default)"
+        "--workers", type=flags.workers, default="auto", help="decoding processes: a number or auto (the default)"
     )
     _add_shared_as(p, "--device", default="auto")
     _add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
@@ -847,7 +797,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    """The ``uadp`` command: its exit code, and one last line on stderr when it ends otherwise than
+    it should. SIGTERM is Ctrl-C's twin while the command works; once it has said its last line,
+    the handler that was there before is back (a SIGTERM that arrives as the process exits, as the
+    launcher of a run of several processes sends one, then ends it without a traceback)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _command(argv)
+    except Terminated:  # arrived after the command had ended and said what it had to
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _command(argv: list[str] | None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
@@ -891,8 +854,6 @@ def _last_line(line: str, exc: BaseException, code: int) -> int:
     if not supervised():
         print(line, file=sys.stderr)
         return code
-    from .errors import RankLost
-
     cause = None if isinstance(exc, KeyboardInterrupt) else getattr(exc, "cause", None) or str(exc)
     report(error=cause, exit_code=code, peer_lost=isinstance(exc, RankLost))
     return code

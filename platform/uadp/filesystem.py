@@ -92,11 +92,11 @@ def storage_failure(exc: BaseException) -> OSError | None:
     return None
 
 
-def storage_error(failure: OSError, doing: str = "") -> StorageError:
+def storage_error(failure: OSError) -> StorageError:
     """One line for a failure of the file system: the file, the system's reason, what to do."""
     where = f" {failure.filename}" if failure.filename else ""
     advice = _ADVICE.get(failure.errno)
-    text = f"{doing or 'writing'}{where} failed: {failure.strerror or failure}" + (f"; {advice}" if advice else "")
+    text = f"writing{where} failed: {failure.strerror or failure}" + (f"; {advice}" if advice else "")
     return StorageError(text)
 
 

@@ -7,7 +7,7 @@ overlays and masks it leaves for the line's software.
 * :func:`output_names`: a name for each image's output files, unique among all of them: its
   path under the folder it was found in (``test/good/000.png`` under ``test`` is ``good__000``),
   and, where two images would share a name (``brick/test`` and ``coffee/test`` both hold
-  ``good/000.png``), their paths under the folder they have in common
+  ``good/000.png``), as many more of their folders as tell them apart
   (``brick__test__good__000``); a number is added where even that is not enough.
 * :class:`PredictionWriter`: ``predictions.csv`` (one row per image, naming its overlay and
   mask files), ``overlays/<name>.png`` (the image, its heat map, and the predicted defect
@@ -52,7 +52,7 @@ def output_names(inputs: list[Input]) -> dict[Path, str]:
     ``__``; where names collide, each takes one more folder from its full path, as long as that
     can tell the images apart; images that differ only in their suffix are numbered."""
     full = {item.path: _parts(item.path) for item in inputs}
-    depth = {item.path: len(_parts(item.path)) - len(_parts(item.root)) for item in inputs}
+    depth = {item.path: len(full[item.path]) - len(_parts(item.root)) for item in inputs}
     depth = {path: max(1, min(d, len(full[path]))) for path, d in depth.items()}
     while True:
         names = {path: "__".join(full[path][-depth[path] :]) for path in full}

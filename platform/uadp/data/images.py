@@ -71,22 +71,14 @@ def check_decodable(path: str | Path) -> tuple[int, int]:
     anywhere, also a garbled stream under valid chunk checksums, fails here. JPEG: decoded at 1/8
     scale, which reads every block. Other formats: decoded.
     """
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable image ({exc.strerror or exc})") from None
-    if data.startswith(_PNG_SIGNATURE):  # read here, without Pillow: the file is parsed once
-        if data[12:16] == b"IHDR":  # the size first: a huge image is refused before it is inflated
-            _check_size(path, *struct.unpack(">II", data[16:24]))
+    image = _opened(path)  # Pillow reads the header: a format and mode it decodes, the size bound
+    if image.format == "PNG":
+        image.close()
         try:
-            width, height = _check_png(data)
-        except ValueError as exc:
+            width, height = _check_png(Path(path).read_bytes())
+        except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable image ({exc})") from None
         return height, width
-    image = _opened(path)
     try:
         size = image.size[1], image.size[0]
         if image.format == "JPEG":
@@ -99,7 +91,6 @@ def check_decodable(path: str | Path) -> tuple[int, int]:
     return size
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour types -> samples per pixel (grey, RGB, palette, grey + alpha, RGBA)
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # Adam7 interlacing: (first column, first row, column step, row step) of each of the 7 passes

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .. import __version__
 from ..config import RUNTIME_ONLY, RunConfig, config_differences, under
 from ..errors import ConfigError, UadpError
 
@@ -104,8 +105,6 @@ def check_format(state: Any, expected: str, path: str | Path, what: str) -> None
 
     A file of the same kind in another version is not "not a uadp file": one written by a newer
     uadp says to upgrade, one too old to read says so."""
-    from .. import __version__
-
     kind, version = expected.rsplit("/", 1)
     found = state.get("format") if isinstance(state, dict) else None
     if not (isinstance(found, str) and found.startswith(f"{kind}/")):

@@ -163,8 +163,9 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
-# What gloo and NCCL say when the process at the other end of a collective is gone.
-_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET", "timed out")
+# What gloo says, in an error that is not always a ``DistError``, when the process at the other end
+# of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 
 
 def peer_lost(exc: BaseException) -> str | None:

@@ -33,6 +33,8 @@ from typing import Any
 
 from ..errors import Terminated, UadpError
 from ..processes import stop_group
+from ..tracking import Tracker
+from .aftermath import describe_aftermath
 
 REPORT_ENV = "UADP_LAUNCH_REPORT"  # the file rank 0 reports to, set by the supervisor
 STOP_WAIT_S = 120.0  # after Ctrl-C or SIGTERM: how long the processes get to mark the run and stop
@@ -167,9 +169,6 @@ def _aftermath(outcome: Outcome, status: str) -> str:
     facts = outcome.facts
     if not facts.get("run_id"):
         return "no MLflow run was started"
-    from ..tracking import Tracker
-    from .pipeline import describe_aftermath
-
     tracker = Tracker(facts["root"])
     tracker.run_id = facts["run_id"]
     try:

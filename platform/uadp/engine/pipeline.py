@@ -41,7 +41,6 @@ from .. import __version__
 from ..config import (
     RUNTIME_ONLY,
     RunConfig,
-    TrackingConfig,
     config_differences,
     fingerprint_hash,
     flatten,
@@ -66,6 +65,7 @@ from ..run_ids import local_run_id
 from ..thresholds import Thresholds, calibrate, threshold_report
 from ..tracking import KEY_METRICS, SilentTracker, Tracker, metric_key
 from . import launcher
+from .aftermath import describe_aftermath, resume_command
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import check_same_run, read_checkpoint, save_atomic
 from .components import Components, build_components
@@ -969,14 +969,6 @@ def config_for_resume(resume: str, root: str | Path, trust: bool = False) -> dic
     return recorded_config(read_checkpoint(_checkpoint_for(resume, Path(root)), trust)["config"])
 
 
-def resume_command(run_id: str, checkpoint_path: Path, root: Path) -> str:
-    """The command that continues a run: its id (and store folder when not the default)."""
-    if checkpoint_path != root / "checkpoints" / run_id / "checkpoint.pt":
-        return f"uadp run --resume {checkpoint_path}"
-    where = "" if str(root) == TrackingConfig().root else f" --set tracking.root={root}"
-    return f"uadp run --resume {run_id}{where}"
-
-
 def _check_resumable(tracker: Tracker, state: dict[str, Any], resume: str) -> None:
     """A finished run is complete: resuming it would only log its metrics a second time."""
     run_id = state.get("mlflow_run_id")
@@ -1022,48 +1014,12 @@ def _aftermath(job: Job, tracker: Tracker) -> str:
     )
 
 
-def describe_aftermath(
-    tracker: Tracker,
-    checkpoint: Path | None,
-    saved_epoch: int | None,
-    epochs: int,
-    fitted: bool,
-    root: Path,
-    trained: bool = True,
-) -> str:
-    """How the MLflow run is marked and which checkpoint (its epoch ``saved_epoch``) ``--resume``
-    continues; also said by the supervisor of a run of several processes (``uadp.engine.launcher``).
-    ``trained``: False for a ``--from-run`` run, which trains nothing."""
-    said = _marked(tracker)
-    if not trained:
-        return f"{said}; nothing was trained, so run the same command again"
-    if saved_epoch is not None and checkpoint is not None and checkpoint.is_file():
-        command = resume_command(tracker.run_id, checkpoint, root)
-        if saved_epoch == 0:  # the checkpoint written as the run started
-            what = "the fit" if fitted else "training"
-            return (
-                f"{said}; no {'fit' if fitted else 'epoch'} had finished: `{command}` starts {what} again in this run"
-            )
-        after = "the fit" if fitted else f"epoch {saved_epoch}/{epochs}"
-        return f"{said}; its checkpoint after {after} is kept: `{command}` continues it"
-    if fitted:
-        return f"{said}; the fit had not finished, so there is no checkpoint: start the run again"
-    return f"{said}; no epoch had finished, so there is no checkpoint: start the run again"
-
-
-def _marked(tracker: Tracker) -> str:
-    if tracker.run_id is None:
-        return "no MLflow run was started"
-    if tracker.final_status is not None:
-        return f"MLflow run {tracker.run_id} is marked {tracker.final_status}"
-    return f"MLflow run {tracker.run_id} could not be marked ended ({tracker.end_error}) and may still show RUNNING"
-
-
 def _with_aftermath(exc: UadpError, job: Job, tracker: Tracker) -> UadpError:
-    """``exc``, its one line extended by what the stopped run left behind (also kept apart, as
-    ``exc.cause`` and ``exc.aftermath``, for a supervisor that reports for several processes)."""
-    exc.cause, exc.aftermath = str(exc), _aftermath(job, tracker)
-    exc.args = (f"{exc.cause}; {exc.aftermath}",)
+    """``exc``, its one line extended by what the stopped run left behind; its own words are kept
+    apart as ``exc.cause``, for the supervisor of a run of several processes, which says what the
+    run left behind itself (see :mod:`uadp.engine.launcher`)."""
+    exc.cause = str(exc)
+    exc.args = (f"{exc.cause}; {_aftermath(job, tracker)}",)
     return exc
 
 

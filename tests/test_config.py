@@ -1,7 +1,8 @@
 """Tests of run configuration (uadp.config): presets, layering, errors, resolution, fingerprints.
 
-A bare ``uadp run`` uses the core defaults of ``RunConfig`` and the ``cpu`` preset a plugin
-registers; every registered preset resolves. A user error in a config must come back as one
+A bare ``uadp run`` uses the core defaults of ``RunConfig`` and the preset a plugin registers
+as the default; every registered preset resolves, and a preset's or an option's former name is
+refused with its new one. A user error in a config must come back as one
 line naming the dotted field, never as a pydantic dump.
 """
 
@@ -13,7 +14,6 @@ import pytest
 import yaml
 
 from uadp.config import (
-    DEFAULT_PRESET,
     RunConfig,
     build_config,
     fingerprint_hash,
@@ -59,23 +59,27 @@ def _one_line(message: str) -> str:
 def test_presets_are_registered_by_the_plugins_that_name_them():
     presets = Registry().presets()
     assert set(presets) >= {
-        "cpu",
-        "uniad",
-        "uniad-lite0",
-        "unias",
+        "uniad-cpu",
+        "uniad-paper",
+        "uniad-paper-lite0",
+        "unias-paper",
         "unias-cpu",
-        "revdist",
-        "revdist-lite0",
-        "omnial",
+        "revdist-paper",
+        "revdist-cpu",
+        "omnial-paper",
         "omnial-cpu",
+        "patchcore-paper",
+        "patchcore-cpu",
     }
-    assert presets["unias-cpu"].plugin == "unias" and presets["cpu"].plugin == "uniad"
+    assert presets["unias-cpu"].plugin == "unias" and presets["uniad-cpu"].plugin == "uniad"
     assert all(p.path.is_file() for p in presets.values())
+    assert all(name.startswith(f"{p.plugin}-") for name, p in presets.items())  # METHOD-VARIANT
 
 
 def test_a_bare_config_is_the_core_defaults_and_the_default_preset():
     config = build_config()
-    assert config == build_config(preset=DEFAULT_PRESET)
+    assert Registry().default_preset() == "uniad-cpu"  # declared by its registration, not by a name
+    assert config == build_config(preset="uniad-cpu") and config.tracking.preset == "uniad-cpu"
     assert config.reconstructor.name == "uniad" and config.dataset.name == "demo"
     assert config.train == RunConfig().train and config.eval == RunConfig().eval
 
@@ -92,17 +96,17 @@ def test_every_preset_validates_and_resolves(name: str, registry: Registry):
 
 
 def test_preset_by_name_or_by_file():
-    path = Registry().preset("uniad-lite0").path
-    assert build_config(preset="uniad-lite0") == build_config(preset=str(path))
+    path = Registry().preset("uniad-paper-lite0").path
+    assert build_config(preset="uniad-paper-lite0") == build_config(preset=str(path))
 
 
 def test_an_unknown_preset_lists_the_registered_ones():
     message = _config_error(preset="unias-gpu")
-    assert "no preset 'unias-gpu'" in message and "did you mean 'unias-cpu'" in message and "revdist-lite0" in message
+    assert "no preset 'unias-gpu'" in message and "did you mean 'unias-cpu'" in message and "revdist-cpu" in message
 
 
 def test_uniad_preset_is_the_paper_setting(registry: Registry):
-    config = resolve(build_config(preset="uniad"), registry)
+    config = resolve(build_config(preset="uniad-paper"), registry)
     assert config.backbone.options()["model"] == "tf_efficientnet_b4"
     assert config.reconstructor.options()["neighbor_size"] == 7
     assert config.train.lr == pytest.approx(1e-4)
@@ -180,7 +184,7 @@ def test_set_same_reconstructor_name_keeps_its_options():
         overrides={"reconstructor": {"name": "uniad", "hidden_dim": 64}},
         sets=["reconstructor.name=uniad", "reconstructor.num_heads=2"],
     )
-    preset = _preset_options("cpu", "reconstructor")
+    preset = _preset_options("uniad-cpu", "reconstructor")
     assert config.reconstructor.options() == {**preset, "hidden_dim": 64, "num_heads": 2}
 
 
@@ -199,9 +203,34 @@ def test_merge_does_not_modify_its_inputs():
 
 
 def test_synthesizer_and_aligner_sections_can_be_set():
-    config = build_config(sets=["aligner.name=none"])
-    assert config.aligner is not None and config.aligner.name == "none"
-    assert config.synthesizer is None
+    config = build_config(sets=["aligner.name=cada", "synthesizer.name=panel-jnd"])
+    assert config.aligner.name == "cada" and config.synthesizer.name == "panel-jnd"
+
+
+@pytest.mark.parametrize("section", ["aligner", "synthesizer", "backbone"])
+@pytest.mark.parametrize("how", ["flag", "set name", "set section", "yaml name", "yaml section"])
+def test_none_is_no_component_however_it_is_given(section: str, how: str, tmp_path: Path):
+    """``none`` leaves an optional component out (the section is null), as ``--synthesizer none``
+    always did: no plugin called ``none`` is built, fitted or saved."""
+    start = {"overrides": {section: {"name": "somename", "option": 1}}}
+    assert getattr(build_config(**start), section) is not None
+    preset = tmp_path / "none.yaml"
+    preset.write_text(f"{section}: none\n" if how == "yaml section" else f"{section}:\n  name: none\n")
+    given = {
+        "flag": {"overrides": {section: {"name": "none"}}},
+        "set name": {"sets": [f"{section}.name=none"]},
+        "set section": {"sets": [f"{section}=none"]},
+        "yaml name": {"preset": str(preset)},
+        "yaml section": {"preset": str(preset)},
+    }[how]
+    base = build_config(**start).to_dict()
+    assert getattr(build_config(base=base, **given), section) is None
+
+
+def test_none_is_a_name_only_for_components_a_run_may_leave_out(registry: Registry):
+    with pytest.raises(UnknownComponentError, match="unknown reconstructor 'none'"):
+        resolve(build_config(sets=["reconstructor.name=none"]), registry)
+    assert "none" not in registry.names("aligners")  # no aligner plugin stands for "no aligner"
 
 
 # --------------------------------------------------------------------------- errors
@@ -267,6 +296,61 @@ def test_unknown_plugin_name_after_resolve(registry: Registry):
         resolve(config, registry)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("cpu", "uniad-cpu"),
+        ("uniad", "uniad-paper"),
+        ("uniad-lite0", "uniad-paper-lite0"),
+        ("unias", "unias-paper"),
+        ("omnial", "omnial-paper"),
+        ("revdist", "revdist-paper"),
+        ("revdist-lite0", "revdist-cpu"),
+        ("patchcore", "patchcore-paper"),
+        ("patchcore-lite0", "patchcore-cpu"),
+    ],
+)
+def test_a_former_preset_name_is_refused_with_the_new_one(old: str, new: str, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _one_line(_config_error(preset=old)) == f"preset {old!r} is now called {new!r}"
+
+
+def test_a_plugin_declares_its_presets_default_and_former_names(tmp_path: Path):
+    """The default and the former names are what the registrations declare: a third-party
+    plugin renames its presets the same way, and two defaults or a taken former name are refused."""
+    from uadp import hookimpl
+    from uadp.registry import PluginError
+
+    (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
+
+    def plugin(name: str, **declared):
+        class Presets:
+            @hookimpl
+            def register_presets(self, register):
+                register(name, tmp_path / "mine.yaml", help="three epochs", **declared)
+
+        return Presets()
+
+    registry = Registry(load_entry_points=False)
+    registry.add_plugin(plugin("mine-cpu", default=True, formerly=["mine", "mine-lite0"]), "mine")
+    assert registry.default_preset() == "mine-cpu"
+    assert build_config(registry=registry).train.epochs == 3
+    assert build_config(registry=registry).tracking.preset == "mine-cpu"
+    for old in ("mine", "mine-lite0"):
+        with pytest.raises(ConfigError, match=f"^preset '{old}' is now called 'mine-cpu'$"):
+            build_config(preset=old, registry=registry)
+
+    registry.add_plugin(plugin("theirs-cpu", default=True), "theirs")
+    with pytest.raises(PluginError, match="both declare default=True"):
+        registry.presets()
+    clash = Registry(load_entry_points=False)
+    clash.add_plugin(plugin("mine-cpu"), "mine")
+    clash.add_plugin(plugin("theirs-cpu", formerly="mine-cpu"), "theirs")
+    with pytest.raises(PluginError, match="formerly='mine-cpu'"):
+        clash.presets()
+    assert Registry(load_entry_points=False).default_preset() is None  # then a bare run is the core defaults
+
+
 def test_missing_preset_file(tmp_path: Path):
     message = _one_line(_config_error(preset=str(tmp_path / "missing.yaml")))
     assert "missing.yaml" in message and "not found" in message
@@ -275,7 +359,7 @@ def test_missing_preset_file(tmp_path: Path):
 def test_missing_preset_name_lists_presets(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # found from any folder: presets are package data
     message = _one_line(_config_error(preset="no-such-preset"))
-    assert "no-such-preset" in message and "uniad-lite0" in message
+    assert "no-such-preset" in message and "uniad-paper-lite0" in message
 
 
 def test_preset_that_is_not_a_mapping(tmp_path: Path):
@@ -314,7 +398,7 @@ def test_resolve_fills_every_plugin_default(registry: Registry):
     config = resolve(build_config(), registry)
     options = config.reconstructor.options()
     assert set(options) == set(UniADConfig.model_fields)
-    preset = _preset_options("cpu", "reconstructor")
+    preset = _preset_options("uniad-cpu", "reconstructor")
     assert options == UniADConfig(**preset).model_dump(mode="json")
 
 
@@ -423,7 +507,7 @@ def test_preset_component_section_replaces_the_default_options(tmp_path):
     preset.write_text("reconstructor:\n  name: uniad\n  hidden_dim: 256\n")
     config = build_config(preset=str(preset), sets=["reconstructor.num_heads=8"])
     assert config.reconstructor.options() == {"hidden_dim": 256, "num_heads": 8}
-    paper = build_config(preset="uniad-lite0")
+    paper = build_config(preset="uniad-paper-lite0")
     assert "standardize" not in paper.reconstructor.options()
 
 

@@ -237,7 +237,6 @@ def test_every_command_is_run_by_a_test(command):
 def test_every_bundled_method_and_preset_is_in_the_guides():
     """The getting-started guide lists every preset and every method, and the deploying guide every
     method that exports (all of them): a method added without its lines fails here."""
-    from uadp.config import DEFAULT_PRESET
     from uadp.registry import Registry
 
     registry = Registry()  # the installed plugins alone, not those other tests add
@@ -252,7 +251,7 @@ def test_every_bundled_method_and_preset_is_in_the_guides():
         title = METHOD_TITLES[name]
         assert title in where_next, f"getting-started's 'Where next' does not name {title}"
         assert f"`{name}`" in exporting, f"deploying.md does not say that {name} exports"
-        if name != registry.presets()[DEFAULT_PRESET].plugin:  # the default's run is a plain `uadp run`
+        if name != registry.presets()[registry.default_preset()].plugin:  # the default's run is a plain `uadp run`
             assert f"--reconstructor {name}" in started, f"getting-started shows no run of {name}"
 
 

@@ -2,7 +2,9 @@
 
 :class:`RunConfig` holds the core's defaults (image size, schedule, evaluation) and names no
 component: the components come from a preset, a YAML file a plugin registers (``uadp list
-presets``); a bare ``uadp run`` uses the one called ``cpu``. A run's config is built in
+presets``); a bare ``uadp run`` uses the one its plugin registers as the default. A component
+that may be absent (backbone, synthesizer, aligner) is left out by the name ``none``. A run's
+config is built in
 layers — core defaults, then the preset or ``--config FILE``, then CLI flags, then ``--set
 key=value`` — and then *resolved*: every component section is validated against the config
 model its plugin registered, its defaults are filled in, and an unset metric list becomes every
@@ -166,10 +168,6 @@ class TrackingConfig(_Section):
     root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
 
 
-# The registered preset a bare ``uadp run`` starts from: the core names no component itself.
-DEFAULT_PRESET = "cpu"
-
-
 class RunConfig(_Section):
     """Everything one ``uadp run`` does."""
 
@@ -194,6 +192,12 @@ COMPONENT_SECTIONS = {
     "synthesizer": "synthesizers",
     "aligner": "aligners",
 }
+
+# The component sections a run may leave out (null). For them the name ``none`` means no
+# component, however it is given: ``--aligner none``, ``--set aligner.name=none``, ``aligner:
+# none`` in a YAML file; no plugin registers a component called ``none``.
+OPTIONAL_SECTIONS = ("backbone", "synthesizer", "aligner")
+NO_COMPONENT = "none"
 
 # Where and how fast a run executes, never what it computes or records: the only keys that
 # ``uadp run --resume`` may change (the folder it runs in, the device, decoding processes).
@@ -229,6 +233,22 @@ def inference_only_fields(model: type[BaseModel]) -> set[str]:
         for name, field in model.model_fields.items()
         if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("inference_only")
     }
+
+
+# The class attribute by which a plugin's config model declares the options it renamed, old
+# name -> new name: ``renamed_options: ClassVar[dict[str, str]] = {"calibration": "mapping"}``.
+# A user's config that gives an old name is refused with the new one (never read silently as
+# something else); a config a run recorded under the old name is read with the new one.
+RENAMED_OPTIONS = "renamed_options"
+
+
+def renamed_options(model: type[BaseModel]) -> dict[str, str]:
+    """Old name -> new name of the options a plugin config renamed (see :data:`RENAMED_OPTIONS`)."""
+    renamed = dict(getattr(model, RENAMED_OPTIONS, None) or {})
+    unknown = sorted(new for new in renamed.values() if new not in model.model_fields)
+    if unknown:
+        raise TypeError(f"{model.__name__}.{RENAMED_OPTIONS} renames to options it does not have: {unknown}")
+    return renamed
 
 
 # --------------------------------------------------------------------------- building
@@ -372,12 +392,24 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
 
 
 def validate(data: dict[str, Any]) -> RunConfig:
+    data = _without_absent_components(data)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, model=RunConfig)) from None
     _check_finite(config.model_dump())
     return config
+
+
+def _without_absent_components(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every optional section named ``none`` (or given as ``none``) set to null."""
+    absent = [
+        section
+        for section in OPTIONAL_SECTIONS
+        if data.get(section) == NO_COMPONENT
+        or (isinstance(data.get(section), dict) and data[section].get("name") == NO_COMPONENT)
+    ]
+    return {**data, **dict.fromkeys(absent)} if absent else data
 
 
 def _check_finite(node: Any, key: str = "") -> None:
@@ -409,6 +441,9 @@ def resolve(config: RunConfig, registry: Registry) -> RunConfig:
         if spec is None:
             continue
         registration = registry.get(kind, spec.name)
+        for old, new in renamed_options(registration.config).items():
+            if old in spec.options():
+                raise ConfigError(f"option {section}.{old} is now called {section}.{new}")
         try:
             options = registration.config.model_validate(spec.options())
         except ValidationError as exc:
@@ -424,19 +459,21 @@ def build_config(
     base: dict[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> RunConfig:
-    """The layers of a run's config: the core defaults and the default preset (``cpu``, when a
-    plugin registers it), or ``base`` (an earlier run's config); then ``preset``; then flag
-    overrides (a nested dict); then ``--set`` pairs."""
+    """The layers of a run's config: the core defaults and the default preset (the one a plugin
+    registers with ``default=True``, if any), or ``base`` (an earlier run's config); then
+    ``preset``; then flag overrides (a nested dict); then ``--set`` pairs."""
+    default = None
     if base is None:
         data = RunConfig().to_dict()
         from .registry import get_registry
 
-        if DEFAULT_PRESET in (registry or get_registry()).presets():
-            data = _apply_preset(data, DEFAULT_PRESET, registry)
-            data["tracking"]["preset"] = DEFAULT_PRESET
+        default = (registry or get_registry()).default_preset()
+        if default is not None:
+            data = _apply_preset(data, default, registry)
+            data["tracking"]["preset"] = default
     else:
         data = validate(base).to_dict()
-    if preset and not (base is None and preset == DEFAULT_PRESET):
+    if preset and preset != default:
         data["tracking"]["preset"] = None
         data = _apply_preset(data, preset, registry)
         # a run's saved config.yaml names the preset that run started from: it keeps that name
@@ -474,18 +511,40 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def recorded_config(data: dict[str, Any]) -> dict[str, Any]:
+def recorded_config(data: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
     """A config saved by a run (checkpoint or bundle), read as that run meant it.
 
     Runs from before calibration images were kept apart trained on every normal image: for
     them ``eval.calibration_fraction`` is 0, not today's default, or thresholds would be set on
-    images the model saw.
+    images the model saw. A component option recorded under a name its plugin has since
+    renamed (:data:`RENAMED_OPTIONS`) is read under the new name, and a component recorded as
+    ``none`` is no component: what a user is refused for, a recorded run keeps loading with.
+    The preset the run started from stays as recorded (a label, never looked up again).
     """
-    data = copy.deepcopy(data)
+    data = _without_absent_components(copy.deepcopy(data))
     evaluation = data.setdefault("eval", {})
     if isinstance(evaluation, dict) and "calibration_fraction" not in evaluation:
         evaluation["calibration_fraction"] = 0.0
+    for section, kind in COMPONENT_SECTIONS.items():
+        spec = data.get(section)
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            _rename_recorded_options(spec, kind, registry)
     return data
+
+
+def _rename_recorded_options(spec: dict[str, Any], kind: str, registry: Registry | None) -> None:
+    """Move the options of one recorded component section to their plugin's new names."""
+    from .errors import UnknownComponentError
+    from .registry import get_registry
+
+    try:
+        model = (registry or get_registry()).get(kind, spec["name"]).config
+    except UnknownComponentError:
+        return  # not installed: resolving the config says so
+    for old, new in renamed_options(model).items():
+        if old in spec:
+            value = spec.pop(old)
+            spec.setdefault(new, value)
 
 
 def under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -522,7 +581,7 @@ def run_name(config: RunConfig, uses_backbone: bool = True) -> str:
     parts = [config.reconstructor.name]
     if config.synthesizer:
         parts.append(config.synthesizer.name)
-    if config.aligner and config.aligner.name != "none":
+    if config.aligner:
         parts.append(config.aligner.name)
     details = [config.tracking.preset] if config.tracking.preset else []
     if config.backbone is not None and uses_backbone:

@@ -60,8 +60,10 @@ def register_presets(register):
         register("mynet-cpu", Path(__file__).parent / "presets" / "mynet-cpu.yaml", help="...")
 
     ``uadp run --config mynet-cpu`` loads it by name after any kind of install; a reconstructor
-    whose ``preset=`` trait names it starts from it. The preset called ``cpu`` is what a bare
-    ``uadp run`` uses.
+    whose ``preset=`` trait names it starts from it. Names read METHOD-VARIANT (``-cpu``: the
+    offline CPU recipe, ``-paper``: as published). ``default=True`` makes it what a bare ``uadp
+    run`` uses (one preset at most declares it); ``formerly="old-name"`` (or a list) refuses a
+    name it had before with its new one.
     """
 
 

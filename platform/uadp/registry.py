@@ -11,9 +11,11 @@ restrict what loads, by entry-point name, comma-separated:
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from . import hookspecs
-from .errors import UadpError, UnknownComponentError
+from .errors import ConfigError, UadpError, UnknownComponentError
 
 ENTRY_POINT_GROUP = "uadp"
 KINDS = ("backbones", "reconstructors", "synthesizers", "aligners", "metrics", "datasets")
@@ -68,13 +70,48 @@ class PluginError(Exception):
     """A plugin breaks the contract (a programming error in the plugin, not user input)."""
 
 
+# A factory named by where it lives, "package.module:attribute" (the attribute may be dotted).
+# Naming it keeps a plugin's registration module free of its model code: listing, showing and
+# validating components imports only the registration modules; the named module is imported
+# when a component is built.
+_FACTORY_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def resolve_factory(path: str, owner: str = "") -> Callable[..., Any]:
+    """The callable a ``"package.module:attribute"`` path names, importing its module.
+
+    A path whose module or attribute does not exist is a mistake in the plugin (``PluginError``);
+    an import error raised inside the named module (a missing dependency) propagates as it is.
+    """
+    module_name, _, attribute = path.partition(":")
+    where = f"{owner}: " if owner else ""
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        raise PluginError(f"{where}factory {path!r}: no module {exc.name!r}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise PluginError(f"{where}factory {path!r}: {module_name} has no attribute {attribute!r}") from exc
+    if not callable(target):
+        raise PluginError(f"{where}factory {path!r} is not callable")
+    return target
+
+
 @dataclass(frozen=True)
 class Registration:
-    """One component as a plugin registered it."""
+    """One component as a plugin registered it.
+
+    ``target`` is what the plugin passed: a callable, or the ``"package.module:attribute"`` path
+    of one, which :attr:`factory` imports on first use (when the component is built).
+    """
 
     kind: str
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | str
     config: type[BaseModel]
     help: str
     plugin: str
@@ -84,15 +121,45 @@ class Registration:
     def singular(self) -> str:
         return self.kind[:-1]
 
+    @property
+    def factory(self) -> Callable[..., Any]:
+        """The callable that builds the component (its module imported now if it was named by a path)."""
+        if isinstance(self.target, str):
+            return resolve_factory(self.target, owner=f"{self.plugin}: {self.singular} {self.name!r}")
+        return self.target
+
 
 @dataclass(frozen=True)
 class Preset:
-    """A named run config a plugin ships."""
+    """A named run config a plugin ships.
+
+    ``default``: what a bare ``uadp run`` starts from (one preset at most declares it, so the
+    core names no preset itself). ``formerly``: names it was registered under before, which
+    are refused with its new name instead of being unknown."""
 
     name: str
     path: Path
     help: str
     plugin: str
+    default: bool = False
+    formerly: tuple[str, ...] = ()
+
+
+def _check_presets(presets: dict[str, Preset]) -> None:
+    """One default at most, and no former name that is, or was, another preset's."""
+    defaults = [p for p in presets.values() if p.default]
+    if len(defaults) > 1:
+        listed = " and ".join(f"{p.name!r} ({p.plugin})" for p in defaults)
+        raise PluginError(f"presets {listed} both declare default=True; one preset is the default")
+    claimed: dict[str, str] = {}
+    for preset in presets.values():
+        for old in preset.formerly:
+            if old in presets or old in claimed:
+                other = old if old in presets else claimed[old]
+                raise PluginError(
+                    f"{preset.plugin}: preset {preset.name!r} declares formerly={old!r}, a name preset {other!r} holds"
+                )
+            claimed[old] = preset.name
 
 
 @dataclass(frozen=True)
@@ -187,7 +254,7 @@ class Registry:
 
         def register(
             name: str,
-            factory: Callable[..., Any],
+            factory: Callable[..., Any] | str,
             config: type[BaseModel] | None = None,
             help: str = "",
             **traits: Any,
@@ -195,6 +262,16 @@ class Registry:
             if name in into:
                 raise PluginError(
                     f"{kind[:-1]} {name!r} is registered by both {into[name].plugin!r} and {plugin_name!r}"
+                )
+            if isinstance(factory, str) and not _FACTORY_PATH.match(factory):
+                raise PluginError(
+                    f"{plugin_name}: {kind[:-1]} {name!r} names its factory {factory!r}; "
+                    "expected 'package.module:attribute'"
+                )
+            if not isinstance(factory, str) and not callable(factory):
+                raise PluginError(
+                    f"{plugin_name}: {kind[:-1]} {name!r}: factory {factory!r} is neither callable nor "
+                    "a 'package.module:attribute' path"
                 )
             resolved = {}
             for trait, (values, default) in allowed.items():
@@ -218,7 +295,7 @@ class Registry:
             into[name] = Registration(
                 kind=kind,
                 name=name,
-                factory=factory,
+                target=factory,
                 config=config or NoOptions,
                 help=help.strip().splitlines()[0] if help.strip() else "",
                 plugin=plugin_name,
@@ -243,24 +320,45 @@ class Registry:
             for impl in self.pm.hook.register_presets.get_hookimpls():
                 plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
 
-                def register(name: str, path: str | Path, help: str = "", _plugin: str = plugin_name) -> None:
+                def register(
+                    name: str,
+                    path: str | Path,
+                    help: str = "",
+                    default: bool = False,
+                    formerly: str | tuple[str, ...] | list[str] = (),
+                    _plugin: str = plugin_name,
+                ) -> None:
                     if name in found:
                         raise PluginError(
                             f"preset {name!r} is registered by both {found[name].plugin!r} and {_plugin!r}"
                         )
+                    old_names = (formerly,) if isinstance(formerly, str) else tuple(formerly)
                     found[name] = Preset(
-                        name, Path(path), help.strip().splitlines()[0] if help.strip() else "", _plugin
+                        name,
+                        Path(path),
+                        help.strip().splitlines()[0] if help.strip() else "",
+                        _plugin,
+                        default=bool(default),
+                        formerly=old_names,
                     )
 
                 impl.function(register=register)
+            _check_presets(found)
             self._presets = dict(sorted(found.items()))
         return self._presets
 
+    def default_preset(self) -> str | None:
+        """The preset a bare ``uadp run`` starts from: the one registered ``default=True``, if any."""
+        return next((name for name, preset in self.presets().items() if preset.default), None)
+
     def preset(self, name: str) -> Preset:
-        """A registered preset; an unknown name lists the known ones and the closest."""
+        """A registered preset; a former name says the new one, an unknown name lists the known ones."""
         presets = self.presets()
         if name in presets:
             return presets[name]
+        renamed = [preset.name for preset in presets.values() if name in preset.formerly]
+        if renamed:
+            raise ConfigError(f"preset {name!r} is now called {renamed[0]!r}")
         close = difflib.get_close_matches(name, list(presets), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownComponentError(f"no preset {name!r}{hint} Presets: {', '.join(presets) or 'none registered'}")

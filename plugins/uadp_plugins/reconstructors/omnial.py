@@ -300,7 +300,8 @@ def register_presets(register):
         help="OmniAL at 128 px with every width divided by 8 and panel-jnd, for a CPU",
     )
     register(
-        "omnial",
-        PRESETS / "omnial.yaml",
+        "omnial-paper",
+        PRESETS / "omnial-paper.yaml",
+        formerly="omnial",
         help="OmniAL at the paper's sizes (256 px, batch 20, 700 epochs) with panel-jnd, for a GPU",
     )

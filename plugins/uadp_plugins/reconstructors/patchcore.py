@@ -260,7 +260,7 @@ def register_reconstructors(register):
         help="PatchCore: a coreset memory bank of normal patch features, nearest-neighbour distance as the score",
         inputs="features",
         training="fit",
-        preset="patchcore-lite0",
+        preset="patchcore-cpu",
         advice="fitted in one pass, no training; inference time and the bank grow with the training set",
     )
 
@@ -268,12 +268,14 @@ def register_reconstructors(register):
 @hookimpl
 def register_presets(register):
     register(
-        "patchcore-lite0",
-        PRESETS / "patchcore-lite0.yaml",
+        "patchcore-cpu",
+        PRESETS / "patchcore-cpu.yaml",
+        formerly="patchcore-lite0",
         help="PatchCore on EfficientNet-Lite0 blocks 2 and 4, 10 % coreset, 256 px: offline, for a CPU",
     )
     register(
-        "patchcore",
-        PRESETS / "patchcore.yaml",
+        "patchcore-paper",
+        PRESETS / "patchcore-paper.yaml",
+        formerly="patchcore",
         help="PatchCore as the paper: WideResNet-50-2 layers 2 and 3 (needs the hub weights)",
     )

@@ -350,19 +350,21 @@ def register_reconstructors(register):
         help="Reverse Distillation: a decoder rebuilds the frozen encoder's stages from a one-class embedding",
         inputs="features",
         synthesizer="optional",
-        preset="revdist-lite0",
+        preset="revdist-cpu",
     )
 
 
 @hookimpl
 def register_presets(register):
     register(
-        "revdist-lite0",
-        PRESETS / "revdist-lite0.yaml",
+        "revdist-cpu",
+        PRESETS / "revdist-cpu.yaml",
+        formerly="revdist-lite0",
         help="Reverse Distillation on EfficientNet-Lite0 stages 2-4, for a CPU",
     )
     register(
-        "revdist",
-        PRESETS / "revdist.yaml",
+        "revdist-paper",
+        PRESETS / "revdist-paper.yaml",
+        formerly="revdist",
         help="Reverse Distillation as the CADA paper trained it: WideResNet-50-2, for a GPU",
     )

@@ -273,24 +273,28 @@ def register_reconstructors(register):
         help="UniAD: layer-wise query transformer with neighbour-masked attention and feature jittering",
         inputs="features",
         synthesizer="optional",
-        preset="cpu",
+        preset="uniad-cpu",
     )
 
 
 @hookimpl
 def register_presets(register):
     register(
-        "cpu",
-        PRESETS / "cpu.yaml",
+        "uniad-cpu",
+        PRESETS / "uniad-cpu.yaml",
+        formerly="cpu",
+        default=True,
         help="the default: UniAD (2 + 2 layers, 128 wide) on EfficientNet-Lite0 stages 1-5, 224 px, 30 epochs; minutes on a CPU",
     )
     register(
-        "uniad",
-        PRESETS / "uniad.yaml",
+        "uniad-paper",
+        PRESETS / "uniad-paper.yaml",
+        formerly="uniad",
         help="UniAD as published: EfficientNet-B4, 1000 epochs, batch 64, for a GPU (downloads the B4 weights)",
     )
     register(
-        "uniad-lite0",
-        PRESETS / "uniad-lite0.yaml",
+        "uniad-paper-lite0",
+        PRESETS / "uniad-paper-lite0.yaml",
+        formerly="uniad-lite0",
         help="the UniAD paper recipe (AdamW 1e-4, batch 8, constant lr) on the offline EfficientNet-Lite0",
     )

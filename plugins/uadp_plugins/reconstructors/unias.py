@@ -462,7 +462,8 @@ def register_presets(register):
         help="UniAS on EfficientNet-Lite0 stages 2-5, narrower, converging in minutes on a CPU",
     )
     register(
-        "unias",
-        PRESETS / "unias.yaml",
+        "unias-paper",
+        PRESETS / "unias-paper.yaml",
+        formerly="unias",
         help="UniAS as published: EfficientNet-B4 stages 1-4, 1000 epochs, batch 64, for a GPU",
     )

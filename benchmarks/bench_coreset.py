@@ -3,7 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_coreset.py --data PATH/TO/realmix-dev \\
         --results coreset-realmix-dev.csv
 
-Computes PatchCore's patch features of every training image (the ``patchcore-lite0`` preset's
+Computes PatchCore's patch features of every training image (the ``patchcore-cpu`` preset's
 backbone stages, pooling and image size), then times ``--plain-picks`` picks of the plain loop
 (every patch's distance to every new centre) and the whole 10 % coreset of the fast selection,
 and checks that the fast selection's first picks are the plain loop's.
@@ -26,13 +26,13 @@ def patch_features(data: str) -> torch.Tensor:
     """[N, C] patch features of every training image, as the preset's fit sees them."""
     from uadp.config import build_config, resolve
     from uadp.data.loader import batches
-    from uadp.engine.pipeline import Job
+    from uadp.engine.job import Job
     from uadp.registry import get_registry
 
     registry = get_registry()
     config = resolve(
         build_config(
-            preset="patchcore-lite0", registry=registry, overrides={"dataset": {"name": "mvtec", "root": data}}
+            preset="patchcore-cpu", registry=registry, overrides={"dataset": {"name": "mvtec", "root": data}}
         ),
         registry,
     )
@@ -76,7 +76,7 @@ def main() -> int:
         write(
             args.results,
             Results(
-                f"Greedy coreset selection on realmix-dev's {len(features):,} training patches (patchcore-lite0 features)",
+                f"Greedy coreset selection on realmix-dev's {len(features):,} training patches (patchcore-cpu features)",
                 [this_command().replace(args.data, "PATH/TO/realmix-dev")],
                 this_hardware(),
                 header,

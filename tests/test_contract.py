@@ -47,7 +47,8 @@ from uadp.data.loader import SampleDataset, batches, make_loader
 from uadp.data.splits import calibration_count, gather, hold_out_calibration
 from uadp.engine.components import build_dataset
 from uadp.engine.detector import Detector, SplitPredictions, load_bundle
-from uadp.engine.pipeline import RunResult, train_and_evaluate
+from uadp.engine.pipeline import train_and_evaluate
+from uadp.engine.record import RunResult
 from uadp.errors import ConfigError
 from uadp.registry import Registry
 from uadp.testing import quick_config

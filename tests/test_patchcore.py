@@ -352,12 +352,12 @@ def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
 
 
 def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tmp_path, monkeypatch):
-    from uadp.engine import pipeline
+    from uadp.engine import evaluation
 
     registry = Registry()
     config = patchcore_config(generated, tmp_path / "runs")
     calls = []
-    original_fit, original_calibrate = PatchCore.fit, pipeline._calibrate_thresholds
+    original_fit, original_calibrate = PatchCore.fit, evaluation.calibrate_thresholds
 
     def counted(self, batches):
         calls.append("fit")
@@ -367,12 +367,12 @@ def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tm
         raise KeyboardInterrupt
 
     monkeypatch.setattr(PatchCore, "fit", counted)
-    monkeypatch.setattr(pipeline, "_calibrate_thresholds", interrupted)
+    monkeypatch.setattr(evaluation, "calibrate_thresholds", interrupted)
     with pytest.raises(KeyboardInterrupt) as stopped:
         train_and_evaluate(config, registry, log=lambda text: None)
     assert "after the fit is kept" in stopped.value.aftermath
     run_id = stopped.value.aftermath.split("--resume ")[1].split()[0].rstrip("`")
-    monkeypatch.setattr(pipeline, "_calibrate_thresholds", original_calibrate)
+    monkeypatch.setattr(evaluation, "calibrate_thresholds", original_calibrate)
     result = train_and_evaluate(config, registry, resume=run_id, log=lambda text: None)
     assert calls == ["fit"] and result.run_id == run_id
     assert result.report.mean["image_auroc"] > 0.9

@@ -656,7 +656,7 @@ def test_an_unreachable_tracking_server_fails_at_once_in_a_real_process(tiny_dat
 
 def test_an_empty_mask_on_a_defective_image_is_reported(data_copy: Path, runs_root: Path) -> None:
     from uadp.config import build_config
-    from uadp.engine.pipeline import Job
+    from uadp.engine.job import Job
     from uadp.registry import get_registry
 
     mask = data_copy / "dots" / "ground_truth" / "patch" / "004_mask.png"
@@ -672,15 +672,15 @@ def test_an_empty_mask_on_a_defective_image_is_reported(data_copy: Path, runs_ro
 def test_a_warning_is_one_line_without_python_source(tiny_dataset: Path, runs_root: Path, monkeypatch, capsys) -> None:
     import warnings
 
-    import uadp.engine.pipeline as pipeline
+    import uadp.engine.evaluation as evaluation
 
-    real = pipeline.evaluate
+    real = evaluation.evaluate
 
     def evaluate_with_a_warning(*args, **kwargs):
         warnings.warn("pooled pixel_auroc = 0.400 is below chance; scores may be inverted", stacklevel=2)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "evaluate", evaluate_with_a_warning)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate_with_a_warning)
     assert call(quick_args(tiny_dataset, runs_root, epochs=0)) == 0
     err = capsys.readouterr().err
     assert "uadp: warning: pooled pixel_auroc = 0.400 is below chance; scores may be inverted" in err.splitlines()

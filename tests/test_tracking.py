@@ -39,7 +39,7 @@ def test_runs_started_at_once_on_a_fresh_store_all_succeed(tmp_path: Path) -> No
 
 def test_the_key_metrics_are_logged_first() -> None:
     """A run's page lists its metrics in the order they were logged: the key metrics lead."""
-    from uadp.engine.pipeline import _log_report
+    from uadp.engine.record import log_report
     from uadp.metrics.protocols import MetricReport
     from uadp.tracking import KEY_METRICS
 
@@ -50,21 +50,22 @@ def test_the_key_metrics_are_logged_first() -> None:
     values = {"image_auroc": 0.9, "image_ap": 0.8, "pixel_auroc": 0.7, "pixel_ap": 0.6}
     report = MetricReport({"a": dict(values), "b": dict(values)}, dict(values), dict(values))
     recorder = Recorder()
-    _log_report(recorder, report, {"train_s": 1.0}, base_report=report)
+    log_report(recorder, report, {"train_s": 1.0}, base_report=report)
     assert recorder.keys[: len(KEY_METRICS)] == list(KEY_METRICS)
     assert len(recorder.keys) == len(set(recorder.keys))  # each once
 
 
 def test_a_rescored_or_resumed_run_keeps_the_preset_its_model_came_from(monkeypatch) -> None:
     """`--from-run` and `--resume` name the base run's preset, not the default one."""
-    import uadp.engine.pipeline as pipeline
+    import uadp.engine.base_run as base_run
+    import uadp.engine.resume as resume
     from uadp.cli import _config_for_run, _registry, build_parser
     from uadp.config import build_config
 
     recorded = build_config(preset="unias-cpu").to_dict()
     assert recorded["tracking"]["preset"] == "unias-cpu"
-    monkeypatch.setattr(pipeline, "config_for_base_run", lambda *args: dict(recorded))
-    monkeypatch.setattr(pipeline, "config_for_resume", lambda *args: dict(recorded))
+    monkeypatch.setattr(base_run, "config_for_base_run", lambda *args: dict(recorded))
+    monkeypatch.setattr(resume, "config_for_resume", lambda *args: dict(recorded))
     for flag in ("--from-run", "--resume"):
         args = build_parser().parse_args(["run", flag, "0" * 32])
         config = _config_for_run(args, _registry(args))

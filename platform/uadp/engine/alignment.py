@@ -1,0 +1,68 @@
+"""Stage 4 of a run: the aligner, if any, learns from the frozen model's maps of the normal
+*training* images, never the test split it is judged on."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.loader import batches
+from ..data.splits import fingerprint
+from .detector import Detector
+from .job import Job
+
+
+def fit_aligner(job: Job, detector: Detector) -> None:
+    """Fit the run's aligner on the training images' maps (and the embeddings it asks for), the
+    same on every rank; nothing without an aligner."""
+    aligner = detector.aligner
+    if aligner is None:
+        return
+    t0 = time.perf_counter()
+    maps, embeddings = _aligner_inputs(job, detector)
+    labels = job.components.aligner_class_labels
+    class_names = [s.class_name for s in job.splits.train] if labels != "none" else None
+    t_fit = time.perf_counter()
+    inputs = torch.cat(embeddings).to(job.device) if embeddings else None
+    aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names)
+    aligner.to(job.device)  # parts an aligner sized in fit join the rest
+    if job.ranks.world > 1:  # the same aligner on every rank, whatever the device's arithmetic did
+        state = job.ranks.broadcast({k: v.cpu() for k, v in aligner.state_dict().items()})
+        aligner.load_state_dict(state)
+    job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
+    job.timing["aligner_total_s"] = time.perf_counter() - t0
+    job.log(
+        f"aligner {job.config.aligner.name}: fitted on {len(job.splits.train)} training maps in "
+        f"{job.timing['aligner_fit_s']:.1f} s ({job.timing['aligner_total_s']:.1f} s with the maps)"
+    )
+
+
+def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The model's maps of the training images (and the embeddings its aligner asks for), kept on
+    the CPU until all are in, so that the device holds one batch at a time."""
+    maps, embeddings = [], []
+    shard = job.ranks.shard(len(job.splits.train))
+    loader = job.loader_in_order(job.splits.train[shard])
+    # the images the model was fitted on: it may leave each one's own contribution out
+    # (Batch.fitted_index), so that the aligner learns from maps like an unseen normal image's
+    same_images = detector.fitted_on is not None and detector.fitted_on == fingerprint(job.splits.train)
+    if detector.fitted_on is not None and not same_images:
+        job.note(
+            f"aligner {job.config.aligner.name}: these training images are not the ones the model was trained on; "
+            "their maps are taken as they are"
+        )
+    for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
+        batch = detector.batch_of(item["image"])
+        if same_images:
+            batch.fitted_index = item["index"] + shard.start
+        prediction = detector.raw(batch)
+        maps.append(prediction.anomaly_map.cpu())
+        embedding = detector.aligner_embedding(prediction)
+        if embedding is not None:
+            embeddings.append(embedding.float().cpu())
+    if job.ranks.world > 1:  # each rank predicted its shard; every rank fits on all of them
+        maps = [job.ranks.gather_rows(torch.cat(maps))]
+        embeddings = [job.ranks.gather_rows(torch.cat(embeddings))] if embeddings else []
+    return maps, embeddings

@@ -1,0 +1,140 @@
+"""The state the stages of one ``uadp run`` share (:class:`Job`), built in its first stage.
+
+Building a job resolves the config, builds the components, gathers the chosen classes'
+samples (keeping the calibration images apart) and checks their files, so that bad input
+fails here, in seconds, before an MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import RunConfig, resolve
+from ..data.loader import SampleDataset, make_loader
+from ..data.splits import Sample, Splits, check_files, gather, hold_out_calibration, normal_folder
+from ..registry import Registry
+from .components import Components, build_components
+from .device import resolve_device, resolve_precision
+from .distributed import Ranks
+
+if TYPE_CHECKING:
+    from filelock import FileLock
+    from torch.utils.data import DataLoader
+
+Log = Callable[[str], None]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+class Job:
+    """The state the stages of one run share: its config, components, samples, device, timings
+    and notes, and where its checkpoint lies."""
+
+    def __init__(self, config: RunConfig, registry: Registry, log: Log = print) -> None:
+        self.config = resolve(config, registry)
+        self.registry = registry
+        self.log = log
+        self.components: Components = build_components(self.config, registry)
+        self.splits: Splits = gather(self.components.dataset, self.config.data.classes)
+        evaluation = self.config.eval
+        if evaluation.normal_dir:
+            self.splits = replace(self.splits, calibration=normal_folder(evaluation.normal_dir, self.splits.classes))
+        else:
+            self.splits = hold_out_calibration(self.splits, evaluation.calibration_fraction, self.config.train.seed)
+        self.device = resolve_device(self.config.train.device)
+        self.dtype = resolve_precision(self.config.train.precision, self.device)
+        if self.device.type == "cuda":  # every batch has one image size: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
+        self.root = Path(self.config.tracking.root)
+        self.notes: list[str] = []
+        self.timing: dict[str, float] = {}
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once there is one
+        self.checkpoint_path: Path | None = None  # --resume's, else set when the MLflow run starts
+        self.base_bundle: Path | None = None  # --from-run's model: nothing is trained here
+        self.base_fitted_on: str | None = None  # the digest of that model's training images
+        self.lock: FileLock | None = None  # held on the checkpoint folder while this process works in it
+        self.ranks = Ranks()  # the processes sharing the run (one, unless under torchrun)
+        t0 = time.perf_counter()
+        checked = check_files(self.splits)  # a damaged file stops the run here, not after training
+        log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")
+        if checked.note():
+            self.note(checked.note())
+
+    @property
+    def checkpoint(self) -> Path:
+        """Where the run's checkpoint lies; known from the start of tracking (stage 2) on."""
+        if self.checkpoint_path is None:
+            raise RuntimeError("the run's checkpoint path is set when its MLflow run starts")
+        return self.checkpoint_path
+
+    def scratch(self) -> Path:
+        """The run's folder for files it deletes when done (the test split's maps)."""
+        folder = self.checkpoint.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def note(self, text: str) -> None:
+        """A caveat on the result, kept with it: printed once, after the result tables, and in the
+        run's summary (``--output-json``)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def dataset(self, samples: list[Sample], train: bool) -> SampleDataset:
+        """``samples`` prepared as the model sees them; augmented and synthesised only for training."""
+        mean, std = self.components.normalisation
+        return SampleDataset(
+            samples,
+            self.config.data.size_hw,
+            mean,
+            std,
+            augment=self.config.data.augment if train else [],
+            synthesizer=self.components.synthesizer if train else None,
+            seed=self.config.train.seed,
+            with_masks=not train,
+        )
+
+    def loader_in_order(self, samples: list[Sample], train: bool = False) -> DataLoader:
+        """``samples`` in order, at the evaluation batch size: for every pass that trains nothing."""
+        return make_loader(self.dataset(samples, train=train), self.config.eval.batch_size, self.config.data.workers)
+
+    def use_cache(self) -> bool:
+        """Features can be computed once only when every epoch feeds the backbone the same images."""
+        cfg = self.config
+        return (
+            cfg.train.feature_cache == "auto"
+            and self.components.uses_features
+            and not cfg.data.augment
+            and self.components.synthesizer is None
+        )
+
+    def cache_reason(self) -> str:
+        """Why the feature cache is off, for the note that says so."""
+        if self.config.train.feature_cache == "off":
+            return "train.feature_cache=off"
+        if not self.components.uses_features:
+            return "the reconstructor takes raw images"
+        if self.config.data.augment:
+            return "random augmentation changes the input every epoch"
+        return "the synthesizer changes the input every epoch"
+
+    @property
+    def fitted(self) -> bool:
+        """The reconstructor is fitted in one pass (``training="fit"``), not trained in epochs."""
+        return self.components.registrations["reconstructor"].traits["training"] == "fit"
+
+    @property
+    def trained_here(self) -> bool:
+        """The run trains (or fits) its model, rather than taking a ``--from-run`` model."""
+        return self.base_bundle is None

@@ -10,16 +10,17 @@ from sklearn.metrics import roc_auc_score
 
 from uadp.errors import UadpError
 from uadp_plugins.aligners._mean_max import (
-    CalibrationConfig,
     calibrate,
     class_statistics,
     image_statistics,
     mean_spread,
     normalise,
 )
-from uadp_plugins.aligners._regressor import HeadConfig, StatsHead
-from uadp_plugins.aligners.cada import Cada, CadaConfig, CadaSigmaConfig
-from uadp_plugins.aligners.class_aware import ClassClassifier, ClassStats
+from uadp_plugins.aligners._options import CalibrationConfig, HeadConfig
+from uadp_plugins.aligners._regressor import StatsHead
+from uadp_plugins.aligners.cada import CadaConfig, CadaSigmaConfig
+from uadp_plugins.aligners.cada_model import Cada
+from uadp_plugins.aligners.class_aware_model import ClassClassifier, ClassStats
 
 SIZE = 16  # map side
 CLASSES = ("flat", "textured", "glossy")

@@ -4,15 +4,19 @@ A plugin is a module (or object) with functions marked ``@hookimpl`` and named a
 specs. It is found through the ``uadp`` entry-point group, the same group the bundled plugins
 use. Each hook receives a ``register`` callable and calls it once per component::
 
-    from uadp import hookimpl
+    from uadp.plugin import hookimpl
 
     @hookimpl
     def register_reconstructors(register):
-        register("mynet", MyNet, config=MyNetConfig, help="my reconstruction network",
-                 inputs="features")
+        register("mynet", "mynet_plugin.model:MyNet", config=MyNetConfig,
+                 help="my reconstruction network", inputs="features")
 
-What each kind's factory must build is described in :mod:`uadp.contract`; the keyword traits a
-kind accepts (``inputs=``, ``synthesizer=``, ``class_labels=``) in :mod:`uadp.registry`.
+The factory is a callable or, better, the ``"package.module:attribute"`` path of one: the core
+imports that module only when it builds the component, so listing, showing and validating
+components never imports a plugin's model code (or torch). Plugins import from
+:mod:`uadp.plugin` only. What each kind's factory must build is described in
+:mod:`uadp.contract`; the keyword traits a kind accepts (``inputs=``, ``synthesizer=``,
+``class_labels=``) in :mod:`uadp.registry`.
 """
 
 from __future__ import annotations

@@ -29,24 +29,10 @@ this project, not the paper's, address that:
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-Calibration = Literal["mean-max", "shift", "mean-max-excess"]
-
-
-class CalibrationConfig(BaseModel):
-    """The option every statistics-based aligner shares: how (u, gamma) calibrate a map."""
-
-    model_config = ConfigDict(extra="forbid")
-    calibration: Calibration = Field(
-        "mean-max-excess",
-        description="mean-max-excess: (M - u) / (gamma - u) up to gamma, then 1 + (M - gamma) / (the mean "
-        "max - mean of all training maps); mean-max: (M - u) / (gamma - u) everywhere, the paper's; "
-        "shift: M - u (keeps each class's spread)",
-    )
+from ._options import Calibration
 
 
 def image_statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:

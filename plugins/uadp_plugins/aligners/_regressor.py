@@ -12,40 +12,18 @@ Two choices the paper leaves open, made here for a stable fit with SGD at lr 5e-
 
 * the embedding is standardised per channel with its training mean and std (stored in the
   head), because backbone channels differ in scale by orders of magnitude;
-* the caller expresses targets in units of their own scale (see ``cada.py``), so the same
+* the caller expresses targets in units of their own scale (see ``cada_model.py``), so the same
   learning rate and SmoothL1 width work for a base whose scores are ~0.1 and one whose are ~50.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from ._mean_max import CalibrationConfig
-
-
-class HeadConfig(CalibrationConfig):
-    """Options of the regressor / classifier head and of its fit (and the calibration it feeds)."""
-
-    embedding: Literal["bottleneck", "features"] = Field(
-        "bottleneck",
-        description="the reconstructor's embedding the head reads: its bottleneck (UniAD: encoder output) "
-        "or the frozen backbone features it reconstructs",
-    )
-    hidden: int = Field(256, ge=1, description="width of the hidden linear layer")
-    dropout: float = Field(0.25, ge=0, lt=1, description="dropout before each linear layer")
-    conv_kernel: int = Field(3, ge=1, description="kernel of the C->C convolution (odd)")
-    activation: Literal["relu", "gelu"] = "relu"
-    iterations: int = Field(1000, ge=1, description="SGD steps (paper: 5,000 on RevDist, 20,000 on UniAD)")
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-2, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
+from ._options import HeadConfig
 
 
 def _activation(name: str) -> nn.Module:

@@ -1,0 +1,45 @@
+"""The options of the statistics-based aligners, apart from their code.
+
+Registration modules import these config models to register and describe the aligners; they
+need pydantic only, so listing or showing the aligners imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Calibration = Literal["mean-max", "shift", "mean-max-excess"]
+
+
+class CalibrationConfig(BaseModel):
+    """The option every statistics-based aligner shares: how (u, gamma) calibrate a map."""
+
+    model_config = ConfigDict(extra="forbid")
+    calibration: Calibration = Field(
+        "mean-max-excess",
+        description="mean-max-excess: (M - u) / (gamma - u) up to gamma, then 1 + (M - gamma) / (the mean "
+        "max - mean of all training maps); mean-max: (M - u) / (gamma - u) everywhere, the paper's; "
+        "shift: M - u (keeps each class's spread)",
+    )
+
+
+class HeadConfig(CalibrationConfig):
+    """Options of the regressor / classifier head and of its fit (and the calibration it feeds)."""
+
+    embedding: Literal["bottleneck", "features"] = Field(
+        "bottleneck",
+        description="the reconstructor's embedding the head reads: its bottleneck (UniAD: encoder output) "
+        "or the frozen backbone features it reconstructs",
+    )
+    hidden: int = Field(256, ge=1, description="width of the hidden linear layer")
+    dropout: float = Field(0.25, ge=0, lt=1, description="dropout before each linear layer")
+    conv_kernel: int = Field(3, ge=1, description="kernel of the C->C convolution (odd)")
+    activation: Literal["relu", "gelu"] = "relu"
+    iterations: int = Field(1000, ge=1, description="SGD steps (paper: 5,000 on RevDist, 20,000 on UniAD)")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0

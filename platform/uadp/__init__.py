@@ -23,4 +23,11 @@ def load(model, device: str = "auto", trust: bool = False, root: str = "uadp-run
     return load_model(model, device=device, trust=trust, root=root, registry=registry)
 
 
-__all__ = ["__version__", "hookimpl", "load"]
+def evaluate(model, data=None, **options):
+    """A trained model's metrics on a data set, as its run scored it; see :func:`uadp.api.evaluate`."""
+    from .api import evaluate as evaluate_model
+
+    return evaluate_model(model, data, **options)
+
+
+__all__ = ["__version__", "evaluate", "hookimpl", "load"]

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from .data.loader import ImageInputs, collate_keeping_failures, make_loader
 from .errors import UadpError
 from .run_ids import FULL, is_run_id, local_run_id
 from .thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from .engine.saved_model import Scored
 
 
 @dataclass
@@ -61,12 +64,14 @@ class Predictions:
         rows = []
         for i, path in enumerate(self.inputs):
             failed = self.errors[i] is not None
-            decided = self.decisions is not None and not failed and not math.isnan(self.thresholds[i])
+            decision = None
+            if self.decisions is not None and not failed and not math.isnan(self.thresholds[i]):
+                decision = "anomalous" if self.decisions[i] else "ok"
             row = {
                 "path": path,
                 "score": None if failed else float(self.scores[i]),
                 "threshold": None if math.isnan(self.thresholds[i]) else float(self.thresholds[i]),
-                "decision": ("anomalous" if self.decisions[i] else "ok") if decided else None,
+                "decision": decision,
                 "defect_area": None if failed or math.isnan(self.defect_area[i]) else float(self.defect_area[i]),
             }
             if self.class_names[i] is not None:
@@ -154,12 +159,13 @@ class Model:
     def check_class_names(self, class_names: Sequence[str | None], label: str = "class") -> None:
         """Every name is a class the model knows; an oracle aligner has a name for every image."""
         known = self.classes
-        unknown = sorted({c for c in class_names if c is not None and known is not None and c not in known})
-        if unknown:
+        unknown = sorted({c for c in class_names if c is not None and c not in known}) if known is not None else []
+        if known is not None and unknown:
             raise UadpError(f"{label} {unknown[0]}: the model was trained on {', '.join(known)}")
         if self.needs_class_names and any(c is None for c in class_names):
+            aligner = self.config.aligner.name if self.config.aligner is not None else "none"
             raise UadpError(
-                f"{self.source}: its aligner {self.config.aligner.name} looks up each image's true class "
+                f"{self.source}: its aligner {aligner} looks up each image's true class "
                 "(an oracle); give the images' class name (--class-name)"
             )
 
@@ -214,6 +220,15 @@ class Model:
         if not parts:
             raise UadpError("no images to predict")
         return Predictions.concatenate(parts)
+
+    def evaluate(self, data: str | Path | None = None, **options: Any) -> Scored:
+        """The model's metrics on ``data``'s test split, exactly as its run scored it; see
+        :func:`evaluate` (a model loaded from a bundle file only: an exported graph holds no
+        training images to set thresholds on)."""
+        bundle = Path(self.source)
+        if not bundle.is_file():
+            raise UadpError(f"{self.source}: evaluate takes a model.pt bundle, not an exported model")
+        return evaluate(bundle, data, **options)
 
     def _judge(
         self,
@@ -348,3 +363,42 @@ def load(
         detector.aligner_class_labels == "train+test",
         str(path) if path.exists() else str(model),  # a fetched model by what named it
     )
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    normal_dir: str | Path | None = None,
+    options: Sequence[str] = (),
+    trust: bool = False,
+    root: str | Path = "uadp-runs",
+    registry=None,
+    log=print,
+) -> Scored:
+    """Score a trained model on a data set exactly as ``uadp run`` scores it: the same split and
+    calibration hold-out, thresholds, map store and metrics (``uadp run --from-run`` goes the
+    same way). On the run's own data the result is the run's.
+
+    ``model``: a bundle, a run's checkpoint folder or an MLflow run id (see :func:`load`);
+    ``data``: a data folder (default: the run's); ``classes``: a subset (default: the run's);
+    ``normal_dir``: normal images to set the thresholds on instead of the hold-out; ``options``:
+    ``SECTION.KEY=VALUE`` as ``--set`` takes them, for options that change no trained weight
+    (an inference option, another aligner: fitted here on the training images' maps).
+    """
+    from .engine.saved_model import evaluate_saved  # the engine (torch, the plugins): on first use
+    from .registry import get_registry
+
+    with located_model(model, root) as path:
+        if path.is_dir():
+            raise UadpError(f"{model}: evaluate takes a model.pt bundle, not an exported model")
+        return evaluate_saved(
+            path,
+            registry or get_registry(),
+            data,
+            list(classes) if classes is not None else None,
+            normal_dir,
+            list(options),
+            trust,
+            log,
+        )

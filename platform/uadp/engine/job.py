@@ -22,6 +22,7 @@ from ..data.loader import SampleDataset, make_loader
 from ..data.splits import Sample, Splits, check_files, gather, hold_out_calibration, normal_folder
 from ..registry import Registry
 from .components import Components, build_components
+from .detector import Detector
 from .device import resolve_device, resolve_precision
 from .distributed import Ranks
 
@@ -65,6 +66,7 @@ class Job:
         self.base_bundle: Path | None = None  # --from-run's model: nothing is trained here
         self.base_fitted_on: str | None = None  # the digest of that model's training images
         self.lock: FileLock | None = None  # held on the checkpoint folder while this process works in it
+        self.scratch_dir: Path | None = None  # where maps are stored while scored (default: the checkpoint's folder)
         self.ranks = Ranks()  # the processes sharing the run (one, unless under torchrun)
         t0 = time.perf_counter()
         checked = check_files(self.splits)  # a damaged file stops the run here, not after training
@@ -81,7 +83,7 @@ class Job:
 
     def scratch(self) -> Path:
         """The run's folder for files it deletes when done (the test split's maps)."""
-        folder = self.checkpoint.parent
+        folder = self.scratch_dir or self.checkpoint.parent
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -133,6 +135,20 @@ class Job:
     def fitted(self) -> bool:
         """The reconstructor is fitted in one pass (``training="fit"``), not trained in epochs."""
         return self.components.registrations["reconstructor"].traits["training"] == "fit"
+
+    def detector(self) -> Detector:
+        """The components joined into the one model that trains, predicts and is saved, on the job's device."""
+        components = self.components
+        return Detector(
+            self.config,
+            components.backbone,
+            components.reconstructor,
+            components.aligner,
+            self.device,
+            self.dtype,
+            components.aligner_class_labels,
+            classes=self.splits.classes,
+        )
 
     @property
     def trained_here(self) -> bool:

@@ -92,7 +92,7 @@ def train_and_evaluate(
     try:
         with tracker.guard():
             _start_tracking(job, tracker, resumed)
-            detector = _build_detector(job)
+            detector = job.detector()
             record.log_params_and_tags(job, tracker)
             history = _train_or_skip(job, detector, tracker, resumed)
             alignment.fit_aligner(job, detector)
@@ -177,21 +177,6 @@ def _start_tracking(job: Job, tracker: Tracker, resumed: Resumed | None) -> None
         f"run {tracker.run_id}: {len(job.splits.classes)} classes, {len(job.splits.train)} train / "
         f"{len(job.splits.test)} test images, {job.device} {precision_name(job.dtype)}, "
         f"{torch.get_num_threads()} threads" + (f" x {job.ranks.world} processes" if job.ranks.world > 1 else "")
-    )
-
-
-def _build_detector(job: Job) -> Detector:
-    """The components joined into the one model that trains, predicts and is saved, on the run's device."""
-    components = job.components
-    return Detector(
-        job.config,
-        components.backbone,
-        components.reconstructor,
-        components.aligner,
-        job.device,
-        job.dtype,
-        components.aligner_class_labels,
-        classes=job.splits.classes,
     )
 
 

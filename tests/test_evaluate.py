@@ -1,0 +1,62 @@
+"""``uadp.evaluate``: a saved model scored again gives exactly the numbers its run logged, and
+options that would change the trained model are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import uadp
+from uadp.errors import UadpError
+
+
+@pytest.fixture(scope="module")
+def aligned_run(tmp_path_factory):
+    from uadp.engine.pipeline import train_and_evaluate
+    from uadp.registry import get_registry
+    from uadp.testing import make_mvtec_dataset, quick_config
+
+    root = tmp_path_factory.mktemp("evaluate")
+    data = make_mvtec_dataset(root / "data", classes=("dots", "stripes"), n_train=12, n_good=3, n_bad=3)
+    config = quick_config(data, root / "runs", aligner={"name": "cada"}, eval={"overlays_per_class": 0})
+    return data, train_and_evaluate(config, get_registry(), log=lambda _: None)
+
+
+def test_a_saved_model_scores_as_its_run(aligned_run) -> None:
+    data, result = aligned_run
+    scored = uadp.evaluate(result.bundle, log=lambda _: None)
+    assert scored.report.to_dict() == result.report.to_dict()
+    assert scored.base_report.to_dict() == result.base_report.to_dict()
+    assert scored.thresholds.to_dict() == result.thresholds.to_dict()
+    assert scored.decisions == result.threshold_report
+    # the same through a loaded model, and on the same data named explicitly
+    again = uadp.load(result.bundle).evaluate(data, log=lambda _: None)
+    assert again.report.to_dict() == result.report.to_dict()
+
+
+def test_variant_maps_score_as_the_run_scores_its_own(aligned_run) -> None:
+    """``score_maps`` of the model's own final maps is the run's report: the benchmarks' path."""
+    import torch
+
+    _, result = aligned_run
+    scored = uadp.evaluate(result.bundle, log=lambda _: None)
+    detector, job = scored.detector, scored.job
+    maps = []
+    for item in job.loader_in_order(job.splits.test):
+        maps.append(detector.predict_images(item["image"])[0])
+    assert scored.score_maps(torch.cat(maps), scored.scores).to_dict() == result.report.to_dict()
+
+
+def test_an_option_that_changes_the_trained_model_is_refused(aligned_run) -> None:
+    _, result = aligned_run
+    with pytest.raises(UadpError, match="another model"):
+        uadp.evaluate(result.bundle, options=["data.image_size=96"], log=lambda _: None)
+
+
+def test_another_aligner_is_fitted_on_the_training_maps(aligned_run) -> None:
+    _, result = aligned_run
+    scored = uadp.evaluate(result.bundle, options=["aligner.name=cada-sigma"], log=lambda _: None)
+    assert scored.base_report.to_dict() == result.base_report.to_dict()  # the same model underneath
+    assert scored.report.to_dict() != result.report.to_dict()
+    assert Path(result.bundle).is_file()

@@ -76,12 +76,12 @@ def _command(argv: list[str] | None) -> int:
 
 
 def _parser_for(words: list[str]) -> argparse.ArgumentParser:
-    """The parser for this command line. A built-in sub-command's flags are checked without the
-    plugins loaded (a mistyped flag answers at once; its handler loads them when it needs them);
-    the top-level help, a plugin's sub-command and a mistyped sub-command name need every plugin's
-    sub-commands, so the registry loads first."""
+    """The parser for this command line. A built-in sub-command's flags (and ``--version``) are
+    checked without the plugins loaded (a mistyped flag answers at once; its handler loads them
+    when it needs them); the top-level help, a plugin's sub-command and a mistyped sub-command
+    name need every plugin's sub-commands, so the registry loads first."""
     parser = build_parser()
-    if words and words[0] in built_in_commands(parser):
+    if words and (words[0] in built_in_commands(parser) or words[0] == "--version"):
         return parser
     from ..registry import get_registry  # imports every plugin's entry-point module
 

@@ -76,14 +76,14 @@ def _config_for_run(args: argparse.Namespace, registry):
     preset = args.config or _reconstructor_preset(args, registry)
     config = build_config(preset, _flag_overrides(args, registry), args.set)
     if args.from_run:
-        from ..engine.pipeline import config_for_base_run  # the engine (torch): only for --from-run
+        from ..engine.base_run import config_for_base_run  # the engine (torch): only for --from-run
 
         base = config_for_base_run(args.from_run, config.tracking.root, args.trust_model_file)
         # where this run is recorded, not where the base was; the preset is the base run's
         base["tracking"] = {**config.tracking.model_dump(), "preset": base.get("tracking", {}).get("preset")}
         config = build_config(args.config, _flag_overrides(args, registry), args.set, base=base)
     elif args.resume:
-        from ..engine.pipeline import config_for_resume  # the engine (torch): only for --resume
+        from ..engine.resume import config_for_resume  # the engine (torch): only for --resume
 
         base = config_for_resume(args.resume, config.tracking.root, args.trust_model_file)
         base["tracking"]["root"] = config.tracking.root  # where the run's store is now

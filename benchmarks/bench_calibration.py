@@ -94,7 +94,7 @@ def main() -> int:
     from rescoring import evaluate_maps, load_test_split, maps_of_test_split, train_maps
 
     split = load_test_split(args.model, args.data, None, parser.error)
-    split.metrics = {name: split.metrics[name] for name in ("image_auroc", "pixel_auroc", "pixel_ap")}
+    split.metrics = ["image_auroc", "pixel_auroc", "pixel_ap"]
     split.config = split.config.model_copy(deep=True)
     split.config.eval.image_score.name, split.config.eval.image_score.topk = "topk_mean", args.topk
 

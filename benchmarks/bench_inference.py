@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
@@ -53,17 +54,14 @@ def main() -> int:
 
     import torch
 
-    from uadp.config import validate
-    from uadp.data.loader import SampleDataset, batches, make_loader, worker_count
-    from uadp.data.splits import gather
-    from uadp.engine.components import build_dataset
-    from uadp.engine.detector import load_bundle
+    from uadp.data.loader import batches, make_loader, worker_count
     from uadp.engine.device import precision_name, resolve_precision
+    from uadp.engine.saved_model import prepare_saved
     from uadp.registry import get_registry
     from uadp.scoring import image_scores
 
-    registry = get_registry()
-    detector = load_bundle(args.model, registry)
+    # the model and its test split as its run scored them (uadp.evaluate's own preparation)
+    job, detector = prepare_saved(Path(args.model), get_registry(), args.data, log=lambda _: None)
     cfg = detector.config
     if args.precision is not None:
         detector.dtype = resolve_precision(args.precision, detector.device)
@@ -71,10 +69,8 @@ def main() -> int:
             detector.extract.dtype = detector.dtype
     batch_size = args.batch_size or cfg.eval.batch_size
     workers = worker_count(cfg.data.workers if args.workers is None else args.workers)
-    dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": args.data}}), registry)
-    test = gather(dataset, cfg.data.classes).test
-    mean, std = detector.normalisation
-    test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
+    test = job.splits.test
+    test_set = job.dataset(test, train=False)
     print(
         f"threads {torch.get_num_threads()}  workers {workers}  batch {batch_size}  {len(test_set)} test images  "
         f"{cfg.reconstructor.name} on {cfg.backbone.model}  {precision_name(detector.dtype)}",

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
@@ -30,11 +31,8 @@ def main() -> int:
 
     import numpy as np
 
-    from uadp.config import validate
-    from uadp.data.loader import SampleDataset, batches, make_loader
-    from uadp.data.splits import gather
-    from uadp.engine.components import build_dataset
-    from uadp.engine.detector import load_bundle
+    from uadp.data.loader import batches, make_loader
+    from uadp.engine.saved_model import prepare_saved
     from uadp.metrics.pixels import MapStore
     from uadp.metrics.protocols import evaluate
     from uadp.registry import get_registry
@@ -44,13 +42,10 @@ def main() -> int:
     rows = []
     print("  ".join(header))
     for path in args.model:
-        detector = load_bundle(path, registry, device="cpu")
-        config = detector.config.to_dict()
-        config["dataset"] = {"name": "mvtec", "root": args.data}
-        config = validate(config)
-        samples = gather(build_dataset(config, registry)[0], detector.classes).test
-        mean, std = detector.normalisation
-        dataset = SampleDataset(samples, config.data.size_hw, mean, std, with_masks=True)
+        # the model and its test split as its run scored them (uadp.evaluate's own preparation)
+        job, detector = prepare_saved(Path(path), registry, args.data, options=["train.device=cpu"], log=lambda _: None)
+        samples = job.splits.test
+        dataset = job.dataset(samples, train=False)
         maps, masks, scores, labels = [], [], [], []
         with MapStore() as store:
             for batch in batches(make_loader(dataset, 16, 1)):
@@ -63,9 +58,7 @@ def main() -> int:
             maps, masks = np.concatenate(maps), np.concatenate(masks)
             scores, labels = np.concatenate(scores), np.concatenate(labels)
             names = [s.class_name for s in samples]
-            metrics = {
-                m: registry.get("metrics", m).factory(registry.get("metrics", m).config()) for m in config.eval.metrics
-            }
+            metrics = job.components.metrics
             t0 = time.perf_counter()
             exact = evaluate(scores, labels, maps, masks, names, metrics)
             t1 = time.perf_counter()

@@ -24,10 +24,8 @@ from results_csv import Results, this_command, this_hardware, write  # noqa: E40
 
 
 def main() -> int:
-    from uadp.data.loader import SampleDataset, batches, make_loader
-    from uadp.data.splits import gather
-    from uadp.engine.components import build_dataset
-    from uadp.engine.detector import load_bundle
+    from uadp.data.loader import batches, make_loader
+    from uadp.engine.saved_model import prepare_saved
     from uadp.registry import get_registry
     from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, has_bf16_matrix_units, nearest_brute
 
@@ -38,18 +36,17 @@ def main() -> int:
     parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
     args = parser.parse_args()
 
-    registry = get_registry()
-    detector = load_bundle(args.model, registry, device="cpu")
-    model = detector.reconstructor
-    config = detector.config.model_copy(
-        update={"dataset": detector.config.dataset.model_copy(update={"root": args.data})}
+    # the model and its test split as its run scored them (uadp.evaluate's own preparation)
+    job, detector = prepare_saved(
+        Path(args.model), get_registry(), args.data, options=["train.device=cpu"], log=lambda _: None
     )
-    test = gather(build_dataset(config, registry)[0], config.data.classes).test
-    mean, std = detector.normalisation
+    model = detector.reconstructor
+    config = job.config
+    test = job.splits.test
     rows = []
     for name in sorted({s.class_name for s in test}):
         samples = [s for s in test if s.class_name == name][: args.images]
-        loader = make_loader(SampleDataset(samples, config.data.size_hw, mean, std), config.eval.batch_size, 0)
+        loader = make_loader(job.dataset(samples, train=False), config.eval.batch_size, 0)
         queries = torch.cat(
             [detector.extract(item["image"]).permute(0, 2, 3, 1).flatten(0, 2) for item in batches(loader)]
         )

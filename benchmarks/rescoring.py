@@ -1,8 +1,11 @@
 """Shared by the re-scoring benchmarks (bench_unias_levels.py, bench_omnial_maps.py,
 bench_calibration.py, bench_defect_types.py).
 
-They load a trained model bundle, run it once over a root's test split, and score variants of
-its map without retraining; this module holds that common part.
+They score variants of a trained model's map without retraining. The model and its test split
+come from :func:`uadp.evaluate`, which scores the model exactly as its run did (the same split and
+calibration hold-out, map store and metrics); each variant's maps are scored by the same code
+(:meth:`~uadp.engine.saved_model.Scored.score_maps`), so the row of the model's own setting is the
+run's result.
 """
 
 from __future__ import annotations
@@ -16,50 +19,34 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_dsc")
 
 @dataclass
 class TestSplit:
+    scored: Any  # what uadp.evaluate returned: the model's own result, its job and detector
     detector: Any
     config: Any
     names: list[str]  # class of every test image, in order
     defects: list[str]  # defect type of every test image ("good" for normal ones), in order
-    loader: Any
-    metrics: dict[str, Any]
+    metrics: list[str]  # the metrics the tables show
     train: list[Any]  # the normal samples the model and aligner trained on (see ``train_maps``)
     calibration: list[Any]  # the normal samples the run kept apart to set its thresholds
 
 
 def load_test_split(model_path: str, data: str, reconstructor: str | None, error: Callable[[str], None]) -> TestSplit:
-    """The bundle (of ``reconstructor``, if named) and a loader over ``data``'s test split."""
-    from uadp.config import validate
-    from uadp.data.loader import SampleDataset, make_loader
-    from uadp.data.splits import gather, hold_out_calibration
-    from uadp.engine.components import build_dataset
-    from uadp.engine.detector import load_bundle
-    from uadp.registry import get_registry
+    """The model (of ``reconstructor``, if named) scored on ``data`` as its run scores it."""
+    import uadp
 
-    registry = get_registry()
-    detector = load_bundle(model_path, registry)
-    cfg = detector.config
+    scored = uadp.evaluate(model_path, data, log=lambda _: None)
+    job = scored.job
+    cfg = job.config
     if reconstructor is not None and cfg.reconstructor.name != reconstructor:
         error(f"{model_path} is a {cfg.reconstructor.name} model, not {reconstructor}")
-    dataset, _ = build_dataset(validate({**cfg.to_dict(), "dataset": {"name": "mvtec", "root": data}}), registry)
-    # the run's own hold-out (same fraction and seed): "train" is what the model really trained on
-    splits = hold_out_calibration(gather(dataset, cfg.data.classes), cfg.eval.calibration_fraction, cfg.train.seed)
-    test = splits.test
-    mean, std = detector.normalisation
-    test_set = SampleDataset(test, cfg.data.size_hw, mean, std, with_masks=True)
-    metrics = {}
-    for name in METRICS:
-        registration = registry.get("metrics", name)
-        metrics[name] = registration.factory(registration.config())
-    loader = make_loader(test_set, cfg.eval.batch_size, cfg.data.workers)
     return TestSplit(
-        detector,
+        scored,
+        scored.detector,
         cfg,
-        [s.class_name for s in test],
-        [s.defect for s in test],
-        loader,
-        metrics,
-        splits.train,
-        splits.calibration,
+        [s.class_name for s in scored.test],
+        [s.defect for s in scored.test],
+        list(METRICS),
+        job.splits.train,
+        job.splits.calibration,
     )
 
 
@@ -67,14 +54,11 @@ def train_maps(split: TestSplit):
     """The base's maps [N,H,W] of the root's normal training images, and their class names."""
     import torch
 
-    from uadp.data.loader import SampleDataset, batches, make_loader
-
-    mean, std = split.detector.normalisation
-    train_set = SampleDataset(split.train, split.config.data.size_hw, mean, std)
+    job, detector = split.scored.job, split.detector
     maps = []
     with torch.no_grad():
-        for item in batches(make_loader(train_set, split.config.eval.batch_size, split.config.data.workers)):
-            maps.append(split.detector.raw(split.detector.batch_of(item["image"])).anomaly_map.cpu())
+        for item in split_batches(split, job.splits.train):
+            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
     return torch.cat(maps), [s.class_name for s in split.train]
 
 
@@ -93,32 +77,22 @@ def maps_of_test_split(split: TestSplit):
     return torch.cat(maps), np.concatenate(labels), np.concatenate(masks)
 
 
-def split_batches(split: TestSplit) -> Iterator[dict]:
+def split_batches(split: TestSplit, samples: list | None = None) -> Iterator[dict]:
+    """The test split's batches (or ``samples``'), prepared as the run's evaluation prepares them."""
     from uadp.data.loader import batches
 
-    yield from batches(split.loader)
+    job = split.scored.job
+    yield from batches(job.loader_in_order(job.splits.test if samples is None else samples))
 
 
-def evaluate_maps(split: TestSplit, maps, labels, masks):
-    """The metric report of one variant's maps [N,H,W] (image scores by the run's reducer).
-
-    The maps are scored as a run scores them: stored a batch at a time in a map store (float16),
-    then read back in chunks. Dice at its best threshold can differ between that and float32
-    arrays by 0.02 on a barely trained model's flat maps; scored the same way, a benchmark's row
-    for the model's own setting is the run's own result."""
-    from uadp.metrics.pixels import MapStore
-    from uadp.metrics.protocols import evaluate
+def evaluate_maps(split: TestSplit, maps, labels=None, masks=None):
+    """The metric report of one variant's maps [N,H,W] of the test split, image scores by
+    ``split.config``'s reducer: scored as the run scores its own maps (``labels`` and ``masks``
+    are the split's own, kept as arguments for the callers that have them at hand)."""
     from uadp.scoring import image_scores
 
     scores = image_scores(maps, split.config.eval.image_score).numpy()
-    store = MapStore()
-    try:
-        size = split.config.eval.batch_size
-        for start in range(0, len(maps), size):
-            store.append(maps[start : start + size].numpy(), None if masks is None else masks[start : start + size])
-        return evaluate(scores, labels, store.pixels(), None, split.names, split.metrics)
-    finally:
-        store.close()
+    return split.scored.score_maps(maps, scores, split.metrics)
 
 
 def header(first: str, width: int, extra: str = "") -> str:

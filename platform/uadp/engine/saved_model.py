@@ -59,10 +59,13 @@ class Scored:
             document["threshold"] = {"thresholds": self.thresholds.to_dict(), **(self.decisions or {})}
         return document
 
-    def score_maps(self, maps: torch.Tensor, scores: np.ndarray | None = None) -> MetricReport:
-        """The metrics of other maps [N,H,W] of this test split (a variant of the model's map),
-        computed as the run computes its own: stored a batch at a time in the map store (float16),
-        image scores by the run's reducer unless ``scores`` are given."""
+    def score_maps(
+        self, maps: torch.Tensor, scores: np.ndarray | None = None, metrics: list[str] | None = None
+    ) -> MetricReport:
+        """The metrics (the run's, or those named) of other maps [N,H,W] of this test split (a
+        variant of the model's map), computed as the run computes its own: stored a batch at a
+        time in the map store (float16), image scores by the run's reducer unless ``scores`` are
+        given."""
         if self.job is None:
             raise ValueError("score_maps needs the job the model was scored in")
         job = self.job
@@ -74,7 +77,10 @@ class Scored:
             for start in range(0, len(maps), size):
                 store.append(maps[start : start + size].float().numpy(), masks[start : start + size])
             names = [s.class_name for s in self.test]
-            return evaluate(scores, self.labels, store.pixels(), None, names, job.components.metrics)
+            chosen = job.components.metrics
+            if metrics is not None:
+                chosen = {name: chosen[name] for name in metrics}
+            return evaluate(scores, self.labels, store.pixels(), None, names, chosen)
 
 
 def evaluate_saved(
@@ -90,25 +96,7 @@ def evaluate_saved(
     """Score the bundle at ``path`` on ``data`` (default: the data set its run used), the classes
     given (default: the run's), with ``options`` (``SECTION.KEY=VALUE``, as ``--set``: only those
     that change no trained weight; another aligner is fitted here)."""
-    state = read_bundle(path, trust)
-    recorded = recorded_config(state["config"])
-    overrides: dict[str, Any] = {}
-    if data is not None:
-        overrides["dataset"] = {"name": registry.folder_dataset(), "root": str(data)}
-    if classes is not None:
-        overrides["data"] = {"classes": list(classes)}
-    if normal_dir is not None:
-        overrides["eval"] = {"normal_dir": str(normal_dir)}
-    config = build_config(overrides=overrides, sets=options, base=recorded, registry=registry)
-    job = Job(config, registry, log)
-    load_base_model(job, path, trust)  # refused if the options describe another model
-    detector = job.detector()
-    detector.fitted_on = job.base_fitted_on
-    if _same_aligner(job, recorded) and state.get("aligner") is not None and detector.aligner is not None:
-        load_weights(detector.aligner, state["aligner"], f"aligner {job.config.aligner.name!r}", path, state)
-        detector.aligner.to(job.device)
-    else:
-        fit_aligner(job, detector)
+    job, detector = prepare_saved(path, registry, data, classes, normal_dir, options, trust, log)
     with tempfile.TemporaryDirectory(prefix="uadp-scores-") as folder, torch.no_grad():
         job.scratch_dir = Path(folder)
         found = score(job, detector)
@@ -131,6 +119,41 @@ def evaluate_saved(
         finally:
             found.close()
             job.scratch_dir = None
+
+
+def prepare_saved(
+    path: Path,
+    registry: Registry,
+    data: str | Path | None = None,
+    classes: list[str] | None = None,
+    normal_dir: str | Path | None = None,
+    options: list[str] | None = None,
+    trust: bool = False,
+    log: Log = print,
+) -> tuple[Job, Detector]:
+    """The bundle at ``path`` as a detector, and the job that splits ``data`` as its run split
+    it (arguments as :func:`evaluate_saved`), before anything is scored: for benchmarks that
+    time or take apart what scoring does."""
+    state = read_bundle(path, trust)
+    recorded = recorded_config(state["config"])
+    overrides: dict[str, Any] = {}
+    if data is not None:
+        overrides["dataset"] = {"name": registry.folder_dataset(), "root": str(data)}
+    if classes is not None:
+        overrides["data"] = {"classes": list(classes)}
+    if normal_dir is not None:
+        overrides["eval"] = {"normal_dir": str(normal_dir)}
+    config = build_config(overrides=overrides, sets=options, base=recorded, registry=registry)
+    job = Job(config, registry, log)
+    load_base_model(job, path, trust)  # refused if the options describe another model
+    detector = job.detector()
+    detector.fitted_on = job.base_fitted_on
+    if _same_aligner(job, recorded) and state.get("aligner") is not None and detector.aligner is not None:
+        load_weights(detector.aligner, state["aligner"], f"aligner {job.config.aligner.name!r}", path, state)
+        detector.aligner.to(job.device)
+    else:
+        fit_aligner(job, detector)
+    return job, detector
 
 
 def _same_aligner(job: Job, recorded: dict[str, Any]) -> bool:

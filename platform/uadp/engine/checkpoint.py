@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +79,6 @@ def load_model_file(path: str | Path, what: str, trust: bool = False) -> Any:
 def python_objects_in(path: Path) -> list[str] | None:
     """The Python names (``module.name``) a pickled file would import, beyond torch's own and
     plain containers, read from its opcodes without unpickling; None if it is not a pickle."""
-    import pickletools
-    import zipfile
 
     try:
         if zipfile.is_zipfile(path):

@@ -10,6 +10,7 @@ bundle (``model.pt``) holds the resolved config and every component's state, so
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..metrics.pixels import MapStore, StoredPixels
 from ..registry import Registry, get_registry
 from ..scoring import image_scores
 from ..thresholds import Thresholds
+from .checkpoint import check_format, load_model_file, save_atomic
 from .components import aligner_class_labels, build_aligner, build_model, input_normalisation
 from .device import autocast, resolve_device, resolve_precision
 from .features import FeatureExtractor
@@ -202,8 +204,6 @@ class Detector:
         so memory does not grow with the split. With an aligner and ``keep_base``, the
         reconstructor's own maps and scores are kept too.
         """
-        import time
-
         stores = [MapStore(folder)]
         if self.aligner is not None and keep_base:
             stores.append(MapStore(folder))
@@ -247,8 +247,6 @@ class Detector:
     # ------------------------------------------------------------------ bundle
 
     def save(self, path: Path) -> None:
-        from .checkpoint import save_atomic
-
         save_atomic(
             {
                 "format": BUNDLE_FORMAT,
@@ -267,8 +265,6 @@ class Detector:
 
 def read_bundle(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """The saved state of a model bundle, checked to be one; read as plain data unless ``trust``."""
-    from .checkpoint import check_format, load_model_file
-
     path = Path(path)
     state = load_model_file(path, "uadp model bundle", trust)
     check_format(state, BUNDLE_FORMAT, path, "uadp model bundle")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
 
@@ -122,8 +123,6 @@ class Ranks:
         """``module`` in DistributedDataParallel when there are several ranks."""
         if self.world == 1:
             return module
-        from torch.nn.parallel import DistributedDataParallel
-
         if next(module.parameters()).is_cuda:  # BatchNorm over the whole global batch, as one process
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         # a training step's graph is the same every step: DDP learns from the first which parameters
@@ -172,8 +171,6 @@ def peer_lost(exc: BaseException) -> str | None:
     """Why a collective failed, when it failed because another process of the run stopped
     (crashed, killed, out of memory), so that the process that is left says that in one line;
     None for any other error."""
-    import torch.distributed as dist
-
     seen = 0
     while exc is not None and seen < 10:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

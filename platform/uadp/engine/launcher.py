@@ -22,6 +22,7 @@ waits for it a bounded time (:data:`STOP_WAIT_S`) before it kills what is left.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -71,8 +72,8 @@ def report(**facts: Any) -> None:
 
 def _launcher(failures_file: str, argv: list[str]) -> int:
     """PyTorch's launcher on ``argv``; the failed processes into ``failures_file``, quietly."""
-    import logging
-
+    # torch's launcher only in the supervising process: the CLI imports this module on every
+    # command's last line, where torch has no business (uadp --help answers at once)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -196,7 +197,7 @@ def _saved_epoch(checkpoint: Path) -> int | None:
     """The epoch of the checkpoint on disk (None if there is none), read without loading its tensors."""
     if not checkpoint.is_file():
         return None
-    import torch
+    import torch  # see _launcher: torch only where the checkpoint is read
 
     try:
         return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"])

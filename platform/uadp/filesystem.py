@@ -84,18 +84,19 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def storage_failure(exc: BaseException) -> OSError | None:
     """The file system's error behind ``exc`` (itself, or what caused it), if that is what failed."""
+    link: BaseException | None = exc
     seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-            return exc
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    while link is not None and seen < 10:
+        if isinstance(link, OSError) and link.errno in STORAGE_ERRNOS:
+            return link
+        link, seen = link.__cause__ or link.__context__, seen + 1
     return None
 
 
 def storage_error(failure: OSError) -> StorageError:
     """One line for a failure of the file system: the file, the system's reason, what to do."""
     where = f" {failure.filename}" if failure.filename else ""
-    advice = _ADVICE.get(failure.errno)
+    advice = _ADVICE.get(failure.errno) if failure.errno is not None else None
     text = f"writing{where} failed: {failure.strerror or failure}" + (f"; {advice}" if advice else "")
     return StorageError(text)
 

@@ -36,4 +36,4 @@ def stay_offline() -> None:
     os.environ.update(TELEMETRY_OFF)
     # None in sys.modules makes ``import openvino_telemetry`` fail, so OpenVINO takes its stand-in;
     # if it was imported already (OpenVINO imported before uadp), it is left as it is.
-    sys.modules.setdefault(OPENVINO_TELEMETRY, None)
+    sys.modules.setdefault(OPENVINO_TELEMETRY, None)  # type: ignore[arg-type]  # typeshed types values as modules only

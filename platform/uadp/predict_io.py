@@ -195,7 +195,10 @@ class PredictionWriter:
             written["overlay"] = f"overlays/{name}.png"
             Image.fromarray(panels).save(self.out / written["overlay"])
         if self.masks and mask is not None:
-            height, width = batch.sizes[i]
+            size = batch.sizes[i]
+            if size is None:  # only an image that could not be read lacks one, and it gets no pictures
+                raise ValueError(f"{path}: read without its size")
+            height, width = size
             full = cv2.resize(mask.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_NEAREST)
             written["mask"] = f"masks/{name}.png"
             Image.fromarray(full).save(self.out / written["mask"])

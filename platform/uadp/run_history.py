@@ -8,6 +8,7 @@ Both read whatever store a run writes to (the embedded one under ``--root``, or 
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -37,7 +38,7 @@ def experiments_with_runs(tracker: Tracker) -> list[tuple[str, str]]:
     found = [
         (e.experiment_id, e.name)
         for e in experiments
-        if tracker.request("listing runs", lambda e=e: client.search_runs([e.experiment_id], max_results=1))
+        if tracker.request("listing runs", functools.partial(client.search_runs, [e.experiment_id], max_results=1))
     ]
     return sorted(found, key=lambda item: (not item[0].isdigit(), int(item[0]) if item[0].isdigit() else 0, item[0]))
 

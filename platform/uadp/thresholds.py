@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .metrics.curves import BinaryCurve, binary_curve
-from .metrics.pixels import ArrayPixels, PixelSource, as_pixels
+from .metrics.pixels import ArrayPixels, PixelSource, as_pixels, required_masks
 
 ALL = "all"
 
@@ -123,7 +123,9 @@ def calibrate(
     """
     names = np.asarray(class_names)
     pixels = as_pixels(maps)
-    image, pixel, notes = {}, {}, []
+    image: dict[str, float] = {}
+    pixel: dict[str, float] = {}
+    notes: list[str] = []
     for unit in [ALL, *classes]:
         chosen = np.ones(len(names), bool) if unit == ALL else names == unit
         where = "every class" if unit == ALL else unit
@@ -167,7 +169,7 @@ def _overlap(pixels: PixelSource, threshold: float | np.ndarray, at_least: bool 
         limit = limits[done : done + len(maps)].reshape(-1, *([1] * (maps.ndim - 1)))
         done += len(maps)
         predicted = maps >= limit if at_least else maps > limit
-        truth = masks.astype(bool, copy=False)
+        truth = required_masks(masks).astype(bool, copy=False)
         hits += float((predicted & truth).sum())
         predicted_n += float(predicted.sum())
         truth_n += float(truth.sum())

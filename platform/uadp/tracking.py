@@ -20,6 +20,7 @@ crash, so opening the store and creating the experiment happen under a file lock
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -106,10 +107,11 @@ def metric_key(*parts: str) -> str:
 
 def failure_reason(exc: BaseException) -> str:
     """One short phrase for what went wrong in a (chained) tracking exception."""
-    texts = []
-    while exc is not None and len(texts) < 10:
-        texts.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
+    texts: list[str] = []
+    link: BaseException | None = exc
+    while link is not None and len(texts) < 10:
+        texts.append(str(link))
+        link = link.__cause__ or link.__context__
     patterns = (
         r"\[Errno -?\d+\] [^'\")\]]+",
         r"(?:Read|Connect) timed out",
@@ -133,13 +135,14 @@ def _is_store_failure(exc: BaseException) -> bool:
     import requests
     from sqlalchemy.exc import OperationalError
 
+    link: BaseException | None = exc
     seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (requests.RequestException, OperationalError, OSError)):
+    while link is not None and seen < 10:
+        if isinstance(link, (requests.RequestException, OperationalError, OSError)):
             return True
-        if "API request to" in str(exc) and ("failed" in str(exc) or "Max retries" in str(exc)):
+        if "API request to" in str(link) and ("failed" in str(link) or "Max retries" in str(link)):
             return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        link, seen = link.__cause__ or link.__context__, seen + 1
     return False
 
 
@@ -268,7 +271,7 @@ class Tracker:
                     if key not in found.tags:
                         self.request(
                             "tagging the experiment",
-                            lambda key=key, value=value: client.set_experiment_tag(self.experiment_id, key, value),
+                            functools.partial(client.set_experiment_tag, self.experiment_id, key, value),
                         )
         run = self.request(
             "starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
@@ -303,7 +306,7 @@ class Tracker:
         items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
-            self.request("logging parameters", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+            self.request("logging parameters", functools.partial(self.client.log_batch, self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import math
@@ -319,7 +322,7 @@ class Tracker:
         ]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
-            self.request("logging metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            self.request("logging metrics", functools.partial(self.client.log_batch, self.run_id, metrics=chunk))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.request(
@@ -359,6 +362,9 @@ class Tracker:
             )
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
+        """The run's page in ``uadp ui``: a run that was started or reopened has one."""
+        if self.experiment_id is None or self.run_id is None:
+            raise RuntimeError("no MLflow run was started or reopened, so it has no page")
         return run_url(f"http://{host}:{port}", self.experiment_id, self.run_id)
 
 
@@ -370,6 +376,9 @@ class SilentTracker(Tracker):
         pass
 
     def start(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+        """Rank 0 starts the run; this rank only knows its id once rank 0 has sent it."""
+        if self.run_id is None:
+            raise RuntimeError("a rank other than 0 starts no MLflow run: it takes rank 0's run id")
         return self.run_id
 
     def reopen(self, run_id: str) -> str:

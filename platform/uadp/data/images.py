@@ -127,7 +127,7 @@ def _check_png(data: bytes) -> tuple[int, int]:
                 raise ValueError(f"damaged pixel data ({exc})") from None
         ended = kind == b"IEND"
         position += 12 + length
-    if not ended:
+    if not ended or header is None:  # the loop stops at an IEND only after an IHDR: no header means not ended
         raise ValueError("file is truncated (no IEND chunk)")
     inflated += len(stream.flush())
     expected = _png_stream_bytes(*header)

@@ -10,7 +10,7 @@ whatever the number of workers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ class SampleDataset(Dataset):
         size_hw: tuple[int, int],
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        augment: list[str] = (),
+        augment: Sequence[str] = (),
         synthesizer: Synthesizer | None = None,
         seed: int = 0,
         with_masks: bool = True,

@@ -7,6 +7,8 @@ backbone's weights expect; image-space reconstructors get [0, 1] images (mean 0,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -19,7 +21,7 @@ AUGMENTATIONS = {
 }
 
 
-def geometry(size_hw: tuple[int, int], augment: list[str] = (), seed: int | None = None) -> A.Compose:
+def geometry(size_hw: tuple[int, int], augment: Sequence[str] = (), seed: int | None = None) -> A.Compose:
     """uint8 image (+ mask) -> resized, possibly augmented uint8 image (+ mask)."""
     steps = [
         A.Resize(

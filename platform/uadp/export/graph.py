@@ -22,6 +22,9 @@ OUTPUTS = ("maps", "scores")  # float32 [B,H,W] and [B]
 class InferenceGraph(nn.Module):
     """A run's detector (see :class:`~uadp.engine.detector.Detector`) as one traceable forward."""
 
+    mean: torch.Tensor  # buffers [1,C,1,1], registered in __init__
+    std: torch.Tensor
+
     def __init__(self, detector) -> None:
         super().__init__()
         if detector.aligner_class_labels == "train+test":

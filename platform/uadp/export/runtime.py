@@ -38,7 +38,8 @@ class OpenVinoRunner:
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16 on CPUs that have it: parity first
+        # f32: no silent bf16 on CPUs that have it, parity first
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.model = core.compile_model(str(path), "CPU", config)

@@ -129,6 +129,8 @@ def _write_graph(graph: InferenceGraph, size_hw: tuple[int, int], fmt: str, fold
                 f"the model could not be traced for export{_where(exc)}: a component uses a tensor's value "
                 "in Python (float(), .item(), if); see 'Inference must export' in CONTRIBUTING.md"
             ) from None
+    if program is None:  # torch returns no program only from its older exporter (dynamo=False)
+        raise RuntimeError("torch.onnx.export with dynamo=True returned no ONNX program")
     program.save(str(onnx_path))
     if fmt == "onnx":
         return [onnx_path.name]
@@ -157,9 +159,10 @@ def _where(exc: BaseException) -> str:
     import re
 
     text = ""
-    while exc is not None and len(text) < 200_000:
-        text += str(exc)
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and len(text) < 200_000:
+        text += str(link)
+        link = link.__cause__ or link.__context__
     found = re.search(r'following call raised this error:\s*File "([^"]+)", line (\d+)', text)
     return f" at {found.group(1)}:{found.group(2)}" if found else ""
 

@@ -47,7 +47,8 @@ def _counts(pixels, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarra
         predicted = maps.reshape(images, -1) >= threshold
         truth = masks.reshape(images, -1).astype(bool, copy=False)
         parts.append((predicted.sum(1), (predicted & truth).sum(1), truth.sum(1)))
-    return tuple(np.concatenate(column) for column in zip(*parts))
+    predicted, hits, truth = (np.concatenate(column) for column in zip(*parts))
+    return predicted, hits, truth
 
 
 def dice_per_image(maps, masks: np.ndarray | None, curve: BinaryCurve) -> float:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ import numpy as np
 from ..filesystem import read_exactly, scratch_file
 from ..memory import release_freed_memory
 from .curves import BinaryCurve, as_labels, as_scores, binary_curve
+from .pro import label_regions, pro_curve
 
-__all__ = ["PixelSource", "ArrayPixels", "MapStore", "StoredPixels", "as_pixels", "CHUNK_PIXELS"]
+__all__ = ["PixelSource", "ArrayPixels", "MapStore", "StoredPixels", "as_pixels", "required_masks", "CHUNK_PIXELS"]
 
 CHUNK_PIXELS = 8 * 2**20  # pixels read at a time: ~60 MB of working memory with the masks and keys
 TOP_OCTAVE = 4  # the first batch's spread is scaled to [2**3, 2**4)
@@ -82,7 +83,7 @@ class PixelSource:
         masks = np.concatenate([g for _, g in parts]) if self.has_masks else None
         return maps, masks
 
-    def take(self, index: np.ndarray) -> np.ndarray:
+    def take(self, index: Sequence[int] | np.ndarray) -> np.ndarray:
         """The maps of the images at ``index`` (any order), for pictures of a few of them."""
         index = np.asarray(index, dtype=np.int64)
         order = np.argsort(index)
@@ -99,6 +100,13 @@ class PixelSource:
 def as_pixels(maps, masks=None) -> PixelSource:
     """A source for ``maps`` (arrays, or a source already)."""
     return maps if isinstance(maps, PixelSource) else ArrayPixels(np.asarray(maps), masks)
+
+
+def required_masks(masks: np.ndarray | None) -> np.ndarray:
+    """The masks of a pixel curve: a unit without ground truth has no pixel metric."""
+    if masks is None:
+        raise ValueError("a pixel curve needs the masks of its images, and this unit has none")
+    return masks
 
 
 class ArrayPixels(PixelSource):
@@ -124,14 +132,14 @@ class ArrayPixels(PixelSource):
         return ArrayPixels(self.maps[index], None if self.masks is None else self.masks[index])
 
     def curve(self) -> BinaryCurve:
-        return binary_curve(self.maps.reshape(-1), self.masks.reshape(-1))
+        masks = required_masks(self.masks)
+        return binary_curve(self.maps.reshape(-1), masks.reshape(-1))
 
-    def pro_curve(self):
-        from .aupro import label_regions, pro_curve
-
+    def pro_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        masks = required_masks(self.masks)
         scores = as_scores(self.maps, name="maps")
-        positive = as_labels(self.masks, scores.size, name="masks")
-        regions, n_regions = label_regions(positive.reshape(self.masks.shape))
+        positive = as_labels(masks, scores.size, name="masks")
+        regions, n_regions = label_regions(positive.reshape(masks.shape))
         if n_regions == 0 or positive.all():
             return None
         return pro_curve(scores, positive, regions.ravel(), n_regions)
@@ -178,9 +186,9 @@ class MapStore:
     def __init__(self, folder: str | Path | None = None, chunk_pixels: int = CHUNK_PIXELS) -> None:
         self.folder = Path(folder if folder is not None else tempfile.gettempdir())
         self.chunk_pixels = chunk_pixels
-        self.scale: float | None = None  # a power of two
+        self.scale = 1.0  # a power of two, set by the first batch
         self.offset = 0.0  # subtracted before scaling: the first batch's lowest value
-        self.shape: tuple[int, int] | None = None
+        self.shape: tuple[int, ...] | None = None
         self.count = 0
         self.curves: dict[bytes, BinaryCurve] = {}  # the curves of image sets read so far (at most 65,536 points each)
         self.has_masks: bool | None = None
@@ -221,18 +229,25 @@ class MapStore:
         self._masks.flush()
         return StoredPixels(self, np.arange(self.count))
 
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W) of every map in the store, known from the first batch."""
+        if self.shape is None:
+            raise ValueError("map store: no batch appended yet")
+        return self.shape
+
     def read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Images ``start:stop`` as (float16 codes [n,H,W], masks or None), read with plain file
         reads (not a memory map: mapped pages would count in the process's memory)."""
-        pixels = math.prod(self.shape)
+        shape = self.image_shape()
+        pixels = math.prod(shape)
         count = (stop - start) * pixels
         data = read_exactly(self._maps.fileno(), count * 2, start * pixels * 2)
         codes = np.frombuffer(data, dtype=np.uint16)
         masks = None
         if self.has_masks:
             data = read_exactly(self._masks.fileno(), count, start * pixels)
-            masks = np.frombuffer(data, dtype=np.uint8).view(bool).reshape(-1, *self.shape)
-        return codes.reshape(-1, *self.shape), masks
+            masks = np.frombuffer(data, dtype=np.uint8).view(bool).reshape(-1, *shape)
+        return codes.reshape(-1, *shape), masks
 
     @property
     def closed(self) -> bool:
@@ -266,7 +281,7 @@ class StoredPixels(PixelSource):
         release_freed_memory()  # each pass allocates and frees chunk-sized arrays: no creep
         if self.n_images == 0:
             return
-        per_chunk = max(1, self.store.chunk_pixels // math.prod(self.store.shape))
+        per_chunk = max(1, self.store.chunk_pixels // math.prod(self.store.image_shape()))
         breaks = np.flatnonzero(np.diff(self.index) != 1) + 1
         for run in np.split(self.index, breaks):
             for start in range(0, len(run), per_chunk):
@@ -279,11 +294,10 @@ class StoredPixels(PixelSource):
 
     def _histograms(self, weigh_regions: bool = False):
         """Per key: positive pixels (or their region weights), negative pixels; and the regions."""
-        from .aupro import label_regions
-
         positive, negative, regions_total = np.zeros(BINS), np.zeros(BINS), 0
         for codes, masks in self.code_chunks():
             keys = _keys(codes.reshape(-1))
+            masks = required_masks(masks)
             truth = masks.reshape(-1)
             weights = None
             if weigh_regions:
@@ -311,7 +325,7 @@ class StoredPixels(PixelSource):
             )
         return self.store.curves[key]
 
-    def pro_curve(self):
+    def pro_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
         """PRO as in MVTec AD: each region's overlap, averaged over the regions (8-connected, per
         image); a region pixel adds 1 / (its region's size x the number of regions)."""
         weight, negative, regions = self._histograms(weigh_regions=True)

@@ -44,10 +44,11 @@ class EvalView:
         return self.pixels.read()[0]
 
     @property
-    def masks(self) -> np.ndarray:
+    def masks(self) -> np.ndarray | None:
+        """Every mask of the unit in memory; None for a unit without ground truth."""
         return self.pixels.read()[1]
 
-    def pixel_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def pixel_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(maps, masks) a bounded number of images at a time, in image order."""
         return self.pixels.chunks()
 

@@ -29,7 +29,8 @@ CASES = [  # (offline backbone, stages): the CPU presets' and PatchCore's
 
 
 def main() -> int:
-    from uadp_plugins.backbones.timm_backbone import TimmBackbone, TimmBackboneConfig
+    from uadp_plugins.backbones.timm_backbone import TimmBackboneConfig
+    from uadp_plugins.backbones.timm_backbone_model import TimmBackbone
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="image size in pixels")

@@ -27,7 +27,8 @@ from PIL import Image
 from uadp.data.images import check_decodable, read_image, read_mask
 from uadp.data.splits import CHECK_THREADS, check_files, gather
 from uadp.engine.device import cpu_name
-from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
+from uadp_plugins.datasets.mvtec import MVTecConfig
+from uadp_plugins.datasets.mvtec_reader import MVTecFolder
 
 
 def per_image_ms(paths: list[Path], read) -> float:

@@ -17,8 +17,10 @@ import numpy as np
 
 from uadp.data.images import read_image
 from uadp.data.splits import gather
-from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
-from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig
+from uadp_plugins.datasets.mvtec import MVTecConfig
+from uadp_plugins.datasets.mvtec_reader import MVTecFolder
+from uadp_plugins.synthesizers.panel_jnd import PanelJNDConfig
+from uadp_plugins.synthesizers.panel_jnd_synthesizer import PanelJND
 
 
 def unlabelled_share(paths: list, classes: list[str], floor: float, size: int, visible: float) -> dict[str, float]:

@@ -12,12 +12,8 @@ import torch
 from PIL import Image
 
 from uadp.errors import ConfigError
-from uadp_plugins.backbones.timm_backbone import (
-    TimmBackbone,
-    TimmBackboneConfig,
-    map_by_position,
-    pretrained_state_dict,
-)
+from uadp_plugins.backbones.timm_backbone import TimmBackboneConfig
+from uadp_plugins.backbones.timm_backbone_model import TimmBackbone, map_by_position, pretrained_state_dict
 
 PHOTOS = Path(skimage.__file__).parent / "data"
 

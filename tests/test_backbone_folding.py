@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from uadp_plugins.backbones.folding import folded_copy
-from uadp_plugins.backbones.timm_backbone import TimmBackbone, TimmBackboneConfig
+from uadp_plugins.backbones.timm_backbone import TimmBackboneConfig
+from uadp_plugins.backbones.timm_backbone_model import TimmBackbone
 
 
 def test_lite0_features_are_unchanged_and_the_weights_keep_their_names():

@@ -21,7 +21,8 @@ from uadp.data.loader import SampleDataset, batches, make_loader
 from uadp.data.splits import gather
 from uadp.errors import DataError
 from uadp.registry import get_registry
-from uadp_plugins.datasets.mvtec import MVTecConfig, MVTecFolder
+from uadp_plugins.datasets.mvtec import MVTecConfig
+from uadp_plugins.datasets.mvtec_reader import MVTecFolder
 
 TINY_CLASSES = ["blobs", "checker", "dots", "stripes"]
 

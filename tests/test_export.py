@@ -225,7 +225,7 @@ def test_a_component_that_reads_a_tensor_value_is_named_in_one_line(
     trained, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     from helpers import assert_one_error_line
-    from uadp_plugins.reconstructors.revdist import RevDist
+    from uadp_plugins.reconstructors.revdist_model import RevDist
 
     real = RevDist.predict
 

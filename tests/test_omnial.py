@@ -12,14 +12,8 @@ from uadp.contract import Batch, BuildContext
 from uadp.errors import ConfigError
 from uadp_plugins._layers.dcsa import DCSA, BasicBlock
 from uadp_plugins._layers.ssim import ssim
-from uadp_plugins.reconstructors.omnial import (
-    DiffNeck,
-    LocalisationNet,
-    OmniAL,
-    OmniALConfig,
-    ReconstructionNet,
-    focal_loss,
-)
+from uadp_plugins.reconstructors.omnial import OmniALConfig
+from uadp_plugins.reconstructors.omnial_model import DiffNeck, LocalisationNet, OmniAL, ReconstructionNet, focal_loss
 
 SMALL = dict(rec_width=8, rec_max_width=32, loc_width=8, loc_max_width=32, diffneck_width=8)
 

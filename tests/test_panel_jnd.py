@@ -25,7 +25,8 @@ from uadp_plugins.synthesizers._jnd import (
 )
 from uadp_plugins.synthesizers._noise import perlin_mask, perlin_noise
 from uadp_plugins.synthesizers._similarity import ssim_map
-from uadp_plugins.synthesizers.panel_jnd import PanelJND, PanelJNDConfig, compose, panel_box
+from uadp_plugins.synthesizers.panel_jnd import PanelJNDConfig
+from uadp_plugins.synthesizers.panel_jnd_synthesizer import PanelJND, compose, panel_box
 
 
 def photo(size: int = 128) -> np.ndarray:
@@ -259,7 +260,7 @@ def test_panel_jnd_feeds_uniad_corrupted_input_and_clean_targets(tiny_dataset, r
     from uadp.engine.pipeline import train_and_evaluate
     from uadp.registry import get_registry
     from uadp.testing import quick_config
-    from uadp_plugins.reconstructors.uniad import UniAD
+    from uadp_plugins.reconstructors.uniad_model import UniAD
 
     seen = []
     original = UniAD.training_step

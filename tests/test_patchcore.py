@@ -20,7 +20,8 @@ from uadp.testing import check_export, check_reconstructor, make_mvtec_dataset, 
 from uadp_plugins._layers import coreset, nearest
 from uadp_plugins._layers.coreset import greedy_coreset, jl_dimension, plain_greedy_coreset, random_projection
 from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, nearest_brute
-from uadp_plugins.reconstructors.patchcore import PatchCore, PatchCoreConfig
+from uadp_plugins.reconstructors.patchcore import PatchCoreConfig
+from uadp_plugins.reconstructors.patchcore_model import PatchCore
 
 
 def clustered_points(count: int, dims: int, seed: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp_plugins._layers.attention import MaskedAttention, neighbor_mask
 from uadp_plugins._layers.dropout import FastDropout, keep_mask
 from uadp_plugins._layers.jitter import feature_jitter
-from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig
+from uadp_plugins.reconstructors.uniad import UniADConfig
+from uadp_plugins.reconstructors.uniad_model import UniAD
 
 LITE0 = FeatureSpec((16, 24, 40, 112), (2, 4, 8, 16), (0.5,) * 3, (0.5,) * 3)
 

@@ -13,7 +13,8 @@ from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp.errors import ConfigError
 from uadp_plugins._layers.mgg_cnn import MultiGranularityCNN, build_local_module
 from uadp_plugins._layers.smoothing import gaussian_blur
-from uadp_plugins.reconstructors.unias import SampleAwareQuery, UniAS, UniASConfig, patch_sizes, sine_position
+from uadp_plugins.reconstructors.unias import UniASConfig
+from uadp_plugins.reconstructors.unias_model import SampleAwareQuery, UniAS, patch_sizes, sine_position
 
 LITE0 = FeatureSpec(channels=(16, 24, 40, 112), strides=(2, 4, 8, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
 SMALL = dict(hidden_dim=32, num_heads=4, ffn_dim=64, sar_reduction=4)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uadp.errors import ConfigError
+from uadp.plugin import ConfigError
 
 from .dropout import keep_mask
 

@@ -14,12 +14,10 @@ result, broadcast over channels.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-Norm = Literal["instance", "batch"]
+from .options import Norm
 
 
 def make_norm(kind: Norm, channels: int) -> nn.Module:

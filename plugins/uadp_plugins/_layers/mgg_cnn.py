@@ -12,12 +12,10 @@ channel count and size.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-LocalModule = Literal["mgg_cnn", "mg_cnn", "conv3", "none"]
+from .options import LocalModule
 
 
 def conv_stack(channels: int, depth: int) -> nn.Sequential:

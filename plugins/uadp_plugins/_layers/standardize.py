@@ -13,21 +13,9 @@ of clean features, then stay fixed; they are saved with the model.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
-from uadp.engine.distributed import sum_over_ranks
-
-
-class StandardizeOptions(BaseModel):
-    """The config fields of a reconstructor that offers channel standardisation."""
-
-    standardize: bool = Field(
-        False,
-        description="standardise each feature channel by its training mean/std, estimated while training sees its "
-        "first standardize_images images (uadp's addition, not in the paper)",
-    )
-    standardize_images: int = Field(2000, ge=1, description="training images the channel statistics are estimated from")
+from uadp.plugin import sum_over_ranks
 
 
 class ChannelStandardizer(nn.Module):

@@ -22,31 +22,19 @@ is learned by gradient: registered with ``training="fit"``, it sees every traini
 
 Aligners read the patch features as its embedding: a memory bank has no network and so no
 representation of its own, so they are offered as both ``features`` and ``bottleneck``.
+
+The memory bank lives in ``patchcore_model.py``; this module registers it with its options and
+presets, so listing or showing the reconstructors imports no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from uadp import hookimpl
-from uadp.config import INFERENCE_ONLY
-from uadp.contract import Batch, BuildContext, Prediction, Reconstructor
-from uadp.errors import ConfigError
-from uadp_plugins._layers.coreset import greedy_coreset, random_projection
-from uadp_plugins._layers.nearest import (
-    ClusteredBank,
-    ScreenedBank,
-    has_bf16_matrix_units,
-    nearest_brute,
-)
-from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
-from uadp_plugins._layers.tracing import in_static_graph
+from uadp.plugin import INFERENCE_ONLY, hookimpl
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -90,172 +78,13 @@ class PatchCoreConfig(BaseModel):
 
 
 # the buffers fit() sizes; empty until then, resized by a load
-BANK_BUFFERS = ("memory_bank", "bank_source", "cluster_starts", "cluster_centres", "cluster_radii")
-
-
-class PatchCore(Reconstructor):
-    def __init__(self, config: PatchCoreConfig, context: BuildContext) -> None:
-        super().__init__()
-        if context.features is None:
-            raise ConfigError("reconstructor patchcore: needs a backbone's features")
-        self.config = config
-        self.image_size = context.image_size
-        channels = sum(context.features.channels)
-        self.register_buffer("memory_bank", torch.empty(0, channels, dtype=getattr(torch, config.bank_dtype)))
-        # each bank row's training image (its position in fit's order): maps of a training image
-        # for an aligner leave its own rows out (Batch.fitted_index); -1: not known
-        self.register_buffer("bank_source", torch.empty(0, dtype=torch.int32))
-        self.register_buffer("cluster_starts", torch.zeros(1, dtype=torch.long))
-        self.register_buffer("cluster_centres", torch.empty(0, channels))
-        self.register_buffer("cluster_radii", torch.empty(0))
-        self._index: tuple[str, ClusteredBank | ScreenedBank] | None = None  # (search, its index)
-
-    # ------------------------------------------------------------------ features
-
-    def adapt(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """[B, ΣC, h, w]: every stage averaged locally and put on the finest stage's grid."""
-        k = self.config.pooling
-        pooled = [F.avg_pool2d(f, k, stride=1, padding=k // 2) if k > 1 else f for f in features]
-        size = pooled[0].shape[-2:]
-        return torch.cat(
-            [pooled[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled[1:]], 1
-        )
-
-    # ------------------------------------------------------------------ fit
-
-    def fit(self, batches: Iterable[Batch]) -> dict[str, float]:
-        rows, images = [], 0
-        for batch in batches:
-            rows.append(batch.features.float().permute(0, 2, 3, 1).flatten(0, 2).cpu())
-            images += len(batch.features)
-        features = torch.cat(rows)
-        del rows
-        source = torch.arange(images, dtype=torch.int32).repeat_interleave(len(features) // max(images, 1))
-        count = max(1, round(len(features) * self.config.coreset_ratio))
-        stats = {"patches": float(len(features)), "bank": float(count)}
-        if count < len(features):
-            projected = random_projection(features, self.config.projection_eps, self.config.seed)
-            stats["projected_dims"] = float(projected.shape[1])
-            first = int(torch.randint(len(features), (1,), generator=torch.Generator().manual_seed(self.config.seed)))
-            picks, timing = greedy_coreset(projected, count, first)
-            del projected
-            stats |= timing
-            bank, source = features[picks], source[picks]
-        else:
-            bank = features
-        del features
-        rows, starts, centres, radii, order = ClusteredBank.build(bank, self.config.seed)
-        device = self.memory_bank.device
-        self.memory_bank = rows.to(device, getattr(torch, self.config.bank_dtype))
-        self.bank_source = source[order].to(device)
-        self.cluster_starts, self.cluster_centres, self.cluster_radii = (
-            starts.to(device),
-            centres.to(device),
-            radii.to(device),
-        )
-        self._index = None
-        return stats
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        """A saved bank has the size its fit chose: take it, whatever this fresh model's size."""
-        if prefix + "memory_bank" in state_dict and prefix + "bank_source" not in state_dict:
-            # saved before the rows' sources were kept: unknown, so an aligner's maps leave nothing out
-            rows = len(state_dict[prefix + "memory_bank"])
-            state_dict[prefix + "bank_source"] = torch.full((rows,), -1, dtype=torch.int32)
-        for name in BANK_BUFFERS:
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-        self._index = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._index = None  # moved or cast: the search's float32 copy is rebuilt from the buffers
-        return super()._apply(fn, *args, **kwargs)
-
-    # ------------------------------------------------------------------ predict
-
-    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's distance to its nearest bank feature, and that feature's row; never a row
-        where ``excluded`` is True."""
-        if not len(self.memory_bank):
-            raise RuntimeError("reconstructor patchcore: predict before fit (the memory bank is empty)")
-        search = self.config.search
-        if search == "auto":
-            search = "brute" if queries.device.type != "cpu" else "screened" if has_bf16_matrix_units() else "clustered"
-        if search == "brute" or in_static_graph():
-            distances, rows = nearest_brute(queries, self.memory_bank.float(), excluded=excluded)
-            return distances[:, 0], rows[:, 0]
-        if self._index is None or self._index[0] != search:
-            if search == "screened":
-                index = ScreenedBank(self.memory_bank)
-            else:
-                index = ClusteredBank(self.memory_bank, self.cluster_starts, self.cluster_centres, self.cluster_radii)
-            self._index = (search, index)
-        return self._index[1].nearest(queries, excluded)
-
-    def image_scores(
-        self, scores: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor, excluded: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Eq. 7 of the paper: each image's largest patch distance s*, re-weighted.
-
-        ``scores`` [B,P] patch distances, ``rows`` [B,P] their nearest bank rows, ``patches``
-        [B,P,C] the patch features; ``excluded``: bank rows left out (one image at a time)."""
-        worst = scores.argmax(1, keepdim=True)  # gathers, not indexing by arange: the batch stays symbolic in export
-        largest = scores.gather(1, worst)[:, 0]  # s*
-        neighbours = min(self.config.num_neighbors, len(self.memory_bank))
-        if neighbours == 1:
-            return largest
-        bank = self.memory_bank.float()
-        nearest_row = rows.gather(1, worst)[:, 0]  # m*
-        support = nearest_brute(bank[nearest_row], bank, neighbours, excluded)[1]  # N_b(m*), m* itself first
-        test_patch = patches.gather(1, worst.unsqueeze(2).expand(-1, 1, patches.shape[2]))[:, 0]  # m_test,*
-        distances = (bank[support] - test_patch.unsqueeze(1)).pow(2).sum(-1).sqrt()  # [B, b]
-        own = (bank[nearest_row] - test_patch).pow(2).sum(-1).sqrt()
-        weight = 1 - torch.exp(own - torch.logsumexp(distances, dim=1))
-        return weight * largest
-
-    def _held_out(self, fitted_index: torch.Tensor | None) -> list[torch.Tensor] | None:
-        """Per image of a batch of training images, the bank rows that came from it; None when
-        the batch is not of them, the sources are unknown, or an image alone made the bank."""
-        if fitted_index is None or not len(self.bank_source) or bool((self.bank_source < 0).any()):
-            return None
-        masks = [self.bank_source == int(i) for i in fitted_index.tolist()]
-        return None if any(bool(m.all()) for m in masks) else masks
-
-    def predict(self, batch: Batch) -> Prediction:
-        features = batch.features
-        with full_precision(features):
-            features = features.float()
-            b, c, h, w = features.shape
-            patches = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            held_out = self._held_out(batch.fitted_index)
-            if held_out is None:
-                distances, rows = self.nearest(patches.reshape(-1, c))
-                scores, rows = distances.view(b, h * w), rows.view(b, h * w)
-                image = self.image_scores(scores, rows, patches)
-            else:  # a training image, for an aligner: its own rows left out, one image at a time
-                found = [self.nearest(patches[i], held_out[i]) for i in range(b)]
-                scores, rows = torch.stack([d for d, _ in found]), torch.stack([r for _, r in found])
-                image = torch.cat(
-                    [
-                        self.image_scores(scores[i : i + 1], rows[i : i + 1], patches[i : i + 1], held_out[i])
-                        for i in range(b)
-                    ]
-                )
-            grid = scores.view(b, 1, h, w)
-            maps = F.interpolate(grid, size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
-            maps = gaussian_blur(maps, self.config.smoothing_sigma)
-        # no network of its own: the patch features are also what an aligner reads as its bottleneck
-        embeddings = {"features": features, "bottleneck": features}
-        return Prediction(anomaly_map=maps, embeddings=embeddings, image_scores=image)
 
 
 @hookimpl
 def register_reconstructors(register):
     register(
         "patchcore",
-        PatchCore,
+        "uadp_plugins.reconstructors.patchcore_model:PatchCore",
         config=PatchCoreConfig,
         help="PatchCore: a coreset memory bank of normal patch features, nearest-neighbour distance as the score",
         inputs="features",

@@ -1,7 +1,7 @@
 """Benchmark: one base model, evaluated without and with each score aligner (the CADA protocol).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_align.py --data PATH/TO/realmix-dev
-    python benchmarks/bench_align.py --data PATH/TO/realmix-dev --config revdist-lite0
+    python benchmarks/bench_align.py --data PATH/TO/realmix-dev --config revdist-cpu
     python benchmarks/bench_align.py --from-run <run id or model.pt> --aligners cada,class-stats
     python benchmarks/bench_align.py --from-run <run> --data PATH/TO/realmix-val-faint   # the same model, other test images
 

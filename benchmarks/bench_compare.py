@@ -1,7 +1,7 @@
 """Benchmark: several recipes trained on one dataset root, their metrics and timings side by side.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_compare.py --data PATH/TO/realmix-dev \\
-        --config cpu --config unias-cpu
+        --config uniad-cpu --config unias-cpu
     python benchmarks/bench_compare.py --data DATA --config omnial-cpu \
         --config "omnial-cpu+synthesizer.panels=[all]"          # an ablation: a recipe with its own --set
     python benchmarks/bench_compare.py --summaries uniad.json unias.json   # tables of finished runs

@@ -4,7 +4,7 @@ and the metrics, with and without CADA on top; each in a fresh ``uadp run`` proc
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_patchcore.py --data PATH/TO/realmix-dev \\
         --results patchcore-realmix-dev.csv
 
-The first run fits ``--config`` (default the CPU preset, ``patchcore-lite0``); each
+The first run fits ``--config`` (default the CPU preset, ``patchcore-cpu``); each
 ``--aligners`` entry then re-scores that model with ``--from-run`` (nothing is fitted again).
 """
 
@@ -70,7 +70,7 @@ def main() -> int:
         summary = run(fitted, Path(scratch) / "fitted.json")
         # the fit's own numbers (coreset seconds per 10k picks) are MLflow metrics fit/...; read them back
         summary["timing"] |= _fit_metrics(root, summary["mlflow_run_id"])
-        rows = rows_of(args.config or "patchcore-lite0", summary)
+        rows = rows_of(args.config or "patchcore-cpu", summary)
         for aligner in filter(None, args.aligners.split(",")):
             aligned = run(
                 ["--from-run", summary["mlflow_run_id"], "--aligner", aligner, "--set", f"tracking.root={root}"],
@@ -85,7 +85,7 @@ def main() -> int:
         write(
             args.results,
             Results(
-                "PatchCore (patchcore-lite0), one memory bank for every class, on realmix-dev",
+                "PatchCore (patchcore-cpu), one memory bank for every class, on realmix-dev",
                 [_command(args)],
                 this_hardware(),
                 header,

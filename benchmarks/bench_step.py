@@ -1,6 +1,6 @@
 """Benchmark: seconds per training epoch of a preset, uadp's path against a plain eager path.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_step.py --config uniad-lite0 --images 687
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_step.py --config uniad-paper-lite0 --images 687
 
 ``uadp`` is what ``uadp run`` does after the first epoch: cached features in, fused AdamW,
 the cheap CPU dropout masks, and the autocast precision that ``train.precision`` resolves to on

@@ -1,7 +1,7 @@
 """Benchmark: train one unified UniAD model on a dataset root and print the table and timings.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_uniad.py --data PATH/TO/realmix-dev
-    python benchmarks/bench_uniad.py --data PATH/TO/realmix-dev --config uniad-lite0 --epochs 20
+    python benchmarks/bench_uniad.py --data PATH/TO/realmix-dev --config uniad-paper-lite0 --epochs 20
 
 Any other ``uadp run`` option is passed through (``--set train.lr=3e-4``, ``--output-json``...).
 It prints the per-class / mean / pooled table, feature-extraction time, seconds per epoch,

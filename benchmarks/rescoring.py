@@ -1,5 +1,5 @@
 """Shared by the re-scoring benchmarks (bench_unias_levels.py, bench_omnial_maps.py,
-bench_calibration.py, bench_defect_types.py).
+bench_mapping.py, bench_defect_types.py).
 
 They score variants of a trained model's map without retraining. The model and its test split
 come from :func:`uadp.evaluate`, which scores the model exactly as its run did (the same split and

@@ -10,13 +10,13 @@ from sklearn.metrics import roc_auc_score
 
 from uadp.errors import UadpError
 from uadp_plugins.aligners._mean_max import (
-    calibrate,
     class_statistics,
     image_statistics,
+    map_scores,
     mean_spread,
     normalise,
 )
-from uadp_plugins.aligners._options import CalibrationConfig, HeadConfig
+from uadp_plugins.aligners._options import HeadConfig, MappingConfig
 from uadp_plugins.aligners._regressor import StatsHead
 from uadp_plugins.aligners.cada import CadaConfig, CadaSigmaConfig
 from uadp_plugins.aligners.cada_model import Cada
@@ -85,17 +85,17 @@ def test_normalise_maps_mean_to_zero_and_gamma_to_one_and_guards_the_denominator
 def test_mean_max_excess_normalises_up_to_gamma_then_keeps_the_excess_in_base_units():
     maps = torch.tensor([[[1.0, 3.0, 5.0, 9.0]], [[10.0, 20.0, 30.0, 50.0]]])
     u, gamma = torch.tensor([1.0, 10.0]), torch.tensor([5.0, 30.0])
-    out = calibrate(maps, u, gamma, 1e-6, "mean-max-excess", excess_unit=4.0)
+    out = map_scores(maps, u, gamma, 1e-6, "mean-max-excess", excess_unit=4.0)
     # at and below gamma: (M - u) / (gamma - u); above: 1 + (M - gamma) / 4, the same unit for both images
     torch.testing.assert_close(out, torch.tensor([[[0.0, 0.5, 1.0, 2.0]], [[0.0, 0.5, 1.0, 6.0]]]))
-    mean_max = calibrate(maps, u, gamma, 1e-6, "mean-max")
+    mean_max = map_scores(maps, u, gamma, 1e-6, "mean-max")
     assert float(mean_max[1, 0, 3]) == pytest.approx(2.0)  # mean-max would rank the two excesses alike
 
 
 def test_mean_max_excess_stays_increasing_when_the_spread_is_clamped():
     maps = torch.linspace(0, 10, 41).view(1, 1, -1)
     with pytest.warns(UserWarning, match="clamped"):
-        out = calibrate(maps, torch.tensor([5.0]), torch.tensor([4.0]), 0.5, "mean-max-excess", excess_unit=2.0)
+        out = map_scores(maps, torch.tensor([5.0]), torch.tensor([4.0]), 0.5, "mean-max-excess", excess_unit=2.0)
     assert bool((out.flatten().diff() > 0).all())
 
 
@@ -110,7 +110,7 @@ def test_mean_spread_is_the_mean_of_each_maps_max_minus_mean():
 
 def test_class_stats_oracle_normalises_each_class_by_its_own_statistics():
     maps, _, names, _ = _maps_and_embeddings(20, anomalous=False, seed=0)
-    aligner = ClassStats(CalibrationConfig(calibration="mean-max"))
+    aligner = ClassStats(MappingConfig(mapping="mean-max"))
     aligner.fit(maps, None, names)
     aligned = aligner.align(maps, None, names)
     for name in CLASSES:
@@ -121,9 +121,9 @@ def test_class_stats_oracle_normalises_each_class_by_its_own_statistics():
         aligner.align(maps[:1], None, ["shiny"])
 
 
-def test_shift_calibration_moves_each_class_to_zero_mean_but_keeps_its_spread():
+def test_shift_mapping_moves_each_class_to_zero_mean_but_keeps_its_spread():
     maps, _, names, _ = _maps_and_embeddings(20, anomalous=False, seed=0)
-    aligner = ClassStats(CalibrationConfig(calibration="shift"))
+    aligner = ClassStats(MappingConfig(mapping="shift"))
     aligner.fit(maps, None, names)
     aligned = aligner.align(maps, None, names)
     index = torch.tensor([aligner.classes.index(n) for n in names])
@@ -136,16 +136,16 @@ def test_shift_calibration_moves_each_class_to_zero_mean_but_keeps_its_spread():
     # the typical max above the mean still grows with the class's scale (about scale / 2)
     assert all(abs(v - 0.5) < 0.1 for v in spreads.values())
     with pytest.raises(ValueError):
-        CalibrationConfig(calibration="divide")
+        MappingConfig(mapping="divide")
 
 
-@pytest.mark.parametrize("calibration", ["mean-max", "mean-max-excess"])
-def test_class_stats_survive_a_state_dict_round_trip(calibration):
+@pytest.mark.parametrize("mapping", ["mean-max", "mean-max-excess"])
+def test_class_stats_survive_a_state_dict_round_trip(mapping):
     maps, _, names, _ = _maps_and_embeddings(5, anomalous=False, seed=1)
-    fitted = ClassStats(CalibrationConfig(calibration=calibration))
+    fitted = ClassStats(MappingConfig(mapping=mapping))
     fitted.fit(maps, None, names)
     assert fitted.excess_unit == pytest.approx(mean_spread(image_statistics(maps)))
-    fresh = ClassStats(CalibrationConfig(calibration=calibration))
+    fresh = ClassStats(MappingConfig(mapping=mapping))
     fresh.load_state_dict(fitted.state_dict())
     assert fresh.classes == sorted(CLASSES) and fresh.excess_unit == fitted.excess_unit
     torch.testing.assert_close(fresh.align(maps, None, names), fitted.align(maps, None, names))
@@ -168,7 +168,7 @@ def test_class_classifier_learns_the_class_then_uses_its_statistics():
     test_maps, test_embeddings, test_names, _ = _maps_and_embeddings(10, anomalous=False, seed=3)
     predicted = [aligner.classes[i] for i in aligner.predict_class(test_embeddings).tolist()]
     assert np.mean([p == t for p, t in zip(predicted, test_names)]) >= 0.95
-    oracle = ClassStats(CalibrationConfig())
+    oracle = ClassStats(MappingConfig())
     oracle.fit(maps, None, names)
     right = [i for i, (p, t) in enumerate(zip(predicted, test_names)) if p == t]
     torch.testing.assert_close(
@@ -188,7 +188,7 @@ def scaled_data():
 
 @pytest.mark.parametrize(
     "config",
-    [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400), CadaConfig(iterations=400, calibration="mean-max")],
+    [CadaConfig(iterations=400), CadaSigmaConfig(iterations=400), CadaConfig(iterations=400, mapping="mean-max")],
     ids=["cada", "cada-sigma", "cada-paper-mean-max"],
 )
 def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, config):
@@ -207,7 +207,7 @@ def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, co
     aligned = roc_auc_score(labels, _top1(aligner.align(maps, embeddings)))
     assert base < 0.8
     assert aligned > base + 0.15
-    if config.calibration == "mean-max":
+    if config.mapping == "mean-max":
         assert aligned > 0.95
 
 
@@ -226,25 +226,25 @@ def test_cada_predicts_each_class_statistics_from_the_image(scaled_data):
             assert int(distance.argmin()) == c and float(distance[c]) < 0.3
 
 
-@pytest.mark.parametrize("calibration", ["mean-max", "mean-max-excess"])
-def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data, calibration):
+@pytest.mark.parametrize("mapping", ["mean-max", "mean-max-excess"])
+def test_cada_is_saved_and_reloaded_with_its_fitted_head(scaled_data, mapping):
     (train_maps, train_embeddings, _, _), (maps, embeddings, _, _) = scaled_data
-    fitted = Cada(CadaConfig(iterations=20, calibration=calibration))
+    fitted = Cada(CadaConfig(iterations=20, mapping=mapping))
     fitted.fit(train_maps, train_embeddings, None)
-    fresh = Cada(CadaConfig(iterations=20, calibration=calibration))
+    fresh = Cada(CadaConfig(iterations=20, mapping=mapping))
     fresh.load_state_dict(fitted.state_dict())
     assert fresh.excess_unit == pytest.approx(mean_spread(image_statistics(train_maps)))
     torch.testing.assert_close(fresh.align(maps, embeddings), fitted.align(maps, embeddings))
 
 
 def test_a_bundle_saved_before_mean_max_excess_keeps_the_mean_max_it_was_fitted_with(scaled_data):
-    """Such a bundle has no ``excess_unit``; if its config also predates the calibration option,
-    today's default names mean-max-excess, and loading must not silently switch calibration."""
+    """Such a bundle has no ``excess_unit``; if its config also predates the mapping option,
+    today's default names mean-max-excess, and loading must not silently switch mapping."""
     (train_maps, train_embeddings, train_names, _), (maps, embeddings, names, _) = scaled_data
-    assert CalibrationConfig().calibration == "mean-max-excess"
+    assert MappingConfig().mapping == "mean-max-excess"
     for old, new, args in [
-        (Cada(CadaConfig(iterations=20, calibration="mean-max")), Cada(CadaConfig(iterations=20)), (maps, embeddings)),
-        (ClassStats(CalibrationConfig(calibration="mean-max")), ClassStats(CalibrationConfig()), (maps, None, names)),
+        (Cada(CadaConfig(iterations=20, mapping="mean-max")), Cada(CadaConfig(iterations=20)), (maps, embeddings)),
+        (ClassStats(MappingConfig(mapping="mean-max")), ClassStats(MappingConfig()), (maps, None, names)),
     ]:
         old.fit(train_maps, train_embeddings, train_names)
         state = old.state_dict()
@@ -258,9 +258,9 @@ def test_cada_needs_an_embedding():
         Cada(CadaConfig()).fit(torch.rand(4, 8, 8), None, None)
 
 
-def test_cada_shift_calibration_subtracts_only_the_predicted_mean():
+def test_cada_shift_mapping_subtracts_only_the_predicted_mean():
     maps, embeddings, _, _ = _maps_and_embeddings(8, anomalous=False, seed=4)
-    aligner = Cada(CadaConfig(calibration="shift", iterations=20))
+    aligner = Cada(CadaConfig(mapping="shift", iterations=20))
     aligner.fit(maps, embeddings, None)
     u, _ = aligner.statistics(embeddings)
     torch.testing.assert_close(aligner.align(maps, embeddings), maps - u.view(-1, 1, 1))
@@ -279,7 +279,7 @@ def test_cada_training_min_floor_bounds_the_scaling_of_an_image_whose_gamma_fall
     gamma = torch.stack([u[0] + spreads.max(), u[1] - 1.0, u[2]])  # one sound prediction, two broken
     guarded = {}
     for floor in ("eps", "training_min"):
-        config = CadaConfig(statistic=statistic, spread_floor=floor, iterations=5, calibration="mean-max")
+        config = CadaConfig(statistic=statistic, spread_floor=floor, iterations=5, mapping="mean-max")
         aligner = Cada(config)
         aligner.fit(maps, embeddings, None)
         assert aligner.min_spread == pytest.approx(float(spreads.min()), rel=1e-5)

@@ -22,6 +22,7 @@ from uadp.config import (
     model_fingerprint,
     parse_override,
     resolve,
+    run_name,
 )
 from uadp.errors import ConfigError, UnknownComponentError
 from uadp.registry import Registry
@@ -349,6 +350,65 @@ def test_a_plugin_declares_its_presets_default_and_former_names(tmp_path: Path):
     with pytest.raises(PluginError, match="formerly='mine-cpu'"):
         clash.presets()
     assert Registry(load_entry_points=False).default_preset() is None  # then a bare run is the core defaults
+
+
+def _recorded_by_0_1_0(registry: Registry, **sections) -> dict:
+    """A config as a run of uadp 0.1.0 saved it (bundle, checkpoint, MLflow), with ``sections``."""
+    data = resolve(build_config(), registry).to_dict() | sections
+    data["tracking"]["preset"] = "cpu"
+    return data
+
+
+def test_a_run_recorded_with_former_names_still_loads(registry: Registry):
+    """What ``uadp predict``, ``uadp.load`` and ``--from-run`` read: ``aligner.calibration`` is read
+    as ``aligner.mapping``, the aligner ``none`` as no aligner, and the preset stays a label."""
+    from uadp.config import recorded_config, validate
+
+    old = _recorded_by_0_1_0(registry, aligner={"name": "cada", "calibration": "shift", "iterations": 20})
+    loaded = resolve(validate(recorded_config(old)), registry)  # as a bundle is loaded
+    assert loaded.aligner.options()["mapping"] == "shift" and "calibration" not in loaded.aligner.options()
+    assert loaded.aligner.options()["iterations"] == 20 and loaded.tracking.preset == "cpu"
+    again = resolve(build_config(base=recorded_config(old), sets=["aligner.mapping=mean-max"]), registry)
+    assert again.aligner.options()["mapping"] == "mean-max"  # --from-run RUN --set aligner.mapping=...
+    assert old["aligner"] == {"name": "cada", "calibration": "shift", "iterations": 20}  # the record is not changed
+
+    unaligned = _recorded_by_0_1_0(registry, aligner={"name": "none"})
+    loaded = resolve(validate(recorded_config(unaligned)), registry)
+    assert loaded.aligner is None and run_name(loaded) == "uniad (cpu, tf_efficientnet_lite0)"
+    assert resolve(build_config(base=recorded_config(unaligned)), registry).aligner is None
+
+
+def test_a_former_option_name_from_a_user_is_refused_with_the_new_one(registry: Registry, tmp_path: Path):
+    from uadp.config import recorded_config
+    from uadp_plugins.aligners._options import MappingConfig
+
+    assert MappingConfig.renamed_options == {"calibration": "mapping"}
+    config_file = tmp_path / "old.yaml"
+    config_file.write_text("aligner:\n  name: class-stats\n  calibration: shift\n")
+    base = recorded_config(_recorded_by_0_1_0(registry, aligner={"name": "cada", "calibration": "shift"}))
+    for given in (
+        {"sets": ["aligner.name=cada", "aligner.calibration=shift"]},
+        {"preset": str(config_file)},
+        {"base": base, "sets": ["aligner.calibration=mean-max"]},  # --from-run RUN --set the old name
+    ):
+        with pytest.raises(ConfigError) as info:
+            resolve(build_config(**given), registry)
+        assert _one_line(str(info.value)) == "option aligner.calibration is now called aligner.mapping"
+
+
+def test_a_renamed_option_must_name_an_option_of_its_model():
+    from typing import ClassVar
+
+    from pydantic import BaseModel
+
+    from uadp.config import renamed_options
+
+    class Broken(BaseModel):
+        renamed_options: ClassVar[dict[str, str]] = {"old": "neww"}
+        new: int = 1
+
+    with pytest.raises(TypeError, match="neww"):
+        renamed_options(Broken)
 
 
 def test_missing_preset_file(tmp_path: Path):

@@ -81,15 +81,17 @@ def test_the_wheel_holds_every_preset(wheel: Path) -> None:
     presets = {Path(n).stem for n in names if n.endswith(".yaml") and "/presets/" in n}
     assert presets >= set(Registry().presets())  # every preset the source tree registers
     assert presets >= {
-        "cpu",
-        "uniad",
-        "uniad-lite0",
-        "unias",
+        "uniad-cpu",
+        "uniad-paper",
+        "uniad-paper-lite0",
+        "unias-paper",
         "unias-cpu",
-        "revdist",
-        "revdist-lite0",
-        "omnial",
+        "revdist-paper",
+        "revdist-cpu",
+        "omnial-paper",
         "omnial-cpu",
+        "patchcore-paper",
+        "patchcore-cpu",
     }
 
 

@@ -188,7 +188,7 @@ def test_default_registry_loads_bundled_plugins_through_entry_points():
     assert "timm" in registry.names("backbones")
     assert {"mvtec", "demo"} <= set(registry.names("datasets"))
     assert STANDARD <= set(registry.names("metrics"))
-    assert "none" in registry.names("aligners")
+    assert "cada" in registry.names("aligners") and "none" not in registry.names("aligners")  # none: no aligner
 
 
 def test_get_registry_is_a_process_wide_singleton():
@@ -207,7 +207,7 @@ def test_bundled_plugins_are_entry_points_of_the_uadp_group():
         ("datasets", "mvtec"),
         ("datasets", "demo"),
         ("metrics", "pixel_aupro"),
-        ("aligners", "none"),
+        ("aligners", "cada"),
     ]:
         assert registry.get(kind, name).plugin in BUNDLED_ENTRY_POINTS
 
@@ -226,7 +226,7 @@ def test_plugins_report_package_version_and_hooks():
         ("reconstructors", "uniad"),
         ("backbones", "timm"),
         ("metrics", "image_auroc"),
-        ("aligners", "none"),
+        ("aligners", "cada"),
         ("datasets", "mvtec"),
     ]:
         assert f"register_{kind}" in infos[registry.get(kind, name).plugin].hooks

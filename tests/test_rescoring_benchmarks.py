@@ -1,6 +1,6 @@
 """The re-scoring benchmarks reproduce the run they load.
 
-``bench_unias_levels.py``, ``bench_omnial_maps.py``, ``bench_calibration.py`` and
+``bench_unias_levels.py``, ``bench_omnial_maps.py``, ``bench_mapping.py`` and
 ``bench_defect_types.py`` score a trained model's maps again without retraining (variants of
 the map, or subsets of the test images), and the README quotes their rows beside those of
 ``uadp run``. Each test here trains a small model, runs the benchmark on it as a user would,
@@ -108,13 +108,13 @@ def uniad_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
         return _train(tiny_dataset, tmp_path_factory.mktemp("uniad") / "uadp-runs")
 
 
-def test_calibration_benchmarks_uncalibrated_row_is_the_runs_pooled_pixels(tiny_dataset: Path, uniad_run) -> None:
+def test_mapping_benchmarks_unmapped_row_is_the_runs_pooled_pixels(tiny_dataset: Path, uniad_run) -> None:
     result = uniad_run
-    lines = _bench("bench_calibration.py", "--model", result.bundle, "--data", tiny_dataset)
+    lines = _bench("bench_mapping.py", "--model", result.bundle, "--data", tiny_dataset)
     none = _row(lines, "none")  # pooled I-AUROC, mean I-AUROC, pooled P-AUROC, pooled P-AP
     # the image score is the benchmark's own (top-1 % mean); the pixel metrics are the run's
     assert none[2:] == _expected(result.report.pooled, ("pixel_auroc", "pixel_ap"))
-    # a per-class calibration rescales each class's maps, so the pooled pixel ranking moves
+    # a per-class score mapping rescales each class's maps, so the pooled pixel ranking moves
     assert _row(lines, "mean-max")[2:] != none[2:]
 
 

@@ -193,11 +193,11 @@ class Synthesizer(Protocol):
 
 
 class Aligner(nn.Module):
-    """Post-hoc score calibration, fitted after the reconstructor is trained and frozen.
+    """Post-hoc score alignment, fitted after the reconstructor is trained and frozen.
 
     ``fit`` sees the maps of the normal training images and, if ``embedding`` names one, the
     reconstructor's embedding of that name (``Prediction.embeddings``; the core fails clearly
-    when the reconstructor has none of that name). ``align`` calibrates test maps from each
+    when the reconstructor has none of that name). ``align`` rescales test maps from each
     image alone. Class names are passed only as the registration's ``class_labels`` trait
     allows: ``"train"`` gives ``fit`` the training images' classes, ``"train+test"`` (an
     oracle, recorded on the run) also gives ``align`` each test image's class. State lives in

@@ -4,7 +4,7 @@ The normalisation of CADA ("Absolute-Unified Multi-Class Anomaly Detection via C
 Distribution Alignment").
 
 A class's normal maps are summarised by ``u`` (the mean pixel score) and ``gamma`` (the mean
-over images of each image's maximum: a robust "typical max"). The calibrated map
+over images of each image's maximum: a robust "typical max"). Mapping a map's scores to
 ``(M - u) / (gamma - u)`` puts normal pixels of every class near 0 and their typical maximum
 near 1, so one threshold can serve all classes. The aligners differ only in how they obtain
 ``(u, gamma)`` for a test image: looked up by its true class, by a predicted class, or
@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from ._options import Calibration
+from ._options import ScoreMapping
 
 
 def image_statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,7 +73,7 @@ def normalise(maps: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eps: flo
         clamped = int((spread < eps).sum())
         if clamped:
             warnings.warn(
-                f"score calibration: {clamped} of {len(spread)} images had gamma - u < {float(eps):.3g}; their spread "
+                f"score mapping: {clamped} of {len(spread)} images had gamma - u < {float(eps):.3g}; their spread "
                 "was clamped to it",
                 stacklevel=2,
             )
@@ -86,27 +86,28 @@ def mean_spread(stats: dict[str, torch.Tensor]) -> float:
     return float((stats["max"] - stats["mean"]).mean())
 
 
-def saved_calibration(calibration: Calibration, state: dict) -> Calibration:
-    """The calibration a saved aligner was fitted with, given its config and its extra state.
+def saved_mapping(mapping: ScoreMapping, state: dict) -> ScoreMapping:
+    """The score mapping a saved aligner was fitted with, given its config and its extra state.
 
     A bundle saved before ``mean-max-excess`` existed holds no ``excess_unit``; if it also
-    predates the calibration option, its config has no ``calibration`` and today's default
-    (``mean-max-excess``) fills the gap. Such a bundle was fitted and measured with ``mean-max``.
+    predates the option (``mapping``, once ``calibration``), its config has none and today's
+    default (``mean-max-excess``) fills the gap. Such a bundle was fitted and measured with
+    ``mean-max``.
     """
-    if calibration == "mean-max-excess" and "excess_unit" not in state:
+    if mapping == "mean-max-excess" and "excess_unit" not in state:
         return "mean-max"
-    return calibration
+    return mapping
 
 
-def calibrate(
+def map_scores(
     maps: torch.Tensor,
     u: torch.Tensor,
     gamma: torch.Tensor,
     eps: float | torch.Tensor,
-    mode: Calibration,
+    mode: ScoreMapping,
     excess_unit: float = 1.0,
 ) -> torch.Tensor:
-    """The calibrated maps [B,H,W] for per-image ``u`` and ``gamma`` [B].
+    """The mapped maps [B,H,W] for per-image ``u`` and ``gamma`` [B].
 
     ``mean-max`` normalises; ``shift`` only subtracts ``u``; ``mean-max-excess`` normalises
     the normal range (up to ``gamma``, which maps to 1) and continues above it as

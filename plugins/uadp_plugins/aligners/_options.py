@@ -6,18 +6,23 @@ need pydantic only, so listing or showing the aligners imports no torch.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Calibration = Literal["mean-max", "shift", "mean-max-excess"]
+ScoreMapping = Literal["mean-max", "shift", "mean-max-excess"]
 
 
-class CalibrationConfig(BaseModel):
-    """The option every statistics-based aligner shares: how (u, gamma) calibrate a map."""
+class MappingConfig(BaseModel):
+    """The option every statistics-based aligner shares: how (u, gamma) map a map's scores.
+
+    In uadp 0.1.0 the option was called ``calibration``, a word uadp keeps for the OK / not-OK
+    thresholds: a config that still says so is refused with the new name, and a run recorded
+    with it loads with its value."""
 
     model_config = ConfigDict(extra="forbid")
-    calibration: Calibration = Field(
+    renamed_options: ClassVar[dict[str, str]] = {"calibration": "mapping"}
+    mapping: ScoreMapping = Field(
         "mean-max-excess",
         description="mean-max-excess: (M - u) / (gamma - u) up to gamma, then 1 + (M - gamma) / (the mean "
         "max - mean of all training maps); mean-max: (M - u) / (gamma - u) everywhere, the paper's; "
@@ -25,8 +30,8 @@ class CalibrationConfig(BaseModel):
     )
 
 
-class HeadConfig(CalibrationConfig):
-    """Options of the regressor / classifier head and of its fit (and the calibration it feeds)."""
+class HeadConfig(MappingConfig):
+    """Options of the regressor / classifier head and of its fit (and the score mapping it feeds)."""
 
     embedding: Literal["bottleneck", "features"] = Field(
         "bottleneck",

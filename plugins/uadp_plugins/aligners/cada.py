@@ -5,7 +5,7 @@ Alignment" (CADA).
 
 A small head regresses, from one test image's embedding, the statistics of its class's
 normal maps: ``cada`` predicts (u, gamma) and ``cada-sigma`` predicts (u, sigma) with
-gamma = u + 3 sigma. The map is then calibrated with them (``_mean_max.calibrate``: by
+gamma = u + 3 sigma. The map's scores are then mapped with them (``_mean_max.map_scores``: by
 default mean-max normalised up to gamma, the excess above it in one training-wide unit). The
 head is fitted on the frozen base's maps of the normal training images, each image's own
 (mean, max) or (mean, std) standing in for its unknown class's statistics; no class label is
@@ -23,7 +23,7 @@ dividing by a near-zero spread turns a normal image into the most anomalous of t
 training_min`` clamps it at the smallest spread (gamma - u) of any normal training image
 instead, so no image is scaled up more than the most tightly spread training image was.
 
-The aligner itself (the head's fit, the calibrated maps) lives in ``cada_model.py``; this module
+The aligner itself (the head's fit, the mapped maps) lives in ``cada_model.py``; this module
 registers it with its options, so listing the aligners imports no torch.
 """
 
@@ -61,7 +61,7 @@ def register_aligners(register):
         "cada",
         "uadp_plugins.aligners.cada_model:Cada",
         config=CadaConfig,
-        help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are calibrated with them (see aligner.calibration)",
+        help="CADA: a head regresses each image's normal (mean, max) score statistics; maps are rescaled with them (see aligner.mapping)",
     )
     register(
         "cada-sigma",

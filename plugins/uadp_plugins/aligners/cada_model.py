@@ -1,5 +1,5 @@
 """The CADA aligner (``cada``, ``cada-sigma``): a head regresses each image's normal score
-statistics from its embedding, and its maps are calibrated with them. ``cada.py`` registers it
+statistics from its embedding, and its maps are rescaled with them. ``cada.py`` registers it
 and describes the method and its options.
 """
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from uadp.plugin import Aligner, BuildContext
 
-from ._mean_max import calibrate, image_statistics, mean_spread, saved_calibration
+from ._mean_max import image_statistics, map_scores, mean_spread, saved_mapping
 from ._regressor import StatsHead, fit_head
 from .cada import CadaConfig
 
@@ -22,7 +22,7 @@ class Cada(Aligner):
         self.embedding = config.embedding
         self.register_buffer("scale", torch.ones(()))
         self.min_spread = 0.0  # smallest training gamma - u, in base units (saved in the extra state)
-        self.excess_unit = 1.0  # mean training max - mean, for calibration mean-max-excess (likewise)
+        self.excess_unit = 1.0  # mean training max - mean, for the mapping mean-max-excess (likewise)
         self.head: StatsHead | None = None
         self.losses: list[float] = []
 
@@ -46,9 +46,9 @@ class Cada(Aligner):
             self._build_head(state["channels"])
         self.min_spread = float(state.get("min_spread", 0.0))  # bundles saved before the option: eps only
         self.excess_unit = float(state.get("excess_unit", 1.0))  # ... and fitted with mean-max or shift
-        calibration = saved_calibration(self.config.calibration, state)
-        if calibration != self.config.calibration:
-            self.config = self.config.model_copy(update={"calibration": calibration})
+        mapping = saved_mapping(self.config.mapping, state)
+        if mapping != self.config.mapping:
+            self.config = self.config.model_copy(update={"mapping": mapping})
 
     def fit(self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names: list[str] | None) -> None:
         if embeddings is None:
@@ -84,4 +84,4 @@ class Cada(Aligner):
         floor = self.config.eps * self.scale  # a tensor, not a Python float: the ONNX export traces it
         if self.config.spread_floor == "training_min":
             floor = floor.clamp(min=self.min_spread)
-        return calibrate(maps, u, gamma, floor, self.config.calibration, self.excess_unit)
+        return map_scores(maps, u, gamma, floor, self.config.mapping, self.excess_unit)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from uadp.plugin import hookimpl
 
-from ._options import CalibrationConfig, HeadConfig
+from ._options import HeadConfig, MappingConfig
 
 
 @hookimpl
@@ -26,7 +26,7 @@ def register_aligners(register):
     register(
         "class-stats",
         "uadp_plugins.aligners.class_aware_model:ClassStats",
-        config=CalibrationConfig,
+        config=MappingConfig,
         class_labels="train+test",
         help="CaDA-A oracle: each test image's TRUE class's normal (mean, max); a reference, not class-agnostic",
     )

@@ -1,5 +1,5 @@
 """The class-aware reference aligners ``class-stats`` (CaDA-A) and ``class-classifier`` (CaDA-B):
-mean-max calibration with each class's stored statistics. ``class_aware.py`` registers them and
+the mean-max score mapping with each class's stored statistics. ``class_aware.py`` registers them and
 says what each one is for.
 """
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from uadp.plugin import Aligner, BuildContext, UadpError
 
-from ._mean_max import calibrate, class_statistics, image_statistics, mean_spread, saved_calibration
-from ._options import CalibrationConfig, HeadConfig
+from ._mean_max import class_statistics, image_statistics, map_scores, mean_spread, saved_mapping
+from ._options import HeadConfig, MappingConfig
 from ._regressor import StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
@@ -24,12 +24,12 @@ class _ClassTable(Aligner):
     ``fit``, and extra state is what a bundle restores before anything is loaded into it.
     """
 
-    def __init__(self, calibration: str) -> None:
+    def __init__(self, mapping: str) -> None:
         super().__init__()
-        self.calibration = calibration
+        self.mapping = mapping
         self.classes: list[str] = []
         self.table = torch.zeros(0, 2)
-        self.excess_unit = 1.0  # mean max - mean of all training maps (calibration mean-max-excess)
+        self.excess_unit = 1.0  # mean max - mean of all training maps (mapping mean-max-excess)
 
     def get_extra_state(self) -> dict:
         return {"classes": list(self.classes), "table": self.table.cpu(), "excess_unit": self.excess_unit}
@@ -38,7 +38,7 @@ class _ClassTable(Aligner):
         self.classes = list(state["classes"])
         self.table = state["table"].clone()
         self.excess_unit = float(state.get("excess_unit", 1.0))  # bundles saved before the option ...
-        self.calibration = saved_calibration(self.calibration, state)  # ... were fitted with mean-max or shift
+        self.mapping = saved_mapping(self.mapping, state)  # ... were fitted with mean-max or shift
 
     def _fit_table(self, maps: torch.Tensor, class_names: list[str] | None) -> None:
         if class_names is None:
@@ -50,12 +50,12 @@ class _ClassTable(Aligner):
         table = self.table.to(maps.device)
         u, gamma = table[index.to(maps.device), 0], table[index.to(maps.device), 1]
         eps = EPS * float(self.table[:, 1].abs().max().clamp(min=1e-12))
-        return calibrate(maps, u, gamma, eps, self.calibration, self.excess_unit)
+        return map_scores(maps, u, gamma, eps, self.mapping, self.excess_unit)
 
 
 class ClassStats(_ClassTable):
-    def __init__(self, config: CalibrationConfig, context: BuildContext | None = None) -> None:
-        super().__init__(config.calibration)
+    def __init__(self, config: MappingConfig, context: BuildContext | None = None) -> None:
+        super().__init__(config.mapping)
 
     def fit(self, maps, embeddings, class_names) -> None:
         self._fit_table(maps, class_names)
@@ -73,7 +73,7 @@ class ClassStats(_ClassTable):
 
 class ClassClassifier(_ClassTable):
     def __init__(self, config: HeadConfig, context: BuildContext | None = None) -> None:
-        super().__init__(config.calibration)
+        super().__init__(config.mapping)
         self.config = config
         self.embedding = config.embedding
         self.head: StatsHead | None = None

@@ -1,21 +1,21 @@
-"""Benchmark: what per-class score calibrations can do to pooled metrics, with the true classes.
+"""Benchmark: what per-class score mappings can do to pooled metrics, with the true classes.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_calibration.py --model <run>/model.pt \\
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_mapping.py --model <run>/model.pt \\
         --data PATH/TO/realmix-dev
 
 A class-agnostic aligner (``cada``) estimates each image's class statistics; this benchmark
 skips the estimate and uses each class's *true* statistics of its normal training maps (the
-``class-stats`` oracle), for several calibrations a statistics-based aligner could apply. It
-separates what a calibration costs or gains from how well a regressor predicts its inputs:
-if even the oracle of every calibration loses pooled pixel AP, no regressor of those
+``class-stats`` oracle), for several score mappings a statistics-based aligner could apply. It
+separates what a mapping costs or gains from how well a regressor predicts its inputs:
+if even the oracle of every mapping loses pooled pixel AP, no regressor of those
 statistics can keep it.
 
 Statistics per class c, from the base's maps of its normal training images: u (mean pixel
 score), gamma (mean of the per-image maxima), sigma (mean of the per-image standard
-deviations), q (mean of the per-image 99.9 % quantiles). Calibrations of a map M:
+deviations), q (mean of the per-image 99.9 % quantiles). Mappings of a map M:
 
-* ``mean-max``  (M − u) / (gamma − u)      CADA's formula, ``calibration: mean-max``
-* ``shift``     M − u                      ``calibration: shift``
+* ``mean-max``  (M − u) / (gamma − u)      CADA's formula, ``mapping: mean-max``
+* ``shift``     M − u                      ``mapping: shift``
 * ``mean-3sigma`` (M − u) / 3 sigma        CADA-σ's spread with the class's sigma
 * ``mean-q999`` (M − u) / (q − u)          a tail quantile instead of the maximum
 * ``mean-max^0.5`` (M − u) / sqrt(gamma − u)  half-way between shift and mean-max (in log scale)
@@ -23,11 +23,11 @@ deviations), q (mean of the per-image 99.9 % quantiles). Calibrations of a map M
 * ``mean-max-excess`` (M − u) / (gamma − u) up to gamma, then 1 + (M − gamma) / S, with S the
   mean spread (max − mean) of all normal training maps: the normal range is aligned per class,
   but how far a pixel rises above its class's normal maximum is kept in the base's own units
-  (``calibration: mean-max-excess``)
+  (``mapping: mean-max-excess``)
 
 Image scores are the mean of the top ``--topk`` pixels (CADA's reducer), for every row.
 Prints each class's statistics and how far its test defects rise above its gamma, then, per
-calibration: pooled and mean image AUROC, pooled pixel AUROC, pooled pixel AP.
+mapping: pooled and mean image AUROC, pooled pixel AUROC, pooled pixel AP.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from uadp_plugins.aligners._mean_max import calibrate, image_statistics, mean_spread  # noqa: E402
+from uadp_plugins.aligners._mean_max import image_statistics, map_scores, mean_spread  # noqa: E402
 
-CALIBRATIONS = {
+MAPPINGS = {
     "none": lambda m, s: m,
     "mean-max": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]),
     "shift": lambda m, s: m - s["u"],
@@ -50,7 +50,7 @@ CALIBRATIONS = {
     "mean-q999": lambda m, s: (m - s["u"]) / (s["q"] - s["u"]),
     "mean-max^0.5": lambda m, s: (m - s["u"]) / (s["gamma"] - s["u"]) ** 0.5,
     "max-shift": lambda m, s: m - s["gamma"],
-    "mean-max-excess": lambda m, s: calibrate(
+    "mean-max-excess": lambda m, s: map_scores(
         m, torch.full((len(m),), s["u"]), torch.full((len(m),), s["gamma"]), 1e-12, "mean-max-excess", s["S"]
     ),
 }
@@ -116,13 +116,13 @@ def main() -> int:
             + f"  defects: share {len(pixels) / max(int(defect.sum()), 1):.2f}, median - gamma "
             + (f"{float(pixels.median()) - stats['gamma']:.3g}" if len(pixels) else "-")
         )
-    print(f"{'calibration':<16}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
-    for label, calibration in CALIBRATIONS.items():
-        calibrated = torch.empty_like(maps)
+    print(f"{'mapping':<16}{'pooled I-AUROC':>16}{'mean I-AUROC':>14}{'pooled P-AUROC':>16}{'pooled P-AP':>13}")
+    for label, mapping in MAPPINGS.items():
+        mapped = torch.empty_like(maps)
         for name, stats in table.items():
             chosen = torch.from_numpy(names == name)
-            calibrated[chosen] = calibration(maps[chosen], stats)
-        result = evaluate_maps(split, calibrated, labels, masks)
+            mapped[chosen] = mapping(maps[chosen], stats)
+        result = evaluate_maps(split, mapped, labels, masks)
         print(
             f"{label:<16}{result.pooled['image_auroc']:>16.3f}{result.mean['image_auroc']:>14.3f}"
             f"{result.pooled['pixel_auroc']:>16.3f}{result.pooled['pixel_ap']:>13.3f}",

@@ -4,6 +4,7 @@ that uses all six at once."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -59,6 +60,19 @@ def test_new_plugin_writes_a_package(packages: SimpleNamespace) -> None:
     readme = (folder / "README.md").read_text()
     assert "uadp run --data PATH/TO/your-data --reconstructor demo-reconstructor" in readme
     assert "twine upload" in readme and "check_reconstructor" in readme
+
+
+def test_generated_plugins_import_uadp_only_through_its_door(packages: SimpleNamespace) -> None:
+    """A plugin module of every kind imports ``uadp.plugin`` and nothing else of uadp (its test may use uadp.testing)."""
+    for kind, folder in packages.folders.items():
+        module = folder / f"uadp_demo_{kind}.py"
+        imported = set()
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        assert {name for name in imported if name.split(".")[0] == "uadp"} == {"uadp.plugin"}, (kind, imported)
 
 
 def test_a_new_plugin_follows_the_umask(tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ code in that module.
 What is here:
 
 * registering: ``hookimpl``; ``INFERENCE_ONLY`` (``Field(..., json_schema_extra=INFERENCE_ONLY)``
-  marks an option that changes inference only, never training);
+  marks an option that changes inference only, never training); a config model that renamed an
+  option declares it, old name -> new, as ``renamed_options: ClassVar[dict[str, str]]`` (a class
+  attribute, nothing to import: the core refuses the old name with the new one and reads runs
+  recorded with it under the new name);
 * errors a user can fix (printed as one line, exit code 2): ``UadpError``, ``ConfigError``,
   ``DataError``;
 * the contract types of :mod:`uadp.contract`: ``Sample``, ``Dataset``, ``FeatureSpec``,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from uadp.plugin import Aligner, BuildContext, UadpError
 
 from ._mean_max import class_statistics, image_statistics, map_scores, mean_spread, saved_mapping
-from ._options import HeadConfig, MappingConfig
+from ._options import HeadConfig, MappingConfig, ScoreMapping
 from ._regressor import StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
@@ -24,7 +24,7 @@ class _ClassTable(Aligner):
     ``fit``, and extra state is what a bundle restores before anything is loaded into it.
     """
 
-    def __init__(self, mapping: str) -> None:
+    def __init__(self, mapping: ScoreMapping) -> None:
         super().__init__()
         self.mapping = mapping
         self.classes: list[str] = []

@@ -10,7 +10,7 @@ from .offline import stay_offline  # noqa: E402
 
 stay_offline()  # before any dependency is imported: none of them may phone home (see uadp.offline)
 
-from .hookspecs import hookimpl  # noqa: E402  (what plugin modules import)
+from .hookspecs import hookimpl  # noqa: E402  (plugins written before uadp.plugin import it from here)
 
 
 def load(model, device: str = "auto", trust: bool = False, root: str = "uadp-runs", registry=None):

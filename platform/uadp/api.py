@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +31,15 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data.loader import ImageInputs, collate_keeping_failures, make_loader
+from .engine.detector import load_bundle
+from .engine.saved_model import Scored, evaluate_saved
 from .errors import UadpError
+from .export.runtime import read_exported
+from .registry import get_registry
+from .run_history import find_run
 from .run_ids import FULL, is_run_id, local_run_id
 from .thresholds import Thresholds
-
-if TYPE_CHECKING:
-    from .engine.saved_model import Scored
+from .tracking import Tracker, failure_reason
 
 
 @dataclass
@@ -312,9 +315,6 @@ def resolve_model(spec: str | Path, root: str | Path, scratch: Path) -> Path:
         if run is not None and (Path(root) / "checkpoints" / run / "model.pt").is_file():
             return Path(root) / "checkpoints" / run / "model.pt"
         if run is None and not FULL.fullmatch(text):  # the start of an id: the store knows the rest
-            from .run_history import find_run
-            from .tracking import Tracker
-
             run = find_run(Tracker.for_reading(root, f"run {text}"), text).info.run_id
         return _download(f"runs:/{run or text}/model/model.pt", root, scratch)
     if text.startswith("runs:/"):
@@ -323,9 +323,7 @@ def resolve_model(spec: str | Path, root: str | Path, scratch: Path) -> Path:
 
 
 def _download(uri: str, root: str | Path, scratch: Path) -> Path:
-    from mlflow.artifacts import download_artifacts
-
-    from .tracking import Tracker, failure_reason
+    from mlflow.artifacts import download_artifacts  # MLflow takes seconds to import: only to fetch a model
 
     tracker = Tracker.for_reading(root, uri)  # a server that does not answer: one line within seconds
     try:
@@ -349,11 +347,8 @@ def load(
     """
     with located_model(model, root) as path:  # read whole here: what was fetched is removed after
         if path.is_dir():
-            from .export.runtime import load_exported
-
-            return load_exported(path, device)
-        from .engine.detector import load_bundle
-
+            exported = read_exported(path, device)
+            return Model(exported.runner, exported.config, exported.classes, exported.thresholds, False, str(path))
         detector = load_bundle(path, registry, device=device, trust=trust)
     return Model(
         TorchRunner(detector),
@@ -386,9 +381,6 @@ def evaluate(
     ``SECTION.KEY=VALUE`` as ``--set`` takes them, for options that change no trained weight
     (an inference option, another aligner: fitted here on the training images' maps).
     """
-    from .engine.saved_model import evaluate_saved  # the engine (torch, the plugins): on first use
-    from .registry import get_registry
-
     with located_model(model, root) as path:
         if path.is_dir():
             raise UadpError(f"{model}: evaluate takes a model.pt bundle, not an exported model")

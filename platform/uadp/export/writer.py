@@ -14,8 +14,10 @@ import contextlib
 import io
 import json
 import logging
+import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +25,18 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..api import located_model
+from ..engine.detector import load_bundle
 from ..errors import UadpError
 from ..filesystem import check_writable_folder, new_folder_for_others
+from ..run_ids import FULL
 from .graph import INPUT, OUTPUTS, InferenceGraph
+from .runtime import LAYOUT, METADATA, open_runner, require_runtime
 
 FORMATS = ("onnx", "openvino")
-METADATA = "metadata.json"
-LAYOUT = "uadp-export/1"  # the version of this folder's layout (metadata.json's fields)
 # Parity an export must reach, in units of the maps' range over the check inputs. Float32
 # kernels of two runtimes add in different orders: about 1e-6 is usual; far more means a wrong graph.
 TOLERANCE = 1e-3
-INSTALL_HINT = "pip install 'uadp[export]'"
-
-
-def require_runtime(fmt: str) -> None:
-    """One line naming what to install when an export runtime is missing."""
-    modules = ["onnx", "onnxscript", "onnxruntime"] + (["openvino"] if fmt == "openvino" else [])
-    for module in modules:
-        try:
-            __import__(module)
-        except ImportError:
-            raise UadpError(
-                f"{module} is not installed: exporting and running exported models needs the export "
-                f"runtimes ({INSTALL_HINT})"
-            ) from None
 
 
 def check_inputs(size_hw: tuple[int, int], count: int = 4, seed: int = 0) -> torch.Tensor:
@@ -69,9 +59,6 @@ def export_model(
     log=print,
 ) -> dict[str, Any]:
     """Write ``out`` (a new folder) with the exported model; return its metadata."""
-    from ..api import located_model
-    from ..engine.detector import load_bundle
-
     if fmt not in FORMATS:
         raise UadpError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     require_runtime(fmt)
@@ -108,8 +95,6 @@ def export_model(
 
 def _write_graph(graph: InferenceGraph, size_hw: tuple[int, int], fmt: str, folder: Path) -> list[str]:
     """``model.onnx`` (and, for OpenVINO, its IR conversion), with a dynamic batch size."""
-    import warnings
-
     example = check_inputs(size_hw, count=2)
     onnx_path = folder / "model.onnx"
     with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_logs():
@@ -134,7 +119,7 @@ def _write_graph(graph: InferenceGraph, size_hw: tuple[int, int], fmt: str, fold
     program.save(str(onnx_path))
     if fmt == "onnx":
         return [onnx_path.name]
-    import openvino as ov
+    import openvino as ov  # an optional dependency (uadp[export]), imported when an export needs it
 
     ov.save_model(ov.convert_model(str(onnx_path)), str(folder / "model.xml"), compress_to_fp16=False)
     onnx_path.unlink()
@@ -156,8 +141,6 @@ def _quiet_torch_logs():
 
 def _where(exc: BaseException) -> str:
     """`` at FILE:LINE`` of the code torch.export stopped at, when its message names it."""
-    import re
-
     text = ""
     link: BaseException | None = exc
     while link is not None and len(text) < 200_000:
@@ -169,8 +152,6 @@ def _where(exc: BaseException) -> str:
 
 def _check_parity(graph: InferenceGraph, folder: Path, fmt: str, size_hw: tuple[int, int]) -> dict[str, Any]:
     """Run the written model beside PyTorch on check inputs (several batch sizes); refuse a wrong one."""
-    from .runtime import open_runner
-
     runner = open_runner(folder, fmt, threads=None)
     inputs = check_inputs(size_hw, count=5, seed=1)
     with torch.no_grad():
@@ -196,8 +177,6 @@ def _check_parity(graph: InferenceGraph, folder: Path, fmt: str, size_hw: tuple[
 def _run_id_of(spec: str, path: Path) -> str | None:
     """The MLflow run a bundle came from: named in ``spec`` (a runs:/ URI, a run id) or, for a
     bundle in a run's checkpoint folder, that folder's name."""
-    from ..run_ids import FULL
-
     for candidate in (spec.removeprefix("runs:/").split("/")[0], path.parent.name):
         if FULL.fullmatch(candidate):
             return candidate

@@ -76,6 +76,21 @@ def test_every_name_of_the_door_is_the_core_object_it_stands_for() -> None:
         uadp.plugin.Trainer  # noqa: B018
 
 
+def test_type_checkers_see_every_lazy_name_as_the_real_one() -> None:
+    """Each lazily imported name is also imported under TYPE_CHECKING, so mypy sees its real type, not Any."""
+    source = ast.parse(Path(uadp.plugin.__file__).read_text())
+    guarded = {
+        alias.asname or alias.name
+        for node in source.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for statement in node.body
+        if isinstance(statement, ast.ImportFrom)
+        for alias in statement.names
+    }
+    assert guarded == set(uadp.plugin._LAZY)
+    assert set(uadp.plugin.__all__) == guarded | {"hookimpl", "UadpError", "ConfigError", "DataError"}
+
+
 def test_bundled_plugins_import_uadp_only_through_the_door() -> None:
     """What the import-linter contract checks in CI, also here: no plugin module reaches past ``uadp.plugin``."""
     strays = []

@@ -45,7 +45,27 @@ from .errors import ConfigError, DataError, UadpError
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports these on first use
-    pass
+    from .config import INFERENCE_ONLY
+    from .contract import (
+        Aligner,
+        Backbone,
+        Batch,
+        BuildContext,
+        Dataset,
+        FeatureSpec,
+        Metric,
+        Prediction,
+        Reconstructor,
+        Sample,
+        Synthesis,
+        Synthesizer,
+    )
+    from .data.images import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
+    from .engine.distributed import sum_over_ranks
+    from .metrics.aupro import area_of, aupro
+    from .metrics.curves import BinaryCurve, auroc, average_precision, binary_curve, f1_max
+    from .metrics.dice import dice_per_image, dice_pooled
+    from .metrics.view import EvalView
 
 # Each name imported lazily, by the module (relative to uadp) that defines it.
 _LAZY = {
@@ -77,7 +97,41 @@ _LAZY = {
     "EvalView": "metrics.view",
 }
 
-__all__ = ["ConfigError", "DataError", "UadpError", "hookimpl", *sorted(_LAZY)]
+# spelt out, not computed: type checkers read __all__ to know what this module exports
+__all__ = [
+    "hookimpl",
+    "INFERENCE_ONLY",
+    "UadpError",
+    "ConfigError",
+    "DataError",
+    "Sample",
+    "Dataset",
+    "FeatureSpec",
+    "Backbone",
+    "BuildContext",
+    "Batch",
+    "Prediction",
+    "Reconstructor",
+    "Synthesis",
+    "Synthesizer",
+    "Aligner",
+    "Metric",
+    "sum_over_ranks",
+    "IMAGE_SUFFIXES",
+    "is_image_file",
+    "read_image",
+    "read_mask",
+    "EvalView",
+    "BinaryCurve",
+    "binary_curve",
+    "auroc",
+    "average_precision",
+    "f1_max",
+    "aupro",
+    "area_of",
+    "dice_per_image",
+    "dice_pooled",
+]
 
 
 def __getattr__(name: str) -> Any:

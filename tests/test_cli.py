@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -113,6 +115,50 @@ def test_show_unknown_component(capsys) -> None:
 def test_show_misspelt_component_suggests(capsys) -> None:
     assert main(["show", "unad"]) == 2
     assert_one_error_line(capsys.readouterr().err, "did you mean 'uniad'")
+
+
+# the commands that need no model, each with the exit code it gives
+ANSWER_AT_ONCE = [
+    (["--help"], 0),
+    (["list"], 0),
+    (["list", "presets"], 0),
+    (["show", "uniad"], 0),
+    (["plugins"], 0),
+    (["run", "--epohcs", "3"], 2),
+    (["rnu"], 2),
+]
+
+# Runs the commands in one fresh process (the test process has torch already) and prints, for
+# each, its exit code and the heavy modules imported so far.
+_IMPORTS_OF_COMMANDS = """
+import contextlib, io, json, sys
+from uadp.cli import main
+out = []
+for words in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            code = main(words)
+        except SystemExit as exit_:
+            code = exit_.code
+    out.append([words, code, [name for name in ("torch", "mlflow") if name in sys.modules]])
+print(json.dumps(out))
+"""
+
+
+def test_commands_that_need_no_model_import_neither_torch_nor_mlflow() -> None:
+    """``uadp --help``, ``list``, ``show``, ``plugins`` and a mistyped flag or sub-command answer at
+    once: the plugins' registrations name their models' code without importing it, and the
+    command imports torch (seconds on a small CPU) or MLflow only in a handler that needs them."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_OF_COMMANDS, json.dumps([words for words, _ in ANSWER_AT_ONCE])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert [(words, code) for words, code, _ in seen] == [(words, code) for words, code in ANSWER_AT_ONCE]
+    assert [(words, heavy) for words, _, heavy in seen if heavy] == []
 
 
 def test_plugins_lists_bundled_plugins_as_json(capsys) -> None:

@@ -101,7 +101,7 @@ def test_show_uniad_prints_options_with_defaults(capsys) -> None:
 def test_show_prints_the_values_an_option_allows(capsys) -> None:
     assert main(["show", "cada"]) == 0
     out = capsys.readouterr().out
-    (line,) = [text for text in out.splitlines() if text.strip().startswith("calibration:")]
+    (line,) = [text for text in out.splitlines() if text.strip().startswith("mapping:")]
     assert "'mean-max' | 'shift' | 'mean-max-excess' = 'mean-max-excess'" in line
     assert main(["show", "timm"]) == 0
     assert "Literal" not in capsys.readouterr().out
@@ -171,7 +171,7 @@ def test_plugins_lists_bundled_plugins_as_json(capsys) -> None:
         "demo": "register_datasets",
         "uniad": "register_reconstructors",
         "standard_metrics": "register_metrics",
-        "none_aligner": "register_aligners",
+        "cada_aligners": "register_aligners",
     }
     for name, hook in expected.items():
         assert name in by_name, sorted(by_name)
@@ -230,8 +230,8 @@ def test_mlflow_run_says_what_it_is_and_its_key_metrics_first(e2e) -> None:
     shows the key metrics as the runs table's columns."""
     client = client_for(e2e.runs)
     run = client.get_run(e2e.run_id)
-    assert run.info.run_name == "uniad (cpu, tf_efficientnet_lite0)"
-    assert run.data.tags["uadp.preset"] == "cpu"
+    assert run.info.run_name == "uniad (uniad-cpu, tf_efficientnet_lite0)"
+    assert run.data.tags["uadp.preset"] == "uniad-cpu"
     note = run.data.tags["mlflow.note.content"]
     for unit in ("mean", "pooled"):
         row = next(line for line in note.splitlines() if line.startswith(f"| {unit} |"))
@@ -256,7 +256,7 @@ def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkey
 
 def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
-    assert run_name(build_config(sets=["aligner.name=cada"])) == "uniad+cada (cpu, tf_efficientnet_lite0)"
+    assert run_name(build_config(sets=["aligner.name=cada"])) == "uniad+cada (uniad-cpu, tf_efficientnet_lite0)"
 
 
 def test_mlflow_params_are_the_flattened_config(e2e, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -325,7 +325,7 @@ def test_print_config_shows_resolved_yaml(tiny_dataset: Path, runs_root: Path, c
     assert not runs_root.exists()  # printing the config starts no run
 
 
-@pytest.mark.parametrize("reconstructor,preset", [("revdist", "revdist-lite0"), ("unias", "unias-cpu")])
+@pytest.mark.parametrize("reconstructor,preset", [("revdist", "revdist-cpu"), ("unias", "unias-cpu")])
 def test_reconstructor_flag_starts_from_the_methods_own_preset(reconstructor, preset, capsys) -> None:
     from uadp.config import build_config, resolve
     from uadp.registry import get_registry
@@ -334,9 +334,38 @@ def test_reconstructor_flag_starts_from_the_methods_own_preset(reconstructor, pr
     out, err = capsys.readouterr()
     assert yaml.safe_load(out) == resolve(build_config(preset), get_registry()).to_dict()
     assert preset in err  # says which preset it took
-    assert main(["run", "--reconstructor", reconstructor, "--config", "cpu", "--print-config"]) == 0
+    assert main(["run", "--reconstructor", reconstructor, "--config", "uniad-cpu", "--print-config"]) == 0
     explicit = yaml.safe_load(capsys.readouterr().out)  # --config wins
     assert explicit["backbone"]["stages"] == [1, 2, 3, 4, 5] and explicit["reconstructor"]["name"] == reconstructor
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["--config", "cpu"], "preset 'cpu' is now called 'uniad-cpu'"),
+        (["--config", "revdist-lite0"], "preset 'revdist-lite0' is now called 'revdist-cpu'"),
+        (
+            ["--aligner", "cada", "--set", "aligner.calibration=shift"],
+            "option aligner.calibration is now called aligner.mapping",
+        ),
+        ("a YAML file", "option aligner.calibration is now called aligner.mapping"),
+    ],
+)
+def test_a_former_preset_or_option_name_stops_with_the_new_one(given, message, tmp_path: Path) -> None:
+    """An old name is never read silently as something else: one line naming the new one, exit 2."""
+    if given == "a YAML file":
+        (tmp_path / "old.yaml").write_text("aligner:\n  name: cada\n  calibration: mean-max\n")
+        given = ["--config", tmp_path / "old.yaml"]
+    code, out, err = call_captured(["run", *given, "--print-config"])
+    assert code == 2 and not out
+    assert assert_one_error_line(err) == f"uadp: error: {message}"
+
+
+def test_aligner_none_is_no_aligner(capsys) -> None:
+    """``--aligner none`` leaves the aligner out, as ``--synthesizer none`` does the synthesizer."""
+    assert main(["run", "--aligner", "cada", "--synthesizer", "none", "--aligner", "none", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["aligner"] is None and config["synthesizer"] is None
 
 
 def test_reconstructor_without_a_preset_keeps_the_defaults(capsys) -> None:
@@ -571,7 +600,8 @@ def test_a_large_feature_cache_goes_to_files_that_are_removed_after_training(
 def test_a_reconstructors_advice_is_printed_before_it_trains(tmp_path):
     (tmp_path / "advised.py").write_text(
         "from uadp import hookimpl\n"
-        "from uadp_plugins.reconstructors.uniad import UniAD, UniADConfig\n"
+        "from uadp_plugins.reconstructors.uniad import UniADConfig\n"
+        "from uadp_plugins.reconstructors.uniad_model import UniAD\n"
         "@hookimpl\n"
         "def register_reconstructors(register):\n"
         "    register('advised', UniAD, config=UniADConfig, help='UniAD again', advice='good for tests only')\n"

@@ -4,11 +4,10 @@
 component: the components come from a preset, a YAML file a plugin registers (``uadp list
 presets``); a bare ``uadp run`` uses the one its plugin registers as the default. A component
 that may be absent (backbone, synthesizer, aligner) is left out by the name ``none``. A run's
-config is built in
-layers — core defaults, then the preset or ``--config FILE``, then CLI flags, then ``--set
-key=value`` — and then *resolved*: every component section is validated against the config
-model its plugin registered, its defaults are filled in, and an unset metric list becomes every
-registered metric, so the saved config says everything the run used.
+config is built in layers — core defaults, then the preset or ``--config FILE``, then CLI
+flags, then ``--set key=value`` — and then *resolved*: every component section is validated
+against the config model its plugin registered, its defaults are filled in, and an unset metric
+list becomes every registered metric, so the saved config says everything the run used.
 """
 
 from __future__ import annotations

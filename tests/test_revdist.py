@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from uadp.contract import Batch, BuildContext, FeatureSpec
 from uadp.errors import ConfigError
 from uadp_plugins._layers.smoothing import gaussian_blur
-from uadp_plugins.reconstructors.revdist import RevDist, RevDistConfig, decoder_depths
+from uadp_plugins.reconstructors.revdist import RevDistConfig
+from uadp_plugins.reconstructors.revdist_model import RevDist, decoder_depths
 
 LITE0 = FeatureSpec((24, 40, 112), (4, 8, 16), (0.5,) * 3, (0.5,) * 3)  # tf_efficientnet_lite0 stages 2-4
 WRN50 = FeatureSpec((256, 512, 1024), (4, 8, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # layer1-3
@@ -202,7 +203,7 @@ def test_registered_through_the_entry_point():
         "inputs": "features",
         "synthesizer": "optional",
         "training": "epochs",
-        "preset": "revdist-lite0",
+        "preset": "revdist-cpu",
         "advice": None,
     }
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from functools import lru_cache
 
 
 @lru_cache(maxsize=1)
 def _libc():
     """glibc, when this process runs on it (None elsewhere)."""
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

@@ -15,12 +15,11 @@ from .data.images import read_image, read_mask
 from .data.transforms import geometry
 from .metrics.pixels import PixelSource, as_pixels
 from .metrics.protocols import MetricReport
+from .registry import get_registry
 
 
 def short_name(metric: str) -> str:
     """A metric's column heading: the ``short=`` its plugin registered, else its name."""
-    from .registry import get_registry
-
     registry = get_registry()
     if metric in registry.registered("metrics"):
         return registry.get("metrics", metric).traits.get("short") or metric
@@ -65,7 +64,7 @@ def write_class_csv(report: MetricReport, path: Path) -> None:
 
 def heat_colours(values: np.ndarray) -> np.ndarray:
     """[H,W] in [0,1] -> uint8 RGB with matplotlib's 'jet' colormap."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # a fifth of a second to import: only when pictures are drawn
 
     return (colormaps["jet"](np.clip(values, 0, 1))[..., :3] * 255).astype(np.uint8)
 

@@ -46,7 +46,7 @@ def experiments_with_runs(tracker: Tracker) -> list[tuple[str, str]]:
 def list_runs(tracker: Tracker, experiment: str | None = None, sort: str | None = None, limit: int = 50) -> list:
     """The runs of one experiment (or of every experiment), newest first or best first by ``sort``."""
     client = tracker.client
-    experiments = tracker.request("listing experiments", client.search_experiments)
+    experiments = list(tracker.request("listing experiments", client.search_experiments))
     if experiment is not None:
         chosen = [e for e in experiments if e.name == experiment]
         if not chosen:

@@ -23,14 +23,21 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from filelock import FileLock
 
 from .errors import TrackingError, UadpError
 from .filesystem import check_writable_file, check_writable_folder
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 _QUIET = ("alembic", "mlflow", "mlflow.store", "mlflow.tracking", "urllib3")
 
@@ -132,7 +139,7 @@ def failure_reason(exc: BaseException) -> str:
 
 def _is_store_failure(exc: BaseException) -> bool:
     """A failure to reach or write the store (as opposed to a bug in what was sent to it)."""
-    import requests
+    import requests  # MLflow's HTTP and database libraries, loaded with MLflow: only once a call failed
     from sqlalchemy.exc import OperationalError
 
     link: BaseException | None = exc
@@ -158,7 +165,7 @@ class Tracker:
         self.root = Path(root)
         self.uri = tracking_uri(root)
         self.embedded = self.uri == embedded_uri(root)
-        self._client = None
+        self._client: MlflowClient | None = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.final_status: str | None = None  # what the run was marked when it ended, if that worked
@@ -219,10 +226,10 @@ class Tracker:
                     os.environ[key] = value
 
     @property
-    def client(self):
+    def client(self) -> MlflowClient:
         """The MLflow client, opening the store on first use (the embedded one is created then)."""
         if self._client is None:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # MLflow takes seconds to import: only when a store opens
 
             if self.embedded:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -239,8 +246,6 @@ class Tracker:
         """Excludes other processes while the embedded store is created or an experiment added."""
         if not self.embedded:
             return contextlib.nullcontext()
-        from filelock import FileLock
-
         return FileLock(str(self.root / "mlflow.db.lock"), timeout=300)
 
     def request(self, doing: str, call: Callable[[], T]) -> T:
@@ -261,22 +266,30 @@ class Tracker:
             found = self.request("looking up the experiment", lambda: client.get_experiment_by_name(experiment))
             if found is None:
                 location = artifact_root(self.root) if self.embedded else None
-                self.experiment_id = self.request(
+                experiment_id = self.request(
                     "creating the experiment",
                     lambda: client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS),
                 )
             else:
-                self.experiment_id = found.experiment_id
+                experiment_id = found.experiment_id
                 for key, value in EXPERIMENT_TAGS.items():  # made by an older uadp or by hand: add what is missing
                     if key not in found.tags:
                         self.request(
                             "tagging the experiment",
-                            functools.partial(client.set_experiment_tag, self.experiment_id, key, value),
+                            functools.partial(client.set_experiment_tag, experiment_id, key, value),
                         )
+        self.experiment_id = experiment_id
         run = self.request(
-            "starting the run", lambda: client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+            "starting the run", lambda: client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         )
-        self.run_id = run.info.run_id
+        self.run_id = run_id = run.info.run_id
+        return run_id
+
+    @property
+    def current_run(self) -> str:
+        """The id of the run this tracker started or reopened; an error before it has one."""
+        if self.run_id is None:
+            raise RuntimeError("no MLflow run was started or reopened yet")
         return self.run_id
 
     def status_of(self, run_id: str, flag: str = "--resume") -> str:
@@ -300,20 +313,19 @@ class Tracker:
         return run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # loaded with the client already; kept off the import of this module
 
-        existing = self.request("reading the run", lambda: self.client.get_run(self.run_id)).data.params
+        run_id = self.current_run
+        existing = self.request("reading the run", lambda: self.client.get_run(run_id)).data.params
         items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
-            self.request("logging parameters", functools.partial(self.client.log_batch, self.run_id, params=chunk))
+            self.request("logging parameters", functools.partial(self.client.log_batch, run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import math
-        import time
+        from mlflow.entities import Metric  # loaded with the client already; kept off the import of this module
 
-        from mlflow.entities import Metric
-
+        run_id = self.current_run
         now = int(time.time() * 1000)
         items = [
             Metric(key, float(value), now, step or 0)
@@ -322,23 +334,26 @@ class Tracker:
         ]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
-            self.request("logging metrics", functools.partial(self.client.log_batch, self.run_id, metrics=chunk))
+            self.request("logging metrics", functools.partial(self.client.log_batch, run_id, metrics=chunk))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        run_id = self.current_run
         self.request(
             f"storing the artifact {Path(path).name}",
-            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+            lambda: self.client.log_artifact(run_id, str(path), artifact_path),
         )
 
     def set_tag(self, key: str, value: str) -> None:
-        self.request("setting a tag", lambda: self.client.set_tag(self.run_id, key, value))
+        run_id = self.current_run
+        self.request("setting a tag", lambda: self.client.set_tag(run_id, key, value))
 
     def end(self, status: str) -> bool:
         """Mark the run ended; False (with :attr:`end_error` set) when the store does not take it."""
-        if self.run_id is None:
+        run_id = self.run_id
+        if run_id is None:
             return False
         try:
-            self.request(f"marking the run {status}", lambda: self.client.set_terminated(self.run_id, status=status))
+            self.request(f"marking the run {status}", lambda: self.client.set_terminated(run_id, status=status))
         except Exception as exc:  # the run is ending anyway: report, do not mask the first error
             self.end_error = failure_reason(exc)
             return False

@@ -33,7 +33,7 @@ def load_test_split(model_path: str, data: str, reconstructor: str | None, error
     """The model (of ``reconstructor``, if named) scored on ``data`` as its run scores it."""
     import uadp
 
-    scored = uadp.evaluate(model_path, data, log=lambda _: None)
+    scored = uadp.evaluate(model_path, data, log=lambda _: None, keep_maps=True)
     job = scored.job
     cfg = job.config
     if reconstructor is not None and cfg.reconstructor.name != reconstructor:
@@ -63,18 +63,12 @@ def train_maps(split: TestSplit):
 
 
 def maps_of_test_split(split: TestSplit):
-    """The base's maps [N,H,W] of the test split, with its image labels [N] and masks (numpy)."""
-    import numpy as np
+    """The base's maps [N,H,W] of the test split as the run scored them (read back from its map
+    store), with its image labels [N] and masks [N,H,W] (numpy)."""
     import torch
 
-    detector = split.detector
-    maps, labels, masks = [], [], []
-    with torch.no_grad():
-        for item in split_batches(split):
-            maps.append(detector.raw(detector.batch_of(item["image"])).anomaly_map.cpu())
-            labels.append(item["label"].numpy())
-            masks.append(item["mask"].numpy())
-    return torch.cat(maps), np.concatenate(labels), np.concatenate(masks)
+    scored = split.scored
+    return torch.from_numpy(scored.base_maps), scored.labels, scored.masks
 
 
 def split_batches(split: TestSplit, samples: list | None = None) -> Iterator[dict]:

@@ -17,9 +17,7 @@ model scores an image here as it scored it there.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +33,9 @@ from .engine.detector import load_bundle
 from .engine.saved_model import Scored, evaluate_saved
 from .errors import UadpError
 from .export.runtime import read_exported
+from .model_paths import located_model
 from .registry import get_registry
-from .run_history import find_run
-from .run_ids import FULL, is_run_id, local_run_id
 from .thresholds import Thresholds
-from .tracking import Tracker, failure_reason
 
 
 @dataclass
@@ -282,57 +278,7 @@ def _class_names(class_names, count: int) -> list[str | None]:
     return names
 
 
-# --------------------------------------------------------------------------- finding and loading a model
-
-
-@contextlib.contextmanager
-def located_model(spec: str | Path, root: str | Path = "uadp-runs") -> Iterator[Path]:
-    """The local path of the model ``spec`` names (see :func:`resolve_model`), for the time of the
-    ``with`` block: a model fetched from the tracking store lies in a temporary folder that is
-    removed when the block ends, however it ends."""
-    with tempfile.TemporaryDirectory(prefix="uadp-model-") as scratch:
-        yield resolve_model(spec, root, Path(scratch))
-
-
-def resolve_model(spec: str | Path, root: str | Path, scratch: Path) -> Path:
-    """A local model path for ``spec``: a bundle file, a folder holding one or an exported
-    model, an MLflow run id, whole or its first characters (the run's checkpoint folder under
-    ``root``, else the run's ``model`` artifact), or a ``runs:/`` URI; what is fetched from the
-    tracking store goes to ``scratch``."""
-    text = str(spec)
-    path = Path(text)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for name in ("metadata.json", "model.pt"):
-            if (path / name).is_file():
-                return path if name == "metadata.json" else path / name
-        raise UadpError(
-            f"{path}: a folder with neither a model bundle (model.pt) nor an exported model (metadata.json)"
-        )
-    if is_run_id(text):
-        run = local_run_id(text, root)
-        if run is not None and (Path(root) / "checkpoints" / run / "model.pt").is_file():
-            return Path(root) / "checkpoints" / run / "model.pt"
-        if run is None and not FULL.fullmatch(text):  # the start of an id: the store knows the rest
-            run = find_run(Tracker.for_reading(root, f"run {text}"), text).info.run_id
-        return _download(f"runs:/{run or text}/model/model.pt", root, scratch)
-    if text.startswith("runs:/"):
-        return _download(text, root, scratch)
-    raise UadpError(f"{text}: no such model file or folder, and not an MLflow run id or runs:/ URI")
-
-
-def _download(uri: str, root: str | Path, scratch: Path) -> Path:
-    from mlflow.artifacts import download_artifacts  # MLflow takes seconds to import: only to fetch a model
-
-    tracker = Tracker.for_reading(root, uri)  # a server that does not answer: one line within seconds
-    try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(scratch), tracking_uri=tracker.uri))
-    except Exception as exc:
-        raise UadpError(f"{uri}: could not be fetched from {tracker.uri} ({failure_reason(exc)})") from None
-    if local.is_dir():
-        return resolve_model(local, root, scratch)
-    return local
+# --------------------------------------------------------------------------- loading a model (found by uadp.model_paths)
 
 
 def load(
@@ -370,6 +316,7 @@ def evaluate(
     root: str | Path = "uadp-runs",
     registry=None,
     log=print,
+    keep_maps: bool = False,
 ) -> Scored:
     """Score a trained model on a data set exactly as ``uadp run`` scores it: the same split and
     calibration hold-out, thresholds, map store and metrics (``uadp run --from-run`` goes the
@@ -379,7 +326,8 @@ def evaluate(
     ``data``: a data folder (default: the run's); ``classes``: a subset (default: the run's);
     ``normal_dir``: normal images to set the thresholds on instead of the hold-out; ``options``:
     ``SECTION.KEY=VALUE`` as ``--set`` takes them, for options that change no trained weight
-    (an inference option, another aligner: fitted here on the training images' maps).
+    (an inference option, another aligner: fitted here on the training images' maps);
+    ``keep_maps``: also return the test split's maps as they were scored (in memory).
     """
     with located_model(model, root) as path:
         if path.is_dir():
@@ -393,4 +341,5 @@ def evaluate(
             list(options),
             trust,
             log,
+            keep_maps,
         )

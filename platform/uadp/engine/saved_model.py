@@ -49,6 +49,11 @@ class Scored:
     timing: dict[str, float] = field(default_factory=dict)
     job: Job | None = field(default=None, repr=False)  # the split, loaders and metrics
     detector: Detector | None = field(default=None, repr=False)  # the model as scored
+    # with keep_maps: the test maps [N,H,W] as the run's map store held them when it scored them
+    # (float16 values), the final ones and the reconstructor's own (the same without an aligner)
+    maps: np.ndarray | None = field(default=None, repr=False)
+    base_maps: np.ndarray | None = field(default=None, repr=False)
+    masks: np.ndarray | None = field(default=None, repr=False)  # bool [N,H,W]
 
     def summary(self) -> dict[str, Any]:
         """Metric values as fractions in [0, 1], as ``uadp run --output-json`` writes them."""
@@ -92,10 +97,12 @@ def evaluate_saved(
     options: list[str] | None = None,
     trust: bool = False,
     log: Log = print,
+    keep_maps: bool = False,
 ) -> Scored:
     """Score the bundle at ``path`` on ``data`` (default: the data set its run used), the classes
     given (default: the run's), with ``options`` (``SECTION.KEY=VALUE``, as ``--set``: only those
-    that change no trained weight; another aligner is fitted here)."""
+    that change no trained weight; another aligner is fitted here). ``keep_maps``: also the test
+    maps as they were scored, in memory (for small splits)."""
     job, detector = prepare_saved(path, registry, data, classes, normal_dir, options, trust, log)
     with tempfile.TemporaryDirectory(prefix="uadp-scores-") as folder, torch.no_grad():
         job.scratch_dir = Path(folder)
@@ -103,6 +110,11 @@ def evaluate_saved(
         if found is None:  # only a rank other than 0 of several processes gets None
             raise RuntimeError("a saved model is scored in one process")
         try:
+            maps = base_maps = masks = None
+            if keep_maps:
+                maps, masks = found.predictions.pixels.read()
+                base = found.predictions.base_pixels
+                base_maps = base.read()[0] if base is not None else maps
             return Scored(
                 found.report,
                 found.base_report,
@@ -115,6 +127,9 @@ def evaluate_saved(
                 dict(job.timing),
                 job,
                 detector,
+                maps,
+                base_maps,
+                masks,
             )
         finally:
             found.close()

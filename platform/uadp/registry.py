@@ -179,6 +179,55 @@ def _names_from_env(variable: str) -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
+def _registration(
+    kind: str,
+    plugin_name: str,
+    name: str,
+    factory: Callable[..., Any] | str,
+    config: type[BaseModel] | None,
+    help: str,
+    traits: dict[str, Any],
+) -> Registration:
+    """One component as a plugin registers it, refused with the plugin's name when its factory is
+    neither callable nor a ``package.module:attribute`` path, or a trait is unknown or out of range."""
+    if isinstance(factory, str) and not _FACTORY_PATH.match(factory):
+        raise PluginError(
+            f"{plugin_name}: {kind[:-1]} {name!r} names its factory {factory!r}; expected 'package.module:attribute'"
+        )
+    if not isinstance(factory, str) and not callable(factory):
+        raise PluginError(
+            f"{plugin_name}: {kind[:-1]} {name!r}: factory {factory!r} is neither callable nor "
+            "a 'package.module:attribute' path"
+        )
+    allowed = TRAITS.get(kind, {})
+    traits = dict(traits)
+    resolved = {}
+    for trait, (values, default) in allowed.items():
+        value = traits.pop(trait, default)
+        if values is str:
+            if value is not None and not isinstance(value, str):
+                raise PluginError(f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected text")
+        elif value not in values:
+            raise PluginError(
+                f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected one of {list(values)}"
+            )
+        resolved[trait] = value
+    if traits:
+        raise PluginError(
+            f"{plugin_name}: {kind[:-1]} {name!r} declares unknown traits "
+            f"{sorted(traits)}; {kind} accept {sorted(allowed) or 'none'}"
+        )
+    return Registration(
+        kind=kind,
+        name=name,
+        target=factory,
+        config=config or NoOptions,
+        help=help.strip().splitlines()[0] if help.strip() else "",
+        plugin=plugin_name,
+        traits=resolved,
+    )
+
+
 class Registry:
     """The loaded plugins and every component they register, looked up by (kind, name)."""
 
@@ -250,7 +299,7 @@ class Registry:
         return components
 
     def _make_register(self, kind: str, plugin_name: str, into: dict[str, Registration]) -> Callable[..., None]:
-        allowed = TRAITS.get(kind, {})
+        """The ``register`` callable a plugin's ``register_<kind>`` hook receives."""
 
         def register(
             name: str,
@@ -263,44 +312,7 @@ class Registry:
                 raise PluginError(
                     f"{kind[:-1]} {name!r} is registered by both {into[name].plugin!r} and {plugin_name!r}"
                 )
-            if isinstance(factory, str) and not _FACTORY_PATH.match(factory):
-                raise PluginError(
-                    f"{plugin_name}: {kind[:-1]} {name!r} names its factory {factory!r}; "
-                    "expected 'package.module:attribute'"
-                )
-            if not isinstance(factory, str) and not callable(factory):
-                raise PluginError(
-                    f"{plugin_name}: {kind[:-1]} {name!r}: factory {factory!r} is neither callable nor "
-                    "a 'package.module:attribute' path"
-                )
-            resolved = {}
-            for trait, (values, default) in allowed.items():
-                value = traits.pop(trait, default)
-                if values is str:
-                    if value is not None and not isinstance(value, str):
-                        raise PluginError(
-                            f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected text"
-                        )
-                elif value not in values:
-                    raise PluginError(
-                        f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; "
-                        f"expected one of {list(values)}"
-                    )
-                resolved[trait] = value
-            if traits:
-                raise PluginError(
-                    f"{plugin_name}: {kind[:-1]} {name!r} declares unknown traits "
-                    f"{sorted(traits)}; {kind} accept {sorted(allowed) or 'none'}"
-                )
-            into[name] = Registration(
-                kind=kind,
-                name=name,
-                target=factory,
-                config=config or NoOptions,
-                help=help.strip().splitlines()[0] if help.strip() else "",
-                plugin=plugin_name,
-                traits=resolved,
-            )
+            into[name] = _registration(kind, plugin_name, name, factory, config, help, traits)
 
         return register
 

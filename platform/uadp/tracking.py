@@ -153,6 +153,39 @@ def _is_store_failure(exc: BaseException) -> bool:
     return False
 
 
+def _with_quick_requests(call: Callable[[], T]) -> T:
+    """One attempt with a short timeout, instead of MLflow's minutes of retries."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CHECK_TIMEOUT_S)
+    try:
+        return call()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _store_lock(root: Path, embedded: bool) -> contextlib.AbstractContextManager:
+    """Excludes other processes while the embedded store is created or an experiment added."""
+    if not embedded:
+        return contextlib.nullcontext()
+    return FileLock(str(root / "mlflow.db.lock"), timeout=300)
+
+
+def _check_writable(root: Path, embedded: bool) -> None:
+    """The run folder (and the embedded store in it) can be written: one line now if not."""
+    hint = "run uadp in a writable folder, or choose one with --set tracking.root=DIR"
+    check_writable_folder(root, "run folder", hint)
+    for sub in ("checkpoints", "artifacts"):
+        if (root / sub).exists():
+            check_writable_folder(root / sub, "run folder", hint)
+    if embedded:
+        check_writable_file(root / "mlflow.db", "MLflow store", hint)
+
+
 class Tracker:
     """One MLflow run, driven through ``MlflowClient`` (no global active-run state).
 
@@ -171,17 +204,9 @@ class Tracker:
         self.final_status: str | None = None  # what the run was marked when it ended, if that worked
         self.end_error: str | None = None  # why marking the run's end failed, if it did
 
-    # ------------------------------------------------------------------ store
-
     def check(self) -> None:
         """Before any work: the run folder and store can be written, a server answers quickly."""
-        hint = "run uadp in a writable folder, or choose one with --set tracking.root=DIR"
-        check_writable_folder(self.root, "run folder", hint)
-        for sub in ("checkpoints", "artifacts"):
-            if (self.root / sub).exists():
-                check_writable_folder(self.root / sub, "run folder", hint)
-        if self.embedded:
-            check_writable_file(self.root / "mlflow.db", "MLflow store", hint)
+        _check_writable(self.root, self.embedded)
         self.check_server()
 
     @classmethod
@@ -203,27 +228,12 @@ class Tracker:
         if self.embedded:
             return
         try:
-            self._with_quick_requests(lambda: self.client.search_experiments(max_results=1))
+            _with_quick_requests(lambda: self.client.search_experiments(max_results=1))
         except Exception as exc:
             raise TrackingError(
                 f"MLflow tracking server {self.uri} (MLFLOW_TRACKING_URI) did not answer: {failure_reason(exc)}; "
                 "start it or fix the address, or unset MLFLOW_TRACKING_URI to record runs in ./uadp-runs"
             ) from None
-
-    @staticmethod
-    def _with_quick_requests(call: Callable[[], T]) -> T:
-        """One attempt with a short timeout, instead of MLflow's minutes of retries."""
-        saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CHECK_TIMEOUT_S)
-        try:
-            return call()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     @property
     def client(self) -> MlflowClient:
@@ -233,7 +243,7 @@ class Tracker:
 
             if self.embedded:
                 self.root.mkdir(parents=True, exist_ok=True)
-            with self._store_lock():
+            with _store_lock(self.root, self.embedded):
                 client = MlflowClient(tracking_uri=self.uri)
                 if self.embedded:
                     self.request(
@@ -241,12 +251,6 @@ class Tracker:
                     )  # creates the tables
             self._client = client
         return self._client
-
-    def _store_lock(self) -> contextlib.AbstractContextManager:
-        """Excludes other processes while the embedded store is created or an experiment added."""
-        if not self.embedded:
-            return contextlib.nullcontext()
-        return FileLock(str(self.root / "mlflow.db.lock"), timeout=300)
 
     def request(self, doing: str, call: Callable[[], T]) -> T:
         """``call()`` (of :attr:`client`), with a store that cannot be reached or written turned
@@ -258,11 +262,9 @@ class Tracker:
                 raise
             raise TrackingError(f"MLflow tracking at {self.uri} failed while {doing}: {failure_reason(exc)}") from None
 
-    # ------------------------------------------------------------------ runs
-
     def start(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
         client = self.client
-        with self._store_lock():
+        with _store_lock(self.root, self.embedded):
             found = self.request("looking up the experiment", lambda: client.get_experiment_by_name(experiment))
             if found is None:
                 location = artifact_root(self.root) if self.embedded else None

@@ -11,7 +11,7 @@ difference between two snapshots and exits 1 if there is one.
     OMP_WAIT_POLICY=PASSIVE python benchmarks/run_records.py snapshot before.json
     ... change the code ...
     OMP_WAIT_POLICY=PASSIVE python benchmarks/run_records.py snapshot after.json
-    python benchmarks/run_records.py compare before.json after.json
+    python benchmarks/run_records.py compare before.json after.json [--renamed OLD=NEW ...]
 
 ``--python`` runs the commands with another interpreter (e.g. a checkout of an earlier commit
 put first on ``PYTHONPATH``).
@@ -52,7 +52,9 @@ def _tensors_digest(path: Path) -> dict[str, str]:
 
     def walk(prefix: str, value) -> None:
         if isinstance(value, torch.Tensor):
-            out[prefix] = hashlib.sha256(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+            out[prefix] = hashlib.sha256(
+                value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            ).hexdigest()[:16]
         elif isinstance(value, dict):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item)
@@ -141,6 +143,36 @@ def snapshot(out: Path, python: str) -> None:
     print(f"{out}: {exits}")
 
 
+VOLATILE_METRIC = re.compile(r"^timing/|(_s|_s_per_10k_picks|epoch_s)$")
+VOLATILE_TEXT = re.compile(r"\d+(\.\d+)? (img/s|MB)\b|(?<=_s )\d+(\.\d+)?|(?<=_s_per_10k_picks )\d+(\.\d+)?")
+
+
+def _normalised(document: dict, renamed: list[tuple[str, str]], hashes: bool = True) -> dict:
+    """``document`` with what varies between identical runs masked (durations, the store's
+    temporary folder, run ids in commands) and the ``renamed`` (old, new) texts replaced."""
+    text = json.dumps(document)
+    for old, new in renamed:
+        text = text.replace(old, new)
+    document = json.loads(text)
+    for scenario in document.values():
+        scenario["command"] = RUN_ID.sub("<run>", scenario["command"])
+        for stream in ("stdout", "stderr"):
+            scenario[stream] = VOLATILE_TEXT.sub("<n>", scenario[stream])
+        record = scenario.get("record")
+        if not record:
+            continue
+        record["metrics"] = {k: "<t>" if VOLATILE_METRIC.search(k) else v for k, v in record["metrics"].items()}
+        record["epoch_metrics"] = [m for m in record["epoch_metrics"] if not VOLATILE_METRIC.search(m[0])]
+        if not hashes:  # a digest of the config: it changes with any renamed key
+            record["tags"].pop("uadp.config_hash", None)
+        for name, artifact in record["artifacts"].items():
+            if isinstance(artifact, dict) and "config.tracking.root" in artifact:
+                artifact["config.tracking.root"] = "<root>"
+            if isinstance(artifact, str):
+                record["artifacts"][name] = VOLATILE_TEXT.sub("<n>", artifact)
+    return document
+
+
 def _differences(before, after, where: str = "") -> list[str]:
     if isinstance(before, dict) and isinstance(after, dict):
         found = []
@@ -171,11 +203,24 @@ def main() -> int:
     p = sub.add_parser("compare")
     p.add_argument("before", type=Path)
     p.add_argument("after", type=Path)
+    p.add_argument(
+        "--renamed",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="a text renamed on purpose between the two (replaced in the first before comparing; repeatable)",
+    )
     args = parser.parse_args()
     if args.command == "snapshot":
         snapshot(args.out, args.python)
         return 0
-    found = _differences(json.loads(args.before.read_text()), json.loads(args.after.read_text()))
+    renamed = [tuple(pair.split("=", 1)) for pair in args.renamed]
+    found = _differences(
+        _normalised(json.loads(args.before.read_text()), renamed, hashes=not renamed),
+        _normalised(json.loads(args.after.read_text()), [], hashes=not renamed),
+    )
+    if renamed:
+        print("renamed on purpose: " + "; ".join(f"{old!r} -> {new!r}" for old, new in renamed))
     print("\n".join(found) if found else "identical")
     return 1 if found else 0
 

@@ -34,6 +34,7 @@ from .engine.saved_model import Scored, evaluate_saved
 from .errors import UadpError
 from .export.runtime import read_exported
 from .model_paths import located_model
+from .model_paths import resolve_model as resolve_model  # documented with the API (docs/api/python.md)
 from .registry import get_registry
 from .thresholds import Thresholds
 

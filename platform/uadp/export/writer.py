@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..api import located_model
 from ..engine.detector import load_bundle
 from ..errors import UadpError
 from ..filesystem import check_writable_folder, new_folder_for_others
+from ..model_paths import located_model
 from ..run_ids import FULL
 from .graph import INPUT, OUTPUTS, InferenceGraph
 from .runtime import LAYOUT, METADATA, open_runner, require_runtime

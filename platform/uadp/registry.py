@@ -204,7 +204,7 @@ def _registration(
     resolved = {}
     for trait, (values, default) in allowed.items():
         value = traits.pop(trait, default)
-        if values is str:
+        if isinstance(values, type):  # str: free text
             if value is not None and not isinstance(value, str):
                 raise PluginError(f"{plugin_name}: {kind[:-1]} {name!r} declares {trait}={value!r}; expected text")
         elif value not in values:

@@ -37,7 +37,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..registry import KINDS  # the registry's module (pydantic, entry points) loads with the registry
 
     registry = registry_for(args)
-    kinds = (*KINDS, "presets")
+    kinds: tuple[str, ...] = (*KINDS, "presets")
     if args.kind:
         kind = KIND_ALIASES.get(args.kind, args.kind)
         if kind not in kinds:

@@ -86,10 +86,11 @@ def python_objects_in(path: Path) -> list[str] | None:
                 data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
         else:
             data = path.read_bytes()
-        names, strings = [], []
+        names: list[str] = []
+        strings: list[str] = []
         for opcode, argument, _ in pickletools.genops(data):
             if opcode.name == "GLOBAL":
-                names.append(argument.replace(" ", "."))
+                names.append(str(argument).replace(" ", "."))
             elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
                 names.append(".".join(strings[-2:]))
             elif isinstance(argument, str):

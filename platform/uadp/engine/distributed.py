@@ -114,9 +114,9 @@ class Ranks:
             dist.recv(maps, src=source, group=self.group)
             masks = None
             if has_masks:
-                masks = torch.empty(count, height, width, dtype=torch.uint8)
-                dist.recv(masks, src=source, group=self.group)
-                masks = masks.numpy().astype(bool)
+                received = torch.empty(count, height, width, dtype=torch.uint8)
+                dist.recv(received, src=source, group=self.group)
+                masks = received.numpy().astype(bool)
             yield maps.numpy(), masks
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -171,12 +171,13 @@ def peer_lost(exc: BaseException) -> str | None:
     """Why a collective failed, when it failed because another process of the run stopped
     (crashed, killed, out of memory), so that the process that is left says that in one line;
     None for any other error."""
+    link: BaseException | None = exc
     seen = 0
-    while exc is not None and seen < 10:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, dist.DistError) or any(marker in str(exc) for marker in _PEER_GONE):
+    while link is not None and seen < 10:
+        text = str(link).strip().splitlines()[0] if str(link).strip() else type(link).__name__
+        if isinstance(link, dist.DistError) or any(marker in str(link) for marker in _PEER_GONE):
             return text[-200:]
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        link, seen = link.__cause__ or link.__context__, seen + 1
     return None
 
 

@@ -80,7 +80,10 @@ class DataConfig(_Section):
 
     @property
     def size_hw(self) -> tuple[int, int]:
-        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+        if isinstance(self.image_size, int):
+            return (self.image_size, self.image_size)
+        height, width = self.image_size
+        return (height, width)
 
 
 class TrainConfig(_Section):
@@ -360,7 +363,8 @@ def _field_path(model: type[BaseModel] | None, loc: tuple) -> tuple:
     """The config keys (and list positions) of an error location, without pydantic's type tags."""
     if model is None:
         return tuple(loc)
-    path, current = [], model
+    path: list = []
+    current: type[BaseModel] | None = model
     for part in loc:
         if isinstance(part, int):
             path.append(part)

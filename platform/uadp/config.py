@@ -186,6 +186,12 @@ class RunConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def name_of(self, section: str) -> str:
+        """The name of the component in ``section`` (``reconstructor``, ``aligner``, ...), or
+        ``none`` for an optional section the run leaves out: for messages and tags."""
+        spec = getattr(self, section)
+        return spec.name if spec is not None else NO_COMPONENT
+
 
 COMPONENT_SECTIONS = {
     "dataset": "datasets",
@@ -581,7 +587,7 @@ def run_name(config: RunConfig, uses_backbone: bool = True) -> str:
     preset the run started from and the backbone, so that a name cut short (MLflow's runs table
     shows about 25 characters) still tells the runs apart. The backbone is named only when the
     reconstructor reads its features."""
-    parts = [config.reconstructor.name]
+    parts = [config.name_of("reconstructor")]
     if config.synthesizer:
         parts.append(config.synthesizer.name)
     if config.aligner:

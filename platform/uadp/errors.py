@@ -10,6 +10,20 @@ class UadpError(Exception):
     """An error in the user's input: printed as one line, exit code 2."""
 
     exit_code = 2
+    # the error's own words, when its line was extended by what a stopped run left behind (the
+    # supervisor of a run of several processes says that part itself)
+    cause: str | None = None
+
+
+def set_aftermath(exc: BaseException, text: str) -> None:
+    """Attach what a stopped command left behind to ``exc`` (an interrupt or an error on its way
+    out), for the command's last line; :func:`aftermath_of` reads it back."""
+    vars(exc)["aftermath"] = text
+
+
+def aftermath_of(exc: BaseException) -> str | None:
+    """What :func:`set_aftermath` attached to ``exc``, if anything."""
+    return vars(exc).get("aftermath")
 
 
 class ConfigError(UadpError):

@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 
-from ..errors import RankLost, Terminated, UadpError
+from ..errors import RankLost, Terminated, UadpError, aftermath_of
 from ..filesystem import storage_error, storage_failure
 from .parser import build_parser, built_in_commands
 
@@ -67,7 +67,7 @@ def _command(argv: list[str] | None) -> int:
             return _last_line(f"uadp: error: {error}", error, error.exit_code)
         except KeyboardInterrupt as exc:
             stopped = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-            aftermath = getattr(exc, "aftermath", None)
+            aftermath = aftermath_of(exc)
             return _last_line(
                 f"uadp: {stopped}" + (f"; {aftermath}" if aftermath else ""),
                 exc,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .. import flags
-from ..errors import UadpError
+from ..errors import UadpError, set_aftermath
 from ..processes import stop_group
 from ..run_history import compare_runs, experiments_with_runs, find_run, format_runs, list_runs
 from ..tracking import Tracker, artifact_root, embedded_uri, experiment_url
@@ -49,7 +49,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return server.wait()
     except KeyboardInterrupt as exc:
         stop_group(server)
-        exc.aftermath = "the MLflow UI server is stopped"
+        set_aftermath(exc, "the MLflow UI server is stopped")
         raise
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .. import flags
-from ..errors import UadpError
+from ..errors import UadpError, aftermath_of, set_aftermath
 from ..filesystem import check_writable_file, write_text_atomic
 from .run_config import _config_for_run, _flag_overrides
 from .shared import add_shared, add_shared_as, registry_for
@@ -74,8 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             trust_model_file=args.trust_model_file,
         )
     except KeyboardInterrupt as exc:
-        if not hasattr(exc, "aftermath"):
-            exc.aftermath = "the run had not started, nothing was recorded"
+        if aftermath_of(exc) is None:
+            set_aftermath(exc, "the run had not started, nothing was recorded")
         raise
     if result is None:  # a rank other than 0: rank 0 reports
         return 0
@@ -84,9 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.base_report is not None:
         print(format_table(result.base_report, title=f"{title}, base: the reconstructor's own maps"))
         print()
-        title = f"{title}, aligned by {result.config.aligner.name}"
+        title = f"{title}, aligned by {result.config.name_of('aligner')}"
     print(format_table(result.report, title=title))
-    if result.thresholds is not None:
+    if result.thresholds is not None and result.threshold_report is not None:
         print()
         print(format_threshold_table(result.threshold_report, result.thresholds))
     timing = result.timing

@@ -21,7 +21,7 @@ TRUST_HELP = (
 def shared_flag(flag: str) -> dict[str, Any]:
     """The declaration of a flag that several sub-commands take, kept in one place so that it
     reads and parses alike in each (a fresh one per call: ``--set``'s default list is not shared)."""
-    return {
+    declarations: dict[str, dict[str, Any]] = {
         "--config": {"help": "a YAML file, or the name of a preset (see `uadp list presets`), e.g. unias-cpu"},
         "--data": {"help": "MVTec-layout folder with one sub-folder per class (default: the embedded demo)"},
         "--classes": {"help": "comma-separated subset of classes"},
@@ -38,7 +38,8 @@ def shared_flag(flag: str) -> dict[str, Any]:
         "--root": {"default": "uadp-runs", "help": "where runs are stored, for a run id (no MLFLOW_TRACKING_URI)"},
         "--trust-model-file": {"action": "store_true", "help": TRUST_HELP},
         "--plugins-dir": {"help": "also load every *.py plugin file in this folder"},
-    }[flag]
+    }
+    return declarations[flag]
 
 
 def add_shared(parser: argparse.ArgumentParser, *flags: str) -> None:

@@ -14,9 +14,10 @@ from ..config import TrackingConfig
 from ..tracking import Tracker
 
 
-def resume_command(run_id: str, checkpoint_path: Path, root: Path) -> str:
-    """The command that continues a run: its id (and store folder when not the default)."""
-    if checkpoint_path != root / "checkpoints" / run_id / "checkpoint.pt":
+def resume_command(run_id: str | None, checkpoint_path: Path, root: Path) -> str:
+    """The command that continues a run: its id (and store folder when not the default), or its
+    checkpoint file when the run has no id or keeps its checkpoint elsewhere."""
+    if run_id is None or checkpoint_path != root / "checkpoints" / run_id / "checkpoint.pt":
         return f"uadp run --resume {checkpoint_path}"
     where = "" if str(root) == TrackingConfig().root else f" --set tracking.root={root}"
     return f"uadp run --resume {run_id}{where}"

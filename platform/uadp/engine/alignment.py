@@ -34,7 +34,7 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
     job.timing["aligner_total_s"] = time.perf_counter() - t0
     job.log(
-        f"aligner {job.config.aligner.name}: fitted on {len(job.splits.train)} training maps in "
+        f"aligner {job.config.name_of('aligner')}: fitted on {len(job.splits.train)} training maps in "
         f"{job.timing['aligner_fit_s']:.1f} s ({job.timing['aligner_total_s']:.1f} s with the maps)"
     )
 
@@ -50,7 +50,7 @@ def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], l
     same_images = detector.fitted_on is not None and detector.fitted_on == fingerprint(job.splits.train)
     if detector.fitted_on is not None and not same_images:
         job.note(
-            f"aligner {job.config.aligner.name}: these training images are not the ones the model was trained on; "
+            f"aligner {job.config.name_of('aligner')}: these training images are not the ones the model was trained on; "
             "their maps are taken as they are"
         )
     for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):

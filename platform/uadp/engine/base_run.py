@@ -57,7 +57,11 @@ def load_base_model(job: Job, path: Path, trust: bool) -> None:
         shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:4])
         raise UadpError(f"--from-run {path}: the config describes another model than the run's: {shown}")
     if job.components.backbone is not None and state["backbone"] is not None:
-        load_weights(job.components.backbone, state["backbone"], f"backbone {saved.backbone.name!r}", path, state)
+        load_weights(job.components.backbone, state["backbone"], f"backbone {saved.name_of('backbone')!r}", path, state)
     load_weights(
-        job.components.reconstructor, state["reconstructor"], f"reconstructor {saved.reconstructor.name!r}", path, state
+        job.components.reconstructor,
+        state["reconstructor"],
+        f"reconstructor {saved.name_of('reconstructor')!r}",
+        path,
+        state,
     )

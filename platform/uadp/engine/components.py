@@ -70,12 +70,12 @@ def build_model(
 ) -> tuple[Backbone | None, Reconstructor, dict[str, Registration]]:
     """Backbone (if the reconstructor consumes features) and a freshly initialised reconstructor."""
     regs: dict[str, Registration] = {}
-    regs["reconstructor"] = registry.get("reconstructors", config.reconstructor.name)
+    regs["reconstructor"] = registry.get("reconstructors", config.name_of("reconstructor"))
     backbone = None
     if regs["reconstructor"].traits["inputs"] == "features":
         if config.backbone is None:
             raise ConfigError(
-                f"backbone: reconstructor {config.reconstructor.name!r} reconstructs backbone features; "
+                f"backbone: reconstructor {config.name_of('reconstructor')!r} reconstructs backbone features; "
                 "choose one with --backbone NAME (see `uadp list backbones`)"
             )
         regs["backbone"] = registry.get("backbones", config.backbone.name)
@@ -97,7 +97,7 @@ def build_aligner(
 
 
 def build_synthesizer(config: RunConfig, registry: Registry) -> tuple[Synthesizer, Registration]:
-    registration = registry.get("synthesizers", config.synthesizer.name)
+    registration = registry.get("synthesizers", config.name_of("synthesizer"))
     return registration.factory(_options(registration, config.synthesizer)), registration
 
 
@@ -110,18 +110,18 @@ def build_components(config: RunConfig, registry: Registry) -> Components:
     if config.synthesizer is not None:
         if wants == "none":
             raise ConfigError(
-                f"synthesizer: reconstructor {config.reconstructor.name!r} does not train on synthesized anomalies"
+                f"synthesizer: reconstructor {config.name_of('reconstructor')!r} does not train on synthesized anomalies"
             )
         synthesizer, regs["synthesizer"] = build_synthesizer(config, registry)
     elif wants == "required":
         raise ConfigError(
-            f"synthesizer: reconstructor {config.reconstructor.name!r} needs one; see `uadp list synthesizers`"
+            f"synthesizer: reconstructor {config.name_of('reconstructor')!r} needs one; see `uadp list synthesizers`"
         )
     aligner, aligner_reg = build_aligner(config, registry, backbone)
     if aligner_reg is not None:
         regs["aligner"] = aligner_reg
     metrics = {}
-    for name in config.eval.metrics:
+    for name in config.eval.metrics or registry.registered("metrics"):  # None: every one (as resolved)
         registration = registry.get("metrics", name)
         metrics[name] = registration.factory(registration.config())
     return Components(dataset, backbone, reconstructor, synthesizer, aligner, metrics, regs)

@@ -112,6 +112,13 @@ class Detector:
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return input_normalisation(self.backbone)
 
+    def extractor(self) -> FeatureExtractor:
+        """The backbone's feature extractor, for the passes that compute features alone (the
+        feature cache, a fit's features); a reconstructor on raw images has none."""
+        if self.extract is None:
+            raise UadpError(f"reconstructor {self.config.name_of('reconstructor')} takes raw images: no features")
+        return self.extract
+
     def batch_of(self, images: torch.Tensor) -> Batch:
         images = images.to(self.device, non_blocking=True)
         features = self.extract(images) if self.extract is not None else None
@@ -134,8 +141,8 @@ class Detector:
         if name not in prediction.embeddings:
             offered = ", ".join(sorted(prediction.embeddings)) or "none"
             raise ConfigError(
-                f"aligner {self.config.aligner.name}: needs the reconstructor's {name!r} embedding; "
-                f"reconstructor {self.config.reconstructor.name} provides: {offered}"
+                f"aligner {self.config.name_of('aligner')}: needs the reconstructor's {name!r} embedding; "
+                f"reconstructor {self.config.name_of('reconstructor')} provides: {offered}"
             )
         return prediction.embeddings[name]
 
@@ -146,9 +153,11 @@ class Detector:
             class_names = None
         elif class_names is None:
             raise UadpError(
-                f"aligner {self.config.aligner.name} looks up each image's true class (an oracle); "
+                f"aligner {self.config.name_of('aligner')} looks up each image's true class (an oracle); "
                 "it needs the class name of every image it scores"
             )
+        if self.aligner is None:
+            raise ValueError("align: this detector has no aligner")
         self.aligner.eval()
         return self.aligner.align(prediction.anomaly_map, self.aligner_embedding(prediction), class_names).float()
 
@@ -174,7 +183,7 @@ class Detector:
         config = self.config.eval.image_score
         if config.name == "model" and own is None and not aligned:
             raise ConfigError(
-                f"eval.image_score.name=model: reconstructor {self.config.reconstructor.name} gives no image "
+                f"eval.image_score.name=model: reconstructor {self.config.name_of('reconstructor')} gives no image "
                 "score of its own; choose max, max_avgpool, topk_mean or mean"
             )
         return image_scores(maps, config, own)
@@ -309,11 +318,13 @@ def load_bundle(
     config = validate(recorded_config(state["config"]))
     backbone, reconstructor, _ = build_model(config, registry)
     if backbone is not None and state["backbone"] is not None:
-        load_weights(backbone, state["backbone"], f"backbone {config.backbone.name!r}", path, state)
-    load_weights(reconstructor, state["reconstructor"], f"reconstructor {config.reconstructor.name!r}", path, state)
+        load_weights(backbone, state["backbone"], f"backbone {config.name_of('backbone')!r}", path, state)
+    load_weights(
+        reconstructor, state["reconstructor"], f"reconstructor {config.name_of('reconstructor')!r}", path, state
+    )
     aligner, registration = build_aligner(config, registry, backbone)
     if aligner is not None and state["aligner"] is not None:
-        load_weights(aligner, state["aligner"], f"aligner {config.aligner.name!r}", path, state)
+        load_weights(aligner, state["aligner"], f"aligner {config.name_of('aligner')!r}", path, state)
     torch_device = resolve_device(device)
     detector = Detector(
         config,

@@ -70,11 +70,11 @@ def _feature_cache(job: Job, detector: Detector, images: int, start_epoch: int) 
     limit, folder = cfg.train.cache_memory_gb * 2**30, job.checkpoint.parent
     if job.ranks.world == 1:
         loader = job.loader_in_order(job.splits.train, train=True)
-        cache = FeatureCache.build(batches(loader), images, detector.extract, dtype, limit, folder)
+        cache = FeatureCache.build(batches(loader), images, detector.extractor(), dtype, limit, folder)
     else:  # each rank its shard of the images, then every rank the whole cache
         mine = job.splits.train[job.ranks.shard(images)]
         loader = job.loader_in_order(mine, train=True)
-        cache = FeatureCache.build(batches(loader), len(mine), detector.extract, dtype)
+        cache = FeatureCache.build(batches(loader), len(mine), detector.extractor(), dtype)
         cache = cache.gathered(job.ranks, limit, folder)
     job.timing["feature_s"] = time.perf_counter() - t0
     where = f"in files under {cache.folder}" if cache.folder is not None else "in memory"
@@ -110,7 +110,7 @@ def _epochs(
         history.append({"epoch": epoch + 1, **losses, "seconds": seconds})
         tracker.log_metrics(
             {f"train/{k}": v for k, v in losses.items()}
-            | {"train/epoch_s": seconds, "train/lr": trainer.scheduler.get_last_lr()[0]},
+            | {"train/epoch_s": seconds, "train/lr": float(trainer.scheduler.get_last_lr()[0])},
             step=epoch + 1,
         )
         job.log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {losses['loss']:.5f}  {seconds:.1f} s")

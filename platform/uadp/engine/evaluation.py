@@ -147,7 +147,8 @@ def _predict_sharded(
         return None
     stores = [MapStore(job.scratch()) for _ in range(2 if local.base_pixels is not None else 1)]
     try:
-        for store, pixels in zip(stores, (local.pixels, local.base_pixels)):
+        sources = [local.pixels] if local.base_pixels is None else [local.pixels, local.base_pixels]
+        for store, pixels in zip(stores, sources):
             for maps, masks in pixels.chunks():
                 store.append(maps, masks)
         for source in range(1, ranks.world):

@@ -92,7 +92,7 @@ class FileLevel:
         self.file.close()
 
 
-def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None):
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype, folder: Path | None) -> torch.Tensor | FileLevel:
     """An uninitialised tensor in memory, or a :class:`FileLevel` in ``folder``."""
     if folder is None:
         return torch.empty(shape, dtype=dtype)
@@ -117,7 +117,7 @@ class FeatureCache:
         folder: Path | None = None,
     ) -> FeatureCache:
         """Features of ``total`` images; in files under ``folder`` if they exceed ``memory_limit_bytes``."""
-        store: list[torch.Tensor] | None = None
+        store: list[torch.Tensor | FileLevel] | None = None
         is_list, filled, on_disk = False, 0, None
         try:
             with tqdm(total=total, desc="features", unit="img", leave=False, disable=None) as bar:
@@ -139,8 +139,8 @@ class FeatureCache:
                     bar.update(count)
                     release_freed_memory()
         except BaseException:  # a bad image or Ctrl-C: free the cache files at once
-            if on_disk is not None:
-                for level in store or []:
+            for level in store or []:
+                if isinstance(level, FileLevel):
                     level.close()
             raise
         assert store is not None and filled == total, f"feature cache: {filled} of {total} images"
@@ -158,8 +158,9 @@ class FeatureCache:
             on_disk = folder
             files = []
             for level in levels:
-                files.append(_allocate(tuple(level.shape), level.dtype, on_disk))
-                files[-1].write(0, level)
+                file = FileLevel(folder, tuple(level.shape), level.dtype)
+                file.write(0, level)
+                files.append(file)
             levels = files
         return FeatureCache(levels if is_list else levels[0], on_disk)
 
@@ -195,11 +196,10 @@ class FeatureCache:
             index = split_batch(order[start : start + batch_size], ranks or Ranks())
             if self.folder is not None:
                 index = index.sort().values  # ascending reads from the files; the batch's order does not matter
-                features = tree_map(
-                    lambda f, index=index: f.take(index).to(device, torch.float32, non_blocking=True), self.features
-                )
-            else:
-                features = tree_map(
-                    lambda f, index=index: f[index].to(device, torch.float32, non_blocking=True), self.features
-                )
+
+            def rows(level: Any, index: torch.Tensor = index) -> torch.Tensor:
+                taken = level.take(index) if isinstance(level, FileLevel) else level[index]
+                return taken.to(device, torch.float32, non_blocking=True)
+
+            features = tree_map(rows, self.features)
             yield Batch(features=features, target_features=features)

@@ -86,12 +86,12 @@ def _gathered_features(job: Job, detector: Detector) -> FeatureCache:
     cfg = job.config
     if not job.components.uses_features:
         raise UadpError(
-            f"reconstructor {cfg.reconstructor.name}: a fitted reconstructor on raw images runs in one process only"
+            f"reconstructor {cfg.name_of('reconstructor')}: a fitted reconstructor on raw images runs in one process only"
         )
     images = len(job.splits.train)
     mine = job.splits.train[job.ranks.shard(images)]
     loader = job.loader_in_order(mine, train=True)
-    cache = FeatureCache.build(batches(loader), len(mine), detector.extract, torch.float32)
+    cache = FeatureCache.build(batches(loader), len(mine), detector.extractor(), torch.float32)
     return cache.gathered(job.ranks, cfg.train.cache_memory_gb * 2**30, job.checkpoint.parent)
 
 

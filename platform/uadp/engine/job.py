@@ -71,8 +71,9 @@ class Job:
         t0 = time.perf_counter()
         checked = check_files(self.splits)  # a damaged file stops the run here, not after training
         log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")
-        if checked.note():
-            self.note(checked.note())
+        caveat = checked.note()
+        if caveat:
+            self.note(caveat)
 
     @property
     def checkpoint(self) -> Path:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import Terminated, UadpError
+from ..errors import Terminated, UadpError, set_aftermath
 from ..processes import stop_group
 from ..tracking import Tracker
 from .aftermath import describe_aftermath
@@ -135,7 +135,7 @@ def launch(argv: list[str], nproc: int, env: dict[str, str]) -> int:
         failures = json.loads(failures_file.read_text()) if failures_file.is_file() else {}
     outcome = Outcome(code, failures, facts)
     if stopped is not None:
-        stopped.aftermath = _aftermath(outcome, "KILLED")
+        set_aftermath(stopped, _aftermath(outcome, "KILLED"))
         raise stopped
     if code == 0:
         return 0

@@ -36,7 +36,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.splits import fingerprint
-from ..errors import RankLost, UadpError
+from ..errors import RankLost, UadpError, set_aftermath
 from ..filesystem import storage_error, storage_failure
 from ..registry import Registry
 from ..tracking import SilentTracker, Tracker
@@ -104,7 +104,7 @@ def train_and_evaluate(
             finally:
                 found.close()
     except KeyboardInterrupt as exc:
-        exc.aftermath = _aftermath(job, tracker)  # type: ignore[attr-defined]  # read by the CLI's last line
+        set_aftermath(exc, _aftermath(job, tracker))  # read by the CLI's last line
         raise
     except UadpError as exc:  # the store went away, the training diverged, ...: said with what was kept
         raise _with_aftermath(exc, job, tracker) from None
@@ -162,8 +162,10 @@ def _start_tracking(job: Job, tracker: Tracker, resumed: Resumed | None) -> None
         tracker.set_tag("uadp.resumed", resumed.tag(job.config))
     elif job.ranks.main:
         record.start_run(tracker, job)
-        job.checkpoint_path = job.checkpoint_path or tracker.root / "checkpoints" / tracker.run_id / "checkpoint.pt"
-        job.lock = lock_run(job.checkpoint_path.parent, tracker.run_id)
+        job.checkpoint_path = (
+            job.checkpoint_path or tracker.root / "checkpoints" / tracker.current_run / "checkpoint.pt"
+        )
+        job.lock = lock_run(job.checkpoint_path.parent, tracker.current_run)
     tracker.run_id, job.checkpoint_path = job.ranks.broadcast((tracker.run_id, job.checkpoint_path))
     launcher.report(  # for the supervisor of `uadp run --nproc N`, should this process be the one that fails
         run_id=tracker.run_id,

@@ -66,7 +66,7 @@ def start_run(tracker: Tracker, job: Job) -> None:
         cfg.tracking.experiment or job.components.dataset.name,
         cfg.tracking.run_name or run_name(cfg, job.components.uses_features),
         tags={
-            "uadp.reconstructor": cfg.reconstructor.name,
+            "uadp.reconstructor": cfg.name_of("reconstructor"),
             "uadp.backbone": cfg.backbone.name if cfg.backbone else "none",
             "uadp.aligner": cfg.aligner.name if cfg.aligner else "none",
             "uadp.synthesizer": cfg.synthesizer.name if cfg.synthesizer else "none",
@@ -111,7 +111,7 @@ def log_results(
             job.config,
             evaluation.report,
             dict(job.timing),
-            tracker.run_id,
+            tracker.current_run,
             bundle,
             history,
             tracker.ui_url(),
@@ -144,7 +144,7 @@ def _log_tables(job: Job, tracker: Tracker, result: RunResult, folder: Path) -> 
         if result.base_report is None
         else [
             format_table(result.base_report, title="base (the reconstructor's own maps)"),
-            format_table(result.report, title=f"aligned ({cfg.aligner.name})"),
+            format_table(result.report, title=f"aligned ({cfg.name_of('aligner')})"),
         ]
     )
     (folder / "table.txt").write_text("\n\n".join(tables) + "\n")
@@ -192,7 +192,7 @@ def run_description(config: RunConfig, report: MetricReport, base_report: Metric
     of and the key metrics, before the hundreds of per-class values below."""
     aligner = config.aligner.name if config.aligner else None
     lines = [
-        f"One model for {len(report.per_class)} classes: reconstructor `{config.reconstructor.name}`"
+        f"One model for {len(report.per_class)} classes: reconstructor `{config.name_of('reconstructor')}`"
         + (f", synthesizer `{config.synthesizer.name}`" if config.synthesizer else "")
         + (f", aligner `{aligner}`" if aligner else "")
         + (f", from the preset `{config.tracking.preset}`" if config.tracking.preset else "")

@@ -49,7 +49,7 @@ def save_checkpoint(
             "trainer": trainer.state_dict() if trainer is not None else None,  # None: fitted
             "rng": torch.get_rng_state(),
             "history": history,
-            "mlflow_run_id": tracker.run_id,
+            "mlflow_run_id": tracker.current_run,
         },
         job.checkpoint,
     )
@@ -61,7 +61,7 @@ def load_checkpointed(job: Job, detector: Detector, resume: dict[str, Any]) -> N
     load_weights(
         detector.reconstructor,
         resume["model"],
-        f"reconstructor {job.config.reconstructor.name!r}",
+        f"reconstructor {job.config.name_of('reconstructor')!r}",
         job.checkpoint,
         resume,
     )

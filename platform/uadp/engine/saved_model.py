@@ -164,7 +164,7 @@ def prepare_saved(
     detector = job.detector()
     detector.fitted_on = job.base_fitted_on
     if _same_aligner(job, recorded) and state.get("aligner") is not None and detector.aligner is not None:
-        load_weights(detector.aligner, state["aligner"], f"aligner {job.config.aligner.name!r}", path, state)
+        load_weights(detector.aligner, state["aligner"], f"aligner {job.config.name_of('aligner')!r}", path, state)
         detector.aligner.to(job.device)
     else:
         fit_aligner(job, detector)

@@ -47,7 +47,7 @@ def check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance:
 
     test = gather(build_dataset(config, registry)[0], config.data.classes).test
     result, detector, first = _watched_run(label, config, registry)
-    fitted = registry.get("reconstructors", config.reconstructor.name).traits["training"] == "fit"
+    fitted = registry.get("reconstructors", config.name_of("reconstructor")).traits["training"] == "fit"
     if fitted:
         if len(result.history) != 1:
             raise AssertionError(f"{label}: a fitted reconstructor's history has {len(result.history)} entries, not 1")
@@ -156,7 +156,11 @@ def _check_prediction(label: str, config: RunConfig, batch, prediction) -> None:
 
     from ..contract import Prediction
 
-    who = f"{label}: reconstructor {config.reconstructor.name!r}" if not label.startswith("reconstructor") else label
+    who = (
+        f"{label}: reconstructor {config.name_of('reconstructor')!r}"
+        if not label.startswith("reconstructor")
+        else label
+    )
     if not isinstance(prediction, Prediction):
         raise AssertionError(f"{who}: predict returned {type(prediction).__name__}, not a uadp.contract.Prediction")
     expected = (len(batch.images), *config.data.size_hw)
@@ -187,13 +191,17 @@ def _check_trained(label: str, config: RunConfig, registry, detector) -> None:
     """Training changed the reconstructor: its state differs from a fresh one's (same seed)."""
     from ..engine.components import build_model
 
-    fitted = registry.get("reconstructors", config.reconstructor.name).traits["training"] == "fit"
+    fitted = registry.get("reconstructors", config.name_of("reconstructor")).traits["training"] == "fit"
     if config.train.epochs == 0 and not fitted:
         return
     fresh = build_model(config, registry)[1].state_dict()
     trained = detector.reconstructor.state_dict()
     if fresh.keys() == trained.keys() and all(same(fresh[key], trained[key]) for key in fresh):
-        who = label if label.startswith("reconstructor") else f"{label}: reconstructor {config.reconstructor.name!r}"
+        who = (
+            label
+            if label.startswith("reconstructor")
+            else f"{label}: reconstructor {config.name_of('reconstructor')!r}"
+        )
         raise AssertionError(
             f"{who}: "
             + (
@@ -211,7 +219,10 @@ def _check_frozen(label: str, config: RunConfig, registry, detector) -> None:
 
     from ..engine.components import build_model
 
-    fresh = build_model(config, registry)[0].state_dict()
+    backbone = build_model(config, registry)[0]
+    if backbone is None or detector.backbone is None:
+        raise AssertionError(f"{label}: the run built no backbone")
+    fresh = backbone.state_dict()
     trained = detector.backbone.state_dict()
     changed = [key for key in fresh if key not in trained or not torch.equal(fresh[key].cpu(), trained[key].cpu())]
     if changed:

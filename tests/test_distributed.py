@@ -84,6 +84,7 @@ def _one_finished_run(root: Path) -> None:
     assert [r.info.status for r in runs] == ["FINISHED"], [r.info.status for r in runs]
 
 
+@pytest.mark.slow
 def test_two_processes_with_nproc_match_one_process(single, tmp_path):
     out = tmp_path / "summary.json"
     done = subprocess.run(
@@ -101,6 +102,7 @@ def test_two_processes_with_nproc_match_one_process(single, tmp_path):
     assert not list((tmp_path / "checkpoints").rglob("uadp-maps-*"))  # the maps' files are gone
 
 
+@pytest.mark.slow
 def test_two_nodes_over_loopback_match_one_process(single, tmp_path):
     out = tmp_path / "summary.json"
     port = _free_port()
@@ -149,6 +151,7 @@ def _uadp_lines(stderr: str) -> list[str]:
     return said[1:]
 
 
+@pytest.mark.slow
 def test_a_killed_rank_is_one_line_and_the_run_is_marked_failed(tmp_path):
     """Rank 1 killed (SIGKILL) in epoch 2: one ``uadp:`` line that names it, no traceback, the run
     FAILED whatever the timing, and ``--resume`` (with the short run id) finishes it."""
@@ -177,6 +180,7 @@ def test_a_killed_rank_is_one_line_and_the_run_is_marked_failed(tmp_path):
     assert json.loads(out.read_text())["mlflow_run_id"] == run.info.run_id
 
 
+@pytest.mark.slow
 def test_a_rank_that_crashes_on_a_bug_shows_its_traceback_and_one_line(tmp_path):
     done = _failing_rank(tmp_path, "raise", tmp_path / "summary.json", epoch=1)
     assert done.returncode == 1, done.stderr[-3000:]
@@ -190,6 +194,7 @@ def test_a_rank_that_crashes_on_a_bug_shows_its_traceback_and_one_line(tmp_path)
     )  # the bug's own
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_process_and_marks_the_run_killed(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     command = [sys.executable, "-m", "uadp", *_args(tmp_path, tmp_path / "s.json"), "--nproc", "2"]
@@ -245,6 +250,7 @@ def test_shards_cover_every_item_once():
         assert covered == list(range(count))
 
 
+@pytest.mark.slow
 def test_a_fitted_reconstructor_under_two_processes_is_the_single_process_model(tmp_path):
     """PatchCore under --nproc 2: each rank computes a shard of the features, rank 0 fits the bank
     and sends it to the other; the metrics are the one-process run's, to the same tolerance as

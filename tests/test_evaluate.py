@@ -54,6 +54,7 @@ def test_an_option_that_changes_the_trained_model_is_refused(aligned_run) -> Non
         uadp.evaluate(result.bundle, options=["data.image_size=96"], log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_another_aligner_is_fitted_on_the_training_maps(aligned_run) -> None:
     _, result = aligned_run
     scored = uadp.evaluate(result.bundle, options=["aligner.name=cada-sigma"], log=lambda _: None)

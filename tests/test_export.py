@@ -109,6 +109,7 @@ def _test_images(data: Path) -> list[Path]:
     return sorted(data.glob("*/test/*/*.png"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aligner", ["none", "cada"])
 @pytest.mark.parametrize("reconstructor", list(RECIPES))
 def test_an_exported_model_scores_and_decides_as_the_pytorch_model(
@@ -138,6 +139,7 @@ def test_an_exported_model_scores_and_decides_as_the_pytorch_model(
         assert not (flipped & ~near).any(), runtime
 
 
+@pytest.mark.slow
 def test_the_graph_in_pytorch_is_the_model_the_run_evaluated(trained, tiny_dataset: Path) -> None:
     """The one forward that is exported computes what the run's detector computed."""
     from uadp.export.graph import InferenceGraph
@@ -152,6 +154,7 @@ def test_the_graph_in_pytorch_is_the_model_the_run_evaluated(trained, tiny_datas
     np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_to_openvino_and_predict_a_folder_into_the_same_table(
     trained, tiny_dataset: Path, tmp_path: Path
 ) -> None:
@@ -177,6 +180,7 @@ def test_export_to_openvino_and_predict_a_folder_into_the_same_table(
     assert [r["decision"] for r in tables["openvino"]] == [r["decision"] for r in tables["pytorch"]]
 
 
+@pytest.mark.slow
 def test_export_refuses_an_oracle_aligner_and_an_existing_folder(trained, tmp_path: Path, capsys) -> None:
     from helpers import assert_one_error_line
 
@@ -197,6 +201,7 @@ def test_export_refuses_an_oracle_aligner_and_an_existing_folder(trained, tmp_pa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_without_the_export_extra_one_line_says_what_to_install(trained, tmp_path: Path, monkeypatch, capsys) -> None:
     import builtins
 
@@ -215,12 +220,14 @@ def test_without_the_export_extra_one_line_says_what_to_install(trained, tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_check_export_reports_the_parity_of_a_plugins_model(trained) -> None:
     from uadp.testing import check_export
 
     assert check_export(trained["revdist", "none"]) < PARITY
 
 
+@pytest.mark.slow
 def test_a_component_that_reads_a_tensor_value_is_named_in_one_line(
     trained, tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -79,6 +79,7 @@ def test_a_third_party_fitted_reconstructor_keeps_the_contract(tmp_path):
     assert len(check.history) == 1 and check.history[0]["images"] > 0
 
 
+@pytest.mark.slow
 def test_a_fitted_reconstructor_learns_and_takes_an_aligner(tmp_path):
     data = make_mvtec_dataset(tmp_path / "data", n_train=10, n_good=4, n_bad=6, size=96)
     registry = registry_with_plugin()

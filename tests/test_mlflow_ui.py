@@ -70,6 +70,7 @@ def _wait_for_text(driver, text: str) -> None:
     WebDriverWait(driver, WAIT_S).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
 
 
+@pytest.mark.slow
 def test_ui_opens_on_the_runs_table_and_compares_two_runs(ui, two_runs: dict, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -123,6 +124,7 @@ def _compare_row(driver, metric: str) -> list[str]:
     return [cell.text for cell in cells]
 
 
+@pytest.mark.slow
 def test_a_runs_page_opens_on_its_key_metrics_and_shows_its_overlays(ui, two_runs: dict, browser, tmp_path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -210,6 +210,7 @@ def test_omnial_learns_on_generated_data(tiny_dataset, runs_root):
     assert result.report.mean["image_auroc"] >= 0.9, result.report.mean
 
 
+@pytest.mark.slow
 def test_uadp_run_reconstructor_omnial_end_to_end(tiny_dataset, tmp_path, monkeypatch, capsys):
     """`uadp run --reconstructor omnial` starts from its preset, brings panel-jnd, reports every metric."""
     import json

@@ -95,6 +95,7 @@ def test_the_wheel_holds_every_preset(wheel: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_an_installed_wheel_runs_every_preset_and_method_from_another_folder(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     subprocess.run(

@@ -307,6 +307,7 @@ def test_patchcore_finds_the_generated_defects(generated, tmp_path):
     assert roc_auc_score(labels, predicted.scores) > 0.9
 
 
+@pytest.mark.slow
 def test_patchcore_keeps_the_contract(tmp_path):
     """Bundle reload and --from-run give the run's maps and scores; the fit changed its state."""
     check = check_reconstructor(
@@ -321,6 +322,7 @@ def test_patchcore_keeps_the_contract(tmp_path):
     assert check_export(check.bundle) < 1e-4
 
 
+@pytest.mark.slow
 def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
     """--from-run on the fitted model with CADA: nothing fitted again, base and aligned reported,
     the aligned image scores reduced from the aligned maps."""
@@ -352,6 +354,7 @@ def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
     assert result.report.pooled["image_auroc"] > 0.8
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tmp_path, monkeypatch):
     from uadp.engine import evaluation
 
@@ -379,6 +382,7 @@ def test_a_run_stopped_after_the_fit_resumes_without_fitting_again(generated, tm
     assert result.report.mean["image_auroc"] > 0.9
 
 
+@pytest.mark.slow
 def test_a_run_stopped_in_the_fit_resumes_from_its_first_checkpoint(generated, tmp_path, monkeypatch):
     """Stopped before the fit finished: the checkpoint written as the run started holds the config
     and random state, and ``--resume`` fits again in the same run, to the model of an unstopped run."""
@@ -420,6 +424,7 @@ def test_bank_size_follows_the_ratio():
     assert math.isfinite(stats["coreset_s_per_10k_picks"])
 
 
+@pytest.mark.slow
 def test_cli_runs_patchcore_with_cada_from_its_preset(generated, tmp_path, capsys):
     """`uadp run --data DIR --reconstructor patchcore --aligner cada`: the preset, the fit and
     CADA on top, the coreset's time printed, one finished MLflow run."""

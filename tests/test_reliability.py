@@ -644,6 +644,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(
     assert store_snapshot(e2e.runs) == before  # an existing run is neither reopened nor logged again
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_fails_at_once_in_a_real_process(tiny_dataset: Path, tmp_path: Path) -> None:
     """MLflow alone retries for minutes; the check before the run makes one short attempt."""
     uri = f"http://127.0.0.1:{free_port()}"
@@ -899,6 +900,7 @@ def uninterrupted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     return SimpleNamespace(summary=json.loads((root / "out.json").read_text()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["epoch-1", "epoch-2", "aligner", "evaluation"])
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(
     stage: str, uninterrupted, tiny_dataset: Path, tmp_path: Path, runs_root: Path, capsys
@@ -930,6 +932,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_metrics(
     assert metric_values(resumed) == pytest.approx(expected, abs=1e-6, nan_ok=True) and len(expected) > 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage, kept",
     [
@@ -966,6 +969,7 @@ def test_sigterm_exits_143_and_says_only_what_is_true(
 # --------------------------------------------------------------------------- the tracking store
 
 
+@pytest.mark.slow
 def test_a_server_gone_mid_run_fails_it_with_one_line_and_the_run_resumes_later(
     tiny_dataset: Path, runs_root: Path, monkeypatch, capsys
 ) -> None:
@@ -1048,6 +1052,7 @@ def test_a_store_that_cannot_be_written_is_one_line_before_any_work(
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before  # nothing written
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_fresh_store_at_once_both_finish(tiny_dataset: Path, tmp_path: Path) -> None:
     runs = tmp_path / "uadp-runs"
     processes = [cli_process(*quick_args(tiny_dataset, runs, "--seed", seed, epochs=1)) for seed in (1, 2)]
@@ -1060,6 +1065,7 @@ def test_two_runs_on_one_fresh_store_at_once_both_finish(tiny_dataset: Path, tmp
 # --------------------------------------------------------------------------- uadp ui
 
 
+@pytest.mark.slow
 def test_ui_stopped_by_sigterm_stops_the_server_and_its_workers(e2e, tmp_path: Path) -> None:
     import psutil
 
@@ -1197,6 +1203,7 @@ def test_predict_from_the_store_leaves_no_temporary_folder(e2e, tiny_dataset: Pa
     assert not list(scratch.iterdir())
 
 
+@pytest.mark.slow
 def test_short_run_ids_are_taken_wherever_long_ones_are(e2e, tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch):
     """The 8 characters ``uadp runs`` prints; the exported folder, for a station's service running
     as another user, also follows the umask (a private staging folder once made it 0700)."""

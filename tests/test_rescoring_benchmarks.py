@@ -57,6 +57,7 @@ def _expected(values: dict[str, float], keys) -> list[float]:
     return [round(values[key], 3) for key in keys]
 
 
+@pytest.mark.slow
 def test_unias_levels_row_of_the_models_levels_is_the_run(tiny_dataset: Path, runs_root: Path) -> None:
     result = _train(
         tiny_dataset,
@@ -73,6 +74,7 @@ def test_unias_levels_row_of_the_models_levels_is_the_run(tiny_dataset: Path, ru
     assert _row(lines, "levels {1,2,3,4}") != own
 
 
+@pytest.mark.slow
 def test_omnial_maps_row_of_the_models_smoothing_is_the_run(tiny_dataset: Path, runs_root: Path) -> None:
     result = _train(
         tiny_dataset,
@@ -118,6 +120,7 @@ def test_mapping_benchmarks_unmapped_row_is_the_runs_pooled_pixels(tiny_dataset:
     assert _row(lines, "mean-max")[2:] != none[2:]
 
 
+@pytest.mark.slow
 def test_defect_types_of_a_one_type_class_are_the_runs_class_metrics(
     tiny_dataset: Path, uniad_run, tmp_path: Path
 ) -> None:

@@ -208,6 +208,7 @@ def test_registered_through_the_entry_point():
     }
 
 
+@pytest.mark.slow
 def test_revdist_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
     """One model for four classes, through the whole pipeline, finds foreign-pattern patches.
 

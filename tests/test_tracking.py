@@ -17,6 +17,7 @@ def _start_run(root: str, barrier, results) -> None:
         results.put(("error", f"{type(error).__name__}: {error}"[:300]))
 
 
+@pytest.mark.slow
 def test_runs_started_at_once_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
     """Two `uadp run`s launched together used to race on creating mlflow.db's tables."""
     context = mp.get_context("spawn")

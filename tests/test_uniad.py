@@ -171,6 +171,7 @@ def test_bf16_autocast_step_is_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.slow
 def test_uniad_learns_on_generated_multiclass_data(tiny_dataset, runs_root):
     """One model for four classes finds foreign-pattern patches; untrained it is far worse."""
     from uadp.engine.pipeline import train_and_evaluate

@@ -211,6 +211,7 @@ def test_cada_removes_class_score_scales_from_the_pooled_ranking(scaled_data, co
         assert aligned > 0.95
 
 
+@pytest.mark.slow
 def test_cada_predicts_each_class_statistics_from_the_image(scaled_data):
     (train_maps, train_embeddings, train_names, _), _ = scaled_data
     aligner = Cada(CadaConfig(iterations=400))

@@ -379,6 +379,7 @@ def test_reconstructor_without_a_preset_keeps_the_defaults(capsys) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_losses_and_metrics(
     e2e, tiny_dataset: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -490,6 +491,7 @@ def test_aligned_bundle_applies_the_aligner_to_later_predictions(aligned, e2e, t
     assert not torch.allclose(maps, raw.anomaly_map.cpu())
 
 
+@pytest.mark.slow
 def test_oracle_aligner_is_tagged_and_needs_class_names_to_predict(e2e, tiny_dataset: Path, capsys) -> None:
     code, _, stderr = _from_run(e2e, e2e.runs, "--aligner", "class-stats", "--set", "eval.overlays_per_class=0")
     assert code == 0, stderr
@@ -536,6 +538,7 @@ def test_from_run_unknown_run(e2e, capsys) -> None:
     assert_one_error_line(stderr, "--from-run no-such-run")
 
 
+@pytest.mark.slow
 def test_unias_runs_end_to_end_with_an_aligner(tiny_dataset: Path, runs_root: Path) -> None:
     """`uadp run --reconstructor unias --aligner cada`: its preset, a CADA fit on its embedding, both tables."""
     out = runs_root.parent / "unias.json"
@@ -578,6 +581,7 @@ def test_unias_runs_end_to_end_with_an_aligner(tiny_dataset: Path, runs_root: Pa
     assert "aligned (cada)" in stdout or "aligned by cada" in stdout
 
 
+@pytest.mark.slow
 def test_a_large_feature_cache_goes_to_files_that_are_removed_after_training(
     tiny_dataset: Path, runs_root: Path
 ) -> None:

@@ -99,6 +99,7 @@ def test_installed_plugins_are_listed_and_shown(packages: SimpleNamespace) -> No
         assert "options:" in shown and "=" in shown.split("options:", 1)[1].splitlines()[1], kind
 
 
+@pytest.mark.slow
 def test_each_generated_test_passes(packages: SimpleNamespace) -> None:
     tests = [folder / "tests" for folder in packages.folders.values()]
     done = _python(packages, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests)
@@ -106,6 +107,7 @@ def test_each_generated_test_passes(packages: SimpleNamespace) -> None:
     assert f"{len(KINDS)} passed" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_run_uses_every_kind(packages: SimpleNamespace) -> None:
     images = make_check_dataset(packages.root / "images")
     generated = packages.folders["dataset"] / "tests" / "test_uadp_demo_dataset.py"

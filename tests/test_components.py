@@ -63,9 +63,17 @@ TINY = {
 }
 
 
+# bundled components whose check takes several times the others' (a larger model, an aligner
+# trained for its iterations): the full suite checks them, the fast tier one of each kind
+SLOW = {"omnial", "patchcore", "revdist", "unias", "cada", "cada-sigma", "class-classifier"}
+
+
 def component_params(registry: Registry, kind: str) -> list:
     """One pytest parameter per registered component of ``kind``, with its name as the id."""
-    return [pytest.param(name, id=name) for name in registry.registered(kind)]
+    return [
+        pytest.param(name, id=name, marks=[pytest.mark.slow] if name in SLOW else [])
+        for name in registry.registered(kind)
+    ]
 
 
 @pytest.fixture(scope="module")

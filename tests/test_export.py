@@ -105,6 +105,13 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return bundles
 
 
+def test_the_quick_runs_model_exports_with_the_pytorch_maps(e2e) -> None:
+    """The fast tier's export: the shared quick run's bundle to ONNX, its maps those of PyTorch."""
+    from uadp.testing import check_export
+
+    assert check_export(e2e.runs / "checkpoints" / e2e.run_id / "model.pt") < PARITY
+
+
 def _test_images(data: Path) -> list[Path]:
     return sorted(data.glob("*/test/*/*.png"))
 

@@ -70,6 +70,15 @@ def _wait_for_text(driver, text: str) -> None:
     WebDriverWait(driver, WAIT_S).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
 
 
+def test_the_browser_renders_a_page(browser, tmp_path: Path) -> None:
+    """The fast tier's part of this module: the browser and its driver start and render a page
+    (the UI's own pages need a server and two runs, which the slow tests start)."""
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><p>pooled/image_auroc</p></body></html>", encoding="utf-8")
+    browser.get(page.as_uri())
+    _wait_for_text(browser, "pooled/image_auroc")
+
+
 @pytest.mark.slow
 def test_ui_opens_on_the_runs_table_and_compares_two_runs(ui, two_runs: dict, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By

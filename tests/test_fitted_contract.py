@@ -4,6 +4,7 @@ once by the core, saved, reloaded, re-scored and aligned, and finds the generate
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field

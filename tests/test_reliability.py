@@ -839,6 +839,7 @@ def test_a_resumed_runs_record_agrees_with_itself(interrupted_then_resumed) -> N
     assert facts.run.data.tags["uadp.resumed"] == "after epoch 1 (train.cache_memory_gb=2.0)"
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_run(
     interrupted_then_resumed, tiny_dataset: Path, runs_root: Path, capsys
 ) -> None:

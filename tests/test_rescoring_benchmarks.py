@@ -110,6 +110,7 @@ def uniad_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
         return _train(tiny_dataset, tmp_path_factory.mktemp("uniad") / "uadp-runs")
 
 
+@pytest.mark.slow
 def test_mapping_benchmarks_unmapped_row_is_the_runs_pooled_pixels(tiny_dataset: Path, uniad_run) -> None:
     result = uniad_run
     lines = _bench("bench_mapping.py", "--model", result.bundle, "--data", tiny_dataset)

@@ -92,6 +92,7 @@ def test_compare_all_shows_what_differs_and_every_metric_side_by_side(two_runs: 
     assert names and all(name.startswith("pooled/") for name in names)
 
 
+@pytest.mark.slow
 def test_runs_and_compare_read_a_tracking_server(two_runs: dict, ui, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ui.url)
     out = _runs(Path("no-local-store-needed"))

@@ -228,6 +228,7 @@ def test_a_run_sets_thresholds_on_images_it_did_not_train_on(e2e) -> None:
     assert "calibration.csv" in artifacts
 
 
+@pytest.mark.slow
 def test_a_normal_dir_sets_the_thresholds_and_no_training_image_is_kept_apart(
     tiny_dataset: Path, runs_root: Path, tmp_path: Path, capsys
 ) -> None:

@@ -615,3 +615,10 @@ def test_a_reconstructors_advice_is_printed_before_it_trains(tmp_path):
     assert "note: advised: good for tests only" in err
     code, _, err = call_captured(["run", "--print-config"])
     assert code == 0 and "note:" not in err  # the default method registers none
+
+
+def test_python_m_uadp_is_the_uadp_command() -> None:
+    """``python -m uadp`` (where the script is not on PATH) is the same command as ``uadp``."""
+    done = subprocess.run([sys.executable, "-m", "uadp", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: uadp ") and "COMMAND" in done.stdout

@@ -173,7 +173,7 @@ def test_registered_with_its_presets_and_needs_a_synthesizer(tiny_dataset, runs_
         "preset": "omnial-cpu",
     }
     assert "small defects" in registration.traits["advice"]  # says what it is weak at
-    cpu, paper = build_config("omnial-cpu"), build_config("omnial")
+    cpu, paper = build_config("omnial-cpu"), build_config("omnial-paper")
     assert cpu.synthesizer.name == paper.synthesizer.name == "panel-jnd"
     assert paper.data.image_size == 256 and paper.train.batch_size == 20 and paper.train.lr == 1e-4
     assert paper.reconstructor.name == "omnial" and paper.train.lr_steps == [560, 630] and paper.train.lr_gamma == 0.2

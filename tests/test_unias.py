@@ -312,5 +312,5 @@ def test_registered_through_the_entry_point_with_its_cpu_preset():
     preset = build_config("unias-cpu")
     assert preset.reconstructor.name == "unias" and preset.backbone.stages == [2, 3, 4, 5]
     assert preset.reconstructor.inference_levels == [2, 3, 4]
-    paper = build_config("unias")
+    paper = build_config("unias-paper")
     assert paper.backbone.model == "tf_efficientnet_b4" and paper.train.epochs == 1000 and paper.train.batch_size == 64

@@ -1,18 +1,23 @@
 """What each kind of component looks like: the types the core and the plugins exchange.
 
 The core owns the run; a component only ever sees these records, never another component.
-The contract is shaped so that all five bundled methods fit without special cases:
+The contract is shaped so that all five bundled methods, and the aligners beside them, fit
+without special cases:
 
 * UniAD: a reconstructor with ``inputs="features"`` that ``adapt``s the frozen backbone's
-  stages onto one grid (cached once), and reconstructs them.
+  stages onto one grid (cached once) and rebuilds them; its map is how badly it rebuilds them.
 * UniAS: the same, keeping every stage at its own resolution (``adapt`` returns a list).
+* Reverse Distillation: ``inputs="features"`` too; a student decoder rebuilds the backbone's
+  stages from a compact embedding, and its map is where student and backbone disagree.
 * OmniAL: ``inputs="images"`` with ``synthesizer="required"``: it receives the corrupted image
-  and the synthesizer's named targets (clean image, level masks, extra maps).
-* PatchCore: ``training="fit"``: no gradient, no epochs; its ``fit`` sees every training
-  image's adapted features once (in order) and keeps a memory bank, and its ``predict`` gives
-  the method's own image score beside the map.
-* CADA: an :class:`Aligner`, a second stage fitted on the frozen model's maps and embeddings
-  of the normal training images.
+  and the synthesizer's named targets (clean image, level masks, extra maps), rebuilds the
+  image and localises what it changed.
+* PatchCore: ``training="fit"``: no gradient, no epochs, nothing rebuilt; its ``fit`` sees every
+  training image's adapted features once (in order) and keeps a memory bank of them, its map is
+  the distance of each patch feature to its nearest normal neighbour in the bank, and its
+  ``predict`` gives the method's own image score beside the map.
+* CADA and the other aligners: an :class:`Aligner`, a second stage fitted on the frozen model's
+  maps and embeddings of the normal training images.
 """
 
 from __future__ import annotations

@@ -18,14 +18,14 @@ def load(model, device: str = "auto", trust: bool = False, root: str = "uadp-run
 
     Imported on first use, so that ``import uadp`` stays light for plugin modules.
     """
-    from .api import load as load_model
+    from .api import load as load_model  # the API pulls in torch: not on `import uadp` (plugin modules)
 
     return load_model(model, device=device, trust=trust, root=root, registry=registry)
 
 
 def evaluate(model, data=None, **options):
     """A trained model's metrics on a data set, as its run scored it; see :func:`uadp.api.evaluate`."""
-    from .api import evaluate as evaluate_model
+    from .api import evaluate as evaluate_model  # as load: torch only when called
 
     return evaluate_model(model, data, **options)
 

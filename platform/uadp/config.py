@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
-from .registry import Registry
+from .errors import ConfigError, UnknownComponentError
+from .registry import Registry, get_registry
 
 # --------------------------------------------------------------------------- models
 
@@ -269,9 +269,6 @@ def find_preset(name_or_path: str, registry: Registry | None = None) -> Path:
         if not path.is_file():
             raise ConfigError(f"--config {name_or_path}: file not found")
         return path
-    from .errors import UnknownComponentError
-    from .registry import get_registry
-
     try:
         preset = (registry or get_registry()).preset(name_or_path)
     except UnknownComponentError as exc:
@@ -474,8 +471,6 @@ def build_config(
     default = None
     if base is None:
         data = RunConfig().to_dict()
-        from .registry import get_registry
-
         default = (registry or get_registry()).default_preset()
         if default is not None:
             data = _apply_preset(data, default, registry)
@@ -543,9 +538,6 @@ def recorded_config(data: dict[str, Any], registry: Registry | None = None) -> d
 
 def _rename_recorded_options(spec: dict[str, Any], kind: str, registry: Registry | None) -> None:
     """Move the options of one recorded component section to their plugin's new names."""
-    from .errors import UnknownComponentError
-    from .registry import get_registry
-
     try:
         model = (registry or get_registry()).get(kind, spec["name"]).config
     except UnknownComponentError:

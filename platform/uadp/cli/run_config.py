@@ -35,7 +35,7 @@ def _flag_overrides(args: argparse.Namespace, registry) -> dict[str, Any]:
         put("data", "classes", classes)
     put("data", "image_size", flag("image_size"))
     put("data", "workers", flag("workers"))
-    from ..config import NO_COMPONENT, OPTIONAL_SECTIONS
+    from ..config import NO_COMPONENT, OPTIONAL_SECTIONS  # the config models (pydantic): only for a run's flags
 
     for section in ("backbone", "reconstructor", "synthesizer", "aligner"):
         name = flag(section)

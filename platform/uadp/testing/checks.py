@@ -9,6 +9,7 @@ on its own (:mod:`uadp.testing.standalone`), then in watched runs (:mod:`uadp.te
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,7 @@ def check_export(bundle: str | Path, registry=None) -> float:
     """Export a trained bundle to ONNX in a temporary folder and return the largest difference
     between its maps and PyTorch's on the export's check inputs, in units of the maps' range
     (needs ``uadp[export]``). An error names what a plugin does that the export cannot trace."""
-    import tempfile
-
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..export.writer import export_model
 
     with tempfile.TemporaryDirectory() as folder:
@@ -142,6 +142,7 @@ def check_dataset(
     reconstructor that needs no synthesizer on it, with the checks of :func:`check_reconstructor`,
     and the run's results hold every class.
     """
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..contract import Dataset
 
     label = f"dataset {name!r}"
@@ -181,6 +182,7 @@ def check_metric(name: str, registry, tmp_path: str | Path, **options: Any) -> C
     needs no synthesizer, evaluated with this metric only, must record it for every class, their
     mean and the pooled unit, finite. ``options`` go to the run's check (see :func:`check_component`).
     """
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..metrics.view import EvalView
 
     label = f"metric {name!r}"

@@ -29,6 +29,7 @@ def assert_close(
 def unsaved_differences(ran, reloaded) -> list[str]:
     """What differs between the run's detector and the reloaded one: state_dict entries, and
     tensors or plain values a module holds outside its state_dict (which a bundle does not keep)."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     import torch
 
     found = []
@@ -65,6 +66,7 @@ def unsaved_differences(ran, reloaded) -> list[str]:
 
 def same(x: Any, y: Any) -> bool:
     """Equal values; tensors equal in shape, dtype and every element."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     import torch
 
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):

@@ -57,6 +57,7 @@ def _anomaly(
     colour nor a sharp edge gives it away: only a model that learned which pattern belongs to
     the image finds it, while an untrained reconstructor stays far from a perfect score.
     """
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from scipy.ndimage import gaussian_filter
 
     size = image.shape[0]

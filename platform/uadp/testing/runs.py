@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class ComponentCheck:
 
 def recorded_run(check: ComponentCheck):
     """The MLflow run a check made."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from mlflow.tracking import MlflowClient
 
     from ..tracking import tracking_uri
@@ -42,6 +44,7 @@ def recorded_run(check: ComponentCheck):
 
 def check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance: float) -> ComponentCheck:
     """Train and evaluate, reload the bundle, re-score it with ``from_run``; compare."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..data.splits import gather
     from ..engine.components import build_dataset
 
@@ -62,6 +65,7 @@ def check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance:
     if kind == "backbones":
         _check_frozen(label, config, registry, detector)
 
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from .. import load
 
     model = load(result.bundle, device=config.train.device, registry=registry)
@@ -104,8 +108,7 @@ class Predicted:
 
 def _watched_run(label: str, config: RunConfig, registry, from_run: str | None = None):
     """One run, checking every prediction as it is made; returns (result, detector, test predictions)."""
-    from unittest import mock
-
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..engine.detector import Detector
     from ..engine.pipeline import train_and_evaluate
 
@@ -152,6 +155,7 @@ def _watched_run(label: str, config: RunConfig, registry, from_run: str | None =
 
 
 def _check_prediction(label: str, config: RunConfig, batch, prediction) -> None:
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     import torch
 
     from ..contract import Prediction
@@ -189,6 +193,7 @@ def _check_maps(label: str, config: RunConfig, maps: np.ndarray, scores: np.ndar
 
 def _check_trained(label: str, config: RunConfig, registry, detector) -> None:
     """Training changed the reconstructor: its state differs from a fresh one's (same seed)."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..engine.components import build_model
 
     fitted = registry.get("reconstructors", config.name_of("reconstructor")).traits["training"] == "fit"
@@ -215,6 +220,7 @@ def _check_trained(label: str, config: RunConfig, registry, detector) -> None:
 
 def _check_frozen(label: str, config: RunConfig, registry, detector) -> None:
     """The run's backbone after training has the weights and statistics of a fresh one."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     import torch
 
     from ..engine.components import build_model

@@ -13,6 +13,7 @@ from .compare import describe
 
 def check_synthesis(label: str, config: RunConfig, registry) -> None:
     """The synthesizer on its own, on a few training images at the run's size."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..contract import Synthesis
     from ..data.images import read_image
     from ..data.splits import gather
@@ -75,6 +76,7 @@ def check_synthesis(label: str, config: RunConfig, registry) -> None:
 
 def check_features(label: str, config: RunConfig, registry) -> None:
     """The backbone on its own: what ``forward`` returns is what ``spec`` declares."""
+    # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     import torch
 
     from ..contract import Backbone, FeatureSpec

@@ -198,7 +198,10 @@ def test_a_rank_that_crashes_on_a_bug_shows_its_traceback_and_one_line(tmp_path)
 @pytest.mark.slow
 def test_ctrl_c_stops_every_process_and_marks_the_run_killed(tmp_path):
     checkpoints = tmp_path / "checkpoints"
-    command = [sys.executable, "-m", "uadp", *_args(tmp_path, tmp_path / "s.json"), "--nproc", "2"]
+    # started as a terminal starts it, with Ctrl-C's default handling: a test run in the background
+    # of a shell (`pytest &`) inherits SIGINT ignored, and a process that starts so ignores Ctrl-C
+    start = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); runpy.run_module('uadp', run_name='__main__', alter_sys=True)"  # noqa: E501
+    command = [sys.executable, "-c", start, *_args(tmp_path, tmp_path / "s.json"), "--nproc", "2"]
     command[command.index("--epochs") + 1] = "500"
     run = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -31,9 +31,7 @@ def patch_features(data: str) -> torch.Tensor:
 
     registry = get_registry()
     config = resolve(
-        build_config(
-            preset="patchcore-cpu", registry=registry, overrides={"dataset": {"name": "mvtec", "root": data}}
-        ),
+        build_config(preset="patchcore-cpu", registry=registry, overrides={"dataset": {"name": "mvtec", "root": data}}),
         registry,
     )
     job = Job(config, registry, log=lambda text: None)

@@ -38,7 +38,7 @@ def main() -> int:
     if not 0.0 < args.strength <= 1.0:
         parser.error(f"--strength must be in (0, 1], got {args.strength}")
 
-    from uadp_plugins.datasets._demo_builder import DEFECT_KINDS, apply_defect
+    from uadp_plugins.datasets._demo_defects import DEFECT_KINDS, apply_defect
 
     source, out = Path(args.source).resolve(), Path(args.out)
     if out.exists():

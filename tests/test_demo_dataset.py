@@ -1,4 +1,4 @@
-"""Tests of the embedded demo dataset (uadp_plugins.datasets._demo_builder).
+"""Tests of the embedded demo dataset (uadp_plugins.datasets._demo_builder, _demo_products, _demo_defects).
 
 The dataset is what `uadp run` trains on when no dataset is given, so it must be a
 valid MVTec AD tree, reproducible to the bit, cached safely, and its masks must be
@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from uadp_plugins.datasets import _demo_builder as db
+from uadp_plugins.datasets import _demo_defects as defects
+from uadp_plugins.datasets import _demo_products as products
 
 EXPECTED_KINDS = {"scratch", "crack", "stain"}  # plus at least one of missing / pasted
 
@@ -42,7 +44,7 @@ def test_folder_name_and_marker(built: Path) -> None:
 
 def test_mvtec_layout_and_sizes(built: Path) -> None:
     classes = sorted(p.name for p in built.iterdir() if p.is_dir())
-    assert classes == sorted(db.DEMO_CLASSES)
+    assert classes == sorted(products.DEMO_CLASSES)
     assert len(classes) >= 4
     all_kinds: set[str] = set()
     for cls in classes:
@@ -64,7 +66,7 @@ def test_mvtec_layout_and_sizes(built: Path) -> None:
 
 
 def test_every_defect_has_a_sane_mask(built: Path) -> None:
-    for cls in db.DEMO_CLASSES:
+    for cls in products.DEMO_CLASSES:
         for kind_dir in (built / cls / "test").iterdir():
             if kind_dir.name == "good":
                 continue
@@ -82,7 +84,7 @@ def test_every_defect_has_a_sane_mask(built: Path) -> None:
 
 def test_normal_images_vary_but_stay_close(built: Path) -> None:
     """Two shots of one product differ (position, exposure, noise) but are not wildly apart."""
-    for cls in db.DEMO_CLASSES:
+    for cls in products.DEMO_CLASSES:
         a, b = (_load(built / cls / "train" / "good" / f"{i:03d}.png").astype(float) for i in (0, 1))
         assert np.abs(a - b).mean() > 1.0
         assert abs(a.mean() - b.mean()) < 25.0
@@ -110,7 +112,7 @@ def test_second_call_reuses_the_folder(built: Path, monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shrink the build (two classes, few images) for tests about caching mechanics."""
-    monkeypatch.setattr(db, "_CLASS_SPECS", db._CLASS_SPECS[:2])
+    monkeypatch.setattr(db, "CLASS_SPECS", products.CLASS_SPECS[:2])
     monkeypatch.setattr(db, "N_TRAIN", 3)
     monkeypatch.setattr(db, "N_TEST_GOOD", 2)
     monkeypatch.setattr(db, "N_TEST_DEFECT", 4)
@@ -169,15 +171,15 @@ def test_other_seed_gets_its_own_folder_and_differs(built: Path, tiny: None, tmp
 
 def test_global_numpy_rng_is_untouched() -> None:
     state = np.random.get_state()[1].copy()
-    image = db.make_normal_image("coins", np.random.default_rng(3))
-    db.apply_defect("stain", image, np.random.default_rng(4))
+    image = products.make_normal_image("coins", np.random.default_rng(3))
+    defects.apply_defect("stain", image, np.random.default_rng(4))
     assert np.array_equal(np.random.get_state()[1], state)
 
 
 def _cases() -> list[tuple[str, str]]:
     """Every (class, defect) pair the dataset uses, plus every kind on every class."""
-    pairs = {(cls, kind) for cls, kinds in db.DEMO_DEFECTS.items() for kind in kinds}
-    pairs |= {(db.DEMO_CLASSES[0], kind) for kind in db.DEFECT_KINDS}
+    pairs = {(cls, kind) for cls, kinds in products.DEMO_DEFECTS.items() for kind in kinds}
+    pairs |= {(products.DEMO_CLASSES[0], kind) for kind in defects.DEFECT_KINDS}
     return sorted(pairs)
 
 
@@ -185,10 +187,10 @@ def _cases() -> list[tuple[str, str]]:
 def test_defect_changes_exactly_the_masked_pixels(cls: str, kind: str) -> None:
     for seed in range(4):
         rng = np.random.default_rng([seed, 11])
-        clean = db.make_normal_image(cls, rng)
+        clean = products.make_normal_image(cls, rng)
         before = clean.copy()
-        donor = db.make_normal_image(cls, np.random.default_rng([seed, 12])) if kind == "pasted" else None
-        defective, mask = db.apply_defect(kind, clean, rng, donor=donor, style=db.class_style(cls))
+        donor = products.make_normal_image(cls, np.random.default_rng([seed, 12])) if kind == "pasted" else None
+        defective, mask = defects.apply_defect(kind, clean, rng, donor=donor, style=products.class_style(cls))
         assert np.array_equal(clean, before), "apply_defect must not modify its input"
         assert defective.shape == clean.shape and defective.dtype == np.uint8
         assert mask.shape == clean.shape[:2] and mask.dtype == bool
@@ -201,15 +203,15 @@ def test_defect_changes_exactly_the_masked_pixels(cls: str, kind: str) -> None:
         assert np.any(diff > 0, axis=2)[mask].mean() > 0.9
 
 
-@pytest.mark.parametrize("kind", db.DEFECT_KINDS)
+@pytest.mark.parametrize("kind", defects.DEFECT_KINDS)
 def test_apply_defect_is_deterministic(kind: str) -> None:
-    image = db.make_normal_image("gravel", np.random.default_rng(5))
-    a = db.apply_defect(kind, image, np.random.default_rng(9))
-    b = db.apply_defect(kind, image, np.random.default_rng(9))
+    image = products.make_normal_image("gravel", np.random.default_rng(5))
+    a = defects.apply_defect(kind, image, np.random.default_rng(9))
+    b = defects.apply_defect(kind, image, np.random.default_rng(9))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_unknown_defect_kind_is_rejected() -> None:
     image = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError):
-        db.apply_defect("smudge", image, np.random.default_rng(0))
+        defects.apply_defect("smudge", image, np.random.default_rng(0))

@@ -1,7 +1,8 @@
 """Dataset ``demo``: the embedded demo dataset that ``uadp run`` uses when given no data.
 
 Real photographs shipped inside scikit-image, turned into several product classes with
-synthetic defects and exact masks (see :mod:`uadp_plugins.datasets._demo_builder`). It is
+synthetic defects and exact masks (:mod:`uadp_plugins.datasets._demo_products`,
+:mod:`~uadp_plugins.datasets._demo_defects`, written by :mod:`~uadp_plugins.datasets._demo_builder`). It is
 written once in MVTec AD layout to a cache folder and read back like any MVTec folder.
 
 The dataset itself lives in ``demo_reader.py``; this module registers it with its options, so

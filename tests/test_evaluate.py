@@ -61,3 +61,37 @@ def test_another_aligner_is_fitted_on_the_training_maps(aligned_run) -> None:
     assert scored.base_report.to_dict() == result.base_report.to_dict()  # the same model underneath
     assert scored.report.to_dict() != result.report.to_dict()
     assert Path(result.bundle).is_file()
+
+
+def test_a_subset_of_classes_scores_as_the_run_scored_them(aligned_run) -> None:
+    """One class's metrics as the run gave them. Not to the last digit: the map store fits its
+    float16 scale to the first batch it holds, which here is another one than the run's."""
+    _, result = aligned_run
+    scored = uadp.evaluate(result.bundle, classes=["dots"], log=lambda _: None)
+    assert list(scored.report.per_class) == ["dots"]
+    assert scored.report.per_class["dots"] == pytest.approx(result.report.per_class["dots"], abs=1e-3)
+    assert {s.class_name for s in scored.test} == {"dots"}
+
+
+def test_thresholds_from_the_normal_images_given(aligned_run, tmp_path) -> None:
+    """``normal_dir`` sets the thresholds on those images instead of the run's hold-out; the
+    metrics, which no threshold enters, stay the run's."""
+    import shutil
+
+    data, result = aligned_run
+    for name in ("dots", "stripes"):
+        shutil.copytree(data / name / "test" / "good", tmp_path / name / "good")
+    scored = uadp.evaluate(result.bundle, normal_dir=tmp_path, log=lambda _: None)
+    assert scored.thresholds.calibration_images == {"dots": 3, "stripes": 3}
+    assert scored.thresholds.image != result.thresholds.image  # set on other images than the run's hold-out
+    assert scored.report.to_dict() == result.report.to_dict()
+
+
+def test_keep_maps_gives_the_maps_the_report_was_computed_from(aligned_run) -> None:
+    import torch
+
+    _, result = aligned_run
+    scored = uadp.evaluate(result.bundle, log=lambda _: None, keep_maps=True)
+    assert scored.maps.shape[0] == len(scored.test) and scored.masks.shape == scored.maps.shape
+    assert scored.score_maps(torch.from_numpy(scored.maps), scored.scores).to_dict() == result.report.to_dict()
+    assert not (scored.base_maps == scored.maps).all()  # with an aligner, the reconstructor's own differ

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data.loader import ImageInputs, collate_keeping_failures, make_loader
 from .engine.detector import load_bundle
-from .engine.saved_model import Scored, evaluate_saved
+from .engine.saved_model import Scored, prepare_saved, score_saved
 from .errors import UadpError
 from .export.runtime import read_exported
 from .model_paths import located_model
@@ -333,7 +333,7 @@ def evaluate(
     with located_model(model, root) as path:
         if path.is_dir():
             raise UadpError(f"{model}: evaluate takes a model.pt bundle, not an exported model")
-        return evaluate_saved(
+        job, detector = prepare_saved(
             path,
             registry or get_registry(),
             data,
@@ -342,5 +342,5 @@ def evaluate(
             list(options),
             trust,
             log,
-            keep_maps,
         )
+        return score_saved(job, detector, keep_maps)

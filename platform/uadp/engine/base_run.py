@@ -50,7 +50,8 @@ def load_base_model(job: Job, path: Path, trust: bool) -> None:
         k
         for k in ours.keys() | theirs.keys()
         if ours.get(k) != theirs.get(k)
-        and not k.startswith(("train.", "synthesizer.", "dataset.", "data.classes"))
+        # what may differ: how it was trained, on which data, and which normal images set the thresholds
+        and not k.startswith(("train.", "synthesizer.", "dataset.", "data.classes", "eval.normal_dir"))
         and k not in free
     )
     if changed:

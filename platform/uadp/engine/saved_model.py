@@ -88,22 +88,9 @@ class Scored:
             return evaluate(scores, self.labels, store.pixels(), None, names, chosen)
 
 
-def evaluate_saved(
-    path: Path,
-    registry: Registry,
-    data: str | Path | None = None,
-    classes: list[str] | None = None,
-    normal_dir: str | Path | None = None,
-    options: list[str] | None = None,
-    trust: bool = False,
-    log: Log = print,
-    keep_maps: bool = False,
-) -> Scored:
-    """Score the bundle at ``path`` on ``data`` (default: the data set its run used), the classes
-    given (default: the run's), with ``options`` (``SECTION.KEY=VALUE``, as ``--set``: only those
-    that change no trained weight; another aligner is fitted here). ``keep_maps``: also the test
-    maps as they were scored, in memory (for small splits)."""
-    job, detector = prepare_saved(path, registry, data, classes, normal_dir, options, trust, log)
+def score_saved(job: Job, detector: Detector, keep_maps: bool = False) -> Scored:
+    """Stages 5 and 6 of a run for a model :func:`prepare_saved` made ready. ``keep_maps``: also
+    the test maps as they were scored, in memory (for small splits)."""
     with tempfile.TemporaryDirectory(prefix="uadp-scores-") as folder, torch.no_grad():
         job.scratch_dir = Path(folder)
         found = score(job, detector)
@@ -146,9 +133,11 @@ def prepare_saved(
     trust: bool = False,
     log: Log = print,
 ) -> tuple[Job, Detector]:
-    """The bundle at ``path`` as a detector, and the job that splits ``data`` as its run split
-    it (arguments as :func:`evaluate_saved`), before anything is scored: for benchmarks that
-    time or take apart what scoring does."""
+    """The bundle at ``path`` as a detector, and the job that splits ``data`` (default: the data
+    set its run used) as its run split it, for the ``classes`` given (default: the run's), with
+    ``options`` (``SECTION.KEY=VALUE``, as ``--set``: only those that change no trained weight;
+    another aligner is fitted here). Nothing is scored yet: :func:`score_saved` does that, and
+    benchmarks that time or take apart what scoring does start from here."""
     state = read_bundle(path, trust)
     recorded = recorded_config(state["config"])
     overrides: dict[str, Any] = {}

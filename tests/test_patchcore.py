@@ -208,16 +208,44 @@ def test_every_search_option_finds_the_same_neighbours():
 
 
 @pytest.mark.parametrize("search", ["screened", "clustered", "brute"])
-def test_every_search_leaves_excluded_rows_out(search):
+def test_every_search_leaves_each_querys_own_rows_out(search):
+    """LeaveOut: a query never matches a row of its own source, and finds the nearest of the rest."""
     bank, queries = clustered_points(3000, 24, seed=15), clustered_points(300, 24, seed=16)
-    excluded = torch.zeros(len(bank), dtype=torch.bool)
-    excluded[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:1200]] = True
     model = fitted_patchcore(bank, search=search)
-    distances, rows = model.nearest(queries, excluded[torch.argsort(model_order(model, bank))])
-    kept = model.memory_bank[~excluded[torch.argsort(model_order(model, bank))]].float()
-    expected = torch.cdist(queries.double(), kept.double()).min(1).values
-    torch.testing.assert_close(distances.double(), expected, rtol=1e-5, atol=1e-4)
-    assert not bool(excluded[torch.argsort(model_order(model, bank))][rows].any())
+    generator = torch.Generator().manual_seed(0)
+    row_sources = torch.randint(0, 5, (len(bank),), generator=generator, dtype=torch.int32)
+    query_sources = torch.randint(0, 5, (len(queries),), generator=generator, dtype=torch.int32)
+    distances, rows = model.nearest(queries, nearest.LeaveOut(row_sources, query_sources))
+    stored = model.memory_bank.double()
+    every = torch.cdist(queries.double(), stored)
+    every[query_sources.unsqueeze(1) == row_sources.unsqueeze(0)] = float("inf")
+    torch.testing.assert_close(distances.double(), every.min(1).values, rtol=1e-5, atol=1e-4)
+    assert not bool((row_sources[rows] == query_sources).any())
+
+
+@pytest.mark.parametrize("search", ["screened", "clustered", "brute"])
+def test_a_batch_of_training_images_is_scored_as_each_image_alone(search):
+    """The held-out pass in batches (one search per batch, each image's own rows left out) finds
+    each patch the neighbour it finds scored alone, and so the same map and score."""
+    generator = torch.Generator().manual_seed(21)
+    features = torch.randn(12, 8, 6, 6, generator=generator)
+    spec = FeatureSpec(channels=(8,), strides=(8,), mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = PatchCore(PatchCoreConfig(coreset_ratio=0.5, num_neighbors=3, search=search), BuildContext((24, 24), spec))
+    model.fit([Batch(features=features[:5]), Batch(features=features[5:])])
+    together = model.predict(Batch(features=features, fitted_index=torch.arange(12)))
+    for image in range(12):
+        alone = model.predict(Batch(features=features[image : image + 1], fitted_index=torch.tensor([image])))
+        # the same neighbours; the distances differ only by how the matrix products round
+        torch.testing.assert_close(together.anomaly_map[image], alone.anomaly_map[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together.image_scores[image], alone.image_scores[0], rtol=1e-5, atol=1e-6)
+    patches = features.permute(0, 2, 3, 1).reshape(12, 36, 8)
+    sources = torch.arange(12, dtype=torch.int32)
+    rows = model.nearest(patches.reshape(-1, 8), nearest.LeaveOut(model.bank_source, sources.repeat_interleave(36)))[1]
+    for image in range(12):
+        own = nearest.LeaveOut(model.bank_source, sources[image].repeat(36))
+        assert torch.equal(rows.view(12, 36)[image], model.nearest(patches[image], own)[1])
+    seen = model.predict(Batch(features=features))
+    assert bool((together.image_scores > seen.image_scores).all())  # its own rows would have been nearer
 
 
 def model_order(model: PatchCore, bank: torch.Tensor) -> torch.Tensor:
@@ -322,6 +350,45 @@ def test_patchcore_keeps_the_contract(tmp_path):
     assert check_export(check.bundle) < 1e-4
 
 
+def test_thresholds_leave_each_training_image_out(generated, tmp_path):
+    """eval.calibration auto on a memory bank: no image is kept from the fit, and the image
+    threshold comes from every training image scored without its own patches (well above their
+    in-sample scores, which are ~0 since each image's patches are in the bank)."""
+    from uadp.data.loader import batches
+    from uadp.engine.detector import load_bundle
+    from uadp.engine.job import Job
+
+    registry = Registry()
+    options = {"reconstructor": {"name": "patchcore", "coreset_ratio": 1.0}}
+    result = train_and_evaluate(patchcore_config(generated, tmp_path / "runs", **options), registry, log=print)
+    detector = load_bundle(result.bundle, registry)
+    assert detector.config.eval.calibration == "leave-one-out"
+    job = Job(detector.config, registry, log=lambda text: None)
+    assert not job.splits.calibration and len(job.splits.train) == 40  # every training image fitted
+    assert detector.fitted_on_these(job.splits.train)
+    held_out, in_sample = [], []
+    for item in batches(job.loader_in_order(job.splits.train)):
+        batch = detector.batch_of(item["image"])
+        in_sample.append(detector.maps_and_scores(batch)[1])
+        batch.fitted_index = item["index"]
+        held_out.append(detector.maps_and_scores(batch)[1])
+    threshold = detector.thresholds.image_threshold()  # 40 values: too few for α = 0.01, their highest
+    assert threshold == pytest.approx(float(torch.cat(held_out).max()), rel=1e-5)
+    assert threshold > 10 * float(torch.cat(in_sample).max())
+    hold_out = patchcore_config(generated, tmp_path / "runs", **options, eval={"calibration": "hold-out"})
+    assert len(Job(hold_out, registry, log=lambda text: None).splits.calibration) == 4 * 3
+
+
+def test_leave_one_out_thresholds_are_refused_where_the_reconstructor_cannot(generated, tmp_path):
+    from uadp.config import resolve
+    from uadp.errors import ConfigError
+
+    config = quick_config(generated, tmp_path / "runs", eval={"calibration": "leave-one-out"})
+    with pytest.raises(ConfigError, match="eval.calibration=leave-one-out: reconstructor uniad cannot"):
+        resolve(config, Registry())
+    assert resolve(quick_config(generated, tmp_path / "runs"), Registry()).eval.calibration == "hold-out"
+
+
 @pytest.mark.slow
 def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
     """--from-run on the fitted model with CADA: nothing fitted again, base and aligned reported,
@@ -344,11 +411,13 @@ def test_cada_aligns_a_fitted_patchcore(generated, tmp_path):
         result = train_and_evaluate(aligned, registry, log=lambda text: None, from_run=first.run_id)
     finally:
         PatchCore.predict = original
-    # the aligner's maps of the training images leave each image's own patches out; no other maps do
+    # the maps of the training images (the aligner's, then the thresholds', leave-one-out) leave
+    # each image's own patches out; the test images' do not
     assert read_bundle(first.bundle)["fitted_on"] == read_bundle(result.bundle)["fitted_on"] is not None
     held_out = torch.cat([index for index in seen if index is not None])
-    assert torch.equal(held_out, torch.arange(len(held_out))) and len(held_out) >= 20
-    assert any(index is None for index in seen)  # calibration and test images
+    images = len(held_out) // 2
+    assert torch.equal(held_out, torch.arange(images).repeat(2)) and images == 40
+    assert any(index is None for index in seen)  # test images
     assert result.history == []
     assert result.base_report.mean["image_auroc"] == pytest.approx(first.report.mean["image_auroc"])
     assert result.report.pooled["image_auroc"] > 0.8

@@ -315,6 +315,8 @@ def test_reconstructor_trait_defaults(every_kind: Registry):
         "inputs": "features",
         "synthesizer": "none",
         "training": "epochs",
+        "members": False,
+        "leave_one_out": False,
         "preset": None,
         "advice": None,
     }
@@ -322,6 +324,8 @@ def test_reconstructor_trait_defaults(every_kind: Registry):
         "inputs": "images",
         "synthesizer": "required",
         "training": "epochs",
+        "members": False,
+        "leave_one_out": False,
         "preset": None,
         "advice": None,
     }

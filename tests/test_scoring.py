@@ -34,3 +34,27 @@ def test_topk_mean_max_and_mean():
     np.testing.assert_allclose(
         image_scores(torch.from_numpy(maps), ImageScoreConfig(name="mean")).numpy(), maps.mean((1, 2)), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("name", ["max", "model"])
+def test_what_an_aligner_changes_follows_eval_align(name):
+    """both: the aligned map and its score; image: the reconstructor's map, the aligned map's
+    score; pixel: the aligned map, the reconstructor's score (its own, for name=model)."""
+    from uadp.scoring import final_maps_and_scores
+
+    rng = np.random.default_rng(1)
+    base, aligned = (torch.from_numpy(rng.random((3, 8, 8)).astype(np.float32)) for _ in range(2))
+    own = torch.tensor([5.0, 6.0, 7.0])
+    config = ImageScoreConfig(name=name, aligned="max")
+    base_score = own if name == "model" else base.flatten(1).amax(1)
+    aligned_score = aligned.flatten(1).amax(1)
+    expected = {
+        "both": (aligned, aligned_score),
+        "image": (base, aligned_score),
+        "pixel": (aligned, base_score),
+    }
+    for parts, (maps, scores) in expected.items():
+        got_maps, got_scores = final_maps_and_scores(base, own, aligned, config, parts)
+        assert torch.equal(got_maps, maps) and torch.equal(got_scores, scores), parts
+    without = final_maps_and_scores(base, own, None, config, "image")
+    assert torch.equal(without[0], base) and torch.equal(without[1], base_score)

@@ -13,17 +13,16 @@ list becomes every registered metric, so the saved config says everything the ru
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import math
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config_messages import validation_message
 from .errors import ConfigError, UnknownComponentError
 from .registry import Registry, get_registry
 
@@ -115,6 +114,7 @@ class TrainConfig(_Section):
 
 
 MapReducer = Literal["max", "max_avgpool", "topk_mean", "mean"]
+AlignedParts = Literal["both", "image", "pixel"]
 
 
 class ImageScoreConfig(_Section):
@@ -135,12 +135,19 @@ class ImageScoreConfig(_Section):
 
 class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
+    calibration: Literal["auto", "leave-one-out", "hold-out"] = Field(
+        "auto",
+        description="the normal images that set the OK / not-OK thresholds: leave-one-out: every training "
+        "image, scored with its own contribution left out (a reconstructor that can, such as a memory bank); "
+        "hold-out: a share of each class's training images kept apart (calibration_fraction); auto: "
+        "leave-one-out where the reconstructor can, else hold-out",
+    )
     calibration_fraction: float = Field(
         0.1,
         ge=0,
         lt=1,
-        description="share of each class's normal training images kept apart (seeded; at least 3 of a class of 10 "
-        "or more) to set the OK / not-OK thresholds; the model never sees them. 0: none",
+        description="hold-out: share of each class's normal training images kept apart (seeded; at least 3 of a "
+        "class of 10 or more) to set the thresholds; the model never sees them. 0: none",
     )
     normal_dir: str | None = Field(
         None,
@@ -157,6 +164,12 @@ class EvalConfig(_Section):
         "image's class's own (the station knows its product)",
     )
     image_score: ImageScoreConfig = Field(default_factory=ImageScoreConfig)
+    align: AlignedParts = Field(
+        "both",
+        description="what an aligner rescales: both (the map, and the image score through it); image (the "
+        "image score only, from the aligned map: the map keeps the reconstructor's pixel ranking); pixel (the "
+        "map only: the image score stays the reconstructor's)",
+    )
     metrics: list[str] | None = Field(None, description="the metrics to compute; default (null): every registered one")
     overlays_per_class: int = Field(4, ge=0, description="test images per class in the overlay PNG")
 
@@ -215,6 +228,7 @@ RUNTIME_ONLY = ("tracking.root", "data.workers", "train.device", "train.cache_me
 NOT_MODEL_DEFINING = (
     "eval.batch_size",
     "eval.image_score",
+    "eval.align",
     "eval.metrics",
     "eval.overlays_per_class",
     "eval.false_alarm_rate",
@@ -337,72 +351,12 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    errors = exc.errors()
-    err = errors[0]
-    if err["type"] == "extra_forbidden":
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        hint = ""
-        if model is not None:
-            siblings = _field_names(model, [str(p) for p in err["loc"][:-1]])
-            close = difflib.get_close_matches(str(err["loc"][-1]), siblings, n=1)
-            hint = f"; did you mean {'.'.join([*loc.split('.')[:-1], close[0]])}?" if close else ""
-            if siblings and not close:
-                hint = f"; known keys: {', '.join(sorted(siblings))}"
-        return f"unknown config key {loc}{hint}"
-    # a value that may take several types fails once per type, each under a tag such as
-    # 'constrained-int': the user sees the key once, with every way it could have been right
-    key = _field_path(model, err["loc"])
-    messages = list(
-        dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors if _field_path(model, e["loc"]) == key)
-    )
-    loc = ".".join(str(p) for p in (prefix, *key) if p != "")
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{loc}: {', or '.join(messages)}{shown}"
-
-
-def _field_path(model: type[BaseModel] | None, loc: tuple) -> tuple:
-    """The config keys (and list positions) of an error location, without pydantic's type tags."""
-    if model is None:
-        return tuple(loc)
-    path: list = []
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if isinstance(part, int):
-            path.append(part)
-        elif current is not None and part in current.model_fields:
-            path.append(part)
-            current = _model_of(current.model_fields[part].annotation)
-        elif current is not None:  # a key the model does not declare (an extra option)
-            path.append(part)
-            current = None
-    return tuple(path)
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config model a field holds (also inside ``X | None``), or None for a plain value."""
-    candidates = [annotation, *typing.get_args(annotation)]
-    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-    return models[0] if len(models) == 1 else None
-
-
-def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
-    for part in path:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
 def validate(data: dict[str, Any]) -> RunConfig:
     data = _without_absent_components(data)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, model=RunConfig)) from None
+        raise ConfigError(validation_message(exc, model=RunConfig)) from None
     _check_finite(config.model_dump())
     return config
 
@@ -453,9 +407,55 @@ def resolve(config: RunConfig, registry: Registry) -> RunConfig:
         try:
             options = registration.config.model_validate(spec.options())
         except ValidationError as exc:
-            raise ConfigError(_format_validation_error(exc, prefix=section, model=registration.config)) from None
+            raise ConfigError(validation_message(exc, prefix=section, model=registration.config)) from None
         data[section] = {"name": spec.name, **options.model_dump(mode="json")}
+        if registration.traits.get("members"):
+            data[section]["members"] = [
+                _resolved_member(member, f"{section}.members[{i}]", registry)
+                for i, member in enumerate(data[section].get("members") or [])
+            ]
+    data["eval"]["calibration"] = _calibration(data["reconstructor"], config.eval.calibration, registry)
     return validate(data)
+
+
+def _resolved_member(member: dict[str, Any], where: str, registry: Registry) -> dict[str, Any]:
+    """One member of an ensemble, its reconstructor's and backbone's options checked against
+    their plugins and filled in, as a run's own components are."""
+    out = dict(member)
+    for part, kind in (("reconstructor", "reconstructors"), ("backbone", "backbones")):
+        spec = member.get(part)
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ConfigError(f"{where}.{part}: expected {{name: ..., options}}, got {spec!r}")
+        registration = registry.get(kind, spec["name"])
+        options = {k: v for k, v in spec.items() if k != "name"}
+        try:
+            out[part] = {"name": spec["name"], **registration.config.model_validate(options).model_dump(mode="json")}
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, prefix=f"{where}.{part}", model=registration.config)) from None
+    traits = registry.get("reconstructors", out["reconstructor"]["name"]).traits
+    if traits["members"] or traits["synthesizer"] == "required":
+        why = "an ensemble" if traits["members"] else "trained on synthesized anomalies"
+        raise ConfigError(f"{where}: reconstructor {out['reconstructor']['name']} is {why}; it cannot be a member")
+    if (traits["inputs"] == "features") != (out.get("backbone") is not None):
+        wanted = "needs a backbone" if traits["inputs"] == "features" else "takes raw images: no backbone"
+        raise ConfigError(f"{where}: reconstructor {out['reconstructor']['name']} {wanted}")
+    return out
+
+
+def _calibration(reconstructor: dict[str, Any], wanted: str, registry: Registry) -> str:
+    """``eval.calibration`` decided: ``auto`` becomes what the (resolved) reconstructor allows."""
+    name = reconstructor["name"]
+    can = bool(registry.reconstructor_traits(name, reconstructor).get("leave_one_out"))
+    if wanted == "leave-one-out" and not can:
+        raise ConfigError(
+            f"eval.calibration=leave-one-out: reconstructor {name} cannot score a training image with it left out; "
+            "use hold-out (a share of the training images kept apart) or --normal-dir"
+        )
+    if wanted == "auto":
+        return "leave-one-out" if can else "hold-out"
+    return wanted
 
 
 def build_config(
@@ -520,7 +520,7 @@ def recorded_config(data: dict[str, Any], registry: Registry | None = None) -> d
 
     Runs from before calibration images were kept apart trained on every normal image: for
     them ``eval.calibration_fraction`` is 0, not today's default, or thresholds would be set on
-    images the model saw. A component option recorded under a name its plugin has since
+    images the model saw; runs from before leave-one-out thresholds held images out. A component option recorded under a name its plugin has since
     renamed (:data:`RENAMED_OPTIONS`) is read under the new name, and a component recorded as
     ``none`` is no component: what a user is refused for, a recorded run keeps loading with.
     The preset the run started from stays as recorded (a label, never looked up again).
@@ -529,6 +529,8 @@ def recorded_config(data: dict[str, Any], registry: Registry | None = None) -> d
     evaluation = data.setdefault("eval", {})
     if isinstance(evaluation, dict) and "calibration_fraction" not in evaluation:
         evaluation["calibration_fraction"] = 0.0
+    if isinstance(evaluation, dict) and "calibration" not in evaluation:  # before leave-one-out thresholds
+        evaluation["calibration"] = "hold-out"
     for section, kind in COMPONENT_SECTIONS.items():
         spec = data.get(section)
         if isinstance(spec, dict) and isinstance(spec.get("name"), str):

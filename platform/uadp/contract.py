@@ -87,11 +87,23 @@ class Backbone(nn.Module):
 
 
 @dataclass(frozen=True)
+class Member:
+    """One model of an ensemble, built by the core from the ensemble's ``members`` option."""
+
+    name: str  # its reconstructor's registered name
+    backbone: Backbone | None  # None for a reconstructor on raw images
+    reconstructor: Reconstructor
+    training: str  # "epochs" or "fit", as its registration says
+    weight: float  # its share of the fused map
+
+
+@dataclass(frozen=True)
 class BuildContext:
     """What a reconstructor or aligner factory is told about the run it is built for."""
 
     image_size: tuple[int, int]  # (H, W) of the model input and of the anomaly maps
     features: FeatureSpec | None  # None for reconstructors that take raw images
+    members: tuple[Member, ...] = ()  # an ensemble's members (registered with members=True)
 
 
 @dataclass
@@ -139,7 +151,10 @@ class Prediction:
 
 class Reconstructor(nn.Module):
     """Base class of anomaly models. Subclasses implement ``predict``, and ``training_step``
-    (trained in epochs, the default) or ``fit`` (registered with ``training="fit"``).
+    (trained in epochs, the default) or ``fit`` (registered with ``training="fit"``). One
+    trained in epochs may implement ``fit`` too: the core then calls it once after the last
+    epoch, to build what needs the trained model and every training image (an ensemble fits its
+    memory-bank members and the scale of each member's map there).
 
     How the core feeds it is declared at registration (``inputs=``, ``synthesizer=``,
     ``training=``), so the core can build the data path before the model exists.
@@ -160,7 +175,7 @@ class Reconstructor(nn.Module):
     def fit(self, batches: Iterable[Batch]) -> dict[str, float]:  # pragma: no cover
         """Build the model from one pass over every training image, in order (``training="fit"``).
 
-        Called once instead of the epoch loop, without gradients. What it builds must be in the
+        Called once instead of the epoch loop (or after it, see the class), without gradients. What it builds must be in the
         ``state_dict`` (buffers sized here are resized on load by the module itself), so that the
         bundle, ``--resume`` after the fit and ``--from-run`` get it back. Returns numbers worth
         logging (seconds of each part, sizes), logged as ``fit/<name>``.

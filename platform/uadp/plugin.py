@@ -26,7 +26,7 @@ What is here:
 * errors a user can fix (printed as one line, exit code 2): ``UadpError``, ``ConfigError``,
   ``DataError``;
 * the contract types of :mod:`uadp.contract`: ``Sample``, ``Dataset``, ``FeatureSpec``,
-  ``Backbone``, ``BuildContext``, ``Batch``, ``Prediction``, ``Reconstructor``, ``Synthesis``,
+  ``Backbone``, ``BuildContext``, ``Member``, ``Batch``, ``Prediction``, ``Reconstructor``, ``Synthesis``,
   ``Synthesizer``, ``Aligner``, ``Metric``;
 * training in several processes: ``sum_over_ranks`` (a tensor summed over every process);
 * reading images as the core does: ``IMAGE_SUFFIXES``, ``is_image_file``, ``read_image``,
@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports the
         BuildContext,
         Dataset,
         FeatureSpec,
+        Member,
         Metric,
         Prediction,
         Reconstructor,
@@ -78,6 +79,7 @@ _LAZY = {
             "BuildContext",
             "Dataset",
             "FeatureSpec",
+            "Member",
             "Metric",
             "Prediction",
             "Reconstructor",
@@ -109,6 +111,7 @@ __all__ = [
     "FeatureSpec",
     "Backbone",
     "BuildContext",
+    "Member",
     "Batch",
     "Prediction",
     "Reconstructor",

@@ -42,6 +42,16 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         # how it learns: "epochs" of gradient steps (``training_step``), or "fit": one ``fit``
         # over the training set's features, no optimiser (memory-bank methods such as PatchCore)
         "training": (("epochs", "fit"), "epochs"),
+        # True: it combines other reconstructors (an ensemble): its ``members`` option lists them,
+        # each ``{reconstructor: {name, ...}, backbone: {name, ...} | null, weight}``; the core
+        # builds them and hands them over in ``BuildContext.members``, and its ``training`` and
+        # ``leave_one_out`` are its members' (see :meth:`Registry.reconstructor_traits`)
+        "members": ((False, True), False),
+        # True: it scores each of its own training images with that image's contribution left out
+        # (``Batch.fitted_index``, a memory bank leaving the image's rows out), as it would score
+        # an unseen normal image; thresholds are then set on every training image
+        # (``eval.calibration: leave-one-out``) and no image is kept from training
+        "leave_one_out": ((False, True), False),
         # the registered preset that `uadp run --reconstructor NAME` starts from when no
         # --config is given: the method's own CPU recipe
         "preset": (str, None),
@@ -374,6 +384,19 @@ class Registry:
         close = difflib.get_close_matches(name, list(presets), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownComponentError(f"no preset {name!r}{hint} Presets: {', '.join(presets) or 'none registered'}")
+
+    def reconstructor_traits(self, name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The traits of reconstructor ``name`` with these ``options``: its registration's, or for
+        an ensemble (``members=True``) the ones its members give it: ``training`` is ``fit`` when
+        every member is fitted in one pass, else ``epochs`` (its ``fit`` then follows the epochs);
+        ``leave_one_out`` holds when it holds for every member."""
+        traits = dict(self.get("reconstructors", name).traits)
+        members = (options or {}).get("members") if traits.get("members") else None
+        if members:
+            inner = [self.get("reconstructors", member["reconstructor"]["name"]).traits for member in members]
+            traits["training"] = "fit" if all(t["training"] == "fit" for t in inner) else "epochs"
+            traits["leave_one_out"] = all(t["leave_one_out"] for t in inner)
+        return traits
 
     def get(self, kind: str, name: str) -> Registration:
         """The registration of ``name``; an unknown name lists the known ones and the closest."""

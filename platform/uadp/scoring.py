@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import ImageScoreConfig
+from .config import AlignedParts, ImageScoreConfig
 
 
 def image_scores(maps: torch.Tensor, config: ImageScoreConfig, own: torch.Tensor | None = None) -> torch.Tensor:
@@ -25,6 +25,28 @@ def image_scores(maps: torch.Tensor, config: ImageScoreConfig, own: torch.Tensor
             return own.float()
         config = config.model_copy(update={"name": config.aligned})
     return _reduce(maps.float(), config)
+
+
+def final_maps_and_scores(
+    base: torch.Tensor,
+    own: torch.Tensor | None,
+    aligned: torch.Tensor | None,
+    config: ImageScoreConfig,
+    parts: AlignedParts = "both",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maps and image scores a detector reports, from the reconstructor's maps ``base`` (and
+    its own score ``own``) and an aligner's rescaled maps ``aligned`` (None: no aligner).
+
+    Aligning every class onto one scale helps one image threshold serve every class, but it can
+    reorder pixels across images, which costs pixel AP where the reconstructor's raw distances
+    were already comparable; ``parts`` (``eval.align``) chooses what the aligner changes."""
+    if aligned is None:
+        return base, image_scores(base, config, own)
+    if parts == "image":
+        return base, image_scores(aligned, config)
+    if parts == "pixel":
+        return aligned, image_scores(base, config, own)
+    return aligned, image_scores(aligned, config)
 
 
 def _reduce(maps: torch.Tensor, config: ImageScoreConfig) -> torch.Tensor:

@@ -30,7 +30,7 @@ def _print_advice(config, registry, args: argparse.Namespace) -> None:
     if config.reconstructor is None or os.environ.get("RANK", "0") != "0":
         return
     name = config.reconstructor.name
-    traits = registry.get("reconstructors", name).traits
+    traits = registry.reconstructor_traits(name, config.reconstructor.options())
     if traits.get("advice"):
         print(f"note: {name}: {traits['advice']}", file=sys.stderr)
     unused = [f"--{flag.replace('_', '-')}" for flag in EPOCH_FLAGS if getattr(args, flag, None) is not None]

@@ -9,7 +9,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.loader import batches
-from ..data.splits import fingerprint
 from .detector import Detector
 from .job import Job
 
@@ -47,7 +46,7 @@ def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], l
     loader = job.loader_in_order(job.splits.train[shard])
     # the images the model was fitted on: it may leave each one's own contribution out
     # (Batch.fitted_index), so that the aligner learns from maps like an unseen normal image's
-    same_images = detector.fitted_on is not None and detector.fitted_on == fingerprint(job.splits.train)
+    same_images = detector.fitted_on_these(job.splits.train)
     if detector.fitted_on is not None and not same_images:
         job.note(
             f"aligner {job.config.name_of('aligner')}: these training images are not the ones the model was trained on; "

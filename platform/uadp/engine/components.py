@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
-from ..contract import Aligner, Backbone, BuildContext, Dataset, Reconstructor, Synthesizer
+from ..config import ComponentSpec, RunConfig
+from ..contract import Aligner, Backbone, BuildContext, Dataset, Member, Reconstructor, Synthesizer
 from ..errors import ConfigError
 from ..registry import Registration, Registry
 
@@ -80,10 +80,27 @@ def build_model(
             )
         regs["backbone"] = registry.get("backbones", config.backbone.name)
         backbone = regs["backbone"].factory(_options(regs["backbone"], config.backbone))
-    context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None)
+    members: tuple[Member, ...] = ()
+    if regs["reconstructor"].traits["members"] and config.reconstructor is not None:
+        members = tuple(_member(spec, config, registry) for spec in config.reconstructor.options()["members"])
+    context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None, members)
     torch.manual_seed(config.train.seed)
     reconstructor = regs["reconstructor"].factory(_options(regs["reconstructor"], config.reconstructor), context)
     return backbone, reconstructor, regs
+
+
+def _member(spec: dict[str, Any], config: RunConfig, registry: Registry) -> Member:
+    """One member of an ensemble from its resolved spec (see ``config.resolve``): its backbone,
+    then its reconstructor, built as a run builds its own."""
+    backbone = None
+    if spec.get("backbone") is not None:
+        registration = registry.get("backbones", spec["backbone"]["name"])
+        backbone = registration.factory(_options(registration, ComponentSpec(**spec["backbone"])))
+    registration = registry.get("reconstructors", spec["reconstructor"]["name"])
+    context = BuildContext(config.data.size_hw, backbone.spec if backbone is not None else None)
+    torch.manual_seed(config.train.seed)
+    reconstructor = registration.factory(_options(registration, ComponentSpec(**spec["reconstructor"])), context)
+    return Member(registration.name, backbone, reconstructor, registration.traits["training"], float(spec["weight"]))
 
 
 def build_aligner(

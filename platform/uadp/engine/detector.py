@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import RunConfig, recorded_config, validate
 from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
+from ..data.splits import fingerprint
 from ..errors import ConfigError, UadpError
 from ..memory import release_freed_memory
 from ..metrics.pixels import MapStore, StoredPixels
 from ..registry import Registry, get_registry
-from ..scoring import image_scores
+from ..scoring import final_maps_and_scores, image_scores
 from ..thresholds import Thresholds
 from .checkpoint import check_format, load_model_file, save_atomic
 from .components import aligner_class_labels, build_aligner, build_model, input_normalisation
@@ -108,6 +109,11 @@ class Detector:
         self.aligner = aligner.to(device) if aligner is not None else None
         self.extract = FeatureExtractor(backbone, reconstructor, device, dtype) if backbone is not None else None
 
+    def fitted_on_these(self, samples: list) -> bool:
+        """Whether ``samples`` are the images the model was fitted on, in that order (their
+        positions are then ``Batch.fitted_index``)."""
+        return self.fitted_on is not None and self.fitted_on == fingerprint(samples)
+
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return input_normalisation(self.backbone)
@@ -174,14 +180,18 @@ class Detector:
         base_scores = self.scores(base, prediction.image_scores)
         if self.aligner is None:
             return BothMaps(base, base_scores, base, base_scores)
-        final = self.align(prediction, class_names)
-        return BothMaps(final, self.scores(final, None, aligned=True), base, base_scores)
+        aligned = self.align(prediction, class_names)
+        evaluation = self.config.eval
+        final, final_scores = final_maps_and_scores(
+            base, prediction.image_scores, aligned, evaluation.image_score, evaluation.align
+        )
+        return BothMaps(final, final_scores, base, base_scores)
 
-    def scores(self, maps: torch.Tensor, own: torch.Tensor | None, aligned: bool = False) -> torch.Tensor:
-        """Image scores of ``maps`` by ``eval.image_score``; ``own`` is the reconstructor's score of
-        them, if it gives one (an aligner's maps have none)."""
+    def scores(self, maps: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+        """Image scores of the reconstructor's ``maps`` by ``eval.image_score``; ``own`` is its
+        own score of them, if it gives one."""
         config = self.config.eval.image_score
-        if config.name == "model" and own is None and not aligned:
+        if config.name == "model" and own is None:
             raise ConfigError(
                 f"eval.image_score.name=model: reconstructor {self.config.name_of('reconstructor')} gives no image "
                 "score of its own; choose max, max_avgpool, topk_mean or mean"
@@ -206,12 +216,15 @@ class Detector:
         desc: str = "test",
         keep_base: bool = True,
         folder: Path | None = None,
+        fitted_from: int | None = None,
     ) -> SplitPredictions:
         """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only).
 
         The maps go to files in ``folder`` (the system's temporary folder if None) as they come,
         so memory does not grow with the split. With an aligner and ``keep_base``, the
-        reconstructor's own maps and scores are kept too.
+        reconstructor's own maps and scores are kept too. ``fitted_from``: the split is the
+        model's training images from that position on (``Batch.fitted_index``), each to be
+        scored with its own contribution left out.
         """
         stores = [MapStore(folder)]
         if self.aligner is not None and keep_base:
@@ -223,7 +236,10 @@ class Detector:
             with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
                 for batch in batches:
                     names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
-                    both = self._both(self.batch_of(batch["image"]), names)
+                    inputs = self.batch_of(batch["image"])
+                    if fitted_from is not None:
+                        inputs.fitted_index = batch["index"] + fitted_from
+                    both = self._both(inputs, names)
                     masks = batch["mask"].numpy() if "mask" in batch else None
                     stores[0].append(both.final.cpu().numpy(), masks)
                     scores.append(both.final_scores.cpu().numpy())

@@ -51,15 +51,25 @@ def score(job: Job, detector: Detector) -> Evaluation | None:
 
 def calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
     """Stage 5: OK / not-OK thresholds for the chosen false-alarm rates, from the scores and maps
-    of normal images the model did not train on; the bundle keeps them for ``uadp predict``."""
+    of normal images the model did not train on (or, with ``eval.calibration: leave-one-out``,
+    of every training image scored with its own contribution left out); the bundle keeps them
+    for ``uadp predict``."""
     samples, evaluation = job.splits.calibration, job.config.eval
+    leave_one_out = not samples and evaluation.calibration == "leave-one-out"
+    if leave_one_out:
+        samples = job.splits.train
+        if not detector.fitted_on_these(job.splits.train):
+            job.note(
+                "thresholds: these training images are not the ones the model was fitted on, so none can be left "
+                "out; they are scored as they are"
+            )
     if not samples:
         job.note(
             "no calibration images (eval.calibration_fraction is 0 and no --normal-dir): no OK / not-OK thresholds"
         )
         return None
     names = [s.class_name for s in samples]
-    predictions = _predict_sharded(job, detector, samples, "calibration", keep_base=False)
+    predictions = _predict_sharded(job, detector, samples, "calibration", keep_base=False, leave_out=leave_one_out)
     if predictions is None:  # a rank other than 0: rank 0 sets the thresholds
         return None
     try:
@@ -76,8 +86,9 @@ def calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
         predictions.close()
     for note in thresholds.notes:
         job.note(f"thresholds: {note}")
+    kind = "training images, each left out of the model" if leave_one_out else "calibration images"
     job.log(
-        f"thresholds from {len(samples)} calibration images: image {thresholds.image_threshold():.5g}, "
+        f"thresholds from {len(samples)} {kind}: image {thresholds.image_threshold():.5g}, "
         f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
         f"pixels {evaluation.pixel_false_alarm_rate:g})"
     )
@@ -123,16 +134,19 @@ def _metrics(job: Job, predictions: SplitPredictions, thresholds: Thresholds | N
 
 
 def _predict_sharded(
-    job: Job, detector: Detector, samples: list[Sample], desc: str, keep_base: bool
+    job: Job, detector: Detector, samples: list[Sample], desc: str, keep_base: bool, leave_out: bool = False
 ) -> SplitPredictions | None:
     """``samples`` predicted a contiguous shard per rank; on rank 0 all of them, in order (the
-    others send their maps to it a chunk at a time and get None)."""
+    others send their maps to it a chunk at a time and get None). ``leave_out``: the samples are
+    the model's training images, each scored with its own contribution left out where it can be."""
     ranks = job.ranks
-    mine = samples[ranks.shard(len(samples))]
+    shard = ranks.shard(len(samples))
+    mine = samples[shard]
     names = [s.class_name for s in mine]
     loader = job.loader_in_order(mine)
+    fitted_from = shard.start if leave_out and detector.fitted_on_these(samples) else None
     local = detector.predict_split(
-        batches(loader), len(mine), names, desc=desc, keep_base=keep_base, folder=job.scratch()
+        batches(loader), len(mine), names, desc=desc, keep_base=keep_base, folder=job.scratch(), fitted_from=fitted_from
     )
     if ranks.world == 1:
         return local

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..contract import Batch
+from ..contract import Batch, Reconstructor
 from ..data.loader import batches
 from ..errors import UadpError
 from ..tracking import Tracker
@@ -36,6 +36,35 @@ def fit(job: Job, detector: Detector, tracker: Tracker, resume: dict[str, Any] |
         job.log(f"resuming from {job.checkpoint}, before the fit")
     else:
         first_checkpoint(job, detector, None, tracker)
+    stats, seconds = _fit_pass(job, detector)
+    job.timing.update(train_s=seconds, train_s_per_epoch=seconds)
+    history = [{"epoch": 1, **stats, "seconds": seconds}]
+    tracker.log_metrics({f"fit/{k}": v for k, v in stats.items()} | {"fit/seconds": seconds}, step=1)
+    save_checkpoint(job, detector, None, tracker, history, 1)
+    return history
+
+
+def implements_fit(reconstructor: Reconstructor) -> bool:
+    """Whether a reconstructor trained in epochs also has a ``fit`` to run after them."""
+    return type(reconstructor).fit is not Reconstructor.fit
+
+
+def fit_after_epochs(job: Job, detector: Detector, tracker: Tracker, history: list[dict[str, float]]) -> None:
+    """A reconstructor trained in epochs that also implements ``fit``: one pass over every
+    training image after the last epoch (see :class:`~uadp.contract.Reconstructor`). Not
+    checkpointed: it rebuilds from the trained model, so ``--resume`` after the last epoch runs
+    it again; the run's bundle holds what it built."""
+    stats, seconds = _fit_pass(job, detector)
+    job.timing["train_s"] = job.timing.get("train_s", 0.0) + seconds
+    step = max(1, len(history))
+    tracker.log_metrics({f"fit/{k}": v for k, v in stats.items()} | {"fit/seconds": seconds}, step=step)
+    if history:
+        history[-1] |= {f"fit/{k}": v for k, v in stats.items()}
+
+
+def _fit_pass(job: Job, detector: Detector) -> tuple[dict[str, float], float]:
+    """``fit`` on every training image's features, in order, on rank 0 (the others get its
+    result); what it returned and the seconds it took."""
     t0 = time.perf_counter()
     cache = _gathered_features(job, detector) if job.ranks.world > 1 else None
     gathered_s = time.perf_counter() - t0  # several processes: the features, computed before the fit
@@ -54,17 +83,12 @@ def fit(job: Job, detector: Detector, tracker: Tracker, resume: dict[str, Any] |
     seconds = time.perf_counter() - t0
     stats = {k: float(v) for k, v in (stats or {}).items()}
     job.timing.update(
-        feature_s=gathered_s + passed.seconds,
-        train_s=seconds,
-        train_s_per_epoch=seconds,
-        train_peak_rss_mb=peak_rss_mb(),
+        feature_s=job.timing.get("feature_s", 0.0) + gathered_s + passed.seconds,
+        train_peak_rss_mb=max(job.timing.get("train_peak_rss_mb", 0.0), peak_rss_mb()),
     )
-    history = [{"epoch": 1, **stats, "seconds": seconds}]
-    tracker.log_metrics({f"fit/{k}": v for k, v in stats.items()} | {"fit/seconds": seconds}, step=1)
     said = ", ".join(f"{k} {v:,.0f}" if v == int(v) and abs(v) >= 100 else f"{k} {v:.3g}" for k, v in stats.items())
     job.log(f"fitted in {seconds:.1f} s (features {job.timing['feature_s']:.1f} s{'; ' + said if said else ''})")
-    save_checkpoint(job, detector, None, tracker, history, 1)
-    return history
+    return stats, seconds
 
 
 def _fit_batches(job: Job, detector: Detector, cache: FeatureCache | None) -> Iterator[Batch]:

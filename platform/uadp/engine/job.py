@@ -52,8 +52,9 @@ class Job:
         evaluation = self.config.eval
         if evaluation.normal_dir:
             self.splits = replace(self.splits, calibration=normal_folder(evaluation.normal_dir, self.splits.classes))
-        else:
+        elif evaluation.calibration == "hold-out":
             self.splits = hold_out_calibration(self.splits, evaluation.calibration_fraction, self.config.train.seed)
+        # leave-one-out: the thresholds come from the training images themselves (stage 5)
         self.device = resolve_device(self.config.train.device)
         self.dtype = resolve_precision(self.config.train.precision, self.device)
         if self.device.type == "cuda":  # every batch has one image size: let cuDNN pick its fastest kernels once
@@ -135,7 +136,9 @@ class Job:
     @property
     def fitted(self) -> bool:
         """The reconstructor is fitted in one pass (``training="fit"``), not trained in epochs."""
-        return self.components.registrations["reconstructor"].traits["training"] == "fit"
+        spec = self.config.reconstructor
+        assert spec is not None
+        return self.registry.reconstructor_traits(spec.name, spec.options())["training"] == "fit"
 
     def detector(self) -> Detector:
         """The components joined into the one model that trains, predicts and is saved, on the job's device."""

@@ -48,7 +48,7 @@ from .device import precision_name
 from .distributed import peer_lost
 from .distributed import start as start_ranks
 from .epochs import train
-from .fitting import fit
+from .fitting import fit, fit_after_epochs, implements_fit
 from .job import Job, Log, peak_rss_mb
 from .record import RunResult
 from .resume import Resumed, lock_run, read_resume
@@ -189,6 +189,8 @@ def _train_or_skip(job: Job, detector: Detector, tracker: Tracker, resumed: Resu
     if job.trained_here:
         learn = fit if job.fitted else train
         history = learn(job, detector, tracker, resumed.state if resumed is not None else None)
+        if not job.fitted and implements_fit(detector.reconstructor):
+            fit_after_epochs(job, detector, tracker, history)
         detector.fitted_on = fingerprint(job.splits.train)
         return history
     detector.fitted_on = job.base_fitted_on

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..contract import Batch
 from ..errors import UadpError
-from ..scoring import image_scores
+from ..scoring import final_maps_and_scores
 
 INPUT = "images"  # float32 [B,3,H,W], RGB in [0, 1], resized to the model's input size
 OUTPUTS = ("maps", "scores")  # float32 [B,H,W] and [B]
@@ -40,6 +40,7 @@ class InferenceGraph(nn.Module):
         self.aligner = detector.aligner
         self.embedding = detector.aligner.embedding if detector.aligner is not None else None
         self.image_score = detector.config.eval.image_score
+        self.aligned_parts = detector.config.eval.align
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +50,8 @@ class InferenceGraph(nn.Module):
             features = self.reconstructor.adapt([stage.float() for stage in self.backbone(x)])
         prediction = self.reconstructor.predict(Batch(images=x, features=features, target_features=features))
         maps = prediction.anomaly_map.float()
-        own = prediction.image_scores  # the reconstructor's own score of its own maps, if it gives one
+        aligned = None
         if self.aligner is not None:
             embedding = prediction.embeddings[self.embedding] if self.embedding is not None else None
-            maps, own = self.aligner.align(maps, embedding, None).float(), None
-        return maps, image_scores(maps, self.image_score, own)
+            aligned = self.aligner.align(maps, embedding, None).float()
+        return final_maps_and_scores(maps, prediction.image_scores, aligned, self.image_score, self.aligned_parts)

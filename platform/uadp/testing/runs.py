@@ -50,7 +50,7 @@ def check_in_runs(label: str, kind: str, config: RunConfig, registry, tolerance:
 
     test = gather(build_dataset(config, registry)[0], config.data.classes).test
     result, detector, first = _watched_run(label, config, registry)
-    fitted = registry.get("reconstructors", config.name_of("reconstructor")).traits["training"] == "fit"
+    fitted = is_fitted(config, registry)
     if fitted:
         if len(result.history) != 1:
             raise AssertionError(f"{label}: a fitted reconstructor's history has {len(result.history)} entries, not 1")
@@ -196,7 +196,7 @@ def _check_trained(label: str, config: RunConfig, registry, detector) -> None:
     # loaded by the check that needs it: `import uadp.testing` stays free of torch and MLflow
     from ..engine.components import build_model
 
-    fitted = registry.get("reconstructors", config.name_of("reconstructor")).traits["training"] == "fit"
+    fitted = is_fitted(config, registry)
     if config.train.epochs == 0 and not fitted:
         return
     fresh = build_model(config, registry)[1].state_dict()
@@ -236,3 +236,10 @@ def _check_frozen(label: str, config: RunConfig, registry, detector) -> None:
             f"{label}: training changed the frozen backbone ({len(changed)} tensors, e.g. "
             f"{', '.join(changed[:3])}): keep it in eval mode, BatchNorm statistics included"
         )
+
+
+def is_fitted(config: RunConfig, registry) -> bool:
+    """Whether the config's reconstructor is fitted in one pass rather than trained in epochs."""
+    spec = config.reconstructor
+    options = spec.options() if spec is not None else {}
+    return registry.reconstructor_traits(config.name_of("reconstructor"), options)["training"] == "fit"

@@ -34,6 +34,30 @@ from uadp_plugins._layers.tracing import in_static_graph
 BLOCK = 8192  # bank rows per matrix product in the brute-force search
 
 
+class LeaveOut:
+    """Which bank rows each query may not match: those that came from the query's own image.
+
+    ``row_sources`` [m] holds each bank row's image and ``query_sources`` [n] each query's;
+    a query never matches a row of the same source. One search then serves a whole batch of
+    training images, each scored as if the bank had been fitted without it."""
+
+    def __init__(self, row_sources: torch.Tensor, query_sources: torch.Tensor) -> None:
+        self.row_sources = row_sources
+        self.query_sources = query_sources
+
+    def mask(self, which: torch.Tensor | slice, start: int, stop: int) -> torch.Tensor:
+        """[len(which), stop - start]: True where query ``which[i]`` may not match row ``start + j``."""
+        return self.query_sources[which].unsqueeze(1) == self.row_sources[start:stop].unsqueeze(0)
+
+    def for_queries(self, which: torch.Tensor | slice) -> LeaveOut:
+        """The same rule for a subset of the queries."""
+        return LeaveOut(self.row_sources, self.query_sources[which])
+
+    def reordered(self, order: torch.Tensor) -> LeaveOut:
+        """The same rule for the bank's rows taken in ``order``."""
+        return LeaveOut(self.row_sources[order], self.query_sources)
+
+
 def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: torch.Tensor | None = None):
     """[n, m] squared Euclidean distances, as ``|q|² - 2 q·r + |r|²`` (one matrix product)."""
     if query_norms is None:
@@ -42,10 +66,10 @@ def squared_distances(queries: torch.Tensor, rows: torch.Tensor, query_norms: to
 
 
 def nearest_brute(
-    queries: torch.Tensor, bank: torch.Tensor, k: int = 1, excluded: torch.Tensor | None = None
+    queries: torch.Tensor, bank: torch.Tensor, k: int = 1, leave_out: LeaveOut | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest bank rows of each query: (distances [n,k], indices [n,k]), nearest first;
-    rows where ``excluded`` [len(bank)] is True are never chosen."""
+    never a row ``leave_out`` rules out for that query."""
     if in_static_graph():  # one product, no loop
         squared, index = squared_distances(queries, bank).topk(k, dim=1, largest=False)
         return squared.sqrt(), index
@@ -54,8 +78,8 @@ def nearest_brute(
     where = torch.zeros((len(queries), k), dtype=torch.long, device=queries.device)
     for start in range(0, len(bank), BLOCK):
         squared = squared_distances(queries, bank[start : start + BLOCK], norms)
-        if excluded is not None:
-            squared[:, excluded[start : start + BLOCK]] = float("inf")
+        if leave_out is not None:
+            squared.masked_fill_(leave_out.mask(slice(None), start, start + squared.shape[1]), float("inf"))
         values, index = squared.topk(min(k, squared.shape[1]), dim=1, largest=False)
         merged = torch.cat([best, values], 1)
         order = merged.topk(k, dim=1, largest=False).indices
@@ -117,9 +141,9 @@ class ClusteredBank:
         radii = torch.zeros(len(counts)).scatter_reduce_(0, member_of, spread, "amax")
         return rows, starts, centres, radii, order
 
-    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's nearest row: (distance [n], index into ``rows`` [n]), exactly; rows where
-        ``excluded`` [len(rows)] is True are never chosen."""
+    def nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's nearest row: (distance [n], index into ``rows`` [n]), exactly; never a
+        row ``leave_out`` rules out for that query."""
         queries = queries.float()
         norms = (queries * queries).sum(1)
         extended = torch.cat([queries * -2, torch.ones_like(norms).unsqueeze(1)], 1)
@@ -128,7 +152,7 @@ class ClusteredBank:
         where = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
         home = to_centres.argmin(1)
         for cluster in home.unique().tolist():
-            self._search(cluster, (home == cluster).nonzero().squeeze(1), extended, best, where, excluded)
+            self._search(cluster, (home == cluster).nonzero().squeeze(1), extended, best, where, leave_out)
         # rounding room: |q|² - 2 q·r + |r|² carries an error of ~1e-6 |q|²
         tolerance = 1e-3 * (1.0 + norms.sqrt())
         lower = to_centres - self.radii  # no row of a cluster is nearer than this
@@ -142,15 +166,15 @@ class ClusteredBank:
             reach = (best + norms).clamp_min(0).sqrt() + tolerance
             which = (lower[:, cluster] < reach).nonzero().squeeze(1)
             if len(which):
-                self._search(cluster, which, extended, best, where, excluded)
+                self._search(cluster, which, extended, best, where, leave_out)
         return (best + norms).clamp_min_(0).sqrt_(), where
 
-    def _search(self, cluster: int, which: torch.Tensor, extended, best, where, excluded) -> None:
+    def _search(self, cluster: int, which: torch.Tensor, extended, best, where, leave_out) -> None:
         """Queries ``which`` against one cluster's rows, one matrix product; keep any nearer row."""
         start, stop = self.starts[cluster], self.starts[cluster + 1]
         values = extended[which] @ self.extended_rows[start:stop].T
-        if excluded is not None:
-            values[:, excluded[start:stop]] = float("inf")
+        if leave_out is not None:
+            values.masked_fill_(leave_out.mask(which, start, stop), float("inf"))
         value, index = values.min(1)
         nearer = value < best[which]
         chosen = which[nearer]
@@ -230,17 +254,15 @@ class ScreenedBank:
         )
         self.tile_terms = torch.stack([self.row_terms[s : s + tile].amax(0) for s in self.starts])  # [T, 4]
 
-    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's nearest row: (distance [n], index into the bank given [n]), exactly; rows
-        where ``excluded`` [len(bank)] is True are never chosen."""
+    def nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's nearest row: (distance [n], index into the bank given [n]), exactly; never
+        a row ``leave_out`` rules out for that query."""
         queries = queries.float()
-        hidden = None
-        if excluded is not None:  # per tile, the excluded columns, in this index's row order
-            mask = excluded[self.order]
-            hidden = [mask[s : s + tile.shape[1]].nonzero()[:, 0] for s, tile in zip(self.starts, self.tiles)]
+        ordered = leave_out.reordered(self.order) if leave_out is not None else None  # this index's row order
         distances, index = [], []
         for start in range(0, len(queries), SCREEN_CHUNK):
-            d, i = self._nearest(queries[start : start + SCREEN_CHUNK], hidden)
+            chunk = slice(start, start + SCREEN_CHUNK)
+            d, i = self._nearest(queries[chunk], ordered.for_queries(chunk) if ordered is not None else None)
             distances.append(d)
             index.append(i)
         if not distances:
@@ -256,15 +278,17 @@ class ScreenedBank:
         # 1 % for the bound's own float32 arithmetic; 2^-20 of the magnitude for the centring's rounding
         return 1.01 * (inputs + (self.accumulation + 2.0**-20) * magnitude)
 
-    @staticmethod
-    def _product(rows: torch.Tensor, tile: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-        """``rows @ tile`` in bfloat16, excluded columns set to +inf."""
-        values = rows @ tile
-        if hidden is not None and len(hidden):
-            values[:, hidden] = float("inf")
+    def _product(self, rows: torch.Tensor, tile: int, which: torch.Tensor, leave_out: LeaveOut | None) -> torch.Tensor:
+        """``rows @ tiles[tile]`` in bfloat16; the entries ``leave_out`` rules out (for the queries
+        ``which``, the first ``len(which)`` of ``rows``) set to +inf."""
+        values = rows @ self.tiles[tile]
+        if leave_out is not None:
+            start = self.starts[tile]
+            mask = leave_out.mask(which, start, start + values.shape[1])
+            values[: len(mask)].masked_fill_(mask, float("inf"))
         return values
 
-    def _nearest(self, queries: torch.Tensor, hidden: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None) -> tuple[torch.Tensor, torch.Tensor]:
         centred = queries - self.mean
         rounded = centred.bfloat16()
         norms = (centred * centred).sum(1)
@@ -291,11 +315,9 @@ class ScreenedBank:
         # the values when they are not negative (min over int16 is far faster); a negative ŷ
         # (a distance ~0 within the rounding) makes its tile needed whatever the order
         padded = _pad_rows(extended)
+        every = torch.arange(len(queries), device=queries.device)
         smallest = torch.stack(
-            [
-                self._product(padded, tile, hidden[t] if hidden else None).view(torch.int16).amin(1)
-                for t, tile in enumerate(self.tiles)
-            ],
+            [self._product(padded, t, every, leave_out).view(torch.int16).amin(1) for t in range(len(self.tiles))],
             1,
         )[: len(queries)]
         negative = smallest < 0
@@ -308,9 +330,7 @@ class ScreenedBank:
         pair_query, pair_row = [], []
         for t in needed.any(0).nonzero()[:, 0].tolist():
             which = needed[:, t].nonzero()[:, 0]
-            values = self._product(_pad_rows(extended[which]), self.tiles[t], hidden[t] if hidden else None)[
-                : len(which)
-            ]
+            values = self._product(_pad_rows(extended[which]), t, which, leave_out)[: len(which)]
             limit = upper[which] + bound[which, t]
             # ŷ - 2^-7|ŷ| <= limit, solved for ŷ (the left side increases with ŷ)
             limit = torch.where(limit >= 0, limit / (1 - BF16_ROUNDING), limit / (1 + BF16_ROUNDING))

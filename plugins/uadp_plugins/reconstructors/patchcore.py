@@ -89,6 +89,7 @@ def register_reconstructors(register):
         help="PatchCore: a coreset memory bank of normal patch features, nearest-neighbour distance as the score",
         inputs="features",
         training="fit",
+        leave_one_out=True,
         preset="patchcore-cpu",
         advice="fitted in one pass, no training; inference time and the bank grow with the training set",
     )

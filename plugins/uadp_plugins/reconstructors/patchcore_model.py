@@ -13,6 +13,7 @@ from uadp.plugin import Batch, BuildContext, ConfigError, Prediction, Reconstruc
 from uadp_plugins._layers.coreset import greedy_coreset, random_projection
 from uadp_plugins._layers.nearest import (
     ClusteredBank,
+    LeaveOut,
     ScreenedBank,
     has_bf16_matrix_units,
     nearest_brute,
@@ -106,16 +107,16 @@ class PatchCore(Reconstructor):
 
     # ------------------------------------------------------------------ predict
 
-    def nearest(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each query's distance to its nearest bank feature, and that feature's row; never a row
-        where ``excluded`` is True."""
+        ``leave_out`` rules out for that query."""
         if not len(self.memory_bank):
             raise RuntimeError("reconstructor patchcore: predict before fit (the memory bank is empty)")
         search = self.config.search
         if search == "auto":
             search = "brute" if queries.device.type != "cpu" else "screened" if has_bf16_matrix_units() else "clustered"
         if search == "brute" or in_static_graph():
-            distances, rows = nearest_brute(queries, self.memory_bank.float(), excluded=excluded)
+            distances, rows = nearest_brute(queries, self.memory_bank.float(), leave_out=leave_out)
             return distances[:, 0], rows[:, 0]
         if self._index is None or self._index[0] != search:
             if search == "screened":
@@ -123,15 +124,16 @@ class PatchCore(Reconstructor):
             else:
                 index = ClusteredBank(self.memory_bank, self.cluster_starts, self.cluster_centres, self.cluster_radii)
             self._index = (search, index)
-        return self._index[1].nearest(queries, excluded)
+        return self._index[1].nearest(queries, leave_out)
 
     def image_scores(
-        self, scores: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor, excluded: torch.Tensor | None = None
+        self, scores: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor, sources: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Eq. 7 of the paper: each image's largest patch distance s*, re-weighted.
 
         ``scores`` [B,P] patch distances, ``rows`` [B,P] their nearest bank rows, ``patches``
-        [B,P,C] the patch features; ``excluded``: bank rows left out (one image at a time)."""
+        [B,P,C] the patch features; ``sources`` [B]: training images whose own bank rows are
+        left out of the neighbours."""
         worst = scores.argmax(1, keepdim=True)  # gathers, not indexing by arange: the batch stays symbolic in export
         largest = scores.gather(1, worst)[:, 0]  # s*
         neighbours = min(self.config.num_neighbors, len(self.memory_bank))
@@ -139,20 +141,23 @@ class PatchCore(Reconstructor):
             return largest
         bank = self.memory_bank.float()
         nearest_row = rows.gather(1, worst)[:, 0]  # m*
-        support = nearest_brute(bank[nearest_row], bank, neighbours, excluded)[1]  # N_b(m*), m* itself first
+        leave_out = LeaveOut(self.bank_source, sources) if sources is not None else None
+        support = nearest_brute(bank[nearest_row], bank, neighbours, leave_out)[1]  # N_b(m*), m* itself first
         test_patch = patches.gather(1, worst.unsqueeze(2).expand(-1, 1, patches.shape[2]))[:, 0]  # m_test,*
         distances = (bank[support] - test_patch.unsqueeze(1)).pow(2).sum(-1).sqrt()  # [B, b]
         own = (bank[nearest_row] - test_patch).pow(2).sum(-1).sqrt()
         weight = 1 - torch.exp(own - torch.logsumexp(distances, dim=1))
         return weight * largest
 
-    def _held_out(self, fitted_index: torch.Tensor | None) -> list[torch.Tensor] | None:
-        """Per image of a batch of training images, the bank rows that came from it; None when
-        the batch is not of them, the sources are unknown, or an image alone made the bank."""
+    def _held_out(self, fitted_index: torch.Tensor | None) -> torch.Tensor | None:
+        """The bank source of each image of a batch of training images, whose own rows its search
+        leaves out; None when the batch is not of them, the sources are unknown, or an image
+        alone made the bank."""
         if fitted_index is None or not len(self.bank_source) or bool((self.bank_source < 0).any()):
             return None
-        masks = [self.bank_source == int(i) for i in fitted_index.tolist()]
-        return None if any(bool(m.all()) for m in masks) else masks
+        sources = fitted_index.to(self.bank_source.device, self.bank_source.dtype)
+        alone = (self.bank_source == self.bank_source[0]).all()
+        return None if bool(alone) and bool((sources == self.bank_source[0]).any()) else sources
 
     def predict(self, batch: Batch) -> Prediction:
         features = batch.features
@@ -160,20 +165,12 @@ class PatchCore(Reconstructor):
             features = features.float()
             b, c, h, w = features.shape
             patches = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            held_out = self._held_out(batch.fitted_index)
-            if held_out is None:
-                distances, rows = self.nearest(patches.reshape(-1, c))
-                scores, rows = distances.view(b, h * w), rows.view(b, h * w)
-                image = self.image_scores(scores, rows, patches)
-            else:  # a training image, for an aligner: its own rows left out, one image at a time
-                found = [self.nearest(patches[i], held_out[i]) for i in range(b)]
-                scores, rows = torch.stack([d for d, _ in found]), torch.stack([r for _, r in found])
-                image = torch.cat(
-                    [
-                        self.image_scores(scores[i : i + 1], rows[i : i + 1], patches[i : i + 1], held_out[i])
-                        for i in range(b)
-                    ]
-                )
+            sources = self._held_out(batch.fitted_index)
+            # training images (for an aligner or thresholds): each one's own bank rows left out
+            leave_out = LeaveOut(self.bank_source, sources.repeat_interleave(h * w)) if sources is not None else None
+            distances, rows = self.nearest(patches.reshape(-1, c), leave_out)
+            scores, rows = distances.view(b, h * w), rows.view(b, h * w)
+            image = self.image_scores(scores, rows, patches, sources)
             grid = scores.view(b, 1, h, w)
             maps = F.interpolate(grid, size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
             maps = gaussian_blur(maps, self.config.smoothing_sigma)

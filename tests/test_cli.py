@@ -256,7 +256,11 @@ def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkey
 
 def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
-    assert run_name(build_config(sets=["aligner.name=cada"])) == "uniad+cada (uniad-cpu, tf_efficientnet_lite0)"
+    assert run_name(build_config()) == "patchcore+cada (patchcore-cada-cpu, tf_efficientnet_lite0)"  # the default
+    assert (
+        run_name(build_config("uniad-cpu", sets=["aligner.name=cada"]))
+        == "uniad+cada (uniad-cpu, tf_efficientnet_lite0)"
+    )
 
 
 def test_mlflow_params_are_the_flattened_config(e2e, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -344,8 +348,8 @@ def test_reconstructor_flag_starts_from_the_methods_own_preset(reconstructor, pr
     [
         (["--config", "cpu"], "preset 'cpu' is now called 'uniad-cpu'"),
         (["--config", "revdist-lite0"], "preset 'revdist-lite0' is now called 'revdist-cpu'"),
-        (
-            ["--aligner", "cada", "--set", "aligner.calibration=shift"],
+        (  # UniAD named: it prints no advice line of its own
+            ["--config", "uniad-cpu", "--aligner", "cada", "--set", "aligner.calibration=shift"],
             "option aligner.calibration is now called aligner.mapping",
         ),
         ("a YAML file", "option aligner.calibration is now called aligner.mapping"),
@@ -354,7 +358,9 @@ def test_reconstructor_flag_starts_from_the_methods_own_preset(reconstructor, pr
 def test_a_former_preset_or_option_name_stops_with_the_new_one(given, message, tmp_path: Path) -> None:
     """An old name is never read silently as something else: one line naming the new one, exit 2."""
     if given == "a YAML file":
-        (tmp_path / "old.yaml").write_text("aligner:\n  name: cada\n  calibration: mean-max\n")
+        (tmp_path / "old.yaml").write_text(
+            "reconstructor:\n  name: uniad\naligner:\n  name: cada\n  calibration: mean-max\n"
+        )
         given = ["--config", tmp_path / "old.yaml"]
     code, out, err = call_captured(["run", *given, "--print-config"])
     assert code == 2 and not out
@@ -368,12 +374,33 @@ def test_aligner_none_is_no_aligner(capsys) -> None:
     assert config["aligner"] is None and config["synthesizer"] is None
 
 
-def test_reconstructor_without_a_preset_keeps_the_defaults(capsys) -> None:
+def test_reconstructor_without_a_preset_keeps_the_defaults(tmp_path: Path) -> None:
+    """A method whose plugin names no preset of its own starts from the default stack, its
+    reconstructor swapped (every built-in method names one: a plugin of the test's here)."""
     from uadp.config import build_config, resolve
     from uadp.registry import get_registry
 
-    assert main(["run", "--reconstructor", "uniad", "--print-config"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out) == resolve(build_config(), get_registry()).to_dict()
+    (tmp_path / "presetless.py").write_text(
+        "from uadp import hookimpl\n"
+        "from uadp_plugins.reconstructors.uniad import UniADConfig\n"
+        "from uadp_plugins.reconstructors.uniad_model import UniAD\n"
+        "@hookimpl\n"
+        "def register_reconstructors(register):\n"
+        "    register('presetless', UniAD, config=UniADConfig, help='UniAD without a preset')\n"
+    )
+    code, out, err = call_captured(
+        ["run", "--plugins-dir", tmp_path, "--reconstructor", "presetless", "--print-config"]
+    )
+    assert code == 0 and "starting from its preset" not in err
+    printed = yaml.safe_load(out)
+    registry = get_registry()  # the process's, with the plugin of --plugins-dir added
+    defaults = resolve(build_config(), registry).to_dict()
+    assert printed == resolve(build_config(overrides={"reconstructor": {"name": "presetless"}}), registry).to_dict()
+    assert printed["reconstructor"]["name"] == "presetless" and printed["tracking"]["preset"] == "patchcore-cada-cpu"
+    own = ("reconstructor", "eval")  # eval.calibration: auto resolves by the method (leave-one-out for PatchCore)
+    assert {k: v for k, v in printed.items() if k not in own} == {k: v for k, v in defaults.items() if k not in own}
+    assert printed["eval"]["align"] == defaults["eval"]["align"] == "image"
+    assert printed["eval"]["image_score"] == defaults["eval"]["image_score"]
 
 
 # --------------------------------------------------------------------------- determinism
@@ -613,8 +640,10 @@ def test_a_reconstructors_advice_is_printed_before_it_trains(tmp_path):
     code, out, err = call_captured(["run", "--plugins-dir", tmp_path, "--reconstructor", "advised", "--print-config"])
     assert code == 0 and out.startswith("dataset:")
     assert "note: advised: good for tests only" in err
+    code, _, err = call_captured(["run", "--config", "uniad-cpu", "--print-config"])
+    assert code == 0 and "note:" not in err  # a method that registers none
     code, _, err = call_captured(["run", "--print-config"])
-    assert code == 0 and "note:" not in err  # the default method registers none
+    assert code == 0 and "note: patchcore: fitted in one pass" in err  # the default method's own
 
 
 def test_python_m_uadp_is_the_uadp_command() -> None:

@@ -71,6 +71,7 @@ def test_presets_are_registered_by_the_plugins_that_name_them():
         "omnial-cpu",
         "patchcore-paper",
         "patchcore-cpu",
+        "patchcore-cada-cpu",
     }
     assert presets["unias-cpu"].plugin == "unias" and presets["uniad-cpu"].plugin == "uniad"
     assert all(p.path.is_file() for p in presets.values())
@@ -79,10 +80,20 @@ def test_presets_are_registered_by_the_plugins_that_name_them():
 
 def test_a_bare_config_is_the_core_defaults_and_the_default_preset():
     config = build_config()
-    assert Registry().default_preset() == "uniad-cpu"  # declared by its registration, not by a name
-    assert config == build_config(preset="uniad-cpu") and config.tracking.preset == "uniad-cpu"
-    assert config.reconstructor.name == "uniad" and config.dataset.name == "demo"
-    assert config.train == RunConfig().train and config.eval == RunConfig().eval
+    default = "patchcore-cada-cpu"
+    assert Registry().default_preset() == default  # declared by its registration, not by a name
+    assert config == build_config(preset=default) and config.tracking.preset == default
+    assert config.reconstructor.name == "patchcore" and config.aligner.name == "cada" and config.dataset.name == "demo"
+    assert config.train == RunConfig().train and config.eval.align == "image"
+
+
+def test_another_methods_preset_takes_nothing_from_the_default_but_its_data():
+    """A preset naming its own reconstructor replaces the default's recipe (no aligner, image score
+    or align option leaks from it); the default's data source, the demo, stays beneath it."""
+    config = build_config(preset="uniad-cpu")
+    assert config.reconstructor.name == "uniad" and config.aligner is None
+    assert config.eval == RunConfig().eval and config.dataset.name == "demo"
+    assert build_config(sets=["aligner.name=class-stats"]).reconstructor.name == "patchcore"  # layered on it
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -182,6 +193,7 @@ def test_set_reconstructor_name_drops_the_old_plugins_options():
 
 def test_set_same_reconstructor_name_keeps_its_options():
     config = build_config(
+        preset="uniad-cpu",
         overrides={"reconstructor": {"name": "uniad", "hidden_dim": 64}},
         sets=["reconstructor.name=uniad", "reconstructor.num_heads=2"],
     )
@@ -268,7 +280,7 @@ def test_unknown_section():
 
 
 def test_unknown_plugin_option_after_resolve(registry: Registry):
-    config = build_config(sets=["reconstructor.hidden=3"])  # plugin options are checked by resolve
+    config = build_config(preset="uniad-cpu", sets=["reconstructor.hidden=3"])  # plugin options are checked by resolve
     with pytest.raises(ConfigError) as info:
         resolve(config, registry)
     message = _one_line(str(info.value))
@@ -277,7 +289,7 @@ def test_unknown_plugin_option_after_resolve(registry: Registry):
 
 
 def test_bad_plugin_value_after_resolve(registry: Registry):
-    config = build_config(sets=["reconstructor.neighbor_size=-1"])
+    config = build_config(preset="uniad-cpu", sets=["reconstructor.neighbor_size=-1"])
     with pytest.raises(ConfigError) as info:
         resolve(config, registry)
     message = _one_line(str(info.value))
@@ -353,8 +365,9 @@ def test_a_plugin_declares_its_presets_default_and_former_names(tmp_path: Path):
 
 
 def _recorded_by_0_1_0(registry: Registry, **sections) -> dict:
-    """A config as a run of uadp 0.1.0 saved it (bundle, checkpoint, MLflow), with ``sections``."""
-    data = resolve(build_config(), registry).to_dict() | sections
+    """A config as a run of uadp 0.1.0 saved it (bundle, checkpoint, MLflow), with ``sections``: a
+    UniAD of the preset then called ``cpu`` (now ``uniad-cpu``), the default of that release."""
+    data = resolve(build_config(preset="uniad-cpu"), registry).to_dict() | sections
     data["tracking"]["preset"] = "cpu"
     return data
 
@@ -455,7 +468,7 @@ def test_set_below_a_value_is_an_error():
 
 
 def test_resolve_fills_every_plugin_default(registry: Registry):
-    config = resolve(build_config(), registry)
+    config = resolve(build_config(preset="uniad-cpu"), registry)
     options = config.reconstructor.options()
     assert set(options) == set(UniADConfig.model_fields)
     preset = _preset_options("uniad-cpu", "reconstructor")
@@ -463,7 +476,10 @@ def test_resolve_fills_every_plugin_default(registry: Registry):
 
 
 def test_resolve_keeps_given_options_and_coerces_them(registry: Registry):
-    config = resolve(build_config(sets=["reconstructor.hidden_dim=64", "reconstructor.jitter_scale=1e-3"]), registry)
+    config = resolve(
+        build_config(preset="uniad-cpu", sets=["reconstructor.hidden_dim=64", "reconstructor.jitter_scale=1e-3"]),
+        registry,
+    )
     options = config.reconstructor.options()
     assert options["hidden_dim"] == 64
     assert options["jitter_scale"] == pytest.approx(1e-3) and isinstance(options["jitter_scale"], float)
@@ -476,8 +492,10 @@ def test_resolve_fills_backbone_and_dataset_sections(registry: Registry):
 
 
 def test_resolve_is_idempotent(registry: Registry):
-    once = resolve(build_config(sets=["reconstructor.hidden_dim=64"]), registry)
+    once = resolve(build_config(preset="uniad-cpu", sets=["reconstructor.hidden_dim=64"]), registry)
     assert resolve(once, registry) == once
+    default = resolve(build_config(), registry)  # the default stack's (PatchCore + CADA) too
+    assert resolve(default, registry) == default
 
 
 def test_resolve_does_not_modify_its_input(registry: Registry):
@@ -499,7 +517,7 @@ def test_resolved_config_round_trips_through_yaml(registry: Registry, tmp_path: 
 
 
 def test_flatten_gives_scalars_only(registry: Registry):
-    config = resolve(build_config(sets=["data.classes=[a,b]"]), registry)
+    config = resolve(build_config(preset="uniad-cpu", sets=["data.classes=[a,b]"]), registry)
     flat = flatten(config.to_dict())
     assert all(value is None or isinstance(value, (str, int, float, bool)) for value in flat.values())
     assert flat["data.classes"] == "a,b"
@@ -555,8 +573,8 @@ def test_fingerprint_changes_with_what_defines_the_model(change: str):
 
 
 def test_fingerprint_of_a_resolved_config_sees_plugin_options(registry: Registry):
-    base = resolve(build_config(), registry)
-    changed = resolve(build_config(sets=["reconstructor.neighbor_size=5"]), registry)
+    base = resolve(build_config(preset="uniad-cpu"), registry)
+    changed = resolve(build_config(preset="uniad-cpu", sets=["reconstructor.neighbor_size=5"]), registry)
     assert model_fingerprint(changed) != model_fingerprint(base)
     assert "reconstructor.neighbor_size" in model_fingerprint(base)
 

@@ -6,7 +6,7 @@ brute force, on a fitted bank and the test split's own patch features.
 
 ``--model`` is the bundle of a ``patchcore`` run (``uadp runs`` lists them; the bundle is under
 ``uadp-runs/checkpoints/RUN_ID/model.pt``). Every search must find the same neighbours. The
-screened search needs a CPU with bfloat16 matrix units (AMX) to be fast; elsewhere it is exact
+screened search needs a CPU with bfloat16 instructions (AMX or AVX-512 BF16) to be fast; elsewhere it is exact
 but slow, and ``search: auto`` does not choose it.
 """
 
@@ -27,7 +27,7 @@ def main() -> int:
     from uadp.data.loader import batches, make_loader
     from uadp.engine.saved_model import prepare_saved
     from uadp.registry import get_registry
-    from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, has_bf16_matrix_units, nearest_brute
+    from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, has_fast_bf16_products, nearest_brute
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model.pt of a patchcore run")
@@ -94,7 +94,7 @@ def main() -> int:
                 rows,
                 [
                     "search time only (no backbone, no map), on the first test images of each class",
-                    f"bfloat16 matrix units (AMX): {'yes' if has_bf16_matrix_units() else 'no'}",
+                    f"bfloat16 instructions (AMX or AVX-512 BF16): {'yes' if has_fast_bf16_products() else 'no'}",
                 ],
             ),
         )

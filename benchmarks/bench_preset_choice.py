@@ -15,6 +15,9 @@ class left out? The mean over classes of those held-out values estimates how the
 (pick the best on the classes you have) will do on a new product. It is printed beside the
 in-sample best and each candidate's mean, worst class and spread over classes.
 
+``--pooled METRIC`` lists each candidate's pooled value (every class's images ranked together:
+one number per candidate, so it has no leave-one-class-out estimate).
+
 ``--results NAME.csv [--title TEXT]`` writes the table to ``benchmarks/results/`` for the docs.
 """
 
@@ -154,6 +157,13 @@ def main() -> int:
     parser.add_argument(
         "--metric", action="append", help="per-class metric to select by (repeatable; default image_auroc)"
     )
+    parser.add_argument(
+        "--pooled",
+        action="append",
+        default=[],
+        help="pooled metric to list for every candidate (repeatable): one value over all classes, so it has no "
+        "leave-one-class-out estimate",
+    )
     parser.add_argument("--root", default="uadp-runs", help="tracking root of the run ids (default: ./uadp-runs)")
     parser.add_argument("--results", help="also write the tables to benchmarks/results/NAME.csv")
     parser.add_argument("--title", default="Leave-one-class-out selection", help="the table's title in the docs")
@@ -168,6 +178,15 @@ def main() -> int:
         text, rows = report(leave_one_class_out(values, metric), values)
         print(text, end="\n\n")
         all_rows += rows
+    for metric in args.pooled:
+        print(f"pooled {metric} (every class's images ranked together)")
+        for label, summary in summaries.items():
+            value = summary["pooled"].get(metric)
+            if value is None:
+                raise SystemExit(f"{label}: no pooled {metric!r} in its summary")
+            print(f"  {label:<40}{value:>8.3f}")
+            all_rows.append([f"pooled {metric}", "candidate", label, f"{value:.3f}", "", ""])
+        print()
     if args.results:
         from results_csv import Results, this_command, this_hardware, write
 

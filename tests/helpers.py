@@ -41,9 +41,13 @@ QUICK_SETS = (
 
 
 def quick_args(data: Path, runs_root: Path, *extra: object, epochs: int = 2) -> list[str]:
-    """``uadp run`` arguments for a run of a few seconds on the tiny dataset, on the CPU."""
+    """``uadp run`` arguments for a run of a few seconds on the tiny dataset, on the CPU: a
+    narrow UniAD (its CPU preset, unless ``extra`` names another)."""
+    extra_text = [str(e) for e in extra]
+    preset = [] if "--config" in extra_text or "--reconstructor" in extra_text else ["--config", "uniad-cpu"]
     args = [
         "run",
+        *preset,
         "--data",
         str(data),
         "--image-size",

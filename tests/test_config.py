@@ -561,7 +561,7 @@ def test_fingerprint_ignores_what_does_not_define_the_model(change: str):
         "train.lr=0.0003",
         "train.seed=1",
         "train.batch_size=4",
-        "reconstructor.hidden_dim=64",
+        "reconstructor.coreset_ratio=0.05",
         "backbone.model=tf_efficientnet_lite1",
         "data.image_size=128",
         "data.classes=[a]",

@@ -107,3 +107,21 @@ def test_a_bank_beside_a_network_trained_in_epochs(generated, tmp_path):
     assert len(result.history) == 2 and "loss/1.uniad" in result.history[0]
     assert result.history[-1]["fit/0.patchcore/bank"] > 0
     assert result.report.mean["image_auroc"] > 0.85
+
+
+def test_an_ensemble_needs_two_members():
+    from uadp.plugin import BuildContext, ConfigError, Member, Prediction, Reconstructor
+    from uadp_plugins.reconstructors.ensemble import EnsembleConfig
+    from uadp_plugins.reconstructors.ensemble_model import Ensemble
+
+    class Flat(Reconstructor):
+        def predict(self, batch):
+            return Prediction(anomaly_map=torch.ones(len(batch.images), 8, 8), embeddings={})
+
+    alone = Member("flat", None, Flat(), "fit", 1.0)
+    with pytest.raises(ConfigError, match="at least two members"):
+        Ensemble(EnsembleConfig(), BuildContext((8, 8), None, (alone,)))
+    pair = Ensemble(EnsembleConfig(), BuildContext((8, 8), None, (alone, Member("flat", None, Flat(), "fit", 3.0))))
+    fused = pair.predict(Batch(images=torch.rand(2, 3, 8, 8)))  # unscaled (mean 0, std 1): the weighted mean
+    torch.testing.assert_close(fused.anomaly_map, torch.ones(2, 8, 8))
+    assert fused.image_scores is None  # no member gives a score of its own: the core reduces the map

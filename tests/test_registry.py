@@ -336,6 +336,26 @@ def test_reconstructor_may_name_its_preset(empty_registry: Registry):
     assert empty_registry.get("reconstructors", "mynet").traits["preset"] == "/plugins/mynet-cpu.yaml"
 
 
+def test_an_ensembles_traits_are_its_members(empty_registry: Registry):
+    """members=True: training is "fit" only when every member is fitted, leave_one_out only
+    when every member leaves images out; without members the registration's own traits stand."""
+    registry = empty_registry
+    registry.add_plugin(_single("reconstructors", "bank", training="fit", leave_one_out=True), "bank_plugin")
+    registry.add_plugin(_single("reconstructors", "net"), "net_plugin")
+    registry.add_plugin(_single("reconstructors", "both", inputs="images", members=True), "both_plugin")
+
+    def traits(*names):
+        members = [{"reconstructor": {"name": name}} for name in names]
+        found = registry.reconstructor_traits("both", {"members": members})
+        return found["training"], found["leave_one_out"]
+
+    assert traits("bank", "bank") == ("fit", True)
+    assert traits("bank", "net") == ("epochs", False)
+    assert traits("net", "net") == ("epochs", False)
+    assert registry.reconstructor_traits("bank")["leave_one_out"] is True
+    assert registry.reconstructor_traits("both", {})["training"] == "epochs"  # as registered
+
+
 def test_aligner_trait_default(every_kind: Registry):
     assert every_kind.get("aligners", "test_aligner").traits == {"class_labels": "none"}
     assert every_kind.get("aligners", "test_oracle").traits == {"class_labels": "train+test"}
@@ -348,6 +368,8 @@ def test_aligner_trait_default(every_kind: Registry):
         ("reconstructors", {"synthesizer": "always"}),
         ("aligners", {"class_labels": "yes"}),
         ("reconstructors", {"preset": 3}),
+        ("reconstructors", {"leave_one_out": "yes"}),
+        ("reconstructors", {"members": 2}),
     ],
 )
 def test_bad_trait_value_is_a_plugin_error(empty_registry: Registry, kind, traits):

@@ -467,12 +467,18 @@ def build_config(
 ) -> RunConfig:
     """The layers of a run's config: the core defaults and the default preset (the one a plugin
     registers with ``default=True``, if any), or ``base`` (an earlier run's config); then
-    ``preset``; then flag overrides (a nested dict); then ``--set`` pairs."""
+    ``preset``; then flag overrides (a nested dict); then ``--set`` pairs. A ``preset`` (or
+    file) that names its own reconstructor replaces the default: only the default's data source
+    (its ``dataset`` section, the embedded demo) stays beneath, so no option of the default's
+    method (its aligner, its image score) leaks into another method's recipe."""
     default = None
     if base is None:
         data = RunConfig().to_dict()
         default = (registry or get_registry()).default_preset()
-        if default is not None:
+        if default is not None and preset and preset != default and _chooses_a_method(preset, registry):
+            # a recipe of its own: of the default's, only the data source stays beneath it
+            data["dataset"] = load_yaml(find_preset(default, registry)).get("dataset")
+        elif default is not None:
             data = _apply_preset(data, default, registry)
             data["tracking"]["preset"] = default
     else:
@@ -491,6 +497,10 @@ def build_config(
         else:
             set_path(data, parts, value)
     return validate(data)
+
+
+def _chooses_a_method(preset: str, registry: Registry | None) -> bool:
+    return isinstance(load_yaml(find_preset(preset, registry)).get("reconstructor"), dict)
 
 
 def _apply_preset(data: dict[str, Any], preset: str, registry: Registry | None) -> dict[str, Any]:

@@ -58,9 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and not launched() and not args.print_config:
         Ranks(0, args.nproc).check_batch(resolve(config, registry).train.batch_size)  # one line now, not N
         return _launch(args)
-    _print_advice(config, registry, args)
+    resolved = resolve(config, registry)  # a refused option stops the run here, before any note
+    _print_advice(resolved, registry, args)
     if args.print_config:
-        print(yaml.safe_dump(resolve(config, registry).to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(resolved.to_dict(), sort_keys=False), end="")
         return 0
     if args.output_json:
         check_writable_file(Path(args.output_json), "--output-json", "choose another path")

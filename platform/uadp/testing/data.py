@@ -112,7 +112,7 @@ def make_mvtec_dataset(
 def quick_config(data_root: str | Path, runs_root: str | Path, **sections: Any) -> RunConfig:
     """A config that trains in seconds on a :func:`make_mvtec_dataset` folder.
 
-    Small image (128 px: an 8×8 token grid), a narrow UniAD, few epochs, no worker processes.
+    UniAD's CPU preset made small: small image (128 px: an 8×8 token grid), a narrow UniAD, few epochs, no worker processes.
     Keyword arguments override whole sections, e.g. ``reconstructor={"name": "mynet"}``.
     """
     overrides: dict[str, Any] = {
@@ -135,7 +135,7 @@ def quick_config(data_root: str | Path, runs_root: str | Path, **sections: Any) 
         "tracking": {"root": str(runs_root)},
     }
     overrides.update(sections)
-    return build_config(overrides=overrides)
+    return build_config(preset="uniad-cpu", overrides=overrides)
 
 
 def make_check_dataset(root: str | Path, size: int = 64, seed: int = 0) -> Path:

@@ -15,7 +15,7 @@ from uadp_plugins._layers.nearest import (
     ClusteredBank,
     LeaveOut,
     ScreenedBank,
-    has_bf16_matrix_units,
+    has_fast_bf16_products,
     nearest_brute,
 )
 from uadp_plugins._layers.smoothing import full_precision, gaussian_blur
@@ -114,7 +114,9 @@ class PatchCore(Reconstructor):
             raise RuntimeError("reconstructor patchcore: predict before fit (the memory bank is empty)")
         search = self.config.search
         if search == "auto":
-            search = "brute" if queries.device.type != "cpu" else "screened" if has_bf16_matrix_units() else "clustered"
+            search = (
+                "brute" if queries.device.type != "cpu" else "screened" if has_fast_bf16_products() else "clustered"
+            )
         if search == "brute" or in_static_graph():
             distances, rows = nearest_brute(queries, self.memory_bank.float(), leave_out=leave_out)
             return distances[:, 0], rows[:, 0]

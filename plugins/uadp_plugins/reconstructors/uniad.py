@@ -102,8 +102,7 @@ def register_presets(register):
         "uniad-cpu",
         PRESETS / "uniad-cpu.yaml",
         formerly="cpu",
-        default=True,
-        help="the default: UniAD (2 + 2 layers, 128 wide) on EfficientNet-Lite0 stages 1-5, 224 px, 30 epochs; minutes on a CPU",
+        help="UniAD (2 + 2 layers, 128 wide) on EfficientNet-Lite0 stages 1-5, 224 px, 30 epochs; minutes on a CPU",
     )
     register(
         "uniad-paper",

@@ -47,7 +47,7 @@ OFFLINE_BACKBONE = ["--set", "backbone.model=tf_efficientnet_lite0", "--set", "b
 
 # Reverse Distillation's decoder is a trained network with BatchNorm, so a run of it in several
 # CUDA processes is what converts BatchNorm to SyncBatchNorm (Ranks.wrap in uadp.engine.distributed;
-# UniAD, the default, has none to convert). The CPU preset needs no downloaded weights.
+# UniAD and PatchCore have none to convert). The CPU preset needs no downloaded weights.
 SYNC_BN_PRESET = "revdist-cpu"
 IMAGES_PER_GPU = 4  # each process's share of a global batch in the multi-process steps
 

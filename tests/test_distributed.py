@@ -35,8 +35,8 @@ HERE = Path(__file__).parent
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:
-    """A short run on the demo data: the default preset at 128 px, 4 epochs, global batch 8."""
-    args = ["run", "--image-size", "128", "--epochs", "4", "--workers", "0", "--device", "cpu"]
+    """A short run on the demo data: UniAD's CPU preset at 128 px, 4 epochs, global batch 8."""
+    args = ["run", "--config", "uniad-cpu", "--image-size", "128", "--epochs", "4", "--workers", "0", "--device", "cpu"]
     args += ["--set", f"tracking.root={root}", "--set", "train.batch_size=8", "--output-json", str(out)]
     args += ["--set", "reconstructor.jitter_prob=0", "--set", "reconstructor.dropout=0"]
     return args + list(extra)

@@ -255,11 +255,12 @@ def test_every_bundled_method_and_preset_is_in_the_guides():
             assert f"--reconstructor {name}" in started, f"getting-started shows no run of {name}"
 
 
-BUNDLED_PLUGINS = {"uniad", "unias", "revdist", "omnial", "patchcore"}
+BUNDLED_PLUGINS = {"uniad", "unias", "revdist", "omnial", "patchcore", "ensemble"}
 METHOD_TITLES = {
     "uniad": "UniAD",
     "unias": "UniAS",
     "omnial": "OmniAL",
     "revdist": "Reverse Distillation",
     "patchcore": "PatchCore",
+    "ensemble": "Ensemble",
 }

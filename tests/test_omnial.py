@@ -170,6 +170,8 @@ def test_registered_with_its_presets_and_needs_a_synthesizer(tiny_dataset, runs_
         "inputs": "images",
         "synthesizer": "required",
         "training": "epochs",
+        "members": False,
+        "leave_one_out": False,
         "preset": "omnial-cpu",
     }
     assert "small defects" in registration.traits["advice"]  # says what it is weak at

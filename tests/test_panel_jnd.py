@@ -240,7 +240,7 @@ def test_uadp_synthesize_writes_a_grid(tiny_dataset, tmp_path):
     )
     assert code == 0
     grid = np.asarray(Image.open(out))
-    size = 224  # the CPU preset's image size
+    size = 256  # the default preset's image size
     assert grid.shape == (3 * size, 5 * size + 4 * 4, 3)
     assert not list(tmp_path.glob("*.partial*"))
 

@@ -203,6 +203,8 @@ def test_registered_through_the_entry_point():
         "inputs": "features",
         "synthesizer": "optional",
         "training": "epochs",
+        "members": False,
+        "leave_one_out": False,
         "preset": "revdist-cpu",
         "advice": None,
     }

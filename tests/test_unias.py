@@ -295,6 +295,8 @@ def test_registered_through_the_entry_point_with_its_cpu_preset():
         "inputs": "features",
         "synthesizer": "optional",
         "training": "epochs",
+        "members": False,
+        "leave_one_out": False,
         "preset": "unias-cpu",
         "advice": None,
     }

@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..engine.pipeline import train_and_evaluate
     from ..report import format_table
     from ..thresholds import format_threshold_table
+    from ..tracking import Tracker
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone speaks
         os.environ["TQDM_DISABLE"] = "1"
@@ -59,6 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         Ranks(0, args.nproc).check_batch(resolve(config, registry).train.batch_size)  # one line now, not N
         return _launch(args)
     resolved = resolve(config, registry)  # a refused option stops the run here, before any note
+    if not args.print_config:  # so does a store that cannot be written (the run checks it again)
+        Tracker(Path(resolved.tracking.root)).check()
     _print_advice(resolved, registry, args)
     if args.print_config:
         print(yaml.safe_dump(resolved.to_dict(), sort_keys=False), end="")

@@ -294,3 +294,14 @@ def test_cada_training_min_floor_bounds_the_scaling_of_an_image_whose_gamma_fall
         torch.testing.assert_close(guarded[floor][0], sound)  # a prediction above the floor is untouched
     torch.testing.assert_close(guarded["training_min"][1:], (test_maps[1:] - u[1:].view(-1, 1, 1)) / spreads.min())
     assert float(guarded["eps"][1:].amax()) > 1e3 * float(guarded["training_min"][1:].amax())
+
+
+def test_a_small_training_set_caps_the_heads_steps_at_max_epochs():
+    """A head fitted on few maps stops after max_epochs passes over them, not after iterations."""
+    maps, embeddings, _, _ = _maps_and_embeddings(8, anomalous=False, seed=3)
+    capped = Cada(CadaConfig(iterations=1000, max_epochs=5, batch_size=16))
+    capped.fit(maps, embeddings, None)
+    assert len(capped.losses) == -(-5 * len(maps) // 16) < 1000  # 5 passes over the maps in batches of 16
+    every = Cada(CadaConfig(iterations=50, max_epochs=None, batch_size=16))
+    every.fit(maps, embeddings, None)
+    assert len(every.losses) == 50

@@ -43,6 +43,12 @@ class HeadConfig(MappingConfig):
     conv_kernel: int = Field(3, ge=1, description="kernel of the C->C convolution (odd)")
     activation: Literal["relu", "gelu"] = "relu"
     iterations: int = Field(1000, ge=1, description="SGD steps (paper: 5,000 on RevDist, 20,000 on UniAD)")
+    max_epochs: float | None = Field(
+        30,
+        gt=0,
+        description="at most this many passes over the training maps, fewer steps than iterations when the "
+        "training set is small (96 images: 180 steps); null: always iterations",
+    )
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-2, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)

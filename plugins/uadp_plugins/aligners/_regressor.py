@@ -18,6 +18,7 @@ Two choices the paper leaves open, made here for a stable fit with SGD at lr 5e-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -72,7 +73,9 @@ def fit_head(
     """Fit ``head`` to map embeddings [N,C,h,w] to targets [N,...] with SGD; returns the loss curve.
 
     Batches are drawn with replacement-free shuffles, epoch after epoch, until
-    ``config.iterations`` steps are done. Runs on the head's device; the inputs stay where
+    ``config.iterations`` steps are done, or ``config.max_epochs`` passes over the embeddings if
+    that is fewer: a thousand steps over a hundred images would see each one 160 times, for a
+    head that stopped learning long before. Runs on the head's device; the inputs stay where
     they are and only each batch moves.
     """
     with torch.random.fork_rng(devices=[embeddings.device] if embeddings.is_cuda else []):
@@ -91,7 +94,10 @@ def _sgd(head, embeddings, targets, loss_fn, config: HeadConfig) -> list[float]:
     losses: list[float] = []
     order = torch.empty(0, dtype=torch.long)
     head.train()
-    for _ in range(config.iterations):
+    steps = config.iterations
+    if config.max_epochs is not None:
+        steps = min(steps, max(1, math.ceil(config.max_epochs * len(embeddings) / batch_size)))
+    for _ in range(steps):
         if len(order) < batch_size:
             order = torch.randperm(len(embeddings), generator=generator)
         index, order = order[:batch_size], order[batch_size:]

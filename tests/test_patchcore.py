@@ -539,3 +539,25 @@ def test_cli_runs_patchcore_with_cada_from_its_preset(generated, tmp_path, capsy
     from helpers import all_runs
 
     assert [run.info.status for run in all_runs(tmp_path / "runs")] == ["FINISHED"]
+
+
+def test_the_default_stack_aligns_the_image_score_only_and_exports(generated, tmp_path):
+    """patchcore-cada-cpu: CADA scores the images, but the maps stay the bank's own, in the run
+    and in the exported graph (which must agree with the run's model)."""
+    from uadp.config import build_config
+
+    config = build_config(
+        preset="patchcore-cada-cpu",
+        overrides={
+            "dataset": {"name": "mvtec", "root": str(generated)},
+            "data": {"image_size": 128, "workers": 0},
+            "eval": {"overlays_per_class": 0},
+            "tracking": {"root": str(tmp_path / "runs")},
+        },
+    )
+    result = train_and_evaluate(config, Registry(), log=lambda text: None)
+    assert result.config.eval.align == "image" and result.config.eval.calibration == "leave-one-out"
+    for name in ("pixel_auroc", "pixel_ap"):  # the maps are the bank's own
+        assert result.report.mean[name] == result.base_report.mean[name]
+    assert result.report.mean["image_auroc"] > 0.9 and result.report.pooled["image_auroc"] > 0.9
+    assert check_export(result.bundle) < 1e-4

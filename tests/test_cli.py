@@ -256,7 +256,7 @@ def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkey
 
 def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
-    assert run_name(build_config()) == "patchcore+cada (patchcore-cada-cpu, tf_efficientnet_lite0)"  # the default
+    assert run_name(build_config()) == "ensemble+cada (ensemble-patchcore-cpu)"  # the default: no backbone of its own
     assert (
         run_name(build_config("uniad-cpu", sets=["aligner.name=cada"]))
         == "uniad+cada (uniad-cpu, tf_efficientnet_lite0)"
@@ -374,10 +374,11 @@ def test_aligner_none_is_no_aligner(capsys) -> None:
     assert config["aligner"] is None and config["synthesizer"] is None
 
 
-def test_reconstructor_without_a_preset_keeps_the_defaults(tmp_path: Path) -> None:
-    """A method whose plugin names no preset of its own starts from the default stack, its
-    reconstructor swapped (every built-in method names one: a plugin of the test's here)."""
-    from uadp.config import build_config, resolve
+def test_reconstructor_without_a_preset_starts_from_the_core_defaults(tmp_path: Path) -> None:
+    """A method whose plugin names no preset of its own takes nothing of the default stack's
+    method (its backbone, aligner, image score), only its data; a feature method is told to
+    choose a backbone (every built-in method names a preset: a plugin of the test's here)."""
+    from uadp.config import RunConfig, build_config, resolve
     from uadp.registry import get_registry
 
     (tmp_path / "presetless.py").write_text(
@@ -388,19 +389,21 @@ def test_reconstructor_without_a_preset_keeps_the_defaults(tmp_path: Path) -> No
         "def register_reconstructors(register):\n"
         "    register('presetless', UniAD, config=UniADConfig, help='UniAD without a preset')\n"
     )
-    code, out, err = call_captured(
-        ["run", "--plugins-dir", tmp_path, "--reconstructor", "presetless", "--print-config"]
-    )
+    args = ["run", "--plugins-dir", tmp_path, "--reconstructor", "presetless", "--print-config"]
+    code, out, err = call_captured([*args, "--backbone", "timm"])
     assert code == 0 and "starting from its preset" not in err
     printed = yaml.safe_load(out)
     registry = get_registry()  # the process's, with the plugin of --plugins-dir added
-    defaults = resolve(build_config(), registry).to_dict()
-    assert printed == resolve(build_config(overrides={"reconstructor": {"name": "presetless"}}), registry).to_dict()
-    assert printed["reconstructor"]["name"] == "presetless" and printed["tracking"]["preset"] == "patchcore-cada-cpu"
-    own = ("reconstructor", "eval")  # eval.calibration: auto resolves by the method (leave-one-out for PatchCore)
-    assert {k: v for k, v in printed.items() if k not in own} == {k: v for k, v in defaults.items() if k not in own}
-    assert printed["eval"]["align"] == defaults["eval"]["align"] == "image"
-    assert printed["eval"]["image_score"] == defaults["eval"]["image_score"]
+    flags = {"reconstructor": {"name": "presetless"}, "backbone": {"name": "timm"}}
+    assert printed == resolve(build_config(overrides=flags), registry).to_dict()
+    assert printed["reconstructor"]["name"] == "presetless" and printed["tracking"]["preset"] is None
+    assert printed["aligner"] is None and printed["dataset"]["name"] == "demo"
+    alone = build_config(overrides={"reconstructor": {"name": "presetless"}})
+    assert alone.backbone is None  # not the default's: the run asks for one (--backbone NAME)
+    core = RunConfig().eval.model_dump(mode="json")
+    assert {k: v for k, v in printed["eval"].items() if k not in ("calibration", "metrics")} == {
+        k: v for k, v in core.items() if k not in ("calibration", "metrics")
+    }
 
 
 # --------------------------------------------------------------------------- determinism
@@ -643,7 +646,7 @@ def test_a_reconstructors_advice_is_printed_before_it_trains(tmp_path):
     code, _, err = call_captured(["run", "--config", "uniad-cpu", "--print-config"])
     assert code == 0 and "note:" not in err  # a method that registers none
     code, _, err = call_captured(["run", "--print-config"])
-    assert code == 0 and "note: patchcore: fitted in one pass" in err  # the default method's own
+    assert code == 0 and "note: ensemble: runs every member" in err  # the default method's own
 
 
 def test_python_m_uadp_is_the_uadp_command() -> None:

@@ -72,6 +72,7 @@ def test_presets_are_registered_by_the_plugins_that_name_them():
         "patchcore-paper",
         "patchcore-cpu",
         "patchcore-cada-cpu",
+        "ensemble-patchcore-cpu",
     }
     assert presets["unias-cpu"].plugin == "unias" and presets["uniad-cpu"].plugin == "uniad"
     assert all(p.path.is_file() for p in presets.values())
@@ -80,10 +81,10 @@ def test_presets_are_registered_by_the_plugins_that_name_them():
 
 def test_a_bare_config_is_the_core_defaults_and_the_default_preset():
     config = build_config()
-    default = "patchcore-cada-cpu"
+    default = "ensemble-patchcore-cpu"
     assert Registry().default_preset() == default  # declared by its registration, not by a name
     assert config == build_config(preset=default) and config.tracking.preset == default
-    assert config.reconstructor.name == "patchcore" and config.aligner.name == "cada" and config.dataset.name == "demo"
+    assert config.reconstructor.name == "ensemble" and config.aligner.name == "cada" and config.dataset.name == "demo"
     assert config.train == RunConfig().train and config.eval.align == "image"
 
 
@@ -93,7 +94,7 @@ def test_another_methods_preset_takes_nothing_from_the_default_but_its_data():
     config = build_config(preset="uniad-cpu")
     assert config.reconstructor.name == "uniad" and config.aligner is None
     assert config.eval == RunConfig().eval and config.dataset.name == "demo"
-    assert build_config(sets=["aligner.name=class-stats"]).reconstructor.name == "patchcore"  # layered on it
+    assert build_config(sets=["aligner.name=class-stats"]).reconstructor.name == "ensemble"  # layered on it
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -104,6 +105,11 @@ def test_every_preset_validates_and_resolves(name: str, registry: Registry):
     raw = yaml.safe_load(registry.preset(name).path.read_text())
     for section in ("backbone", "reconstructor"):
         for key, value in (raw.get(section) or {}).items():
+            if key == "members":  # an ensemble's: each member's given options, its defaults filled in
+                for given, found in zip(value, resolved.to_dict()[section][key], strict=True):
+                    for part, options in given.items():
+                        assert options.items() <= found[part].items(), f"{name}: {section}.members.{part}"
+                continue
             assert resolved.to_dict()[section][key] == value, f"{name}: {section}.{key}"
 
 
@@ -298,7 +304,7 @@ def test_bad_plugin_value_after_resolve(registry: Registry):
 
 
 def test_bad_backbone_option_after_resolve(registry: Registry):
-    config = build_config(sets=["backbone.stages=abc"])
+    config = build_config(preset="uniad-cpu", sets=["backbone.stages=abc"])
     with pytest.raises(ConfigError, match=r"^backbone\.stages:"):
         resolve(config, registry)
 
@@ -486,7 +492,7 @@ def test_resolve_keeps_given_options_and_coerces_them(registry: Registry):
 
 
 def test_resolve_fills_backbone_and_dataset_sections(registry: Registry):
-    config = resolve(build_config(), registry)
+    config = resolve(build_config(preset="uniad-cpu"), registry)
     assert set(config.backbone.options()) == {"model", "stages", "weights"}
     assert config.dataset.name == "demo"
 
@@ -561,15 +567,16 @@ def test_fingerprint_ignores_what_does_not_define_the_model(change: str):
         "train.lr=0.0003",
         "train.seed=1",
         "train.batch_size=4",
-        "reconstructor.coreset_ratio=0.05",
+        "reconstructor.hidden_dim=64",
         "backbone.model=tf_efficientnet_lite1",
         "data.image_size=128",
         "data.classes=[a]",
     ],
 )
 def test_fingerprint_changes_with_what_defines_the_model(change: str):
-    assert model_fingerprint(build_config(sets=[change])) != model_fingerprint(build_config())
-    assert fingerprint_hash(build_config(sets=[change])) != fingerprint_hash(build_config())
+    changed, base = build_config(preset="uniad-cpu", sets=[change]), build_config(preset="uniad-cpu")
+    assert model_fingerprint(changed) != model_fingerprint(base)
+    assert fingerprint_hash(changed) != fingerprint_hash(base)
 
 
 def test_fingerprint_of_a_resolved_config_sees_plugin_options(registry: Registry):

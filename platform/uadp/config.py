@@ -468,14 +468,16 @@ def build_config(
     """The layers of a run's config: the core defaults and the default preset (the one a plugin
     registers with ``default=True``, if any), or ``base`` (an earlier run's config); then
     ``preset``; then flag overrides (a nested dict); then ``--set`` pairs. A ``preset`` (or
-    file) that names its own reconstructor replaces the default: only the default's data source
-    (its ``dataset`` section, the embedded demo) stays beneath, so no option of the default's
-    method (its aligner, its image score) leaks into another method's recipe."""
+    file) that names its own reconstructor, or with no preset a flag that names another
+    reconstructor than the default's, replaces the default: only the default's data source (its
+    ``dataset`` section, the embedded demo) stays beneath, so no option of the default's method
+    (its backbone, aligner, image score) leaks into another method's run."""
     default = None
     if base is None:
         data = RunConfig().to_dict()
         default = (registry or get_registry()).default_preset()
-        if default is not None and preset and preset != default and _chooses_a_method(preset, registry):
+        other_method = preset and preset != default and _chooses_a_method(preset, registry)
+        if default is not None and (other_method or _swaps_the_method(default, preset, overrides, registry)):
             # a recipe of its own: of the default's, only the data source stays beneath it
             data["dataset"] = load_yaml(find_preset(default, registry)).get("dataset")
         elif default is not None:
@@ -497,6 +499,17 @@ def build_config(
         else:
             set_path(data, parts, value)
     return validate(data)
+
+
+def _swaps_the_method(
+    default: str, preset: str | None, overrides: dict[str, Any] | None, registry: Registry | None
+) -> bool:
+    """No preset, and the flags name a reconstructor other than the default preset's."""
+    named = (overrides or {}).get("reconstructor")
+    if preset or not isinstance(named, dict) or "name" not in named:
+        return False
+    own = load_yaml(find_preset(default, registry)).get("reconstructor")
+    return not isinstance(own, dict) or own.get("name") != named["name"]
 
 
 def _chooses_a_method(preset: str, registry: Registry | None) -> bool:

@@ -37,7 +37,7 @@ KINDS = {
         "reconstructor",
         "check_reconstructor",
         "a 1x1 autoencoder of the backbone's features, scored by its reconstruction error",
-        f"{_DATA} --reconstructor NAME",
+        f"{_DATA} --reconstructor NAME --backbone timm   # EfficientNet-Lite0's stages 1-4",
     ),
     "synthesizer": Kind(
         "synthesizers",

@@ -33,11 +33,14 @@ The model lives in ``ensemble_model.py``; this module registers it with its opti
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from uadp.plugin import hookimpl
+
+PRESETS = Path(__file__).parent / "presets"
 
 
 class MemberConfig(BaseModel):
@@ -79,5 +82,17 @@ def register_reconstructors(register):
         help="Ensemble: two or more reconstructors, each on its own backbone, their maps fused on a common scale",
         inputs="images",
         members=True,
+        preset="ensemble-patchcore-cpu",
         advice="runs every member on each image: inference costs the members' sum",
+    )
+
+
+@hookimpl
+def register_presets(register):
+    register(
+        "ensemble-patchcore-cpu",
+        PRESETS / "ensemble-patchcore-cpu.yaml",
+        default=True,
+        help="the default: two PatchCore banks (Lite0 and Lite1, 2.5 % coresets, 256 px) fused, CADA on the image "
+        "score, thresholds on every training image; fitted in minutes on a CPU",
     )

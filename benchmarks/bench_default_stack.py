@@ -86,6 +86,12 @@ CANDIDATES: dict[str, list[str]] = {
         "--config",
         str(HERE / "configs" / "ensemble-lite0-lite1-1pc.yaml"),
     ],
+    "ensemble Lite0 + Lite1 banks (1 %), 320 px + cada on the image score": [
+        "--config",
+        str(HERE / "configs" / "ensemble-lite0-lite1-1pc.yaml"),
+        "--image-size",
+        "320",
+    ],
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap")
 POOLED = ("image_auroc", "pixel_ap")
@@ -105,21 +111,27 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs and their summaries")
     parser.add_argument("--only", action="append", help="run only these candidates (labels); repeatable")
+    parser.add_argument(
+        "--existing", action="store_true", help="compare only the candidates whose summary is in --out already"
+    )
     parser.add_argument("--results", help="write the table to benchmarks/results/NAME.csv")
+    parser.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict] = {}
+    unaligned: dict[str, dict] = {}
     timings: dict[str, dict] = {}
     for label, arguments in CANDIDATES.items():
-        if args.only and label not in args.only:
+        if (args.only and label not in args.only) or (args.existing and not (args.out / f"{label}.json").exists()):
             continue
         summary = run(label, arguments, args.data, args.out)
         timings[label] = summary["timing"]
         if summary.get("base"):  # with an aligner: the reconstructor's own maps are a candidate too
-            summaries[f"{label} (no aligner)"] = summary["base"]
             summaries[label] = summary["aligned"]
+            unaligned[f"{label} (no aligner)"] = summary["base"]
         else:
             summaries[label] = summary
+    summaries |= unaligned  # after the stacks: a tie goes to the candidate listed first
     rows = []
     for metric in METRICS:
         values = per_class_values(summaries, metric)
@@ -135,13 +147,13 @@ def main() -> int:
         rows.append(["test images/s", "candidate", label, f"{timing.get('infer_images_per_s', 0):.1f}", "", ""])
     if args.results:
         commands = [this_command()] + [
-            f"uadp run --data PATH/TO/realmix-dev {' '.join(arguments)}   # {label}"
+            f"uadp run --data PATH/TO/realmix-dev {' '.join(arguments).replace(str(HERE), 'benchmarks')}   # {label}"
             for label, arguments in CANDIDATES.items()
         ]
         header = ["metric", "row", "candidate", "value", "worst class", "spread (std)"]
-        print(
-            f"wrote {write(args.results, Results('Candidates for the default stack, chosen class by class', commands, this_hardware(), header, rows))}"
-        )
+        title = "Candidates for the default stack, chosen class by class"
+        table = Results(title, commands, this_hardware(), header, rows, notes=args.note)
+        print(f"wrote {write(args.results, table)}")
     return 0
 
 

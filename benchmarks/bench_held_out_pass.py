@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
 
 
-def held_out_pass(model: Path, batch_size: int, data: str | None, aligner: str) -> dict:
+def held_out_pass(model: Path, batch_size: int, data: str | None, aligner: str, sets: list[str]) -> dict:
     """Maps, own scores, embeddings and seconds of the pass at one batch size."""
     import torch
 
@@ -34,7 +34,7 @@ def held_out_pass(model: Path, batch_size: int, data: str | None, aligner: str) 
     from uadp.engine.saved_model import prepare_saved
     from uadp.registry import get_registry
 
-    options = [f"eval.batch_size={batch_size}", f"aligner.name={aligner}"]
+    options = [f"eval.batch_size={batch_size}", f"aligner.name={aligner}", *sets]
     job, detector = prepare_saved(model, get_registry(), data, options=options, log=lambda text: None)
     train = job.splits.train
     if not detector.fitted_on_these(train):
@@ -67,10 +67,13 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="its data folder (default: the run's)")
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--aligner", default="cada", help="the aligner whose own fit is timed on the maps")
+    parser.add_argument(
+        "--set", action="append", default=[], help="an inference option, e.g. reconstructor.search=clustered"
+    )
     parser.add_argument("--results", default=None, help="write the table to benchmarks/results/NAME")
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
-    passes = {size: held_out_pass(args.model, size, args.data, args.aligner) for size in sizes}
+    passes = {size: held_out_pass(args.model, size, args.data, args.aligner, args.set) for size in sizes}
     first = passes[sizes[0]]
     rows = []
     for size, found in passes.items():
@@ -119,7 +122,7 @@ def main() -> None:
             rows=rows,
             notes=[
                 "Each training image mapped with its own bank rows left out; the differences are from the first batch "
-                "size's maps (float rounding of the matrix products; the same nearest rows)."
+                f"size's maps and scores. Options: {' '.join(args.set) or 'as the model was saved'}."
             ],
         )
         print(f"wrote {write(args.results, table)}")

@@ -386,9 +386,12 @@ def probe(bundle: str, device: str = "cuda") -> int:
     scores = model.predict(images).scores  # the first forward pass builds the folded copy
     detector = model.runner.detector
     facts: dict[str, object] = {"device": str(detector.device), "scores_finite": bool(np.isfinite(scores).all())}
-    net = getattr(detector.backbone, "net", None)
+    # the run's backbone, or the first one inside its reconstructor (an ensemble's members have their own)
+    modules = [detector.backbone, *detector.reconstructor.modules()]
+    backbone = next((m for m in modules if m is not None and hasattr(m, "net") and hasattr(m, "spec")), None)
+    net = getattr(backbone, "net", None)
     if net is not None:
-        runs = (getattr(detector.backbone, "_inference", None) or [net])[0]  # the folded copy, once built
+        runs = (getattr(backbone, "_inference", None) or [net])[0]  # the folded copy, once built
         convolutions = [m for m in runs.modules() if isinstance(m, torch.nn.Conv2d)]
         given: list[bool] = []
 

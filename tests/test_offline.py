@@ -65,7 +65,22 @@ def test_run_predict_and_export_try_no_outside_connection(tiny_dataset: Path, tm
     pytest.importorskip("openvino")
     log = tmp_path / "network.log"
     quick = [f"--set={item}" for item in QUICK_SETS]
-    _uadp(log, tmp_path, "run", "--data", tiny_dataset, "--image-size", "64", "--epochs", "1", "--workers", "1", *quick)
+    _uadp(
+        log,
+        tmp_path,
+        "run",
+        "--config",
+        "uniad-cpu",
+        "--data",
+        tiny_dataset,
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+        *quick,
+    )
     (run_folder,) = (tmp_path / "uadp-runs" / "checkpoints").iterdir()
     image = tiny_dataset / "dots" / "test" / "good" / "000.png"
     _uadp(log, tmp_path, "export", run_folder.name, "--format", "openvino", "--out", tmp_path / "line-model")

@@ -59,6 +59,11 @@ class Ranks:
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (bounded by the group's timeout)."""
+        if self.world > 1:
+            dist.barrier(group=self.group)
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""
         if self.world == 1:

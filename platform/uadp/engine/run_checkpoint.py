@@ -35,10 +35,22 @@ def save_checkpoint(
 ) -> None:
     """Everything ``--resume`` needs to go on after ``epoch``, written whole or not at all
     (by rank 0: the ranks hold the same weights). Until the file is whole, the run's kept
-    checkpoint is the previous one."""
-    if not job.ranks.main:
-        job.saved_epoch = epoch
-        return
+    checkpoint is the previous one. Every rank waits for it: a rank that fails early in the next
+    epoch can then never take the checkpoint of this one down with it."""
+    if job.ranks.main:
+        _write_checkpoint(job, detector, trainer, tracker, history, epoch)
+    job.ranks.barrier()
+    job.saved_epoch = epoch
+
+
+def _write_checkpoint(
+    job: Job,
+    detector: Detector,
+    trainer: Trainer | None,
+    tracker: Tracker,
+    history: list[dict[str, float]],
+    epoch: int,
+) -> None:
     save_atomic(
         {
             "format": CHECKPOINT_FORMAT,
@@ -53,7 +65,6 @@ def save_checkpoint(
         },
         job.checkpoint,
     )
-    job.saved_epoch = epoch
 
 
 def load_checkpointed(job: Job, detector: Detector, resume: dict[str, Any]) -> None:

@@ -476,13 +476,13 @@ def build_config(
     if base is None:
         data = RunConfig().to_dict()
         default = (registry or get_registry()).default_preset()
-        other_method = preset and preset != default and _chooses_a_method(preset, registry)
-        if default is not None and (other_method or _swaps_the_method(default, preset, overrides, registry)):
-            # a recipe of its own: of the default's, only the data source stays beneath it
-            data["dataset"] = load_yaml(find_preset(default, registry)).get("dataset")
-        elif default is not None:
-            data = _apply_preset(data, default, registry)
-            data["tracking"]["preset"] = default
+        if default is not None:
+            recipe = load_yaml(find_preset(default, registry))
+            if _names_another_method(recipe, default, preset, overrides, registry):
+                data["dataset"] = recipe.get("dataset")  # of the default's recipe, only its data source
+            else:
+                data = _with_preset(data, recipe)
+                data["tracking"]["preset"] = default
     else:
         data = validate(base).to_dict()
     if preset and preset != default:
@@ -501,23 +501,30 @@ def build_config(
     return validate(data)
 
 
-def _swaps_the_method(
-    default: str, preset: str | None, overrides: dict[str, Any] | None, registry: Registry | None
+def _names_another_method(
+    default_recipe: dict[str, Any],
+    default: str,
+    preset: str | None,
+    overrides: dict[str, Any] | None,
+    registry: Registry | None,
 ) -> bool:
-    """No preset, and the flags name a reconstructor other than the default preset's."""
+    """A preset other than the default that names its own reconstructor, or, with no preset,
+    flags that name another reconstructor than the default's."""
+    if preset:
+        return preset != default and isinstance(load_yaml(find_preset(preset, registry)).get("reconstructor"), dict)
     named = (overrides or {}).get("reconstructor")
-    if preset or not isinstance(named, dict) or "name" not in named:
+    own = default_recipe.get("reconstructor")
+    if not isinstance(named, dict) or "name" not in named:
         return False
-    own = load_yaml(find_preset(default, registry)).get("reconstructor")
     return not isinstance(own, dict) or own.get("name") != named["name"]
 
 
-def _chooses_a_method(preset: str, registry: Registry | None) -> bool:
-    return isinstance(load_yaml(find_preset(preset, registry)).get("reconstructor"), dict)
-
-
 def _apply_preset(data: dict[str, Any], preset: str, registry: Registry | None) -> dict[str, Any]:
-    loaded = load_yaml(find_preset(preset, registry))
+    return _with_preset(data, load_yaml(find_preset(preset, registry)))
+
+
+def _with_preset(data: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    """``data`` under a preset's contents; a component section it names replaces the earlier one."""
     for section in COMPONENT_SECTIONS:
         if isinstance(loaded.get(section), dict):
             data[section] = None  # a preset's component section is complete: no earlier options leak in

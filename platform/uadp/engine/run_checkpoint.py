@@ -38,33 +38,22 @@ def save_checkpoint(
     checkpoint is the previous one. Every rank waits for it: a rank that fails early in the next
     epoch can then never take the checkpoint of this one down with it."""
     if job.ranks.main:
-        _write_checkpoint(job, detector, trainer, tracker, history, epoch)
+        save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "uadp_version": __version__,
+                "config": job.config.to_dict(),
+                "epoch": epoch,
+                "model": detector.reconstructor.state_dict(),
+                "trainer": trainer.state_dict() if trainer is not None else None,  # None: fitted
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "mlflow_run_id": tracker.current_run,
+            },
+            job.checkpoint,
+        )
     job.ranks.barrier()
     job.saved_epoch = epoch
-
-
-def _write_checkpoint(
-    job: Job,
-    detector: Detector,
-    trainer: Trainer | None,
-    tracker: Tracker,
-    history: list[dict[str, float]],
-    epoch: int,
-) -> None:
-    save_atomic(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "uadp_version": __version__,
-            "config": job.config.to_dict(),
-            "epoch": epoch,
-            "model": detector.reconstructor.state_dict(),
-            "trainer": trainer.state_dict() if trainer is not None else None,  # None: fitted
-            "rng": torch.get_rng_state(),
-            "history": history,
-            "mlflow_run_id": tracker.current_run,
-        },
-        job.checkpoint,
-    )
 
 
 def load_checkpointed(job: Job, detector: Detector, resume: dict[str, Any]) -> None:

@@ -61,17 +61,14 @@ class Ensemble(Reconstructor):
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = {}
-        for index, member in enumerate(self.members):
-            if self.training_kinds[index] == "epochs":
-                losses[f"loss/{index}.{self.names[index]}"] = member.training_step(self.member_batch(index, batch))[
-                    "loss"
-                ]
-        if not losses:
+        """The weighted mean of the losses of the members trained in epochs, each also logged."""
+        trained = [i for i, kind in enumerate(self.training_kinds) if kind == "epochs"]
+        if not trained:
             raise ConfigError("reconstructor ensemble: no member trains in epochs (every one is fitted)")
-        weights = [self.weights[int(key.split("/")[1].split(".")[0])] for key in losses]
-        total = sum(w * loss for w, loss in zip(weights, losses.values())) / sum(weights)
-        return {"loss": total, **{key: value.detach() for key, value in losses.items()}}
+        losses = {i: self.members[i].training_step(self.member_batch(i, batch))["loss"] for i in trained}
+        weights = self.weights[trained]
+        total = sum(w * loss for w, loss in zip(weights, losses.values())) / weights.sum()
+        return {"loss": total, **{f"loss/{i}.{self.names[i]}": loss.detach() for i, loss in losses.items()}}
 
     def fit(self, batches: Iterable[Batch]) -> dict[str, float]:
         """Fit the members fitted in one pass on every training image, then measure each member's

@@ -69,11 +69,12 @@ def main() -> int:
             detector.extract.dtype = detector.dtype
     batch_size = args.batch_size or cfg.eval.batch_size
     workers = worker_count(cfg.data.workers if args.workers is None else args.workers)
+    backbone = cfg.backbone.model if cfg.backbone else "the members' backbones"
     test = job.splits.test
     test_set = job.dataset(test, train=False)
     print(
         f"threads {torch.get_num_threads()}  workers {workers}  batch {batch_size}  {len(test_set)} test images  "
-        f"{cfg.reconstructor.name} on {cfg.backbone.model}  {precision_name(detector.dtype)}",
+        f"{cfg.reconstructor.name} on {backbone}  {precision_name(detector.dtype)}",
         flush=True,
     )
 

@@ -192,7 +192,12 @@ SCREEN_CHUNK = 1024  # queries per bfloat16 product
 
 def has_fast_bf16_products() -> bool:
     """True on a CPU with bfloat16 instructions (AMX tiles or AVX-512 BF16), where a bfloat16
-    matrix product is several times faster than a float32 one (2.6x measured on AVX-512 BF16)."""
+    matrix product is several times faster than a float32 one (2.6x measured on AVX-512 BF16).
+
+    False as well where PyTorch's kernels are held below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``):
+    that setting is how an AVX2-only CPU's path is chosen, and measured, on a newer one."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
     for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         supported = getattr(torch.cpu, check, None)
         try:

@@ -117,6 +117,13 @@ def test_show_misspelt_component_suggests(capsys) -> None:
     assert_one_error_line(capsys.readouterr().err, "did you mean 'uniad'")
 
 
+def test_dataset_flag_names_the_layout_of_a_folder(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--dataset", "mvtec"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--dataset mvtec", "--data DIR")
+    assert main(["run", "--data", str(tmp_path), "--dataset", "mvtek"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "unknown dataset 'mvtek'", "did you mean 'mvtec'")
+
+
 # the commands that need no model, each with the exit code it gives
 ANSWER_AT_ONCE = [
     (["--help"], 0),

@@ -616,3 +616,27 @@ def test_inference_only_options_are_marked_per_plugin():
     assert inference_only_fields(UniASConfig) == {"inference_levels", "post_gaussian", "map_sigma"}
     assert inference_only_fields(RevDistConfig) == {"map_combine", "smoothing_sigma"}
     assert inference_only_fields(UniADConfig) == set()
+
+
+def test_calibration_auto_takes_the_datasets_own_validation_images(tmp_path: Path):
+    """A benchmark that defines normal validation images (MVTec AD 2, LOCO) sets its thresholds
+    on them by default; asking for them on a data set without any is a config error."""
+    from uadp import hookimpl
+    from uadp_plugins.datasets.mvtec import MVTecConfig
+
+    class WithValidation:
+        @hookimpl
+        def register_datasets(self, register):
+            register("with-validation", lambda config: None, config=MVTecConfig, validation=True, help="x")
+
+    registry = Registry()
+    registry.add_plugin(WithValidation(), "with_validation")
+    own = {"dataset": {"name": "with-validation", "root": str(tmp_path)}}
+    assert resolve(build_config("uniad-cpu", own, registry=registry), registry).eval.calibration == "validation"
+    held = build_config("uniad-cpu", own, ["eval.calibration=hold-out"], registry=registry)
+    assert resolve(held, registry).eval.calibration == "hold-out"  # an explicit choice stands
+    mvtec = {"dataset": {"name": "mvtec", "root": str(tmp_path)}}
+    assert resolve(build_config("uniad-cpu", mvtec, registry=registry), registry).eval.calibration == "hold-out"
+    wrong = build_config("uniad-cpu", mvtec, ["eval.calibration=validation"], registry=registry)
+    with pytest.raises(ConfigError, match="eval.calibration=validation: dataset mvtec defines no validation images"):
+        resolve(wrong, registry)

@@ -165,6 +165,23 @@ def test_read_mask_nonzero_is_anomalous(tmp_path: Path) -> None:
     assert np.array_equal(out, mask > 0)
 
 
+def test_read_mask_of_a_folder_is_the_union_of_its_masks(tmp_path: Path) -> None:
+    """MVTec LOCO AD keeps one mask per defect in a folder named after the image."""
+    folder = tmp_path / "000"
+    folder.mkdir()
+    first, second = np.zeros((6, 8), np.uint8), np.zeros((6, 8), np.uint8)
+    first[1, 1], second[4, 5] = 255, 7
+    _save(folder / "000.png", Image.fromarray(first, "L"))
+    _save(folder / "001.png", Image.fromarray(second, "L"))
+    assert np.array_equal(read_mask(folder, (6, 8)), (first > 0) | (second > 0))
+    with pytest.raises(DataError, match="mask is 8×6 but its image is 9×6"):
+        read_mask(folder, (6, 9))
+    empty = tmp_path / "001"
+    empty.mkdir()
+    with pytest.raises(DataError, match="mask folder without a mask image"):
+        read_mask(empty, (6, 8))
+
+
 def test_read_mask_rgb_any_channel_nonzero(tmp_path: Path) -> None:
     mask = np.zeros((5, 5, 3), np.uint8)
     mask[1, 1, 2] = 255

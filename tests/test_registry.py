@@ -644,3 +644,52 @@ def test_data_flag_selects_the_dataset_registered_as_a_folder_reader():
 
     registry.add_plugin(Folder(), "folder")
     assert registry.folder_dataset() == "my-folders"
+
+
+def _has_marker(root: Path) -> bool:
+    """The layout check of the test datasets below: a folder holding ``marker.txt``."""
+    return (root / "marker.txt").is_file()
+
+
+def _unreadable(root: Path) -> bool:
+    raise PermissionError(f"{root}: permission denied")
+
+
+def test_data_flag_picks_the_reader_whose_layout_check_accepts_the_folder(tmp_path: Path):
+    class Layouts:
+        @hookimpl
+        def register_datasets(self, register):
+            register("general", _factory, help="the general layout", folder=True)
+            register("marked", _factory, help="a marked layout", folder=True, recognises=f"{__name__}:_has_marker")
+            register("locked", _factory, help="never readable", folder=True, recognises=f"{__name__}:_unreadable")
+
+    registry = Registry(load_entry_points=False)
+    registry.add_plugin(Layouts(), "layouts")
+    plain, marked = tmp_path / "plain", tmp_path / "marked"
+    plain.mkdir()
+    marked.mkdir()
+    (marked / "marker.txt").write_text("")
+    assert registry.folder_dataset(plain) == "general"  # no check accepts it: the general reader
+    assert registry.folder_dataset(marked) == "marked"
+    assert registry.folder_dataset() == "general"  # no folder given: the general reader
+
+    class Twin:
+        @hookimpl
+        def register_datasets(self, register):
+            register("twin", _factory, help="the same marker", folder=True, recognises=f"{__name__}:_has_marker")
+
+    registry.add_plugin(Twin(), "twin")
+    with pytest.raises(UadpError, match=r"several datasets \(marked, twin\); name one with --dataset marked"):
+        registry.folder_dataset(marked)
+
+
+def test_a_layout_check_must_name_a_function_path():
+    class Broken:
+        @hookimpl
+        def register_datasets(self, register):
+            register("broken", _factory, help="x", folder=True, recognises=42)
+
+    registry = Registry(load_entry_points=False)
+    registry.add_plugin(Broken(), "broken_plugin")
+    with pytest.raises(PluginError, match="recognises=42; expected text"):
+        registry.folder_dataset()

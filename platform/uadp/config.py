@@ -135,12 +135,13 @@ class ImageScoreConfig(_Section):
 
 class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
-    calibration: Literal["auto", "leave-one-out", "hold-out"] = Field(
+    calibration: Literal["auto", "leave-one-out", "hold-out", "validation"] = Field(
         "auto",
         description="the normal images that set the OK / not-OK thresholds: leave-one-out: every training "
         "image, scored with its own contribution left out (a reconstructor that can, such as a memory bank); "
-        "hold-out: a share of each class's training images kept apart (calibration_fraction); auto: "
-        "leave-one-out where the reconstructor can, else hold-out",
+        "hold-out: a share of each class's training images kept apart (calibration_fraction); validation: "
+        "the data set's own normal validation images (a benchmark that defines them, such as MVTec AD 2); "
+        "auto: validation where the data set has it, else leave-one-out where the reconstructor can, else hold-out",
     )
     calibration_fraction: float = Field(
         0.1,
@@ -414,7 +415,7 @@ def resolve(config: RunConfig, registry: Registry) -> RunConfig:
                 _resolved_member(member, f"{section}.members[{i}]", registry)
                 for i, member in enumerate(data[section].get("members") or [])
             ]
-    data["eval"]["calibration"] = _calibration(data["reconstructor"], config.eval.calibration, registry)
+    data["eval"]["calibration"] = _calibration(data, config.eval.calibration, registry)
     return validate(data)
 
 
@@ -444,8 +445,16 @@ def _resolved_member(member: dict[str, Any], where: str, registry: Registry) -> 
     return out
 
 
-def _calibration(reconstructor: dict[str, Any], wanted: str, registry: Registry) -> str:
-    """``eval.calibration`` decided: ``auto`` becomes what the (resolved) reconstructor allows."""
+def _calibration(data: dict[str, Any], wanted: str, registry: Registry) -> str:
+    """``eval.calibration`` decided: ``auto`` becomes the data set's validation images where it
+    has them, else what the (resolved) reconstructor allows."""
+    reconstructor, dataset = data["reconstructor"], data["dataset"]["name"]
+    has_validation = bool(registry.get("datasets", dataset).traits.get("validation"))
+    if wanted == "validation" and not has_validation:
+        raise ConfigError(
+            f"eval.calibration=validation: dataset {dataset} defines no validation images; "
+            "use auto, hold-out or --normal-dir"
+        )
     name = reconstructor["name"]
     can = bool(registry.reconstructor_traits(name, reconstructor).get("leave_one_out"))
     if wanted == "leave-one-out" and not can:
@@ -454,7 +463,7 @@ def _calibration(reconstructor: dict[str, Any], wanted: str, registry: Registry)
             "use hold-out (a share of the training images kept apart) or --normal-dir"
         )
     if wanted == "auto":
-        return "leave-one-out" if can else "hold-out"
+        return "validation" if has_validation else "leave-one-out" if can else "hold-out"
     return wanted
 
 

@@ -58,7 +58,8 @@ class Dataset(Protocol):
         """Every class the source holds, sorted."""
 
     def samples(self, class_name: str, split: str) -> list[Sample]:
-        """Samples of one class; ``split`` is "train" (normal only) or "test"."""
+        """Samples of one class; ``split`` is "train" (normal only), "test", or, for a reader
+        registered ``validation=True``, "validation" (the benchmark's normal validation images)."""
 
 
 # --------------------------------------------------------------------------- backbone

@@ -64,9 +64,17 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
     "aligners": {"class_labels": (("none", "train", "train+test"), "none")},
     # the column heading of the metric in result tables (default: its name)
     "metrics": {"short": (str, None)},
-    # a reader of a folder given by `uadp run --data PATH` (its config's `root`); the first
-    # registered one with the trait is what --data selects
-    "datasets": {"folder": ((False, True), False)},
+    "datasets": {
+        # a reader of a folder given by `uadp run --data PATH` (its config's `root`)
+        "folder": ((False, True), False),
+        # the "package.module:function" path of a check ``(root: Path) -> bool`` that tells
+        # whether a folder is in this reader's layout, so --data picks it by itself; a folder
+        # reader without one reads the general layout, used when no other recognises the folder
+        "recognises": (str, None),
+        # True: ``samples(class_name, "validation")`` gives the benchmark's own normal
+        # validation images, which then set the thresholds (``eval.calibration: validation``)
+        "validation": ((False, True), False),
+    },
 }
 
 
@@ -109,6 +117,15 @@ def resolve_factory(path: str, owner: str = "") -> Callable[..., Any]:
     if not callable(target):
         raise PluginError(f"{where}factory {path!r} is not callable")
     return target
+
+
+def _accepts(registration: Registration, root: str | Path) -> bool:
+    """Whether a dataset's layout check accepts ``root`` (an unreadable folder is not its layout)."""
+    check = resolve_factory(registration.traits["recognises"], owner=registration.plugin)
+    try:
+        return bool(check(Path(root).expanduser()))
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -411,12 +428,24 @@ class Registry:
         listing = ", ".join(known) if known else "none (no plugin registers any)"
         raise UnknownComponentError(f"unknown {kind[:-1]} {name!r}{hint} Known {kind}: {listing}")
 
-    def folder_dataset(self) -> str:
-        """The dataset that reads a folder given by ``--data`` (the first with ``folder=True``)."""
-        for name, registration in self._collect()["datasets"].items():
-            if registration.traits.get("folder"):
-                return name
-        raise UnknownComponentError("--data: no dataset plugin reads a folder (none registers folder=True)")
+    def folder_dataset(self, root: str | Path | None = None) -> str:
+        """The dataset that reads the folder ``root`` given by ``--data``: the one whose layout
+        check (trait ``recognises``) accepts it, else the folder reader without a check (the
+        general layout). A folder two layouts accept is an error that asks for ``--dataset``."""
+        folders = {name: reg for name, reg in self._collect()["datasets"].items() if reg.traits.get("folder")}
+        if not folders:
+            raise UnknownComponentError("--data: no dataset plugin reads a folder (none registers folder=True)")
+        if root is not None:
+            matched = [name for name, reg in folders.items() if reg.traits.get("recognises") and _accepts(reg, root)]
+            if len(matched) > 1:
+                raise UadpError(
+                    f"--data {root}: the folder is in the layout of several datasets ({', '.join(matched)}); "
+                    f"name one with --dataset {matched[0]}"
+                )
+            if matched:
+                return matched[0]
+        general = [name for name, reg in folders.items() if not reg.traits.get("recognises")]
+        return (general or list(folders))[0]
 
     def find(self, name: str) -> list[Registration]:
         """Every registration called ``name``, across kinds (for ``uadp show``)."""

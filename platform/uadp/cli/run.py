@@ -170,7 +170,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 def add_run_command(sub) -> None:
     p = sub.add_parser("run", help="train one model on every class, evaluate it, track it in MLflow")
-    add_shared(p, "--config", "--data", "--classes")
+    add_shared(p, "--config", "--data", "--dataset", "--classes")
     p.add_argument("--backbone", help="backbone plugin (see `uadp list backbones`)")
     p.add_argument("--reconstructor", help="reconstructor plugin, e.g. uniad")
     add_shared(p, "--synthesizer")
@@ -220,7 +220,7 @@ def add_synthesize_command(sub) -> None:
         "synthesize", help="a PNG grid of a synthesizer's anomalies on training images, with their ground truth"
     )
     add_shared_as(p, "--synthesizer", help="synthesizer plugin, e.g. panel-jnd")  # none is no choice here
-    add_shared(p, "--config", "--data", "--classes", "--image-size")
+    add_shared(p, "--config", "--data", "--dataset", "--classes", "--image-size")
     p.add_argument("--count", type=flags.positive_int, default=12, help="number of samples, spread over the classes")
     add_shared_as(p, "--seed", help="the run seed the samples are drawn with (default: the config's)")
     add_shared(p, "--set")

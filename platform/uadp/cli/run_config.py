@@ -14,7 +14,7 @@ from ..errors import UadpError
 def _flag_overrides(args: argparse.Namespace, registry) -> dict[str, Any]:
     """The dedicated flags of ``uadp run`` (or the subset another command has) as a nested override.
 
-    ``--data PATH`` selects the dataset plugin that reads a folder (registered ``folder=True``)."""
+    ``--data PATH`` selects the dataset plugin whose layout the folder is in (or ``--dataset``'s)."""
     out: dict[str, Any] = {}
 
     def flag(name: str) -> Any:
@@ -25,7 +25,9 @@ def _flag_overrides(args: argparse.Namespace, registry) -> dict[str, Any]:
             out.setdefault(section, {})[key] = value
 
     if flag("data") is not None:
-        out["dataset"] = {"name": registry.folder_dataset(), "root": args.data}
+        out["dataset"] = {"name": flag("dataset") or registry.folder_dataset(args.data), "root": args.data}
+    elif flag("dataset") is not None:
+        raise UadpError(f"--dataset {args.dataset}: names the layout of a folder; give the folder with --data DIR")
     if flag("classes") is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:

@@ -23,7 +23,14 @@ def shared_flag(flag: str) -> dict[str, Any]:
     reads and parses alike in each (a fresh one per call: ``--set``'s default list is not shared)."""
     declarations: dict[str, dict[str, Any]] = {
         "--config": {"help": "a YAML file, or the name of a preset (see `uadp list presets`), e.g. unias-cpu"},
-        "--data": {"help": "MVTec-layout folder with one sub-folder per class (default: the embedded demo)"},
+        "--data": {
+            "help": "a data set's folder as downloaded: MVTec AD, MVTec AD 2, MVTec LOCO AD, VisA or Real-IAD, "
+            "recognised by its layout (default: the embedded demo)"
+        },
+        "--dataset": {
+            "metavar": "NAME",
+            "help": "the layout of --data, where its folder could be read in two (see `uadp list datasets`)",
+        },
         "--classes": {"help": "comma-separated subset of classes"},
         "--synthesizer": {"help": "synthesizer plugin, or none"},
         "--image-size": {"type": flags.positive_int},

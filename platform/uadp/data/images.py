@@ -173,7 +173,18 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int], image_path: str | Path | None = None) -> np.ndarray:
-    """bool [H,W]: any non-zero pixel is anomalous. Must match the image's size."""
+    """bool [H,W]: any non-zero pixel is anomalous. Must match the image's size.
+
+    ``path`` may name a folder of masks, one per defect of the image (MVTec LOCO AD's layout):
+    the mask is then their union."""
+    if Path(path).is_dir():
+        parts = sorted(p for p in Path(path).iterdir() if is_image_file(p))
+        if not parts:
+            raise DataError(f"{path}: mask folder without a mask image; expected {Path(path) / '000.png'}")
+        union = np.zeros(expected_hw, dtype=bool)
+        for part in parts:
+            union |= read_mask(part, expected_hw, image_path)
+        return union
     with _opened(path) as header:
         size = header.size
     if size[::-1] != tuple(expected_hw):

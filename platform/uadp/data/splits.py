@@ -66,6 +66,19 @@ def gather(dataset: Dataset, classes: list[str] | None) -> Splits:
     return Splits(classes=chosen, train=train, test=test)
 
 
+def validation_samples(dataset: Dataset, splits: Splits) -> list[Sample]:
+    """The data set's own normal validation images of every chosen class (for the thresholds)."""
+    samples: list[Sample] = []
+    for name in splits.classes:
+        found = dataset.samples(name, "validation")
+        if not found:
+            raise DataError(f"class {name!r} of {dataset.name} has no validation images")
+        if any(sample.label != 0 for sample in found):
+            raise DataError(f"class {name!r} of {dataset.name}: its validation images must all be normal")
+        samples += found
+    return samples
+
+
 def calibration_count(n: int, fraction: float) -> int:
     """How many of a class's ``n`` training images are kept apart: ``fraction`` of them, at
     least 3 when the class has 10 or more, and never the last one."""

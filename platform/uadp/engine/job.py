@@ -19,7 +19,15 @@ import torch
 
 from ..config import RunConfig, resolve
 from ..data.loader import SampleDataset, make_loader
-from ..data.splits import Sample, Splits, check_files, gather, hold_out_calibration, normal_folder
+from ..data.splits import (
+    Sample,
+    Splits,
+    check_files,
+    gather,
+    hold_out_calibration,
+    normal_folder,
+    validation_samples,
+)
 from ..registry import Registry
 from .components import Components, build_components
 from .detector import Detector
@@ -52,6 +60,8 @@ class Job:
         evaluation = self.config.eval
         if evaluation.normal_dir:
             self.splits = replace(self.splits, calibration=normal_folder(evaluation.normal_dir, self.splits.classes))
+        elif evaluation.calibration == "validation":
+            self.splits = replace(self.splits, calibration=validation_samples(self.components.dataset, self.splits))
         elif evaluation.calibration == "hold-out":
             self.splits = hold_out_calibration(self.splits, evaluation.calibration_fraction, self.config.train.seed)
         # leave-one-out: the thresholds come from the training images themselves (stage 5)

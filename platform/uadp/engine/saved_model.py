@@ -142,7 +142,7 @@ def prepare_saved(
     recorded = recorded_config(state["config"])
     overrides: dict[str, Any] = {}
     if data is not None:
-        overrides["dataset"] = {"name": registry.folder_dataset(), "root": str(data)}
+        overrides["dataset"] = {"name": registry.folder_dataset(data), "root": str(data)}
     if classes is not None:
         overrides["data"] = {"classes": list(classes)}
     if normal_dir is not None:

@@ -254,7 +254,7 @@ def check_component(
     runs = Path(runs) if runs is not None else tmp_path / "uadp-runs"
     sections = _sections(kind, name, registry, options, partners or {}, tiny or {})
     overrides = {
-        "dataset": dataset or {"name": registry.folder_dataset(), "root": str(data)},
+        "dataset": dataset or {"name": registry.folder_dataset(data), "root": str(data)},
         "data": {"image_size": 64, "workers": 0, "augment": []},
         "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0, "device": "cpu"},
         "eval": {"batch_size": 8, "overlays_per_class": 0},

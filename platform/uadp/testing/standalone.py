@@ -132,6 +132,7 @@ def check_samples(label: str, class_name: str, train: list, test: list) -> None:
                 "expected 0 without a mask or 1 with one"
             )
     for sample in (*train, *test):
-        for path in (sample.path, sample.mask_path):
-            if path is not None and not Path(path).is_file():
-                raise AssertionError(f"{where}: {path} does not exist")
+        if not Path(sample.path).is_file():
+            raise AssertionError(f"{where}: {sample.path} does not exist")
+        if sample.mask_path is not None and not Path(sample.mask_path).exists():  # a file, or a folder of masks
+            raise AssertionError(f"{where}: {sample.mask_path} does not exist")

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from uadp.cli import main
 from uadp.tracking import embedded_uri
 
-# the bundled standard metrics, in the order the plugin registers them (the tables' columns)
+# the bundled metrics, in the order the plugins register them (the tables' columns)
 STANDARD_METRICS = [
     "image_auroc",
     "image_ap",
@@ -26,6 +26,7 @@ STANDARD_METRICS = [
     "pixel_aupro",
     "pixel_dsc",
     "pixel_dsc_pooled",
+    "pixel_segf1",
 ]
 QUICK_SETS = (
     "reconstructor.hidden_dim=64",

@@ -33,7 +33,8 @@ What is here:
   ``read_mask``;
 * metric building blocks, exact and checked against scikit-learn: ``EvalView`` (what a metric
   receives), ``BinaryCurve``, ``binary_curve``, ``auroc``, ``average_precision``, ``f1_max``,
-  ``aupro``, ``area_of``, ``dice_per_image``, ``dice_pooled``.
+  ``aupro``, ``area_of``, ``dice_per_image``, ``dice_pooled``, ``segmentation_f1`` (binary masks
+  at given thresholds).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports the
     from .data.images import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
     from .engine.distributed import sum_over_ranks
     from .metrics.aupro import area_of, aupro
+    from .metrics.binary_masks import segmentation_f1
     from .metrics.curves import BinaryCurve, auroc, average_precision, binary_curve, f1_max
     from .metrics.dice import dice_per_image, dice_pooled
     from .metrics.view import EvalView
@@ -96,6 +98,7 @@ _LAZY = {
     **dict.fromkeys(("BinaryCurve", "auroc", "average_precision", "binary_curve", "f1_max"), "metrics.curves"),
     "dice_per_image": "metrics.dice",
     "dice_pooled": "metrics.dice",
+    "segmentation_f1": "metrics.binary_masks",
     "EvalView": "metrics.view",
 }
 
@@ -134,6 +137,7 @@ __all__ = [
     "area_of",
     "dice_per_image",
     "dice_pooled",
+    "segmentation_f1",
 ]
 
 

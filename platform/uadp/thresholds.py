@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from .metrics.binary_masks import binary_counts
 from .metrics.curves import BinaryCurve, binary_curve
-from .metrics.pixels import ArrayPixels, PixelSource, as_pixels, required_masks
+from .metrics.pixels import ArrayPixels, PixelSource, as_pixels
 
 ALL = "all"
 
@@ -162,17 +163,7 @@ def _decision_metrics(decisions: np.ndarray, labels: np.ndarray) -> dict[str, fl
 
 def _overlap(pixels: PixelSource, threshold: float | np.ndarray, at_least: bool = False) -> dict[str, float]:
     """Dice and IoU over every pixel of the unit; ``threshold`` per image ([N]) or one value."""
-    limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (pixels.n_images,))
-    hits = predicted_n = truth_n = 0.0
-    done = 0
-    for maps, masks in pixels.chunks():
-        limit = limits[done : done + len(maps)].reshape(-1, *([1] * (maps.ndim - 1)))
-        done += len(maps)
-        predicted = maps >= limit if at_least else maps > limit
-        truth = required_masks(masks).astype(bool, copy=False)
-        hits += float((predicted & truth).sum())
-        predicted_n += float(predicted.sum())
-        truth_n += float(truth.sum())
+    hits, predicted_n, truth_n = binary_counts(pixels, threshold, at_least)
     union = predicted_n + truth_n - hits
     return {
         "dice": 2 * hits / (predicted_n + truth_n) if predicted_n + truth_n else float("nan"),
@@ -186,6 +177,13 @@ def f1_max_threshold(curve: BinaryCurve) -> float:
         return float("nan")
     f1 = 2 * curve.tps / (curve.tps + curve.fps + curve.n_pos)
     return float(curve.thresholds[int(np.argmax(f1))])
+
+
+def pixel_limits(thresholds: Thresholds | None, class_names: list[str]) -> np.ndarray | None:
+    """The pixel threshold each image is judged by (its class's, or the one for every class)."""
+    if thresholds is None:
+        return None
+    return np.array([thresholds.pixel_threshold(c) for c in class_names], dtype=np.float64)
 
 
 def threshold_report(
@@ -204,13 +202,14 @@ def threshold_report(
     names = np.asarray(class_names)
     source = as_pixels(maps, masks)
     image_limits = np.array([thresholds.image_threshold(c) for c in class_names])
-    pixel_limits = np.array([thresholds.pixel_threshold(c) for c in class_names])
+    pixel_limit = pixel_limits(thresholds, class_names)
+    assert pixel_limit is not None
     report: dict[str, dict[str, dict[str, float]]] = {"calibrated": {}, "f1_max_oracle": {}}
     units = [(c, names == c) for c in dict.fromkeys(class_names)] + [("pooled", np.ones(len(names), bool))]
     for unit, chosen in units:
         s, y, pixels = scores[chosen], labels[chosen], source.subset(np.flatnonzero(chosen))
         calibrated = _decision_metrics(s > image_limits[chosen], y)
-        report["calibrated"][unit] = calibrated | _overlap(pixels, pixel_limits[chosen])
+        report["calibrated"][unit] = calibrated | _overlap(pixels, pixel_limit[chosen])
         image_t = f1_max_threshold(binary_curve(s, y))
         pixel_t = f1_max_threshold(pixels.curve())
         oracle = (

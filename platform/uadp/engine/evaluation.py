@@ -21,7 +21,7 @@ from ..contract import Sample
 from ..data.loader import batches
 from ..metrics.pixels import MapStore
 from ..metrics.protocols import MetricReport, evaluate
-from ..thresholds import Thresholds, calibrate, threshold_report
+from ..thresholds import Thresholds, calibrate, pixel_limits, threshold_report
 from .detector import Detector, SplitPredictions
 from .job import Job
 
@@ -117,13 +117,17 @@ def evaluate_test(job: Job, detector: Detector, thresholds: Thresholds | None) -
 
 def _metrics(job: Job, predictions: SplitPredictions, thresholds: Thresholds | None) -> Evaluation:
     """The metrics of the test split's predictions, per class, mean and pooled, and the thresholds' decisions."""
-    class_names = [s.class_name for s in job.splits.test]
+    samples = job.splits.test
+    class_names = [s.class_name for s in samples]
     metrics = job.components.metrics
-    report = evaluate(predictions.scores, predictions.labels, predictions.pixels, None, class_names, metrics)
+    limits = pixel_limits(thresholds, class_names)
+    report = evaluate(
+        predictions.scores, predictions.labels, predictions.pixels, None, class_names, metrics, samples, limits
+    )
     base_report = None
     if predictions.base_pixels is not None and predictions.base_scores is not None:
-        base_report = evaluate(
-            predictions.base_scores, predictions.labels, predictions.base_pixels, None, class_names, metrics
+        base_report = evaluate(  # the base maps have no thresholds of their own
+            predictions.base_scores, predictions.labels, predictions.base_pixels, None, class_names, metrics, samples
         )
     decisions = None
     if thresholds is not None:

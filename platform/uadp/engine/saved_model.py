@@ -85,7 +85,7 @@ class Scored:
             chosen = job.components.metrics
             if metrics is not None:
                 chosen = {name: chosen[name] for name in metrics}
-            return evaluate(scores, self.labels, store.pixels(), None, names, chosen)
+            return evaluate(scores, self.labels, store.pixels(), None, names, chosen, list(self.test))
 
 
 def score_saved(job: Job, detector: Detector, keep_maps: bool = False) -> Scored:

@@ -10,11 +10,12 @@ read a chunk at a time (see :mod:`uadp.metrics.pixels`). A metric that reads ``p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 
 import numpy as np
 
+from ..contract import Sample
 from .curves import BinaryCurve, binary_curve
 from .pixels import PixelSource, as_pixels
 
@@ -23,6 +24,12 @@ class EvalView:
     """Scores [N], labels [N] and the maps and masks [N,H,W] of the images in one unit.
 
     ``EvalView(scores, labels, maps, masks)`` takes arrays; ``pixels=`` takes a source instead.
+    Two optional facts serve the metrics a benchmark defines beyond maps and masks:
+    ``samples``, the unit's test images as the data set listed them (a metric that reads a
+    benchmark's own annotations, such as MVTec LOCO AD's per-defect saturation, finds them
+    through their paths), and ``pixel_thresholds`` [N], the pixel threshold each image is
+    judged by, set on normal images only (a metric of binary masks, such as MVTec AD 2's
+    SegF1); None where the run has none.
     """
 
     def __init__(
@@ -33,10 +40,14 @@ class EvalView:
         masks: np.ndarray | None = None,
         *,
         pixels: PixelSource | None = None,
+        samples: Sequence[Sample] | None = None,
+        pixel_thresholds: np.ndarray | None = None,
     ) -> None:
         self.scores = scores
         self.labels = labels
         self.pixels = pixels if pixels is not None else as_pixels(maps, masks)
+        self.samples = samples
+        self.pixel_thresholds = pixel_thresholds
 
     @property
     def maps(self) -> np.ndarray:

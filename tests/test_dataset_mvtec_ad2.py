@@ -1,0 +1,203 @@
+"""Dataset ``mvtec_ad2``: the MVTec AD 2 folder as downloaded. Its classes, splits, labels and
+masks; --data recognises it (and still gives a plain MVTec AD folder to ``mvtec``); a folder
+that is almost the layout fails with one line that names what is missing; the same images give
+the same metrics in MVTec AD layout and in this one, whose validation images set the thresholds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dataset_layouts import CLASSES, calibration_images, copy, generated_source, quick_run, results
+from helpers import assert_one_error_line
+from uadp.errors import DataError
+from uadp.registry import Registry
+from uadp.testing.standalone import check_samples
+
+REGISTRY = Registry()
+
+
+def write_layouts(base: Path) -> dict[str, Path]:
+    """The same generated images in MVTec AD 2's layout and in MVTec AD's (the validation images
+    there in a folder of their own, for --normal-dir), with the private test sets beside."""
+    source, extra = generated_source(base)
+    ad2, mvtec, normal = base / "mvtec_ad_2", base / "mvtec", base / "normal"
+    for name in CLASSES:
+        for image in sorted((source / name / "train" / "good").iterdir()):
+            copy(image, ad2 / name / "train" / "good" / image.name)
+            copy(image, mvtec / name / "train" / "good" / image.name)
+        for image in sorted((extra / name / "train" / "good").iterdir()):
+            copy(image, ad2 / name / "validation" / "good" / image.name)
+            copy(image, normal / name / "good" / image.name)
+        for image in sorted((source / name / "test" / "good").iterdir()):
+            copy(image, ad2 / name / "test_public" / "good" / image.name)
+            copy(image, mvtec / name / "test" / "good" / image.name)
+        for image in sorted((source / name / "test" / "patch").iterdir()):
+            mask = source / name / "ground_truth" / "patch" / f"{image.stem}_mask.png"
+            copy(image, ad2 / name / "test_public" / "bad" / image.name)
+            copy(mask, ad2 / name / "test_public" / "ground_truth" / "bad" / mask.name)
+            copy(image, mvtec / name / "test" / "bad" / image.name)
+            copy(mask, mvtec / name / "ground_truth" / "bad" / mask.name)
+            for private in ("test_private", "test_private_mixed"):  # flat, unlabelled
+                copy(image, ad2 / name / private / image.name)
+    (ad2 / "license.txt").write_text("CC BY-NC-SA 4.0\n")  # files beside the classes are not classes
+    return {"ad2": ad2, "mvtec": mvtec, "normal": normal}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, Path]:
+    return write_layouts(tmp_path_factory.mktemp("ad2"))
+
+
+def reader(root: Path, **options):
+    registration = REGISTRY.get("datasets", "mvtec_ad2")
+    return registration.factory(registration.config(root=str(root), **options))
+
+
+def broken_copy(layouts: dict[str, Path], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(layouts["ad2"], tmp_path / "mvtec_ad_2"))
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+def test_classes_splits_labels_and_masks(layouts) -> None:
+    root = layouts["ad2"]
+    dataset = reader(root)
+    assert dataset.name == "mvtec_ad_2"
+    assert dataset.class_names() == sorted(CLASSES)
+    for name in CLASSES:
+        train, validation, test = (dataset.samples(name, split) for split in ("train", "validation", "test"))
+        check_samples("mvtec_ad2", name, train, test)
+        assert [Path(s.path).parent for s in train] == [root / name / "train" / "good"] * 8
+        assert [Path(s.path).parent for s in validation] == [root / name / "validation" / "good"] * 4
+        assert all(s.label == 0 and s.mask_path is None and s.class_name == name for s in train + validation)
+        assert [(Path(s.path).parent.name, s.label, s.defect) for s in test] == [("bad", 1, "bad")] * 4 + [
+            ("good", 0, "good")
+        ] * 3
+        for sample in test[:4]:
+            mask = root / name / "test_public" / "ground_truth" / "bad" / f"{Path(sample.path).stem}_mask.png"
+            assert sample.mask_path == str(mask)
+        assert not any("test_private" in s.path for s in train + validation + test)
+
+
+def test_the_registration_reads_validation_images_and_recognises_the_layout(layouts, tmp_path) -> None:
+    registration = REGISTRY.get("datasets", "mvtec_ad2")
+    assert registration.traits["validation"] and registration.traits["folder"]
+    assert REGISTRY.folder_dataset(layouts["ad2"]) == "mvtec_ad2"
+    assert REGISTRY.folder_dataset(layouts["mvtec"]) == "mvtec"  # a plain MVTec AD folder
+    from uadp_plugins.datasets.mvtec_ad2 import recognise
+
+    assert not recognise(tmp_path / "absent") and not recognise(layouts["ad2"] / "license.txt")
+    assert not recognise(layouts["ad2"] / "dots")  # a class folder is not the dataset's root
+
+
+def test_the_private_test_sets_are_refused_with_the_way_to_score_them(layouts) -> None:
+    for test_set, folder in (("private", "test_private"), ("private_mixed", "test_private_mixed")):
+        with pytest.raises(DataError, match=f"test_set={test_set}: the {folder} images have no labels") as info:
+            reader(layouts["ad2"], test_set=test_set)
+        assert "uadp predict" in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- almost the layout
+
+
+def _no_validation(root: Path) -> tuple[str, str, Path]:
+    shutil.rmtree(root / "dots" / "validation")
+    return "dots", "validation", root / "dots" / "validation" / "good"
+
+
+def _empty_validation(root: Path) -> tuple[str, str, Path]:
+    for image in (root / "dots" / "validation" / "good").iterdir():
+        image.unlink()
+    return "dots", "validation", root / "dots" / "validation" / "good"
+
+
+def _no_mask(root: Path) -> tuple[str, str, Path]:
+    mask = root / "stripes" / "test_public" / "ground_truth" / "bad" / "002_mask.png"
+    mask.unlink()
+    return "stripes", "test", mask
+
+
+def _no_test_public(root: Path) -> tuple[str, str, Path]:
+    shutil.rmtree(root / "stripes" / "test_public")
+    return "stripes", "test", root / "stripes" / "test_public"
+
+
+def _no_training_images(root: Path) -> tuple[str, str, Path]:
+    shutil.rmtree(root / "dots" / "train" / "good")
+    return "dots", "train", root / "dots" / "train" / "good"
+
+
+@pytest.mark.parametrize("damage", [_no_validation, _empty_validation, _no_mask, _no_test_public, _no_training_images])
+def test_a_folder_almost_in_the_layout_fails_with_one_line_naming_what_is_missing(layouts, tmp_path, damage) -> None:
+    root = broken_copy(layouts, tmp_path)
+    name, split, missing = damage(root)
+    with pytest.raises(DataError) as info:
+        reader(root).samples(name, split)
+    message = str(info.value)
+    assert "\n" not in message and str(missing) in message and "expected" in message
+
+
+def test_a_root_without_classes_or_absent(tmp_path) -> None:
+    with pytest.raises(DataError, match="folder not found"):
+        reader(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class in MVTec AD 2 layout; expected .*validation/good"):
+        reader(tmp_path / "empty").class_names()
+
+
+def test_a_run_on_a_folder_without_validation_images_stops_with_one_line(layouts, tmp_path, capsys) -> None:
+    root = broken_copy(layouts, tmp_path)
+    _no_validation(root)
+    code, _, err = quick_run(root, tmp_path / "runs", tmp_path / "out.json")
+    assert code == 2
+    errors = [line for line in err.splitlines() if not line.startswith("note: ")]
+    assert_one_error_line("\n".join(errors), root / "dots" / "validation" / "good", "no validation images")
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def test_the_same_images_give_the_same_metrics_and_the_validation_images_set_the_thresholds(
+    layouts, tmp_path, monkeypatch
+) -> None:
+    """PatchCore on the same images in both layouts: the same metrics and decisions, exactly;
+    the MVTec AD 2 run sets its thresholds on its validation images without being told to (the
+    MVTec AD run is told by --normal-dir)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = tmp_path / "runs"
+    code, stdout, err = quick_run(layouts["ad2"], runs, tmp_path / "ad2.json")
+    assert code == 0, err
+    assert "2 classes, 16 train / 14 test images" in stdout
+    code, _, err = quick_run(layouts["mvtec"], runs, tmp_path / "mvtec.json", "--normal-dir", layouts["normal"])
+    assert code == 0, err
+    ad2, mvtec = results(tmp_path / "ad2.json"), results(tmp_path / "mvtec.json")
+    assert ad2 == mvtec
+    assert ad2["mean"]["image_auroc"] > 0.9
+    assert ad2["threshold"]["thresholds"]["calibration_images"] == dict.fromkeys(CLASSES, 4)
+    expected = sorted(str(p) for p in layouts["ad2"].glob("*/validation/good/*.png"))
+    assert sorted(calibration_images(runs, tmp_path / "ad2.json", tmp_path)) == expected
+
+
+# --------------------------------------------------------------------------- a real sample
+
+
+@pytest.mark.skipif(not os.environ.get("UADP_MVTEC_AD2_SAMPLE"), reason="UADP_MVTEC_AD2_SAMPLE names no folder")
+def test_a_real_sample_of_the_layout() -> None:
+    """A folder of the real MVTec AD 2 (all of it, or some classes with a few images each)."""
+    from uadp.plugin import read_image, read_mask
+
+    root = Path(os.environ["UADP_MVTEC_AD2_SAMPLE"])
+    assert REGISTRY.folder_dataset(root) == "mvtec_ad2"
+    dataset = reader(root)
+    for name in dataset.class_names():
+        train, validation, test = (dataset.samples(name, split) for split in ("train", "validation", "test"))
+        check_samples("mvtec_ad2", name, train, test)
+        assert validation and {s.defect for s in test} == {"good", "bad"}
+        anomalous = next(s for s in test if s.label == 1)
+        image = read_image(anomalous.path)
+        assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()

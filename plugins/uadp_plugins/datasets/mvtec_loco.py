@@ -18,8 +18,8 @@ the OK / not-OK thresholds (``eval.calibration: validation``, what ``auto`` pick
 settings from ``defects_config.json``, for a saturated per-region overlap (sPRO) metric.
 
 ``uadp run --data DIR`` picks this reader by itself when a class folder of ``DIR`` has
-``defects_config.json`` or ``test/logical_anomalies/`` (the MVTec AD reader would take the
-folder otherwise, and miss that a LOCO image has several masks).
+``defects_config.json`` or a folder of masks under ``ground_truth/logical_anomalies/`` (the
+MVTec AD reader would take the folder otherwise, and miss that a LOCO image has several masks).
 """
 
 from __future__ import annotations
@@ -37,11 +37,17 @@ class MVTecLOCOConfig(BaseModel):
 
 
 def recognise(root: Path) -> bool:
-    """Whether ``root`` holds a class folder in MVTec LOCO AD's layout."""
-    return root.is_dir() and any(
-        (child / "defects_config.json").is_file() or (child / "test" / "logical_anomalies").is_dir()
-        for child in root.iterdir()
-    )
+    """Whether ``root`` holds a class folder in MVTec LOCO AD's layout: with
+    ``defects_config.json``, or whose ``ground_truth/logical_anomalies/`` holds a folder of masks
+    (the same folders with one ``<stem>_mask.png`` per image are MVTec AD's layout)."""
+    return root.is_dir() and any(_is_loco_class(child) for child in root.iterdir())
+
+
+def _is_loco_class(folder: Path) -> bool:
+    if (folder / "defects_config.json").is_file():
+        return True
+    masks = folder / "ground_truth" / "logical_anomalies"
+    return masks.is_dir() and any(entry.is_dir() for entry in masks.iterdir())
 
 
 @hookimpl

@@ -172,6 +172,24 @@ class EvalConfig(_Section):
         "map only: the image score stays the reconstructor's)",
     )
     metrics: list[str] | None = Field(None, description="the metrics to compute; default (null): every registered one")
+    resolution: int | None = Field(
+        None,
+        ge=8,
+        description="the side, in pixels, at which maps and ground-truth masks are compared: the maps are resized "
+        "(bilinear) from the model's output, the masks from their original size; default (null): data.image_size",
+    )
+    mask_resize: Literal["nearest", "bilinear"] = Field(
+        "nearest",
+        description="how a ground-truth mask is brought to the evaluation size: nearest (stays binary), or "
+        "bilinear (antialiased, as torchvision's Resize of a PIL mask) and then cut at mask_cutoff",
+    )
+    mask_cutoff: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="mask_resize=bilinear: a pixel is defective where the resized mask (0 to 1) is above this; "
+        "0 counts every pixel the defect touches",
+    )
     overlays_per_class: int = Field(4, ge=0, description="test images per class in the overlay PNG")
 
 
@@ -231,6 +249,9 @@ NOT_MODEL_DEFINING = (
     "eval.image_score",
     "eval.align",
     "eval.metrics",
+    "eval.resolution",
+    "eval.mask_resize",
+    "eval.mask_cutoff",
     "eval.overlays_per_class",
     "eval.false_alarm_rate",
     "eval.pixel_false_alarm_rate",

@@ -34,7 +34,7 @@ What is here:
 * metric building blocks, exact and checked against scikit-learn: ``EvalView`` (what a metric
   receives), ``BinaryCurve``, ``binary_curve``, ``auroc``, ``average_precision``, ``f1_max``,
   ``aupro``, ``area_of``, ``dice_per_image``, ``dice_pooled``, ``segmentation_f1`` (binary masks
-  at given thresholds).
+  at given thresholds); ``aupimo`` and ``aupimo_scores``, checked against their authors' code.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports the
     )
     from .data.images import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
     from .engine.distributed import sum_over_ranks
+    from .metrics.aupimo import aupimo, aupimo_scores
     from .metrics.aupro import area_of, aupro
     from .metrics.binary_masks import segmentation_f1
     from .metrics.curves import BinaryCurve, auroc, average_precision, binary_curve, f1_max
@@ -95,6 +96,8 @@ _LAZY = {
     "sum_over_ranks": "engine.distributed",
     "area_of": "metrics.aupro",
     "aupro": "metrics.aupro",
+    "aupimo": "metrics.aupimo",
+    "aupimo_scores": "metrics.aupimo",
     **dict.fromkeys(("BinaryCurve", "auroc", "average_precision", "binary_curve", "f1_max"), "metrics.curves"),
     "dice_per_image": "metrics.dice",
     "dice_pooled": "metrics.dice",
@@ -135,6 +138,8 @@ __all__ = [
     "f1_max",
     "aupro",
     "area_of",
+    "aupimo",
+    "aupimo_scores",
     "dice_per_image",
     "dice_pooled",
     "segmentation_f1",

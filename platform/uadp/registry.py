@@ -62,8 +62,13 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
     # which class labels an aligner is told: none (class-agnostic), those of the training
     # images only (it learns to recognise the class), or also each test image's (an oracle)
     "aligners": {"class_labels": (("none", "train", "train+test"), "none")},
-    # the column heading of the metric in result tables (default: its name)
-    "metrics": {"short": (str, None)},
+    "metrics": {
+        # the column heading of the metric in result tables (default: its name)
+        "short": (str, None),
+        # True: it scores the run's own decisions (``EvalView.pixel_thresholds``), so it is
+        # computed for the maps the thresholds were set on, not for the base maps beside them
+        "thresholded": ((False, True), False),
+    },
     "datasets": {
         # a reader of a folder given by `uadp run --data PATH` (its config's `root`)
         "folder": ((False, True), False),

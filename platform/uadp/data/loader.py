@@ -11,16 +11,41 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..contract import Sample, Synthesizer
 from ..errors import DataError, UadpError
 from .images import read_image, read_mask
 from .transforms import Normaliser, geometry
+
+
+@dataclass(frozen=True)
+class MaskProtocol:
+    """How ground-truth masks reach the size the maps are compared at (``eval.resolution``,
+    ``eval.mask_resize``, ``eval.mask_cutoff``); papers differ here, and their numbers with it."""
+
+    size_hw: tuple[int, int]
+    rule: str = "nearest"  # or "bilinear"
+    cutoff: float = 0.5
+
+    def is_plain(self, image_hw: tuple[int, int]) -> bool:
+        """Nearest neighbour at the image's own size: resized together with the image."""
+        return self.rule == "nearest" and tuple(self.size_hw) == tuple(image_hw)
+
+    def resize(self, mask: np.ndarray) -> np.ndarray:
+        """bool [H,W] at the original size -> bool at ``size_hw``."""
+        height, width = self.size_hw
+        if self.rule == "nearest":
+            return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(resized, dtype=np.float32) / 255.0 > self.cutoff
 
 
 class SampleDataset(Dataset):
@@ -36,9 +61,11 @@ class SampleDataset(Dataset):
         synthesizer: Synthesizer | None = None,
         seed: int = 0,
         with_masks: bool = True,
+        masks: MaskProtocol | None = None,
     ) -> None:
         self.samples = samples
         self.size_hw = size_hw
+        self.masks = masks or MaskProtocol(size_hw)
         self.normalise = Normaliser(mean, std)
         self.augment = list(augment)
         self.synthesizer = synthesizer
@@ -70,8 +97,12 @@ class SampleDataset(Dataset):
                 mask = read_mask(sample.mask_path, image.shape[:2])
             else:
                 mask = np.zeros(image.shape[:2], dtype=bool)
-            result = self._geometry(image=image, mask=mask.astype(np.uint8))
-            out["mask"] = torch.from_numpy(result["mask"] > 0)
+            if self.masks.is_plain(self.size_hw) and not self.augment:
+                result = self._geometry(image=image, mask=mask.astype(np.uint8))
+                out["mask"] = torch.from_numpy(result["mask"] > 0)
+            else:  # the evaluation protocol's own size or rule (evaluation never augments)
+                result = self._geometry(image=image)
+                out["mask"] = torch.from_numpy(self.masks.resize(mask))
         else:
             result = self._geometry(image=image)
         pixels = result["image"].astype(np.float32) / 255.0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -83,6 +84,14 @@ class BothMaps:
     final_scores: torch.Tensor
     base: torch.Tensor
     base_scores: torch.Tensor
+
+
+def at_size_of(maps: torch.Tensor, masks: np.ndarray | None) -> np.ndarray:
+    """Maps [B,H,W] as numpy, resized (bilinear) to the masks' size where the evaluation
+    compares them at another size (``eval.resolution``)."""
+    if masks is not None and tuple(masks.shape[-2:]) != tuple(maps.shape[-2:]):
+        maps = F.interpolate(maps[:, None].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return maps.cpu().numpy()
 
 
 class Detector:
@@ -241,10 +250,10 @@ class Detector:
                         inputs.fitted_index = batch["index"] + fitted_from
                     both = self._both(inputs, names)
                     masks = batch["mask"].numpy() if "mask" in batch else None
-                    stores[0].append(both.final.cpu().numpy(), masks)
+                    stores[0].append(at_size_of(both.final, masks), masks)
                     scores.append(both.final_scores.cpu().numpy())
                     if len(stores) > 1:
-                        stores[1].append(both.base.cpu().numpy(), masks)
+                        stores[1].append(at_size_of(both.base, masks), masks)
                         base_scores.append(both.base_scores.cpu().numpy())
                     labels.append(batch["label"].numpy())
                     bar.update(len(batch["label"]))

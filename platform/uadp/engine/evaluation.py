@@ -126,8 +126,17 @@ def _metrics(job: Job, predictions: SplitPredictions, thresholds: Thresholds | N
     )
     base_report = None
     if predictions.base_pixels is not None and predictions.base_scores is not None:
-        base_report = evaluate(  # the base maps have no thresholds of their own
-            predictions.base_scores, predictions.labels, predictions.base_pixels, None, class_names, metrics, samples
+        unthresholded = {  # the base maps have no thresholds of their own
+            name: fn for name, fn in metrics.items() if not job.registry.get("metrics", name).traits["thresholded"]
+        }
+        base_report = evaluate(
+            predictions.base_scores,
+            predictions.labels,
+            predictions.base_pixels,
+            None,
+            class_names,
+            unthresholded,
+            samples,
         )
     decisions = None
     if thresholds is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import RunConfig, resolve
-from ..data.loader import SampleDataset, make_loader
+from ..data.loader import MaskProtocol, SampleDataset, make_loader
 from ..data.splits import (
     Sample,
     Splits,
@@ -117,6 +117,15 @@ class Job:
             synthesizer=self.components.synthesizer if train else None,
             seed=self.config.train.seed,
             with_masks=not train,
+            masks=self.mask_protocol(),
+        )
+
+    def mask_protocol(self) -> MaskProtocol:
+        """The size and rule by which test masks are compared with the maps (``eval.*``)."""
+        evaluation = self.config.eval
+        size = evaluation.resolution
+        return MaskProtocol(
+            (size, size) if size else self.config.data.size_hw, evaluation.mask_resize, evaluation.mask_cutoff
         )
 
     def loader_in_order(self, samples: list[Sample], train: bool = False) -> DataLoader:

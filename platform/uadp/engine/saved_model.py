@@ -25,10 +25,10 @@ from ..metrics.pixels import MapStore
 from ..metrics.protocols import MetricReport, evaluate
 from ..registry import Registry
 from ..scoring import image_scores
-from ..thresholds import Thresholds
+from ..thresholds import Thresholds, pixel_limits
 from .alignment import fit_aligner
 from .base_run import load_base_model
-from .detector import Detector, load_weights, read_bundle
+from .detector import Detector, at_size_of, load_weights, read_bundle
 from .evaluation import score
 from .job import Job, Log
 
@@ -80,12 +80,14 @@ class Scored:
         size = job.config.eval.batch_size
         with MapStore() as store:
             for start in range(0, len(maps), size):
-                store.append(maps[start : start + size].float().numpy(), masks[start : start + size])
+                chunk = masks[start : start + size]
+                store.append(at_size_of(maps[start : start + size], chunk), chunk)
             names = [s.class_name for s in self.test]
             chosen = job.components.metrics
             if metrics is not None:
                 chosen = {name: chosen[name] for name in metrics}
-            return evaluate(scores, self.labels, store.pixels(), None, names, chosen, list(self.test))
+            limits = pixel_limits(self.thresholds, names)  # the run's own, as it judges its maps
+            return evaluate(scores, self.labels, store.pixels(), None, names, chosen, list(self.test), limits)
 
 
 def score_saved(job: Job, detector: Detector, keep_maps: bool = False) -> Scored:

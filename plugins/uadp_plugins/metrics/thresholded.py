@@ -23,4 +23,5 @@ def register_metrics(register):
         "uadp_plugins.metrics.thresholded_metrics:pixel_segf1",
         help="pixel F1 of the defect masks at the run's own pixel threshold (MVTec AD 2's SegF1)",
         short="SegF1",
+        thresholded=True,
     )

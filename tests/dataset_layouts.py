@@ -13,6 +13,15 @@ from uadp.testing import make_mvtec_dataset
 
 CLASSES = ("stripes", "dots")
 SIZE = 64
+# the first reconstructor uadp.testing's dataset check runs, made small
+TINY_UNIAD = {
+    "hidden_dim": 32,
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "num_heads": 4,
+    "ffn_dim": 64,
+    "neighbor_size": 1,
+}
 
 
 def generated_source(base: Path) -> tuple[Path, Path]:

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_layouts import CLASSES, calibration_images, copy, generated_source, quick_run, results
+from dataset_layouts import CLASSES, TINY_UNIAD, calibration_images, copy, generated_source, quick_run, results
 from uadp.errors import DataError
 from uadp.plugin import Sample, read_mask
 from uadp.registry import Registry
+from uadp.testing import check_dataset
 from uadp.testing.standalone import check_samples
 from uadp_plugins.datasets.mvtec_loco_reader import DefectRegion, defect_regions, read_defects_config
 
@@ -279,6 +280,13 @@ def test_the_same_images_give_the_same_metrics_and_the_validation_images_set_the
     assert loco["mean"]["image_auroc"] > 0.9
     expected = sorted(str(p) for p in layouts["loco"].glob("*/validation/good/*.png"))
     assert sorted(calibration_images(runs, tmp_path / "loco.json", tmp_path)) == expected
+
+
+def test_the_reader_keeps_the_dataset_contract(layouts, tmp_path, monkeypatch) -> None:
+    """uadp.testing's check of a dataset reader, on this layout: its samples, then a short run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tiny = {"reconstructors": {"uniad": TINY_UNIAD}}
+    check_dataset("mvtec_loco", REGISTRY, tmp_path, tiny=tiny, root=str(layouts["loco"]))
 
 
 # --------------------------------------------------------------------------- a real sample

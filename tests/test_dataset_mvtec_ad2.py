@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from dataset_layouts import CLASSES, calibration_images, copy, generated_source, quick_run, results
+from dataset_layouts import CLASSES, TINY_UNIAD, calibration_images, copy, generated_source, quick_run, results
 from helpers import assert_one_error_line
 from uadp.errors import DataError
 from uadp.registry import Registry
+from uadp.testing import check_dataset
 from uadp.testing.standalone import check_samples
 
 REGISTRY = Registry()
@@ -181,6 +182,13 @@ def test_the_same_images_give_the_same_metrics_and_the_validation_images_set_the
     assert ad2["threshold"]["thresholds"]["calibration_images"] == dict.fromkeys(CLASSES, 4)
     expected = sorted(str(p) for p in layouts["ad2"].glob("*/validation/good/*.png"))
     assert sorted(calibration_images(runs, tmp_path / "ad2.json", tmp_path)) == expected
+
+
+def test_the_reader_keeps_the_dataset_contract(layouts, tmp_path, monkeypatch) -> None:
+    """uadp.testing's check of a dataset reader, on this layout: its samples, then a short run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tiny = {"reconstructors": {"uniad": TINY_UNIAD}}
+    check_dataset("mvtec_ad2", REGISTRY, tmp_path, tiny=tiny, root=str(layouts["ad2"]))
 
 
 # --------------------------------------------------------------------------- a real sample

@@ -640,3 +640,16 @@ def test_calibration_auto_takes_the_datasets_own_validation_images(tmp_path: Pat
     wrong = build_config("uniad-cpu", mvtec, ["eval.calibration=validation"], registry=registry)
     with pytest.raises(ConfigError, match="eval.calibration=validation: dataset mvtec defines no validation images"):
         resolve(wrong, registry)
+
+
+def test_metric_options_are_checked_against_each_metrics_own(tmp_path: Path):
+    registry = Registry()
+    data = {"dataset": {"name": "mvtec", "root": str(tmp_path)}}
+    limited = build_config("uniad-cpu", data, ["eval.metric_options.pixel_aupro.fpr_limit=0.05"], registry=registry)
+    assert resolve(limited, registry).eval.metric_options == {"pixel_aupro": {"fpr_limit": 0.05}}
+    wrong = build_config("uniad-cpu", data, ["eval.metric_options.pixel_aupro.fpr_limit=2"], registry=registry)
+    with pytest.raises(ConfigError, match=r"eval.metric_options.pixel_aupro.fpr_limit"):
+        resolve(wrong, registry)
+    unknown = build_config("uniad-cpu", data, ["eval.metric_options.pixel_aupr.fpr_limit=0.1"], registry=registry)
+    with pytest.raises(UnknownComponentError, match="did you mean 'pixel_aupro'"):
+        resolve(unknown, registry)

@@ -131,3 +131,12 @@ def test_the_evaluation_protocol_options_change_what_is_compared(aligned_run) ->
     assert touched.masks.sum() > half.masks.sum() > 0
     assert (touched.masks | half.masks).sum() == touched.masks.sum()  # cut at 0 contains cut at 0.5
     assert abs(int(half.masks.sum()) - int(nearest.masks.sum())) < 0.1 * nearest.masks.sum()
+
+
+def test_a_metrics_options_change_that_metric_only(aligned_run) -> None:
+    _, result = aligned_run
+    limited = uadp.evaluate(
+        result.bundle, options=["eval.metric_options.pixel_aupro.fpr_limit=0.05"], log=lambda _: None
+    )
+    changed = {k for k, v in limited.report.pooled.items() if v != result.report.pooled[k]}
+    assert changed == {"pixel_aupro"}

@@ -172,6 +172,10 @@ class EvalConfig(_Section):
         "map only: the image score stays the reconstructor's)",
     )
     metrics: list[str] | None = Field(None, description="the metrics to compute; default (null): every registered one")
+    metric_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="options of a metric, by its name (see `uadp show METRIC`), e.g. pixel_aupro: {fpr_limit: 0.05}",
+    )
     resolution: int | None = Field(
         None,
         ge=8,
@@ -249,6 +253,7 @@ NOT_MODEL_DEFINING = (
     "eval.image_score",
     "eval.align",
     "eval.metrics",
+    "eval.metric_options",
     "eval.resolution",
     "eval.mask_resize",
     "eval.mask_cutoff",
@@ -418,6 +423,7 @@ def resolve(config: RunConfig, registry: Registry) -> RunConfig:
     data = config.to_dict()
     if data["eval"]["metrics"] is None:
         data["eval"]["metrics"] = registry.registered("metrics")
+    data["eval"]["metric_options"] = _metric_options(data["eval"]["metric_options"], registry)
     for section, kind in COMPONENT_SECTIONS.items():
         spec = getattr(config, section)
         if spec is None:
@@ -463,6 +469,20 @@ def _resolved_member(member: dict[str, Any], where: str, registry: Registry) -> 
     if (traits["inputs"] == "features") != (out.get("backbone") is not None):
         wanted = "needs a backbone" if traits["inputs"] == "features" else "takes raw images: no backbone"
         raise ConfigError(f"{where}: reconstructor {out['reconstructor']['name']} {wanted}")
+    return out
+
+
+def _metric_options(given: dict[str, Any], registry: Registry) -> dict[str, dict[str, Any]]:
+    """``eval.metric_options`` checked against each metric's own options, defaults filled in."""
+    out = {}
+    for name, options in given.items():
+        registration = registry.get("metrics", name)
+        try:
+            validated = registration.config.model_validate(options or {})
+        except ValidationError as exc:
+            prefix = f"eval.metric_options.{name}"
+            raise ConfigError(validation_message(exc, prefix=prefix, model=registration.config)) from None
+        out[name] = validated.model_dump(mode="json")
     return out
 
 

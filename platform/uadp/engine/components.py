@@ -140,5 +140,6 @@ def build_components(config: RunConfig, registry: Registry) -> Components:
     metrics = {}
     for name in config.eval.metrics or registry.registered("metrics"):  # None: every one (as resolved)
         registration = registry.get("metrics", name)
-        metrics[name] = registration.factory(registration.config())
+        options = config.eval.metric_options.get(name, {})
+        metrics[name] = registration.factory(registration.config.model_validate(options))
     return Components(dataset, backbone, reconstructor, synthesizer, aligner, metrics, regs)

@@ -19,8 +19,8 @@ anomalib's ``metrics/pimo`` is a port of it):
   ``log(upper / lower)`` and clipped to ``[0, 1]``: 1 for an image whose every defect pixel is
   found while the normal images have (nearly) no false positive, about 4e-5 for a random model.
 
-The grid is the authors': it is what makes the values agree with theirs (to ~1e-15 in the tests),
-since the range's ends are the grid points nearest to the bounds. Their library defaults to
+The grid is the authors': it is what makes the values agree with theirs (bit for bit on the
+tests' cases), since the range's ends are the grid points nearest to the bounds. Their library defaults to
 300,000 thresholds (so does anomalib); the paper's evaluation script used 30,000.
 
 The maps are read in three passes (the normal images' range; their FPR at every threshold; the

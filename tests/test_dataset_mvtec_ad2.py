@@ -96,11 +96,57 @@ def test_the_registration_reads_validation_images_and_recognises_the_layout(layo
     assert not recognise(layouts["ad2"] / "dots")  # a class folder is not the dataset's root
 
 
-def test_the_private_test_sets_are_refused_with_the_way_to_score_them(layouts) -> None:
-    for test_set, folder in (("private", "test_private"), ("private_mixed", "test_private_mixed")):
-        with pytest.raises(DataError, match=f"test_set={test_set}: the {folder} images have no labels") as info:
-            reader(layouts["ad2"], test_set=test_set)
-        assert "uadp predict" in str(info.value) and "\n" not in str(info.value)
+def test_a_submission_answers_every_private_image_in_the_servers_files(layouts, tmp_path, monkeypatch) -> None:
+    """``uadp submit``: for each private image, its map at the image's size as float16 TIFF and
+    its mask, that map cut at the model's pixel threshold, as PNG of 0 and 255, where MVTec's
+    server reads them; a second submission to the same folder is refused, and a failed one
+    leaves nothing behind."""
+    import json
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from helpers import call_captured
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = quick_run(layouts["ad2"], tmp_path / "runs", tmp_path / "run.json")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run.json").read_text())
+    model = ["submit", summary["mlflow_run_id"], "--root", str(tmp_path / "runs"), "--workers", "0"]
+    threshold = summary["threshold"]["thresholds"]["pixel"]["all"]
+    out = tmp_path / "submission"
+    code, _, err = call_captured([*model, "--data", str(layouts["ad2"]), "--out", str(out)])
+    assert code == 0, err
+    private = sorted(layouts["ad2"].glob("*/test_private*/*.png"))
+    assert len(private) == 16
+    for image in private:
+        where = image.relative_to(layouts["ad2"]).with_suffix("")
+        answer = tifffile.imread(out / "anomaly_images" / f"{where}.tiff")
+        mask = np.asarray(Image.open(out / "anomaly_images_thresholded" / f"{where}.png"))
+        assert answer.dtype == np.float16 and answer.shape == mask.shape == Image.open(image).size[::-1]
+        assert set(np.unique(mask)) <= {0, 255}
+        clear = np.abs(answer.astype(np.float64) - threshold) > 1e-2 * max(
+            1.0, abs(threshold)
+        )  # not at float16's rounding
+        assert np.array_equal((mask == 255)[clear], (answer > threshold)[clear])
+    assert any(np.asarray(Image.open(p)).any() for p in (out / "anomaly_images_thresholded").rglob("*.png"))
+    assert len(list(out.rglob("*.*"))) == 32
+    code, _, err = call_captured([*model, "--data", str(layouts["ad2"]), "--out", str(out)])
+    assert code == 2 and "already exists" in err
+    broken = broken_copy(layouts, tmp_path)
+    (broken / "dots" / "test_private_mixed" / "002.png").write_bytes(b"not a png")
+    failed = tmp_path / "failed"
+    code, _, err = call_captured([*model, "--data", str(broken), "--out", str(failed)])
+    assert code == 2 and "002.png" in err
+    assert not failed.exists() and not failed.with_name("failed.partial").exists()
+
+
+def test_a_data_set_without_private_images_has_nothing_to_submit(layouts, tmp_path) -> None:
+    from helpers import call_captured
+
+    code, _, err = call_captured(["submit", "any", "--data", str(layouts["mvtec"]), "--out", str(tmp_path / "s")])
+    assert code == 2 and "dataset mvtec" in err and "no unlabelled test images" in err
 
 
 # --------------------------------------------------------------------------- almost the layout

@@ -48,6 +48,22 @@ class Sample:
     mask_path: str | None = None
 
 
+@dataclass(frozen=True)
+class SubmissionFile:
+    """One image a benchmark scores on its own server, and where its answers go in a submission.
+
+    Returned by a reader registered ``submission=True`` (``submission_files(class_name)``);
+    ``uadp submit`` writes, under its output folder, the anomaly map at the image's own size to
+    ``map_path`` (``.tiff``: float16) and the defect mask at the model's pixel threshold to
+    ``mask_path`` (``.png``: 0 and 255). Either may be None when the benchmark wants no such file.
+    """
+
+    image: str
+    class_name: str
+    map_path: str | None
+    mask_path: str | None
+
+
 @runtime_checkable
 class Dataset(Protocol):
     """A dataset reader, built by a ``register_datasets`` factory from its config."""

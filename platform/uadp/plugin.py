@@ -25,7 +25,7 @@ What is here:
   recorded with it under the new name);
 * errors a user can fix (printed as one line, exit code 2): ``UadpError``, ``ConfigError``,
   ``DataError``;
-* the contract types of :mod:`uadp.contract`: ``Sample``, ``Dataset``, ``FeatureSpec``,
+* the contract types of :mod:`uadp.contract`: ``Sample``, ``SubmissionFile``, ``Dataset``, ``FeatureSpec``,
   ``Backbone``, ``BuildContext``, ``Member``, ``Batch``, ``Prediction``, ``Reconstructor``, ``Synthesis``,
   ``Synthesizer``, ``Aligner``, ``Metric``;
 * training in several processes: ``sum_over_ranks`` (a tensor summed over every process);
@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports the
         Prediction,
         Reconstructor,
         Sample,
+        SubmissionFile,
         Synthesis,
         Synthesizer,
     )
@@ -87,6 +88,7 @@ _LAZY = {
             "Prediction",
             "Reconstructor",
             "Sample",
+            "SubmissionFile",
             "Synthesis",
             "Synthesizer",
         ),
@@ -113,6 +115,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Sample",
+    "SubmissionFile",
     "Dataset",
     "FeatureSpec",
     "Backbone",

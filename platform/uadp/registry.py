@@ -79,6 +79,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         # True: ``samples(class_name, "validation")`` gives the benchmark's own normal
         # validation images, which then set the thresholds (``eval.calibration: validation``)
         "validation": ((False, True), False),
+        # True: ``submission_files(class_name)`` lists the benchmark's unlabelled test images and
+        # where each one's map and mask go in a submission to its server (``uadp submit``)
+        "submission": ((False, True), False),
     },
 }
 

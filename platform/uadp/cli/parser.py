@@ -12,7 +12,7 @@ from .. import __version__, flags
 from .history import add_history_commands, add_ui_command
 from .inspection import add_inspection_commands
 from .new_plugin import add_new_plugin_command
-from .predict import add_export_command, add_predict_command
+from .predict import add_export_command, add_predict_command, add_submit_command
 from .run import add_run_command, add_synthesize_command
 
 
@@ -31,6 +31,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     add_new_plugin_command(sub)
     add_predict_command(sub)
     add_export_command(sub)
+    add_submit_command(sub)
     if registry_for_commands is not None:
         registry_for_commands.commands(sub)
     return parser

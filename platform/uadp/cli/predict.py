@@ -109,6 +109,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """A benchmark's unlabelled test images answered in the files its evaluation server scores."""
+    from ..api import load  # the model and the writers (torch, numpy): loaded when the command runs
+    from ..submission import submission_files, write_submission
+
+    out = Path(args.out)
+    if out.exists():
+        raise UadpError(f"--out {out}: already exists; a submission goes to a new folder")
+    check_writable_folder(out.parent, "--out", "choose another folder")
+    registry = registry_for(args)
+    name = args.dataset or registry.folder_dataset(args.data)
+    registration = registry.get("datasets", name)
+    if not registration.traits["submission"]:
+        raise UadpError(f"dataset {name} ({args.data}) has no unlabelled test images to submit to a server")
+    dataset = registration.factory(registration.config.model_validate({"root": args.data}))
+    model = load(args.model, device=args.device, trust=args.trust_model_file, root=args.root, registry=registry)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else model.classes
+    if not classes:
+        raise UadpError(f"{model.source}: the model does not record its classes; name them with --classes")
+    model.check_class_names(classes, label="class")
+    files = submission_files(dataset, list(classes))  # every image listed and checked before any prediction
+    print(f"{len(files)} images of {len(classes)} classes ({', '.join(classes)}) from {args.data}", file=sys.stderr)
+    write_submission(
+        model, files, out, args.batch_size, args.workers, log=lambda text: print(text, file=sys.stderr, flush=True)
+    )
+    return 0
+
+
 def _print_prediction(row: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(row), flush=True)
@@ -164,3 +192,20 @@ def add_export_command(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the model and its metadata.json")
     add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
     p.set_defaults(handler=cmd_export)
+
+
+def add_submit_command(sub) -> None:
+    p = sub.add_parser(
+        "submit", help="a trained model's maps and masks for a benchmark's unlabelled test images (e.g. MVTec AD 2)"
+    )
+    p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI")
+    add_shared_as(p, "--data", required=True, help="the benchmark's folder as downloaded (e.g. mvtec_ad_2)")
+    add_shared(p, "--dataset", "--classes")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the submission's files")
+    p.add_argument("--batch-size", type=flags.positive_int, default=16)
+    p.add_argument(
+        "--workers", type=flags.workers, default="auto", help="decoding processes: a number or auto (the default)"
+    )
+    add_shared_as(p, "--device", default="auto")
+    add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
+    p.set_defaults(handler=cmd_submit)

@@ -11,9 +11,9 @@
     <root>/<class>/test_private_mixed/*.png                   the same, under mixed lighting
 
 A class is any sub-folder that has ``train/``. The test split is ``test_public``; the private
-test sets carry no ground truth, so a run cannot evaluate them (``test_set`` says so and names
-the way to score them). The validation images set the OK / not-OK thresholds
-(``eval.calibration: validation``, what ``auto`` picks for this reader).
+test sets carry no ground truth: ``uadp submit`` writes a trained model's maps and masks for
+them in the files MVTec's evaluation server scores. The validation images set the OK / not-OK
+thresholds (``eval.calibration: validation``, what ``auto`` picks for this reader).
 
 ``uadp run --data DIR`` picks this reader by itself when a class folder of ``DIR`` has
 ``test_public/``. The reader lives in ``mvtec_ad2_reader.py``; this module registers it.
@@ -22,7 +22,6 @@ the way to score them). The validation images set the OK / not-OK thresholds
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,11 +31,6 @@ from uadp.plugin import hookimpl
 class MVTecAD2Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: str = Field(..., description="the MVTec AD 2 folder, one sub-folder per class (can, fabric, ...)")
-    test_set: Literal["public", "private", "private_mixed"] = Field(
-        "public",
-        description="the test split: public (test_public, with labels and masks); private and private_mixed "
-        "have no ground truth and cannot be evaluated by a run yet",
-    )
 
 
 def recognise(root: Path) -> bool:
@@ -54,4 +48,5 @@ def register_datasets(register):
         folder=True,
         recognises="uadp_plugins.datasets.mvtec_ad2:recognise",
         validation=True,
+        submission=True,
     )

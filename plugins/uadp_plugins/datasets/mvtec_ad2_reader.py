@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uadp.plugin import DataError, Sample
+from uadp.plugin import DataError, Sample, SubmissionFile
 from uadp_plugins.datasets._class_folders import checked_root, class_names, images, normal_samples
 from uadp_plugins.datasets.mvtec_ad2 import MVTecAD2Config
 
 DATASET = "MVTec AD 2"
 LAYOUT = "<root>/<class>/train/good/*.png, <root>/<class>/validation/good/*.png and <root>/<class>/test_public/"
 MASK_SUFFIX = "_mask"
-PRIVATE = {"private": "test_private", "private_mixed": "test_private_mixed"}
+PRIVATE = ("test_private", "test_private_mixed")  # no ground truth: scored by MVTec's server
 
 
 class MVTecAD2Folder:
@@ -29,13 +29,26 @@ class MVTecAD2Folder:
     def __init__(self, config: MVTecAD2Config) -> None:
         self.root = checked_root(config.root)
         self.name = self.root.resolve().name
-        if config.test_set in PRIVATE:
-            folder = PRIVATE[config.test_set]
-            raise DataError(
-                f"dataset mvtec_ad2, test_set={config.test_set}: the {folder} images have no labels or masks, "
-                f"so a run cannot evaluate them; run with test_set=public, then score them with "
-                f"`uadp predict RUN {self.root}/<class>/{folder}`"
-            )
+
+    def submission_files(self, class_name: str) -> list[SubmissionFile]:
+        """The private test images of ``class_name`` and their answers' places, as MVTec's
+        evaluation server reads them: ``anomaly_images/<class>/<set>/<stem>.tiff`` (the map) and
+        ``anomaly_images_thresholded/<class>/<set>/<stem>.png`` (the binary mask)."""
+        files = []
+        for folder in PRIVATE:
+            found = images(self.root / class_name / folder)
+            if not found:
+                raise DataError(
+                    f"class {class_name!r} has no {folder} images; expected {self.root / class_name / folder}/*.png"
+                )
+            for path in found:
+                where = f"{class_name}/{folder}/{path.stem}"
+                files.append(
+                    SubmissionFile(
+                        str(path), class_name, f"anomaly_images/{where}.tiff", f"anomaly_images_thresholded/{where}.png"
+                    )
+                )
+        return files
 
     def class_names(self) -> list[str]:
         return class_names(self.root, DATASET, LAYOUT)

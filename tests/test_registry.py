@@ -693,3 +693,14 @@ def test_a_layout_check_must_name_a_function_path():
     registry.add_plugin(Broken(), "broken_plugin")
     with pytest.raises(PluginError, match="recognises=42; expected text"):
         registry.folder_dataset()
+
+
+def test_a_metric_registered_default_false_is_computed_only_when_named(tmp_path: Path):
+    from uadp.config import build_config, resolve
+
+    registry = Registry()
+    assert "pixel_aupimo" in registry.registered("metrics") and "pixel_aupimo" not in registry.default_metrics()
+    data = {"dataset": {"name": "mvtec", "root": str(tmp_path)}}
+    assert "pixel_aupimo" not in resolve(build_config("uniad-cpu", data, registry=registry), registry).eval.metrics
+    named = build_config("uniad-cpu", data, ["eval.metrics=[pixel_auroc, pixel_aupimo]"], registry=registry)
+    assert resolve(named, registry).eval.metrics == ["pixel_auroc", "pixel_aupimo"]

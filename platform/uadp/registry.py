@@ -68,6 +68,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         # True: it scores the run's own decisions (``EvalView.pixel_thresholds``), so it is
         # computed for the maps the thresholds were set on, not for the base maps beside them
         "thresholded": ((False, True), False),
+        # False: computed only when eval.metrics names it (a slow metric, or one undefined on
+        # small test sets, such as AUPIMO below some 100,000 normal pixels a class)
+        "default": ((True, False), True),
     },
     "datasets": {
         # a reader of a folder given by `uadp run --data PATH` (its config's `root`)
@@ -357,6 +360,10 @@ class Registry:
     def registered(self, kind: str) -> list[str]:
         """The names of ``kind`` in the order plugins registered them (e.g. a table's columns)."""
         return list(self._collect()[kind])
+
+    def default_metrics(self) -> list[str]:
+        """The metrics a run computes when eval.metrics names none: those not registered ``default=False``."""
+        return [name for name, reg in self._collect()["metrics"].items() if reg.traits["default"]]
 
     # ------------------------------------------------------------------ presets
 

@@ -46,4 +46,5 @@ def register_metrics(register):
         config=AUPIMOConfig,
         help="mean per-image overlap of the anomalous images, area on a log FPR axis in [1e-5, 1e-4] (AUPIMO)",
         short="AUPIMO",
+        default=False,  # undefined below ~1e5 normal pixels a class: computed when eval.metrics names it
     )

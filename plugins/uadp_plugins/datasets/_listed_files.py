@@ -19,8 +19,13 @@ def missing_files(paths: Iterable[str]) -> list[str]:
     """The paths, in their order, whose file is not in its folder's listing (or whose folder is missing)."""
     listings: dict[str, frozenset[str]] = {}
     absent = []
+    plain = os.altsep is None  # one separator: split at its last occurrence, as os.path.split does but faster
     for path in paths:
-        folder, name = os.path.split(path)
+        if plain:
+            folder, root, name = path.rpartition(os.sep)
+            folder = folder or root  # a file in the root folder itself
+        else:
+            folder, name = os.path.split(path)
         names = listings.get(folder)
         if names is None:
             try:

@@ -127,7 +127,7 @@ def test_folder_dataset(name: str, workspace, tmp_path: Path) -> None:
 
 def test_metric(workspace, tmp_path: Path) -> None:
     """One metric through a run (each metric's values are checked against scikit-learn elsewhere)."""
-    name = REGISTRY.registered("metrics")[0]
+    name = REGISTRY.default_metrics()[0]
     registration = REGISTRY.get("metrics", name)
     metric = registration.factory(registration.config())
     assert isinstance(metric, Metric)

@@ -34,7 +34,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..registry import KINDS  # the registry's module (pydantic, entry points) loads with the registry
+    from ..registry import KINDS, TRAITS  # the registry's module (pydantic, entry points) loads with the registry
 
     registry = registry_for(args)
     kinds: tuple[str, ...] = (*KINDS, "presets")
@@ -52,7 +52,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind}:")
         for name in registry.names(kind):
             registration = registry.get(kind, name)
-            traits = "".join(f" [{k}={v}]" for k, v in registration.traits.items() if v is not None)
+            defaults = {trait: default for trait, (_, default) in TRAITS.get(kind, {}).items()}
+            traits = "".join(  # what sets it apart: the traits it declares other than their defaults
+                f" [{k}={v}]" for k, v in registration.traits.items() if v is not None and v != defaults.get(k)
+            )
             print(f"  {name:<18} {registration.help}{traits}")
     if presets is not None:
         print("presets (--config NAME):")

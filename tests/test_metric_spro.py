@@ -271,3 +271,22 @@ def test_only_regions_and_no_normal_pixel_is_undefined():
     assert pixels.curve() is None
     assert np.isnan(spro_area(pixels, 0.3))
     assert np.isnan(spro_area(pixels, 0.3, thresholds=np.array([5.0, 0.0])))
+    with pytest.raises(ValueError, match="a pixel outside every region"):
+        pixels.official_thresholds()
+
+
+@pytest.mark.parametrize("name", ["seed0", "seed3_ties", "seed5_heavy_ties"])
+def test_folding_the_scores_as_they_arrive_changes_nothing(name, monkeypatch):
+    """The normal pixels are tallied (distinct value, count) a batch at a time, or kept sorted where
+    nearly every value is distinct (seed0's float noise); batches of 500 give the same values."""
+    from uadp.metrics import spro
+
+    case = make_case(**CASES[name])
+    whole = gather(case)
+    expected_official, expected_exact = areas(whole, whole.official_thresholds()), areas(whole, None)
+    monkeypatch.setattr(spro._Tally, "FOLD", 500)
+    folded = gather(case)
+    assert areas(folded, folded.official_thresholds()) == expected_official
+    assert areas(folded, None) == expected_exact
+    compact = [tally.counts is not None for tally in folded._negatives.values()]
+    assert all(compact) if name != "seed0" else not any(compact)

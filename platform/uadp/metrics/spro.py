@@ -47,9 +47,12 @@ small to survive the resize is left out. At the original size nothing changes an
 the official one. This module takes the regions as given: ``uadp_plugins.metrics.loco_metrics``
 reads and resizes them.
 
-Memory: a set of images is gathered one image at a time (:meth:`SPROPixels.add`): the scores
-outside the regions (4 bytes a pixel for float32 maps) and a sorted copy of each region's scores;
-the masks are not kept.
+Memory: a set of images is gathered one image at a time (:meth:`SPROPixels.add`), and the masks
+are not kept. The scores outside the regions are tallied as they arrive (each distinct value with
+its count), which a run's stored maps (float16, at most 65,536 distinct values) keep to a few
+hundred kilobytes for any number of images; maps whose values are nearly all distinct (float32 in
+memory) are kept as one sorted array instead, 4 bytes a pixel. Each region keeps a sorted copy of
+its scores.
 """
 
 from __future__ import annotations
@@ -110,6 +113,109 @@ def _floor_to(thresholds: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return rounded
 
 
+class _Tally:
+    """A multiset of scores, kept as its distinct values and their counts while that is smaller.
+
+    A run's stored maps have at most 65,536 distinct values (float16 codes), so the negatives of
+    any number of images take a few hundred kilobytes once folded; maps whose values are nearly
+    all distinct stay a plain sorted array (counts would only add to them).
+    """
+
+    FOLD = 4 * 2**20  # scores gathered before they are folded in
+
+    def __init__(self) -> None:
+        self.values = np.zeros(0, np.float32)  # ascending; distinct where ``counts`` is set
+        self.counts: np.ndarray | None = None  # int64; None: a plain sorted array
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+        self._compact: bool | None = None  # decided by the first fold
+        self._above: np.ndarray | None = None  # how many scores are at or above each value
+
+    def add(self, scores: np.ndarray) -> None:
+        self._pending.append(scores)
+        self._pending_size += scores.size
+        self._above = None
+        if self._compact is not False and self._pending_size >= max(self.FOLD, self.values.size):
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        batch = np.sort(np.concatenate(self._pending))
+        self._pending, self._pending_size = [], 0
+        if self._compact is None:  # the first batch decides
+            starts = np.flatnonzero(np.concatenate(([True], batch[1:] != batch[:-1])))
+            self._compact = 2 * starts.size <= batch.size
+        if not self._compact:
+            self.values = np.sort(np.concatenate((self.values, batch))) if self.values.size else batch
+            return
+        starts = np.flatnonzero(np.concatenate(([True], batch[1:] != batch[:-1])))
+        self._merge(batch[starts], np.diff(np.append(starts, batch.size)))
+
+    def _merge(self, values: np.ndarray, counts: np.ndarray) -> None:
+        if self.counts is None:
+            self.values, self.counts = values, counts.astype(np.int64)
+            return
+        merged = np.union1d(self.values, values)
+        total = np.zeros(merged.size, dtype=np.int64)
+        total[np.searchsorted(merged, self.values)] += self.counts
+        total[np.searchsorted(merged, values)] += counts
+        self.values, self.counts = merged, total
+
+    def done(self) -> _Tally:
+        """Fold in every score gathered (the queries below need it)."""
+        self._fold()
+        if self._above is None:
+            if self.counts is None:
+                self._above = np.arange(self.values.size, 0, -1, dtype=np.int64)
+            else:
+                self._above = np.cumsum(self.counts[::-1])[::-1]
+        return self
+
+    @property
+    def size(self) -> int:
+        above = self.done()._above
+        assert above is not None
+        return int(above[0]) if above.size else 0
+
+    def at_or_above(self, thresholds: np.ndarray, strictly: bool = False) -> np.ndarray:
+        """How many scores are at or above (``strictly``: above) each threshold of the tally's dtype."""
+        above = self.done()._above
+        assert above is not None
+        first = np.searchsorted(self.values, thresholds, side="right" if strictly else "left")
+        return np.append(above, 0)[first]
+
+    def value_at(self, rank: int) -> float:
+        """The score at ``rank`` (0-based) in ascending order."""
+        self.done()
+        if self.counts is None:
+            return self.values[rank]
+        return self.values[np.searchsorted(np.cumsum(self.counts), rank, side="right")]
+
+    def expanded(self) -> np.ndarray:
+        """Every score, ascending."""
+        self.done()
+        return self.values if self.counts is None else np.repeat(self.values, self.counts)
+
+    @classmethod
+    def of(cls, tallies: Sequence[_Tally]) -> _Tally:
+        """The scores of several tallies as one."""
+        if len(tallies) == 1:
+            return tallies[0].done()
+        merged = cls()
+        for tally in tallies:
+            tally.done()
+        if all(tally.counts is not None for tally in tallies):
+            merged._compact = True
+            for tally in tallies:
+                assert tally.counts is not None
+                merged._merge(tally.values, tally.counts)
+        else:
+            merged._compact = False
+            merged.values = np.sort(np.concatenate([tally.expanded() for tally in tallies]))
+        return merged.done()
+
+
 class _Region:
     __slots__ = ("ascending", "saturation", "group")
 
@@ -148,11 +254,11 @@ class SPROPixels:
     def __init__(self, n_images: int | None = None, seed: int = 0) -> None:
         self.n_images = n_images
         self._rng = np.random.RandomState(seed)
-        self._negatives: dict[str | None, list[np.ndarray]] = {}
-        self._sorted_negatives: dict[str | None, np.ndarray] = {}
+        self._negatives: dict[str | None, _Tally] = {}  # the pixels in no region, by group
         self._regions: list[_Region] = []
-        self._positives: list[np.ndarray] = []  # each image's pixels in some region (for the ranks)
-        self._samples: list[np.ndarray] = []
+        self._positives = _Tally()  # the pixels in some region (for the official thresholds' ranks)
+        self._sample = _Tally()  # above 10,000,000 pixels: the sample the ranks come from
+        self._sampled = 0
         self._pixels_per_image: int | None = None
         self._added = 0
         self._low = np.inf
@@ -185,9 +291,8 @@ class SPROPixels:
                 raise ValueError(f"a saturation area must be 0 or more, got {saturation}")
             self._regions.append(_Region(np.sort(scores[mask]), float(saturation), group))
             union |= mask
-        self._negatives.setdefault(group, []).append(scores[~union])
-        self._sorted_negatives.pop(group, None)
-        self._positives.append(scores[union])
+        self._negatives.setdefault(group, _Tally()).add(scores[~union])
+        self._positives.add(scores[union])
         self._low = min(self._low, float(scores.min()))
         self._high = max(self._high, float(scores.max()))
         self._added += 1
@@ -197,7 +302,8 @@ class SPROPixels:
             if self.n_images * scores.size > MAX_SAMPLED_SCORES:
                 # as MVTec's np.random.choice(flat_scores, size, replace=False), one map after another
                 size = MAX_SAMPLED_SCORES // self.n_images
-                self._samples.append(self._rng.choice(scores.ravel(), size=size, replace=False))
+                self._sample.add(self._rng.choice(scores.ravel(), size=size, replace=False))
+                self._sampled += 1
 
     @property
     def groups(self) -> list[str]:
@@ -208,6 +314,11 @@ class SPROPixels:
     def n_regions(self) -> int:
         return len(self._regions)
 
+    @property
+    def n_negative(self) -> int:
+        """The pixels in no region of their image (the FPR's denominator over every image)."""
+        return sum(tally.size for tally in self._negatives.values())
+
     def _chosen(self, groups: Sequence[str | None] | None) -> set[str | None]:
         if groups is None:
             return set(self._negatives)
@@ -215,12 +326,6 @@ class SPROPixels:
         if unknown:
             raise ValueError(f"no image of group(s) {unknown}; the groups are {self.groups}")
         return {None, *groups}
-
-    def _negatives_of(self, group: str | None) -> np.ndarray:
-        if group not in self._sorted_negatives:
-            parts = self._negatives.get(group, [])
-            self._sorted_negatives[group] = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.float32)
-        return self._sorted_negatives[group]
 
     # ------------------------------------------------------------------ exact curve
 
@@ -236,31 +341,28 @@ class SPROPixels:
         """
         chosen = self._chosen(groups)
         regions = [r for r in self._regions if r.group in chosen]
-        negatives = [self._negatives_of(g) for g in chosen]
-        n_negative = sum(n.size for n in negatives)
+        negative = _Tally.of([self._negatives[g] for g in chosen])
+        n_negative = negative.size
         if not regions or n_negative == 0:
             return None
-        negative = np.sort(np.concatenate(negatives)) if len(negatives) > 1 else negatives[0]
-        del negatives
 
         region_scores = np.concatenate([r.ascending[::-1] for r in regions])
         weights = np.concatenate([r.weights() for r in regions]) / len(regions)
         order = np.argsort(region_scores, kind="stable")[::-1]  # highest first
-        region_descending = region_scores[order]
+        region_ascending = region_scores[order][::-1]
         found = np.concatenate(([0.0], np.cumsum(weights[order])))  # mean sPRO of the top k pixels
         del region_scores, weights, order
 
-        lowest = -np.inf
+        candidates = [negative.values, region_ascending]
         if fpr_limit is not None:
             # one negative beyond the limit's count: the first point past the limit lies above it
             beyond = int(np.floor(fpr_limit * n_negative)) + 1
             if beyond < n_negative:
-                lowest = negative[n_negative - 1 - beyond]
-        candidates = [negative[np.searchsorted(negative, lowest, side="left") :], region_descending]
-        thresholds = np.unique(np.concatenate([c[c >= lowest] for c in candidates]))[::-1]
+                lowest = negative.value_at(n_negative - 1 - beyond)
+                candidates = [c[np.searchsorted(c, lowest, side="left") :] for c in candidates]
+        thresholds = np.unique(np.concatenate(candidates))[::-1]
 
-        false_positives = n_negative - np.searchsorted(negative, thresholds, side="left")
-        region_ascending = region_descending[::-1]
+        false_positives = negative.at_or_above(thresholds)
         true_positives = region_ascending.size - np.searchsorted(region_ascending, thresholds, side="left")
         return false_positives / n_negative, found[true_positives]
 
@@ -273,30 +375,31 @@ class SPROPixels:
         them (float64 comparisons); ``None`` without a region or a pixel outside them."""
         chosen = self._chosen(groups)
         regions = [r for r in self._regions if r.group in chosen]
-        negatives = [self._negatives_of(g) for g in chosen]
+        negatives = [self._negatives[g].done() for g in chosen]
         n_negative = sum(n.size for n in negatives)
         if not regions or n_negative == 0:
             return None
         thresholds = np.asarray(thresholds, dtype=np.float64)
         false_positives = np.zeros(thresholds.size, dtype=np.int64)
         for negative in negatives:
-            above = negative.size - np.searchsorted(negative, _floor_to(thresholds, negative.dtype), side="right")
-            false_positives += above
+            false_positives += negative.at_or_above(_floor_to(thresholds, negative.values.dtype), strictly=True)
         per_region = [
             saturated_overlap(r.overlap_above(_floor_to(thresholds, r.ascending.dtype)), r.saturation) for r in regions
         ]
         return false_positives / n_negative, np.mean(per_region, axis=0)
 
     def official_thresholds(self, curve_max_distance: float = CURVE_MAX_DISTANCE) -> np.ndarray:
-        """MVTec's thresholds for the images gathered (all groups), highest first (float64)."""
-        if not self._added:
-            raise ValueError("no image added")
+        """MVTec's thresholds for the images gathered (all groups), highest first (float64).
+
+        Raises ``ValueError`` without a region or a pixel outside them (no curve to refine).
+        """
+        if not self.n_regions or not self.n_negative:
+            raise ValueError("sPRO needs a region and a pixel outside every region")
         thresholds = self._initial_thresholds()
 
         def evaluate(queries: Sequence[float]) -> list[np.ndarray]:
             values = self.values_at(queries)
-            if values is None:
-                raise ValueError("sPRO needs a region and a pixel outside every region")
+            assert values is not None
             fpr, spro = values
             return [np.array([s, f]) for s, f in zip(spro, fpr)]
 
@@ -310,15 +413,14 @@ class SPROPixels:
         """
         n_pixels = self._added * (self._pixels_per_image or 0)
         if n_pixels > MAX_SAMPLED_SCORES:
-            if len(self._samples) != self._added:
+            if self._sampled != self._added:
                 raise ValueError(
                     f"{n_pixels} pixels: the official thresholds sample each map as it is added, "
                     f"so SPROPixels needs n_images={self._added}"
                 )
-            ranked = np.sort(np.concatenate(self._samples))
+            ranked = self._sample.expanded()
         else:
-            parts = [self._negatives_of(g) for g in self._negatives] + self._positives
-            ranked = np.sort(np.concatenate(parts))
+            ranked = _Tally.of([*self._negatives.values(), self._positives]).expanded()
         ranks = np.linspace(0, ranked.size - 1, num=INITIAL_THRESHOLDS, endpoint=True, dtype=int)[1:-1]
         middle = ranked[ranks].tolist()[::-1]
         thresholds = [self._high + EPSILON, *middle, self._low - EPSILON]

@@ -140,3 +140,29 @@ def test_a_metrics_options_change_that_metric_only(aligned_run) -> None:
     )
     changed = {k for k, v in limited.report.pooled.items() if v != result.report.pooled[k]}
     assert changed == {"pixel_aupro"}
+
+
+def _sees_thresholds(config=None):
+    def metric(view) -> float:
+        return 1.0 if view.pixel_thresholds is not None and view.samples is not None else 0.0
+
+    return metric
+
+
+class ThresholdedMetric:
+    @uadp.hookimpl
+    def register_metrics(self, register):
+        register("sees_thresholds", _sees_thresholds, help="test: 1 when the view has thresholds", thresholded=True)
+
+
+def test_a_thresholded_metric_sees_the_runs_thresholds_and_skips_the_base_maps(aligned_run) -> None:
+    from uadp.registry import Registry
+
+    _, result = aligned_run
+    registry = Registry()
+    registry.add_plugin(ThresholdedMetric(), "thresholded_metric")
+    options = ["eval.metrics=[pixel_auroc, sees_thresholds]"]
+    scored = uadp.evaluate(result.bundle, options=options, registry=registry, log=lambda _: None)
+    assert scored.report.pooled["sees_thresholds"] == 1.0
+    assert all(values["sees_thresholds"] == 1.0 for values in scored.report.per_class.values())
+    assert "sees_thresholds" not in scored.base_report.pooled and "pixel_auroc" in scored.base_report.pooled

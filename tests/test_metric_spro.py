@@ -24,13 +24,22 @@ number of thresholds their ``MetricsAggregator`` ends with; ``all`` is their
 with ``MetricsAggregator._get_initial_thresholds`` wrapped to return each threshold once (what uadp
 does); ``seed7_sampled`` has more than 10,000,000 pixels and ran after ``np.random.seed(0)`` (uadp's
 ``seed=0``).
+
+The metric plugin (``pixel_spro``) is checked on the same cases written as a LOCO class folder,
+its samples listed by the MVTec LOCO AD reader and scored through ``uadp.metrics.protocols.evaluate``
+with the metric from the registry: the official thresholds give the script's values, the maps at
+half the size give the full-size curve (masks on 2 x 2 blocks), and a unit with images of another
+data set gives nan.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import spro_cases
 from spro_cases import CASES, DEFECT_TYPES, Case, make_case
 from uadp.metrics.aupro import aupro
 from uadp.metrics.spro import SPROPixels, saturated_overlap, spro_area
@@ -290,3 +299,133 @@ def test_folding_the_scores_as_they_arrive_changes_nothing(name, monkeypatch):
     assert areas(folded, None) == expected_exact
     compact = [tally.counts is not None for tally in folded._negatives.values()]
     assert all(compact) if name != "seed0" else not any(compact)
+
+
+# ----------------------------------------------------------------------------- the metric plugin
+
+
+def _metric(**options):
+    from uadp.registry import Registry
+
+    registration = Registry().get("metrics", "pixel_spro")
+    return registration.factory(registration.config.model_validate(options))
+
+
+def _loco_unit(case: Case, root, name: str = "pushpins"):
+    """The case as a LOCO class folder, its test samples as the reader lists them, and their masks."""
+    from uadp_plugins.datasets.mvtec_loco import MVTecLOCOConfig
+    from uadp_plugins.datasets.mvtec_loco_reader import MVTecLOCOFolder
+
+    spro_cases.write_loco_class(case, root, name)
+    samples = MVTecLOCOFolder(MVTecLOCOConfig(root=str(root))).samples(name, "test")
+    assert [s.defect for s in samples] == case.groups  # the reader's order is the case's
+    masks = np.array([np.logical_or.reduce([m > 0 for m in regions], axis=0) if regions else
+                      np.zeros(case.maps.shape[1:], bool) for regions in case.regions])  # fmt: skip
+    return samples, masks
+
+
+@pytest.mark.parametrize("name", ["seed0", "seed5_heavy_ties"])
+def test_pixel_spro_on_a_loco_folder_through_evaluate_gives_mvtec_values(tmp_path, name):
+    from uadp.metrics.protocols import evaluate
+
+    case = make_case(**CASES[name])
+    samples, masks = _loco_unit(case, tmp_path)
+    metrics = {
+        "exact": _metric(),
+        "official": _metric(thresholds="official"),
+        "official_0.3": _metric(thresholds="official", fpr_limit=0.3),
+        "official_all": _metric(thresholds="official", anomalies="all"),
+        "official_logical": _metric(thresholds="official", anomalies="logical_anomalies"),
+        "official_structural_0.01": _metric(thresholds="official", anomalies="structural_anomalies", fpr_limit=0.01),
+    }
+    labels = np.array([s.label for s in samples])
+    report = evaluate(
+        case.maps.max(axis=(1, 2)), labels, case.maps, masks, [s.class_name for s in samples], metrics, samples=samples
+    )
+    expected = EXPECTED[name]
+    got = report.per_class["pushpins"]
+    assert got["official"] == pytest.approx(expected["mean"][0.05], abs=1e-9)
+    assert got["official_0.3"] == pytest.approx(expected["mean"][0.3], abs=1e-9)
+    assert got["official_all"] == pytest.approx(expected["all"][0.05], abs=1e-9)
+    assert got["official_logical"] == pytest.approx(expected["logical_anomalies"][0.05], abs=1e-9)
+    assert got["official_structural_0.01"] == pytest.approx(expected["structural_anomalies"][0.01], abs=1e-9)
+    assert got["exact"] == pytest.approx(expected["mean"][0.05], abs=1e-3)
+    assert report.pooled == pytest.approx(got, abs=1e-12)  # one class: the pooled unit is the same images
+
+
+def test_pixel_spro_at_half_the_size_scales_the_saturation_areas(tmp_path):
+    """Masks and maps constant on 2 x 2 blocks: at half the size (masks resized by the metric, saturation
+    areas scaled by 1/4) every overlap and count is a quarter, so the curve is the full-size one."""
+    from uadp.metrics.protocols import evaluate
+
+    case = make_case(**CASES["seed6_blocks"])
+    samples, masks = _loco_unit(case, tmp_path)
+    half = np.ascontiguousarray(case.maps[:, ::2, ::2])
+    full = gather(case)
+    for anomalies in ("mean", "all", "logical_anomalies"):
+        metric = {"spro": _metric(anomalies=anomalies, fpr_limit=0.3)}
+        report = evaluate(half.max(axis=(1, 2)), np.array([s.label for s in samples]), half, masks[:, ::2, ::2],
+                          ["pushpins"] * len(samples), metric, samples=samples)  # fmt: skip
+        groups = {"all": [None], "mean": [[k] for k in KINDS], "logical_anomalies": [["logical_anomalies"]]}[anomalies]
+        expected = np.mean([spro_area(full, 0.3, g) for g in groups])
+        assert report.per_class["pushpins"]["spro"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_region_at_another_size(tmp_path):
+    """40 x 40 masks at 10 x 10: cv2's nearest neighbour keeps rows and columns 0, 4, 8, ..."""
+    from PIL import Image
+
+    from uadp_plugins.datasets.mvtec_loco_reader import DefectRegion
+    from uadp_plugins.metrics.loco_metrics import region_at
+
+    def region(name, rows, cols, threshold, relative):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[rows, cols] = 255
+        Image.fromarray(mask).save(tmp_path / name)
+        return DefectRegion(str(tmp_path / name), 255, threshold, relative, name)
+
+    square = region("000.png", slice(0, 9), slice(0, 9), 1.0, True)  # 81 pixels, 3 x 3 of them kept
+    resized, saturation = region_at(square, (10, 10))
+    assert resized.sum() == 9
+    assert saturation == 81 / 16  # the area at the image's size, scaled
+    assert region_at(square, (40, 40))[1] == 81.0  # at the image's size: MVTec's int(1.0 * 81)
+    forty = region("001.png", slice(0, 9), slice(0, 9), 40, False)
+    assert region_at(forty, (10, 10))[1] == 40 / 16
+    assert region_at(forty, (40, 40))[1] == 40.0  # MVTec's min(40, 81)
+    shifted = region("002.png", slice(1, 11), slice(1, 11), 1.0, True)  # 100 pixels, only 2 x 2 kept
+    resized, saturation = region_at(shifted, (10, 10))
+    assert resized.sum() == 4
+    assert saturation == 4.0  # 100 / 16 scaled, more than what is left: covering it all still saturates
+    assert region_at(region("003.png", 21, 21, 1.0, True), (10, 10)) is None  # no kept row meets it
+
+
+def test_pixel_spro_is_nan_without_a_defects_config(tmp_path):
+    from uadp.metrics.protocols import evaluate
+    from uadp.plugin import Sample
+
+    case = make_case(30, images=(2, 2, 0))
+    samples, masks = _loco_unit(case, tmp_path / "loco")
+    # an MVTec AD-like class: the same images, no defects_config.json beside them
+    other = [Sample(str(tmp_path / "mvtec" / "bottle" / "test" / s.defect / Path(s.path).name), "bottle", s.label, s.defect,
+                    None if s.mask_path is None else str(tmp_path / "mvtec" / "bottle" / "ground_truth" / s.defect / "000_mask.png"))
+             for s in samples]  # fmt: skip
+    every = samples + other
+    maps, both = np.concatenate([case.maps, case.maps]), np.concatenate([masks, masks])
+    labels = np.array([s.label for s in every])
+    with pytest.warns(UserWarning, match="undefined for bottle"):
+        report = evaluate(maps.max(axis=(1, 2)), labels, maps, both, [s.class_name for s in every],
+                          {"spro": _metric()}, samples=every)  # fmt: skip
+    assert np.isfinite(report.per_class["pushpins"]["spro"])
+    assert np.isnan(report.per_class["bottle"]["spro"])
+    assert np.isnan(report.pooled["spro"])  # a unit with images of another data set
+    only_loco = evaluate(case.maps.max(axis=(1, 2)), labels[: len(samples)], case.maps, masks,
+                         ["pushpins"] * len(samples), {"spro": _metric()})  # fmt: skip
+    assert np.isnan(only_loco.per_class["pushpins"]["spro"])  # no samples given
+
+
+def test_pixel_spro_is_registered_but_computed_only_when_named():
+    from uadp.registry import Registry
+
+    registry = Registry()
+    assert "pixel_spro" in registry.registered("metrics") and "pixel_spro" not in registry.default_metrics()
+    assert registry.get("metrics", "pixel_spro").traits["short"] == "AU-sPRO"

@@ -65,9 +65,23 @@ def test_every_name_of_the_door_is_the_core_object_it_stands_for() -> None:
     from uadp import config, contract, errors, hookspecs
     from uadp.data import images
     from uadp.engine import distributed
-    from uadp.metrics import aupimo, aupro, binary_masks, curves, dice, view
+    from uadp.metrics import aupimo, aupro, binary_masks, curves, dice, spro, view
 
-    homes = (config, contract, errors, hookspecs, images, distributed, aupimo, aupro, binary_masks, curves, dice, view)
+    homes = (
+        config,
+        contract,
+        errors,
+        hookspecs,
+        images,
+        distributed,
+        aupimo,
+        aupro,
+        binary_masks,
+        curves,
+        dice,
+        spro,
+        view,
+    )
     for name in uadp.plugin.__all__:
         value = getattr(uadp.plugin, name)
         assert any(getattr(home, name, None) is value for home in homes), name

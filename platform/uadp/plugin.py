@@ -34,7 +34,8 @@ What is here:
 * metric building blocks, exact and checked against scikit-learn: ``EvalView`` (what a metric
   receives), ``BinaryCurve``, ``binary_curve``, ``auroc``, ``average_precision``, ``f1_max``,
   ``aupro``, ``area_of``, ``dice_per_image``, ``dice_pooled``, ``segmentation_f1`` (binary masks
-  at given thresholds); ``aupimo`` and ``aupimo_scores``, checked against their authors' code.
+  at given thresholds); ``aupimo`` and ``aupimo_scores``, checked against their authors' code;
+  ``SPROPixels`` and ``spro_area`` (MVTec LOCO AD's sPRO), checked against MVTec's code.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports the
     from .metrics.binary_masks import segmentation_f1
     from .metrics.curves import BinaryCurve, auroc, average_precision, binary_curve, f1_max
     from .metrics.dice import dice_per_image, dice_pooled
+    from .metrics.spro import SPROPixels, spro_area
     from .metrics.view import EvalView
 
 # Each name imported lazily, by the module (relative to uadp) that defines it.
@@ -104,6 +106,8 @@ _LAZY = {
     "dice_per_image": "metrics.dice",
     "dice_pooled": "metrics.dice",
     "segmentation_f1": "metrics.binary_masks",
+    "SPROPixels": "metrics.spro",
+    "spro_area": "metrics.spro",
     "EvalView": "metrics.view",
 }
 
@@ -146,6 +150,8 @@ __all__ = [
     "dice_per_image",
     "dice_pooled",
     "segmentation_f1",
+    "SPROPixels",
+    "spro_area",
 ]
 
 

@@ -130,9 +130,11 @@ def test_uniad_preset_is_the_paper_setting(registry: Registry):
     assert config.train.lr == pytest.approx(1e-4)
 
 
-def test_the_metrics_default_to_every_registered_metric(registry: Registry):
+def test_the_metrics_default_to_every_default_metric_and_the_datasets_own(registry: Registry, tmp_path: Path):
     assert build_config().eval.metrics is None
-    assert resolve(build_config(), registry).eval.metrics == registry.registered("metrics")
+    assert resolve(build_config(), registry).eval.metrics == registry.default_metrics()
+    loco = build_config(overrides={"dataset": {"name": "mvtec_loco", "root": str(tmp_path)}})
+    assert resolve(loco, registry).eval.metrics == [*registry.default_metrics(), "pixel_spro"]
 
 
 # --------------------------------------------------------------------------- layering

@@ -53,7 +53,7 @@ def test_streamed_metrics_equal_the_exact_in_memory_ones(tmp_path):
     registry = get_registry()
     metrics = {
         name: registry.get("metrics", name).factory(registry.get("metrics", name).config())
-        for name in registry.registered("metrics")
+        for name in registry.default_metrics()
     }
     assert {"pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_dsc", "pixel_dsc_pooled"} <= set(metrics)
     streamed = evaluate(scores, labels, pixels, None, names, metrics)

@@ -422,7 +422,7 @@ def resolve(config: RunConfig, registry: Registry) -> RunConfig:
         )
     data = config.to_dict()
     if data["eval"]["metrics"] is None:
-        data["eval"]["metrics"] = registry.default_metrics()
+        data["eval"]["metrics"] = registry.default_metrics(data["dataset"]["name"])
     data["eval"]["metric_options"] = _metric_options(data["eval"]["metric_options"], registry)
     for section, kind in COMPONENT_SECTIONS.items():
         spec = getattr(config, section)

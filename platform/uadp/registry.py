@@ -85,6 +85,9 @@ TRAITS: dict[str, dict[str, tuple[tuple[Any, ...] | type, Any]]] = {
         # True: ``submission_files(class_name)`` lists the benchmark's unlabelled test images and
         # where each one's map and mask go in a submission to its server (``uadp submit``)
         "submission": ((False, True), False),
+        # the benchmark's own metrics, comma-separated, which a run on it computes besides the
+        # default ones (e.g. MVTec LOCO AD's "pixel_spro", registered default=False)
+        "metrics": (str, None),
     },
 }
 
@@ -361,9 +364,16 @@ class Registry:
         """The names of ``kind`` in the order plugins registered them (e.g. a table's columns)."""
         return list(self._collect()[kind])
 
-    def default_metrics(self) -> list[str]:
-        """The metrics a run computes when eval.metrics names none: those not registered ``default=False``."""
-        return [name for name, reg in self._collect()["metrics"].items() if reg.traits["default"]]
+    def default_metrics(self, dataset: str | None = None) -> list[str]:
+        """The metrics a run computes when eval.metrics names none: those not registered
+        ``default=False``, and the ``dataset``'s own (its ``metrics`` trait)."""
+        names = [name for name, reg in self._collect()["metrics"].items() if reg.traits["default"]]
+        own = self.get("datasets", dataset).traits.get("metrics") if dataset else None
+        for name in (own or "").split(","):
+            if name.strip() and name.strip() not in names:
+                self.get("metrics", name.strip())  # a name no plugin registers fails here, listing the known ones
+                names.append(name.strip())
+        return names
 
     # ------------------------------------------------------------------ presets
 

@@ -138,7 +138,8 @@ def build_components(config: RunConfig, registry: Registry) -> Components:
     if aligner_reg is not None:
         regs["aligner"] = aligner_reg
     metrics = {}
-    for name in config.eval.metrics or registry.default_metrics():  # None: the defaults (as resolved)
+    source = config.dataset.name if config.dataset is not None else None
+    for name in config.eval.metrics or registry.default_metrics(source):  # None: as resolved
         registration = registry.get("metrics", name)
         options = config.eval.metric_options.get(name, {})
         metrics[name] = registration.factory(registration.config.model_validate(options))

@@ -60,4 +60,5 @@ def register_datasets(register):
         folder=True,
         recognises="uadp_plugins.datasets.mvtec_loco:recognise",
         validation=True,
+        metrics="pixel_spro",  # its own localisation metric, computed in every run on it
     )

@@ -255,3 +255,12 @@ def test_a_real_sample_of_the_layout() -> None:
         anomalous = next(s for s in test if s.label == 1)
         image = read_image(anomalous.path)
         assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()
+
+
+def test_the_aligner_learns_from_the_validation_images(layouts, tmp_path, monkeypatch) -> None:
+    """Maps of images the model never saw, like the test images' (MVTec AD 2 sets both the
+    thresholds and the aligner on its validation images, never on a test set)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, stdout, err = quick_run(layouts["ad2"], tmp_path / "runs", tmp_path / "run.json", "--aligner", "cada")
+    assert code == 0, err
+    assert "aligner cada: fitted on 8 validation maps" in stdout

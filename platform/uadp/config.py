@@ -140,7 +140,8 @@ class EvalConfig(_Section):
         description="the normal images that set the OK / not-OK thresholds: leave-one-out: every training "
         "image, scored with its own contribution left out (a reconstructor that can, such as a memory bank); "
         "hold-out: a share of each class's training images kept apart (calibration_fraction); validation: "
-        "the data set's own normal validation images (a benchmark that defines them, such as MVTec AD 2); "
+        "the data set's own normal validation images (a benchmark that defines them, such as MVTec AD 2), "
+        "which an aligner then learns from too; "
         "auto: validation where the data set has it, else leave-one-out where the reconstructor can, else hold-out",
     )
     calibration_fraction: float = Field(

@@ -1,5 +1,7 @@
-"""Stage 4 of a run: the aligner, if any, learns from the frozen model's maps of the normal
-*training* images, never the test split it is judged on."""
+"""Stage 4 of a run: the aligner, if any, learns from the frozen model's maps of normal images,
+never the test split it is judged on: the training images, or, on a benchmark that defines its
+own normal validation images (``eval.calibration: validation``, MVTec AD 2), those: maps of
+images the model never saw, as the test images' are."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..contract import Sample
 from ..data.loader import batches
 from .detector import Detector
 from .job import Job
@@ -20,9 +23,10 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     if aligner is None:
         return
     t0 = time.perf_counter()
-    maps, embeddings = _aligner_inputs(job, detector)
+    images, kind = aligner_images(job)
+    maps, embeddings = _aligner_inputs(job, detector, images)
     labels = job.components.aligner_class_labels
-    class_names = [s.class_name for s in job.splits.train] if labels != "none" else None
+    class_names = [s.class_name for s in images] if labels != "none" else None
     t_fit = time.perf_counter()
     inputs = torch.cat(embeddings).to(job.device) if embeddings else None
     aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names)
@@ -33,21 +37,30 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
     job.timing["aligner_total_s"] = time.perf_counter() - t0
     job.log(
-        f"aligner {job.config.name_of('aligner')}: fitted on {len(job.splits.train)} training maps in "
+        f"aligner {job.config.name_of('aligner')}: fitted on {len(images)} {kind} maps in "
         f"{job.timing['aligner_fit_s']:.1f} s ({job.timing['aligner_total_s']:.1f} s with the maps)"
     )
 
 
-def _aligner_inputs(job: Job, detector: Detector) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The model's maps of the training images (and the embeddings its aligner asks for), kept on
-    the CPU until all are in, so that the device holds one batch at a time."""
+def aligner_images(job: Job) -> tuple[list[Sample], str]:
+    """The normal images the aligner learns from, and what they are."""
+    if job.config.eval.calibration == "validation":
+        return job.splits.calibration, "validation"
+    return job.splits.train, "training"
+
+
+def _aligner_inputs(
+    job: Job, detector: Detector, images: list[Sample]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The model's maps of ``images`` (and the embeddings its aligner asks for), kept on the CPU
+    until all are in, so that the device holds one batch at a time."""
     maps, embeddings = [], []
-    shard = job.ranks.shard(len(job.splits.train))
-    loader = job.loader_in_order(job.splits.train[shard])
+    shard = job.ranks.shard(len(images))
+    loader = job.loader_in_order(images[shard])
     # the images the model was fitted on: it may leave each one's own contribution out
     # (Batch.fitted_index), so that the aligner learns from maps like an unseen normal image's
-    same_images = detector.fitted_on_these(job.splits.train)
-    if detector.fitted_on is not None and not same_images:
+    same_images = images is job.splits.train and detector.fitted_on_these(images)
+    if images is job.splits.train and detector.fitted_on is not None and not same_images:
         job.note(
             f"aligner {job.config.name_of('aligner')}: these training images are not the ones the model was trained on; "
             "their maps are taken as they are"

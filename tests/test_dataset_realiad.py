@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from pathlib import Path
 
@@ -309,3 +310,21 @@ def test_the_same_images_give_the_same_metrics_in_both_layouts(layouts, tmp_path
     assert set(in_realiad["per_class"]) == set(CLASSES)
     assert in_realiad["mean"]["image_auroc"] > 0.8  # a model that found the defects, not two equal failures
     assert in_realiad == in_mvtec
+
+
+@pytest.mark.skipif(not os.environ.get("UADP_REALIAD_SAMPLE"), reason="UADP_REALIAD_SAMPLE names no folder")
+def test_a_real_sample_of_the_layout() -> None:
+    """A folder of the real data set as downloaded (Real-IAD: all of it, or a few classes with
+    some images each), named by $UADP_REALIAD_SAMPLE."""
+    from uadp.plugin import read_image
+
+    root = Path(os.environ["UADP_REALIAD_SAMPLE"])
+    assert REGISTRY.folder_dataset(root) == "realiad"
+    registration = REGISTRY.get("datasets", "realiad")
+    dataset = registration.factory(registration.config(root=str(root)))
+    for class_name in dataset.class_names():
+        train, test = dataset.samples(class_name, "train"), dataset.samples(class_name, "test")
+        check_samples("realiad", class_name, train, test)
+        anomalous = next(s for s in test if s.label == 1)
+        image = read_image(anomalous.path)
+        assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 from pathlib import Path
 
@@ -252,3 +253,21 @@ def test_the_same_images_give_the_same_metrics_in_both_layouts(layouts, tmp_path
     assert set(in_visa["per_class"]) == set(CLASSES)
     assert in_visa["mean"]["image_auroc"] > 0.8  # a model that found the defects, not two equal failures
     assert in_visa == in_mvtec
+
+
+@pytest.mark.skipif(not os.environ.get("UADP_VISA_SAMPLE"), reason="UADP_VISA_SAMPLE names no folder")
+def test_a_real_sample_of_the_layout() -> None:
+    """A folder of the real data set as downloaded (VisA_20220922: all of it, or a few classes with
+    some images each), named by $UADP_VISA_SAMPLE."""
+    from uadp.plugin import read_image
+
+    root = Path(os.environ["UADP_VISA_SAMPLE"])
+    assert REGISTRY.folder_dataset(root) == "visa"
+    registration = REGISTRY.get("datasets", "visa")
+    dataset = registration.factory(registration.config(root=str(root)))
+    for class_name in dataset.class_names():
+        train, test = dataset.samples(class_name, "train"), dataset.samples(class_name, "test")
+        check_samples("visa", class_name, train, test)
+        anomalous = next(s for s in test if s.label == 1)
+        image = read_image(anomalous.path)
+        assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()

@@ -50,6 +50,13 @@ def main() -> int:
         default=2,
         help="end-to-end passes over the test split (per variant); best and median are reported",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="an option that changes no trained weight, e.g. reconstructor.search=brute (repeatable)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -61,7 +68,7 @@ def main() -> int:
     from uadp.scoring import image_scores
 
     # the model and its test split as its run scored them (uadp.evaluate's own preparation)
-    job, detector = prepare_saved(Path(args.model), get_registry(), args.data, log=lambda _: None)
+    job, detector = prepare_saved(Path(args.model), get_registry(), args.data, options=args.set, log=lambda _: None)
     cfg = detector.config
     if args.precision is not None:
         detector.dtype = resolve_precision(args.precision, detector.device)

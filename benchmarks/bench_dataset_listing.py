@@ -211,7 +211,7 @@ def main() -> int:
 
         table = Results(
             "Reading, listing, splitting and checking a Real-IAD folder (generated, single-view lists, 8 px files)",
-            [f"OMP_WAIT_POLICY=PASSIVE {this_command()}"],
+            [f"OMP_WAIT_POLICY=PASSIVE {this_command().replace(str(args.folder), 'DIR')}"],  # no scratch path
             this_hardware(),
             list(HEADER),
             [[str(v) for v in row] for row in rows],

@@ -1,15 +1,23 @@
-"""Helpers for the tests of the readers of benchmark layouts (MVTec AD 2, MVTec LOCO AD): the
-generated images both layouts are written from, a quick PatchCore run, and what a run recorded."""
+"""Helpers for the tests of the readers of benchmark layouts (MVTec AD 2, MVTec LOCO AD, VisA,
+Real-IAD): the generated images both layouts are written from, files written as a layout ships
+them, a quick PatchCore run, what a run recorded, and the check of a real sample of a layout."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from helpers import call_captured, client_for
+from uadp.data.images import read_image, read_mask
+from uadp.registry import Registry
 from uadp.testing import make_mvtec_dataset
+from uadp.testing.standalone import check_samples
 
 CLASSES = ("stripes", "dots")
 SIZE = 64
@@ -37,6 +45,25 @@ def copy(source: Path, target: Path) -> None:
     shutil.copyfile(source, target)
 
 
+def jpeg(png: Path) -> bytes:
+    """The image re-encoded as JPEG (as VisA and Real-IAD ship theirs), the same bytes for both layouts."""
+    out = io.BytesIO()
+    with Image.open(png) as image:
+        image.convert("RGB").save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def put(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def put_mask(path: Path, mask: np.ndarray, value: int = 255) -> None:
+    """A bool mask as a grey PNG whose defect pixels are ``value``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * value).save(path)
+
+
 def quick_run(data: Path, runs: Path, out: Path, *extra: object) -> tuple[int, str, str]:
     """``uadp run`` of PatchCore's CPU preset at 64 px on ``data`` (a few seconds on one core)."""
     args = ["run", "--data", data, "--config", "patchcore-cpu", "--image-size", SIZE, "--workers", 0]
@@ -57,3 +84,17 @@ def calibration_images(runs: Path, out: Path, tmp_path: Path) -> list[str]:
     local = client_for(runs).download_artifacts(run_id, "calibration.csv", str(tmp_path))
     with open(local, newline="") as file:
         return [row["path"] for row in csv.DictReader(file)]
+
+
+def check_real_sample(name: str, root: Path, registry: Registry) -> None:
+    """A folder of a real data set (all of it, or a few classes with some images each): the
+    reader ``name`` is picked for it, keeps the contract, and a defective image has a defect."""
+    assert registry.folder_dataset(root) == name
+    registration = registry.get("datasets", name)
+    dataset = registration.factory(registration.config(root=str(root)))
+    for class_name in dataset.class_names():
+        train, test = dataset.samples(class_name, "train"), dataset.samples(class_name, "test")
+        check_samples(name, class_name, train, test)
+        anomalous = next(s for s in test if s.label == 1)
+        image = read_image(anomalous.path)
+        assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()

@@ -6,7 +6,6 @@ same metrics in MVTec AD layout and in this one."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataset_layouts import CLASSES, SIZE, check_real_sample, jpeg, put, put_mask, quick_run, results
 from helpers import assert_one_error_line, call_captured
 from uadp.data.images import read_mask
 from uadp.errors import DataError
@@ -24,28 +24,8 @@ from uadp.testing import make_mvtec_dataset
 from uadp.testing.standalone import check_samples
 
 REGISTRY = Registry()
-CLASSES = ("stripes", "dots")
-SIZE = 64
 DEFECTS = ("AK", "QS")  # Real-IAD's defect classes: pit, missing parts
 TAKEN = "20240105093012"  # the capture time in Real-IAD's file names
-
-
-def jpeg(png: Path) -> bytes:
-    """The image re-encoded as Real-IAD ships its images (JPEG), the same bytes for both layouts."""
-    out = io.BytesIO()
-    with Image.open(png) as image:
-        image.convert("RGB").save(out, format="JPEG", quality=95)
-    return out.getvalue()
-
-
-def put(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def put_mask(path: Path, mask: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
 def put_json(path: Path, document: object) -> None:
@@ -293,20 +273,16 @@ def test_the_cli_stops_on_an_almost_real_iad_folder_with_one_line(tmp_path):
 # --------------------------------------------------------------------------- the same metrics
 
 
-def quick_run(data: Path, runs: Path, out: Path) -> dict:
-    """``uadp run --data DIR`` of PatchCore's CPU preset at 64 px; its results without what differs
-    between two runs of one model on the same images (timings, run id)."""
-    args = ["run", "--data", data, "--config", "patchcore-cpu", "--image-size", SIZE, "--workers", 0, "--device", "cpu"]
-    args += ["--set", f"tracking.root={runs}", "--set", "eval.overlays_per_class=0", "--output-json", out]
-    code, stdout, err = call_captured(args)
+def run_results(data: Path, runs: Path, out: Path) -> dict:
+    """A quick PatchCore run on ``data`` (see ``dataset_layouts.quick_run``) and its results."""
+    code, stdout, err = quick_run(data, runs, out)
     assert code == 0, stdout + err
-    document = json.loads(out.read_text())
-    return {key: value for key, value in document.items() if key not in ("timing", "mlflow_run_id")}
+    return results(out)
 
 
 def test_the_same_images_give_the_same_metrics_in_both_layouts(layouts, tmp_path):
-    in_realiad = quick_run(layouts["realiad"], tmp_path / "runs", tmp_path / "realiad.json")
-    in_mvtec = quick_run(layouts["mvtec"], tmp_path / "runs", tmp_path / "mvtec.json")
+    in_realiad = run_results(layouts["realiad"], tmp_path / "runs", tmp_path / "realiad.json")
+    in_mvtec = run_results(layouts["mvtec"], tmp_path / "runs", tmp_path / "mvtec.json")
     assert set(in_realiad["per_class"]) == set(CLASSES)
     assert in_realiad["mean"]["image_auroc"] > 0.8  # a model that found the defects, not two equal failures
     assert in_realiad == in_mvtec
@@ -316,15 +292,4 @@ def test_the_same_images_give_the_same_metrics_in_both_layouts(layouts, tmp_path
 def test_a_real_sample_of_the_layout() -> None:
     """A folder of the real data set as downloaded (Real-IAD: all of it, or a few classes with
     some images each), named by $UADP_REALIAD_SAMPLE."""
-    from uadp.plugin import read_image
-
-    root = Path(os.environ["UADP_REALIAD_SAMPLE"])
-    assert REGISTRY.folder_dataset(root) == "realiad"
-    registration = REGISTRY.get("datasets", "realiad")
-    dataset = registration.factory(registration.config(root=str(root)))
-    for class_name in dataset.class_names():
-        train, test = dataset.samples(class_name, "train"), dataset.samples(class_name, "test")
-        check_samples("realiad", class_name, train, test)
-        anomalous = next(s for s in test if s.label == 1)
-        image = read_image(anomalous.path)
-        assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()
+    check_real_sample("realiad", Path(os.environ["UADP_REALIAD_SAMPLE"]), REGISTRY)

@@ -6,8 +6,6 @@ is wrong; the same images give the same metrics in MVTec AD layout and in this o
 from __future__ import annotations
 
 import csv
-import io
-import json
 import os
 import random
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataset_layouts import CLASSES, SIZE, check_real_sample, jpeg, put, put_mask, quick_run, results
 from helpers import assert_one_error_line, call_captured
 from uadp.data.images import read_mask
 from uadp.errors import DataError
@@ -24,28 +23,8 @@ from uadp.testing import make_mvtec_dataset
 from uadp.testing.standalone import check_samples
 
 REGISTRY = Registry()
-CLASSES = ("stripes", "dots")
-SIZE = 64
 HEADER = ["object", "split", "label", "image", "mask"]
 DEFECTS = ("chunk of wax missing", "weird candle wick, chunk of wax missing")  # as image_anno.csv names them
-
-
-def jpeg(png: Path) -> bytes:
-    """The image re-encoded as VisA ships its images (JPEG), the same bytes for both layouts."""
-    out = io.BytesIO()
-    with Image.open(png) as image:
-        image.convert("RGB").save(out, format="JPEG", quality=95)
-    return out.getvalue()
-
-
-def put(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def put_mask(path: Path, mask: np.ndarray, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * value).save(path)
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> None:
@@ -236,20 +215,16 @@ def test_the_cli_stops_on_an_almost_visa_folder_with_one_line(tmp_path):
 # --------------------------------------------------------------------------- the same metrics
 
 
-def quick_run(data: Path, runs: Path, out: Path) -> dict:
-    """``uadp run --data DIR`` of PatchCore's CPU preset at 64 px; its results without what differs
-    between two runs of one model on the same images (timings, run id)."""
-    args = ["run", "--data", data, "--config", "patchcore-cpu", "--image-size", SIZE, "--workers", 0, "--device", "cpu"]
-    args += ["--set", f"tracking.root={runs}", "--set", "eval.overlays_per_class=0", "--output-json", out]
-    code, stdout, err = call_captured(args)
+def run_results(data: Path, runs: Path, out: Path) -> dict:
+    """A quick PatchCore run on ``data`` (see ``dataset_layouts.quick_run``) and its results."""
+    code, stdout, err = quick_run(data, runs, out)
     assert code == 0, stdout + err
-    document = json.loads(out.read_text())
-    return {key: value for key, value in document.items() if key not in ("timing", "mlflow_run_id")}
+    return results(out)
 
 
 def test_the_same_images_give_the_same_metrics_in_both_layouts(layouts, tmp_path):
-    in_visa = quick_run(layouts["visa"], tmp_path / "runs", tmp_path / "visa.json")
-    in_mvtec = quick_run(layouts["mvtec"], tmp_path / "runs", tmp_path / "mvtec.json")
+    in_visa = run_results(layouts["visa"], tmp_path / "runs", tmp_path / "visa.json")
+    in_mvtec = run_results(layouts["mvtec"], tmp_path / "runs", tmp_path / "mvtec.json")
     assert set(in_visa["per_class"]) == set(CLASSES)
     assert in_visa["mean"]["image_auroc"] > 0.8  # a model that found the defects, not two equal failures
     assert in_visa == in_mvtec
@@ -259,15 +234,4 @@ def test_the_same_images_give_the_same_metrics_in_both_layouts(layouts, tmp_path
 def test_a_real_sample_of_the_layout() -> None:
     """A folder of the real data set as downloaded (VisA_20220922: all of it, or a few classes with
     some images each), named by $UADP_VISA_SAMPLE."""
-    from uadp.plugin import read_image
-
-    root = Path(os.environ["UADP_VISA_SAMPLE"])
-    assert REGISTRY.folder_dataset(root) == "visa"
-    registration = REGISTRY.get("datasets", "visa")
-    dataset = registration.factory(registration.config(root=str(root)))
-    for class_name in dataset.class_names():
-        train, test = dataset.samples(class_name, "train"), dataset.samples(class_name, "test")
-        check_samples("visa", class_name, train, test)
-        anomalous = next(s for s in test if s.label == 1)
-        image = read_image(anomalous.path)
-        assert read_mask(anomalous.mask_path, image.shape[:2], anomalous.path).any()
+    check_real_sample("visa", Path(os.environ["UADP_VISA_SAMPLE"]), REGISTRY)

@@ -176,10 +176,7 @@ def add_predict_command(sub) -> None:
         "--threshold", type=flags.finite_float, help="judge by this image score instead of the run's threshold"
     )
     p.add_argument("--class-name", help="the images' class: its own threshold (per-class models) and oracle aligners")
-    p.add_argument("--batch-size", type=flags.positive_int, default=16)
-    p.add_argument(
-        "--workers", type=flags.workers, default="auto", help="decoding processes: a number or auto (the default)"
-    )
+    _add_batching_flags(p)
     add_shared_as(p, "--device", default="auto")
     add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
     p.set_defaults(handler=cmd_predict)
@@ -202,10 +199,15 @@ def add_submit_command(sub) -> None:
     add_shared_as(p, "--data", required=True, help="the benchmark's folder as downloaded (e.g. mvtec_ad_2)")
     add_shared(p, "--dataset", "--classes")
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the submission's files")
+    _add_batching_flags(p)
+    add_shared_as(p, "--device", default="auto")
+    add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
+    p.set_defaults(handler=cmd_submit)
+
+
+def _add_batching_flags(p) -> None:
+    """How many images a pass takes at once and how many processes decode them (predict, submit)."""
     p.add_argument("--batch-size", type=flags.positive_int, default=16)
     p.add_argument(
         "--workers", type=flags.workers, default="auto", help="decoding processes: a number or auto (the default)"
     )
-    add_shared_as(p, "--device", default="auto")
-    add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
-    p.set_defaults(handler=cmd_submit)

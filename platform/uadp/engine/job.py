@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import RunConfig, resolve
+from ..contract import Synthesizer
 from ..data.loader import MaskProtocol, SampleDataset, make_loader
 from ..data.splits import (
     Sample,
@@ -45,6 +46,38 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def mask_protocol(config: RunConfig) -> MaskProtocol:
+    """The size and rule by which test masks are compared with the maps (``eval.*``)."""
+    evaluation = config.eval
+    size = evaluation.resolution
+    return MaskProtocol((size, size) if size else config.data.size_hw, evaluation.mask_resize, evaluation.mask_cutoff)
+
+
+def sample_dataset(
+    config: RunConfig,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]],
+    samples: list[Sample],
+    train: bool = False,
+    synthesizer: Synthesizer | None = None,
+) -> SampleDataset:
+    """``samples`` prepared as the model sees them: augmented and synthesised only for training,
+    else with their masks at the evaluation's size. The config and the model's input
+    normalisation are all it takes, so that a saved model's thresholds can be set again on new
+    images as its run set them, with no job (:mod:`uadp.recalibration`)."""
+    mean, std = normalisation
+    return SampleDataset(
+        samples,
+        config.data.size_hw,
+        mean,
+        std,
+        augment=config.data.augment if train else [],
+        synthesizer=synthesizer if train else None,
+        seed=config.train.seed,
+        with_masks=not train,
+        masks=mask_protocol(config),
+    )
 
 
 class Job:
@@ -107,26 +140,11 @@ class Job:
 
     def dataset(self, samples: list[Sample], train: bool) -> SampleDataset:
         """``samples`` prepared as the model sees them; augmented and synthesised only for training."""
-        mean, std = self.components.normalisation
-        return SampleDataset(
-            samples,
-            self.config.data.size_hw,
-            mean,
-            std,
-            augment=self.config.data.augment if train else [],
-            synthesizer=self.components.synthesizer if train else None,
-            seed=self.config.train.seed,
-            with_masks=not train,
-            masks=self.mask_protocol(),
-        )
+        return sample_dataset(self.config, self.components.normalisation, samples, train, self.components.synthesizer)
 
     def mask_protocol(self) -> MaskProtocol:
         """The size and rule by which test masks are compared with the maps (``eval.*``)."""
-        evaluation = self.config.eval
-        size = evaluation.resolution
-        return MaskProtocol(
-            (size, size) if size else self.config.data.size_hw, evaluation.mask_resize, evaluation.mask_cutoff
-        )
+        return mask_protocol(self.config)
 
     def loader_in_order(self, samples: list[Sample], train: bool = False) -> DataLoader:
         """``samples`` in order, at the evaluation batch size: for every pass that trains nothing."""

@@ -69,7 +69,7 @@ def export_model(
         if path.is_dir():
             raise UadpError(f"{path}: already an exported model; export the run's model.pt bundle")
         detector = load_bundle(path, registry, device="cpu", trust=trust)
-        run_id = _run_id_of(str(model), path)
+        run_id = run_id_of(str(model), path)
     source = str(path) if path.exists() else str(model)  # a fetched bundle by what named it
     graph = InferenceGraph(detector)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ def _check_parity(graph: InferenceGraph, folder: Path, fmt: str, size_hw: tuple[
     return parity
 
 
-def _run_id_of(spec: str, path: Path) -> str | None:
+def run_id_of(spec: str, path: Path) -> str | None:
     """The MLflow run a bundle came from: named in ``spec`` (a runs:/ URI, a run id) or, for a
     bundle in a run's checkpoint folder, that folder's name."""
     for candidate in (spec.removeprefix("runs:/").split("/")[0], path.parent.name):

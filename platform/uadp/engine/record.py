@@ -102,7 +102,7 @@ def log_results(
     log_report(tracker, evaluation.report, job.timing, evaluation.base_report)
     tracker.set_tag("mlflow.note.content", run_description(job.config, evaluation.report, evaluation.base_report))
     if evaluation.thresholds is not None:
-        tracker.log_metrics(_threshold_metrics(evaluation.thresholds, evaluation.decisions or {}))
+        tracker.log_metrics(threshold_metrics(evaluation.thresholds, evaluation.decisions or {}))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bundle = job.checkpoint.parent / "model.pt"
@@ -211,7 +211,7 @@ def run_description(config: RunConfig, report: MetricReport, base_report: Metric
     return "\n".join(lines)
 
 
-def _threshold_metrics(thresholds: Thresholds, decisions: dict) -> dict[str, float]:
+def threshold_metrics(thresholds: Thresholds, decisions: dict) -> dict[str, float]:
     """``threshold/image``, ``threshold/pixel`` (every class), ``threshold/class/<c>/...``, and
     the decisions' rates as ``threshold/<calibrated|f1_max_oracle>/<class|pooled>/<rate>``."""
     metrics = {

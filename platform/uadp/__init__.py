@@ -30,4 +30,12 @@ def evaluate(model, data=None, **options):
     return evaluate_model(model, data, **options)
 
 
-__all__ = ["__version__", "evaluate", "hookimpl", "load"]
+def calibrate(model, normal_dir, out, **options):
+    """A trained model's OK / not-OK thresholds set again on new normal images, without training,
+    written to ``out`` as a new model; see :func:`uadp.recalibration.recalibrate`."""
+    from .recalibration import recalibrate  # as load: torch only when called
+
+    return recalibrate(model, normal_dir, out, **options)
+
+
+__all__ = ["__version__", "calibrate", "evaluate", "hookimpl", "load"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__, flags
+from .calibrate import add_calibrate_command
 from .history import add_history_commands, add_ui_command
 from .inspection import add_inspection_commands
 from .new_plugin import add_new_plugin_command
@@ -31,6 +32,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     add_new_plugin_command(sub)
     add_predict_command(sub)
     add_export_command(sub)
+    add_calibrate_command(sub)
     add_submit_command(sub)
     if registry_for_commands is not None:
         registry_for_commands.commands(sub)

@@ -207,6 +207,27 @@ class TrackingConfig(_Section):
     root: str = Field("uadp-runs", description="embedded store and local checkpoints (no MLFLOW_TRACKING_URI)")
 
 
+class ExtendConfig(_Section):
+    """How a model learns classes it was not trained on (``uadp extend``), and what every run keeps
+    for it: a few of each class's images, so that a later extension can replay the classes the
+    model knows without their data."""
+
+    exemplars_per_class: int = Field(
+        32,
+        ge=0,
+        description="training images of each class stored in the model bundle (and as many of its calibration "
+        "images, when a share is kept apart), for a later extension to replay; 0 stores none",
+    )
+    replay: bool = Field(
+        True,
+        description="an extension trained in epochs also trains on the stored images of the classes the model "
+        "knows; false: on the new classes alone (it forgets; for comparison)",
+    )
+    epochs: int | None = Field(
+        None, ge=1, description="epochs an extension trains for; default (null): the model's own train.epochs"
+    )
+
+
 class RunConfig(_Section):
     """Everything one ``uadp run`` does."""
 
@@ -219,6 +240,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    extend: ExtendConfig = Field(default_factory=ExtendConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -267,6 +289,7 @@ NOT_MODEL_DEFINING = (
     "train.epochs",
     "train.device",
     "train.cache_memory_gb",
+    "extend",
 )
 
 # Marks a plugin option that only changes how a trained model's output is post-processed (its

@@ -134,10 +134,13 @@ class Batch:
     synthesizer's named targets (``clean_image``, ``mask``, any extra maps).
 
     ``fitted_index`` [B] is set only when the core predicts the training images the model was
-    trained or fitted on, for an aligner to learn from: each image's position among them, in the
-    order ``fit`` received them. A reconstructor that stores the training images' own features
-    (a memory bank) leaves each image's own contribution out, so that the aligner learns from
-    maps like those of normal images the model has not seen; other reconstructors ignore it.
+    trained or fitted on, for an aligner to learn from, and when it hands images to ``fit`` or
+    ``extend``: each image's id among every image the model was ever fitted on. ``fit`` sees ids
+    0, 1, ... in the order it receives the images; each ``extend`` continues the count, and the
+    stored images of known classes it is handed again (``replay``) keep the ids they had. A
+    reconstructor that stores the training images' own features (a memory bank) leaves each
+    image's own contribution out, so that the aligner learns from maps like those of normal
+    images the model has not seen; other reconstructors ignore it.
     """
 
     images: torch.Tensor | None = None
@@ -198,6 +201,26 @@ class Reconstructor(nn.Module):
         logging (seconds of each part, sizes), logged as ``fit/<name>``.
         """
         raise NotImplementedError
+
+    def extend(self, new: Iterable[Batch], replay: Iterable[Batch]) -> dict[str, float]:  # pragma: no cover
+        """Teach a fitted model new classes without fitting it again (``uadp extend``).
+
+        ``new`` holds every training image of the new classes, once, in order; ``replay`` a few
+        stored images of each class the model already knows (what must be measured over every
+        class, such as a scale, is measured on both). Both carry ``fitted_index``. What it
+        changes must stay in the ``state_dict``, as for ``fit``. Returns numbers worth logging.
+
+        Implemented by a reconstructor fitted in one pass (a memory bank adds the new images'
+        patches within its budget). One trained in epochs need not: the core extends it by
+        training it further on the new images with the stored ones replayed. One that can do
+        neither says why in :meth:`cannot_extend`, which the core asks before any work.
+        """
+        raise NotImplementedError
+
+    def cannot_extend(self) -> str | None:
+        """Why ``extend`` cannot teach this model new classes, or None when it can. By default it
+        can when the class implements ``extend``; a model made of others (an ensemble) asks them."""
+        return None if type(self).extend is not Reconstructor.extend else "it has no way to add images (no extend)"
 
     def predict(self, batch: Batch) -> Prediction:  # pragma: no cover
         raise NotImplementedError

@@ -294,6 +294,16 @@ class Tracker:
             raise RuntimeError("no MLflow run was started or reopened yet")
         return self.run_id
 
+    def has_run(self, run_id: str) -> bool:
+        """Whether this store holds a run of that id (a model made elsewhere names a run it lacks)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.request("looking up a run", lambda: self.client.get_run(run_id))
+        except MlflowException:
+            return False
+        return True
+
     def status_of(self, run_id: str, flag: str = "--resume") -> str:
         """The status of an existing run (RUNNING, FINISHED, FAILED, KILLED); an error if there is none."""
         if self.embedded and not (self.root / "mlflow.db").is_file():

@@ -10,6 +10,7 @@ import argparse
 
 from .. import __version__, flags
 from .calibrate import add_calibrate_command
+from .extend import add_extend_command
 from .history import add_history_commands, add_ui_command
 from .inspection import add_inspection_commands
 from .new_plugin import add_new_plugin_command
@@ -25,6 +26,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"uadp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_command(sub)
+    add_extend_command(sub)
     add_synthesize_command(sub)
     add_inspection_commands(sub)
     add_ui_command(sub)

@@ -47,8 +47,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..config import resolve
     from ..engine.distributed import Ranks, launched
     from ..engine.pipeline import train_and_evaluate
-    from ..report import format_table
-    from ..thresholds import format_threshold_table
     from ..tracking import Tracker
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone speaks
@@ -83,6 +81,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     if result is None:  # a rank other than 0: rank 0 reports
         return 0
+    print_result(result, args.output_json)
+    return 0
+
+
+def print_result(result, output_json: str | None) -> None:
+    """A finished run's tables, timing, notes and where its model and MLflow run are; its summary
+    to ``output_json`` if given."""
+    from ..report import format_table
+    from ..thresholds import format_threshold_table
+
     print()
     title = f"Results ({len(result.report.per_class)} classes, one model)"
     if result.base_report is not None:
@@ -111,9 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"MLflow run {result.run_id} at {os.environ['MLFLOW_TRACKING_URI']}")
     else:
         print(f"MLflow run {result.run_id}: run `uadp ui` and open {result.ui_url}")
-    if args.output_json:
-        write_text_atomic(Path(args.output_json), json.dumps(result.summary(), indent=2))
-    return 0
+    if output_json:
+        write_text_atomic(Path(output_json), json.dumps(result.summary(), indent=2))
 
 
 def _launch(args: argparse.Namespace) -> int:

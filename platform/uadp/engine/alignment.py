@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..contract import Sample
 from ..data.loader import batches
 from .detector import Detector
+from .exemplars import spread
 from .job import Job
 
 
@@ -23,8 +24,8 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     if aligner is None:
         return
     t0 = time.perf_counter()
-    images, kind = aligner_images(job)
-    maps, embeddings = _aligner_inputs(job, detector, images)
+    images, kind, positions = aligner_images(job)
+    maps, embeddings = _aligner_inputs(job, detector, images, positions)
     labels = job.components.aligner_class_labels
     class_names = [s.class_name for s in images] if labels != "none" else None
     t_fit = time.perf_counter()
@@ -42,15 +43,30 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     )
 
 
-def aligner_images(job: Job) -> tuple[list[Sample], str]:
-    """The normal images the aligner learns from, and what they are."""
+def aligner_images(job: Job) -> tuple[list[Sample], str, list[int] | None]:
+    """The normal images the aligner learns from, what they are, and, for training images, their
+    positions in the training split (they may be scored with their own contribution left out)."""
     if job.config.eval.calibration == "validation":
-        return job.splits.calibration, "validation"
-    return job.splits.train, "training"
+        return job.splits.calibration, "validation", None
+    positions = _extension_positions(job) if job.extension is not None else list(range(len(job.splits.train)))
+    kind = "training (as many of each class)" if job.extension is not None else "training"
+    return [job.splits.train[i] for i in positions], kind, positions
+
+
+def _extension_positions(job: Job) -> list[int]:
+    """An extension's aligner learns from the same number of images of every class: each known
+    class's stored images, and as many of each new class's, spread over it, so that the classes
+    weigh alike and the refit costs what the stored images cost rather than the new classes' size."""
+    assert job.extension is not None
+    new = set(job.extension.new_classes)
+    train = job.splits.train
+    learned = [i for i, s in enumerate(train) if s.class_name in new]
+    kept = spread([train[i] for i in learned], job.config.extend.exemplars_per_class or len(learned))
+    return [i for i, s in enumerate(train) if s.class_name not in new] + [learned[i] for i in kept]
 
 
 def _aligner_inputs(
-    job: Job, detector: Detector, images: list[Sample]
+    job: Job, detector: Detector, images: list[Sample], positions: list[int] | None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The model's maps of ``images`` (and the embeddings its aligner asks for), kept on the CPU
     until all are in, so that the device holds one batch at a time."""
@@ -59,8 +75,8 @@ def _aligner_inputs(
     loader = job.loader_in_order(images[shard])
     # the images the model was fitted on: it may leave each one's own contribution out
     # (Batch.fitted_index), so that the aligner learns from maps like an unseen normal image's
-    same_images = images is job.splits.train and detector.fitted_on_these(images)
-    if images is job.splits.train and detector.fitted_on is not None and not same_images:
+    same_images = positions is not None and detector.fitted_on_these(job.splits.train)
+    if positions is not None and detector.fitted_on is not None and not same_images:
         job.note(
             f"aligner {job.config.name_of('aligner')}: these training images are not the ones the model was trained on; "
             "their maps are taken as they are"
@@ -68,7 +84,8 @@ def _aligner_inputs(
     for item in tqdm(batches(loader), desc="aligner inputs", unit="batch", leave=False, disable=None):
         batch = detector.batch_of(item["image"])
         if same_images:
-            batch.fitted_index = item["index"] + shard.start
+            assert positions is not None
+            batch.fitted_index = job.fitted_index(torch.tensor(positions)[item["index"] + shard.start])
         prediction = detector.raw(batch)
         maps.append(prediction.anomaly_map.cpu())
         embedding = detector.aligner_embedding(prediction)

@@ -38,6 +38,7 @@ def load_base_model(job: Job, path: Path, trust: bool) -> None:
     state = read_bundle(path, trust)
     job.base_bundle = path
     job.base_fitted_on = state.get("fitted_on")
+    job.base_memory = {key: state.get(key) for key in ("history", "exemplars")}
     # resolved through today's plugin configs, so options added since the run take their defaults
     saved = resolve(validate(recorded_config(state["config"])), job.registry)
     ours, theirs = model_fingerprint(job.config), model_fingerprint(saved)

@@ -34,6 +34,7 @@ from ..thresholds import Thresholds
 from .checkpoint import check_format, load_model_file, save_atomic
 from .components import aligner_class_labels, build_aligner, build_model, input_normalisation
 from .device import autocast, resolve_device, resolve_precision
+from .exemplars import Exemplars
 from .features import FeatureExtractor
 
 BUNDLE_FORMAT = "uadp-bundle/1"
@@ -110,6 +111,9 @@ class Detector:
         self.classes = classes  # the classes it was trained on (None: not recorded, older bundle)
         self.thresholds: Thresholds | None = None  # OK / not-OK thresholds, once a run set them
         self.fitted_on: str | None = None  # digest of the training images (data.splits.fingerprint)
+        # the classes each step taught it (uadp extend adds steps) and a few stored images of each
+        self.history: list[dict[str, Any]] = []
+        self.exemplars: Exemplars = Exemplars()
         self.aligner_class_labels = aligner_class_labels
         self.device = device
         self.dtype = dtype
@@ -225,15 +229,15 @@ class Detector:
         desc: str = "test",
         keep_base: bool = True,
         folder: Path | None = None,
-        fitted_from: int | None = None,
+        fitted_ids: torch.Tensor | None = None,
     ) -> SplitPredictions:
         """Every batch of a split; ``class_names[i]`` names sample ``i`` (read by oracles only).
 
         The maps go to files in ``folder`` (the system's temporary folder if None) as they come,
         so memory does not grow with the split. With an aligner and ``keep_base``, the
-        reconstructor's own maps and scores are kept too. ``fitted_from``: the split is the
-        model's training images from that position on (``Batch.fitted_index``), each to be
-        scored with its own contribution left out.
+        reconstructor's own maps and scores are kept too. ``fitted_ids``: the split is
+        the model's training images, these their ids (``Batch.fitted_index``), each to be scored
+        with its own contribution left out.
         """
         stores = [MapStore(folder)]
         if self.aligner is not None and keep_base:
@@ -246,8 +250,8 @@ class Detector:
                 for batch in batches:
                     names = [class_names[i] for i in batch["index"].tolist()] if class_names is not None else None
                     inputs = self.batch_of(batch["image"])
-                    if fitted_from is not None:
-                        inputs.fitted_index = batch["index"] + fitted_from
+                    if fitted_ids is not None:
+                        inputs.fitted_index = fitted_ids[batch["index"]]
                     both = self._both(inputs, names)
                     masks = batch["mask"].numpy() if "mask" in batch else None
                     stores[0].append(at_size_of(both.final, masks), masks)
@@ -289,6 +293,8 @@ class Detector:
                 "classes": self.classes,
                 "thresholds": self.thresholds.to_dict() if self.thresholds is not None else None,
                 "fitted_on": self.fitted_on,
+                "history": self.history,
+                "exemplars": self.exemplars.to_state(),
                 "backbone": self.backbone.state_dict() if self.backbone is not None else None,
                 "reconstructor": self.reconstructor.state_dict(),
                 "aligner": self.aligner.state_dict() if self.aligner is not None else None,
@@ -364,4 +370,6 @@ def load_bundle(
     if state.get("thresholds"):
         detector.thresholds = Thresholds.from_dict(state["thresholds"])
     detector.fitted_on = state.get("fitted_on")
+    detector.history = list(state.get("history") or [])
+    detector.exemplars = Exemplars.from_state(state.get("exemplars"))
     return detector

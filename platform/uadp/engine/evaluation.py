@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..contract import Sample
 from ..data.loader import batches
@@ -157,9 +158,10 @@ def _predict_sharded(
     mine = samples[shard]
     names = [s.class_name for s in mine]
     loader = job.loader_in_order(mine)
-    fitted_from = shard.start if leave_out and detector.fitted_on_these(samples) else None
+    fitted = leave_out and detector.fitted_on_these(samples)
+    fitted_ids = job.fitted_index(torch.arange(shard.start, shard.start + len(mine))) if fitted else None
     local = detector.predict_split(
-        batches(loader), len(mine), names, desc=desc, keep_base=keep_base, folder=job.scratch(), fitted_from=fitted_from
+        batches(loader), len(mine), names, desc=desc, keep_base=keep_base, folder=job.scratch(), fitted_ids=fitted_ids
     )
     if ranks.world == 1:
         return local

@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from ..contract import Batch, Reconstructor
+from ..contract import Batch, Reconstructor, Sample
 from ..data.loader import batches
 from ..errors import UadpError
 from ..tracking import Tracker
 from .detector import Detector
+from .extension import extend_fitted
 from .features import FeatureCache
 from .job import Job, peak_rss_mb
 from .run_checkpoint import first_checkpoint, load_checkpointed, save_checkpoint
@@ -97,11 +98,40 @@ def _fit_batches(job: Job, detector: Detector, cache: FeatureCache | None) -> It
     if cache is not None:
         yield from cache.batches(job.config.eval.batch_size, None, job.device, drop_last=False)
         return
-    loader = job.loader_in_order(job.splits.train, train=True)
+    yield from fit_batches(job, detector, job.splits.train)
+
+
+def fit_batches(job: Job, detector: Detector, samples: list[Sample], ids: list[int] | None = None) -> Iterator[Batch]:
+    """``samples`` once, in order, as a fit (or an extension) reads them: the image prepared as for
+    training and its features, computed as they are consumed; ``ids``: their ``fitted_index``."""
+    loader = job.loader_in_order(samples, train=True)
     for item in batches(loader):
         images = item["image"].to(job.device, non_blocking=True)
         features = detector.extract(images) if detector.extract is not None else None
-        yield Batch(images=images, features=features, target_features=features)
+        batch = Batch(images=images, features=features, target_features=features)
+        if ids is not None:
+            batch.fitted_index = torch.tensor(ids, dtype=torch.long)[item["index"]].to(job.device)
+        yield batch
+
+
+def extend_pass(job: Job, detector: Detector, tracker: Tracker) -> list[dict[str, float]]:
+    """Stage 3 of an extension for a reconstructor with its own ``extend`` (see
+    :mod:`~uadp.engine.extension`): the new classes' images and the stored ones, each once, in one
+    process; its history is one entry, as a fit's."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        try:
+            stats = extend_fitted(job, detector, lambda samples, ids: _Timed(fit_batches(job, detector, samples, ids)))
+        except NotImplementedError as exc:
+            raise UadpError(
+                f"reconstructor {job.config.name_of('reconstructor')} cannot extend: {exc or 'no extend'}"
+            ) from None
+    seconds = time.perf_counter() - t0
+    stats = {k: float(v) for k, v in (stats or {}).items()}
+    job.timing.update(feature_s=0.0, train_s=seconds, train_s_per_epoch=seconds, train_peak_rss_mb=peak_rss_mb())
+    tracker.log_metrics({f"fit/{k}": v for k, v in stats.items()} | {"fit/seconds": seconds}, step=1)
+    job.log(f"extended in {seconds:.1f} s")
+    return [{"epoch": 1, **stats, "seconds": seconds}]
 
 
 def _gathered_features(job: Job, detector: Detector) -> FeatureCache:

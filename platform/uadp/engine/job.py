@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from filelock import FileLock
     from torch.utils.data import DataLoader
 
+    from .extension import Extension
+
 Log = Callable[[str], None]
 
 
@@ -109,15 +111,26 @@ class Job:
         self.checkpoint_path: Path | None = None  # --resume's, else set when the MLflow run starts
         self.base_bundle: Path | None = None  # --from-run's model: nothing is trained here
         self.base_fitted_on: str | None = None  # the digest of that model's training images
+        self.base_memory: dict | None = None  # that model's class history and stored images
         self.lock: FileLock | None = None  # held on the checkpoint folder while this process works in it
         self.scratch_dir: Path | None = None  # where maps are stored while scored (default: the checkpoint's folder)
         self.ranks = Ranks()  # the processes sharing the run (one, unless under torchrun)
+        # each training image's id among every image the model was ever fitted on (Batch.fitted_index);
+        # None: its position in splits.train. Set when a run extends a model (uadp.engine.extension)
+        self.fitted_ids: list[int] | None = None
+        self.extension: Extension | None = None  # what `uadp extend` adds to the model, and from which
         t0 = time.perf_counter()
         checked = check_files(self.splits)  # a damaged file stops the run here, not after training
         log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")
         caveat = checked.note()
         if caveat:
             self.note(caveat)
+
+    def fitted_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """The ids (``Batch.fitted_index``) of the training images at ``positions`` of ``splits.train``."""
+        if self.fitted_ids is None:
+            return positions
+        return torch.tensor(self.fitted_ids, dtype=torch.long)[positions.long()]
 
     @property
     def checkpoint(self) -> Path:
@@ -193,5 +206,6 @@ class Job:
 
     @property
     def trained_here(self) -> bool:
-        """The run trains (or fits) its model, rather than taking a ``--from-run`` model."""
-        return self.base_bundle is None
+        """The run trains (or fits) its model, rather than taking a ``--from-run`` model; a run that
+        extends a model trains it further."""
+        return self.base_bundle is None or self.extension is not None

@@ -48,7 +48,9 @@ from .device import precision_name
 from .distributed import peer_lost
 from .distributed import start as start_ranks
 from .epochs import train
-from .fitting import fit, fit_after_epochs, implements_fit
+from .extension import Extension
+from .extension import prepare as prepare_extension
+from .fitting import extend_pass, fit, fit_after_epochs, implements_fit
 from .job import Job, Log, peak_rss_mb
 from .record import RunResult
 from .resume import Resumed, lock_run, read_resume
@@ -61,6 +63,7 @@ def train_and_evaluate(
     log: Log = print,
     from_run: str | None = None,
     trust_model_file: bool = False,
+    extension: Extension | None = None,
 ) -> RunResult | None:
     """Do a whole run and return its result (None in a process of several other than rank 0,
     which leaves the result to rank 0): the stages of the module docstring, in one MLflow run that
@@ -71,17 +74,23 @@ def train_and_evaluate(
     :data:`~uadp.config.RUNTIME_ONLY` keys. ``from_run`` (a run id or a ``model.pt`` path) takes
     the trained model of an earlier run instead of training one: the run then fits its aligner and
     evaluates. ``config`` must describe the same model (see
-    :func:`~uadp.engine.base_run.config_for_base_run`). ``trust_model_file`` lets either file hold
-    Python objects beyond plain data (unpickling those can run code).
+    :func:`~uadp.engine.base_run.config_for_base_run`). ``extension`` (``uadp extend``) teaches
+    that model new classes instead (see :mod:`~uadp.engine.extension`). ``trust_model_file`` lets
+    either file hold Python objects beyond plain data (unpickling those can run code).
     """
-    if resume and from_run:
-        raise UadpError("--resume and --from-run exclude each other: one continues training, the other skips it")
+    if resume and (from_run or extension):
+        raise UadpError("--resume continues an interrupted run as it was: it takes no other model")
     ranks = start_ranks(config.train.device)
     tracker = (Tracker if ranks.main else SilentTracker)(Path(config.tracking.root))
     tracker.check()  # before any work: a store that cannot be written or reached is one line now
-    job, resumed = _prepare(
-        config, registry, tracker, resume, from_run, trust_model_file, log if ranks.main else _quiet
-    )
+    try:
+        job, resumed = _prepare(
+            config, registry, tracker, resume, from_run, trust_model_file, log if ranks.main else _quiet, extension
+        )
+    except BaseException:
+        if extension is not None:
+            extension.close()
+        raise
     job.ranks = ranks
     ranks.check_batch(job.config.train.batch_size)
     _seed_everything(job.config.train.seed)
@@ -119,6 +128,8 @@ def train_and_evaluate(
     finally:
         if job.lock is not None:
             job.lock.release()
+        if extension is not None:
+            extension.close()
         ranks.close()
 
 
@@ -141,6 +152,7 @@ def _prepare(
     from_run: str | None,
     trust: bool,
     log: Log,
+    extension: Extension | None = None,
 ) -> tuple[Job, Resumed | None]:
     """Stage 1, before an MLflow run exists, so that bad input costs seconds and leaves no run
     behind: the checkpoint to continue, the base run's model, the samples and their files."""
@@ -150,6 +162,9 @@ def _prepare(
     job.checkpoint_path = resumed.path if resumed is not None else None
     if base_bundle is not None:
         load_base_model(job, base_bundle, trust)
+    if extension is not None:
+        load_base_model(job, extension.bundle, trust)
+        prepare_extension(job, extension)
     return job, resumed
 
 
@@ -186,6 +201,10 @@ def _train_or_skip(job: Job, detector: Detector, tracker: Tracker, resumed: Resu
     """Stage 3: train the reconstructor in epochs or fit it (from the checkpoint, for ``--resume``).
     A ``--from-run`` model was loaded in stage 1: it is not trained again, and its timings and a
     note say so."""
+    if job.extension is not None:
+        history = extend_pass(job, detector, tracker) if job.fitted else train(job, detector, tracker, None)
+        detector.fitted_on = fingerprint(job.splits.train)
+        return history
     if job.trained_here:
         learn = fit if job.fitted else train
         history = learn(job, detector, tracker, resumed.state if resumed is not None else None)

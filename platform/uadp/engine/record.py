@@ -22,6 +22,7 @@ from ..tracking import KEY_METRICS, Tracker, metric_key
 from .detector import Detector, SplitPredictions
 from .device import precision_name
 from .evaluation import Evaluation
+from .extension import history_tag, kept_with_model
 from .job import Job, peak_rss_mb
 from .synthesis_preview import spread_over_classes, synthesis_grid
 
@@ -74,8 +75,23 @@ def start_run(tracker: Tracker, job: Job) -> None:
             "uadp.preset": cfg.tracking.preset or "none",
             "uadp.config_hash": fingerprint_hash(cfg),
             **({"uadp.base_bundle": str(job.base_bundle)} if job.base_bundle else {}),
+            **_extension_tags(tracker, job),
         },
     )
+
+
+def _extension_tags(tracker: Tracker, job: Job) -> dict[str, str]:
+    """An extension's run is a child of the run that made the model it extends (when that run is in
+    this store), and says which classes each step taught the model."""
+    extension = job.extension
+    if extension is None:
+        return {}
+    steps = extension.history + [{"classes": extension.new_classes, "images": len(job.splits.train)}]
+    tags = {"uadp.extended_from": str(extension.bundle), "uadp.class_history": history_tag(steps)}
+    parent = extension.parent_run
+    if parent and tracker.has_run(parent):
+        tags["mlflow.parentRunId"] = parent
+    return tags
 
 
 def log_params_and_tags(job: Job, tracker: Tracker) -> None:
@@ -106,6 +122,7 @@ def log_results(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bundle = job.checkpoint.parent / "model.pt"
+        detector.history, detector.exemplars = kept_with_model(job, tracker.current_run, job.base_memory)
         detector.save(bundle)
         result = RunResult(
             job.config,

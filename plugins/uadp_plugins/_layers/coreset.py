@@ -78,11 +78,13 @@ def _level(bound: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_coreset(
-    features: torch.Tensor, count: int, first: int, progress=None
+    features: torch.Tensor, count: int, first: int, progress=None, chosen: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Indices of ``count`` rows of ``features`` [N,D] (float32) chosen by greedy k-center
     selection starting from row ``first``, in the order picked, and how long it took.
 
+    ``chosen`` [M,D]: centres picked before (a bank that grows): the selection goes on from them,
+    every pick the row farthest from them and from the rows picked since (``first`` is unused).
     ``progress`` (optional) is called with the number of picks so far, now and then.
     """
     features = features.float().contiguous()
@@ -91,9 +93,14 @@ def greedy_coreset(
     started = time.perf_counter()
     centres = torch.empty(count, features.shape[1])
     picks = torch.empty(count, dtype=torch.long)
-    centres[0], picks[0], made = features[first], first, 1
-    bound = (features - features[first]).pow_(2).sum(1).sqrt_()  # exact for the first centre
-    seen = torch.ones(points, dtype=torch.long)  # centres each point's bound accounts for
+    if chosen is not None and len(chosen):
+        made = 0
+        bound = _nearest_distances(features, chosen.float())  # exact for the centres picked before
+        seen = torch.zeros(points, dtype=torch.long)  # centres (picked here) each point's bound accounts for
+    else:
+        centres[0], picks[0], made = features[first], first, 1
+        bound = (features - features[first]).pow_(2).sum(1).sqrt_()  # exact for the first centre
+        seen = torch.ones(points, dtype=torch.long)
     while made < count:
         tau = _level(bound)
         front = (bound > tau).nonzero().squeeze(1)
@@ -124,12 +131,19 @@ def greedy_coreset(
     return picks, {"coreset_s": seconds, "coreset_s_per_10k_picks": seconds / max(count - 1, 1) * 10_000}
 
 
-def plain_greedy_coreset(features: torch.Tensor, count: int, first: int) -> torch.Tensor:
+def plain_greedy_coreset(
+    features: torch.Tensor, count: int, first: int, chosen: torch.Tensor | None = None
+) -> torch.Tensor:
     """The same selection written as the paper states it: every point's distance to every new
     centre. The reference :func:`greedy_coreset` is tested against; too slow for real banks."""
     features = features.float()
     nearest = torch.full((len(features),), float("inf"))
-    picks = [first]
+    if chosen is not None and len(chosen):
+        for centre in chosen.float():
+            nearest = torch.minimum(nearest, (features - centre).pow(2).sum(1).sqrt())
+        picks = [int(nearest.argmax())]
+    else:
+        picks = [first]
     for _ in range(1, min(count, len(features))):
         nearest = torch.minimum(nearest, (features - features[picks[-1]]).pow(2).sum(1).sqrt())
         picks.append(int(nearest.argmax()))

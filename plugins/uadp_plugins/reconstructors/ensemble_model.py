@@ -88,18 +88,52 @@ class Ensemble(Reconstructor):
             member_stats = self.members[index].fit(inputs[index]) or {}
             inputs[index] = []
             stats |= {f"{index}.{self.names[index]}/{key}": float(value) for key, value in member_stats.items()}
-        self._measure_scales(torch.cat(images), count)
+        self._measure_scales(torch.cat(images), torch.arange(count))
+        return stats
+
+    def cannot_extend(self) -> str | None:
+        """An ensemble extends when every member does (a member trained in epochs cannot: the
+        ensemble trains its members together, not further one by one)."""
+        for name, kind, member in zip(self.names, self.training_kinds, self.members):
+            why = "it trains in epochs" if kind != "fit" else member.cannot_extend()
+            if why is not None:
+                return f"its member {name} cannot ({why})"
+        return None
+
+    def extend(self, new: Iterable[Batch], replay: Iterable[Batch]) -> dict[str, float]:
+        """Every member extends by the new images, then each member's scale is measured again on
+        the new images and the stored ones of the known classes, so that it spans every class."""
+        images, ids = [], []
+        inputs: list[list[Batch]] = [[] for _ in self.members]
+        replayed: list[list[Batch]] = [[] for _ in self.members]
+        for batches, into in ((new, inputs), (replay, replayed)):
+            for batch in batches:
+                assert batch.images is not None and batch.fitted_index is not None
+                images.append(batch.images.to(torch.float16).cpu())
+                ids.append(batch.fitted_index.cpu())
+                for index in range(len(self.members)):
+                    member = self.member_batch(index, batch)
+                    into[index].append(Batch(features=member.features.cpu(), fitted_index=ids[-1]))
+        stats: dict[str, float] = {}
+        for index, member in enumerate(self.members):
+            member_stats = member.extend(inputs[index], replayed[index]) or {}
+            inputs[index] = replayed[index] = []
+            stats |= {f"{index}.{self.names[index]}/{key}": float(value) for key, value in member_stats.items()}
+        self._measure_scales(torch.cat(images), torch.cat(ids))
         return stats
 
     @torch.no_grad()
-    def _measure_scales(self, images: torch.Tensor, count: int) -> None:
+    def _measure_scales(self, images: torch.Tensor, ids: torch.Tensor) -> None:
+        """Each member's map and score scale on ``fusion_images`` of ``images`` spread over them,
+        each scored with its own contribution left out (``ids``: their ``fitted_index``)."""
+        count = len(images)
         chosen = torch.linspace(0, count - 1, min(self.config.fusion_images, count)).round().long().unique()
         maps: list[list[torch.Tensor]] = [[] for _ in self.members]
         scores: list[list[torch.Tensor]] = [[] for _ in self.members]
         device = self.weights.device
         for start in range(0, len(chosen), 16):
             which = chosen[start : start + 16]
-            batch = Batch(images=images[which].float().to(device), fitted_index=which.to(device))
+            batch = Batch(images=images[which].float().to(device), fitted_index=ids[which].to(device))
             for index, member in enumerate(self.members):
                 member.eval()
                 prediction = member.predict(self.member_batch(index, batch))

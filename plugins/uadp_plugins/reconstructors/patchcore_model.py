@@ -88,6 +88,42 @@ class PatchCore(Reconstructor):
         self._index = None
         return stats
 
+    def extend(self, new: Iterable[Batch], replay: Iterable[Batch]) -> dict[str, float]:
+        """New classes' images join the bank within its budget: the selection goes on from the bank's
+        rows as centres already picked, adding the new patches farthest from everything in it until
+        the bank again holds ``coreset_ratio`` of every patch it has seen (a new class that looks
+        like a known one adds few rows, one unlike every known class adds many). The known
+        classes' rows all stay, so what the bank said of them it still says; ``replay`` is unused."""
+        rows, sources = [], []
+        for batch in new:
+            features = batch.features.float().permute(0, 2, 3, 1).flatten(0, 2).cpu()
+            rows.append(features)
+            if batch.fitted_index is None:
+                raise ValueError("reconstructor patchcore: extend needs each new image's id (Batch.fitted_index)")
+            per_image = len(features) // len(batch.features)
+            sources.append(batch.fitted_index.cpu().to(torch.int32).repeat_interleave(per_image))
+        if not len(self.memory_bank):
+            raise RuntimeError("reconstructor patchcore: extend before fit (the memory bank is empty)")
+        features, source = torch.cat(rows), torch.cat(sources)
+        del rows
+        count = max(1, round(len(features) * self.config.coreset_ratio))
+        known = self.memory_bank.float().cpu()
+        picks, timing = greedy_coreset(features, count, 0, chosen=known)
+        bank = torch.cat([known, features[picks]])
+        source = torch.cat([self.bank_source.cpu(), source[picks]])
+        del features
+        ordered, starts, centres, radii, order = ClusteredBank.build(bank, self.config.seed)
+        device = self.memory_bank.device
+        self.memory_bank = ordered.to(device, getattr(torch, self.config.bank_dtype))
+        self.bank_source = source[order].to(device)
+        self.cluster_starts, self.cluster_centres, self.cluster_radii = (
+            starts.to(device),
+            centres.to(device),
+            radii.to(device),
+        )
+        self._index = None
+        return {"bank": float(len(bank)), "added": float(count), "patches": float(len(source))} | timing
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """A saved bank has the size its fit chose: take it, whatever this fresh model's size."""
         if prefix + "memory_bank" in state_dict and prefix + "bank_source" not in state_dict:

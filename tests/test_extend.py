@@ -151,6 +151,9 @@ def test_a_network_trained_in_epochs_trains_further_with_the_stored_images(gener
     assert document["per_class"]["dots"]["image_auroc"] > 0.8
     (child,) = [r for r in all_runs(runs) if r.info.run_id == document["mlflow_run_id"]]
     assert child.data.params["train.epochs"] == "4" and child.data.tags["mlflow.parentRunId"] == base_run
+    if replay:  # its checkpoint cannot continue it: the stored images and new classes are not in it
+        code, _, err = run("run", "--resume", child.info.run_id, "--set", f"tracking.root={runs}", capsys=capsys)
+        assert code == 2 and "an extension is not resumed: run the same `uadp extend` again" in err
 
 
 def test_the_bank_grows_from_its_rows_as_the_plain_greedy_loop_would(monkeypatch):

@@ -55,7 +55,13 @@ def read_resume(resume: str, tracker: Tracker, config: RunConfig, registry: Regi
 
 
 def _check_resumable(tracker: Tracker, state: dict[str, Any], resume: str) -> None:
-    """A finished run is complete: resuming it would only log its metrics a second time."""
+    """A finished run is complete: resuming it would only log its metrics a second time. An
+    extension is not continued: its stored images and new classes are not in the checkpoint."""
+    if state.get("extends"):
+        raise UadpError(
+            f"--resume {resume}: this run extended {state['extends']}; an extension is not resumed: "
+            "run the same `uadp extend` again"
+        )
     run_id = state.get("mlflow_run_id")
     if run_id and tracker.status_of(run_id) == "FINISHED":
         raise UadpError(

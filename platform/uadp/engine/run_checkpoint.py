@@ -21,7 +21,9 @@ def first_checkpoint(job: Job, detector: Detector, trainer: Trainer | None, trac
     """The checkpoint of a new run before its first epoch (or fit), and the command that continues
     the run, said only now that it works: a run stopped from here on, however, can be resumed."""
     save_checkpoint(job, detector, trainer, tracker, [], 0)
-    if job.config.train.epochs > 0 or job.fitted:
+    if job.extension is not None:
+        job.log("if it stops, run the same `uadp extend` again: an extension starts over")
+    elif job.config.train.epochs > 0 or job.fitted:
         job.log(f"if it stops, `{resume_command(tracker.run_id, job.checkpoint, job.root)}` continues it")
 
 
@@ -49,6 +51,7 @@ def save_checkpoint(
                 "rng": torch.get_rng_state(),
                 "history": history,
                 "mlflow_run_id": tracker.current_run,
+                "extends": str(job.extension.bundle) if job.extension is not None else None,
             },
             job.checkpoint,
         )

@@ -224,7 +224,9 @@ class ExtendConfig(_Section):
         "knows; false: on the new classes alone (it forgets; for comparison)",
     )
     epochs: int | None = Field(
-        None, ge=1, description="epochs an extension trains for; default (null): the model's own train.epochs"
+        None,
+        ge=1,
+        description="epochs an extension trains for; default (null): a third of the model's own train.epochs",
     )
 
 

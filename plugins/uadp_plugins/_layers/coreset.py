@@ -95,7 +95,10 @@ def greedy_coreset(
     picks = torch.empty(count, dtype=torch.long)
     if chosen is not None and len(chosen):
         made = 0
-        bound = _nearest_distances(features, chosen.float())  # exact for the centres picked before
+        known = chosen.float()
+        bound = torch.cat(  # exact for the centres picked before; a block of rows at a time, to bound memory
+            [_nearest_distances(features[i : i + GROUP], known) for i in range(0, points, GROUP)]
+        )
         seen = torch.zeros(points, dtype=torch.long)  # centres (picked here) each point's bound accounts for
     else:
         centres[0], picks[0], made = features[first], first, 1

@@ -201,7 +201,7 @@ def test_run_prints_table_and_mlflow_hint(e2e) -> None:
 
 def test_output_json_schema(e2e) -> None:
     summary = e2e.summary
-    assert set(summary) == {"per_class", "mean", "pooled", "timing", "mlflow_run_id", "threshold"}
+    assert set(summary) == {"per_class", "mean", "pooled", "timing", "training", "mlflow_run_id", "threshold"}
     assert set(summary["threshold"]) == {"thresholds", "calibrated", "f1_max_oracle"}
     assert sorted(summary["per_class"]) == CLASSES
     for values in [*summary["per_class"].values(), summary["mean"], summary["pooled"]]:

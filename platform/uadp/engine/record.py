@@ -51,7 +51,12 @@ class RunResult:
         aligner ran); with an aligner, ``base`` and ``aligned`` carry both side by side.
         ``threshold`` holds the thresholds and the decisions' rates on the test split.
         """
-        document = {**self.report.to_dict(), "timing": self.timing, "mlflow_run_id": self.run_id}
+        document = {
+            **self.report.to_dict(),
+            "timing": self.timing,
+            "training": self.training,
+            "mlflow_run_id": self.run_id,
+        }
         if self.base_report is not None:
             document["base"] = self.base_report.to_dict()
             document["aligned"] = self.report.to_dict()

@@ -25,7 +25,8 @@ from uadp.testing import make_mvtec_dataset
 from uadp.thresholds import ALL, Thresholds, conformal_threshold
 
 CLASSES = ["blobs", "checker", "dots", "stripes"]
-RUN = ["--reconstructor", "patchcore", "--image-size", "64", "--workers", "0", "--device", "cpu"]
+# a quick PatchCore run, without overlays
+RUN = "--reconstructor patchcore --image-size 64 --workers 0 --device cpu --set eval.overlays_per_class=0".split()
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +46,8 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     summary = root / "run.json"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        code, _, err = call_captured(
-            [
-                "run",
-                "--data",
-                data,
-                *RUN,
-                "--normal-dir",
-                normal,
-                "--set",
-                "eval.overlays_per_class=0",
-                "--set",
-                f"tracking.root={runs}",
-                "--output-json",
-                summary,
-            ]
-        )
+        args = ["run", "--data", data, *RUN, "--normal-dir", normal, "--set", f"tracking.root={runs}"]
+        code, _, err = call_captured([*args, "--output-json", summary])
     assert code == 0, err
     run_id = json.loads(summary.read_text())["mlflow_run_id"]
     bundle = runs / "checkpoints" / run_id / "model.pt"

@@ -194,36 +194,17 @@ def recalibrate(
         saved = _read_saved(path, str(model), trust)
         samples = normal_images(normal_dir, saved.classes)
         check_files(Splits(sorted({s.class_name for s in samples}), [], [], samples))
-        old = saved.thresholds
         alpha = false_alarm_rate if false_alarm_rate is not None else _recorded(saved, "false_alarm_rate")
         tracker = Tracker(root)
         tracker.check()  # a store that cannot be written: one line now, not after the pass
-        score = _scorer(saved, registry, device, trust, workers)
         try:
+            score = _scorer(saved, registry, device, trust, workers)
             with tracker.guard():
                 _start_run(tracker, saved, normal_dir, samples, alpha)
                 log(f"MLflow run {tracker.current_run}: scoring {len(samples)} normal images of {normal_dir}")
                 t0 = time.perf_counter()
-                with tempfile.TemporaryDirectory(prefix="uadp-calibration-") as scratch:
-                    predictions = score(samples, Path(scratch))
-                    try:
-                        names = [s.class_name for s in samples]
-                        new = _new_thresholds(predictions, names, saved, alpha)
-                        found = Recalibration(
-                            saved.source,
-                            out,
-                            Path(normal_dir),
-                            {c: names.count(c) for c in saved.classes},
-                            new,
-                            old,
-                            previous_false_alarms(predictions.scores, names, old) if old is not None else {},
-                            tracker.current_run,
-                            new.notes,
-                        )
-                    finally:
-                        predictions.close()
-                seconds = time.perf_counter() - t0
-                _write(saved, found, samples, tracker, seconds)
+                found = _recalibration(saved, samples, score, alpha, out, Path(normal_dir), tracker.current_run)
+                _write(saved, found, samples, tracker, time.perf_counter() - t0)
         except BaseException as exc:  # for the command's last line: what a stopped calibration left
             left = f"the calibrated model is at {out}" if out.exists() else f"nothing was written to {out}"
             run = f"; MLflow run {tracker.run_id} is marked {tracker.final_status}" if tracker.final_status else ""
@@ -349,6 +330,29 @@ def _exported_pass(runner, loader, folder: Path) -> SplitPredictions:
         raise
     found = np.concatenate(scores)
     return SplitPredictions(store.pixels(), found, np.zeros(len(found), int), time.perf_counter() - t0)
+
+
+def _recalibration(
+    saved: SavedModel,
+    samples: list[Sample],
+    score: Callable[[list[Sample], Path], SplitPredictions],
+    alpha: float,
+    out: Path,
+    normal_dir: Path,
+    run_id: str,
+) -> Recalibration:
+    """The images scored, the new thresholds set on them and the old ones judged by them."""
+    names = [s.class_name for s in samples]
+    old = saved.thresholds
+    with tempfile.TemporaryDirectory(prefix="uadp-calibration-") as scratch:
+        predictions = score(samples, Path(scratch))
+        try:
+            new = _new_thresholds(predictions, names, saved, alpha)
+            rates = previous_false_alarms(predictions.scores, names, old) if old is not None else {}
+        finally:
+            predictions.close()
+    images = {c: names.count(c) for c in saved.classes}
+    return Recalibration(saved.source, out, normal_dir, images, new, old, rates, run_id, new.notes)
 
 
 def _new_thresholds(predictions: SplitPredictions, names: list[str], saved: SavedModel, alpha: float) -> Thresholds:

@@ -191,7 +191,7 @@ def recalibrate(
         raise UadpError(f"--out {out}: already exists; a calibrated model goes to a new folder")
     check_writable_folder(out.parent, "--out", "choose another folder")
     with located_model(model, root) as path:  # what was fetched from the store is removed after
-        saved = _read_saved(path, str(model), trust)
+        saved = _read_saved(path, str(model), trust, device)
         samples = normal_images(normal_dir, saved.classes)
         check_files(Splits(sorted({s.class_name for s in samples}), [], [], samples))
         alpha = false_alarm_rate if false_alarm_rate is not None else _recorded(saved, "false_alarm_rate")
@@ -249,11 +249,11 @@ def previous_false_alarms(scores: np.ndarray, names: list[str], old: Thresholds)
 # --------------------------------------------------------------------------- reading the model
 
 
-def _read_saved(path: Path, source: str, trust: bool) -> SavedModel:
+def _read_saved(path: Path, source: str, trust: bool, device: str) -> SavedModel:
     """The model at ``path`` without its weights (an exported folder with its runtime): enough to
     check the images against and to save again."""
     if path.is_dir():
-        exported = read_exported(path)
+        exported = read_exported(path, device)  # refuses a device other than the CPU
         state = json.loads((path / METADATA).read_text())
         recorded = (state.get("source") or {}).get("mlflow_run_id")
         classes, config, thresholds = exported.classes, exported.config, exported.thresholds

@@ -78,8 +78,10 @@ def train_and_evaluate(
     that model new classes instead (see :mod:`~uadp.engine.extension`). ``trust_model_file`` lets
     either file hold Python objects beyond plain data (unpickling those can run code).
     """
-    if resume and (from_run or extension):
-        raise UadpError("--resume continues an interrupted run as it was: it takes no other model")
+    if resume and from_run:
+        raise UadpError("--resume and --from-run exclude each other: one continues training, the other skips it")
+    if resume and extension:
+        raise UadpError("an extension is not resumed: run the same `uadp extend` again")
     ranks = start_ranks(config.train.device)
     tracker = (Tracker if ranks.main else SilentTracker)(Path(config.tracking.root))
     tracker.check()  # before any work: a store that cannot be written or reached is one line now

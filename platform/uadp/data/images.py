@@ -7,6 +7,7 @@ photographed, not composited). A file that cannot be decoded raises :class:`Data
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 import zlib
@@ -24,12 +25,13 @@ MAX_IMAGE_PIXELS = 89_478_485
 _UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _opened(path: str | Path) -> Image.Image:
-    """The file opened (header read, pixels not yet decoded) and checked against the size bound."""
+def _opened(path: str | Path, source: io.BytesIO | None = None) -> Image.Image:
+    """The file opened (header read, pixels not yet decoded) and checked against the size bound;
+    ``source``: its bytes, when it was not read from ``path`` (which then only names it)."""
     try:
         with warnings.catch_warnings():  # the size is checked below, with a message that says what to do
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path if source is None else source)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Image.DecompressionBombError:
@@ -37,7 +39,8 @@ def _opened(path: str | Path) -> Image.Image:
             f"{path}: more than twice the largest image uadp reads ({MAX_IMAGE_PIXELS:,} pixels); downscale it first"
         ) from None
     except _UNREADABLE as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+        reason = str(exc) if source is None else str(exc).replace(f" {source!r}", "")  # Pillow names the stream
+        raise DataError(f"{path}: not a readable image ({reason})") from None
     try:
         _check_size(path, *image.size)
     except DataError:
@@ -54,8 +57,8 @@ def _check_size(path: str | Path, width: int, height: int) -> None:
         )
 
 
-def _open(path: str | Path) -> Image.Image:
-    image = _opened(path)
+def _open(path: str | Path, source: io.BytesIO | None = None) -> Image.Image:
+    image = _opened(path, source)
     try:
         image.load()  # decode now, so a truncated file fails here and not later
     except _UNREADABLE as exc:
@@ -170,6 +173,12 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """uint8 RGB [H,W,3] of an image file of any common mode."""
     return to_rgb_uint8(_open(path))
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """uint8 RGB [H,W,3] of an image file's bytes (sent over the network, say), decoded and
+    checked as :func:`read_image` reads a file; errors name it ``name``."""
+    return to_rgb_uint8(_open(name, io.BytesIO(data)))
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int], image_path: str | Path | None = None) -> np.ndarray:

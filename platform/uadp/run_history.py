@@ -63,8 +63,13 @@ def list_runs(tracker: Tracker, experiment: str | None = None, sort: str | None 
     return list(runs)
 
 
-def format_runs(runs: Iterable) -> str:
-    """One line per run: id, name, components, status, date, key metrics, training time."""
+def format_runs(runs: Iterable, registered: dict[str, list[str]] | None = None) -> str:
+    """One line per run: id, name, components, status, date, key metrics, training time; and,
+    when some run's model is in the model registry, a last column with its versions and their
+    aliases (``registered``: run id -> ``NAME vN @alias``, see :func:`uadp.model_registry.registrations`)."""
+    runs = list(runs)
+    given = registered or {}
+    registered = {run.info.run_id: given[run.info.run_id] for run in runs if run.info.run_id in given}
     heads = ["run", "name", "components", "status", "started", *(h for h, _ in RUN_COLUMNS), "train"]
     rows = []
     for run in runs:
@@ -78,11 +83,12 @@ def format_runs(runs: Iterable) -> str:
                 datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
                 *(_number(metrics.get(key)) for _, key in RUN_COLUMNS),
                 _duration(metrics.get("timing/train_s")),
+                *([", ".join(registered.get(run.info.run_id, [])) or "-"] if registered else []),
             ]
         )
     if not rows:
         return "no runs"
-    return _table(heads, rows, numeric_from=5)
+    return _table([*heads, *(["registered"] if registered else [])], rows, numeric_from=5, numeric_to=len(heads))
 
 
 def components(tags: dict[str, str]) -> str:
@@ -172,14 +178,17 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _table(heads: list[str], rows: list[list[str]], numeric_from: int | None = None) -> str:
-    """Columns padded to their widest cell; numbers (columns from ``numeric_from``) right-aligned."""
+def _table(
+    heads: list[str], rows: list[list[str]], numeric_from: int | None = None, numeric_to: int | None = None
+) -> str:
+    """Columns padded to their widest cell; numbers (columns from ``numeric_from``, up to
+    ``numeric_to`` if given) right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(heads, *rows)]
 
     def line(cells: list[str]) -> str:
         out = []
         for i, (cell, width) in enumerate(zip(cells, widths)):
-            right = numeric_from is not None and i >= numeric_from
+            right = numeric_from is not None and i >= numeric_from and (numeric_to is None or i < numeric_to)
             out.append(f"{cell:>{width}}" if right else f"{cell:<{width}}")
         return "  ".join(out).rstrip()
 

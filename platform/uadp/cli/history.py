@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import flags
 from ..errors import UadpError, set_aftermath
+from ..model_registry import registrations
 from ..processes import stop_group
 from ..run_history import compare_runs, experiments_with_runs, find_run, format_runs, list_runs
 from ..tracking import Tracker, artifact_root, embedded_uri, experiment_url
@@ -55,7 +56,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     tracker = Tracker.for_reading(args.root)
-    print(format_runs(list_runs(tracker, args.experiment, args.sort, args.limit)))
+    runs = list_runs(tracker, args.experiment, args.sort, args.limit)
+    print(format_runs(runs, registrations(tracker, [run.info.run_id for run in runs])))
     return 0
 
 

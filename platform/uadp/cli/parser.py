@@ -1,7 +1,7 @@
 """The ``uadp`` parser: its own flags, the sub-commands of each job's module, then those plugins add.
 
 Each job's module (:mod:`.run`, :mod:`.inspection`, :mod:`.history`, :mod:`.predict`,
-:mod:`.new_plugin`) declares its sub-commands next to their handlers; this module only puts
+:mod:`.register`, :mod:`.new_plugin`) declares its sub-commands next to their handlers; this module only puts
 them together, in the order ``uadp --help`` lists them."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .history import add_history_commands, add_ui_command
 from .inspection import add_inspection_commands
 from .new_plugin import add_new_plugin_command
 from .predict import add_export_command, add_predict_command, add_submit_command
+from .register import add_register_command
 from .run import add_run_command, add_synthesize_command
 
 
@@ -36,6 +37,7 @@ def build_parser(registry_for_commands=None) -> argparse.ArgumentParser:
     add_export_command(sub)
     add_calibrate_command(sub)
     add_submit_command(sub)
+    add_register_command(sub)
     if registry_for_commands is not None:
         registry_for_commands.commands(sub)
     return parser

@@ -16,6 +16,11 @@ from ..errors import UadpError
 from ..filesystem import check_writable_folder
 from .shared import add_shared, add_shared_as, registry_for
 
+MODEL_HELP = (
+    "a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, or a registered version "
+    "(models:/NAME@ALIAS, models:/NAME/VERSION)"
+)
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Decide OK / not OK for every image named: one line each, or a table (and pictures) in --out."""
@@ -151,8 +156,8 @@ def add_predict_command(sub) -> None:
     p = sub.add_parser("predict", help="OK / not OK for images, files or folders, with a trained or exported model")
     p.add_argument(
         "model",
-        help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, or an "
-        "exported model folder",
+        help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI, a registered "
+        "version (models:/NAME@ALIAS, models:/NAME/VERSION), or an exported model folder",
     )
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or glob patterns"
@@ -184,7 +189,7 @@ def add_predict_command(sub) -> None:
 
 def add_export_command(sub) -> None:
     p = sub.add_parser("export", help="a trained model as one ONNX or OpenVINO graph, for the line")
-    p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the model and its metadata.json")
     add_shared(p, "--root", "--trust-model-file", "--plugins-dir")
@@ -195,7 +200,7 @@ def add_submit_command(sub) -> None:
     p = sub.add_parser(
         "submit", help="a trained model's maps and masks for a benchmark's unlabelled test images (e.g. MVTec AD 2)"
     )
-    p.add_argument("model", help="a model.pt bundle, a run's checkpoint folder, an MLflow run id or runs:/ URI")
+    p.add_argument("model", help=MODEL_HELP)
     add_shared_as(p, "--data", required=True, help="the benchmark's folder as downloaded (e.g. mvtec_ad_2)")
     add_shared(p, "--dataset", "--classes")
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the submission's files")

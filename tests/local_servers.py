@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -92,6 +93,8 @@ def postgres_database() -> Iterator[str]:
     its SQLAlchemy URI (user ``uadp``, no password, local connections only). Stopped and removed
     at the end."""
     programs = postgres_programs()
+    if importlib.util.find_spec("psycopg2") is None:
+        _missing("MLflow's PostgreSQL driver psycopg2 is not installed (pip install -e '.[test]')")
     # in /tmp, not under pytest's own folder (private to its user): the server's user reaches it
     folder = Path(tempfile.mkdtemp(prefix="uadp-postgres-"))
     user = _postgres_user() if os.geteuid() == 0 else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TrackingError, UadpError
-from .tracking import Tracker
+from .tracking import Tracker, failure_reason
 
 # A registered model's name as uadp accepts it: it must fit in a models:/ URI and in a shell line.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,255}")
@@ -148,10 +148,7 @@ def register(
         if existing:
             version = existing[0]
         else:
-            if not _exists(tracker, name):
-                tracker.request(
-                    "creating the registered model", functools.partial(client.create_registered_model, name)
-                )
+            if _created(tracker, name):
                 undo.append(("deleting the registered model", functools.partial(client.delete_registered_model, name)))
             version = tracker.request(
                 "creating the model version",
@@ -166,22 +163,28 @@ def register(
                 )
             )
         alias_was = set_alias(tracker, name, str(version.version), alias) if alias is not None else None
-    except BaseException:
+    except BaseException as exc:
         for doing, call in reversed(undo):  # best effort: the store may be what failed
             with contextlib.suppress(Exception):
                 tracker.request(doing, call)
+        from mlflow.exceptions import MlflowException  # loaded with the client already
+
+        if isinstance(exc, MlflowException):  # the store answered, and said no
+            raise UadpError(f"run {run_id[:8]} as {name}: MLflow refused it ({failure_reason(exc)})") from None
         raise
     return Registered(name, str(version.version), not existing, alias, alias_was)
 
 
-def _exists(tracker: Tracker, name: str) -> bool:
+def _created(tracker: Tracker, name: str) -> bool:
+    """Create the registered model ``name``; False if it exists (made before, or by another
+    process just now)."""
     client = tracker.client
     try:
-        tracker.request("reading the model registry", lambda: client.get_registered_model(name))
+        tracker.request("creating the registered model", functools.partial(client.create_registered_model, name))
     except TrackingError:
         raise
     except Exception as exc:
-        if _not_found(exc):
+        if getattr(exc, "error_code", None) == "RESOURCE_ALREADY_EXISTS":
             return False
         raise
     return True

@@ -4,7 +4,7 @@
 
     import uadp
 
-    model = uadp.load("uadp-runs/checkpoints/<run id>/model.pt")  # or a run id, runs:/<id>/..., an exported folder
+    model = uadp.load("uadp-runs/checkpoints/<run id>/model.pt")  # or a run id, runs:/<id>/..., models:/NAME@ALIAS, an exported folder
     result = model.predict(["part-0001.png", "part-0002.png"])
     result.decisions   # True: anomalous (score above the run's threshold)
     result.masks       # the predicted defect: map pixels above the pixel threshold
@@ -288,7 +288,8 @@ def load(
     """A trained model, ready to :meth:`~Model.predict`.
 
     ``model``: a ``model.pt`` bundle, a run's checkpoint folder, an exported model folder
-    (``uadp export``), an MLflow run id or a ``runs:/`` URI. ``trust``: load a bundle that
+    (``uadp export``), an MLflow run id, a ``runs:/`` URI or a registered version
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``). ``trust``: load a bundle that
     holds Python objects besides plain data (unpickling those can run code). ``registry``: the
     plugins to build it with (default: the installed ones).
     """

@@ -147,11 +147,15 @@ def test_runs_and_compare_show_the_registered_run(tracked) -> None:
 )
 def test_an_unknown_registered_model_is_one_line(tracked, tiny_dataset: Path, tmp_path: Path, model, message) -> None:
     image = _images(tiny_dataset)[0]
-    for argv in (["predict", model, image], ["export", model, "--format", "onnx", "--out", tmp_path / "exported"]):
+    for argv in (
+        ["predict", model, image],
+        ["export", model, "--format", "onnx", "--out", tmp_path / "exported"],
+        ["calibrate", model, "--normal-dir", tiny_dataset, "--out", tmp_path / "calibrated"],
+    ):
         code, _, err = call_captured([*argv, "--root", tracked.root])
         assert code == 2
         assert_one_error_line(err, model, message)
-    assert not (tmp_path / "exported").exists()
+    assert not (tmp_path / "exported").exists() and not (tmp_path / "calibrated").exists()
     with pytest.raises(UadpError, match=message.split(" (")[0]):
         uadp.load(model, root=tracked.root)
 

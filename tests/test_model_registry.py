@@ -280,3 +280,36 @@ def test_mlflow_serves_the_champion_with_the_answers_of_predict(tracked, tiny_da
         status, answer = _post(url, {"dataframe_records": [_record(images[0])]})  # still serving
         assert status == 200 and answer["predictions"][0]["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
     assert not network.exists() or not network.read_text(), network.read_text()
+
+
+def test_a_line_that_changes_is_recorded_in_either_store(tracked, tiny_dataset: Path, tmp_path: Path) -> None:
+    """On the embedded store and on the PostgreSQL-backed server alike: a model of three classes
+    learns the fourth (`uadp extend`), then its thresholds are set again on new normal images
+    (`uadp calibrate`), each a finished child run of the run it started from. Last in the module:
+    its runs come after the ones the tests above list."""
+    code, _, err = quick_run(tiny_dataset, tracked.root, tmp_path / "three.json", "--classes", "stripes,checker,dots")
+    assert code == 0, err
+    first = json.loads((tmp_path / "three.json").read_text())["mlflow_run_id"]
+    code, _, err = call_captured(
+        ["extend", first[:8], "--data", tiny_dataset, "--classes", "blobs", "--root", tracked.root]
+        + ["--set", "data.workers=0", "--set", "eval.overlays_per_class=0", "--output-json", tmp_path / "four.json"]
+    )
+    assert code == 0, err
+    extended = json.loads((tmp_path / "four.json").read_text())
+    assert set(extended["per_class"]) == {"stripes", "checker", "dots", "blobs"}
+    normal = tmp_path / "normal"
+    for image in tiny_dataset.glob("*/test/good/*.png"):
+        (normal / image.parts[-4]).mkdir(parents=True, exist_ok=True)
+        (normal / image.parts[-4] / image.name).symlink_to(image)
+    code, _, err = call_captured(
+        ["calibrate", extended["mlflow_run_id"], "--normal-dir", normal, "--out", tmp_path / "calibrated"]
+        + ["--root", tracked.root]
+    )
+    assert code == 0, err
+    client = _client(tracked)
+    child = client.get_run(extended["mlflow_run_id"])
+    assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == first
+    (calibration,) = client.search_runs(
+        [child.info.experiment_id], f"tags.mlflow.parentRunId = '{extended['mlflow_run_id']}'"
+    )
+    assert calibration.info.status == "FINISHED"

@@ -183,3 +183,22 @@ def test_stored_images_spread_over_each_class_and_keep_their_ids(tmp_path):
     from PIL import Image
 
     assert Image.open(samples[0].path).size == (48, 48)
+
+
+def test_the_new_products_alone_are_enough(default_stack_base, tmp_path, capsys):
+    """The known products' folders are gone: the folder holds the new class only. The model
+    still knows every class: the known ones' thresholds come from their stored images."""
+    runs, base_run, _ = default_stack_base
+    only_new = make_mvtec_dataset(tmp_path / "new", classes=("dots",), n_train=10, n_good=4, n_bad=6, size=96)
+    summary = tmp_path / "extended.json"
+    code, out, err = run(
+        "extend", base_run, "--data", only_new, "--classes", NEW, "--root", runs, *SMALL,
+        "--output-json", summary, capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    extended = json.loads(summary.read_text())
+    assert set(extended["per_class"]) == {"dots"} and extended["per_class"]["dots"]["image_auroc"] > 0.9
+    thresholds = extended["threshold"]["thresholds"]
+    assert thresholds["calibration_images"] == {"stripes": 4, "checker": 4, "dots": 10}
+    new = read_bundle(runs / "checkpoints" / extended["mlflow_run_id"] / "model.pt")
+    assert new["classes"] == ["checker", "dots", "stripes"]

@@ -81,7 +81,7 @@ def add_extend_command(sub) -> None:
         "extend",
         help="teach a trained model new classes without training it again from scratch, keeping what it knew",
     )
-    p.add_argument("model", metavar="MODEL", help="the model to extend: a run id, a model.pt, a runs:/ URI")
+    p.add_argument("model", metavar="MODEL", help="the model to extend: a run id, a model.pt, a runs:/ or models:/ URI")
     add_shared_as(
         p, "--data", required=True, help="a folder holding the new classes (its layout recognised as by `uadp run`)"
     )

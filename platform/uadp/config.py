@@ -224,9 +224,14 @@ class ExtendConfig(_Section):
         "knows; false: on the new classes alone (it forgets; for comparison)",
     )
     epochs: int | None = Field(
-        None,
-        ge=1,
-        description="epochs an extension trains for; default (null): a third of the model's own train.epochs",
+        None, ge=1, description="epochs an extension trains for; default (null): as many as budget allows"
+    )
+    budget: float = Field(
+        0.3,
+        gt=0,
+        description="an extension trained in epochs trains for at most this share of the work of training every "
+        "class again (its epochs times its images, against the model's epochs times every class's images), and "
+        "for at most the model's own epochs",
     )
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from .. import flags
@@ -46,8 +45,6 @@ def cmd_extend(args: argparse.Namespace) -> int:
             }
             sets = list(args.set) + ([f"extend.epochs={args.epochs}"] if args.epochs is not None else [])
             config = build_config(None, overrides, sets, base=base, registry=registry)
-            epochs = config.extend.epochs or further_epochs(config.train.epochs)
-            config = build_config(None, overrides, sets + [f"train.epochs={epochs}"], base=base, registry=registry)
             Tracker(Path(config.tracking.root)).check()
             result = train_and_evaluate(
                 config,
@@ -68,14 +65,6 @@ def cmd_extend(args: argparse.Namespace) -> int:
     return 0
 
 
-def further_epochs(epochs: int) -> int:
-    """How long an extension trains a model trained in epochs, unless ``extend.epochs`` says: a
-    third of its own training. It starts from a model that already rebuilds normal images well,
-    and each step must cost a fraction of training every class again (measured on the
-    class-incremental benchmark: see the docs' page on extending a model)."""
-    return max(1, math.ceil(epochs / 3))
-
-
 def add_extend_command(sub) -> None:
     p = sub.add_parser(
         "extend",
@@ -90,7 +79,7 @@ def add_extend_command(sub) -> None:
     p.add_argument(
         "--epochs",
         type=flags.positive_int,
-        help="a model trained in epochs: how many to train further (default: extend.epochs, else a third of its own)",
+        help="a model trained in epochs: how many to train further (default: as many as extend.budget allows)",
     )
     add_shared(p, "--set", "--root")
     p.add_argument("--output-json", metavar="PATH", help="write the final summary as JSON")

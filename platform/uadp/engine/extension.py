@@ -8,7 +8,8 @@ classes' images. How a model extends is its reconstructor's, through the contrac
 * fitted in one pass (``training="fit"``, a memory bank): its ``extend`` takes the new images
   (and the stored ones, to re-measure what spans every class); PatchCore adds the new classes'
   patches within its budget;
-* trained in epochs: the core trains it further, for ``extend.epochs``, on the new classes'
+* trained in epochs: the core trains it further (for as long as ``extend.budget`` allows, or
+  ``extend.epochs``) on the new classes'
   training images and the stored training images of the known classes (replay; without it,
   ``extend.replay=false``, the model drifts onto the new classes and forgets the old);
 * anything else (a reconstructor fitted in one pass without ``extend``, one trained in epochs
@@ -26,6 +27,7 @@ images, in which run.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,10 +138,26 @@ def prepare(job: Job, extension: Extension) -> None:
         calibration=calibration,
     )
     job.fitted_ids = replayed_ids + list(range(first, first + len(learned)))
+    if kind == "epochs":
+        epochs = job.config.extend.epochs or further_epochs(job, len(learned), len(replayed))
+        job.config = job.config.model_copy(update={"train": job.config.train.model_copy(update={"epochs": epochs})})
     job.log(
         f"extending a model of {len(extension.known)} classes by {', '.join(extension.new_classes)}: "
         f"{len(learned)} new training images, {len(replayed)} stored ones replayed"
     )
+
+
+def further_epochs(job: Job, new: int, replayed: int) -> int:
+    """How long an extension trains a model trained in epochs, unless ``extend.epochs`` says: as
+    many epochs over the new and replayed images as ``extend.budget`` of the work of training every
+    class again allows (the model's epochs over every image it has learned and the new ones), and no
+    more than the model's own epochs. A small new class is then trained as often as in joint
+    training; a large one, for fewer epochs, from a model that already rebuilds normal images."""
+    extension = job.extension
+    assert extension is not None
+    own = job.config.train.epochs
+    joint = own * (extension.images_seen + new)
+    return max(1, min(own, math.floor(job.config.extend.budget * joint / max(1, new + replayed))))
 
 
 def extend_fitted(job: Job, detector, batches_of) -> dict[str, float]:

@@ -35,6 +35,7 @@ PACKAGES = {"uadp": Path(uadp.__file__).parent, "uadp_plugins": Path(uadp_plugin
 # (importer, imported) -> why the import stays inside a function
 KEPT_LAZY = {
     ("uadp", "uadp.api"): "uadp.load and uadp.evaluate: `import uadp` (every plugin module's) stays free of torch",
+    ("uadp", "uadp.recalibration"): "uadp.calibrate, as uadp.load: `import uadp` stays free of torch",
 }
 
 

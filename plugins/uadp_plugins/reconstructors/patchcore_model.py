@@ -106,7 +106,8 @@ class PatchCore(Reconstructor):
             raise RuntimeError("reconstructor patchcore: extend before fit (the memory bank is empty)")
         features, source = torch.cat(rows), torch.cat(sources)
         del rows
-        count = max(1, round(len(features) * self.config.coreset_ratio))
+        patches = len(features)
+        count = max(1, round(patches * self.config.coreset_ratio))
         known = self.memory_bank.float().cpu()
         picks, timing = greedy_coreset(features, count, 0, chosen=known)
         bank = torch.cat([known, features[picks]])
@@ -122,7 +123,7 @@ class PatchCore(Reconstructor):
             radii.to(device),
         )
         self._index = None
-        return {"bank": float(len(bank)), "added": float(count), "patches": float(len(source))} | timing
+        return {"bank": float(len(bank)), "added": float(count), "patches": float(patches)} | timing
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """A saved bank has the size its fit chose: take it, whatever this fresh model's size."""

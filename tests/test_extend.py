@@ -56,16 +56,20 @@ def default_stack_base(generated, tmp_path_factory):
     return runs, document["mlflow_run_id"], document
 
 
-def test_the_default_stack_learns_a_new_class_and_keeps_the_known_ones(generated, default_stack_base, capsys):
-    runs, base_run, base = default_stack_base
-    summary = runs / "extended.json"
+def extend_by_new(base_run: str, data, runs, summary, capsys) -> tuple[str, dict]:
+    """`uadp extend` of the base run by the new class from ``data``: what it printed, and its summary."""
     code, out, err = run(
-        "extend", base_run, "--data", generated, "--classes", NEW, "--root", runs, *SMALL,
+        "extend", base_run, "--data", data, "--classes", NEW, "--root", runs, *SMALL,
         "--output-json", summary, capsys=capsys,
     )  # fmt: skip
     assert code == 0, err
+    return out, json.loads(summary.read_text())
+
+
+def test_the_default_stack_learns_a_new_class_and_keeps_the_known_ones(generated, default_stack_base, capsys):
+    runs, base_run, base = default_stack_base
+    out, extended = extend_by_new(base_run, generated, runs, runs / "extended.json", capsys)
     assert f"by {NEW}: 10 new training images, 8 stored ones replayed" in out
-    extended = json.loads(summary.read_text())
     assert set(extended["per_class"]) == {"stripes", "checker", "dots"}
     assert extended["base"]["per_class"]["dots"]["image_auroc"] > 0.9  # learned, far above chance
     for known in FIRST.split(","):  # and kept: the banks hold every row they had
@@ -193,13 +197,7 @@ def test_the_new_products_alone_are_enough(default_stack_base, tmp_path, capsys)
     still knows every class: the known ones' thresholds come from their stored images."""
     runs, base_run, _ = default_stack_base
     only_new = make_mvtec_dataset(tmp_path / "new", classes=("dots",), n_train=10, n_good=4, n_bad=6, size=96)
-    summary = tmp_path / "extended.json"
-    code, out, err = run(
-        "extend", base_run, "--data", only_new, "--classes", NEW, "--root", runs, *SMALL,
-        "--output-json", summary, capsys=capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    extended = json.loads(summary.read_text())
+    _, extended = extend_by_new(base_run, only_new, runs, tmp_path / "extended.json", capsys)
     assert set(extended["per_class"]) == {"dots"} and extended["per_class"]["dots"]["image_auroc"] > 0.9
     thresholds = extended["threshold"]["thresholds"]
     assert thresholds["calibration_images"] == {"stripes": 4, "checker": 4, "dots": 10}

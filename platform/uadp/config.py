@@ -224,14 +224,10 @@ class ExtendConfig(_Section):
         "knows; false: on the new classes alone (it forgets; for comparison)",
     )
     epochs: int | None = Field(
-        None, ge=1, description="epochs an extension trains for; default (null): as many as budget allows"
+        None, ge=1, description="epochs an extension trains; default (null): what budget allows, at most the model's"
     )
     budget: float = Field(
-        0.3,
-        gt=0,
-        description="an extension trained in epochs trains for at most this share of the work of training every "
-        "class again (its epochs times its images, against the model's epochs times every class's images), and "
-        "for at most the model's own epochs",
+        0.3, gt=0, description="an extension trains for at most this share of retraining every class (epochs x images)"
     )
 
 

@@ -76,6 +76,12 @@ class PatchCore(Reconstructor):
         else:
             bank = features
         del features
+        self._keep(bank, source)
+        return stats
+
+    def _keep(self, bank: torch.Tensor, source: torch.Tensor) -> None:
+        """``bank`` [N,C] (with each row's source image) as the model's bank: clustered for the
+        search, on the model's device, in ``bank_dtype``."""
         rows, starts, centres, radii, order = ClusteredBank.build(bank, self.config.seed)
         device = self.memory_bank.device
         self.memory_bank = rows.to(device, getattr(torch, self.config.bank_dtype))
@@ -86,7 +92,6 @@ class PatchCore(Reconstructor):
             radii.to(device),
         )
         self._index = None
-        return stats
 
     def extend(self, new: Iterable[Batch], replay: Iterable[Batch]) -> dict[str, float]:
         """New classes' images join the bank within its budget: the selection goes on from the bank's
@@ -113,16 +118,7 @@ class PatchCore(Reconstructor):
         bank = torch.cat([known, features[picks]])
         source = torch.cat([self.bank_source.cpu(), source[picks]])
         del features
-        ordered, starts, centres, radii, order = ClusteredBank.build(bank, self.config.seed)
-        device = self.memory_bank.device
-        self.memory_bank = ordered.to(device, getattr(torch, self.config.bank_dtype))
-        self.bank_source = source[order].to(device)
-        self.cluster_starts, self.cluster_centres, self.cluster_radii = (
-            starts.to(device),
-            centres.to(device),
-            radii.to(device),
-        )
-        self._index = None
+        self._keep(bank, source)
         return {"bank": float(len(bank)), "added": float(count), "patches": float(patches)} | timing
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

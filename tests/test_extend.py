@@ -203,3 +203,22 @@ def test_the_new_products_alone_are_enough(default_stack_base, tmp_path, capsys)
     assert thresholds["calibration_images"] == {"stripes": 4, "checker": 4, "dots": 10}
     new = read_bundle(runs / "checkpoints" / extended["mlflow_run_id"] / "model.pt")
     assert new["classes"] == ["checker", "dots", "stripes"]
+
+
+def test_an_extension_trains_for_the_share_of_joint_work_its_budget_allows():
+    """``extend.budget`` of the epochs x images of training every class again, over the new and
+    replayed images: a small new class trains for more epochs than the model's own (up to twice
+    them), a large one for fewer, and neither costs more than the budget."""
+    from types import SimpleNamespace
+
+    from uadp.config import RunConfig
+    from uadp.engine.extension import further_epochs
+
+    config = RunConfig.model_validate({"train": {"epochs": 30}})
+    job = SimpleNamespace(config=config, extension=SimpleNamespace(images_seen=573))
+    small = further_epochs(job, new=45, replayed=89)  # 0.3 x 30 x 618 / 134 = 41.5
+    large = further_epochs(job, new=360, replayed=57)  # 0.3 x 30 x 933 / 417 = 20.1
+    assert (small, large) == (41, 20)
+    for epochs, images, new in ((small, 134, 45), (large, 417, 360)):
+        assert epochs * images <= config.extend.budget * 30 * (573 + new)
+    assert further_epochs(job, new=1, replayed=0) == 60

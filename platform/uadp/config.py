@@ -224,7 +224,7 @@ class ExtendConfig(_Section):
         "knows; false: on the new classes alone (it forgets; for comparison)",
     )
     epochs: int | None = Field(
-        None, ge=1, description="epochs an extension trains; default (null): as many as budget allows, at most twice the model's"
+        None, ge=1, description="epochs an extension trains; default (null): what budget allows, at most 2x the model's"
     )
     budget: float = Field(
         0.3, gt=0, description="an extension trains for at most this share of retraining every class (epochs x images)"

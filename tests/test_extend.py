@@ -158,6 +158,8 @@ def test_a_network_trained_in_epochs_trains_further_with_the_stored_images(gener
     # without --epochs: 0.3 of 4 epochs over the 14 images it learned and the 7 new ones, over 7 images
     assert child.data.params["train.epochs"] == ("4" if replay else "3")
     assert child.data.tags["mlflow.parentRunId"] == base_run
+    bundle = read_bundle(runs / "checkpoints" / document["mlflow_run_id"] / "model.pt")
+    assert [step["epochs"] for step in bundle["history"]] == [4, 4 if replay else 3]  # a next budget counts 4
     if replay:  # its checkpoint cannot continue it: the stored images and new classes are not in it
         code, _, err = run("run", "--resume", child.info.run_id, "--set", f"tracking.root={runs}", capsys=capsys)
         assert code == 2 and "an extension is not resumed: run the same `uadp extend` again" in err
@@ -214,11 +216,14 @@ def test_an_extension_trains_for_the_share_of_joint_work_its_budget_allows():
     from uadp.config import RunConfig
     from uadp.engine.extension import further_epochs
 
-    config = RunConfig.model_validate({"train": {"epochs": 30}})
-    job = SimpleNamespace(config=config, extension=SimpleNamespace(images_seen=573))
+    # the model extended was itself an extension, trained 12 epochs; joint training takes the first step's 30
+    config = RunConfig.model_validate({"train": {"epochs": 12}})
+    job = SimpleNamespace(config=config, extension=SimpleNamespace(images_seen=573, own_epochs=30))
     small = further_epochs(job, new=45, replayed=89)  # 0.3 x 30 x 618 / 134 = 41.5
     large = further_epochs(job, new=360, replayed=57)  # 0.3 x 30 x 933 / 417 = 20.1
     assert (small, large) == (41, 20)
     for epochs, images, new in ((small, 134, 45), (large, 417, 360)):
         assert epochs * images <= config.extend.budget * 30 * (573 + new)
     assert further_epochs(job, new=1, replayed=0) == 60
+    job.extension.own_epochs = None  # a bundle whose history lacks the epochs: the model's config says
+    assert further_epochs(job, new=45, replayed=89) == 16  # 0.3 x 12 x 618 / 134

@@ -58,6 +58,13 @@ class Extension:
         return sum(int(step["images"]) for step in self.history)
 
     @property
+    def own_epochs(self) -> int | None:
+        """The epochs the model was first trained for, on its first classes: what training every
+        class again would take (an extension's own epochs are its budget's, not the model's)."""
+        first = self.history[0].get("epochs") if self.history else None
+        return int(first) if first is not None else None
+
+    @property
     def parent_run(self) -> str | None:
         """The MLflow run that made the model extended (its last step's)."""
         return self.history[-1].get("run") if self.history else None
@@ -158,7 +165,7 @@ def further_epochs(job: Job, new: int, replayed: int) -> int:
     would otherwise train for thousands of tiny epochs, each paying for its checkpoint."""
     extension = job.extension
     assert extension is not None
-    own = job.config.train.epochs
+    own = extension.own_epochs or job.config.train.epochs
     joint = own * (extension.images_seen + new)
     return max(1, min(2 * own, math.floor(job.config.extend.budget * joint / max(1, new + replayed))))
 
@@ -196,13 +203,24 @@ def kept_with_model(job: Job, run_id: str | None, base_state: dict[str, Any] | N
             per_class,
             size,
         )
-        step = {"classes": list(extension.new_classes), "images": len(positions), "run": run_id}
+        step = {
+            "classes": list(extension.new_classes),
+            "images": len(positions),
+            "epochs": job.config.train.epochs,
+            "run": run_id,
+        }
         return extension.history + [step], extension.exemplars + added
     if base_state is not None:  # --from-run: the same model, the same memory
         return list(base_state.get("history") or []), Exemplars.from_state(base_state.get("exemplars"))
     train = job.splits.train
     stored = of_run(train, list(range(len(train))), calibration, per_class, size)
-    return [{"classes": list(job.splits.classes), "images": len(train), "run": run_id}], stored
+    first = {
+        "classes": list(job.splits.classes),
+        "images": len(train),
+        "epochs": job.config.train.epochs,
+        "run": run_id,
+    }
+    return [first], stored
 
 
 def history_tag(history: list[dict[str, Any]]) -> str:

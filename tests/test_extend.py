@@ -83,6 +83,7 @@ def test_the_default_stack_learns_a_new_class_and_keeps_the_known_ones(generated
     assert new["classes"] == ["checker", "dots", "stripes"]
     assert [step["classes"] for step in new["history"]] == [["stripes", "checker"], ["dots"]]
     assert [step["images"] for step in new["history"]] == [20, 10]
+    assert [step["epochs"] for step in new["history"]] == [None, None]  # fitted in one pass: no epochs
     assert new["history"][1]["run"] == extended["mlflow_run_id"]
     for member in ("0", "1"):  # every known row kept; the new rows carry the new images' ids
         key = f"members.{member}.memory_bank"

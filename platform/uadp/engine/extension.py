@@ -46,7 +46,7 @@ class Extension:
     bundle: Path
     new_classes: list[str]
     known: list[str]  # the classes the model already knows
-    history: list[dict[str, Any]]  # each earlier step: its classes, images and run
+    history: list[dict[str, Any]]  # each earlier step: its classes, images, epochs and run
     exemplars: Exemplars
     folder: tempfile.TemporaryDirectory = field(  # the stored images, decoded for the loaders
         default_factory=lambda: tempfile.TemporaryDirectory(prefix="uadp-replay-")
@@ -203,26 +203,23 @@ def kept_with_model(job: Job, run_id: str | None, base_state: dict[str, Any] | N
             per_class,
             size,
         )
-        step = {
-            "classes": list(extension.new_classes),
-            "images": len(positions),
-            "epochs": job.config.train.epochs,
-            "run": run_id,
-        }
+        step = history_step(job, list(extension.new_classes), len(positions), run_id)
         return extension.history + [step], extension.exemplars + added
     if base_state is not None:  # --from-run: the same model, the same memory
         return list(base_state.get("history") or []), Exemplars.from_state(base_state.get("exemplars"))
     train = job.splits.train
     stored = of_run(train, list(range(len(train))), calibration, per_class, size)
-    first = {
-        "classes": list(job.splits.classes),
-        "images": len(train),
-        "epochs": job.config.train.epochs,
-        "run": run_id,
-    }
-    return [first], stored
+    return [history_step(job, list(job.splits.classes), len(train), run_id)], stored
+
+
+def history_step(job: Job, classes: list[str], images: int, run_id: str | None) -> dict[str, Any]:
+    """One step of the class history: the classes it added, from how many training images, for how
+    many epochs (none for a model fitted in one pass: its config's epochs were not used), in which run."""
+    epochs = None if job.fitted else job.config.train.epochs
+    return {"classes": classes, "images": images, "epochs": epochs, "run": run_id}
 
 
 def history_tag(history: list[dict[str, Any]]) -> str:
     """The class history as the MLflow tag ``uadp.class_history`` shows it."""
-    return json.dumps([{"classes": step["classes"], "images": step["images"]} for step in history])
+    keys = ("classes", "images", "epochs")
+    return json.dumps([{key: step.get(key) for key in keys} for step in history])

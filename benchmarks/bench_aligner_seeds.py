@@ -1,0 +1,98 @@
+"""Benchmark: how much an aligner's metrics move with the seed of its fit, on one fitted model.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_aligner_seeds.py --run RUN_ID --seeds 4 \\
+        --out RUNS_DIR --results aligner-seeds-default-realmix-dev.csv
+
+``--run`` is a finished run with an aligner (for example the default stack's); ``--out`` is the
+folder whose ``uadp-runs/`` holds it. For every variant (a name and the ``--set`` options it adds,
+comma-separated; none for the run's own settings) and every seed, ``uadp run --from-run RUN --set
+aligner.seed=K`` fits the aligner again on the same model and scores the test split; the model
+itself is not touched, so what moves is the aligner's fit alone: its head's initial weights,
+its dropout and the order of its batches. Each fit writes ``VARIANT-seedK.json`` under
+``--out`` and is not run again when that file is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_csv import Results, this_command, this_hardware, write  # noqa: E402
+
+METRICS = (("mean", "image_auroc"), ("mean", "pixel_ap"), ("pooled", "image_auroc"), ("pooled", "pixel_ap"))
+
+
+def fit(run: str, options: list[str], seed: int, summary: Path, out: Path) -> dict:
+    if not summary.exists():
+        words = ["run", "--from-run", run, "--set", f"aligner.seed={seed}"]
+        for option in options:
+            words += ["--set", option]
+        command = [sys.executable, "-m", "uadp", *words, "--output-json", str(summary)]
+        print("$", " ".join(command[2:]), flush=True)
+        subprocess.run(command, check=True, cwd=out)
+    return json.loads(summary.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a finished run with an aligner")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds 0 .. N-1 of each variant")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIONS",
+        help="a name and its comma-separated --set options (repeatable); default: the run's own settings",
+    )
+    parser.add_argument("--out", required=True, help="the folder whose uadp-runs/ holds the run")
+    parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    variants = [v.partition("=") for v in args.variant] or [("as-run", "=", "")]
+    header = ["variant", "seed"] + [f"{kind} {metric}" for kind, metric in METRICS] + ["per-class image AUROC"]
+    rows, spread = [], []
+    for name, _, options in variants:
+        values = []
+        for seed in range(args.seeds):
+            summary = fit(args.run, [o for o in options.split(",") if o], seed, out / f"{name}-seed{seed}.json", out)
+            found = [summary[kind][metric] for kind, metric in METRICS]
+            values.append(found)
+            per_class = " / ".join(f"{c} {v['image_auroc']:.3f}" for c, v in summary["per_class"].items())
+            rows.append([name, str(seed)] + [f"{v:.3f}" for v in found] + [per_class])
+            print(" | ".join(rows[-1]), flush=True)
+        columns = list(zip(*values))
+        spread.append(
+            [name, "mean ± std"]
+            + [f"{statistics.mean(c):.3f} ± {statistics.stdev(c) if len(c) > 1 else 0.0:.3f}" for c in columns]
+            + [""]
+        )
+        spread.append([name, "range"] + [f"{min(c):.3f} – {max(c):.3f}" for c in columns] + [""])
+    for row in spread:
+        print(" | ".join(row))
+    if args.results:
+        command = this_command().replace(args.out, "RUNS_DIR").replace(args.run, "RUN_ID")
+        write(
+            args.results,
+            Results(
+                "An aligner fitted again with other seeds on one model",
+                [command],
+                this_hardware(),
+                header,
+                rows + spread,
+                [
+                    "the model is the same in every row; only the aligner's fit (seed, and the variant's options) changes"
+                ],
+            ),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,29 +15,30 @@ its dropout and the order of its batches. Each fit writes ``VARIANT-seedK.json``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
+from uadp_summary import uadp_summary  # noqa: E402
 
-METRICS = (("mean", "image_auroc"), ("mean", "pixel_ap"), ("pooled", "image_auroc"), ("pooled", "pixel_ap"))
+METRICS = (
+    ("mean", "image_auroc"),
+    ("mean", "pixel_auroc"),
+    ("mean", "pixel_ap"),
+    ("pooled", "image_auroc"),
+    ("pooled", "pixel_ap"),
+)
 
 
 def fit(run: str, options: list[str], seed: int, summary: Path, out: Path) -> dict:
-    if not summary.exists():
-        words = ["run", "--from-run", run, "--set", f"aligner.seed={seed}"]
-        for option in options:
-            words += ["--set", option]
-        command = [sys.executable, "-m", "uadp", *words, "--output-json", str(summary)]
-        print("$", " ".join(command[2:]), flush=True)
-        subprocess.run(command, check=True, cwd=out)
-    return json.loads(summary.read_text())
+    words = ["run", "--from-run", run, "--set", f"aligner.seed={seed}"]
+    for option in options:
+        words += ["--set", option]
+    return uadp_summary(words, summary, out)
 
 
 def main() -> int:

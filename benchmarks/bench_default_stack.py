@@ -16,9 +16,7 @@ goes to ``benchmarks/results/`` with every candidate's command.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_preset_choice import leave_one_class_out, per_class_values, report  # noqa: E402
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
+from uadp_summary import uadp_summary  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ALIGN_IMAGE = ["--aligner", "cada", "--set", "eval.align=image"]
@@ -98,12 +97,7 @@ POOLED = ("image_auroc", "pixel_ap")
 
 
 def run(label: str, arguments: list[str], data: str, out: Path) -> dict:
-    summary = out / f"{label}.json"
-    if not summary.exists():
-        command = [sys.executable, "-m", "uadp", "run", "--data", data, *arguments, "--output-json", str(summary)]
-        print("$", " ".join(command[2:]), flush=True)
-        subprocess.run(command, check=True, cwd=out)
-    return json.loads(summary.read_text())
+    return uadp_summary(["run", "--data", data, *arguments], out / f"{label}.json", out)
 
 
 def main() -> int:

@@ -21,15 +21,14 @@ that file is there, so the script resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
+from uadp_summary import uadp_summary as uadp  # noqa: E402
 
 METHODS: dict[str, tuple[str, list[str], bool]] = {  # label, `uadp run` flags, trained in epochs
     "default": ("default stack (two PatchCore banks + CADA)", [], False),
@@ -38,15 +37,6 @@ METHODS: dict[str, tuple[str, list[str], bool]] = {  # label, `uadp run` flags, 
     "unias": ("UniAS + CADA (unias-cpu)", ["--reconstructor", "unias", "--aligner", "cada"], True),
 }
 METRICS = ("image_auroc", "pixel_ap")
-
-
-def uadp(words: list[str], summary: Path, out: Path) -> dict:
-    """One ``uadp`` command writing ``summary`` (``--output-json``), unless that file is there."""
-    if not summary.exists():
-        command = [sys.executable, "-m", "uadp", *words, "--output-json", str(summary)]
-        print("$", " ".join(command[2:]), flush=True)
-        subprocess.run(command, check=True, cwd=out)
-    return json.loads(summary.read_text())
 
 
 def cost(summary: dict) -> float:

@@ -102,6 +102,7 @@ def test_the_default_stack_learns_a_new_class_and_keeps_the_known_ones(generated
     assert child.data.tags["mlflow.parentRunId"] == base_run
     history = json.loads(child.data.tags["uadp.class_history"])
     assert [step["classes"] for step in history] == [["stripes", "checker"], ["dots"]]
+    assert [step["epochs"] for step in history] == [None, None]  # the tag shows each step's epochs
 
 
 def test_a_model_is_not_extended_by_a_class_it_knows_or_the_folder_lacks(generated, default_stack_base, capsys):

@@ -65,6 +65,36 @@ def test_fused_map_is_the_members_standardised_weighted_mean(generated, tmp_path
     torch.testing.assert_close(fused.image_scores, expected_score)
 
 
+def test_an_extension_reads_the_stored_images_only_for_a_member_that_asks(generated, tmp_path, monkeypatch):
+    config = resolve(ensemble_config(generated, tmp_path, [BANK, BANK]), Registry())
+    _, ensemble, _ = build_model(config, Registry())
+    images = torch.rand(6, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    ensemble.fit(
+        [
+            Batch(images=images[:3], fitted_index=torch.arange(3)),
+            Batch(images=images[3:], fitted_index=torch.arange(3, 6)),
+        ]
+    )
+    scales = ensemble.map_scale.clone()
+    read = []
+
+    def stored():
+        for start in (0, 2):
+            read.append(start)
+            yield Batch(images=images[start : start + 2], fitted_index=torch.arange(start, start + 2))
+
+    new = [Batch(images=torch.rand(2, 3, 128, 128), fitted_index=torch.tensor([6, 7]))]
+    ensemble.extend(new, stored())  # memory banks: no use for the stored images
+    assert read == [] and torch.equal(ensemble.map_scale, scales)
+
+    seen = []  # a member that reads them: every member sees every batch, read from the source once
+    monkeypatch.setattr(
+        type(ensemble.members[0]), "extend", lambda self, new, replay: seen.append(len(list(replay))) or {}
+    )
+    ensemble.extend(new, stored())
+    assert seen == [2, 2] and read == [0, 2]
+
+
 def test_members_are_resolved_and_checked_like_a_runs_components(generated, tmp_path):
     registry = Registry()
     config = resolve(ensemble_config(generated, tmp_path, [BANK, BANK]), registry)

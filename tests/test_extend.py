@@ -92,6 +92,8 @@ def test_the_default_stack_learns_a_new_class_and_keeps_the_known_ones(generated
         assert bool(kept.all()) and len(after) > len(before)
         sources = new["reconstructor"][f"members.{member}.bank_source"]
         assert set(sources.tolist()) - set(range(20)) <= set(range(20, 30)) and sources.max() >= 20
+    for scale in ("map_scale", "score_scale"):  # the members keep their weighing
+        assert torch.equal(old["reconstructor"][scale], new["reconstructor"][scale])
     stored = Exemplars.from_state(new["exemplars"])
     assert [stored.count(name, fitted=True) for name in ("stripes", "checker", "dots")] == [4, 4, 4]
     assert all(i >= 20 for c, i in zip(stored.classes, stored.ids) if c == "dots")

@@ -207,7 +207,8 @@ class Reconstructor(nn.Module):
 
         ``new`` holds every training image of the new classes, once, in order; ``replay`` a few
         stored images of each class the model already knows (what must be measured over every
-        class, such as a scale, is measured on both). Both carry ``fitted_index``. What it
+        class, such as a scale, is measured on both). Both carry ``fitted_index``, and both are
+        read only as they are iterated: one with no use for ``replay`` pays nothing. What it
         changes must stay in the ``state_dict``, as for ``fit``. Returns numbers worth logging.
 
         Implemented by a reconstructor fitted in one pass (a memory bank adds the new images'

@@ -48,6 +48,14 @@ def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group,
     assert len(set(picks.tolist())) == 400 and stats["coreset_s"] > 0
 
 
+@pytest.mark.parametrize("block", [1024, 7])
+def test_nearest_distances_are_the_exact_ones(monkeypatch, block):
+    monkeypatch.setattr(coreset, "CENTRE_BLOCK", block)
+    points, centres = clustered_points(500, 24, seed=3), clustered_points(90, 24, seed=4)
+    expected = torch.cdist(points.double(), centres.double()).amin(1).float()
+    torch.testing.assert_close(coreset._nearest_distances(points, centres), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_coreset_with_duplicate_points_and_more_picks_than_distinct_points(monkeypatch):
     monkeypatch.setattr(coreset, "FRONT", 10)
     distinct = clustered_points(30, 8, seed=2)

@@ -7,6 +7,12 @@ Computes PatchCore's patch features of every training image (the ``patchcore-cpu
 backbone stages, pooling and image size), then times ``--plain-picks`` picks of the plain loop
 (every patch's distance to every new centre) and the whole 10 % coreset of the fast selection,
 and checks that the fast selection's first picks are the plain loop's.
+
+With ``--grow-by CLASS`` it times what ``uadp extend`` does instead: a bank selected from the
+other classes' patches grows by CLASS's patches (the selection goes on from the bank's rows)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_coreset.py --data PATH/TO/realmix-dev \
+        --ratio 0.025 --grow-by magnetic_tile --results coreset-growth-realmix-dev.csv
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
 
 
-def patch_features(data: str) -> torch.Tensor:
-    """[N, C] patch features of every training image, as the preset's fit sees them."""
+def patch_features(data: str, classes: list[str] | None = None) -> torch.Tensor:
+    """[N, C] patch features of every training image (of ``classes``), as the preset's fit sees them."""
     from uadp.config import build_config, resolve
     from uadp.data.loader import batches
     from uadp.engine.job import Job
@@ -31,7 +37,11 @@ def patch_features(data: str) -> torch.Tensor:
 
     registry = get_registry()
     config = resolve(
-        build_config(preset="patchcore-cpu", registry=registry, overrides={"dataset": {"name": "mvtec", "root": data}}),
+        build_config(
+            preset="patchcore-cpu",
+            registry=registry,
+            overrides={"dataset": {"name": "mvtec", "root": data}, "data": {"classes": classes}},
+        ),
         registry,
     )
     job = Job(config, registry, log=lambda text: None)
@@ -52,7 +62,10 @@ def main() -> int:
     parser.add_argument("--ratio", type=float, default=0.1, help="coreset share of the patches")
     parser.add_argument("--plain-picks", type=int, default=1000, help="picks of the plain loop to time and compare")
     parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
+    parser.add_argument("--grow-by", metavar="CLASS", help="time a bank of the other classes growing by CLASS instead")
     args = parser.parse_args()
+    if args.grow_by:
+        return grow(args)
 
     features = patch_features(args.data)
     count = round(len(features) * args.ratio)
@@ -80,6 +93,42 @@ def main() -> int:
                 header,
                 rows,
                 [f"the last column compares the first {args.plain_picks} picks of both, from the same first patch"],
+            ),
+        )
+    return 0
+
+
+def grow(args: argparse.Namespace) -> int:
+    """A bank of every class but ``--grow-by`` grows by that class's patches, as an extension's does."""
+    from uadp_plugins._layers.coreset import greedy_coreset
+
+    classes = sorted(p.name for p in Path(args.data).iterdir() if (p / "train").is_dir())
+    known = patch_features(args.data, [c for c in classes if c != args.grow_by])
+    new = patch_features(args.data, [args.grow_by])
+    first = int(torch.randint(len(known), (1,), generator=torch.Generator().manual_seed(0)))
+    picks, fitted = greedy_coreset(known, round(len(known) * args.ratio), first)
+    bank = known[picks]
+    count = round(len(new) * args.ratio)
+    _, grown = greedy_coreset(new, count, 0, chosen=bank)
+    header = ["selection", "patches", "bank rows before", "picks", "seconds", "s / 10k picks"]
+    rows = [
+        ["fit of the other classes", str(len(known)), "0", str(len(bank))]
+        + [f"{fitted['coreset_s']:.1f}", f"{fitted['coreset_s_per_10k_picks']:.1f}"],
+        [f"grown by {args.grow_by}", str(len(new)), str(len(bank)), str(count)]
+        + [f"{grown['coreset_s']:.1f}", f"{grown['coreset_s_per_10k_picks']:.1f}"],
+    ]
+    for row in rows:
+        print(" | ".join(row))
+    if args.results:
+        write(
+            args.results,
+            Results(
+                f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them), patchcore-cpu features",
+                [this_command().replace(args.data, "PATH/TO/realmix-dev")],
+                this_hardware(),
+                header,
+                rows,
+                ["one bank (the default stack has two, one per backbone)"],
             ),
         )
     return 0

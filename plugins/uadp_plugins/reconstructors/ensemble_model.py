@@ -110,25 +110,23 @@ class Ensemble(Reconstructor):
         every member on ``fusion_images`` images once more, a sixth of an extension's time.
         The stored images are read only if a member asks for them (a memory bank does not)."""
         inputs: list[list[Batch]] = [[] for _ in self.members]
-        for batch in new:
-            assert batch.fitted_index is not None
+        for batch in new:  # read once, every member's features of it kept
             for index in range(len(self.members)):
-                features = self.member_batch(index, batch).features
-                inputs[index].append(Batch(features=features.cpu(), fitted_index=batch.fitted_index.cpu()))
+                inputs[index].append(self._member_input(index, batch))
         stored = _ReadOnce(replay)
         stats: dict[str, float] = {}
         for index, member in enumerate(self.members):
-            member_stats = member.extend(inputs[index], self._member_features(index, stored)) or {}
+            replayed = (self._member_input(index, batch) for batch in stored)
+            member_stats = member.extend(inputs[index], replayed) or {}
             inputs[index] = []
             stats |= {f"{index}.{self.names[index]}/{key}": float(value) for key, value in member_stats.items()}
         return stats
 
-    def _member_features(self, index: int, batches: Iterable[Batch]) -> Iterator[Batch]:
-        """Member ``index``'s features of ``batches``, computed as they are asked for."""
-        for batch in batches:
-            assert batch.fitted_index is not None
-            features = self.member_batch(index, batch).features
-            yield Batch(features=features.cpu(), fitted_index=batch.fitted_index.cpu())
+    def _member_input(self, index: int, batch: Batch) -> Batch:
+        """Member ``index``'s features of ``batch`` and the images' ids, as its ``extend`` takes them."""
+        assert batch.fitted_index is not None
+        features = self.member_batch(index, batch).features
+        return Batch(features=features.cpu(), fitted_index=batch.fitted_index.cpu())
 
     @torch.no_grad()
     def _measure_scales(self, images: torch.Tensor, ids: torch.Tensor) -> None:

@@ -81,21 +81,19 @@ def main() -> int:
     ]
     header = ["selection", "picks", "seconds", "s / 10k picks", "first picks equal the plain loop's"]
     print(f"{len(features)} patches of {features.shape[1]} dims")
+    title = f"Greedy coreset selection on realmix-dev's {len(features):,} training patches (patchcore-cpu features)"
+    note = f"the last column compares the first {args.plain_picks} picks of both, from the same first patch"
+    report(args, title, header, rows, note)
+    return 0
+
+
+def report(args: argparse.Namespace, title: str, header: list[str], rows: list[list[str]], note: str) -> None:
+    """Print the table, and write it to ``--results`` when given."""
     for row in rows:
         print(" | ".join(row))
     if args.results:
-        write(
-            args.results,
-            Results(
-                f"Greedy coreset selection on realmix-dev's {len(features):,} training patches (patchcore-cpu features)",
-                [this_command().replace(args.data, "PATH/TO/realmix-dev")],
-                this_hardware(),
-                header,
-                rows,
-                [f"the last column compares the first {args.plain_picks} picks of both, from the same first patch"],
-            ),
-        )
-    return 0
+        command = this_command().replace(args.data, "PATH/TO/realmix-dev")
+        write(args.results, Results(title, [command], this_hardware(), header, rows, [note]))
 
 
 def grow(args: argparse.Namespace) -> int:
@@ -117,20 +115,8 @@ def grow(args: argparse.Namespace) -> int:
         [f"grown by {args.grow_by}", str(len(new)), str(len(bank)), str(count)]
         + [f"{grown['coreset_s']:.1f}", f"{grown['coreset_s_per_10k_picks']:.1f}"],
     ]
-    for row in rows:
-        print(" | ".join(row))
-    if args.results:
-        write(
-            args.results,
-            Results(
-                f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them), patchcore-cpu features",
-                [this_command().replace(args.data, "PATH/TO/realmix-dev")],
-                this_hardware(),
-                header,
-                rows,
-                ["one bank (the default stack has two, one per backbone)"],
-            ),
-        )
+    title = f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them), patchcore-cpu features"
+    report(args, title, header, rows, "one bank (the default stack has two, one per backbone)")
     return 0
 
 

@@ -62,6 +62,10 @@ def _command(argv: list[str] | None) -> int:
         except Exception as exc:  # a full disk, a read-only folder: one line; anything else is a bug
             failure = storage_failure(exc)
             if failure is None:
+                from ..engine.launcher import crash_reported
+
+                if crash_reported(exc):  # a process of a run of several: its traceback is printed already
+                    return 1
                 raise
             error = storage_error(failure)
             return _last_line(f"uadp: error: {error}", error, error.exit_code)

@@ -9,8 +9,12 @@ it, so that however the run ends it can say so in one line:
   turned into a small JSON file, ``FAILURES``, of which process failed and how;
 * rank 0 writes what the supervisor needs into the file ``UADP_LAUNCH_REPORT`` names: the MLflow
   run and its checkpoint once the run exists, and, if it stops with an error, that error instead
-  of printing it; the other ranks print no error line of their own (a process that crashed on a
-  bug still prints its traceback);
+  of printing it; the other ranks print no error line of their own;
+* a process that crashes on a bug prints its traceback and records the error next to that file
+  (:func:`report_crash`) *before* it lets go of the others. Once it does, they fail in turn, and
+  the launcher stops whatever is left with SIGTERM: a process slow to exit after its crash (a
+  loaded machine) would otherwise be reported as killed by the launcher's signal, its own error
+  lost;
 * when the launcher ends, the supervisor finds the process that failed first, marks the MLflow
   run FAILED (KILLED when the user stopped it) where no process could, and prints one line: what
   failed, how the run is marked, and which checkpoint ``--resume`` continues.
@@ -28,7 +32,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,44 @@ def report(**facts: Any) -> None:
     partial = target.with_name(target.name + ".partial")
     partial.write_text(json.dumps({**known, **facts}, default=str))
     os.replace(partial, target)
+
+
+_CRASH_PREFIX = "crash-rank-"  # + RANK + ".json", beside the report file: one process's crash
+
+
+def report_crash(exc: BaseException) -> None:
+    """In a process of a supervised run that stops on a bug (an exception uadp does not know):
+    print its traceback now and record the error and its time for the supervisor, before the
+    process lets go of the others (see the module docstring). The exception is marked, so that
+    the command ends with exit code 1 instead of printing it a second time (:func:`crash_reported`)."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        return
+    traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    rank = os.environ.get("RANK", "0")
+    cause = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+    target = Path(path).with_name(f"{_CRASH_PREFIX}{rank}.json")
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps({"error": cause[-300:], "time": time.time()}))
+    os.replace(partial, target)
+    exc.uadp_crash_reported = True  # type: ignore[attr-defined]
+
+
+def crash_reported(exc: BaseException) -> bool:
+    """``exc`` was printed and recorded by :func:`report_crash` already."""
+    return bool(getattr(exc, "uadp_crash_reported", False))
+
+
+def _crashes(folder: Path) -> dict[str, dict[str, Any]]:
+    """The crashes the processes recorded, by rank."""
+    found = {}
+    for file in folder.glob(f"{_CRASH_PREFIX}*.json"):
+        try:
+            found[file.stem.removeprefix(_CRASH_PREFIX)] = json.loads(file.read_text())
+        except (OSError, ValueError):  # pragma: no cover - written whole by os.replace
+            continue
+    return found
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -104,13 +148,19 @@ class Outcome:
     code: int
     failures: dict[str, dict[str, Any]]
     facts: dict[str, Any]
+    crashes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def first_failure(self) -> tuple[int, dict[str, Any]] | None:
         """The failed process that caused the others to stop: rank 0's own error unless it only
-        lost another process, else the earliest other failure."""
+        lost another process, else the earliest recorded crash (whatever signal the launcher
+        ended that process with afterwards), else the earliest other failure. A crash's entry
+        holds its ``error``."""
         error = self.facts.get("error")
         if error and not self.facts.get("peer_lost"):
             return 0, self.failures.get("0", {})
+        if self.crashes:
+            rank, crash = min(self.crashes.items(), key=lambda item: item[1]["time"])
+            return int(rank), crash
         others = sorted((f["time"], int(rank), f) for rank, f in self.failures.items() if rank != "0")
         if others:
             return others[0][1], others[0][2]
@@ -133,7 +183,8 @@ def launch(argv: list[str], nproc: int, env: dict[str, str]) -> int:
             code = stop_group(child, signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT, STOP_WAIT_S)
         facts = json.loads(report_file.read_text()) if report_file.is_file() else {}
         failures = json.loads(failures_file.read_text()) if failures_file.is_file() else {}
-    outcome = Outcome(code, failures, facts)
+        crashes = _crashes(Path(folder))
+    outcome = Outcome(code, failures, facts, crashes)
     if stopped is not None:
         set_aftermath(stopped, _aftermath(outcome, "KILLED"))
         raise stopped
@@ -150,11 +201,12 @@ def _failure(outcome: Outcome, nproc: int) -> UadpError:
         cause, exit_code = error, int(outcome.facts.get("exit_code", 2))
     elif first is not None:
         rank, failure = first
-        how = (
-            f"was killed by {failure['signal']}"
-            if failure.get("exitcode", 0) < 0
-            else f"exited with code {failure.get('exitcode')}"
-        )
+        if "error" in failure:  # a crash the process recorded: its traceback is above
+            how = f"stopped on an error, {failure['error']} (its traceback is above)"
+        elif failure.get("exitcode", 0) < 0:
+            how = f"was killed by {failure['signal']}"
+        else:
+            how = f"exited with code {failure.get('exitcode')}"
         cause, exit_code = f"the process of rank {rank} (of {nproc}) {how}", 1
     else:
         cause, exit_code = f"the launcher of the {nproc} processes exited with code {outcome.code}", 1

@@ -126,6 +126,8 @@ def train_and_evaluate(
         lost = peer_lost(exc) if ranks.world > 1 else None
         if lost is not None:
             raise _with_aftermath(RankLost(f"another process of the run stopped ({lost})"), job, tracker) from None
+        if ranks.world > 1:
+            launcher.report_crash(exc)  # a bug: said now, while the other processes still wait on this one
         raise
     finally:
         if job.lock is not None:

@@ -15,7 +15,9 @@ table gives, per order and step, the mean image AUROC and pixel AP over the seen
 forgetting (the mean drop, over the first step's classes, from their values after the first step;
 a rise counts as 0), and the cost: the seconds spent training (or fitting) and fitting the aligner,
 beside joint training's. Each run writes ``LABEL.json`` under ``--out`` and is not run again when
-that file is there, so the script resumes where it stopped.
+that file is there, so the script resumes where it stopped. ``--seed`` sets ``train.seed`` of the
+first step and of joint training (an extension keeps its model's), to see how much of a
+difference to joint training is the seed's.
 """
 
 from __future__ import annotations
@@ -127,18 +129,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs and their summaries")
     parser.add_argument("--results", help="write the table to benchmarks/results/NAME.csv")
     parser.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of the first steps and joint training")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     label, flags, trained = METHODS[args.method]
-    joint = uadp(["run", "--data", args.data, *flags], args.out / f"{args.method}-joint.json", args.out)
+    flags = [*flags, "--set", f"train.seed={args.seed}"]
+    method = args.method if args.seed == 0 else f"{args.method}-seed{args.seed}"  # the summaries' names
+    joint = uadp(["run", "--data", args.data, *flags], args.out / f"{method}-joint.json", args.out)
     classes = sorted(joint["per_class"])
     orders = {"A": classes, "B": classes[::-1]}
     rows = []
     for name, order in orders.items():
-        with_replay = incremental(args.data, flags, order, args.out, f"{args.method}-{name}", True, None)
+        with_replay = incremental(args.data, flags, order, args.out, f"{method}-{name}", True, None)
         rows += rows_for(name, "replay" if trained else "extend", order, with_replay, joint)
         if trained:
-            naive = incremental(args.data, flags, order, args.out, f"{args.method}-{name}", False, with_replay[0])
+            naive = incremental(args.data, flags, order, args.out, f"{method}-{name}", False, with_replay[0])
             rows += rows_for(name, "no replay", order, naive, joint)
     means = seen_means(joint, classes)
     rows.append(
@@ -174,7 +179,7 @@ def main() -> int:
         commands = [this_command()]
         notes = [
             f"{label}: orders A = {' then '.join('+'.join(s) for s in steps_of(orders['A']))}, "
-            f"B = {' then '.join('+'.join(s) for s in steps_of(orders['B']))}; one model, seed 0",
+            f"B = {' then '.join('+'.join(s) for s in steps_of(orders['B']))}; one model, seed {args.seed}",
             "cost: seconds training (or fitting) the model and fitting its aligner, from each run's timing",
             *args.note,
         ]

@@ -11,10 +11,10 @@ it, so that however the run ends it can say so in one line:
   run and its checkpoint once the run exists, and, if it stops with an error, that error instead
   of printing it; the other ranks print no error line of their own;
 * a process that crashes on a bug prints its traceback and records the error next to that file
-  (:func:`report_crash`) *before* it lets go of the others. Once it does, they fail in turn, and
-  the launcher stops whatever is left with SIGTERM: a process slow to exit after its crash (a
-  loaded machine) would otherwise be reported as killed by the launcher's signal, its own error
-  lost;
+  (:func:`report_crash`) *before* it lets go of the others. What happens after is not its own
+  doing: gloo's teardown has aborted such a process as it exited (SIGABRT, while the others still
+  sent to it), and the launcher stops with SIGTERM whatever is left once one process has ended;
+  the launcher's report would then name that signal, not the error;
 * when the launcher ends, the supervisor finds the process that failed first, marks the MLflow
   run FAILED (KILLED when the user stopped it) where no process could, and prints one line: what
   failed, how the run is marked, and which checkpoint ``--resume`` continues.

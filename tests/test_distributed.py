@@ -28,7 +28,7 @@ import torch
 
 from helpers import all_runs
 from uadp.engine.distributed import RankBatches, Ranks
-from uadp.engine.launcher import STOP_WAIT_S
+from uadp.engine.launcher import STOP_WAIT_S, Outcome
 
 TOLERANCE = 2e-3
 HERE = Path(__file__).parent
@@ -199,6 +199,21 @@ def test_a_rank_that_crashes_on_a_bug_shows_its_traceback_and_one_line(tmp_path,
     assert f"no epoch had finished: `uadp run --resume {run.info.run_id}" in line  # the checkpoint of the start
     said = done.stderr
     assert said.count("Traceback") == 1 and "RuntimeError: rank 1 lost in epoch 1" in said, said[-3000:]  # the bug's
+
+
+def test_the_supervisor_names_the_failure_that_came_first():
+    """Rank 0's own error first; else the earliest crash a process recorded, whatever signal ended
+    it afterwards; else the earliest failure the launcher saw among the other ranks."""
+    killed = {"exitcode": -6, "signal": "SIGABRT", "time": 20.0}
+    failures = {"0": {"exitcode": 1, "signal": "", "time": 30.0}, "1": killed, "2": {**killed, "time": 10.0}}
+    crashes = {"1": {"error": "RuntimeError: b", "time": 5.0}, "2": {"error": "KeyError: 'a'", "time": 4.0}}
+    own = {"error": "the disk is full", "peer_lost": False}
+    lost = {"error": "another process of the run stopped", "peer_lost": True}
+    assert Outcome(1, failures, own, crashes).first_failure() == (0, failures["0"])
+    assert Outcome(1, failures, lost, crashes).first_failure() == (2, crashes["2"])
+    assert Outcome(1, failures, lost, {"1": crashes["1"]}).first_failure() == (1, crashes["1"])
+    assert Outcome(1, failures, lost).first_failure() == (2, failures["2"])
+    assert Outcome(1, {"0": failures["0"]}, {}).first_failure() == (0, failures["0"])
 
 
 @pytest.mark.slow

@@ -37,12 +37,13 @@ def member_maps(model, paths: list[Path], size: tuple[int, int]) -> list[torch.T
     """Every member's raw maps of ``paths``, flattened, one tensor per member."""
     resize = geometry(size)
     maps: list[list[torch.Tensor]] = [[] for _ in model.members]
+    for member in model.members:
+        member.eval()
     for start in range(0, len(paths), 16):
         pixels = [resize(image=read_image(p))["image"].astype(np.float32) / 255 for p in paths[start : start + 16]]
         batch = Batch(images=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
         with torch.no_grad():
             for index, member in enumerate(model.members):
-                member.eval()
                 maps[index].append(member.predict(model.member_batch(index, batch)).anomaly_map.float().flatten())
     return [torch.cat(m) for m in maps]
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Terminated, UadpError, set_aftermath
+from ..filesystem import write_text_atomic
 from ..processes import stop_group
 from ..tracking import Tracker
 from .aftermath import describe_aftermath
@@ -68,9 +69,7 @@ def report(**facts: Any) -> None:
         return
     target = Path(path)
     known = json.loads(target.read_text()) if target.is_file() else {}
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps({**known, **facts}, default=str))
-    os.replace(partial, target)
+    write_text_atomic(target, json.dumps({**known, **facts}, default=str))
 
 
 _CRASH_PREFIX = "crash-rank-"  # + RANK + ".json", beside the report file: one process's crash
@@ -89,9 +88,7 @@ def report_crash(exc: BaseException) -> None:
     rank = os.environ.get("RANK", "0")
     cause = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
     target = Path(path).with_name(f"{_CRASH_PREFIX}{rank}.json")
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps({"error": cause[-300:], "time": time.time()}))
-    os.replace(partial, target)
+    write_text_atomic(target, json.dumps({"error": cause[-300:], "time": time.time()}))
     exc.uadp_crash_reported = True  # type: ignore[attr-defined]
 
 
@@ -106,7 +103,7 @@ def _crashes(folder: Path) -> dict[str, dict[str, Any]]:
     for file in folder.glob(f"{_CRASH_PREFIX}*.json"):
         try:
             found[file.stem.removeprefix(_CRASH_PREFIX)] = json.loads(file.read_text())
-        except (OSError, ValueError):  # pragma: no cover - written whole by os.replace
+        except (OSError, ValueError):  # pragma: no cover - written whole by a rename
             continue
     return found
 

@@ -91,16 +91,63 @@ def test_projection_follows_the_johnson_lindenstrauss_bound():
 # --------------------------------------------------------------------------- nearest neighbours
 
 
-def test_clustered_search_finds_the_brute_force_neighbours():
+@pytest.mark.parametrize("share", [0.0, nearest.SCAN_SHARE, 2.0])  # always a scan, as chosen, never
+def test_clustered_search_finds_the_brute_force_neighbours(share, monkeypatch):
+    monkeypatch.setattr(nearest, "SCAN_SHARE", share)
     bank = clustered_points(5000, 32, seed=4)
     queries = torch.cat([clustered_points(600, 32, seed=5), torch.randn(100, 32) * 12])  # far ones too
     index = ClusteredBank(*ClusteredBank.build(bank, seed=0)[:4])
     distances, rows = index.nearest(queries)
-    expected, expected_rows = nearest_brute(queries, index.rows)
+    expected, expected_rows = nearest_brute(queries, index.rows, k=2)  # the top-k search: not a scan
     assert torch.equal(rows, expected_rows[:, 0])
     torch.testing.assert_close(distances, expected[:, 0], rtol=1e-4, atol=1e-3)
     exact = torch.cdist(queries.double(), index.rows.double()).min(1)
     torch.testing.assert_close(distances.double(), exact.values, rtol=1e-4, atol=1e-3)
+
+
+def test_the_clustered_search_scans_every_row_only_where_its_clusters_rule_out_little(monkeypatch):
+    """Patches of separate products: cluster by cluster. Rows with no structure (every cluster
+    as near as any other): one scan of the whole bank."""
+    scans = []
+    real_scan = nearest.scan
+    monkeypatch.setattr(nearest, "scan", lambda *args: scans.append(1) or real_scan(*args))
+    structured = ClusteredBank(*ClusteredBank.build(clustered_points(5000, 32, seed=4), seed=0)[:4])
+    structured.nearest(clustered_points(300, 32, seed=5))
+    assert not scans
+    generator = torch.Generator().manual_seed(6)
+    shapeless = ClusteredBank(*ClusteredBank.build(torch.randn(5000, 32, generator=generator), seed=0)[:4])
+    queries = torch.randn(300, 32, generator=generator)
+    distances, rows = shapeless.nearest(queries)
+    assert scans
+    exact = torch.cdist(queries.double(), shapeless.rows.double()).min(1)
+    assert torch.equal(rows, exact.indices)
+    torch.testing.assert_close(distances.double(), exact.values, rtol=1e-5, atol=1e-4)
+
+
+def test_a_scan_in_blocks_finds_the_exact_neighbours_and_leaves_rows_out(monkeypatch):
+    """Blocks of rows and of queries that do not divide the bank or the queries: the same nearest
+    row as float64 distances, the lower row of two copies, and never a row left out."""
+    monkeypatch.setattr(nearest, "SCAN_ROWS", 97)
+    monkeypatch.setattr(nearest, "SCAN_QUERIES", 50)
+    bank = clustered_points(1000, 16, seed=17)
+    bank[900:910] = bank[100:110]  # copies of earlier rows
+    queries = torch.cat([clustered_points(230, 16, seed=18), bank[95:115]])
+    value, rows = nearest.scan(nearest.extend_queries(queries), nearest.extend_rows(bank))
+    exact = torch.cdist(queries.double(), bank.double())
+    torch.testing.assert_close(exact.gather(1, rows[:, None])[:, 0], exact.min(1).values, rtol=1e-6, atol=1e-5)
+    assert torch.equal(rows[-20:], torch.arange(95, 115))
+    # |q|² - 2q·r + |r|² in float32: within rounding of the true square (for a copy: of zero)
+    squared = (value + (queries * queries).sum(1)).double()
+    allowed = 1e-5 * (queries * queries).sum(1).double() + 1e-4
+    assert bool(((squared - exact.min(1).values.pow(2)).abs() <= allowed).all())
+    generator = torch.Generator().manual_seed(19)
+    row_sources = torch.randint(0, 4, (len(bank),), generator=generator, dtype=torch.int32)
+    query_sources = torch.randint(0, 4, (len(queries),), generator=generator, dtype=torch.int32)
+    leave_out = nearest.LeaveOut(row_sources, query_sources)
+    rows = nearest.scan(nearest.extend_queries(queries), nearest.extend_rows(bank), leave_out)[1]
+    exact[query_sources[:, None] == row_sources[None, :]] = float("inf")
+    assert not bool((row_sources[rows] == query_sources).any())
+    torch.testing.assert_close(exact.gather(1, rows[:, None])[:, 0], exact.min(1).values, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("tile", [nearest.SCREEN_TILE, 97])
@@ -215,9 +262,12 @@ def test_every_search_option_finds_the_same_neighbours():
         torch.testing.assert_close(found[search][0], found["brute"][0], rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("search", ["screened", "clustered", "brute"])
-def test_every_search_leaves_each_querys_own_rows_out(search):
+@pytest.mark.parametrize("search", ["screened", "clustered", "clustered-scan", "brute"])
+def test_every_search_leaves_each_querys_own_rows_out(search, monkeypatch):
     """LeaveOut: a query never matches a row of its own source, and finds the nearest of the rest."""
+    if search == "clustered-scan":  # the clustered search where it scans every row
+        monkeypatch.setattr(nearest, "SCAN_SHARE", 0.0)
+        search = "clustered"
     bank, queries = clustered_points(3000, 24, seed=15), clustered_points(300, 24, seed=16)
     model = fitted_patchcore(bank, search=search)
     generator = torch.Generator().manual_seed(0)

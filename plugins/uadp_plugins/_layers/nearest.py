@@ -14,8 +14,12 @@ Brute force compares every query patch with every bank row: for PatchCore's 1,02
 
 The result is exact: a cluster is skipped only when none of its rows can be nearer. Patches of
 one product seldom need the clusters of another, so the more products one bank holds, the more
-it skips. :func:`nearest_brute` is the plain search (for the ``k`` nearest, for traced export
-graphs, and as the reference the clustered one is tested against).
+it skips. Where the bounds rule out little (on realmix-dev's magnetic tiles, nine rows in ten
+stay needed: the bank's clusters are wider than a patch's distance to its neighbour), reading
+cluster by cluster costs more than reading everything, so a batch whose clusters leave more than
+half the bank to read is answered by :func:`scan`, one pass over every row in large blocks.
+:func:`nearest_brute` is the plain search (for the ``k`` nearest, for traced export graphs, and
+as the reference the others are tested against); for the one nearest row it is a scan.
 
 :class:`ScreenedBank` is for CPUs with bfloat16 instructions (Intel AMX, or AVX-512 BF16 on recent
 Intel and AMD cores, where a bfloat16 product runs 2.5 times as fast as float32): it compares every query
@@ -32,7 +36,13 @@ import torch
 
 from uadp_plugins._layers.tracing import in_static_graph
 
-BLOCK = 8192  # bank rows per matrix product in the brute-force search
+BLOCK = 8192  # bank rows per matrix product in the brute-force search for k > 1
+SCAN_ROWS = 4096  # bank rows per matrix product of a scan of every row
+SCAN_QUERIES = 1024  # queries per matrix product of a scan
+# when the clusters leave more than this share of the bank's rows to read, the clustered search
+# reads every row in one scan instead: cluster by cluster costs about twice as much per row read
+# (gathered queries, thin products)
+SCAN_SHARE = 0.5
 
 
 class LeaveOut:
@@ -75,6 +85,9 @@ def nearest_brute(
         squared, index = squared_distances(queries, bank).topk(k, dim=1, largest=False)
         return squared.sqrt(), index
     norms = (queries * queries).sum(1, keepdim=True)
+    if k == 1:  # a minimum, not a top-k: several times faster
+        best, where = scan(extend_queries(queries), extend_rows(bank), leave_out)
+        return (best.unsqueeze(1) + norms).clamp_min_(0).sqrt_(), where.unsqueeze(1)
     best = torch.full((len(queries), k), float("inf"), device=queries.device)
     where = torch.zeros((len(queries), k), dtype=torch.long, device=queries.device)
     for start in range(0, len(bank), BLOCK):
@@ -87,6 +100,43 @@ def nearest_brute(
         best = merged.gather(1, order)
         where = torch.cat([where, index + start], 1).gather(1, order)
     return best.sqrt(), where
+
+
+def extend_rows(rows: torch.Tensor) -> torch.Tensor:
+    """[m, D+1]: each row with its squared norm, ``[r, |r|²]``."""
+    return torch.cat([rows, (rows * rows).sum(1, keepdim=True)], 1)
+
+
+def extend_queries(queries: torch.Tensor) -> torch.Tensor:
+    """[n, D+1]: ``[-2q, 1]``, so that its product with an extended row is ``|q - r|² - |q|²``."""
+    return torch.cat([queries * -2, torch.ones_like(queries[:, :1])], 1)
+
+
+def scan(
+    extended_queries: torch.Tensor, extended_rows: torch.Tensor, leave_out: LeaveOut | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's nearest row among all of them: (``|q - r|² - |q|²`` [n], its row [n]), the
+    lowest row on a tie; never a row ``leave_out`` rules out for that query.
+
+    One matrix product of the extended vectors per block of queries and rows, then a minimum:
+    no separate passes for the norms, and a result small enough ([1024, 4096]) that the minimum
+    reads it while it is still in the caches. Measured three times as fast as the top-k search
+    on an AVX2 core, and faster than the clustered search where most clusters must be read."""
+    n = len(extended_queries)
+    best = torch.full((n,), float("inf"), device=extended_queries.device)
+    where = torch.zeros(n, dtype=torch.long, device=extended_queries.device)
+    for first in range(0, n, SCAN_QUERIES):
+        chunk = slice(first, first + SCAN_QUERIES)
+        queries, chunk_best, chunk_where = extended_queries[chunk], best[chunk], where[chunk]
+        for start in range(0, len(extended_rows), SCAN_ROWS):
+            values = queries @ extended_rows[start : start + SCAN_ROWS].T
+            if leave_out is not None:
+                values.masked_fill_(leave_out.mask(chunk, start, start + values.shape[1]), float("inf"))
+            value, index = values.min(1)
+            nearer = value < chunk_best
+            chunk_best[nearer] = value[nearer]
+            chunk_where[nearer] = index[nearer] + start
+    return best, where
 
 
 def kmeans(rows: torch.Tensor, clusters: int, seed: int, rounds: int = 8) -> torch.Tensor:
@@ -118,9 +168,9 @@ class ClusteredBank:
         self.starts = starts.tolist()
         self.centres = centres.float()
         self.radii = radii.float()
-        self.row_norms = (self.rows * self.rows).sum(1)
+        self.sizes = (starts[1:] - starts[:-1]).float().to(self.rows.device)
         # rows extended so that one matrix product gives |q - r|² - |q|²: [r, |r|²]·[-2q, 1]
-        self.extended_rows = torch.cat([self.rows, self.row_norms.unsqueeze(1)], 1)
+        self.extended_rows = extend_rows(self.rows)
 
     @staticmethod
     def build(bank: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -147,7 +197,7 @@ class ClusteredBank:
         row ``leave_out`` rules out for that query."""
         queries = queries.float()
         norms = (queries * queries).sum(1)
-        extended = torch.cat([queries * -2, torch.ones_like(norms).unsqueeze(1)], 1)
+        extended = extend_queries(queries)
         to_centres = squared_distances(queries, self.centres, norms.unsqueeze(1)).sqrt_()
         best = torch.full((len(queries),), float("inf"), device=queries.device)  # squared, less |q|²
         where = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
@@ -160,6 +210,13 @@ class ClusteredBank:
         lower[torch.arange(len(queries), device=queries.device), home] = float("inf")  # searched
         reach = (best + norms).clamp_min(0).sqrt() + tolerance
         needed = lower < reach.unsqueeze(1)
+        if float((needed.float() @ self.sizes).sum()) > SCAN_SHARE * len(self.rows) * len(queries):
+            # the clusters rule out too little of the bank (patches alike in every product, or a
+            # product far from all): every row in one scan is cheaper than cluster by cluster
+            value, index = scan(extended, self.extended_rows, leave_out)
+            nearer = value < best
+            best[nearer], where[nearer] = value[nearer], index[nearer]
+            return (best + norms).clamp_min_(0).sqrt_(), where
         # nearest clusters first: the best distances shrink early and rule out later clusters
         candidates = needed.any(0).nonzero().squeeze(1)
         first_needed = torch.where(needed, lower, torch.full_like(lower, float("inf"))).amin(0)[candidates]

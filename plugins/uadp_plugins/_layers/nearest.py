@@ -120,16 +120,20 @@ def scan(
 
     One matrix product of the extended vectors per block of queries and rows, then a minimum:
     no separate passes for the norms, and a result small enough ([1024, 4096]) that the minimum
-    reads it while it is still in the caches. Measured three times as fast as the top-k search
-    on an AVX2 core, and faster than the clustered search where most clusters must be read."""
-    n = len(extended_queries)
-    best = torch.full((n,), float("inf"), device=extended_queries.device)
-    where = torch.zeros(n, dtype=torch.long, device=extended_queries.device)
+    reads it while it is still in the caches. Every product writes into the same buffer: a fresh
+    16 MB result each time costs its page faults, a quarter of the scan's time on two cores.
+    Measured three times as fast as the top-k search on an AVX2 core, and faster than the
+    clustered search where most clusters must be read."""
+    n, device = len(extended_queries), extended_queries.device
+    best = torch.full((n,), float("inf"), device=device)
+    where = torch.zeros(n, dtype=torch.long, device=device)
+    buffer = torch.empty(min(n, SCAN_QUERIES) * min(len(extended_rows), SCAN_ROWS), device=device)
     for first in range(0, n, SCAN_QUERIES):
         chunk = slice(first, first + SCAN_QUERIES)
         queries, chunk_best, chunk_where = extended_queries[chunk], best[chunk], where[chunk]
         for start in range(0, len(extended_rows), SCAN_ROWS):
-            values = queries @ extended_rows[start : start + SCAN_ROWS].T
+            rows = extended_rows[start : start + SCAN_ROWS]
+            values = torch.mm(queries, rows.T, out=buffer[: len(queries) * len(rows)].view(len(queries), len(rows)))
             if leave_out is not None:
                 values.masked_fill_(leave_out.mask(chunk, start, start + values.shape[1]), float("inf"))
             value, index = values.min(1)

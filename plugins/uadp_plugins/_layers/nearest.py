@@ -43,6 +43,7 @@ SCAN_QUERIES = 1024  # queries per matrix product of a scan
 # reads every row in one scan instead: cluster by cluster costs about twice as much per row read
 # (gathered queries, thin products)
 SCAN_SHARE = 0.5
+DECISION_QUERIES = 64  # about this many queries of a batch decide between the two
 
 
 class LeaveOut:
@@ -203,24 +204,27 @@ class ClusteredBank:
         norms = (queries * queries).sum(1)
         extended = extend_queries(queries)
         to_centres = squared_distances(queries, self.centres, norms.unsqueeze(1)).sqrt_()
-        best = torch.full((len(queries),), float("inf"), device=queries.device)  # squared, less |q|²
-        where = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
+        n, device = len(queries), queries.device
+        best = torch.full((n,), float("inf"), device=device)  # squared, less |q|²
+        where = torch.zeros(n, dtype=torch.long, device=device)
         home = to_centres.argmin(1)
-        for cluster in home.unique().tolist():
-            self._search(cluster, (home == cluster).nonzero().squeeze(1), extended, best, where, leave_out)
         # rounding room: |q|² - 2 q·r + |r|² carries an error of ~1e-6 |q|²
         tolerance = 1e-3 * (1.0 + norms.sqrt())
         lower = to_centres - self.radii  # no row of a cluster is nearer than this
-        lower[torch.arange(len(queries), device=queries.device), home] = float("inf")  # searched
-        reach = (best + norms).clamp_min(0).sqrt() + tolerance
-        needed = lower < reach.unsqueeze(1)
-        if float((needed.float() @ self.sizes).sum()) > SCAN_SHARE * len(self.rows) * len(queries):
+        lower[torch.arange(n, device=device), home] = float("inf")  # searched first
+        # how much of the bank the clusters leave to read, judged on a sample of the queries
+        in_sample = torch.zeros(n, dtype=torch.bool, device=device)
+        in_sample[:: max(1, n // DECISION_QUERIES)] = True
+        self._search_home(in_sample, home, extended, best, where, leave_out)
+        reach = (best[in_sample] + norms[in_sample]).clamp_min(0).sqrt() + tolerance[in_sample]
+        to_read = (lower[in_sample] < reach.unsqueeze(1)).float() @ self.sizes
+        if float(to_read.sum()) > SCAN_SHARE * len(self.rows) * int(in_sample.sum()):
             # the clusters rule out too little of the bank (patches alike in every product, or a
             # product far from all): every row in one scan is cheaper than cluster by cluster
-            value, index = scan(extended, self.extended_rows, leave_out)
-            nearer = value < best
-            best[nearer], where[nearer] = value[nearer], index[nearer]
-            return (best + norms).clamp_min_(0).sqrt_(), where
+            return self._finish(norms, *scan(extended, self.extended_rows, leave_out))
+        self._search_home(~in_sample, home, extended, best, where, leave_out)
+        reach = (best + norms).clamp_min(0).sqrt() + tolerance
+        needed = lower < reach.unsqueeze(1)
         # nearest clusters first: the best distances shrink early and rule out later clusters
         candidates = needed.any(0).nonzero().squeeze(1)
         first_needed = torch.where(needed, lower, torch.full_like(lower, float("inf"))).amin(0)[candidates]
@@ -229,7 +233,17 @@ class ClusteredBank:
             which = (lower[:, cluster] < reach).nonzero().squeeze(1)
             if len(which):
                 self._search(cluster, which, extended, best, where, leave_out)
+        return self._finish(norms, best, where)
+
+    @staticmethod
+    def _finish(norms: torch.Tensor, best: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances, rows) from the best ``|q - r|² - |q|²`` found and its rows."""
         return (best + norms).clamp_min_(0).sqrt_(), where
+
+    def _search_home(self, chosen: torch.Tensor, home: torch.Tensor, extended, best, where, leave_out) -> None:
+        """The ``chosen`` queries (a mask) against their nearest centre's cluster."""
+        for cluster in home[chosen].unique().tolist():
+            self._search(cluster, (chosen & (home == cluster)).nonzero().squeeze(1), extended, best, where, leave_out)
 
     def _search(self, cluster: int, which: torch.Tensor, extended, best, where, leave_out) -> None:
         """Queries ``which`` against one cluster's rows, one matrix product; keep any nearer row."""

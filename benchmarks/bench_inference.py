@@ -57,6 +57,12 @@ def main() -> int:
         metavar="SECTION.KEY=VALUE",
         help="an option that changes no trained weight, e.g. reconstructor.search=brute (repeatable)",
     )
+    parser.add_argument(
+        "--search",
+        choices=["screened", "clustered", "brute"],
+        help="every memory bank's nearest-neighbour search, ensemble members' too (default: the bundle's); "
+        "clustered is what search: auto takes on a CPU without bfloat16 products, tried on one with them",
+    )
     args = parser.parse_args()
 
     import torch
@@ -70,6 +76,12 @@ def main() -> int:
     # the model and its test split as its run scored them (uadp.evaluate's own preparation)
     job, detector = prepare_saved(Path(args.model), get_registry(), args.data, options=args.set, log=lambda _: None)
     cfg = detector.config
+    if args.search is not None:
+        banks = [m for m in detector.reconstructor.modules() if hasattr(getattr(m, "config", None), "search")]
+        if not banks:
+            parser.error("--search: the model has no memory bank")
+        for bank in banks:
+            bank.config.search = args.search
     if args.precision is not None:
         detector.dtype = resolve_precision(args.precision, detector.device)
         if detector.extract is not None:

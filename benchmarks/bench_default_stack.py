@@ -91,6 +91,22 @@ CANDIDATES: dict[str, list[str]] = {
         "--image-size",
         "320",
     ],
+    **{
+        f"patchcore {share}, stages 2-4 + cada on the image score": [
+            "--reconstructor",
+            "patchcore",
+            *ALIGN_IMAGE,
+            "--set",
+            f"reconstructor.coreset_ratio={ratio}",
+            "--set",
+            "backbone.stages=[2,3,4]",
+        ]
+        for share, ratio in (("1 %", 0.01), ("0.5 %", 0.005), ("0.25 %", 0.0025))
+    },
+    "ensemble Lite0 + Lite1 banks (0.25 %), stages 2-4 + cada on the image score": [
+        "--config",
+        str(HERE / "configs" / "ensemble-lite0-lite1-stages234.yaml"),
+    ],
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap")
 POOLED = ("image_auroc", "pixel_ap")

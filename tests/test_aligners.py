@@ -161,6 +161,23 @@ def test_stats_head_standardises_its_input_and_has_one_conv_two_linear():
     assert head.eval()(x).shape == (20, 2)
 
 
+def test_stats_head_averages_a_fine_embedding_down_to_its_grid():
+    """A 64 x 64 embedding is read as its 2 x 2 averages (32 x 32); a 40 x 40 one, which no whole
+    factor takes to 32 or more, is read as it is, and so is any with grid: null."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 8, 64, 64) * 5 + 2
+    pooled = torch.nn.functional.avg_pool2d(x, 2)
+    head, plain = StatsHead(8, 2, HeadConfig(hidden=16)), StatsHead(8, 2, HeadConfig(hidden=16, grid=None))
+    plain.load_state_dict(head.state_dict())
+    head.observe(x)
+    plain.observe(pooled)
+    torch.testing.assert_close(head.in_std, plain.in_std)
+    assert not torch.allclose(head.in_std, x.transpose(0, 1).flatten(1).std(1), rtol=0.01)  # the pooled grid's spread
+    torch.testing.assert_close(head.eval()(x), plain.eval()(pooled))
+    assert head.coarse(x[:, :, :40, :40]).shape[-1] == 40 and plain.coarse(x).shape[-1] == 64
+    assert head.coarse(torch.randn(1, 8, 96, 100)).shape[-2:] == (32, 33)
+
+
 def test_class_classifier_learns_the_class_then_uses_its_statistics():
     maps, embeddings, names, _ = _maps_and_embeddings(24, anomalous=False, seed=2)
     aligner = ClassClassifier(HeadConfig(iterations=150, seed=0))

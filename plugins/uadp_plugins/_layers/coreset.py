@@ -107,7 +107,9 @@ def greedy_coreset(
         seen = torch.zeros(points, dtype=torch.long)  # centres (picked here) each point's bound accounts for
     else:
         centres[0], picks[0], made = features[first], first, 1
-        bound = (features - features[first]).pow_(2).sum(1).sqrt_()  # exact for the first centre
+        bound = torch.cat(  # exact for the first centre; a block of rows at a time, to bound memory
+            [(features[i : i + GROUP] - features[first]).pow_(2).sum(1).sqrt_() for i in range(0, points, GROUP)]
+        )
         seen = torch.ones(points, dtype=torch.long)
     while made < count:
         tau = _level(bound)

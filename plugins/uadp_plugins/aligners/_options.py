@@ -38,6 +38,13 @@ class HeadConfig(MappingConfig):
         description="the reconstructor's embedding the head reads: its bottleneck (UniAD: encoder output) "
         "or the frozen backbone features it reconstructs",
     )
+    grid: int | None = Field(
+        32,
+        ge=1,
+        description="the embedding is averaged over k x k cells before the head, k the largest whole number "
+        "that leaves at least this many cells a side (a 64 x 64 grid: 2); the head reads one image's "
+        "statistics, and its convolution costs k^2 times more without it; null: never",
+    )
     hidden: int = Field(256, ge=1, description="width of the hidden linear layer")
     dropout: float = Field(0.25, ge=0, lt=1, description="dropout before each linear layer")
     conv_kernel: int = Field(3, ge=1, description="kernel of the C->C convolution (odd)")

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._options import HeadConfig
@@ -38,6 +39,7 @@ class StatsHead(nn.Module):
         super().__init__()
         if config.conv_kernel % 2 == 0:
             raise ValueError(f"conv_kernel must be odd, got {config.conv_kernel}")
+        self.grid = config.grid
         self.register_buffer("in_mean", torch.zeros(channels))
         self.register_buffer("in_std", torch.ones(channels))
         self.conv = nn.Conv2d(channels, channels, config.conv_kernel, padding=config.conv_kernel // 2)
@@ -50,15 +52,22 @@ class StatsHead(nn.Module):
             nn.Linear(config.hidden, outputs),
         )
 
+    def coarse(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``embeddings`` [N,C,h,w] averaged over k x k cells, k the largest whole number that leaves
+        at least ``grid`` cells a side (1: unchanged). The head regresses image-level statistics,
+        which a coarser grid still shows, at a quarter of the convolution's work per halving."""
+        k = min(embeddings.shape[-2:]) // self.grid if self.grid else 1
+        return F.avg_pool2d(embeddings, k) if k > 1 else embeddings
+
     @torch.no_grad()
     def observe(self, embeddings: torch.Tensor) -> None:
-        """Store the per-channel mean and std of the training embeddings [N,C,h,w]."""
-        flat = embeddings.float().transpose(0, 1).flatten(1)
+        """Store the per-channel mean and std of the training embeddings [N,C,h,w] (on the head's grid)."""
+        flat = torch.cat([self.coarse(part.float()) for part in embeddings.split(256)]).transpose(0, 1).flatten(1)
         self.in_mean.copy_(flat.mean(1))
         self.in_std.copy_(flat.std(1).clamp(min=1e-6 * float(flat.std(1).max().clamp(min=1e-12))))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        x = (embeddings.float() - self.in_mean.view(1, -1, 1, 1)) / self.in_std.view(1, -1, 1, 1)
+        x = (self.coarse(embeddings.float()) - self.in_mean.view(1, -1, 1, 1)) / self.in_std.view(1, -1, 1, 1)
         x = self.act(self.conv(x)).mean((2, 3))
         return self.mlp(x)
 

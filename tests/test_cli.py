@@ -263,7 +263,9 @@ def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkey
 
 def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
-    assert run_name(build_config()) == "ensemble+cada (ensemble-patchcore-cpu)"  # the default: no backbone of its own
+    assert run_name(build_config()) == "patchcore+cada (patchcore-fine-cada-cpu, tf_efficientnet_lite0)"  # the default
+    ensemble = build_config("ensemble-patchcore-cpu")
+    assert run_name(ensemble) == "ensemble+cada (ensemble-patchcore-cpu)"  # no backbone of its own
     assert (
         run_name(build_config("uniad-cpu", sets=["aligner.name=cada"]))
         == "uniad+cada (uniad-cpu, tf_efficientnet_lite0)"
@@ -653,7 +655,7 @@ def test_a_reconstructors_advice_is_printed_before_it_trains(tmp_path):
     code, _, err = call_captured(["run", "--config", "uniad-cpu", "--print-config"])
     assert code == 0 and "note:" not in err  # a method that registers none
     code, _, err = call_captured(["run", "--print-config"])
-    assert code == 0 and "note: ensemble: runs every member" in err  # the default method's own
+    assert code == 0 and "note: patchcore: fitted in one pass" in err  # the default method's own
 
 
 def test_python_m_uadp_is_the_uadp_command() -> None:

@@ -72,6 +72,7 @@ def test_presets_are_registered_by_the_plugins_that_name_them():
         "patchcore-paper",
         "patchcore-cpu",
         "patchcore-cada-cpu",
+        "patchcore-fine-cada-cpu",
         "ensemble-patchcore-cpu",
     }
     assert presets["unias-cpu"].plugin == "unias" and presets["uniad-cpu"].plugin == "uniad"
@@ -81,10 +82,11 @@ def test_presets_are_registered_by_the_plugins_that_name_them():
 
 def test_a_bare_config_is_the_core_defaults_and_the_default_preset():
     config = build_config()
-    default = "ensemble-patchcore-cpu"
+    default = "patchcore-fine-cada-cpu"
     assert Registry().default_preset() == default  # declared by its registration, not by a name
     assert config == build_config(preset=default) and config.tracking.preset == default
-    assert config.reconstructor.name == "ensemble" and config.aligner.name == "cada" and config.dataset.name == "demo"
+    assert config.reconstructor.name == "patchcore" and config.aligner.name == "cada" and config.dataset.name == "demo"
+    assert config.backbone.stages == [2, 3, 4]  # the stride-4 grid
     assert config.train == RunConfig().train and config.eval.align == "image"
 
 
@@ -94,7 +96,7 @@ def test_another_methods_preset_takes_nothing_from_the_default_but_its_data():
     config = build_config(preset="uniad-cpu")
     assert config.reconstructor.name == "uniad" and config.aligner is None
     assert config.eval == RunConfig().eval and config.dataset.name == "demo"
-    assert build_config(sets=["aligner.name=class-stats"]).reconstructor.name == "ensemble"  # layered on it
+    assert build_config(sets=["aligner.name=class-stats"]).reconstructor.name == "patchcore"  # layered on it
 
 
 @pytest.mark.parametrize("name", PRESETS)

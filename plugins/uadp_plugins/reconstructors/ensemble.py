@@ -92,13 +92,12 @@ def register_presets(register):
     register(
         "ensemble-patchcore-cpu",
         PRESETS / "ensemble-patchcore-cpu.yaml",
-        default=True,
-        help="the default: two PatchCore banks (Lite0 and Lite1, 2.5 % coresets, 256 px) fused, CADA on the image "
-        "score, thresholds on every training image; fitted in minutes on a CPU",
+        help="two PatchCore banks (Lite0 and Lite1, 2.5 % coresets, 256 px) fused, CADA on the image score, "
+        "thresholds on every training image; fitted in minutes on a CPU",
     )
     register(
         "ensemble-patchcore-320-cpu",
         PRESETS / "ensemble-patchcore-320-cpu.yaml",
-        help="the default's accuracy-first variant: the same two banks at 320 px with 1 % coresets; finer maps, "
-        "about 70 % of the default's speed",
+        help="ensemble-patchcore-cpu at 320 px with 1 % coresets: finer maps than at 256 px, at about 70 % of its "
+        "speed",
     )

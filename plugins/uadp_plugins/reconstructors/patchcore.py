@@ -98,10 +98,17 @@ def register_reconstructors(register):
 @hookimpl
 def register_presets(register):
     register(
+        "patchcore-fine-cada-cpu",
+        PRESETS / "patchcore-fine-cada-cpu.yaml",
+        default=True,
+        help="the default: PatchCore on a fine patch grid (Lite0 blocks 1, 2 and 4: 64 x 64 cells at 256 px, 0.5 % "
+        "coreset) with CADA on its image scores, thresholds on every training image; fitted in minutes on a CPU",
+    )
+    register(
         "patchcore-cada-cpu",
         PRESETS / "patchcore-cada-cpu.yaml",
         help="PatchCore (Lite0 blocks 2 and 4, 2.5 % coreset, 256 px) with CADA on its image scores, thresholds "
-        "on every training image: the default's single-bank variant, faster at inference",
+        "on every training image: the default on the coarser 32 x 32 grid, faster on a CPU without AMX",
     )
     register(
         "patchcore-cpu",

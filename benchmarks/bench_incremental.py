@@ -3,7 +3,8 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_incremental.py --data PATH/TO/realmix-dev \\
         --method default --out runs-dir --results incremental-default-realmix-dev.csv
 
-For one method (``--method``: ``default``, the default stack; ``uniad``; ``unias``), on the
+For one method (``--method``: ``default``, the default stack; ``ensemble``; ``patchcore``; ``uniad``;
+``unias``), on the
 data's classes in two orders (their sorted order and its reverse): a first model on the first two
 classes (``uadp run --classes A,B``), then ``uadp extend`` by the third, then by the fourth (with
 more classes, one at a time after the first two). Beside it, the same method trained on every
@@ -33,7 +34,8 @@ from results_csv import Results, this_command, this_hardware, write  # noqa: E40
 from uadp_summary import uadp_summary as uadp  # noqa: E402
 
 METHODS: dict[str, tuple[str, list[str], bool]] = {  # label, `uadp run` flags, trained in epochs
-    "default": ("default stack (two PatchCore banks + CADA)", [], False),
+    "default": ("default stack (patchcore-fine-cada-cpu)", [], False),
+    "ensemble": ("two PatchCore banks + CADA (ensemble-patchcore-cpu)", ["--config", "ensemble-patchcore-cpu"], False),
     "patchcore": ("PatchCore + CADA (patchcore-cada-cpu)", ["--config", "patchcore-cada-cpu"], False),
     "uniad": ("UniAD (uniad-cpu)", ["--reconstructor", "uniad"], True),
     "unias": ("UniAS + CADA (unias-cpu)", ["--reconstructor", "unias", "--aligner", "cada"], True),

@@ -599,16 +599,22 @@ def test_cli_runs_patchcore_with_cada_from_its_preset(generated, tmp_path, capsy
     assert [run.info.status for run in all_runs(tmp_path / "runs")] == ["FINISHED"]
 
 
-def test_the_default_stack_aligns_the_image_score_only_and_exports(generated, tmp_path):
-    """patchcore-cada-cpu: CADA scores the images, but the maps stay the bank's own, in the run
-    and in the exported graph (which must agree with the run's model)."""
+@pytest.mark.parametrize(
+    ("preset", "size"),
+    [("patchcore-cada-cpu", 128), ("patchcore-fine-cada-cpu", 256)],
+    ids=["coarse", "fine-default"],
+)
+def test_the_cada_stacks_align_the_image_score_only_and_export(generated, tmp_path, preset, size):
+    """patchcore-cada-cpu and the default: CADA scores the images, but the maps stay the bank's
+    own, in the run and in the exported graph (which must agree with the run's model). At 256 px
+    the default's 64 x 64 grid reaches CADA's head averaged over 2 x 2 cells, in the graph too."""
     from uadp.config import build_config
 
     config = build_config(
-        preset="patchcore-cada-cpu",
+        preset=preset,
         overrides={
             "dataset": {"name": "mvtec", "root": str(generated)},
-            "data": {"image_size": 128, "workers": 0},
+            "data": {"image_size": size, "workers": 0},
             "eval": {"overlays_per_class": 0},
             "tracking": {"root": str(tmp_path / "runs")},
         },

@@ -60,9 +60,15 @@ class StatsHead(nn.Module):
         return F.avg_pool2d(embeddings, k) if k > 1 else embeddings
 
     @torch.no_grad()
+    def coarse_all(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """:meth:`coarse` of every embedding, in float32, a block at a time; the head reads the result
+        as it is (a grid already averaged down is not averaged again)."""
+        return torch.cat([self.coarse(part.float()) for part in embeddings.split(256)])
+
+    @torch.no_grad()
     def observe(self, embeddings: torch.Tensor) -> None:
         """Store the per-channel mean and std of the training embeddings [N,C,h,w] (on the head's grid)."""
-        flat = torch.cat([self.coarse(part.float()) for part in embeddings.split(256)]).transpose(0, 1).flatten(1)
+        flat = self.coarse_all(embeddings).transpose(0, 1).flatten(1)
         self.in_mean.copy_(flat.mean(1))
         self.in_std.copy_(flat.std(1).clamp(min=1e-6 * float(flat.std(1).max().clamp(min=1e-12))))
 
@@ -94,6 +100,7 @@ def fit_head(
 
 def _sgd(head, embeddings, targets, loss_fn, config: HeadConfig) -> list[float]:
     device = next(head.parameters()).device
+    embeddings = head.coarse_all(embeddings)  # once, not again at every step
     head.observe(embeddings)
     optimizer = torch.optim.SGD(
         head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay

@@ -82,7 +82,7 @@ def main() -> int:
             reports.append(summary)
             print(f"repeat {repeat}: {images} images, command {seconds:.1f} s ({cpu_s:.1f} CPU s), pass {pass_s:.1f} s")
     rows.append(["median", rows[0][1], *(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in range(2, 7))])
-    print(f"median: command {rows[-1][2]} s, scoring and thresholds {rows[-1][3]} s")
+    print(f"median: command {rows[-1][2]} s, scoring and thresholds {rows[-1][4]} s")
     if args.results:
         _write_results(args, chosen, rows, reports[-1])
     return 0

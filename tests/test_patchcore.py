@@ -19,7 +19,7 @@ from uadp.registry import Registry
 from uadp.testing import check_export, check_reconstructor, make_mvtec_dataset, quick_config
 from uadp_plugins._layers import coreset, nearest
 from uadp_plugins._layers.coreset import greedy_coreset, jl_dimension, plain_greedy_coreset, random_projection
-from uadp_plugins._layers.nearest import ClusteredBank, ProjectedBank, ScreenedBank, nearest_brute
+from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, nearest_brute
 from uadp_plugins.reconstructors.patchcore import PatchCoreConfig
 from uadp_plugins.reconstructors.patchcore_model import PatchCore
 
@@ -150,48 +150,22 @@ def test_a_scan_in_blocks_finds_the_exact_neighbours_and_leaves_rows_out(monkeyp
     torch.testing.assert_close(exact.gather(1, rows[:, None])[:, 0], exact.min(1).values, rtol=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("tile", [nearest.PROJECTED_TILE, 97])
-def test_projected_search_finds_the_exact_neighbours(tile, monkeypatch):
-    """Equal to float64 distances on features whose variance lies mostly on a few axes (as patch
-    features' does) and on features with none to spare: clustered and far queries, queries that
-    are bank rows, exact duplicate rows (the lower row wins), a bank far from the origin, and
-    blocks of queries and rows that do not divide them."""
-    monkeypatch.setattr(nearest, "PROJECTED_QUERIES", 70)
-    monkeypatch.setattr(nearest, "PROJECTED_ROWS", 300)
-    generator = torch.Generator().manual_seed(22)
-    skewed = clustered_points(5000, 32, seed=4) * torch.linspace(3, 0.05, 32) + 40.0
-    isotropic = torch.randn(3000, 32, generator=generator)
-    for bank in (skewed, isotropic):
-        bank[2000:2010] = bank[100:110]  # duplicates of earlier rows
-        queries = torch.cat(
-            [
-                bank[:500] + 0.1 * torch.randn(500, 32, generator=generator),
-                bank.mean(0) + torch.randn(100, 32, generator=generator) * 12,
-                bank[95:115],
-            ]
-        )
-        index = ProjectedBank(bank, tile=tile)
-        assert index.axes.shape == (8, 32)  # a quarter of the features
-        distances, rows = index.nearest(queries)
-        exact = torch.cdist(queries.double(), bank.double())
-        best = exact.min(1).values
-        torch.testing.assert_close(exact.gather(1, rows.unsqueeze(1))[:, 0], best, rtol=1e-6, atol=1e-5)
-        torch.testing.assert_close(distances.double(), best, rtol=1e-4, atol=1e-3)
-        assert torch.equal(rows[-20:], torch.arange(95, 115))
-    assert index.nearest(queries[:0])[0].shape == (0,)
-
-
-def test_projected_bound_is_below_every_distance():
-    """The bound from the leading axes and the rest's norm never exceeds the squared distance."""
-    generator = torch.Generator().manual_seed(23)
-    bank = torch.randn(400, 24, generator=generator) * torch.linspace(4, 0.1, 24)
-    queries = torch.randn(300, 24, generator=generator) * 3
-    index = ProjectedBank(bank, tile=1)
-    smallest, centred_norms = index._tile_bounds(queries, None)  # with one row a tile: every pair's bound
-    bounds = smallest[:, : len(bank)] + centred_norms[:, None]
-    squared = torch.cdist(queries.double(), bank.double()).pow(2)
-    assert bool((bounds.double() <= squared * (1 + 1e-5) + 1e-4).all())
-    assert float((bounds.double() / squared.clamp_min(1e-6)).median()) > 0.5  # and close to it
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_leave_out_rules_out_exactly_the_pairs_of_one_source(dtype):
+    """Few sources among many (only their rows' columns compared) and most of them (every pair):
+    +inf exactly where a query and a row share a source, every other value untouched."""
+    generator = torch.Generator().manual_seed(24)
+    row_sources = torch.randint(0, 50, (700,), generator=generator, dtype=torch.int32)
+    for query_sources in (
+        torch.tensor([3, 7, 3, 3, 7], dtype=torch.int32),
+        torch.randint(0, 50, (90,), generator=generator, dtype=torch.int32),
+    ):
+        leave_out = nearest.LeaveOut(row_sources, query_sources)
+        for which in (slice(1, 4), torch.tensor([4, 0, 2])):
+            values = torch.randn(len(query_sources[which]), 300, generator=generator).to(dtype)
+            expected = values.masked_fill(query_sources[which][:, None] == row_sources[200:500][None, :], float("inf"))
+            assert torch.equal(leave_out.fill_(values.clone(), which, 200, 500), expected)
+            assert bool(torch.isinf(expected).any())
 
 
 @pytest.mark.parametrize("tile", [nearest.SCREEN_TILE, 97])
@@ -299,15 +273,14 @@ def test_image_score_is_the_papers_reweighted_distance():
 def test_every_search_option_finds_the_same_neighbours():
     bank, queries = clustered_points(3000, 24, seed=13), clustered_points(400, 24, seed=14)
     found = {
-        search: fitted_patchcore(bank, search=search).nearest(queries)
-        for search in ("screened", "projected", "clustered", "brute")
+        search: fitted_patchcore(bank, search=search).nearest(queries) for search in ("screened", "clustered", "brute")
     }
-    for search in ("screened", "projected", "clustered"):
+    for search in ("screened", "clustered"):
         assert torch.equal(found[search][1], found["brute"][1]), search
         torch.testing.assert_close(found[search][0], found["brute"][0], rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("search", ["screened", "projected", "clustered", "clustered-scan", "brute"])
+@pytest.mark.parametrize("search", ["screened", "clustered", "clustered-scan", "brute"])
 def test_every_search_leaves_each_querys_own_rows_out(search, monkeypatch):
     """LeaveOut: a query never matches a row of its own source, and finds the nearest of the rest."""
     if search == "clustered-scan":  # the clustered search where it scans every row
@@ -326,7 +299,7 @@ def test_every_search_leaves_each_querys_own_rows_out(search, monkeypatch):
     assert not bool((row_sources[rows] == query_sources).any())
 
 
-@pytest.mark.parametrize("search", ["screened", "projected", "clustered", "brute"])
+@pytest.mark.parametrize("search", ["screened", "clustered", "brute"])
 def test_a_batch_of_training_images_is_scored_as_each_image_alone(search):
     """The held-out pass in batches (one search per batch, each image's own rows left out) finds
     each patch the neighbour it finds scored alone, and so the same map and score."""

@@ -26,11 +26,6 @@ Intel and AMD cores, where a bfloat16 product runs 2.5 times as fast as float32)
 with every row in bfloat16, which those units do several times faster than float32, and uses
 the result only to rule rows out, by a bound on the rounding error of each product; the few rows
 it cannot rule out are compared in float32. See its docstring for the bound.
-
-:class:`ProjectedBank` is for the other CPUs: a lower bound of every distance from the bank's
-leading principal axes, one thin matrix product, rules out most tiles of rows; the rest are
-compared in full. Faster than the clustered search on both of realmix-dev's patch grids, since
-its bound is per row, not per cluster.
 """
 
 from __future__ import annotations
@@ -62,9 +57,25 @@ class LeaveOut:
         self.row_sources = row_sources
         self.query_sources = query_sources
 
-    def mask(self, which: torch.Tensor | slice, start: int, stop: int) -> torch.Tensor:
-        """[len(which), stop - start]: True where query ``which[i]`` may not match row ``start + j``."""
-        return self.query_sources[which].unsqueeze(1) == self.row_sources[start:stop].unsqueeze(0)
+    def fill_(self, values: torch.Tensor, which: torch.Tensor | slice, start: int, stop: int) -> torch.Tensor:
+        """``values`` [len(which), stop - start], +inf where query ``which[i]`` may not match row
+        ``start + j``; in place.
+
+        A batch's own rows are a small share of a bank fitted on many images (16 of 687 images:
+        2 %), so only the columns of rows from the queries' sources are compared, not every
+        pair: the full comparison of a 64 x 64 grid's held-out pass is 4096 x 14,070 pairs per
+        image, one for every multiply-add row of the search's products."""
+        queries = self.query_sources[which]
+        rows = self.row_sources[start:stop]
+        columns = torch.isin(rows, queries.unique()).nonzero()[:, 0]
+        if not len(columns):
+            return values
+        if 4 * len(columns) > len(rows):  # most rows: one comparison of every pair
+            return values.masked_fill_(queries.unsqueeze(1) == rows.unsqueeze(0), float("inf"))
+        part = values[:, columns]
+        part.masked_fill_(queries.unsqueeze(1) == rows[columns].unsqueeze(0), float("inf"))
+        values[:, columns] = part
+        return values
 
     def for_queries(self, which: torch.Tensor | slice) -> LeaveOut:
         """The same rule for a subset of the queries."""
@@ -99,7 +110,7 @@ def nearest_brute(
     for start in range(0, len(bank), BLOCK):
         squared = squared_distances(queries, bank[start : start + BLOCK], norms)
         if leave_out is not None:
-            squared.masked_fill_(leave_out.mask(slice(None), start, start + squared.shape[1]), float("inf"))
+            leave_out.fill_(squared, slice(None), start, start + squared.shape[1])
         values, index = squared.topk(min(k, squared.shape[1]), dim=1, largest=False)
         merged = torch.cat([best, values], 1)
         order = merged.topk(k, dim=1, largest=False).indices
@@ -141,7 +152,7 @@ def scan(
             rows = extended_rows[start : start + SCAN_ROWS]
             values = torch.mm(queries, rows.T, out=buffer[: len(queries) * len(rows)].view(len(queries), len(rows)))
             if leave_out is not None:
-                values.masked_fill_(leave_out.mask(chunk, start, start + values.shape[1]), float("inf"))
+                leave_out.fill_(values, chunk, start, start + values.shape[1])
             value, index = values.min(1)
             nearer = value < chunk_best
             chunk_best[nearer] = value[nearer]
@@ -251,146 +262,16 @@ class ClusteredBank:
             self._search(cluster, (chosen & (home == cluster)).nonzero().squeeze(1), extended, best, where, leave_out)
 
     def _search(self, cluster: int, which: torch.Tensor, extended, best, where, leave_out) -> None:
-        """Queries ``which`` against one cluster's rows."""
-        search_rows(
-            self.extended_rows, self.starts[cluster], self.starts[cluster + 1], which, extended, best, where, leave_out
-        )
-
-
-def search_rows(
-    extended_rows: torch.Tensor,
-    start: int,
-    stop: int,
-    which: torch.Tensor,
-    extended: torch.Tensor,
-    best: torch.Tensor,
-    where: torch.Tensor,
-    leave_out: LeaveOut | None,
-) -> None:
-    """Queries ``which`` (of the extended queries) against rows ``start:stop``, one matrix product:
-    where a row is nearer than ``best`` (``|q - r|² - |q|²``) it replaces it and its row ``where``."""
-    values = extended[which] @ extended_rows[start:stop].T
-    if leave_out is not None:
-        values.masked_fill_(leave_out.mask(which, start, stop), float("inf"))
-    value, index = values.min(1)
-    nearer = value < best[which]
-    chosen = which[nearer]
-    best[chosen] = value[nearer]
-    where[chosen] = index[nearer] + start
-
-
-# ---------------------------------------------------------------------------------- projected
-
-PROJECTED_TILE = 64  # bank rows per tile: what one query's lower bounds rule in or out at once
-PROJECTED_QUERIES = 256  # queries per lower-bound product
-PROJECTED_ROWS = 1024  # rows per lower-bound product: [256, 1024] float32 is 1 MB, in a core's cache
-
-
-class ProjectedBank:
-    """Exact nearest rows: lower bounds from the bank's leading principal axes rule most rows out.
-
-    Rotating centred vectors onto the bank's principal axes keeps every distance. Split into the
-    first ``k`` coordinates and the rest, ``|q - r|² = |q_k - r_k|² + |q_⊥ - r_⊥|²``, and the rest's
-    part is at least ``(|q_⊥| - |r_⊥|)²`` (triangle inequality). That lower bound is itself the
-    squared distance between the (k + 1)-vectors ``[q_k, |q_⊥|]`` and ``[r_k, |r_⊥|]``, so one matrix
-    product of ``k + 2`` columns gives it for every pair: at ``k`` a quarter of the features, a
-    quarter of the full product's cost. Patch features are far from isotropic (on realmix-dev's
-    64 x 64 grid the first 48 of 176 axes hold 88 % of the bank's variance), so the bound is
-    close to the distance.
-
-    1. every query's bound with every row, in blocks small enough to stay in the core's cache;
-       each tile of ``tile`` consecutive rows keeps its smallest (the bank is stored sorted by
-       cluster, so a tile holds alike rows);
-    2. each query is compared in full with the rows of its tile of smallest bound (queries
-       grouped by that tile, one matrix product per tile): its nearest there bounds the rest;
-    3. another tile can hold a nearer row only where its smallest bound is below that (with
-       room for rounding); those tiles are compared in full, each for the queries that need it.
-
-    The full comparisons are :func:`scan`'s ``|q - r|² - |q|²`` on centred vectors; the distance
-    returned is ``|q - r|`` of the row found, computed directly. On realmix-dev's 64 x 64 grid a
-    bottle patch reads its home tile and two more, a magnetic_tile patch about twenty of the 220;
-    the search takes two thirds of a scan's time there, and three quarters on the 32 x 32 grid.
-    ``kept`` (default: a quarter of the features, in eights) sets ``k``.
-    """
-
-    def __init__(self, rows: torch.Tensor, tile: int = PROJECTED_TILE, kept: int | None = None) -> None:
-        self.rows = rows.float()
-        self.tile = tile
-        self.mean = self.rows.mean(0)
-        centred = self.rows - self.mean
-        self.extended_rows = extend_rows(centred)  # centred: less rounding in |q|² - 2 q·r + |r|²
-        if kept is None:
-            kept = min(centred.shape[1], max(8, math.ceil(centred.shape[1] / 32) * 8))  # a quarter, in eights
-        self.axes = torch.linalg.svd(centred, full_matrices=False)[2][:kept]  # [k, D], leading first
-        leading, rest = self._split(centred)
-        padding = -len(self.rows) % tile
-        # [r_k, |r_⊥|, |r|²] per row; padding rows [0, ..., 0, inf]: their bound is +inf
-        bound_rows = torch.cat(
-            [leading, rest[:, None], (leading * leading).sum(1, keepdim=True) + rest[:, None] ** 2], 1
-        )
-        pad = torch.zeros(padding, bound_rows.shape[1], device=bound_rows.device)
-        pad[:, -1] = float("inf")
-        self.bound_rows = torch.cat([bound_rows, pad])
-        # rounding room for the bounds, on the squared scale of the centred vectors
-        self.largest_row = float((centred * centred).sum(1).max()) if len(centred) else 0.0
-
-    def _split(self, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the first ``k`` coordinates on the principal axes [n, k], the norm of the rest [n])."""
-        leading = centred @ self.axes.T
-        return leading, (centred - leading @ self.axes).norm(dim=1)
-
-    def nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's nearest row: (distance [n], index into ``rows`` [n]), exactly; never a
-        row ``leave_out`` rules out for that query."""
-        queries = queries.float()
-        n, device = len(queries), queries.device
-        smallest, centred_norms = self._tile_bounds(queries, leave_out)
-        extended = extend_queries(queries - self.mean)
-        best = torch.full((n,), float("inf"), device=device)  # squared, less |q|²
-        where = torch.zeros(n, dtype=torch.long, device=device)
-        # each query's tile of smallest bound first: its nearest row there bounds the rest
-        home = smallest.argmin(1)
-        for tile in home.unique().tolist():
-            self._search(tile, (home == tile).nonzero()[:, 0], extended, best, where, leave_out)
-        # the bounds' float32 rounding, ~1e-6 of the magnitudes, with a hundredfold room
-        room = 1e-4 * (centred_norms + self.largest_row) + 1e-6
-        needed = smallest <= (best + room)[:, None]  # both less |q - mean|²
-        needed[torch.arange(n, device=device), home] = False
-        needed = needed.T.contiguous()  # [tiles, n]
-        for tile in needed.any(1).nonzero()[:, 0].tolist():
-            self._search(tile, needed[tile].nonzero()[:, 0], extended, best, where, leave_out)
-        # the distance itself, not from the expanded form: exact to float32's rounding of |q - r|
-        return (queries - self.rows[where]).pow(2).sum(1).sqrt_(), where
-
-    def _tile_bounds(self, queries: torch.Tensor, leave_out: LeaveOut | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(each tile's smallest bound for each query, less ``|q - mean|²`` [n, tiles]; ``|q - mean|²`` [n]).
-
-        Computed in blocks of queries and rows small enough that each product's result is still in
-        the core's cache when its tiles' minima are taken."""
-        n, device = len(queries), queries.device
-        leading, rest = self._split(queries - self.mean)
-        centred_norms = (leading * leading).sum(1) + rest * rest
-        bound_queries = torch.cat([leading * -2, rest[:, None] * -2, torch.ones(n, 1, device=device)], 1)
-        width = self.tile * max(1, PROJECTED_ROWS // self.tile)  # rows per product, whole tiles
-        smallest = torch.empty(n, len(self.bound_rows) // self.tile, device=device)
-        buffer = torch.empty(min(n, PROJECTED_QUERIES) * min(width, len(self.bound_rows)), device=device)
-        for first in range(0, n, PROJECTED_QUERIES):
-            chunk = slice(first, first + PROJECTED_QUERIES)
-            block = bound_queries[chunk]
-            for start in range(0, len(self.bound_rows), width):
-                rows = self.bound_rows[start : start + width]
-                bounds = torch.mm(block, rows.T, out=buffer[: len(block) * len(rows)].view(len(block), len(rows)))
-                if leave_out is not None and start < len(self.rows):
-                    stop = min(start + width, len(self.rows))
-                    bounds[:, : stop - start].masked_fill_(leave_out.mask(chunk, start, stop), float("inf"))
-                tiles = slice(start // self.tile, (start + len(rows)) // self.tile)
-                smallest[chunk, tiles] = bounds.view(len(block), -1, self.tile).amin(2)
-        return smallest, centred_norms
-
-    def _search(self, tile: int, which: torch.Tensor, extended, best, where, leave_out) -> None:
-        """Queries ``which`` against one tile's rows."""
-        start, stop = tile * self.tile, min((tile + 1) * self.tile, len(self.rows))
-        search_rows(self.extended_rows, start, stop, which, extended, best, where, leave_out)
+        """Queries ``which`` against one cluster's rows, one matrix product; keep any nearer row."""
+        start, stop = self.starts[cluster], self.starts[cluster + 1]
+        values = extended[which] @ self.extended_rows[start:stop].T
+        if leave_out is not None:
+            leave_out.fill_(values, which, start, stop)
+        value, index = values.min(1)
+        nearer = value < best[which]
+        chosen = which[nearer]
+        best[chosen] = value[nearer]
+        where[chosen] = index[nearer] + start
 
 
 # ---------------------------------------------------------------------------------- screened
@@ -504,8 +385,7 @@ class ScreenedBank:
         values = rows @ self.tiles[tile]
         if leave_out is not None:
             start = self.starts[tile]
-            mask = leave_out.mask(which, start, start + values.shape[1])
-            values[: len(mask)].masked_fill_(mask, float("inf"))
+            leave_out.fill_(values[: len(which)], which, start, start + values.shape[1])
         return values
 
     def _nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None) -> tuple[torch.Tensor, torch.Tensor]:

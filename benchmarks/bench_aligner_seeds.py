@@ -3,13 +3,18 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_aligner_seeds.py --run RUN_ID --seeds 4 \\
         --out RUNS_DIR --results aligner-seeds-default-realmix-dev.csv
 
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_aligner_seeds.py --run RUN_ID --seeds 1 --out RUNS_DIR \
+        --variant "cada-knn k20=aligner=cada-knn,aligner.mapping=mean-max" \
+        --variant "cada, mean-max=aligner.mapping=mean-max" --results aligner-knn-default-realmix-dev.csv
+
 ``--run`` is a finished run with an aligner (for example the default stack's); ``--out`` is the
-folder whose ``uadp-runs/`` holds it. For every variant (a name and the ``--set`` options it adds,
-comma-separated; none for the run's own settings) and every seed, ``uadp run --from-run RUN --set
-aligner.seed=K`` fits the aligner again on the same model and scores the test split; the model
-itself is not touched, so what moves is the aligner's fit alone: its head's initial weights,
-its dropout and the order of its batches. Each fit writes ``VARIANT-seedK.json`` under
-``--out`` and is not run again when that file is there.
+folder whose ``uadp-runs/`` holds it. For every variant (a name and the options it adds,
+comma-separated, each a ``--set`` or ``aligner=NAME`` for another aligner; none for the run's own
+settings) and every seed, ``uadp run --from-run RUN --set aligner.seed=K`` fits the aligner again
+on the same model and scores the test split; the model itself is not touched, so what moves is
+the aligner's fit alone: its head's initial weights, its dropout and the order of its batches.
+An aligner with no seed (``cada-knn``) is fitted once. Each fit writes ``VARIANT-seedK.json``
+under ``--out`` and is not run again when that file is there.
 """
 
 from __future__ import annotations
@@ -34,10 +39,18 @@ METRICS = (
 )
 
 
-def fit(run: str, options: list[str], seed: int, summary: Path, out: Path) -> dict:
-    words = ["run", "--from-run", run, "--set", f"aligner.seed={seed}"]
+UNSEEDED = {"cada-knn", "class-stats"}  # no seed option: one fit is all there is (the row says seed "-")
+
+
+def fit(run: str, options: list[str], seed: int | None, summary: Path, out: Path) -> dict:
+    """``uadp run --from-run RUN`` with the variant's options: ``aligner=NAME`` swaps the aligner
+    (``--aligner NAME``, its own defaults), any other is a ``--set``."""
+    words = ["run", "--from-run", run]
     for option in options:
-        words += ["--set", option]
+        key, _, value = option.partition("=")
+        words += ["--aligner", value] if key == "aligner" else ["--set", option]
+    if seed is not None:
+        words += ["--set", f"aligner.seed={seed}"]
     return uadp_summary(words, summary, out)
 
 
@@ -50,7 +63,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME=OPTIONS",
-        help="a name and its comma-separated --set options (repeatable); default: the run's own settings",
+        help="a name and its comma-separated options, each a --set or aligner=NAME (repeatable); default: "
+        "the run's own settings",
     )
     parser.add_argument("--out", required=True, help="the folder whose uadp-runs/ holds the run")
     parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
@@ -61,12 +75,14 @@ def main() -> int:
     rows, spread = [], []
     for name, _, options in variants:
         values = []
-        for seed in range(args.seeds):
-            summary = fit(args.run, [o for o in options.split(",") if o], seed, out / f"{name}-seed{seed}.json", out)
+        chosen = [o for o in options.split(",") if o]
+        unseeded = any(o.partition("=")[::2] in {("aligner", n) for n in UNSEEDED} for o in chosen)
+        for seed in range(1 if unseeded else args.seeds):
+            summary = fit(args.run, chosen, None if unseeded else seed, out / f"{name}-seed{seed}.json", out)
             found = [summary[kind][metric] for kind, metric in METRICS]
             values.append(found)
             per_class = " / ".join(f"{c} {v['image_auroc']:.3f}" for c, v in summary["per_class"].items())
-            rows.append([name, str(seed)] + [f"{v:.3f}" for v in found] + [per_class])
+            rows.append([name, "-" if unseeded else str(seed)] + [f"{v:.3f}" for v in found] + [per_class])
             print(" | ".join(rows[-1]), flush=True)
         columns = list(zip(*values))
         spread.append(

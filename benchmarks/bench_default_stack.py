@@ -28,6 +28,7 @@ from uadp_summary import uadp_summary  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ALIGN_IMAGE = ["--aligner", "cada", "--set", "eval.align=image"]
+ALIGN_IMAGE_KNN = ["--aligner", "cada-knn", "--set", "aligner.mapping=mean-max", "--set", "eval.align=image"]
 CANDIDATES: dict[str, list[str]] = {
     "patchcore-cpu (10 % coreset) + cada": ["--reconstructor", "patchcore", "--aligner", "cada"],
     "patchcore 2.5 % + cada on the image score": [
@@ -107,6 +108,20 @@ CANDIDATES: dict[str, list[str]] = {
         "--config",
         str(HERE / "configs" / "ensemble-lite0-lite1-stages234.yaml"),
     ],
+    **{
+        f"patchcore {share} + cada-knn on the image score": [
+            "--reconstructor",
+            "patchcore",
+            *ALIGN_IMAGE_KNN,
+            "--set",
+            f"reconstructor.coreset_ratio={ratio}",
+            *stages,
+        ]
+        for share, ratio, stages in (
+            ("0.5 %, stages 2-4", 0.005, ["--set", "backbone.stages=[2,3,4]"]),
+            ("1 %", 0.01, []),
+        )
+    },
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap")
 POOLED = ("image_auroc", "pixel_ap")

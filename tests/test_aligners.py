@@ -18,7 +18,8 @@ from uadp_plugins.aligners._mean_max import (
 )
 from uadp_plugins.aligners._options import HeadConfig, MappingConfig
 from uadp_plugins.aligners._regressor import StatsHead
-from uadp_plugins.aligners.cada import CadaConfig, CadaSigmaConfig
+from uadp_plugins.aligners.cada import CadaConfig, CadaKnnConfig, CadaSigmaConfig
+from uadp_plugins.aligners.cada_knn_model import CadaKnn
 from uadp_plugins.aligners.cada_model import Cada
 from uadp_plugins.aligners.class_aware_model import ClassClassifier, ClassStats
 
@@ -322,3 +323,106 @@ def test_a_small_training_set_caps_the_heads_steps_at_max_epochs():
     every = Cada(CadaConfig(iterations=50, max_epochs=None, batch_size=16))
     every.fit(maps, embeddings, None)
     assert len(every.losses) == 50
+
+
+# --------------------------------------------------------------------------- CADA, nearest neighbours
+
+
+def _knn_reference(train_maps, train_embeddings, embeddings, k, exclude=None):
+    """(u, gamma) by scikit-learn's nearest neighbours on the standardised image-mean embeddings;
+    ``exclude[i]``: a training image left out of query i's candidates."""
+    from sklearn.neighbors import NearestNeighbors
+
+    keys = train_embeddings.mean((2, 3)).double().numpy()
+    mean, std = keys.mean(0), keys.std(0, ddof=1)
+    queries = (embeddings.mean((2, 3)).double().numpy() - mean) / std
+    keys = (keys - mean) / std
+    stats = image_statistics(train_maps)
+    table = np.stack([stats["mean"].numpy(), stats["max"].numpy()], 1)
+    out = []
+    for i, query in enumerate(queries):
+        allowed = np.arange(len(keys)) if exclude is None else np.delete(np.arange(len(keys)), exclude[i])
+        found = NearestNeighbors(n_neighbors=k).fit(keys[allowed]).kneighbors(query[None], return_distance=False)
+        out.append(table[allowed[found[0]]].mean(0))
+    return torch.tensor(np.array(out), dtype=torch.float32).unbind(1)
+
+
+def test_cada_knn_averages_the_statistics_of_the_nearest_training_images_as_scikit_learn_finds_them(scaled_data):
+    (train_maps, train_embeddings, _, _), (_, embeddings, _, _) = scaled_data
+    aligner = CadaKnn(CadaKnnConfig(neighbours=7))
+    aligner.fit(train_maps, train_embeddings, None)
+    u, gamma = aligner.statistics(embeddings)
+    ref_u, ref_gamma = _knn_reference(train_maps, train_embeddings, embeddings, 7)
+    torch.testing.assert_close(u, ref_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gamma, ref_gamma, rtol=1e-5, atol=1e-6)
+
+
+def test_cada_knn_removes_class_score_scales_from_the_pooled_ranking(scaled_data):
+    """As CADA's head does (above), from no class label; with nothing fitted by SGD."""
+    (train_maps, train_embeddings, _, _), (maps, embeddings, _, labels) = scaled_data
+    aligner = CadaKnn(CadaKnnConfig(mapping="mean-max"))
+    aligner.fit(train_maps, train_embeddings, None)
+    base = roc_auc_score(labels, _top1(maps))
+    aligned = roc_auc_score(labels, _top1(aligner.align(maps, embeddings)))
+    assert base < 0.8 and aligned > 0.95
+
+
+def test_cada_knn_leaves_a_training_images_own_entry_out_when_told_its_id(scaled_data):
+    """Aligned again with their ids (as the thresholds' pass does), training images are compared
+    with the other training images only; without ids, each one's nearest entry is its own."""
+    (train_maps, train_embeddings, _, _), _ = scaled_data
+    ids = torch.arange(len(train_maps)) + 100  # ids need not be positions
+    aligner = CadaKnn(CadaKnnConfig(neighbours=5))
+    aligner.fit(train_maps, train_embeddings, None, ids)
+    chosen = torch.tensor([0, 41, 119, 7])
+    u, gamma = aligner.statistics(train_embeddings[chosen], ids[chosen])
+    ref_u, ref_gamma = _knn_reference(train_maps, train_embeddings, train_embeddings[chosen], 5, chosen.tolist())
+    torch.testing.assert_close(u, ref_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gamma, ref_gamma, rtol=1e-5, atol=1e-6)
+    with_self = _knn_reference(train_maps, train_embeddings, train_embeddings[chosen], 5)
+    torch.testing.assert_close(aligner.statistics(train_embeddings[chosen])[1], with_self[1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(with_self[1], ref_gamma)
+    # ids it was not fitted with (other images) leave nothing out; nor does a fit without ids
+    torch.testing.assert_close(aligner.statistics(train_embeddings[chosen], chosen + 1000)[1], with_self[1])
+    anonymous = CadaKnn(CadaKnnConfig(neighbours=5))
+    anonymous.fit(train_maps, train_embeddings, None)
+    torch.testing.assert_close(anonymous.statistics(train_embeddings[chosen], chosen)[1], with_self[1])
+
+
+def test_cada_knn_aligns_each_image_alone_and_keeps_fewer_neighbours_than_it_has_images(scaled_data):
+    (train_maps, train_embeddings, _, _), (maps, embeddings, _, _) = scaled_data
+    aligner = CadaKnn(CadaKnnConfig())
+    aligner.fit(train_maps, train_embeddings, None)
+    together = aligner.align(maps, embeddings)
+    alone = torch.cat([aligner.align(maps[i : i + 1], embeddings[i : i + 1]) for i in range(len(maps))])
+    torch.testing.assert_close(together, alone)
+    few = CadaKnn(CadaKnnConfig(neighbours=50))
+    few.fit(train_maps[:3], train_embeddings[:3], None, torch.arange(3))
+    u, _ = few.statistics(embeddings[:2])  # every one of the 3 images
+    torch.testing.assert_close(u, image_statistics(train_maps[:3])["mean"].mean().expand(2))
+    u, _ = few.statistics(train_embeddings[:1], torch.tensor([0]))  # the other 2
+    torch.testing.assert_close(u, image_statistics(train_maps[1:3])["mean"].mean().view(1))
+
+
+@pytest.mark.parametrize("mapping", ["mean-max", "mean-max-excess"])
+def test_cada_knn_is_saved_and_reloaded_as_plain_tensors(scaled_data, mapping, tmp_path):
+    (train_maps, train_embeddings, _, _), (maps, embeddings, _, _) = scaled_data
+    fitted = CadaKnn(CadaKnnConfig(mapping=mapping))
+    fitted.fit(train_maps, train_embeddings, None, torch.arange(len(train_maps)))
+    torch.save(fitted.state_dict(), tmp_path / "aligner.pt")
+    fresh = CadaKnn(CadaKnnConfig(mapping=mapping))
+    fresh.load_state_dict(torch.load(tmp_path / "aligner.pt", weights_only=True))
+    assert fresh.excess_unit == pytest.approx(mean_spread(image_statistics(train_maps)))
+    torch.testing.assert_close(fresh.align(maps, embeddings), fitted.align(maps, embeddings))
+    ids = torch.arange(4)
+    torch.testing.assert_close(
+        fresh.align(train_maps[:4], train_embeddings[:4], None, ids),
+        fitted.align(train_maps[:4], train_embeddings[:4], None, ids),
+    )
+
+
+def test_cada_knn_needs_an_embedding_and_a_fit():
+    with pytest.raises(ValueError, match="embedding"):
+        CadaKnn(CadaKnnConfig()).fit(torch.rand(4, 8, 8), None, None)
+    with pytest.raises(RuntimeError, match="before fit"):
+        CadaKnn(CadaKnnConfig()).align(torch.rand(2, 8, 8), torch.rand(2, 3, 2, 2))

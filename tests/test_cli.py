@@ -263,7 +263,8 @@ def test_an_older_experiment_gets_the_model_training_tags(tmp_path: Path, monkey
 
 def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     assert run_name(build_config(preset="omnial-cpu"), uses_backbone=False) == "omnial+panel-jnd (omnial-cpu)"
-    assert run_name(build_config()) == "patchcore+cada (patchcore-fine-cada-cpu, tf_efficientnet_lite0)"  # the default
+    default = "patchcore+cada-knn (patchcore-fine-cada-cpu, tf_efficientnet_lite0)"
+    assert run_name(build_config()) == default
     ensemble = build_config("ensemble-patchcore-cpu")
     assert run_name(ensemble) == "ensemble+cada (ensemble-patchcore-cpu)"  # no backbone of its own
     assert (

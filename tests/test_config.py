@@ -85,7 +85,8 @@ def test_a_bare_config_is_the_core_defaults_and_the_default_preset():
     default = "patchcore-fine-cada-cpu"
     assert Registry().default_preset() == default  # declared by its registration, not by a name
     assert config == build_config(preset=default) and config.tracking.preset == default
-    assert config.reconstructor.name == "patchcore" and config.aligner.name == "cada" and config.dataset.name == "demo"
+    assert config.reconstructor.name == "patchcore" and config.aligner.name == "cada-knn"
+    assert config.dataset.name == "demo"
     assert config.backbone.stages == [2, 3, 4]  # the stride-4 grid
     assert config.train == RunConfig().train and config.eval.align == "image"
 

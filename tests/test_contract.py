@@ -255,12 +255,12 @@ class Standardise(Aligner):
         self.fit_args: dict[str, Any] | None = None
         self.aligned = 0
 
-    def fit(self, maps, embeddings, class_names) -> None:
+    def fit(self, maps, embeddings, class_names, fitted_index=None) -> None:
         self.fit_args = {"maps": maps.clone(), "embeddings": embeddings, "class_names": class_names}
         self.mean.copy_(maps.mean(0))
         self.std.copy_(maps.std(0).clamp_min(self.eps))
 
-    def align(self, maps, embeddings, class_names=None) -> torch.Tensor:
+    def align(self, maps, embeddings, class_names=None, fitted_index=None) -> torch.Tensor:
         self.aligned += len(maps)
         return (maps - self.mean) / self.std
 

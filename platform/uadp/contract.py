@@ -263,6 +263,14 @@ class Aligner(nn.Module):
     allows: ``"train"`` gives ``fit`` the training images' classes, ``"train+test"`` (an
     oracle, recorded on the run) also gives ``align`` each test image's class. State lives in
     buffers, parameters or ``get_extra_state`` so that the model bundle saves it.
+
+    ``fitted_index`` ([N] to ``fit``, [B] to ``align``) is given when the images are the ones
+    the model was fitted on: each image's id (``Batch.fitted_index``), the same id in both
+    calls. The core aligns those images again when it sets the OK / not-OK thresholds on them;
+    an aligner that keeps something of each image it was fitted on (a table of their
+    statistics) leaves the image's own entry out then, as a memory bank leaves out its rows, so
+    that a training image is scored as an unseen normal one would be. Others ignore it. None:
+    images the model was not fitted on (test images, or a data set's own validation images).
     """
 
     embedding: str | None = None
@@ -272,6 +280,7 @@ class Aligner(nn.Module):
         maps: torch.Tensor,
         embeddings: torch.Tensor | None,
         class_names: list[str] | None,
+        fitted_index: torch.Tensor | None = None,
     ) -> None:  # pragma: no cover
         raise NotImplementedError
 
@@ -280,6 +289,7 @@ class Aligner(nn.Module):
         maps: torch.Tensor,
         embeddings: torch.Tensor | None,
         class_names: list[str] | None = None,
+        fitted_index: torch.Tensor | None = None,
     ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 

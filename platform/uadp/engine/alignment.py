@@ -25,12 +25,12 @@ def fit_aligner(job: Job, detector: Detector) -> None:
         return
     t0 = time.perf_counter()
     images, kind, positions = aligner_images(job)
-    maps, embeddings = _aligner_inputs(job, detector, images, positions)
+    maps, embeddings, ids = _aligner_inputs(job, detector, images, positions)
     labels = job.components.aligner_class_labels
     class_names = [s.class_name for s in images] if labels != "none" else None
     t_fit = time.perf_counter()
     inputs = torch.cat(embeddings).to(job.device) if embeddings else None
-    aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names)
+    aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names, ids)
     aligner.to(job.device)  # parts an aligner sized in fit join the rest
     if job.ranks.world > 1:  # the same aligner on every rank, whatever the device's arithmetic did
         state = job.ranks.broadcast({k: v.cpu() for k, v in aligner.state_dict().items()})
@@ -67,9 +67,10 @@ def _extension_positions(job: Job) -> list[int]:
 
 def _aligner_inputs(
     job: Job, detector: Detector, images: list[Sample], positions: list[int] | None
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
     """The model's maps of ``images`` (and the embeddings its aligner asks for), kept on the CPU
-    until all are in, so that the device holds one batch at a time."""
+    until all are in, so that the device holds one batch at a time; and, when they are the
+    images the model was fitted on, their ids (``Batch.fitted_index``), else None."""
     maps, embeddings = [], []
     shard = job.ranks.shard(len(images))
     loader = job.loader_in_order(images[shard])
@@ -94,4 +95,5 @@ def _aligner_inputs(
     if job.ranks.world > 1:  # each rank predicted its shard; every rank fits on all of them
         maps = [job.ranks.gather_rows(torch.cat(maps))]
         embeddings = [job.ranks.gather_rows(torch.cat(embeddings))] if embeddings else []
-    return maps, embeddings
+    ids = job.fitted_index(torch.tensor(positions)) if same_images else None
+    return maps, embeddings, ids

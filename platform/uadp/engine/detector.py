@@ -166,8 +166,11 @@ class Detector:
         return prediction.embeddings[name]
 
     @torch.no_grad()
-    def align(self, prediction: Prediction, class_names: list[str] | None = None) -> torch.Tensor:
-        """The aligner applied to one batch's raw prediction; class names reach only an oracle."""
+    def align(
+        self, prediction: Prediction, class_names: list[str] | None = None, fitted_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The aligner applied to one batch's raw prediction; class names reach only an oracle.
+        ``fitted_index``: the images are the model's training images, these their ids."""
         if self.aligner_class_labels != "train+test":
             class_names = None
         elif class_names is None:
@@ -178,7 +181,8 @@ class Detector:
         if self.aligner is None:
             raise ValueError("align: this detector has no aligner")
         self.aligner.eval()
-        return self.aligner.align(prediction.anomaly_map, self.aligner_embedding(prediction), class_names).float()
+        embedding = self.aligner_embedding(prediction)
+        return self.aligner.align(prediction.anomaly_map, embedding, class_names, fitted_index).float()
 
     @torch.no_grad()
     def maps_and_scores(self, batch: Batch, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +197,7 @@ class Detector:
         base_scores = self.scores(base, prediction.image_scores)
         if self.aligner is None:
             return BothMaps(base, base_scores, base, base_scores)
-        aligned = self.align(prediction, class_names)
+        aligned = self.align(prediction, class_names, batch.fitted_index)
         evaluation = self.config.eval
         final, final_scores = final_maps_and_scores(
             base, prediction.image_scores, aligned, evaluation.image_score, evaluation.align

@@ -1,4 +1,4 @@
-"""Aligners ``cada`` and ``cada-sigma``: class-agnostic distribution alignment.
+"""Aligners ``cada``, ``cada-sigma`` and ``cada-knn``: class-agnostic distribution alignment.
 
 From "Absolute-Unified Multi-Class Anomaly Detection via Class-Agnostic Distribution
 Alignment" (CADA).
@@ -23,8 +23,19 @@ dividing by a near-zero spread turns a normal image into the most anomalous of t
 training_min`` clamps it at the smallest spread (gamma - u) of any normal training image
 instead, so no image is scaled up more than the most tightly spread training image was.
 
-The aligner itself (the head's fit, the mapped maps) lives in ``cada_model.py``; this module
-registers it with its options, so listing the aligners imports no torch.
+``cada-knn`` is this project's variant, not the paper's: no head is fitted. Each training image's
+own (mean, max) is kept with its embedding (averaged over the image, each channel standardised),
+and a test image's (u, gamma) are the averages over its ``neighbours`` nearest training images.
+The regression's targets are the paper's; its estimator is nearest neighbours instead of SGD,
+so the fit takes no time and has no seed, and an image is compared with the normal images that
+look most like it rather than with what a head learned of all of them. Where the training
+images are aligned again (the OK / not-OK thresholds set on them), each one's own entry is left
+out. On realmix-dev's default stack it ranks the classes' images together better than the head
+(pooled image AUROC 0.973 against 0.963, see the methods page).
+
+The aligners themselves (the head's fit, the table of neighbours, the mapped maps) live in
+``cada_model.py`` and ``cada_knn_model.py``; this module registers them with their options, so
+listing the aligners imports no torch.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from pydantic import Field
 
 from uadp.plugin import hookimpl
 
-from ._options import HeadConfig
+from ._options import HeadConfig, MappingConfig
 
 
 class CadaConfig(HeadConfig):
@@ -55,6 +66,20 @@ class CadaSigmaConfig(CadaConfig):
     statistic: Literal["sigma"] = "sigma"
 
 
+class CadaKnnConfig(MappingConfig):
+    embedding: Literal["bottleneck", "features"] = Field(
+        "bottleneck",
+        description="the reconstructor's embedding images are compared by: its bottleneck (UniAD: encoder output) "
+        "or the frozen backbone features it reconstructs",
+    )
+    neighbours: int = Field(
+        20,
+        ge=1,
+        description="how many nearest training images' statistics are averaged (all of them, if fewer); "
+        "keep it below the smallest class's number of training images",
+    )
+
+
 @hookimpl
 def register_aligners(register):
     register(
@@ -68,4 +93,11 @@ def register_aligners(register):
         "uadp_plugins.aligners.cada_model:Cada",
         config=CadaSigmaConfig,
         help="CADA-sigma: regresses (mean, std) and uses max = mean + 3 std; more robust to anomalies in training",
+    )
+    register(
+        "cada-knn",
+        "uadp_plugins.aligners.cada_knn_model:CadaKnn",
+        config=CadaKnnConfig,
+        help="CADA's (mean, max) of an image's normal maps, averaged over its nearest training images by "
+        "embedding; no head to fit, no seed",
     )

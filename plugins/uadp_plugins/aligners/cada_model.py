@@ -50,7 +50,9 @@ class Cada(Aligner):
         if mapping != self.config.mapping:
             self.config = self.config.model_copy(update={"mapping": mapping})
 
-    def fit(self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names: list[str] | None) -> None:
+    def fit(
+        self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names: list[str] | None, fitted_index=None
+    ) -> None:
         if embeddings is None:
             raise ValueError("cada needs an embedding of every training image")
         stats = image_statistics(maps)
@@ -77,7 +79,9 @@ class Cada(Aligner):
         gamma = second if self.config.statistic == "max" else u + 3 * second
         return u, gamma
 
-    def align(self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names=None) -> torch.Tensor:
+    def align(
+        self, maps: torch.Tensor, embeddings: torch.Tensor | None, class_names=None, fitted_index=None
+    ) -> torch.Tensor:
         if embeddings is None:
             raise ValueError("cada needs each test image's embedding")
         u, gamma = self.statistics(embeddings)

@@ -57,10 +57,10 @@ class ClassStats(_ClassTable):
     def __init__(self, config: MappingConfig, context: BuildContext | None = None) -> None:
         super().__init__(config.mapping)
 
-    def fit(self, maps, embeddings, class_names) -> None:
+    def fit(self, maps, embeddings, class_names, fitted_index=None) -> None:
         self._fit_table(maps, class_names)
 
-    def align(self, maps: torch.Tensor, embeddings, class_names=None) -> torch.Tensor:
+    def align(self, maps: torch.Tensor, embeddings, class_names=None, fitted_index=None) -> torch.Tensor:
         unknown = sorted({name for name in class_names or []} - set(self.classes))
         if class_names is None or unknown:
             raise UadpError(
@@ -93,7 +93,7 @@ class ClassClassifier(_ClassTable):
             self.head = StatsHead(channels, len(self.classes), self.config)
         return self.head
 
-    def fit(self, maps, embeddings, class_names) -> None:
+    def fit(self, maps, embeddings, class_names, fitted_index=None) -> None:
         if embeddings is None:
             raise ValueError("class-classifier needs an embedding of every training image")
         self._fit_table(maps, class_names)
@@ -106,5 +106,5 @@ class ClassClassifier(_ClassTable):
         self.head.eval()
         return self.head(embeddings).argmax(1)
 
-    def align(self, maps: torch.Tensor, embeddings, class_names=None) -> torch.Tensor:
+    def align(self, maps: torch.Tensor, embeddings, class_names=None, fitted_index=None) -> torch.Tensor:
         return self._normalise(maps, self.predict_class(embeddings))

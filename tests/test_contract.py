@@ -255,14 +255,32 @@ class Standardise(Aligner):
         self.fit_args: dict[str, Any] | None = None
         self.aligned = 0
 
+        self.aligned_ids: list[torch.Tensor | None] = []
+
     def fit(self, maps, embeddings, class_names, fitted_index=None) -> None:
-        self.fit_args = {"maps": maps.clone(), "embeddings": embeddings, "class_names": class_names}
+        self.fit_args = {
+            "maps": maps.clone(),
+            "embeddings": embeddings,
+            "class_names": class_names,
+            "fitted_index": fitted_index,
+        }
         self.mean.copy_(maps.mean(0))
         self.std.copy_(maps.std(0).clamp_min(self.eps))
 
     def align(self, maps, embeddings, class_names=None, fitted_index=None) -> torch.Tensor:
         self.aligned += len(maps)
+        self.aligned_ids.append(fitted_index)
         return (maps - self.mean) / self.std
+
+
+class StandardiseWithoutIds(Standardise):
+    """The same, written as an aligner was before ``fitted_index`` existed: the core still runs it."""
+
+    def fit(self, maps, embeddings, class_names) -> None:
+        super().fit(maps, embeddings, class_names)
+
+    def align(self, maps, embeddings, class_names=None) -> torch.Tensor:
+        return super().align(maps, embeddings, class_names)
 
 
 class CADAShapePlugin:
@@ -279,12 +297,17 @@ class CADAShapePlugin:
         self.built.append(aligner)
         return aligner
 
+    def _factory_without_ids(self, config, context):
+        aligner = StandardiseWithoutIds(config, context)
+        self.built.append(aligner)
+        return aligner
+
     @hookimpl
     def register_aligners(self, register):
         register("standardise", self._factory, config=StandardiseConfig, help="test: per-pixel standardisation")
         register(
             "standardise_oracle",
-            self._factory,
+            self._factory_without_ids,
             config=StandardiseConfig,
             help="test: the same, told the class labels",
             class_labels="train+test",
@@ -608,6 +631,27 @@ def test_aligner_fit_maps_are_the_frozen_models_training_maps(cada: Completed, r
     torch.testing.assert_close(raw, detector.aligner.fit_args["maps"][:4], rtol=0, atol=1e-5)
 
 
+def test_aligner_fit_gets_the_training_images_ids_and_held_out_images_get_none(cada: Completed, tiny_dataset):
+    """UniAD keeps a share of the training images apart for its thresholds: fit sees the model's
+    ids of the images it was trained on; the held-out and test images are aligned with none."""
+    ids = cada.detector.aligner.fit_args["fitted_index"]
+    assert ids is not None and sorted(ids.tolist()) == list(range(_train_count(tiny_dataset)))
+    assert cada.detector.aligner.aligned_ids and all(i is None for i in cada.detector.aligner.aligned_ids)
+
+
+def test_a_memory_banks_thresholds_align_each_training_image_with_its_id(tiny_dataset, runs_dir, registry):
+    """PatchCore sets its thresholds on its own training images, each left out of the bank: the
+    aligner is told each one's id then, the same ids its fit saw, so it can leave the image out too."""
+    config = quick_config(tiny_dataset, runs_dir, reconstructor={"name": "patchcore"}, aligner={"name": "standardise"})
+    completed = _run(config, registry)
+    assert completed.result.config.eval.calibration == "leave-one-out"
+    aligner = completed.detector.aligner
+    fitted = aligner.fit_args["fitted_index"]
+    given = [ids for ids in aligner.aligned_ids if ids is not None]
+    assert fitted is not None and sorted(torch.cat(given).tolist()) == sorted(fitted.tolist())
+    assert sum(ids is None for ids in aligner.aligned_ids) > 0  # the test images: none
+
+
 def test_class_agnostic_aligner_gets_no_class_names(cada: Completed, runs_dir):
     assert cada.detector.aligner.fit_args["class_names"] is None
     assert "uadp.aligner_class_labels" not in _mlflow_tags(runs_dir, cada.result.run_id)
@@ -626,6 +670,9 @@ def test_oracle_aligner_gets_the_training_class_names(cada_oracle: Completed, ti
     assert names == expected
     assert Counter(names) == {c: _train_count(tiny_dataset, [c]) for c in ORACLE_CLASSES}
     assert len(cada_oracle.detector.aligner.fit_args["maps"]) == len(names)
+    # written without fitted_index (StandardiseWithoutIds): called without it, in fit and align
+    assert cada_oracle.detector.aligner.fit_args["fitted_index"] is None
+    assert all(ids is None for ids in cada_oracle.detector.aligner.aligned_ids)
 
 
 def test_oracle_aligner_is_recorded_on_the_mlflow_run(cada_oracle: Completed, runs_dir):

@@ -22,6 +22,7 @@ without special cases:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -292,6 +293,13 @@ class Aligner(nn.Module):
         fitted_index: torch.Tensor | None = None,
     ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+def with_fitted_index(method, fitted_index: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """``{"fitted_index": ...}`` for an aligner's ``fit`` or ``align`` that takes it; nothing for
+    one written before the argument existed, which keeps working as it did (without leaving a
+    training image's own entry out)."""
+    return {"fitted_index": fitted_index} if "fitted_index" in inspect.signature(method).parameters else {}
 
 
 # --------------------------------------------------------------------------- metric

@@ -10,7 +10,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..contract import Sample
+from ..contract import Sample, with_fitted_index
 from ..data.loader import batches
 from .detector import Detector
 from .exemplars import spread
@@ -30,7 +30,9 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     class_names = [s.class_name for s in images] if labels != "none" else None
     t_fit = time.perf_counter()
     inputs = torch.cat(embeddings).to(job.device) if embeddings else None
-    aligner.to(job.device).fit(torch.cat(maps).to(job.device), inputs, class_names, ids)
+    aligner.to(job.device).fit(
+        torch.cat(maps).to(job.device), inputs, class_names, **with_fitted_index(aligner.fit, ids)
+    )
     aligner.to(job.device)  # parts an aligner sized in fit join the rest
     if job.ranks.world > 1:  # the same aligner on every rank, whatever the device's arithmetic did
         state = job.ranks.broadcast({k: v.cpu() for k, v in aligner.state_dict().items()})

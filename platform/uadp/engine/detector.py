@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import RunConfig, recorded_config, validate
-from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor
+from ..contract import Aligner, Backbone, Batch, Prediction, Reconstructor, with_fitted_index
 from ..data.splits import fingerprint
 from ..errors import ConfigError, UadpError
 from ..memory import release_freed_memory
@@ -181,8 +181,10 @@ class Detector:
         if self.aligner is None:
             raise ValueError("align: this detector has no aligner")
         self.aligner.eval()
-        embedding = self.aligner_embedding(prediction)
-        return self.aligner.align(prediction.anomaly_map, embedding, class_names, fitted_index).float()
+        ids = with_fitted_index(self.aligner.align, fitted_index)
+        return self.aligner.align(
+            prediction.anomaly_map, self.aligner_embedding(prediction), class_names, **ids
+        ).float()
 
     @torch.no_grad()
     def maps_and_scores(self, batch: Batch, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,6 +120,7 @@ CANDIDATES: dict[str, list[str]] = {
         for share, ratio, stages in (
             ("0.5 %, stages 2-4", 0.005, ["--set", "backbone.stages=[2,3,4]"]),
             ("1 %", 0.01, []),
+            ("2.5 %", 0.025, []),
         )
     },
 }

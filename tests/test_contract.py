@@ -652,6 +652,28 @@ def test_a_memory_banks_thresholds_align_each_training_image_with_its_id(tiny_da
     assert sum(ids is None for ids in aligner.aligned_ids) > 0  # the test images: none
 
 
+def test_the_thresholds_reuse_the_aligners_maps_of_the_same_images_and_come_out_the_same(
+    tiny_dataset, runs_dir, registry
+):
+    """A memory bank's aligner and thresholds both map every training image with its own rows left
+    out: the thresholds' pass aligns the aligner pass's maps again instead of mapping the images a
+    second time, and sets the very thresholds a second mapping would."""
+    import uadp.engine.evaluation as evaluation
+
+    config = quick_config(tiny_dataset, runs_dir, reconstructor={"name": "patchcore"}, aligner={"name": "standardise"})
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        original = Detector.predict_kept
+        patch.setattr(Detector, "predict_kept", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+        reused = _run(config, registry)
+        patch.setattr(evaluation, "_same_pass", lambda *args: None)
+        mapped = _run(config, registry)
+    assert len(calls) == 1  # the first run only
+    assert reused.result.thresholds.to_dict() == mapped.result.thresholds.to_dict()
+    assert reused.result.thresholds.image_threshold() > 0
+    np.testing.assert_array_equal(reused.predictions.scores, mapped.predictions.scores)
+
+
 def test_class_agnostic_aligner_gets_no_class_names(cada: Completed, runs_dir):
     assert cada.detector.aligner.fit_args["class_names"] is None
     assert "uadp.aligner_class_labels" not in _mlflow_tags(runs_dir, cada.result.run_id)

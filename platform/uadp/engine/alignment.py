@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..contract import Sample, with_fitted_index
 from ..data.loader import batches
-from .detector import Detector
+from .detector import Detector, KeptMaps
 from .exemplars import spread
 from .job import Job
 
@@ -25,18 +26,18 @@ def fit_aligner(job: Job, detector: Detector) -> None:
         return
     t0 = time.perf_counter()
     images, kind, positions = aligner_images(job)
-    maps, embeddings, ids = _aligner_inputs(job, detector, images, positions)
+    kept = _aligner_inputs(job, detector, images, positions)
     labels = job.components.aligner_class_labels
     class_names = [s.class_name for s in images] if labels != "none" else None
     t_fit = time.perf_counter()
-    inputs = torch.cat(embeddings).to(job.device) if embeddings else None
-    aligner.to(job.device).fit(
-        torch.cat(maps).to(job.device), inputs, class_names, **with_fitted_index(aligner.fit, ids)
-    )
+    inputs = kept.embeddings.to(job.device) if kept.embeddings is not None else None
+    ids = kept.fitted_ids
+    aligner.to(job.device).fit(kept.maps.to(job.device), inputs, class_names, **with_fitted_index(aligner.fit, ids))
     aligner.to(job.device)  # parts an aligner sized in fit join the rest
     if job.ranks.world > 1:  # the same aligner on every rank, whatever the device's arithmetic did
         state = job.ranks.broadcast({k: v.cpu() for k, v in aligner.state_dict().items()})
         aligner.load_state_dict(state)
+    job.kept_maps = kept if job.ranks.world == 1 else None
     job.timing["aligner_fit_s"] = time.perf_counter() - t_fit
     job.timing["aligner_total_s"] = time.perf_counter() - t0
     job.log(
@@ -67,13 +68,12 @@ def _extension_positions(job: Job) -> list[int]:
     return [i for i, s in enumerate(train) if s.class_name not in new] + [learned[i] for i in kept]
 
 
-def _aligner_inputs(
-    job: Job, detector: Detector, images: list[Sample], positions: list[int] | None
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
-    """The model's maps of ``images`` (and the embeddings its aligner asks for), kept on the CPU
-    until all are in, so that the device holds one batch at a time; and, when they are the
-    images the model was fitted on, their ids (``Batch.fitted_index``), else None."""
-    maps, embeddings = [], []
+def _aligner_inputs(job: Job, detector: Detector, images: list[Sample], positions: list[int] | None) -> KeptMaps:
+    """The model's raw predictions of ``images`` (maps, own scores, and the embedding its aligner
+    asks for), kept on the CPU until all are in, so that the device holds one batch at a time;
+    and, when they are the images the model was fitted on, their ids (``Batch.fitted_index``),
+    else None."""
+    maps, own, embeddings, labels, masks = [], [], [], [], []
     shard = job.ranks.shard(len(images))
     loader = job.loader_in_order(images[shard])
     # the images the model was fitted on: it may leave each one's own contribution out
@@ -91,11 +91,25 @@ def _aligner_inputs(
             batch.fitted_index = job.fitted_index(torch.tensor(positions)[item["index"] + shard.start])
         prediction = detector.raw(batch)
         maps.append(prediction.anomaly_map.cpu())
+        if prediction.image_scores is not None:
+            own.append(prediction.image_scores.float().cpu())
         embedding = detector.aligner_embedding(prediction)
         if embedding is not None:
             embeddings.append(embedding.float().cpu())
+        labels.append(item["label"].numpy())
+        if "mask" in item:
+            masks.append(item["mask"].numpy())
     if job.ranks.world > 1:  # each rank predicted its shard; every rank fits on all of them
         maps = [job.ranks.gather_rows(torch.cat(maps))]
         embeddings = [job.ranks.gather_rows(torch.cat(embeddings))] if embeddings else []
+        own, labels, masks = [], [], []  # kept for the thresholds in one process only
     ids = job.fitted_index(torch.tensor(positions)) if same_images else None
-    return maps, embeddings, ids
+    return KeptMaps(
+        samples=images,
+        maps=torch.cat(maps),
+        own_scores=torch.cat(own) if own else None,
+        embeddings=torch.cat(embeddings) if embeddings else None,
+        fitted_ids=ids,
+        labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
+        masks=np.concatenate(masks) if masks else None,
+    )

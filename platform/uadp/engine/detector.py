@@ -78,6 +78,23 @@ class SplitPredictions:
 
 
 @dataclass
+class KeptMaps:
+    """The reconstructor's raw predictions of a list of images, in order, kept from one pass for a
+    later one over the same images (the aligner's pass over the training images, for the
+    thresholds' pass over them): its maps [N,H,W], own image scores [N] (if it gives them), the
+    aligner's embedding [N,...] (if it reads one), the images' ``fitted_index`` (None: nothing was
+    left out), and the loader's labels and masks."""
+
+    samples: list
+    maps: torch.Tensor
+    own_scores: torch.Tensor | None
+    embeddings: torch.Tensor | None
+    fitted_ids: torch.Tensor | None
+    labels: np.ndarray
+    masks: np.ndarray | None
+
+
+@dataclass
 class BothMaps:
     """One batch's final maps and scores (aligned, with an aligner) and the reconstructor's own."""
 
@@ -194,12 +211,17 @@ class Detector:
 
     def _both(self, batch: Batch, class_names: list[str] | None) -> BothMaps:
         """The final maps and the reconstructor's own, with their scores: identical without an aligner."""
-        prediction = self.raw(batch)
+        return self._finish(self.raw(batch), class_names, batch.fitted_index)
+
+    def _finish(
+        self, prediction: Prediction, class_names: list[str] | None, fitted_index: torch.Tensor | None
+    ) -> BothMaps:
+        """:meth:`_both` from the reconstructor's raw prediction of the images."""
         base = prediction.anomaly_map
         base_scores = self.scores(base, prediction.image_scores)
         if self.aligner is None:
             return BothMaps(base, base_scores, base, base_scores)
-        aligned = self.align(prediction, class_names, batch.fitted_index)
+        aligned = self.align(prediction, class_names, fitted_index)
         evaluation = self.config.eval
         final, final_scores = final_maps_and_scores(
             base, prediction.image_scores, aligned, evaluation.image_score, evaluation.align
@@ -286,6 +308,45 @@ class Detector:
             base_scores=np.concatenate(base_scores) if base_scores else None,
             warm_images=count - first_size,
             warm_seconds=end - first_done if first_done is not None else 0.0,
+        )
+
+    @torch.no_grad()
+    def predict_kept(
+        self, kept: KeptMaps, class_names: list[str] | None = None, folder: Path | None = None
+    ) -> SplitPredictions:
+        """:meth:`predict_split` of images whose raw predictions are already made (``kept``): the
+        same final maps and scores, a batch at a time, without the backbone or the reconstructor."""
+        store = MapStore(folder)
+        scores = []
+        start = time.perf_counter()
+        size = self.config.eval.batch_size
+        name = self.aligner.embedding if self.aligner is not None else None
+        try:
+            for first in range(0, len(kept.maps), size):
+                part = slice(first, first + size)
+                prediction = Prediction(
+                    anomaly_map=kept.maps[part].to(self.device),
+                    embeddings={name: kept.embeddings[part].to(self.device)}
+                    if name is not None and kept.embeddings is not None
+                    else {},
+                    image_scores=kept.own_scores[part].to(self.device) if kept.own_scores is not None else None,
+                )
+                ids = kept.fitted_ids[part].to(self.device) if kept.fitted_ids is not None else None
+                both = self._finish(prediction, class_names[part] if class_names is not None else None, ids)
+                masks = kept.masks[part] if kept.masks is not None else None
+                store.append(at_size_of(both.final, masks), masks)
+                scores.append(both.final_scores.cpu().numpy())
+        except BaseException:
+            store.close()
+            raise
+        seconds = time.perf_counter() - start
+        return SplitPredictions(
+            pixels=store.pixels(),
+            scores=np.concatenate(scores),
+            labels=kept.labels,
+            seconds=seconds,
+            warm_images=len(kept.maps),
+            warm_seconds=seconds,
         )
 
     # ------------------------------------------------------------------ bundle

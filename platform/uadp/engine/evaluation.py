@@ -23,7 +23,7 @@ from ..data.loader import batches
 from ..metrics.pixels import MapStore
 from ..metrics.protocols import MetricReport, evaluate
 from ..thresholds import Thresholds, calibrate, pixel_limits, threshold_report
-from .detector import Detector, SplitPredictions
+from .detector import Detector, KeptMaps, SplitPredictions
 from .job import Job
 
 
@@ -56,6 +56,7 @@ def calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
     of every training image scored with its own contribution left out); the bundle keeps them
     for ``uadp predict``."""
     samples, evaluation = job.splits.calibration, job.config.eval
+    kept, job.kept_maps = job.kept_maps, None  # the last pass that could use them: let them go either way
     leave_one_out = not samples and evaluation.calibration == "leave-one-out"
     if leave_one_out:
         samples = job.splits.train
@@ -70,7 +71,12 @@ def calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
         )
         return None
     names = [s.class_name for s in samples]
-    predictions = _predict_sharded(job, detector, samples, "calibration", keep_base=False, leave_out=leave_one_out)
+    kept = _same_pass(kept, detector, samples, leave_one_out)
+    predictions: SplitPredictions | None
+    if kept is not None:  # the aligner's pass mapped these images just so: align its maps again
+        predictions = detector.predict_kept(kept, names, folder=job.scratch())
+    else:
+        predictions = _predict_sharded(job, detector, samples, "calibration", keep_base=False, leave_out=leave_one_out)
     if predictions is None:  # a rank other than 0: rank 0 sets the thresholds
         return None
     try:
@@ -88,6 +94,8 @@ def calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
     for note in thresholds.notes:
         job.note(f"thresholds: {note}")
     kind = "training images, each left out of the model" if leave_one_out else "calibration images"
+    if kept is not None:
+        kind += ", mapped once for the aligner and the thresholds"
     job.log(
         f"thresholds from {len(samples)} {kind}: image {thresholds.image_threshold():.5g}, "
         f"pixel {thresholds.pixel_threshold():.5g} (false-alarm rate {evaluation.false_alarm_rate:g}, "
@@ -95,6 +103,16 @@ def calibrate_thresholds(job: Job, detector: Detector) -> Thresholds | None:
     )
     detector.thresholds = thresholds
     return thresholds
+
+
+def _same_pass(kept: KeptMaps | None, detector: Detector, samples: list, leave_out: bool) -> KeptMaps | None:
+    """``kept``, the aligner's raw maps of its images (see :func:`~uadp.engine.alignment.fit_aligner`),
+    when they are the thresholds' images mapped the same way: the same images in the same order,
+    each one's own contribution left out exactly when this pass would leave it out; else None."""
+    if kept is None or detector.aligner is None or kept.samples != samples:
+        return None
+    leaves_out = leave_out and detector.fitted_on_these(samples)
+    return kept if (kept.fitted_ids is not None) == leaves_out else None
 
 
 def evaluate_test(job: Job, detector: Detector, thresholds: Thresholds | None) -> Evaluation | None:

@@ -31,7 +31,7 @@ from ..data.splits import (
 )
 from ..registry import Registry
 from .components import Components, build_components
-from .detector import Detector
+from .detector import Detector, KeptMaps
 from .device import resolve_device, resolve_precision
 from .distributed import Ranks
 
@@ -119,6 +119,9 @@ class Job:
         # None: its position in splits.train. Set when a run extends a model (uadp.engine.extension)
         self.fitted_ids: list[int] | None = None
         self.extension: Extension | None = None  # what `uadp extend` adds to the model, and from which
+        # the aligner's pass over its images, kept for the thresholds' pass when that maps the same
+        # images the same way (stage 5 reads and drops it)
+        self.kept_maps: KeptMaps | None = None
         t0 = time.perf_counter()
         checked = check_files(self.splits)  # a damaged file stops the run here, not after training
         log(f"checked {checked.images} images and {checked.masks} masks in {time.perf_counter() - t0:.1f} s")

@@ -85,6 +85,8 @@ def main() -> int:
             rows.append([name, "-" if unseeded else str(seed)] + [f"{v:.3f}" for v in found] + [per_class])
             print(" | ".join(rows[-1]), flush=True)
         columns = list(zip(*values))
+        if len(values) < 2:  # one fit: no spread to report
+            continue
         spread.append(
             [name, "mean ± std"]
             + [f"{statistics.mean(c):.3f} ± {statistics.stdev(c) if len(c) > 1 else 0.0:.3f}" for c in columns]
@@ -98,7 +100,7 @@ def main() -> int:
         write(
             args.results,
             Results(
-                "An aligner fitted again with other seeds on one model",
+                "An aligner fitted again on one model, with other seeds or options",
                 [command],
                 this_hardware(),
                 header,

@@ -39,7 +39,15 @@ METRICS = (
 )
 
 
-UNSEEDED = {"cada-knn", "class-stats"}  # no seed option: one fit is all there is (the row says seed "-")
+def has_seed(options: list[str]) -> bool:
+    """Whether the aligner a variant swaps in (``aligner=NAME``) has a seed option; without one a
+    single fit is all there is (its row says seed "-"). A variant that keeps the run's aligner: yes."""
+    names = [value for key, _, value in (o.partition("=") for o in options) if key == "aligner"]
+    if not names:
+        return True
+    from uadp.registry import get_registry
+
+    return "seed" in get_registry().get("aligners", names[-1]).config.model_fields
 
 
 def fit(run: str, options: list[str], seed: int | None, summary: Path, out: Path) -> dict:
@@ -76,7 +84,7 @@ def main() -> int:
     for name, _, options in variants:
         values = []
         chosen = [o for o in options.split(",") if o]
-        unseeded = any(o.partition("=")[::2] in {("aligner", n) for n in UNSEEDED} for o in chosen)
+        unseeded = not has_seed(chosen)
         for seed in range(1 if unseeded else args.seeds):
             summary = fit(args.run, chosen, None if unseeded else seed, out / f"{name}-seed{seed}.json", out)
             found = [summary[kind][metric] for kind, metric in METRICS]

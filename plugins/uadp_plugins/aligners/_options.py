@@ -30,14 +30,19 @@ class MappingConfig(BaseModel):
     )
 
 
-class HeadConfig(MappingConfig):
-    """Options of the regressor / classifier head and of its fit (and the score mapping it feeds)."""
+class EmbeddingConfig(MappingConfig):
+    """The mapping, and which of the reconstructor's embeddings the aligner reads of each image."""
 
     embedding: Literal["bottleneck", "features"] = Field(
         "bottleneck",
-        description="the reconstructor's embedding the head reads: its bottleneck (UniAD: encoder output) "
+        description="the reconstructor's embedding the aligner reads: its bottleneck (UniAD: encoder output) "
         "or the frozen backbone features it reconstructs",
     )
+
+
+class HeadConfig(EmbeddingConfig):
+    """Options of the regressor / classifier head and of its fit (and the score mapping it feeds)."""
+
     grid: int | None = Field(
         32,
         ge=1,

@@ -46,7 +46,7 @@ from pydantic import Field
 
 from uadp.plugin import hookimpl
 
-from ._options import HeadConfig, MappingConfig
+from ._options import EmbeddingConfig, HeadConfig
 
 
 class CadaConfig(HeadConfig):
@@ -66,12 +66,7 @@ class CadaSigmaConfig(CadaConfig):
     statistic: Literal["sigma"] = "sigma"
 
 
-class CadaKnnConfig(MappingConfig):
-    embedding: Literal["bottleneck", "features"] = Field(
-        "bottleneck",
-        description="the reconstructor's embedding images are compared by: its bottleneck (UniAD: encoder output) "
-        "or the frozen backbone features it reconstructs",
-    )
+class CadaKnnConfig(EmbeddingConfig):
     neighbours: int = Field(
         20,
         ge=1,

@@ -29,17 +29,23 @@ class CadaKnn(Aligner):
         self.config = config
         self.embedding = config.embedding
         self.excess_unit = 1.0  # mean training max - mean (mapping mean-max-excess)
-        self._set_table(torch.zeros(0, 0), torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+        empty = torch.zeros(0)
+        self._set_table(empty.view(0, 0), empty.view(0, 2), empty.long(), empty, empty)
 
-    def _set_table(self, keys: torch.Tensor, stats: torch.Tensor, ids: torch.Tensor) -> None:
+    def _set_table(
+        self, keys: torch.Tensor, stats: torch.Tensor, ids: torch.Tensor, key_mean: torch.Tensor, key_std: torch.Tensor
+    ) -> None:
+        """The table as non-persistent buffers on the module's device: keys [N, C] (standardised),
+        their squared norms, stats [N, 2] (mean, max), ids [N] (-1 where unknown), and the mean and
+        std [C] a query is standardised with."""
         device = getattr(self, "keys", keys).device
         keys = keys.float().to(device)
-        self.register_buffer("keys", keys, persistent=False)  # [N, C], standardised
-        self.register_buffer("key_norms", (keys * keys).sum(1), persistent=False)  # [N]
-        self.register_buffer("stats", stats.float().to(device), persistent=False)  # [N, 2]: mean, max
-        self.register_buffer("ids", ids.long().to(device), persistent=False)  # [N], -1 where unknown
-        self.register_buffer("key_mean", keys.new_zeros(keys.shape[1]), persistent=False)
-        self.register_buffer("key_std", keys.new_ones(keys.shape[1]), persistent=False)
+        self.register_buffer("keys", keys, persistent=False)
+        self.register_buffer("key_norms", (keys * keys).sum(1), persistent=False)
+        self.register_buffer("stats", stats.float().to(device), persistent=False)
+        self.register_buffer("ids", ids.long().to(device), persistent=False)
+        self.register_buffer("key_mean", key_mean.float().to(device), persistent=False)
+        self.register_buffer("key_std", key_std.float().to(device), persistent=False)
 
     def get_extra_state(self) -> dict:
         return {
@@ -52,9 +58,7 @@ class CadaKnn(Aligner):
         }
 
     def set_extra_state(self, state: dict) -> None:
-        self._set_table(state["keys"], state["stats"], state["ids"])
-        self.key_mean = state["key_mean"].float().to(self.keys.device)
-        self.key_std = state["key_std"].float().to(self.keys.device)
+        self._set_table(state["keys"], state["stats"], state["ids"], state["key_mean"], state["key_std"])
         self.excess_unit = float(state["excess_unit"])
         mapping = saved_mapping(self.config.mapping, state)
         if mapping != self.config.mapping:
@@ -80,8 +84,7 @@ class CadaKnn(Aligner):
         mean, std = pooled.mean(0), pooled.std(0) if len(pooled) > 1 else torch.ones_like(pooled[0])
         std = std.clamp(min=1e-6 * float(std.max().clamp(min=1e-12)))
         ids = fitted_index if fitted_index is not None else torch.full((len(maps),), -1, dtype=torch.long)
-        self._set_table((pooled - mean) / std, torch.stack([stats["mean"], stats["max"]], 1), ids)
-        self.key_mean, self.key_std = mean.to(self.keys.device), std.to(self.keys.device)
+        self._set_table((pooled - mean) / std, torch.stack([stats["mean"], stats["max"]], 1), ids, mean, std)
         self.excess_unit = mean_spread(stats)
 
     @torch.no_grad()

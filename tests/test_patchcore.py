@@ -168,15 +168,15 @@ def test_leave_out_rules_out_exactly_the_pairs_of_one_source(dtype):
             assert bool(torch.isinf(expected).any())
 
 
-@pytest.mark.parametrize("tile", [nearest.SCREEN_TILE, 97])
-def test_screened_search_finds_the_exact_neighbours(tile):
+@pytest.mark.parametrize(("tile", "group"), [(nearest.SCREEN_TILE, nearest.SCREEN_GROUP), (97, 97), (960, 64)])
+def test_screened_search_finds_the_exact_neighbours(tile, group):
     """Equal to float64 distances: clustered and far queries, queries that are bank rows (distance
     0: a negative bfloat16 value), exact duplicate rows (the lower row wins), a bank far from the
-    origin, and tiles small enough for many to be needed."""
+    origin, groups small enough for many to be needed, and a last group filled up with padding."""
     bank = clustered_points(5000, 32, seed=4) + 40.0  # far from the origin: the centring matters
     bank[4000:4010] = bank[100:110]  # duplicates of earlier rows
     queries = torch.cat([clustered_points(700, 32, seed=5) + 40.0, torch.randn(100, 32) * 12, bank[95:115]])
-    distances, rows = ScreenedBank(bank, tile=tile).nearest(queries)
+    distances, rows = ScreenedBank(bank, tile=tile, group=group).nearest(queries)
     exact = torch.cdist(queries.double(), bank.double())
     found = exact.gather(1, rows.unsqueeze(1))[:, 0]
     best = exact.min(1).values
@@ -184,7 +184,14 @@ def test_screened_search_finds_the_exact_neighbours(tile):
     torch.testing.assert_close(distances.double(), best, rtol=1e-5, atol=1e-3)
     assert torch.equal(rows[-20:], torch.arange(95, 115))  # each copy finds its first occurrence
     assert float(distances[-20:].max()) == 0.0
-    assert torch.equal(ScreenedBank(bank, tile=tile).nearest(queries[:0])[1], torch.empty(0, dtype=torch.long))
+    assert torch.equal(
+        ScreenedBank(bank, tile=tile, group=group).nearest(queries[:0])[1], torch.empty(0, dtype=torch.long)
+    )
+
+
+def test_screened_groups_must_fit_whole_in_a_tile():
+    with pytest.raises(ValueError, match="whole groups"):
+        ScreenedBank(torch.randn(100, 4), tile=96, group=40)
 
 
 def test_screened_bound_covers_the_bfloat16_products():
@@ -193,7 +200,7 @@ def test_screened_bound_covers_the_bfloat16_products():
     generator = torch.Generator().manual_seed(9)
     bank = torch.cat([clustered_points(3000, 48, seed=10) * 3, torch.randn(1000, 48, generator=generator) * 0.01])
     queries = torch.cat([clustered_points(500, 48, seed=11) * 3, bank[:50] + 1e-3])
-    index = ScreenedBank(bank, tile=1000)
+    index = ScreenedBank(bank, tile=900, group=300)  # 4,000 rows: the last group filled up with padding
     centred = queries - index.mean
     rounded = centred.bfloat16()
     norms = (centred * centred).sum(1)
@@ -210,6 +217,8 @@ def test_screened_bound_covers_the_bfloat16_products():
         1,
     )
     computed = torch.cat([(extended @ tile).float() for tile in index.tiles], 1)
+    assert float(computed[:, len(bank) :].min()) >= nearest.FAR  # the padding rows: never a candidate
+    computed = computed[:, : len(bank)]
     true = torch.cdist(queries.double(), index.rows.double()).pow(2)
     allowed = (
         index._bound(terms[:, None, :], index.row_terms[None]).double()

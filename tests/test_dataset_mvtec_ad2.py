@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from dataset_layouts import CLASSES, TINY_UNIAD, calibration_images, copy, generated_source, quick_run, results
 from helpers import assert_one_error_line
@@ -264,3 +265,37 @@ def test_the_aligner_learns_from_the_validation_images(layouts, tmp_path, monkey
     code, stdout, err = quick_run(layouts["ad2"], tmp_path / "runs", tmp_path / "run.json", "--aligner", "cada")
     assert code == 0, err
     assert "aligner cada: fitted on 8 validation maps" in stdout
+
+
+def test_cada_knn_leaves_each_validation_image_out_of_its_own_neighbours(layouts, tmp_path, monkeypatch) -> None:
+    """The validation images set both the aligner and the thresholds: fit names each of them with
+    an id after every training image's, and the thresholds' pass gives each one its id back, so
+    that ``cada-knn`` never counts an image among its own neighbours; test images get none."""
+    from uadp_plugins.aligners.cada_knn_model import CadaKnn
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    fitted, aligned = [], []
+    fit, align = CadaKnn.fit, CadaKnn.align
+    monkeypatch.setattr(
+        CadaKnn,
+        "fit",
+        lambda self, *a, fitted_index=None, **k: (
+            fitted.append(fitted_index) or fit(self, *a, fitted_index=fitted_index, **k)
+        ),
+    )
+    monkeypatch.setattr(
+        CadaKnn,
+        "align",
+        lambda self, *a, fitted_index=None, **k: (
+            aligned.append(fitted_index) or align(self, *a, fitted_index=fitted_index, **k)
+        ),
+    )
+    code, stdout, err = quick_run(layouts["ad2"], tmp_path / "runs", tmp_path / "run.json", "--aligner", "cada-knn")
+    assert code == 0, err
+    assert "aligner cada-knn: fitted on 8 validation maps" in stdout
+    (ids,) = fitted
+    training = len(CLASSES) * len(list((layouts["ad2"] / CLASSES[0] / "train" / "good").iterdir()))
+    assert sorted(ids.tolist()) == list(range(training, training + 8))  # after every training image's id
+    given = [i for i in aligned if i is not None]
+    assert sorted(torch.cat(given).tolist()) == sorted(ids.tolist())  # the thresholds' pass: each its own id
+    assert any(i is None for i in aligned)  # the test images: none

@@ -265,13 +265,14 @@ class Aligner(nn.Module):
     oracle, recorded on the run) also gives ``align`` each test image's class. State lives in
     buffers, parameters or ``get_extra_state`` so that the model bundle saves it.
 
-    ``fitted_index`` ([N] to ``fit``, [B] to ``align``) is given when the images are the ones
-    the model was fitted on: each image's id (``Batch.fitted_index``), the same id in both
-    calls. The core aligns those images again when it sets the OK / not-OK thresholds on them;
-    an aligner that keeps something of each image it was fitted on (a table of their
-    statistics) leaves the image's own entry out then, as a memory bank leaves out its rows, so
-    that a training image is scored as an unseen normal one would be. Others ignore it. None:
-    images the model was not fitted on (test images, or a data set's own validation images).
+    ``fitted_index`` ([N] to ``fit``, [B] to ``align``) names each image ``fit`` sees: the
+    model's own id for its training images (``Batch.fitted_index``), ids after every training
+    image's for others (a data set's own validation images). ``align`` gets the same id when the
+    core aligns one of those images again, to set the OK / not-OK thresholds on it; an aligner
+    that keeps something of each image it was fitted on (a table of their statistics) leaves
+    the image's own entry out then, as a memory bank leaves out its rows, so that the image is
+    scored as an unseen normal one would be. Others ignore it. None to ``align``: images the
+    aligner was not fitted on (test images, or images held apart for the thresholds).
     """
 
     embedding: str | None = None

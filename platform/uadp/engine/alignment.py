@@ -31,7 +31,7 @@ def fit_aligner(job: Job, detector: Detector) -> None:
     class_names = [s.class_name for s in images] if labels != "none" else None
     t_fit = time.perf_counter()
     inputs = kept.embeddings.to(job.device) if kept.embeddings is not None else None
-    ids = kept.fitted_ids
+    ids = kept.aligner_ids
     aligner.to(job.device).fit(kept.maps.to(job.device), inputs, class_names, **with_fitted_index(aligner.fit, ids))
     aligner.to(job.device)  # parts an aligner sized in fit join the rest
     if job.ranks.world > 1:  # the same aligner on every rank, whatever the device's arithmetic did
@@ -112,4 +112,15 @@ def _aligner_inputs(job: Job, detector: Detector, images: list[Sample], position
         fitted_ids=ids,
         labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
         masks=np.concatenate(masks) if masks else None,
+        aligner_ids=ids if ids is not None else _ids_after_training(job, len(images)),
     )
+
+
+def _ids_after_training(job: Job, count: int) -> torch.Tensor:
+    """Ids for ``count`` images the model was not fitted on (a data set's validation images):
+    after every training image's id, so that the aligner can tell each of them from the others
+    and from any training image. The thresholds' pass over the same images gives them back to
+    the aligner, which leaves an image's own entry out (``cada-knn``) as it does for training
+    images."""
+    seen = max(job.fitted_ids) + 1 if job.fitted_ids else len(job.splits.train)
+    return torch.arange(seen, seen + count)

@@ -83,7 +83,8 @@ class KeptMaps:
     later one over the same images (the aligner's pass over the training images, for the
     thresholds' pass over them): its maps [N,H,W], own image scores [N] (if it gives them), the
     aligner's embedding [N,...] (if it reads one), the images' ``fitted_index`` (None: nothing was
-    left out), and the loader's labels and masks."""
+    left out), the ids the aligner was fitted with (``aligner_ids``: the same, or for images the
+    model was not fitted on, ids after every training image's), and the loader's labels and masks."""
 
     samples: list
     maps: torch.Tensor
@@ -92,6 +93,7 @@ class KeptMaps:
     fitted_ids: torch.Tensor | None
     labels: np.ndarray
     masks: np.ndarray | None
+    aligner_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -331,7 +333,8 @@ class Detector:
                     else {},
                     image_scores=kept.own_scores[part].to(self.device) if kept.own_scores is not None else None,
                 )
-                ids = kept.fitted_ids[part].to(self.device) if kept.fitted_ids is not None else None
+                # the aligner's own ids: an image it keeps an entry for is aligned without that entry
+                ids = kept.aligner_ids[part].to(self.device) if kept.aligner_ids is not None else None
                 both = self._finish(prediction, class_names[part] if class_names is not None else None, ids)
                 masks = kept.masks[part] if kept.masks is not None else None
                 store.append(at_size_of(both.final, masks), masks)

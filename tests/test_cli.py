@@ -266,7 +266,7 @@ def test_run_name_names_the_backbone_only_where_it_is_read() -> None:
     default = "patchcore+cada-knn (patchcore-fine-cada-cpu, tf_efficientnet_lite0)"
     assert run_name(build_config()) == default
     ensemble = build_config("ensemble-patchcore-cpu")
-    assert run_name(ensemble) == "ensemble+cada (ensemble-patchcore-cpu)"  # no backbone of its own
+    assert run_name(ensemble) == "ensemble+cada-knn (ensemble-patchcore-cpu)"  # no backbone of its own
     assert (
         run_name(build_config("uniad-cpu", sets=["aligner.name=cada"]))
         == "uniad+cada (uniad-cpu, tf_efficientnet_lite0)"

@@ -36,12 +36,17 @@ def clustered_points(count: int, dims: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- coreset
 
 
-@pytest.mark.parametrize("front, group, block", [(20_000, 2048, 4096), (150, 32, 40), (7, 3, 5)])
-def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group, block):
-    """Small fronts and blocks make the lazy bookkeeping (levels, stale groups) do real work."""
+@pytest.mark.parametrize(
+    "front, group, block, sample",
+    [(20_000, 2048, 4096, 65_536), (150, 32, 40, 65_536), (150, 32, 40, 700), (7, 3, 5, 400)],
+)
+def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group, block, sample):
+    """Small fronts and blocks make the lazy bookkeeping (levels, stale groups) do real work; a
+    small level sample makes the levels come from a sample of the bounds."""
     monkeypatch.setattr(coreset, "FRONT", front)
     monkeypatch.setattr(coreset, "GROUP", group)
     monkeypatch.setattr(coreset, "CENTRE_BLOCK", block)
+    monkeypatch.setattr(coreset, "LEVEL_SAMPLE", sample)
     features = clustered_points(3000, 24, seed=1)
     picks, stats = greedy_coreset(features, 400, first=17)
     assert torch.equal(picks, plain_greedy_coreset(features, 400, first=17))

@@ -31,6 +31,7 @@ import torch
 
 FRONT = 20_000  # points in the front after each lowering of tau (measured: 10k-40k all close)
 GROUP = 2048  # stale points brought up to date per matrix product
+LEVEL_SAMPLE = 65_536  # bounds a level is read from, where there are more
 CENTRE_BLOCK = 1024  # centres per matrix product (its result stays small enough to reduce in cache)
 
 
@@ -72,10 +73,21 @@ def _nearest_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Ten
 
 
 def _level(bound: torch.Tensor) -> torch.Tensor:
-    """The level ``tau`` that leaves about :data:`FRONT` bounds above it (at least one)."""
+    """The level ``tau`` that leaves about :data:`FRONT` bounds above it (at least one).
+
+    Where there are many bounds, ``tau`` is read off an evenly spaced sample of them (every
+    ``len(bound) // LEVEL_SAMPLE``-th): the front's size only steers how fast the selection
+    goes, never what it picks, and an exact k-th value over every bound cost 13 ms a level
+    (4 of the 24 s of growing realmix-dev's bank by magnetic_tile's 1.6 million patches)."""
     if len(bound) <= FRONT:
         return bound.new_tensor(-1.0)
-    tau = torch.kthvalue(bound, len(bound) - FRONT).values
+    step = len(bound) // LEVEL_SAMPLE
+    if step > 1:
+        sample = bound[::step]
+        above = max(1, round(FRONT * len(sample) / len(bound)))
+        tau = torch.kthvalue(sample, len(sample) - above).values
+    else:
+        tau = torch.kthvalue(bound, len(bound) - FRONT).values
     if not (bound > tau).any():  # ties at the top: just below the largest bound
         below = bound[bound < bound.max()]
         tau = below.max() if len(below) else bound.new_tensor(-1.0)

@@ -421,6 +421,28 @@ def test_cada_knn_is_saved_and_reloaded_as_plain_tensors(scaled_data, mapping, t
     )
 
 
+@pytest.mark.parametrize(
+    "aligner",
+    [lambda: CadaKnn(CadaKnnConfig()), lambda: Cada(CadaConfig(iterations=20, grid=2))],
+    ids=["cada-knn", "cada"],
+)
+def test_an_aligner_fitted_and_applied_on_its_reduced_embeddings_aligns_as_on_the_whole_ones(scaled_data, aligner):
+    """``reduce_embedding`` keeps what the aligner reads (cada-knn: [B,C]; CADA's head: its grid):
+    reduced twice it is unchanged, and fit and align on it give what they give on the whole grid."""
+    (train_maps, train_embeddings, _, _), (maps, embeddings, _, _) = scaled_data
+    whole, reduced = aligner(), aligner()
+    small = reduced.reduce_embedding(train_embeddings)
+    assert small.numel() < train_embeddings.numel()
+    assert torch.equal(reduced.reduce_embedding(small), small)
+    torch.manual_seed(0)
+    whole.fit(train_maps, train_embeddings, None)
+    torch.manual_seed(0)
+    reduced.fit(train_maps, small, None)
+    torch.testing.assert_close(
+        reduced.align(maps, reduced.reduce_embedding(embeddings)), whole.align(maps, embeddings), rtol=0, atol=0
+    )
+
+
 def test_cada_knn_needs_an_embedding_and_a_fit():
     with pytest.raises(ValueError, match="embedding"):
         CadaKnn(CadaKnnConfig()).fit(torch.rand(4, 8, 8), None, None)

@@ -674,6 +674,33 @@ def test_the_thresholds_reuse_the_aligners_maps_of_the_same_images_and_come_out_
     np.testing.assert_array_equal(reused.predictions.scores, mapped.predictions.scores)
 
 
+def test_the_core_keeps_only_what_the_aligner_reads_of_an_embedding_and_nothing_else_changes(
+    tiny_dataset, runs_dir, registry
+):
+    """``Aligner.reduce_embedding``: cada-knn reads an image's embedding averaged over it, so the
+    core hands fit (and keeps for the thresholds) [N,C] instead of [N,C,h,w]; the thresholds and
+    the test scores are those of a run that keeps every embedding whole, to the last bit."""
+    from uadp_plugins.aligners.cada_knn_model import CadaKnn
+
+    config = quick_config(tiny_dataset, runs_dir, reconstructor={"name": "patchcore"}, aligner={"name": "cada-knn"})
+    seen = []
+    with pytest.MonkeyPatch.context() as patch:
+        original = CadaKnn.fit
+        patch.setattr(
+            CadaKnn,
+            "fit",
+            lambda self, maps, embeddings, *a, **k: (
+                seen.append(embeddings.shape) or original(self, maps, embeddings, *a, **k)
+            ),
+        )
+        reduced = _run(config, registry)
+        patch.setattr(CadaKnn, "reduce_embedding", lambda self, embedding: embedding)
+        whole = _run(config, registry)
+    assert len(seen[0]) == 2 and len(seen[1]) == 4 and seen[0] == seen[1][:2]
+    assert reduced.result.thresholds.to_dict() == whole.result.thresholds.to_dict()
+    np.testing.assert_array_equal(reduced.predictions.scores, whole.predictions.scores)
+
+
 def test_class_agnostic_aligner_gets_no_class_names(cada: Completed, runs_dir):
     assert cada.detector.aligner.fit_args["class_names"] is None
     assert "uadp.aligner_class_labels" not in _mlflow_tags(runs_dir, cada.result.run_id)

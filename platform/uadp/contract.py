@@ -277,6 +277,15 @@ class Aligner(nn.Module):
 
     embedding: str | None = None
 
+    def reduce_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """What this aligner reads of one batch's embedding [B,...], as [B,...]. The core applies it
+        to every batch before ``fit`` and ``align`` see it (and in exported graphs), and keeps only
+        its result between passes: a training set's embeddings at full size can run to gigabytes
+        (2 GB for realmix-dev's 687 images on a 64 x 64 grid) where an aligner reads a few numbers
+        of each. Applied to its own result it must return that unchanged. Default: the embedding
+        as it is."""
+        return embedding
+
     def fit(
         self,
         maps: torch.Tensor,

@@ -172,9 +172,10 @@ class Detector:
         return prediction
 
     def aligner_embedding(self, prediction: Prediction) -> torch.Tensor | None:
-        """The reconstructor's embedding the aligner asked for by name (None if it wants none)."""
+        """The reconstructor's embedding the aligner asked for by name (None if it wants none),
+        reduced to what the aligner reads of it (:meth:`Aligner.reduce_embedding`)."""
         name = self.aligner.embedding if self.aligner is not None else None
-        if name is None:
+        if name is None or self.aligner is None:
             return None
         if name not in prediction.embeddings:
             offered = ", ".join(sorted(prediction.embeddings)) or "none"
@@ -182,7 +183,7 @@ class Detector:
                 f"aligner {self.config.name_of('aligner')}: needs the reconstructor's {name!r} embedding; "
                 f"reconstructor {self.config.name_of('reconstructor')} provides: {offered}"
             )
-        return prediction.embeddings[name]
+        return self.aligner.reduce_embedding(prediction.embeddings[name])
 
     @torch.no_grad()
     def align(

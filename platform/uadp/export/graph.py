@@ -52,6 +52,10 @@ class InferenceGraph(nn.Module):
         maps = prediction.anomaly_map.float()
         aligned = None
         if self.aligner is not None:
-            embedding = prediction.embeddings[self.embedding] if self.embedding is not None else None
+            embedding = (
+                self.aligner.reduce_embedding(prediction.embeddings[self.embedding])
+                if self.embedding is not None
+                else None
+            )
             aligned = self.aligner.align(maps, embedding, None).float()
         return final_maps_and_scores(maps, prediction.image_scores, aligned, self.image_score, self.aligned_parts)

@@ -53,15 +53,12 @@ class StatsHead(nn.Module):
         )
 
     def coarse(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``embeddings`` [N,C,h,w] averaged over k x k cells, k the largest whole number that leaves
-        at least ``grid`` cells a side (1: unchanged). The head regresses image-level statistics,
-        which a coarser grid still shows, at a quarter of the convolution's work per halving."""
-        k = self._cells(embeddings)
-        return F.avg_pool2d(embeddings, k) if k > 1 else embeddings
+        """:func:`coarse_grid` on the head's grid."""
+        return coarse_grid(embeddings, self.grid)
 
     def _cells(self, embeddings: torch.Tensor) -> int:
         """The side k of the cells :meth:`coarse` averages over (1: none)."""
-        return min(embeddings.shape[-2:]) // self.grid if self.grid else 1
+        return grid_cells(embeddings, self.grid)
 
     @torch.no_grad()
     def coarse_all(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -102,6 +99,20 @@ def fit_head(
     with torch.random.fork_rng(devices=[embeddings.device] if embeddings.is_cuda else []):
         torch.manual_seed(config.seed)  # dropout draws too: the same fit every time
         return _sgd(head, embeddings, targets, loss_fn, config)
+
+
+def coarse_grid(embeddings: torch.Tensor, grid: int | None) -> torch.Tensor:
+    """``embeddings`` [N,C,h,w] averaged over k x k cells, k the largest whole number that leaves
+    at least ``grid`` cells a side (1: unchanged; so a grid already averaged down stays as it is).
+    The head regresses image-level statistics, which a coarser grid still shows, at a quarter of
+    the convolution's work per halving."""
+    k = grid_cells(embeddings, grid)
+    return F.avg_pool2d(embeddings, k) if k > 1 else embeddings
+
+
+def grid_cells(embeddings: torch.Tensor, grid: int | None) -> int:
+    """The side k of the cells :func:`coarse_grid` averages over (1: none)."""
+    return min(embeddings.shape[-2:]) // grid if grid else 1
 
 
 def _sgd(head, embeddings, targets, loss_fn, config: HeadConfig) -> list[float]:

@@ -112,6 +112,29 @@ def test_the_quick_runs_model_exports_with_the_pytorch_maps(e2e) -> None:
     assert check_export(e2e.runs / "checkpoints" / e2e.run_id / "model.pt") < PARITY
 
 
+def test_the_default_stack_exports_with_the_pytorch_maps(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The default stack (one fine-grid bank, ``cada-knn`` on the image score) to ONNX: the graph
+    holds the aligner's reduction of the embedding, and the exported model's maps, scores and
+    decisions on the test images are those of the PyTorch model."""
+    out, runs = tmp_path / "run.json", tmp_path / "uadp-runs"
+    code, _, err = call_captured(
+        ["run", "--data", str(tiny_dataset), "--config", "patchcore-fine-cada-cpu", "--set", f"tracking.root={runs}"]
+        + ["--output-json", str(out), *BASE]
+    )
+    assert code == 0, err
+    bundle = runs / "checkpoints" / json.loads(out.read_text())["mlflow_run_id"] / "model.pt"
+    exported = tmp_path / "exported"
+    assert call(["export", bundle, "--format", "onnx", "--out", exported]) == 0
+    images = _test_images(tiny_dataset)
+    reference = uadp.load(bundle, device="cpu").predict(images)
+    result = uadp.load(exported).predict(images)
+    span = float(reference.maps.max() - reference.maps.min())
+    assert np.abs(result.maps - reference.maps).max() / span < PARITY
+    np.testing.assert_allclose(result.scores, reference.scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(result.decisions, reference.decisions)
+    assert len(set(reference.decisions.tolist())) == 2  # aligned scores that decide both ways
+
+
 def _test_images(data: Path) -> list[Path]:
     return sorted(data.glob("*/test/*/*.png"))
 

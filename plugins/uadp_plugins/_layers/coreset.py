@@ -113,15 +113,18 @@ def greedy_coreset(
     if chosen is not None and len(chosen):
         made = 0
         known = chosen.float()
-        bound = torch.cat(  # exact for the centres picked before; a block of rows at a time, to bound memory
-            [_nearest_distances(features[i : i + GROUP], known) for i in range(0, points, GROUP)]
-        )
+        bound = torch.empty(points)  # exact for the centres picked before, a block of rows at a time
+        for i in range(0, points, GROUP):
+            bound[i : i + GROUP] = _nearest_distances(features[i : i + GROUP], known)
         seen = torch.zeros(points, dtype=torch.long)  # centres (picked here) each point's bound accounts for
     else:
         centres[0], picks[0], made = features[first], first, 1
-        bound = torch.cat(  # exact for the first centre; a block of rows at a time, to bound memory
-            [(features[i : i + GROUP] - features[first]).pow_(2).sum(1).sqrt_() for i in range(0, points, GROUP)]
-        )
+        # exact for the first centre, a block of rows at a time, written in place: a list of the
+        # blocks' results, each kept while the next block's temporary came and went, fragmented
+        # glibc's heap by 0.8 GB on realmix-dev (the fit's peak resident memory)
+        bound = torch.empty(points)
+        for i in range(0, points, GROUP):
+            bound[i : i + GROUP] = (features[i : i + GROUP] - features[first]).pow_(2).sum(1).sqrt_()
         seen = torch.ones(points, dtype=torch.long)
     while made < count:
         tau = _level(bound)

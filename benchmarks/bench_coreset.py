@@ -13,6 +13,10 @@ other classes' patches grows by CLASS's patches (the selection goes on from the 
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_coreset.py --data PATH/TO/realmix-dev \
         --ratio 0.025 --grow-by magnetic_tile --results coreset-growth-realmix-dev.csv
+
+``--preset`` takes another preset's features (``patchcore-fine-cada-cpu``: the default's), and
+``--exact-levels`` grows the bank a second time with every level an exact k-th value over all
+the bounds, to time the sampled levels against it and check that both pick the same patches.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_csv import Results, this_command, this_hardware, write  # noqa: E402
 
 
-def patch_features(data: str, classes: list[str] | None = None) -> torch.Tensor:
-    """[N, C] patch features of every training image (of ``classes``), as the preset's fit sees them."""
+def patch_features(data: str, classes: list[str] | None = None, preset: str = "patchcore-cpu") -> torch.Tensor:
+    """[N, C] patch features of every training image (of ``classes``), as ``preset``'s fit sees them."""
     from uadp.config import build_config, resolve
     from uadp.data.loader import batches
     from uadp.engine.job import Job
@@ -38,7 +42,7 @@ def patch_features(data: str, classes: list[str] | None = None) -> torch.Tensor:
     registry = get_registry()
     config = resolve(
         build_config(
-            preset="patchcore-cpu",
+            preset=preset,
             registry=registry,
             overrides={"dataset": {"name": "mvtec", "root": data}, "data": {"classes": classes}},
         ),
@@ -63,6 +67,12 @@ def main() -> int:
     parser.add_argument("--plain-picks", type=int, default=1000, help="picks of the plain loop to time and compare")
     parser.add_argument("--results", help="also write the table to benchmarks/results/NAME.csv")
     parser.add_argument("--grow-by", metavar="CLASS", help="time a bank of the other classes growing by CLASS instead")
+    parser.add_argument("--preset", default="patchcore-cpu", help="whose patch features (default: patchcore-cpu)")
+    parser.add_argument(
+        "--exact-levels",
+        action="store_true",
+        help="with --grow-by: also grow with each level from every bound (no sample) and compare the picks",
+    )
     args = parser.parse_args()
     if args.grow_by:
         return grow(args)
@@ -83,31 +93,32 @@ def main() -> int:
     print(f"{len(features)} patches of {features.shape[1]} dims")
     title = f"Greedy coreset selection on realmix-dev's {len(features):,} training patches (patchcore-cpu features)"
     note = f"the last column compares the first {args.plain_picks} picks of both, from the same first patch"
-    report(args, title, header, rows, note)
+    report(args, title, header, rows, [note])
     return 0
 
 
-def report(args: argparse.Namespace, title: str, header: list[str], rows: list[list[str]], note: str) -> None:
+def report(args: argparse.Namespace, title: str, header: list[str], rows: list[list[str]], notes: list[str]) -> None:
     """Print the table, and write it to ``--results`` when given."""
     for row in rows:
         print(" | ".join(row))
     if args.results:
         command = this_command().replace(args.data, "PATH/TO/realmix-dev")
-        write(args.results, Results(title, [command], this_hardware(), header, rows, [note]))
+        write(args.results, Results(title, [command], this_hardware(), header, rows, notes))
 
 
 def grow(args: argparse.Namespace) -> int:
     """A bank of every class but ``--grow-by`` grows by that class's patches, as an extension's does."""
+    from uadp_plugins._layers import coreset
     from uadp_plugins._layers.coreset import greedy_coreset
 
     classes = sorted(p.name for p in Path(args.data).iterdir() if (p / "train").is_dir())
-    known = patch_features(args.data, [c for c in classes if c != args.grow_by])
-    new = patch_features(args.data, [args.grow_by])
+    known = patch_features(args.data, [c for c in classes if c != args.grow_by], args.preset)
+    new = patch_features(args.data, [args.grow_by], args.preset)
     first = int(torch.randint(len(known), (1,), generator=torch.Generator().manual_seed(0)))
     picks, fitted = greedy_coreset(known, round(len(known) * args.ratio), first)
     bank = known[picks]
     count = round(len(new) * args.ratio)
-    _, grown = greedy_coreset(new, count, 0, chosen=bank)
+    grown_picks, grown = greedy_coreset(new, count, 0, chosen=bank)
     header = ["selection", "patches", "bank rows before", "picks", "seconds", "s / 10k picks"]
     rows = [
         ["fit of the other classes", str(len(known)), "0", str(len(bank))]
@@ -115,8 +126,21 @@ def grow(args: argparse.Namespace) -> int:
         [f"grown by {args.grow_by}", str(len(new)), str(len(bank)), str(count)]
         + [f"{grown['coreset_s']:.1f}", f"{grown['coreset_s_per_10k_picks']:.1f}"],
     ]
-    title = f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them), patchcore-cpu features"
-    report(args, title, header, rows, "one bank (the default stack has two, one per backbone)")
+    notes = [f"{args.preset} features, one bank"]
+    if args.exact_levels:  # every level an exact k-th value over all the bounds, as before they were sampled
+        sample = coreset.LEVEL_SAMPLE
+        coreset.LEVEL_SAMPLE = len(new) + 1
+        exact_picks, exact = greedy_coreset(new, count, 0, chosen=bank)
+        coreset.LEVEL_SAMPLE = sample
+        rows.append(
+            [f"grown by {args.grow_by}, levels from every bound", str(len(new)), str(len(bank)), str(count)]
+            + [f"{exact['coreset_s']:.1f}", f"{exact['coreset_s_per_10k_picks']:.1f}"]
+        )
+        notes.append(
+            f"the same picks with levels from a sample and from every bound: {torch.equal(grown_picks, exact_picks)}"
+        )
+    title = f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them)"
+    report(args, title, header, rows, notes)
     return 0
 
 

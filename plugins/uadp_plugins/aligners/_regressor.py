@@ -101,6 +101,16 @@ def fit_head(
         return _sgd(head, embeddings, targets, loss_fn, config)
 
 
+class ReadsHeadGrid:
+    """For an aligner whose head reads its embedding on ``config.grid``: the core keeps that of
+    each training image (``Aligner.reduce_embedding``), in float32, rather than the full grid."""
+
+    config: HeadConfig
+
+    def reduce_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        return coarse_grid(embedding.float(), self.config.grid)
+
+
 def coarse_grid(embeddings: torch.Tensor, grid: int | None) -> torch.Tensor:
     """``embeddings`` [N,C,h,w] averaged over k x k cells, k the largest whole number that leaves
     at least ``grid`` cells a side (1: unchanged; so a grid already averaged down stays as it is).

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from uadp.plugin import Aligner, BuildContext
 
 from ._mean_max import image_statistics, map_scores, mean_spread, saved_mapping
-from ._regressor import StatsHead, coarse_grid, fit_head
+from ._regressor import ReadsHeadGrid, StatsHead, fit_head
 from .cada import CadaConfig
 
 
-class Cada(Aligner):
+class Cada(ReadsHeadGrid, Aligner):
     def __init__(self, config: CadaConfig, context: BuildContext | None = None) -> None:
         super().__init__()
         self.config = config
@@ -25,11 +25,6 @@ class Cada(Aligner):
         self.excess_unit = 1.0  # mean training max - mean, for the mapping mean-max-excess (likewise)
         self.head: StatsHead | None = None
         self.losses: list[float] = []
-
-    def reduce_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The embedding on the head's grid (what the head reads), in float32: the core keeps this
-        of each training image rather than the full grid."""
-        return coarse_grid(embedding.float(), self.config.grid)
 
     def _build_head(self, channels: int) -> None:
         with torch.random.fork_rng(devices=[]):

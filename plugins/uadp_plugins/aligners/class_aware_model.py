@@ -12,7 +12,7 @@ from uadp.plugin import Aligner, BuildContext, UadpError
 
 from ._mean_max import class_statistics, image_statistics, map_scores, mean_spread, saved_mapping
 from ._options import HeadConfig, MappingConfig, ScoreMapping
-from ._regressor import StatsHead, fit_head
+from ._regressor import ReadsHeadGrid, StatsHead, fit_head
 
 EPS = 1e-6  # smallest gamma_c - u_c, relative to the largest gamma_c
 
@@ -71,7 +71,7 @@ class ClassStats(_ClassTable):
         return self._normalise(maps, index)
 
 
-class ClassClassifier(_ClassTable):
+class ClassClassifier(ReadsHeadGrid, _ClassTable):
     def __init__(self, config: HeadConfig, context: BuildContext | None = None) -> None:
         super().__init__(config.mapping)
         self.config = config

@@ -59,9 +59,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--search",
-        choices=["screened", "clustered", "brute"],
+        choices=["screened", "projected", "clustered", "brute"],
         help="every memory bank's nearest-neighbour search, ensemble members' too (default: the bundle's); "
-        "clustered is what search: auto takes on a CPU without bfloat16 products, tried on one with them",
+        "projected is what search: auto takes on a CPU without bfloat16 products, tried on one with them",
     )
     args = parser.parse_args()
 

@@ -1,5 +1,5 @@
-"""PatchCore's nearest-neighbour search per class: the screened and clustered searches against
-brute force, on a fitted bank and the test split's own patch features.
+"""PatchCore's nearest-neighbour search per class: the screened, projected and clustered searches
+against brute force, on a fitted bank and the test split's own patch features.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_patchcore_search.py --model RUN_DIR/model.pt \\
         --data PATH/TO/realmix-dev --results patchcore-search-realmix-dev.csv
@@ -28,7 +28,13 @@ def main() -> int:
     from uadp.data.loader import batches, make_loader
     from uadp.engine.saved_model import prepare_saved
     from uadp.registry import get_registry
-    from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, has_fast_bf16_products, nearest_brute
+    from uadp_plugins._layers.nearest import (
+        ClusteredBank,
+        ProjectedBank,
+        ScreenedBank,
+        has_fast_bf16_products,
+        nearest_brute,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model.pt of a patchcore run")
@@ -49,6 +55,7 @@ def main() -> int:
         # without bfloat16 instructions the screened search is exact but several times slower than
         # brute force (its bfloat16 products are emulated), and search: auto never takes it there
         **({"screened": ScreenedBank(model.memory_bank).nearest} if has_fast_bf16_products() else {}),
+        "projected": ProjectedBank(model.memory_bank).nearest,
         "clustered": clustered.nearest,
         "cluster by cluster": functools.partial(cluster_by_cluster, clustered),
         "brute": functools.partial(nearest_brute, bank=model.memory_bank.float()),
@@ -83,6 +90,7 @@ def main() -> int:
         "test images",
         "share of the bank the clusters leave to read",
         "screened ms/image",
+        "projected ms/image",
         "clustered ms/image",
         "cluster by cluster ms/image",
         "brute force (a scan) ms/image",
@@ -103,6 +111,7 @@ def main() -> int:
                     "share of the bank the clusters leave to read: the rows of every cluster whose bound "
                     "(distance to its centre less its radius) is below the patch's true nearest distance, "
                     "averaged over the patches",
+                    "projected: as search: projected runs (what search: auto takes on a CPU without bfloat16 products)",
                     "clustered: as search: clustered runs (a batch whose clusters leave more than half the bank "
                     "to read is scanned); cluster by cluster: never scanned, as before the scan was added",
                     f"bfloat16 instructions (AMX or AVX-512 BF16): {'yes' if has_fast_bf16_products() else 'no'}",
@@ -112,7 +121,7 @@ def main() -> int:
     return 0
 
 
-TIMED = ("screened", "clustered", "cluster by cluster", "brute")
+TIMED = ("screened", "projected", "clustered", "cluster by cluster", "brute")
 
 
 def cluster_by_cluster(index, queries):

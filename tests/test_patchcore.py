@@ -1,5 +1,6 @@
-"""PatchCore: the fast coreset picks what the paper's loop picks, the clustered and screened
-searches find what brute force finds (the screened one's rounding bound holds), the image score follows the paper's formula, and a fitted model finds defects
+"""PatchCore: the fast coreset picks what the paper's loop picks, the clustered, screened and
+projected searches find what brute force finds (the screened one's rounding bound and the
+projected one's lower bound hold), the image score follows the paper's formula, and a fitted model finds defects
 through every part of the platform (bundle, --from-run, aligner, resume, export)."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from uadp.registry import Registry
 from uadp.testing import check_export, check_reconstructor, make_mvtec_dataset, quick_config
 from uadp_plugins._layers import coreset, nearest
 from uadp_plugins._layers.coreset import greedy_coreset, jl_dimension, plain_greedy_coreset, random_projection
-from uadp_plugins._layers.nearest import ClusteredBank, ScreenedBank, nearest_brute
+from uadp_plugins._layers.nearest import ClusteredBank, ProjectedBank, ScreenedBank, nearest_brute
 from uadp_plugins.reconstructors.patchcore import PatchCoreConfig
 from uadp_plugins.reconstructors.patchcore_model import PatchCore
 
@@ -66,7 +67,9 @@ def test_coreset_with_duplicate_points_and_more_picks_than_distinct_points(monke
     distinct = clustered_points(30, 8, seed=2)
     features = distinct.repeat(5, 1)  # 150 rows, 30 distinct: after 30 picks every distance is 0
     picks, _ = greedy_coreset(features, 45, first=3)
-    assert torch.equal(picks, plain_greedy_coreset(features, 45, first=3))
+    # the same points; which copy of a point is picked rests on how a CPU's matrix kernels round
+    # each row (two copies' distances differ in the last bit on some CPUs)
+    assert torch.equal(features[picks], features[plain_greedy_coreset(features, 45, first=3)])
 
 
 def test_coreset_covers_better_than_random_rows():
@@ -234,6 +237,70 @@ def test_screened_bound_covers_the_bfloat16_products():
     assert float((error / allowed).max()) > 0.05, float((error / allowed).max())  # the bound is not vacuous
 
 
+@pytest.mark.parametrize(
+    ("dims", "group", "tile"), [(None, nearest.PROJECTED_GROUP, nearest.PROJECTED_TILE), (4, 64, 960), (12, 37, 37)]
+)
+def test_projected_search_finds_the_exact_neighbours(dims, group, tile):
+    """Equal to float64 distances: clustered and far queries, queries that are bank rows, exact
+    duplicate rows (the lower row wins), a bank far from the origin, projections that keep little
+    of the variance (many groups needed), a last group filled up with padding, rows left out."""
+    bank = clustered_points(5000, 32, seed=4) + 40.0
+    bank[4000:4010] = bank[100:110]  # duplicates of earlier rows
+    queries = torch.cat([clustered_points(700, 32, seed=5) + 40.0, torch.randn(100, 32) * 12, bank[95:115]])
+    index = ProjectedBank(bank, dims, group=group, tile=tile)
+    distances, rows = index.nearest(queries)
+    exact = torch.cdist(queries.double(), bank.double())
+    best = exact.min(1).values
+    torch.testing.assert_close(exact.gather(1, rows.unsqueeze(1))[:, 0], best, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(distances.double(), best, rtol=1e-5, atol=1e-3)
+    assert torch.equal(rows[-20:], torch.arange(95, 115))  # each copy finds its first occurrence
+    assert torch.equal(index.nearest(queries[:0])[1], torch.empty(0, dtype=torch.long))
+    generator = torch.Generator().manual_seed(3)
+    row_sources = torch.randint(0, 6, (len(bank),), generator=generator, dtype=torch.int32)
+    query_sources = torch.randint(0, 6, (len(queries),), generator=generator, dtype=torch.int32)
+    distances, rows = index.nearest(queries, nearest.LeaveOut(row_sources, query_sources))
+    exact[query_sources[:, None] == row_sources[None, :]] = float("inf")
+    assert not bool((row_sources[rows] == query_sources).any())
+    torch.testing.assert_close(distances.double(), exact.min(1).values, rtol=1e-5, atol=1e-3)
+
+
+def test_projected_bound_is_below_every_true_distance_and_tight_where_the_variance_is_low_rank():
+    """The premise of the projected search: ``|q|² + |r|² - 2 (p_q·p_r + a b)`` less its rounding
+    room never exceeds the float64 squared distance, on data with large and small norms; and with
+    the directions that hold most of the variance it is close to it (it rules rows out)."""
+    generator = torch.Generator().manual_seed(9)
+    low_rank = torch.randn(3000, 6, generator=generator) @ torch.randn(6, 48, generator=generator) * 3
+    bank = torch.cat([low_rank + torch.randn(3000, 48, generator=generator) * 0.3, torch.randn(1000, 48) * 0.01])
+    queries = torch.cat([low_rank[:400] + torch.randn(400, 48, generator=generator) * 0.3, bank[:50] + 1e-3])
+    index = ProjectedBank(bank, group=100, tile=1000)  # 4,000 rows in 40 whole groups
+    assert index.basis.shape == (48, 8)  # six directions hold the variance: one multiple of 8
+    centred = queries - index.mean
+    projected = centred @ index.basis
+    rest = (centred - projected @ index.basis.T).norm(dim=1)
+    screening = torch.cat([projected * -2, rest[:, None] * -2, torch.ones(len(queries), 1)], 1)
+    norms = (centred * centred).sum(1)
+    reach = index.group_reach.repeat_interleave(100)
+    bound = (screening @ index.screen.T)[:, : len(bank)] + norms[:, None]
+    bound -= index.room * (norms.sqrt()[:, None] + reach[None, :]).pow(2)
+    true = torch.cdist(queries.double(), bank.double()).pow(2)
+    assert bool((bound.double() <= true).all()), float((bound.double() - true).max())
+    nearest_true = true.min(1).values
+    ruled_out = (bound.double() > nearest_true[:, None]).double().mean()
+    assert float(ruled_out) > 0.9, float(ruled_out)
+
+
+def test_projected_dims_hold_the_variance_share():
+    spectrum = torch.tensor([50.0, 30, 10, 5, 3, 1, 0.5, 0.5] + [0.0] * 12)
+    assert nearest._dims_for_variance(spectrum, 0.8) == 8  # 2 needed, rounded up to 8
+    assert nearest._dims_for_variance(torch.ones(20), 0.88) == 20  # 18 needed, 24 capped at 20
+    assert nearest._dims_for_variance(torch.ones(40), 0.5) == 24  # 20 hold half: rounded up to 24
+
+
+def test_projected_groups_must_fit_whole_in_a_tile():
+    with pytest.raises(ValueError, match="whole groups"):
+        ProjectedBank(torch.randn(100, 4), tile=96, group=40)
+
+
 def test_bit_comparison_of_bfloat16_values_equals_the_float_one():
     generator = torch.Generator().manual_seed(12)
     values = (torch.randn(64, 500, generator=generator) * torch.logspace(-3, 3, 500)).bfloat16()
@@ -287,14 +354,25 @@ def test_image_score_is_the_papers_reweighted_distance():
 def test_every_search_option_finds_the_same_neighbours():
     bank, queries = clustered_points(3000, 24, seed=13), clustered_points(400, 24, seed=14)
     found = {
-        search: fitted_patchcore(bank, search=search).nearest(queries) for search in ("screened", "clustered", "brute")
+        search: fitted_patchcore(bank, search=search).nearest(queries)
+        for search in ("screened", "projected", "clustered", "brute")
     }
-    for search in ("screened", "clustered"):
+    for search in ("screened", "projected", "clustered"):
         assert torch.equal(found[search][1], found["brute"][1]), search
         torch.testing.assert_close(found[search][0], found["brute"][0], rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("search", ["screened", "clustered", "clustered-scan", "brute"])
+@pytest.mark.parametrize(("bf16", "chosen"), [(True, "screened"), (False, "projected")])
+def test_auto_search_takes_the_screened_one_only_with_bfloat16_units(bf16, chosen, monkeypatch):
+    from uadp_plugins.reconstructors import patchcore_model
+
+    monkeypatch.setattr(patchcore_model, "has_fast_bf16_products", lambda: bf16)
+    model = fitted_patchcore(clustered_points(500, 16, seed=2))
+    model.nearest(clustered_points(20, 16, seed=3))
+    assert model._index is not None and model._index[0] == chosen
+
+
+@pytest.mark.parametrize("search", ["screened", "projected", "clustered", "clustered-scan", "brute"])
 def test_every_search_leaves_each_querys_own_rows_out(search, monkeypatch):
     """LeaveOut: a query never matches a row of its own source, and finds the nearest of the rest."""
     if search == "clustered-scan":  # the clustered search where it scans every row
@@ -313,7 +391,7 @@ def test_every_search_leaves_each_querys_own_rows_out(search, monkeypatch):
     assert not bool((row_sources[rows] == query_sources).any())
 
 
-@pytest.mark.parametrize("search", ["screened", "clustered", "brute"])
+@pytest.mark.parametrize("search", ["screened", "projected", "clustered", "brute"])
 def test_a_batch_of_training_images_is_scored_as_each_image_alone(search):
     """The held-out pass in batches (one search per batch, each image's own rows left out) finds
     each patch the neighbour it finds scored alone, and so the same map and score."""

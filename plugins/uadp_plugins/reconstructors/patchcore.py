@@ -63,11 +63,11 @@ class PatchCoreConfig(BaseModel):
     bank_dtype: Literal["float32", "float16"] = Field(
         "float32", description="how the bank is stored (and saved); float16 halves it, distances stay float32"
     )
-    search: Literal["auto", "screened", "clustered", "brute"] = Field(
+    search: Literal["auto", "screened", "projected", "clustered", "brute"] = Field(
         "auto",
         description="nearest-neighbour search, exact every way: screened rules rows out by bfloat16 products "
-        "(a CPU with AMX or AVX-512 BF16), clustered skips the bank's far clusters (other CPUs), brute compares every row "
-        "(a GPU); auto chooses by device",
+        "(a CPU with AMX or AVX-512 BF16), projected by a bound from the bank's principal directions (other CPUs), "
+        "clustered skips the bank's far clusters, brute compares every row (a GPU); auto chooses by device",
         json_schema_extra=INFERENCE_ONLY,
     )
     seed: int = Field(0, description="the coreset's first pick, the projection and the bank's clustering")

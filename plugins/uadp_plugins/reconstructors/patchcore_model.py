@@ -14,6 +14,7 @@ from uadp_plugins._layers.coreset import greedy_coreset, random_projection
 from uadp_plugins._layers.nearest import (
     ClusteredBank,
     LeaveOut,
+    ProjectedBank,
     ScreenedBank,
     has_fast_bf16_products,
     nearest_brute,
@@ -40,7 +41,7 @@ class PatchCore(Reconstructor):
         self.register_buffer("cluster_starts", torch.zeros(1, dtype=torch.long))
         self.register_buffer("cluster_centres", torch.empty(0, channels))
         self.register_buffer("cluster_radii", torch.empty(0))
-        self._index: tuple[str, ClusteredBank | ScreenedBank] | None = None  # (search, its index)
+        self._index: tuple[str, ClusteredBank | ScreenedBank | ProjectedBank] | None = None  # (search, its index)
 
     # ------------------------------------------------------------------ features
 
@@ -146,7 +147,7 @@ class PatchCore(Reconstructor):
         search = self.config.search
         if search == "auto":
             search = (
-                "brute" if queries.device.type != "cpu" else "screened" if has_fast_bf16_products() else "clustered"
+                "brute" if queries.device.type != "cpu" else "screened" if has_fast_bf16_products() else "projected"
             )
         if search == "brute" or in_static_graph():
             distances, rows = nearest_brute(queries, self.memory_bank.float(), leave_out=leave_out)
@@ -154,6 +155,8 @@ class PatchCore(Reconstructor):
         if self._index is None or self._index[0] != search:
             if search == "screened":
                 index = ScreenedBank(self.memory_bank)
+            elif search == "projected":  # the bank's rows in cluster order: neighbours share a group
+                index = ProjectedBank(self.memory_bank)
             else:
                 index = ClusteredBank(self.memory_bank, self.cluster_starts, self.cluster_centres, self.cluster_radii)
             self._index = (search, index)

@@ -26,6 +26,11 @@ Intel and AMD cores, where a bfloat16 product runs 2.5 times as fast as float32)
 with every row in bfloat16, which those units do several times faster than float32, and uses
 the result only to rule rows out, by a bound on the rounding error of each product; the few rows
 it cannot rule out are compared in float32. See its docstring for the bound.
+
+:class:`ProjectedBank` is for the other CPUs: a lower bound of every distance from the bank's
+few leading principal directions, one matrix product of about a quarter of the full distance's
+columns, rules out groups of rows; the groups left are compared in full, in float32. On the
+magnetic tiles where the clusters' bounds fail, it leaves about a sixth of the bank to read.
 """
 
 from __future__ import annotations

@@ -14,9 +14,11 @@ other classes' patches grows by CLASS's patches (the selection goes on from the 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_coreset.py --data PATH/TO/realmix-dev \
         --ratio 0.025 --grow-by magnetic_tile --results coreset-growth-realmix-dev.csv
 
-``--preset`` takes another preset's features (``patchcore-fine-cada-cpu``: the default's), and
+``--preset`` takes another preset's features (``patchcore-fine-cada-cpu``: the default's),
 ``--exact-levels`` grows the bank a second time with every level an exact k-th value over all
-the bounds, to time the sampled levels against it and check that both pick the same patches.
+the bounds, to time the sampled levels against it and check that both pick the same patches, and
+``--exact-bounds`` grows it a second time from every new patch's exact distance to the bank
+(instead of upper bounds from each patch's home cluster), to the same end.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def main() -> int:
         "--exact-levels",
         action="store_true",
         help="with --grow-by: also grow with each level from every bound (no sample) and compare the picks",
+    )
+    parser.add_argument(
+        "--exact-bounds",
+        action="store_true",
+        help="with --grow-by: also grow from every new patch's exact distance to the bank (no home bounds) "
+        "and compare the picks",
     )
     args = parser.parse_args()
     if args.grow_by:
@@ -138,6 +146,18 @@ def grow(args: argparse.Namespace) -> int:
         )
         notes.append(
             f"the same picks with levels from a sample and from every bound: {torch.equal(grown_picks, exact_picks)}"
+        )
+    if args.exact_bounds:  # every new patch's exact distance to the bank first, as before the home bounds
+        coreset.HOME_BOUNDS = False
+        exact_picks, exact = greedy_coreset(new, count, 0, chosen=bank)
+        coreset.HOME_BOUNDS = True
+        rows.append(
+            [f"grown by {args.grow_by}, exact first bounds", str(len(new)), str(len(bank)), str(count)]
+            + [f"{exact['coreset_s']:.1f}", f"{exact['coreset_s_per_10k_picks']:.1f}"]
+        )
+        notes.append(
+            "the same picks with first bounds from the home clusters and exact ones: "
+            f"{torch.equal(grown_picks, exact_picks)}"
         )
     title = f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them)"
     report(args, title, header, rows, notes)

@@ -171,16 +171,31 @@ def test_a_network_trained_in_epochs_trains_further_with_the_stored_images(gener
         assert code == 2 and "an extension is not resumed: run the same `uadp extend` again" in err
 
 
-def test_the_bank_grows_from_its_rows_as_the_plain_greedy_loop_would(monkeypatch):
+@pytest.mark.parametrize("home_bounds", [True, False])
+def test_the_bank_grows_from_its_rows_as_the_plain_greedy_loop_would(monkeypatch, home_bounds):
     """The selection that extends a bank starts from the bank's rows as centres already chosen,
-    and picks exactly what the paper's loop picks from there."""
+    and picks exactly what the paper's loop picks from there: whether the new points' distances to
+    the bank start exact or as upper bounds from their home clusters."""
     monkeypatch.setattr(coreset, "FRONT", 100)
     monkeypatch.setattr(coreset, "GROUP", 64)
+    monkeypatch.setattr(coreset, "HOME_BLOCK", 700)
+    monkeypatch.setattr(coreset, "HOME_BOUNDS", home_bounds)
     features, known = clustered_points(3000, 24, seed=1), clustered_points(200, 24, seed=5)
     picks, _ = greedy_coreset(features, 400, 0, chosen=known)
     assert torch.equal(picks, plain_greedy_coreset(features, 400, 0, chosen=known))
     # the first pick is the row farthest from every known row
     assert int(picks[0]) == int(torch.cdist(features, known).amin(1).argmax())
+
+
+def test_home_bounds_are_upper_bounds_and_mostly_exact(monkeypatch):
+    """A growing bank's first bounds: never below a point's distance to its nearest bank row (the
+    selection relies on it), and for most points equal to it (which is what makes them cheap)."""
+    monkeypatch.setattr(coreset, "HOME_BLOCK", 500)
+    features, known = clustered_points(3000, 24, seed=1), clustered_points(400, 24, seed=5)
+    bound = coreset._home_bounds(features, known)
+    exact = torch.cdist(features.double(), known.double()).amin(1)
+    assert bool((bound.double() >= exact - 1e-4).all())
+    assert float((bound.double() <= exact + 1e-4).double().mean()) > 0.7
 
 
 def test_stored_images_spread_over_each_class_and_keep_their_ids(tmp_path):

@@ -135,30 +135,26 @@ def grow(args: argparse.Namespace) -> int:
         + [f"{grown['coreset_s']:.1f}", f"{grown['coreset_s_per_10k_picks']:.1f}"],
     ]
     notes = [f"{args.preset} features, one bank"]
+
+    def grow_again(label: str, compared: str, setting: str, value) -> None:
+        """Grow the bank once more with one of the selection's settings changed: its row, and
+        whether it picked what the default settings picked."""
+        kept = getattr(coreset, setting)
+        setattr(coreset, setting, value)
+        try:
+            again_picks, again = greedy_coreset(new, count, 0, chosen=bank)
+        finally:
+            setattr(coreset, setting, kept)
+        rows.append(
+            [f"grown by {args.grow_by}, {label}", str(len(new)), str(len(bank)), str(count)]
+            + [f"{again['coreset_s']:.1f}", f"{again['coreset_s_per_10k_picks']:.1f}"]
+        )
+        notes.append(f"the same picks with {compared}: {torch.equal(grown_picks, again_picks)}")
+
     if args.exact_levels:  # every level an exact k-th value over all the bounds, as before they were sampled
-        sample = coreset.LEVEL_SAMPLE
-        coreset.LEVEL_SAMPLE = len(new) + 1
-        exact_picks, exact = greedy_coreset(new, count, 0, chosen=bank)
-        coreset.LEVEL_SAMPLE = sample
-        rows.append(
-            [f"grown by {args.grow_by}, levels from every bound", str(len(new)), str(len(bank)), str(count)]
-            + [f"{exact['coreset_s']:.1f}", f"{exact['coreset_s_per_10k_picks']:.1f}"]
-        )
-        notes.append(
-            f"the same picks with levels from a sample and from every bound: {torch.equal(grown_picks, exact_picks)}"
-        )
+        grow_again("levels from every bound", "levels from a sample and from every bound", "LEVEL_SAMPLE", len(new) + 1)
     if args.exact_bounds:  # every new patch's exact distance to the bank first, as before the home bounds
-        coreset.HOME_BOUNDS = False
-        exact_picks, exact = greedy_coreset(new, count, 0, chosen=bank)
-        coreset.HOME_BOUNDS = True
-        rows.append(
-            [f"grown by {args.grow_by}, exact first bounds", str(len(new)), str(len(bank)), str(count)]
-            + [f"{exact['coreset_s']:.1f}", f"{exact['coreset_s_per_10k_picks']:.1f}"]
-        )
-        notes.append(
-            "the same picks with first bounds from the home clusters and exact ones: "
-            f"{torch.equal(grown_picks, exact_picks)}"
-        )
+        grow_again("exact first bounds", "first bounds from the home clusters and exact ones", "HOME_BOUNDS", False)
     title = f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them)"
     report(args, title, header, rows, notes)
     return 0

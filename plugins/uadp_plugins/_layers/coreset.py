@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from uadp_plugins._layers.nearest import kmeans, squared_distances
+from uadp_plugins._layers.nearest import ClusteredBank, squared_distances
 
 FRONT = 20_000  # points in the front after each lowering of tau (measured: 10k-40k all close)
 GROUP = 2048  # stale points brought up to date per matrix product
@@ -81,31 +81,27 @@ def _nearest_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Ten
 
 def _home_bounds(points: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Upper bounds of each point's distance to its nearest ``known`` centre: the distance to the
-    nearest of the centres in its home cluster (the known centres split into about √M clusters by
-    a few rounds of k-means; a point's home is the cluster of the nearest mean).
+    nearest of the centres in its home cluster (the known centres clustered as the clustered
+    search clusters a bank, about √M clusters; a point's home is the cluster of the nearest mean).
 
     Growing a bank needs every new point's distance to the bank, but only as a bound, which the
     selection makes exact for the points its own picks leave in the front (growing a bank of
     5,878 rows by magnetic_tile's 1.6 million patches: 29,933 points, 1.8 %). The nearest row is
     most often in the home cluster, so the bounds are mostly exact already, at about 2√M
     distances per point instead of M (there: 0.04 trillion multiply-adds instead of 1.7)."""
-    clusters = max(1, min(len(known), round(math.sqrt(len(known)))))
-    assignment = kmeans(known, clusters, seed=0, rounds=4)
-    counts = torch.bincount(assignment, minlength=clusters)
-    means = torch.zeros(clusters, known.shape[1]).index_add_(0, assignment, known) / counts.clamp_min(1)[:, None]
-    means[counts == 0] = float("inf")  # an empty cluster is nobody's home
+    rows, cluster_starts, centres, _, _ = ClusteredBank.build(known)  # the search's own clustering of a bank
+    starts = cluster_starts.tolist()
     home = torch.cat(
-        [squared_distances(points[s : s + HOME_BLOCK], means).argmin(1) for s in range(0, len(points), HOME_BLOCK)]
+        [squared_distances(points[s : s + HOME_BLOCK], centres).argmin(1) for s in range(0, len(points), HOME_BLOCK)]
     )
     by_home, order = home.sort(stable=True)
     bound = torch.empty(len(points))
     first = 0
-    for cluster, count in enumerate(torch.bincount(by_home, minlength=clusters).tolist()):
+    for cluster, count in enumerate(torch.bincount(by_home, minlength=len(centres)).tolist()):
         members = order[first : first + count]
-        centres = known[assignment == cluster]
         for s in range(0, count, HOME_BLOCK):
             block = members[s : s + HOME_BLOCK]
-            bound[block] = _nearest_distances(points[block], centres)
+            bound[block] = _nearest_distances(points[block], rows[starts[cluster] : starts[cluster + 1]])
         first += count
     return bound
 

@@ -268,16 +268,34 @@ class ClusteredBank:
             self._search(cluster, (chosen & (home == cluster)).nonzero().squeeze(1), extended, best, where, leave_out)
 
     def _search(self, cluster: int, which: torch.Tensor, extended, best, where, leave_out) -> None:
-        """Queries ``which`` against one cluster's rows, one matrix product; keep any nearer row."""
-        start, stop = self.starts[cluster], self.starts[cluster + 1]
-        values = extended[which] @ self.extended_rows[start:stop].T
-        if leave_out is not None:
-            leave_out.fill_(values, which, start, stop)
-        value, index = values.min(1)
-        nearer = value < best[which]
-        chosen = which[nearer]
-        best[chosen] = value[nearer]
-        where[chosen] = index[nearer] + start
+        """Queries ``which`` against one cluster's rows."""
+        search_rows(
+            self.extended_rows, self.starts[cluster], self.starts[cluster + 1], which, extended, best, where, leave_out
+        )
+
+
+def search_rows(
+    extended_rows: torch.Tensor,
+    start: int,
+    stop: int,
+    which: torch.Tensor,
+    extended: torch.Tensor,
+    best: torch.Tensor,
+    where: torch.Tensor,
+    leave_out: LeaveOut | None,
+) -> None:
+    """Queries ``which`` (rows of ``extended``, see :func:`extend_queries`) against the rows
+    ``start:stop`` of ``extended_rows``, one matrix product; where a row is nearer than a query's
+    ``best`` so far (or as near and lower), it becomes the query's ``best`` and ``where``, in place."""
+    values = extended[which] @ extended_rows[start:stop].T
+    if leave_out is not None:
+        leave_out.fill_(values, which, start, stop)
+    value, index = values.min(1)
+    index += start
+    nearer = (value < best[which]) | ((value == best[which]) & (index < where[which]))
+    chosen = which[nearer]
+    best[chosen] = value[nearer]
+    where[chosen] = index[nearer]
 
 
 # ---------------------------------------------------------------------------------- screened
@@ -565,9 +583,7 @@ class ProjectedBank:
         if dims is None:
             dims = _dims_for_variance(values.flip(0), PROJECTED_VARIANCE)
         self.basis = vectors[:, -dims:].flip(1).to(rows).contiguous()  # [D, k]
-        projected = centred @ self.basis
-        rest = (centred - projected @ self.basis.T).norm(dim=1)
-        norms = (centred * centred).sum(1)
+        projected, rest, norms = self._split(centred)
         screen = torch.cat([projected, rest[:, None], norms[:, None]], 1)
         # padding rows [0, 0, FAR]: a bound of about FAR for every query, never searched
         padding = torch.zeros(-len(rows) % group, screen.shape[1], device=rows.device)
@@ -585,9 +601,7 @@ class ProjectedBank:
         lower row on a tie; never a row ``leave_out`` rules out for that query."""
         centred = queries.float() - self.mean
         n = len(centred)
-        projected = centred @ self.basis
-        rest = (centred - projected @ self.basis.T).norm(dim=1)
-        norms = (centred * centred).sum(1)
+        projected, rest, norms = self._split(centred)
         screening = torch.cat([projected * -2, rest[:, None] * -2, torch.ones_like(rest[:, None])], 1)
         # each group's smallest bound (less |q|²), less the rounding room: [groups, n]
         smallest = self._screen(screening, leave_out)
@@ -612,6 +626,12 @@ class ProjectedBank:
         distances = (centred - self.extended_rows[where, :-1]).pow_(2).sum(1).sqrt_()
         return distances.masked_fill_(best.isinf(), float("inf")), where
 
+    def _split(self, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Centred vectors' parts along the principal directions [n, k], the lengths of the rest
+        [n], and their squared norms [n]."""
+        projected = centred @ self.basis
+        return projected, (centred - projected @ self.basis.T).norm(dim=1), (centred * centred).sum(1)
+
     def _screen(self, screening: torch.Tensor, leave_out: LeaveOut | None) -> torch.Tensor:
         """[groups, n]: each group's smallest ``|r|² - 2 (p_q·p_r + a b)`` for each query."""
         n = len(screening)
@@ -631,19 +651,11 @@ class ProjectedBank:
         return smallest
 
     def _search(self, group: int, which: torch.Tensor, extended, best, where, leave_out) -> None:
-        """Queries ``which`` against one group's rows in full; keep any nearer row (or, at an equal
-        distance, a lower one)."""
+        """Queries ``which`` against one group's rows in full."""
         start = group * self.group
-        stop = min(start + self.group, self.size)
-        values = extended[which] @ self.extended_rows[start:stop].T
-        if leave_out is not None:
-            leave_out.fill_(values, which, start, stop)
-        value, index = values.min(1)
-        index += start
-        nearer = (value < best[which]) | ((value == best[which]) & (index < where[which]))
-        chosen = which[nearer]
-        best[chosen] = value[nearer]
-        where[chosen] = index[nearer]
+        search_rows(
+            self.extended_rows, start, min(start + self.group, self.size), which, extended, best, where, leave_out
+        )
 
 
 def _dims_for_variance(spectrum: torch.Tensor, share: float) -> int:

@@ -18,7 +18,9 @@ other classes' patches grows by CLASS's patches (the selection goes on from the 
 ``--exact-levels`` grows the bank a second time with every level an exact k-th value over all
 the bounds, to time the sampled levels against it and check that both pick the same patches, and
 ``--exact-bounds`` grows it a second time from every new patch's exact distance to the bank
-(instead of upper bounds from each patch's home cluster), to the same end.
+(instead of upper bounds from each patch's home cluster), and ``--float32-bounds`` with every
+stale bound brought down in float32 (instead of screened by bfloat16 products, where the CPU
+has fast ones), to the same end.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ def main() -> int:
         action="store_true",
         help="with --grow-by: also grow from every new patch's exact distance to the bank (no home bounds) "
         "and compare the picks",
+    )
+    parser.add_argument(
+        "--float32-bounds",
+        action="store_true",
+        help="with --grow-by: also grow with every stale bound brought down in float32 (no bfloat16 "
+        "screening) and compare the picks",
     )
     args = parser.parse_args()
     if args.grow_by:
@@ -155,6 +163,8 @@ def grow(args: argparse.Namespace) -> int:
         grow_again("levels from every bound", "levels from a sample and from every bound", "LEVEL_SAMPLE", len(new) + 1)
     if args.exact_bounds:  # every new patch's exact distance to the bank first, as before the home bounds
         grow_again("exact first bounds", "first bounds from the home clusters and exact ones", "HOME_BOUNDS", False)
+    if args.float32_bounds:  # stale bounds brought down in float32, as before the bfloat16 screening
+        grow_again("stale bounds in float32", "stale bounds screened in bfloat16 and in float32", "BF16_SCREEN", False)
     title = f"A coreset bank growing by a new class's patches ({args.ratio:.1%} of them)"
     report(args, title, header, rows, notes)
     return 0

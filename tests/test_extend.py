@@ -171,11 +171,15 @@ def test_a_network_trained_in_epochs_trains_further_with_the_stored_images(gener
         assert code == 2 and "an extension is not resumed: run the same `uadp extend` again" in err
 
 
-@pytest.mark.parametrize("home_bounds", [True, False])
-def test_the_bank_grows_from_its_rows_as_the_plain_greedy_loop_would(monkeypatch, home_bounds):
+@pytest.mark.parametrize(("home_bounds", "screen"), [(True, False), (False, False), (True, True), (False, True)])
+def test_the_bank_grows_from_its_rows_as_the_plain_greedy_loop_would(monkeypatch, home_bounds, screen):
     """The selection that extends a bank starts from the bank's rows as centres already chosen,
     and picks exactly what the paper's loop picks from there: whether the new points' distances to
-    the bank start exact or as upper bounds from their home clusters."""
+    the bank start exact or as upper bounds from their home clusters, and whether stale bounds come
+    down in float32 or by bfloat16 products."""
+    monkeypatch.setattr(coreset, "BF16_SCREEN", screen)
+    monkeypatch.setattr(coreset, "SCREEN_CENTRES", 1)
+    monkeypatch.setattr(coreset, "SCREEN_BLOCK", 50)
     monkeypatch.setattr(coreset, "FRONT", 100)
     monkeypatch.setattr(coreset, "GROUP", 64)
     monkeypatch.setattr(coreset, "HOME_BLOCK", 700)

@@ -37,13 +37,18 @@ def clustered_points(count: int, dims: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- coreset
 
 
+@pytest.mark.parametrize("screen", [False, True])
 @pytest.mark.parametrize(
     "front, group, block, sample",
     [(20_000, 2048, 4096, 65_536), (150, 32, 40, 65_536), (150, 32, 40, 700), (7, 3, 5, 400)],
 )
-def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group, block, sample):
+def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group, block, sample, screen):
     """Small fronts and blocks make the lazy bookkeeping (levels, stale groups) do real work; a
-    small level sample makes the levels come from a sample of the bounds."""
+    small level sample makes the levels come from a sample of the bounds; with ``screen`` every
+    stale bound comes down by bfloat16 products (upper bounds, made exact in the front)."""
+    monkeypatch.setattr(coreset, "BF16_SCREEN", screen)
+    monkeypatch.setattr(coreset, "SCREEN_CENTRES", 1)
+    monkeypatch.setattr(coreset, "SCREEN_BLOCK", block)
     monkeypatch.setattr(coreset, "FRONT", front)
     monkeypatch.setattr(coreset, "GROUP", group)
     monkeypatch.setattr(coreset, "CENTRE_BLOCK", block)
@@ -52,6 +57,29 @@ def test_fast_coreset_picks_what_the_plain_loop_picks(monkeypatch, front, group,
     picks, stats = greedy_coreset(features, 400, first=17)
     assert torch.equal(picks, plain_greedy_coreset(features, 400, first=17))
     assert len(set(picks.tolist())) == 400 and stats["coreset_s"] > 0
+
+
+def test_bfloat16_screen_bounds_the_float32_distances_from_above(monkeypatch):
+    """The premise of the screened refresh: its bound is never below the float32 distance the
+    selection computes, on features far from the origin (large norms, as patch features have) and
+    on near-duplicates, and not vacuous."""
+    monkeypatch.setattr(coreset, "SCREEN_BLOCK", 64)
+    generator = torch.Generator().manual_seed(5)
+    features = clustered_points(2000, 48, seed=6) * 3 + 20
+    centres = torch.cat(
+        [clustered_points(300, 48, seed=7) * 3 + 20, features[:40] + 1e-4 * torch.randn(40, 48, generator=generator)]
+    )
+    screen = coreset.BoundScreen(features, centres)
+    upper = screen.upper(torch.arange(2000), 0, 150)
+    upper = torch.minimum(upper, screen.upper(torch.arange(2000), 150, len(centres)))
+    computed = coreset._nearest_distances(features, centres)
+    assert bool((upper >= computed).all()), float((computed - upper).max())
+    # the products round by about 2^-8 of |x||c| (centred): mostly within 10 % of typical
+    # distances, and the near-duplicates' bounds (distances ~0) well below them
+    typical = computed > 0.5 * computed.median()
+    assert float((upper[typical] / computed[typical]).median()) < 1.1
+    assert float((upper[typical] / computed[typical]).max()) < 1.5
+    assert float(upper[:40].max()) < 0.5 * float(computed.median())
 
 
 @pytest.mark.parametrize("block", [1024, 7])
@@ -209,27 +237,13 @@ def test_screened_bound_covers_the_bfloat16_products():
     bank = torch.cat([clustered_points(3000, 48, seed=10) * 3, torch.randn(1000, 48, generator=generator) * 0.01])
     queries = torch.cat([clustered_points(500, 48, seed=11) * 3, bank[:50] + 1e-3])
     index = ScreenedBank(bank, tile=900, group=300)  # 4,000 rows: the last group filled up with padding
-    centred = queries - index.mean
-    rounded = centred.bfloat16()
-    norms = (centred * centred).sum(1)
-    high, low = nearest._split_bf16(norms)
-    ones = torch.ones(len(queries), 2, dtype=torch.bfloat16)
-    extended = torch.cat([rounded * -2, ones, high[:, None], low[:, None]], 1)
-    terms = torch.stack(
-        [
-            rounded.float().norm(dim=1),
-            (rounded.float() - centred).norm(dim=1),
-            nearest._split_error(norms, high, low, 48),
-            norms,
-        ],
-        1,
-    )
+    extended, terms = nearest.bf16_queries(queries - index.mean)
     computed = torch.cat([(extended @ tile).float() for tile in index.tiles], 1)
     assert float(computed[:, len(bank) :].min()) >= nearest.FAR  # the padding rows: never a candidate
     computed = computed[:, : len(bank)]
     true = torch.cdist(queries.double(), index.rows.double()).pow(2)
     allowed = (
-        index._bound(terms[:, None, :], index.row_terms[None]).double()
+        nearest.bf16_error(terms[:, None, :], index.row_terms[None], 48).double()
         + nearest.BF16_ROUNDING * computed.abs().double()
     )
     error = (computed.double() - true).abs()

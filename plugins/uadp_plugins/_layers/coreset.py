@@ -19,7 +19,13 @@ is an upper bound of today's. The points are kept in two groups:
   bounds; those whose bound is stale are brought up to date against the centres added since
   (grouped by age, one matrix product per group), and the picking goes on.
 
+On a CPU with bfloat16 units (:class:`BoundScreen`) the stale bounds come down by bfloat16
+products, several times faster than float32 ones: an upper bound is all a point needs to fall
+below ``tau``, and the few it leaves above get their distances in float32 before any pick.
+
 Ties between equal distances go to the lowest index, as ``argmax`` of the plain algorithm.
+Distances that differ only in float32's last bits can come out in either order, with or without
+the screening (the same points picked, two neighbouring picks swapped).
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ import time
 
 import torch
 
-from uadp_plugins._layers.nearest import ClusteredBank, squared_distances
+from uadp_plugins._layers.nearest import (
+    BF16_ROUNDING,
+    ClusteredBank,
+    bf16_error,
+    bf16_padding,
+    bf16_queries,
+    bf16_rows,
+    has_fast_bf16_products,
+    squared_distances,
+)
 
 FRONT = 20_000  # points in the front after each lowering of tau (measured: 10k-40k all close)
 GROUP = 2048  # stale points brought up to date per matrix product
@@ -40,6 +55,12 @@ HOME_BLOCK = 65_536  # points per product in the home bounds of a growing bank
 # made exact as points enter the front (False: every point's exact distance to the bank at once,
 # the slower way, kept for benchmarks and tests; the picks are the same)
 HOME_BOUNDS = True
+# stale bounds brought down by bfloat16 products where the CPU has fast ones (None: where it has;
+# False: never, the float32 way, kept for benchmarks and tests; the picks are the same)
+BF16_SCREEN: bool | None = None
+SCREEN_CENTRES = 512  # fewer new centres than this: a stale bound in float32 at once (256-1,024 about as fast)
+SCREEN_BLOCK = 1024  # centres per bfloat16 product
+SCREEN_ROWS = 256  # points and centres per product padded to a multiple of this (oneDNN compiles each shape)
 
 
 def jl_dimension(points: int, eps: float) -> int:
@@ -128,6 +149,63 @@ def _level(bound: torch.Tensor) -> torch.Tensor:
     return tau
 
 
+class BoundScreen:
+    """Upper bounds of points' distances to their nearest centre among many, by bfloat16 products.
+
+    A stale bound needs to come down only far enough to tell whether the point is still above
+    the level ``tau``; most are not, and for them any upper bound at or below ``tau`` does. With
+    ``ŷ`` the bfloat16 product of the extended vectors (as the screened search's, centred on the
+    features' mean), each pair's squared distance is at most ``ŷ + 2^-7|ŷ|`` plus the products'
+    error bound (from the inputs' rounding, see ``nearest.bf16_error``), plus the float32
+    distance's own rounding, so that the bound also covers the distance the selection computes.
+    The nearest centre's ``ŷ`` gives the tightest of these. A bfloat16 product is several times
+    faster than a float32 one on CPUs with bfloat16 units; the points the bound leaves above
+    ``tau`` get their distances in float32 before they are picked from.
+    """
+
+    def __init__(self, features: torch.Tensor, centres: torch.Tensor) -> None:
+        self.features, self.centres = features, centres
+        self.mean = features.mean(0)
+        self.dims = features.shape[1]
+        self.rows = torch.empty(len(centres), self.dims + 4, dtype=torch.bfloat16)  # filled as centres come
+        self.row_terms = torch.empty(len(centres), 4)
+        self.row_sizes = torch.empty(len(centres))  # |c|, uncentred: the float32 distance's rounding
+        self.filled = 0
+        self.padding = bf16_padding(SCREEN_ROWS, self.dims)
+
+    @staticmethod
+    def wanted() -> bool:
+        """Whether to screen: :data:`BF16_SCREEN`, or where it is None, whether bfloat16 products are fast."""
+        return has_fast_bf16_products() if BF16_SCREEN is None else BF16_SCREEN
+
+    def upper(self, group: torch.Tensor, since: int, until: int) -> torch.Tensor:
+        """[len(group)]: an upper bound of each point's float32 distance to its nearest centre
+        among ``centres[since:until]``."""
+        if self.filled < until:  # the centres picked since the last call, extended once
+            new = self.centres[self.filled : until]
+            self.rows[self.filled : until], self.row_terms[self.filled : until] = bf16_rows(new - self.mean)
+            self.row_sizes[self.filled : until] = new.norm(dim=1)
+            self.filled = until
+        points = self.features[group]
+        queries, terms = bf16_queries(points - self.mean)
+        queries = torch.cat([queries, queries.new_zeros(-len(queries) % SCREEN_ROWS, queries.shape[1])])
+        smallest = torch.full((len(queries),), torch.iinfo(torch.int16).max, dtype=torch.int16)
+        for start in range(since, until, SCREEN_BLOCK):
+            block = self.rows[start : min(start + SCREEN_BLOCK, until)]
+            block = torch.cat([block, self.padding[: -len(block) % SCREEN_ROWS]])
+            # bfloat16 bits compare as int16 in the values' order where both are not negative, and
+            # a negative one reads below every other: the smallest ŷ, or some negative ŷ (a
+            # distance ~0 within the rounding), either of them a valid bound below
+            torch.minimum(smallest, (queries @ block.T).view(torch.int16).amin(1), out=smallest)
+        value = smallest[: len(group)].view(torch.bfloat16).float()
+        error = bf16_error(terms, self.row_terms[since:until].amax(0), self.dims)
+        # the float32 distance |x|² + |c|² - 2x·c from the uncentred features rounds by at most
+        # about (D + 1)·2^-23 (|x| + |c|)², doubled for room
+        rounding = (self.dims + 1) * 2.0**-22 * (points.norm(dim=1) + self.row_sizes[since:until].max()).pow(2)
+        squared = (value + BF16_ROUNDING * value.abs() + error + rounding) * (1 + 2.0**-16)
+        return squared.clamp_min(0).sqrt()
+
+
 def greedy_coreset(
     features: torch.Tensor, count: int, first: int, progress=None, chosen: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -137,25 +215,35 @@ def greedy_coreset(
     ``chosen`` [M,D]: centres picked before (a bank that grows): the selection goes on from them,
     every pick the row farthest from them and from the rows picked since (``first`` is unused).
     ``progress`` (optional) is called with the number of picks so far, now and then.
+
+    Every point's ``bound`` is an upper bound of its distance to the centres ``[0, seen)``
+    (the known ones first, then the picks). Where bounds are only upper bounds (the home
+    bounds of a growing bank, a bfloat16 screening) a point also keeps its ``exact`` distance
+    to those centres outside one range ``[gap_from, gap_to)``, and the range is made exact when
+    the point enters the front, where the picking needs exact distances.
     """
     features = features.float().contiguous()
     points = len(features)
     count = min(count, points)
     started = time.perf_counter()
-    centres = torch.empty(count, features.shape[1])
+    known = chosen.float() if chosen is not None and len(chosen) else features.new_empty(0, features.shape[1])
+    offset = len(known)
+    centres = torch.cat([known, features.new_empty(count, features.shape[1])])
     picks = torch.empty(count, dtype=torch.long)
-    known = chosen.float() if chosen is not None and len(chosen) else None
-    unchecked = None  # points whose bound is not yet exact for the known centres
-    if known is not None:
+    screen = BoundScreen(features, centres) if BoundScreen.wanted() else None
+    gap_from = torch.zeros(points, dtype=torch.long)
+    gap_to = torch.zeros(points, dtype=torch.long)
+    if offset and HOME_BOUNDS:
         made = 0
-        if HOME_BOUNDS:
-            bound = _home_bounds(features, known)
-            unchecked = torch.ones(points, dtype=torch.bool)
-        else:
-            bound = torch.empty(points)  # exact, a block of rows at a time
-            for i in range(0, points, GROUP):
-                bound[i : i + GROUP] = _nearest_distances(features[i : i + GROUP], known)
-        seen = torch.zeros(points, dtype=torch.long)  # centres (picked here) each point's bound accounts for
+        bound = _home_bounds(features, known)
+        exact = torch.full((points,), float("inf"))
+        gap_to.fill_(offset)
+    elif offset:
+        made = 0
+        bound = torch.empty(points)  # exact, a block of rows at a time
+        for i in range(0, points, GROUP):
+            bound[i : i + GROUP] = _nearest_distances(features[i : i + GROUP], known)
+        exact = bound.clone()
     else:
         centres[0], picks[0], made = features[first], first, 1
         # exact for the first centre, a block of rows at a time, written in place: a list of the
@@ -164,27 +252,39 @@ def greedy_coreset(
         bound = torch.empty(points)
         for i in range(0, points, GROUP):
             bound[i : i + GROUP] = (features[i : i + GROUP] - features[first]).pow_(2).sum(1).sqrt_()
-        seen = torch.ones(points, dtype=torch.long)
+        exact = bound.clone()
+    seen = torch.full((points,), offset + made, dtype=torch.long)  # centres each point's bound accounts for
     while made < count:
         tau = _level(bound)
         front = (bound > tau).nonzero().squeeze(1)
-        stale = front[seen[front] < made]
+        now = offset + made
+        stale = front[seen[front] < now]
         stale = stale[seen[stale].argsort(stable=True)]  # by age: a group needs its oldest one's centres
         for start in range(0, len(stale), GROUP):
             group = stale[start : start + GROUP]
             since = int(seen[group[0]])
-            bound[group] = torch.minimum(bound[group], _nearest_distances(features[group], centres[since:made]))
-        seen[stale] = made
+            if screen is not None and now - since >= SCREEN_CENTRES:
+                bound[group] = torch.minimum(bound[group], screen.upper(group, since, now))
+                no_gap = gap_to[group] == gap_from[group]
+                gap_from[group] = torch.where(no_gap, seen[group], gap_from[group])
+                gap_to[group] = now
+            else:
+                distances = _nearest_distances(features[group], centres[since:now])
+                bound[group] = torch.minimum(bound[group], distances)
+                exact[group] = torch.minimum(exact[group], distances)
+        seen[stale] = now
         front = front[bound[front] > tau]
-        if unchecked is not None and known is not None:
-            # exact for the known centres only now, for the points the new centres left above tau:
-            # a new class unlike the bank's has most of its points ruled out by its own picks first
-            entering = front[unchecked[front]]
-            for start in range(0, len(entering), GROUP):
-                group = entering[start : start + GROUP]
-                bound[group] = torch.minimum(bound[group], _nearest_distances(features[group], known))
-            unchecked[entering] = False
-            front = front[bound[front] > tau]
+        # the front's distances made exact where a range of centres was only bounded: a point
+        # that a few picks or the bfloat16 screening left above tau is mostly still above it
+        uneven = front[gap_to[front] > gap_from[front]]
+        uneven = uneven[gap_from[uneven].argsort(stable=True)]
+        for start in range(0, len(uneven), GROUP):
+            group = uneven[start : start + GROUP]
+            since, until = int(gap_from[group[0]]), int(gap_to[group].max())
+            exact[group] = torch.minimum(exact[group], _nearest_distances(features[group], centres[since:until]))
+            bound[group] = exact[group]
+            gap_from[group] = gap_to[group] = 0
+        front = front[bound[front] > tau]
         if not len(front):  # every stale bound fell to tau or below: lower it again
             continue
         members, distances = features[front], bound[front]
@@ -193,11 +293,12 @@ def greedy_coreset(
             if not distances[best] > tau:
                 break
             centre = members[best]
-            centres[made], picks[made] = centre, front[best]
+            centres[offset + made], picks[made] = centre, front[best]
             made += 1
             torch.minimum(distances, (members - centre).pow_(2).sum(1).sqrt_(), out=distances)
         bound[front] = distances
-        seen[front] = made
+        exact[front] = distances
+        seen[front] = offset + made
         if progress is not None:
             progress(made)
     seconds = time.perf_counter() - started

@@ -371,30 +371,11 @@ class ScreenedBank:
         self.order = norms.argsort()  # groups of similar norms: tighter bounds per group
         self.rows = rows[self.order]
         centred, norms = centred[self.order], norms[self.order]
-        rounded = centred.bfloat16()
-        high, low = _split_bf16(norms)
-        ones = torch.ones(len(rows), 1, dtype=torch.bfloat16, device=rows.device)
-        extended = torch.cat([rounded, high[:, None], low[:, None], ones, ones], 1)
-        # padding rows [0, FAR, 0, 1, 1]: a ŷ of about FAR for every query, never a candidate
-        padding = torch.zeros(-len(rows) % group, extended.shape[1], dtype=torch.bfloat16, device=rows.device)
-        padding[:, centred.shape[1]] = FAR
-        padding[:, -2:] = 1
-        extended = torch.cat([extended, padding])
+        extended, self.row_terms = bf16_rows(centred)
+        extended = torch.cat([extended, bf16_padding(-len(rows) % group, centred.shape[1], rows.device)])
         self.group, self.groups_per_tile = group, tile // group
         self.starts = list(range(0, len(rows), tile))
         self.tiles = [extended[s : s + tile].T.contiguous() for s in self.starts]  # [K, tile] each
-        self.accumulation = extended.shape[1] * 2.0**-23  # float32 sums of K terms
-        row_size = rounded.float().norm(dim=1)
-        # per row: |r̃|, |r̃ - r|, the norm split's error, and |r|² (for the accumulation term)
-        self.row_terms = torch.stack(
-            [
-                row_size,
-                (rounded.float() - centred).norm(dim=1),
-                _split_error(norms, high, low, centred.shape[1]),
-                norms,
-            ],
-            1,
-        )
         self.group_terms = torch.stack([part.amax(0) for part in self.row_terms.split(group)])  # [G, 4]
 
     def nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,15 +393,6 @@ class ScreenedBank:
             return queries.new_empty(0), torch.empty(0, dtype=torch.long, device=queries.device)
         return torch.cat(distances), torch.cat(index)
 
-    def _bound(self, queries_terms: torch.Tensor, rows_terms: torch.Tensor) -> torch.Tensor:
-        """Largest error of ``ŷ`` before the output rounding: [n,1] query terms × [1,m] row terms."""
-        q_size, q_residual, q_split, q_norm = queries_terms.unbind(-1)
-        r_size, r_residual, r_split, r_norm = rows_terms.unbind(-1)
-        inputs = 2 * (q_residual * r_size + q_size * r_residual) + q_split + r_split
-        magnitude = 2 * q_size * r_size + q_norm + r_norm
-        # 1 % for the bound's own float32 arithmetic; 2^-20 of the magnitude for the centring's rounding
-        return 1.01 * (inputs + (self.accumulation + 2.0**-20) * magnitude)
-
     def _product(self, queries: torch.Tensor, tile: int, leave_out: LeaveOut | None) -> torch.Tensor:
         """``queries @ tiles[tile]`` in bfloat16; the entries ``leave_out`` rules out (for the
         first ``len(leave_out.query_sources)`` rows; the rest are padding) set to +inf."""
@@ -432,28 +404,7 @@ class ScreenedBank:
         return values
 
     def _nearest(self, queries: torch.Tensor, leave_out: LeaveOut | None) -> tuple[torch.Tensor, torch.Tensor]:
-        centred = queries - self.mean
-        rounded = centred.bfloat16()
-        norms = (centred * centred).sum(1)
-        high, low = _split_bf16(norms)
-        extended = torch.cat(
-            [
-                rounded * -2,
-                torch.ones(len(queries), 2, dtype=torch.bfloat16, device=queries.device),
-                high[:, None],
-                low[:, None],
-            ],
-            1,
-        )
-        terms = torch.stack(
-            [
-                rounded.float().norm(dim=1),
-                (rounded.float() - centred).norm(dim=1),
-                _split_error(norms, high, low, centred.shape[1]),
-                norms,
-            ],
-            1,
-        )
+        extended, terms = bf16_queries(queries - self.mean)
         # pass 1: every product, and each group's smallest ŷ per query. bfloat16 bits compare as
         # int16 in the order of the values when they are not negative (min over int16 is far
         # faster); a negative ŷ (a distance ~0 within the rounding) makes its group needed
@@ -465,7 +416,7 @@ class ScreenedBank:
         )[: len(queries)]
         negative = smallest < 0
         smallest = smallest.view(torch.bfloat16).float()
-        bound = self._bound(terms[:, None, :], self.group_terms[None, :, :])  # [n, groups]
+        bound = bf16_error(terms[:, None, :], self.group_terms[None, :, :], self.mean.shape[0])  # [n, groups]
         slack = BF16_ROUNDING * smallest.abs() + bound
         upper = (smallest + slack).amin(1)  # a true squared distance at least as large as the nearest
         needed = negative | (smallest - slack <= upper[:, None])
@@ -497,6 +448,63 @@ class ScreenedBank:
         rows = torch.full((len(queries),), len(self.rows), dtype=torch.long, device=queries.device)
         rows = rows.scatter_reduce(0, pair_query[winner], self.order[pair_row[winner]], "amin")
         return best.sqrt(), rows
+
+
+def _bf16_parts(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centred vectors rounded to bfloat16, their squared norms in two bfloat16 parts, and the
+    terms their rounding error is bounded by [n, 4]: ``|ṽ|``, ``|ṽ - v|``, the norm split's
+    error and ``|v|²``."""
+    rounded = centred.bfloat16()
+    norms = (centred * centred).sum(1)
+    high, low = _split_bf16(norms)
+    terms = torch.stack(
+        [
+            rounded.float().norm(dim=1),
+            (rounded.float() - centred).norm(dim=1),
+            _split_error(norms, high, low, centred.shape[1]),
+            norms,
+        ],
+        1,
+    )
+    return rounded, high, low, terms
+
+
+def bf16_rows(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [m, D] (centred) as ``[r̃, |r|² high, |r|² low, 1, 1]`` in bfloat16 [m, D + 4], and
+    their error terms [m, 4] (see :func:`bf16_error`)."""
+    rounded, high, low, terms = _bf16_parts(centred)
+    ones = torch.ones(len(centred), 2, dtype=torch.bfloat16, device=centred.device)
+    return torch.cat([rounded, high[:, None], low[:, None], ones], 1), terms
+
+
+def bf16_queries(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries [n, D] (centred) as ``[-2q̃, 1, 1, |q|² high, |q|² low]`` in bfloat16 [n, D + 4]:
+    a product with :func:`bf16_rows`' rows is ``ŷ ≈ |q - r|²``; and their error terms [n, 4]."""
+    rounded, high, low, terms = _bf16_parts(centred)
+    ones = torch.ones(len(centred), 2, dtype=torch.bfloat16, device=centred.device)
+    return torch.cat([rounded * -2, ones, high[:, None], low[:, None]], 1), terms
+
+
+def bf16_padding(count: int, dims: int, device: torch.device | None = None) -> torch.Tensor:
+    """``count`` padding rows ``[0, FAR, 0, 1, 1]`` for :func:`bf16_rows`' rows: a ``ŷ`` of about
+    FAR for every query, never a candidate."""
+    padding = torch.zeros(count, dims + 4, dtype=torch.bfloat16, device=device)
+    padding[:, dims] = FAR
+    padding[:, -2:] = 1
+    return padding
+
+
+def bf16_error(queries_terms: torch.Tensor, rows_terms: torch.Tensor, dims: int) -> torch.Tensor:
+    """Largest error of ``ŷ`` (:func:`bf16_queries` times :func:`bf16_rows` of ``dims``
+    dimensions) before the output's rounding, from the error terms: [n,1] query terms × [1,m]
+    row terms, or any broadcast."""
+    q_size, q_residual, q_split, q_norm = queries_terms.unbind(-1)
+    r_size, r_residual, r_split, r_norm = rows_terms.unbind(-1)
+    inputs = 2 * (q_residual * r_size + q_size * r_residual) + q_split + r_split
+    magnitude = 2 * q_size * r_size + q_norm + r_norm
+    accumulation = (dims + 4) * 2.0**-23  # float32 sums of the product's D + 4 terms
+    # 1 % for the bound's own float32 arithmetic; 2^-20 of the magnitude for the centring's rounding
+    return 1.01 * (inputs + (accumulation + 2.0**-20) * magnitude)
 
 
 def _split_error(norms: torch.Tensor, high: torch.Tensor, low: torch.Tensor, dims: int) -> torch.Tensor:

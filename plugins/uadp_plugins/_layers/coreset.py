@@ -38,6 +38,7 @@ import torch
 from uadp_plugins._layers.nearest import (
     BF16_ROUNDING,
     ClusteredBank,
+    ScreenedBank,
     bf16_error,
     bf16_padding,
     bf16_queries,
@@ -231,6 +232,9 @@ def greedy_coreset(
     centres = torch.cat([known, features.new_empty(count, features.shape[1])])
     picks = torch.empty(count, dtype=torch.long)
     screen = BoundScreen(features, centres) if BoundScreen.wanted() else None
+    # a growing bank's rows, searched exactly for the points that enter the front (bfloat16
+    # products and a few float32 distances, where the screening is wanted)
+    known_index = ScreenedBank(known) if screen is not None and offset else None
     gap_from = torch.zeros(points, dtype=torch.long)
     gap_to = torch.zeros(points, dtype=torch.long)
     if offset and HOME_BOUNDS:
@@ -281,7 +285,11 @@ def greedy_coreset(
         for start in range(0, len(uneven), GROUP):
             group = uneven[start : start + GROUP]
             since, until = int(gap_from[group[0]]), int(gap_to[group].max())
-            exact[group] = torch.minimum(exact[group], _nearest_distances(features[group], centres[since:until]))
+            if known_index is not None and since < offset:  # the bank's rows: a screened search
+                exact[group] = torch.minimum(exact[group], known_index.nearest(features[group])[0])
+                since = offset
+            if since < until:
+                exact[group] = torch.minimum(exact[group], _nearest_distances(features[group], centres[since:until]))
             bound[group] = exact[group]
             gap_from[group] = gap_to[group] = 0
         front = front[bound[front] > tau]

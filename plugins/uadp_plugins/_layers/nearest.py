@@ -61,6 +61,16 @@ class LeaveOut:
     def __init__(self, row_sources: torch.Tensor, query_sources: torch.Tensor) -> None:
         self.row_sources = row_sources
         self.query_sources = query_sources
+        self._sources: torch.Tensor | None = None  # query_sources.unique(), once asked for
+
+    def _sources_of(self, which: torch.Tensor | slice) -> torch.Tensor:
+        """The distinct sources of queries ``which``; for all of them kept from the first call
+        (a search fills many tiles of one chunk of queries)."""
+        if not (isinstance(which, slice) and which == slice(None)):
+            return self.query_sources[which].unique()
+        if self._sources is None:
+            self._sources = self.query_sources.unique()
+        return self._sources
 
     def fill_(self, values: torch.Tensor, which: torch.Tensor | slice, start: int, stop: int) -> torch.Tensor:
         """``values`` [len(which), stop - start], +inf where query ``which[i]`` may not match row
@@ -73,7 +83,7 @@ class LeaveOut:
         over realmix-dev took 108.5 s comparing every pair, 77.4 s this way, the same maps)."""
         queries = self.query_sources[which]
         rows = self.row_sources[start:stop]
-        columns = torch.isin(rows, queries.unique()).nonzero()[:, 0]
+        columns = torch.isin(rows, self._sources_of(which)).nonzero()[:, 0]
         if not len(columns):
             return values
         if 4 * len(columns) > len(rows):  # most rows: one comparison of every pair
@@ -546,6 +556,7 @@ PROJECTED_TILE = 2048
 # rounding room of the bound and of the exact products, relative to (|q| + |r|)²: the centring,
 # the projection and both products each round by at most about D·2^-24 of these magnitudes
 PROJECTED_ROOM = 2.0**-13
+SPLIT_CHUNK = 4096  # queries per step of their split into projection and rest
 
 
 class ProjectedBank:
@@ -638,7 +649,14 @@ class ProjectedBank:
         """Centred vectors' parts along the principal directions [n, k], the lengths of the rest
         [n], and their squared norms [n]."""
         projected = centred @ self.basis
-        return projected, (centred - projected @ self.basis.T).norm(dim=1), (centred * centred).sum(1)
+        rest, norms = centred.new_empty(len(centred)), centred.new_empty(len(centred))
+        for start in range(0, len(centred), SPLIT_CHUNK):  # temporaries that stay in cache
+            part = centred[start : start + SPLIT_CHUNK]
+            rest[start : start + SPLIT_CHUNK] = (part - projected[start : start + SPLIT_CHUNK] @ self.basis.T).norm(
+                dim=1
+            )
+            norms[start : start + SPLIT_CHUNK] = (part * part).sum(1)
+        return projected, rest, norms
 
     def _screen(self, screening: torch.Tensor, leave_out: LeaveOut | None) -> torch.Tensor:
         """[groups, n]: each group's smallest ``|r|² - 2 (p_q·p_r + a b)`` for each query."""
@@ -648,12 +666,13 @@ class ProjectedBank:
         for first in range(0, n, self.chunk):
             chunk = slice(first, first + self.chunk)
             queries = screening[chunk]
+            leave = leave_out.for_queries(chunk) if leave_out is not None else None
             for start in range(0, len(self.screen), self.tile):
                 rows = self.screen[start : start + self.tile]
                 values = torch.mm(queries, rows.T, out=buffer[: len(queries) * len(rows)].view(len(queries), len(rows)))
-                if leave_out is not None and start < self.size:
+                if leave is not None and start < self.size:
                     stop = min(start + len(rows), self.size)  # the padding rows come from no image
-                    leave_out.fill_(values[:, : stop - start], chunk, start, stop)
+                    leave.fill_(values[:, : stop - start], slice(None), start, stop)
                 groups = slice(start // self.group, (start + len(rows)) // self.group)
                 smallest[groups, chunk] = values.view(len(queries), -1, self.group).amin(2).T
         return smallest

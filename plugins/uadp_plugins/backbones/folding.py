@@ -41,10 +41,15 @@ def folded_copy(net: nn.Module, channels: int = 3, size: int = 64) -> nn.Module 
         _replace(folded, names[conv], fuse_conv_bn_eval(_get(folded, names[conv]), _get(folded, names[norm])))
         _replace(folded, names[norm], _what_follows(_get(folded, names[norm])))
     with torch.no_grad():
-        expected, found = net(probe), folded(probe)
-    if not all(_close(a, b) for a, b in zip(_tensors(expected), _tensors(found), strict=True)):
-        return None
+        if not outputs_close(net(probe), folded(probe)):
+            return None
     return folded
+
+
+def outputs_close(expected, found) -> bool:
+    """Whether two networks' outputs (a tensor, or lists or dicts of them) are the same to 1e-4
+    of each tensor's largest value."""
+    return all(_close(a, b) for a, b in zip(_tensors(expected), _tensors(found), strict=True))
 
 
 def _conv_batchnorm_pairs(net: nn.Module, probe: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:

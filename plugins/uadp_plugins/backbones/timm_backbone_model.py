@@ -13,6 +13,7 @@ import torch
 from uadp.plugin import Backbone, ConfigError, FeatureSpec
 from uadp_plugins._layers.tracing import in_static_graph
 from uadp_plugins.backbones.folding import folded_copy
+from uadp_plugins.backbones.same_padding import without_input_padding
 from uadp_plugins.backbones.timm_backbone import TimmBackboneConfig
 
 OFFLINE_PACKAGES = {
@@ -155,7 +156,8 @@ class TimmBackbone(Backbone):
         if not self._inference:
             if in_static_graph():  # no probing inside a trace: the export's runtime folds BatchNorm itself
                 return list(self.net(images.contiguous(memory_format=torch.channels_last)))
-            self._inference.append(folded_copy(self.net) or self.net)
+            # BatchNorm folded into the convolutions, and "same" padding inside them
+            self._inference.append(without_input_padding(folded_copy(self.net) or self.net))
         return list(self._inference[0](images.contiguous(memory_format=torch.channels_last)))
 
     def _apply(self, fn, *args, **kwargs):

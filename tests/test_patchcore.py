@@ -276,6 +276,9 @@ def test_projected_search_finds_the_exact_neighbours(dims, group, tile):
     exact[query_sources[:, None] == row_sources[None, :]] = float("inf")
     assert not bool((row_sources[rows] == query_sources).any())
     torch.testing.assert_close(distances.double(), exact.min(1).values, rtol=1e-5, atol=1e-3)
+    # in chunks of 128 queries: each chunk's own sources ruled out in every tile (kept per chunk)
+    chunked = ProjectedBank(bank, dims, group=group, tile=tile, chunk=128)
+    assert torch.equal(chunked.nearest(queries, nearest.LeaveOut(row_sources, query_sources))[1], rows)
 
 
 def test_projected_bound_is_below_every_true_distance_and_tight_where_the_variance_is_low_rank():

@@ -38,8 +38,8 @@ def folded_copy(net: nn.Module, channels: int = 3, size: int = 64) -> nn.Module 
     folded = copy.deepcopy(net)
     names = {module: name for name, module in net.named_modules()}
     for conv, norm in pairs:
-        _replace(folded, names[conv], fuse_conv_bn_eval(_get(folded, names[conv]), _get(folded, names[norm])))
-        _replace(folded, names[norm], _what_follows(_get(folded, names[norm])))
+        replace_module(folded, names[conv], fuse_conv_bn_eval(_get(folded, names[conv]), _get(folded, names[norm])))
+        replace_module(folded, names[norm], _what_follows(_get(folded, names[norm])))
     with torch.no_grad():
         if not outputs_close(net(probe), folded(probe)):
             return None
@@ -101,7 +101,8 @@ def _get(root: nn.Module, name: str) -> nn.Module:
     return root.get_submodule(name)
 
 
-def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in place of ``root``'s submodule called ``name``."""
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
 

@@ -7,9 +7,9 @@ a copy of the whole activation for each such layer, and on a CPU the convolution
 odd-sized result is slower still: EfficientNet-Lite0's stages 2-4 at 256 px took 10.3 ms an image
 that way and take 7.5 ms this way (two threads of an AMD EPYC, benchmarks/bench_backbone_folding.py).
 
-Padding one more row and column before than after needs no copy: the kernel grown by one row and
-column of zeros in front, with symmetric padding one larger, reads exactly the same inputs with
-the same weights (the extra zero weights only meet padding). :class:`SamePaddedConv` does that,
+Padding one more row and column after the input than before needs no copy: the kernel grown by
+one row and column of zeros in front, with symmetric padding one larger, reads exactly the same
+inputs with the same weights (the extra zero weights only meet padding). :class:`SamePaddedConv` does that,
 or plain symmetric padding where the amounts are even; the features equal the padded
 convolution's (tested, and checked on a probe before the copy is used).
 """
@@ -17,23 +17,14 @@ convolution's (tested, and checked on a probe before the copy is used).
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import get_same_padding, pad_same
 from torch import nn
 
-from uadp_plugins.backbones.folding import outputs_close
-
-try:
-    from timm.layers.conv2d_same import Conv2dSame
-except ImportError:  # pragma: no cover - timm is a dependency
-    Conv2dSame = None
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
-    """Total "same" padding along one dimension of ``size`` (TensorFlow's rule, as timm's)."""
-    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+from uadp_plugins.backbones.folding import outputs_close, replace_module
 
 
 class SamePaddedConv(nn.Module):
@@ -57,11 +48,11 @@ class SamePaddedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.weight.shape[-2:]
-        pad_h = same_padding(x.shape[-2], kh, self.stride[0], self.dilation[0])
-        pad_w = same_padding(x.shape[-1], kw, self.stride[1], self.dilation[1])
+        pad_h = get_same_padding(x.shape[-2], kh, self.stride[0], self.dilation[0])
+        pad_w = get_same_padding(x.shape[-1], kw, self.stride[1], self.dilation[1])
         grow_h, grow_w = pad_h % 2, pad_w % 2  # one more after than before: grow the kernel in front
         if (grow_h or grow_w) and self.dilation != (1, 1):  # a dilated kernel cannot grow by one tap
-            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+            x = pad_same(x, [kh, kw], list(self.stride), list(self.dilation))  # a padded copy, as timm's
             return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         padding = (pad_h // 2 + grow_h, pad_w // 2 + grow_w)
         return F.conv2d(x, self._kernel(grow_h, grow_w), self.bias, self.stride, padding, self.dilation, self.groups)
@@ -71,13 +62,12 @@ def without_input_padding(net: nn.Module, channels: int = 3) -> nn.Module:
     """A copy of the eval-mode ``net`` whose "same"-padded convolutions pad inside the
     convolution; ``net`` itself where it has none, or where the copy's outputs differ from the
     original's on an even- and an odd-sized probe."""
-    if Conv2dSame is None or not any(isinstance(m, Conv2dSame) for m in net.modules()):
+    if not any(isinstance(m, Conv2dSame) for m in net.modules()):
         return net
     copied = copy.deepcopy(net)
     for name, module in list(copied.named_modules()):
         if isinstance(module, Conv2dSame):
-            parent, _, leaf = name.rpartition(".")
-            setattr(copied.get_submodule(parent) if parent else copied, leaf, SamePaddedConv(module))
+            replace_module(copied, name, SamePaddedConv(module))
     device = next(net.parameters()).device
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
